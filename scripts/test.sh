@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test: installs what they need, then format, lints and the whole test suite.
+# This is the README's test command and what CI (.ci/run) calls.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+"$root/scripts/install-deps.sh"
+export DOTNET_ROOT="$root/.tools/dotnet"
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all --check
+echo "== cargo clippy" >&2
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test" >&2
+cargo test --workspace --locked 2>&1

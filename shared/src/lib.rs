@@ -1,0 +1,13 @@
+//! What the supervisor (`workmanager`) and the `host-runner` share.
+//!
+//! # Brief overview
+//! - [`cloudevent`]: the CloudEvent model and its JSON and FlatBuffer forms; the worker wire
+//!   format of `schemas/worker_api.fbs`.
+//! - [`generated`]: flatc output for `schemas/*.fbs`, committed, never edited by hand.
+//!
+//! Nothing here listens on the network or loads plugin code; both binaries link it.
+
+pub mod cloudevent;
+pub mod generated;
+
+pub use cloudevent::{CloudEvent, CloudEventError, WorkerResponse};
