@@ -1,0 +1,382 @@
+//! The dispatcher: moves events from the bus through a worker's host and settles each one.
+//!
+//! One task per running worker consumes its topic; `maxConcurrency` calls run at once (one
+//! keeps per-worker order). For each event: stamp the worker's config, take the group lock,
+//! call the host with the worker's deadline, then publish the reply, retry, or dead-letter as
+//! `rules::classify` and the pool's [`crate::pool::Verdict`] say.
+//!
+//! **Invariant:** every delivery ends settled (replied, dead-lettered) or is left unsettled on
+//! purpose (worker stopped or quarantined, daemon shutting down) so the bus delivers it again.
+//! Nothing is dropped here.
+
+pub mod metrics;
+pub mod rules;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wm_shared::CloudEvent;
+
+use crate::bus::{Bus, Delivery, Outcome, dead_letter, DeadLetterReason};
+use crate::events::{ErrorType, Events, Lifecycle, WorkerRef};
+use crate::pool::{CallOutcome, Pool, Verdict, next_request_id};
+use crate::runtime::{InvokeError, WorkerSpec};
+pub use metrics::DispatchMetrics;
+use rules::{Classified, classify, retry_delay, route_reply, stamp_config};
+
+/// Retry and timeout settings.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// Retries after the first attempt (`WORKER_RETRY_ATTEMPTS`, default 3).
+    pub retry_attempts: u32,
+    /// `WORKER_RETRY_BASE_DELAY_MS`, default 200 ms; doubles per retry.
+    pub retry_base_delay: Duration,
+    /// How long a timed-out call may keep running before its host is killed and respawned.
+    pub timeout_grace: Duration,
+}
+
+/// Where the dispatcher reports a worker's fall into ERROR (the registry, in the daemon).
+pub trait StatusSink: Send + Sync + 'static {
+    fn worker_failed(&self, worker_id: &str, error_type: ErrorType, message: &str);
+}
+
+struct RunningWorker {
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// In-process group locks: at most one call at a time across the workers of a group.
+#[derive(Default)]
+struct GroupLocks {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl GroupLocks {
+    fn get(&self, group: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(group.to_string()).or_default().clone()
+    }
+}
+
+/// The dispatcher.
+pub struct Dispatcher {
+    config: DispatchConfig,
+    bus: Arc<dyn Bus>,
+    pool: Arc<Pool>,
+    events: Arc<Events>,
+    status: Arc<dyn StatusSink>,
+    pub metrics: Arc<DispatchMetrics>,
+    running: Mutex<HashMap<String, RunningWorker>>,
+    groups: GroupLocks,
+}
+
+enum Step {
+    Settled,
+    /// Left for the bus to deliver again (stop, quarantine, shutdown).
+    Unsettled,
+}
+
+impl Dispatcher {
+    pub fn new(
+        config: DispatchConfig,
+        bus: Arc<dyn Bus>,
+        pool: Arc<Pool>,
+        events: Arc<Events>,
+        status: Arc<dyn StatusSink>,
+    ) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher {
+            config,
+            bus,
+            pool,
+            events,
+            status,
+            metrics: Arc::new(DispatchMetrics::default()),
+            running: Mutex::new(HashMap::new()),
+            groups: GroupLocks::default(),
+        })
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunningWorker>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts consuming the worker's topic (replacing an earlier consumer of the same worker).
+    pub fn start_worker(self: &Arc<Self>, spec: WorkerSpec) {
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        if let Some(old) = self.running().insert(
+            spec.id.clone(),
+            RunningWorker {
+                cancel: cancel.clone(),
+                tasks: tasks.clone(),
+            },
+        ) {
+            old.cancel.cancel();
+        }
+        let this = Arc::clone(self);
+        let spec = Arc::new(spec);
+        let t = tasks.clone();
+        tasks.spawn(async move { this.consume(spec, cancel, t).await });
+    }
+
+    /// Stops consuming; in-flight calls get up to `deadline` to finish (what is still running
+    /// then stays unsettled and is delivered again later).
+    pub async fn stop_worker(&self, worker_id: &str, deadline: Duration) {
+        let running = self.running().remove(worker_id);
+        if let Some(r) = running {
+            r.cancel.cancel();
+            r.tasks.close();
+            let _ = tokio::time::timeout(deadline, r.tasks.wait()).await;
+        }
+    }
+
+    /// Stops every worker (daemon shutdown).
+    pub async fn stop_all(&self, deadline: Duration) {
+        let all: Vec<RunningWorker> = self.running().drain().map(|(_, r)| r).collect();
+        for r in &all {
+            r.cancel.cancel();
+            r.tasks.close();
+        }
+        let _ = tokio::time::timeout(deadline, async {
+            for r in &all {
+                r.tasks.wait().await;
+            }
+        })
+        .await;
+    }
+
+    pub fn is_running(&self, worker_id: &str) -> bool {
+        self.running().contains_key(worker_id)
+    }
+
+    async fn consume(self: Arc<Self>, spec: Arc<WorkerSpec>, cancel: CancellationToken, tasks: TaskTracker) {
+        let mut consumer = self.bus.consume(&spec.topic, &spec.id);
+        let permits = Arc::new(Semaphore::new(spec.max_concurrency.max(1) as usize));
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = cancel.cancelled() => break,
+            };
+            let delivery = tokio::select! {
+                d = consumer.recv() => match d { Some(d) => d, None => break },
+                _ = cancel.cancelled() => break,
+            };
+            let this = Arc::clone(&self);
+            let spec = Arc::clone(&spec);
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                let span = tracing::info_span!("message", worker = %spec.id, seq = delivery.seq, id = %delivery.event.id);
+                let _ = tracing::Instrument::instrument(this.handle(&spec, delivery, &cancel), span).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn handle(&self, spec: &WorkerSpec, d: Delivery, cancel: &CancellationToken) -> Step {
+        let mut event = d.event.clone();
+        let skipped = stamp_config(&mut event, &spec.config);
+        if !skipped.is_empty() {
+            tracing::warn!(keys = ?skipped, "config keys that are not CloudEvents attribute names were not stamped");
+        }
+        let bytes = event.to_flatbuffer();
+        let mut charged: u32 = 0;
+        loop {
+            if cancel.is_cancelled() {
+                return Step::Unsettled;
+            }
+            let Some(host) = self.pool.host_for(&spec.id).await else {
+                return Step::Unsettled;
+            };
+            let group_lock = match &spec.group {
+                Some(g) => {
+                    let lock = self.groups.get(g);
+                    if lock.try_lock().is_err() {
+                        self.metrics.lock_contended(g);
+                    }
+                    Some(lock.lock_owned().await)
+                }
+                None => None,
+            };
+            let msg_id = next_request_id();
+            let started = Instant::now();
+            let outcome = host.call(&spec.id, msg_id, bytes.clone(), spec.message_timeout).await;
+            drop(group_lock);
+            let failure = match outcome {
+                CallOutcome::Done(result) => {
+                    self.metrics.observe(&spec.id, &spec.topic, started.elapsed());
+                    match classify(&result) {
+                        Classified::Success { reply, surfaced } => {
+                            if let Some(err) = surfaced {
+                                self.failed(spec, ErrorType::WorkerError, &err).await;
+                            }
+                            match reply {
+                                None => {}
+                                Some(mut reply) => {
+                                    match route_reply(&event, &mut reply, &spec.id, || uuid::Uuid::new_v4().to_string()) {
+                                        Ok(topic) => {
+                                            if let Err(e) = self.bus.publish(&topic, vec![reply]).await {
+                                                // The reply could not be stored: leave the input
+                                                // unsettled so it is processed again, rather
+                                                // than lose the answer.
+                                                tracing::error!(topic = %topic, "publishing the reply failed: {e}");
+                                                return Step::Unsettled;
+                                            }
+                                        }
+                                        Err(why) => {
+                                            self.failed(spec, ErrorType::InvalidResponse, &why).await;
+                                            self.metrics.failed(&spec.id, &spec.topic);
+                                            self.settle(d.seq, Outcome::Replied).await;
+                                            return Step::Settled;
+                                        }
+                                    }
+                                }
+                            }
+                            self.metrics.processed(&spec.id, &spec.topic);
+                            self.settle(d.seq, Outcome::Replied).await;
+                            return Step::Settled;
+                        }
+                        Classified::Failure { error_type, message } => (error_type, message),
+                    }
+                }
+                CallOutcome::TimedOut => {
+                    let msg = format!(
+                        "message {} did not complete within {:?} (MESSAGE_HANDLING_TIMEOUT_SECONDS)",
+                        d.event.id, spec.message_timeout
+                    );
+                    host.reclaim_after(self.config.timeout_grace, &spec.id, msg_id);
+                    self.timed_out(spec, &msg).await;
+                    self.dead_letter(spec, &d, ErrorType::Timeout, &msg, charged + 1).await;
+                    return Step::Settled;
+                }
+                CallOutcome::HostDied(report) => match report.verdict(msg_id) {
+                    Verdict::Bystander => {
+                        tracing::info!(host = %report.host_id, "host died under another worker's call; requeued without charge");
+                        continue;
+                    }
+                    Verdict::Culprit | Verdict::Unattributed => (ErrorType::Crash, report.cause()),
+                },
+            };
+            let (error_type, message) = failure;
+            charged += 1;
+            self.metrics.failed(&spec.id, &spec.topic);
+            self.failed(spec, error_type, &message).await;
+            if charged > self.config.retry_attempts {
+                self.dead_letter(spec, &d, error_type, &message, charged).await;
+                return Step::Settled;
+            }
+            let delay = retry_delay(self.config.retry_base_delay, charged);
+            tracing::info!(attempt = charged, ?delay, "retrying after {error_type:?}: {message}");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cancel.cancelled() => return Step::Unsettled,
+            }
+        }
+    }
+
+    /// Runs one event through a worker once: no retries, no dead letter (`POST .../invoke`).
+    pub async fn invoke(&self, spec: &WorkerSpec, mut event: CloudEvent) -> Result<Option<CloudEvent>, InvokeError> {
+        let Some(host) = self.pool.host_for(&spec.id).await else {
+            return Err(InvokeError {
+                error_type: ErrorType::LoadFailed,
+                message: format!("worker {} is not loaded on any host; start it first", spec.id),
+            });
+        };
+        stamp_config(&mut event, &spec.config);
+        let msg_id = next_request_id();
+        let started = Instant::now();
+        let outcome = {
+            let _group = match &spec.group {
+                Some(g) => Some(self.groups.get(g).lock_owned().await),
+                None => None,
+            };
+            host.call(&spec.id, msg_id, event.to_flatbuffer(), spec.message_timeout).await
+        };
+        match outcome {
+            CallOutcome::Done(result) => {
+                self.metrics.observe(&spec.id, &spec.topic, started.elapsed());
+                match classify(&result) {
+                    Classified::Success { reply: None, surfaced: None } => Ok(None),
+                    Classified::Success { reply: Some(mut reply), surfaced: None } => {
+                        // Fill and check the reply exactly as for a published one.
+                        route_reply(&event, &mut reply, &spec.id, || uuid::Uuid::new_v4().to_string())
+                            .map_err(|message| InvokeError { error_type: ErrorType::InvalidResponse, message })?;
+                        Ok(Some(reply))
+                    }
+                    Classified::Success { surfaced: Some(message), .. } => Err(InvokeError { error_type: ErrorType::WorkerError, message }),
+                    Classified::Failure { error_type, message } => Err(InvokeError { error_type, message }),
+                }
+            }
+            CallOutcome::TimedOut => {
+                let message = format!("the call did not complete within {:?}", spec.message_timeout);
+                host.reclaim_after(self.config.timeout_grace, &spec.id, msg_id);
+                self.timed_out(spec, &message).await;
+                Err(InvokeError { error_type: ErrorType::Timeout, message })
+            }
+            CallOutcome::HostDied(report) => Err(InvokeError { error_type: ErrorType::Crash, message: report.cause() }),
+        }
+    }
+
+    async fn failed(&self, spec: &WorkerSpec, error_type: ErrorType, message: &str) {
+        self.events
+            .worker(Lifecycle::Failed, worker_ref(spec), Some((error_type, message)))
+            .await;
+    }
+
+    /// The documented timeout semantics: `failed` event, worker -> ERROR, no more messages.
+    async fn timed_out(&self, spec: &WorkerSpec, message: &str) {
+        tracing::error!(worker = %spec.id, "{message}");
+        self.failed(spec, ErrorType::Timeout, message).await;
+        self.status.worker_failed(&spec.id, ErrorType::Timeout, message);
+        if let Some(r) = self.running().remove(&spec.id) {
+            r.cancel.cancel();
+        }
+    }
+
+    async fn dead_letter(&self, spec: &WorkerSpec, d: &Delivery, error_type: ErrorType, message: &str, attempts: u32) {
+        let reason = DeadLetterReason {
+            error_type,
+            message: message.to_string(),
+            attempts,
+            worker_id: spec.id.clone(),
+        };
+        match dead_letter(self.bus.as_ref(), &d.topic, &d.event, &reason).await {
+            Ok(()) => {
+                self.metrics.dead_lettered(&spec.id, &spec.topic);
+                self.settle(
+                    d.seq,
+                    Outcome::DeadLettered {
+                        reason: format!("{error_type:?}: {message}"),
+                    },
+                )
+                .await;
+            }
+            Err(e) => {
+                // Could not store the dead letter: keep the original rather than lose it.
+                tracing::error!("dead-lettering failed, the event stays queued: {e}");
+            }
+        }
+    }
+
+    async fn settle(&self, seq: u64, outcome: Outcome) {
+        if let Err(e) = self.bus.settle(seq, outcome).await {
+            tracing::error!(seq, "settling failed (the event will be delivered again): {e}");
+        }
+    }
+}
+
+fn worker_ref(spec: &WorkerSpec) -> WorkerRef<'_> {
+    WorkerRef {
+        id: &spec.id,
+        group: spec.group.as_deref(),
+        topic: &spec.topic,
+    }
+}

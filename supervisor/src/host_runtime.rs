@@ -1,0 +1,213 @@
+//! The real [`Runtime`]: the host pool plus the dispatcher plus plugin gateway calls.
+//!
+//! REST handlers call this through the `Runtime` trait; it never sees HTTP.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use wm_shared::CloudEvent;
+use wm_shared::protocol::Message;
+
+use crate::bus::{BoxFuture, Bus};
+use crate::dispatcher::{DispatchConfig, Dispatcher, StatusSink};
+use crate::events::{ErrorType, Events, Lifecycle, WorkerRef};
+use crate::gateway::{Gateway, GatewayBackend};
+use crate::pool::{Pool, PoolConfig, PoolEvent};
+use crate::runtime::{
+    EngineInfo, HostInfo, InvokeError, Runtime, RuntimeError, WorkerRuntimeInfo, WorkerSpec,
+};
+
+/// Pool + dispatcher.
+pub struct HostRuntime {
+    pool: Arc<Pool>,
+    dispatcher: Arc<Dispatcher>,
+    events: Arc<Events>,
+    status: Arc<dyn StatusSink>,
+    specs: Mutex<HashMap<String, WorkerSpec>>,
+    engines: Vec<EngineInfo>,
+    stop_deadline: Duration,
+}
+
+impl HostRuntime {
+    /// Builds the runtime and starts the task that handles what hosts send unasked.
+    pub fn new(
+        pool_config: PoolConfig,
+        dispatch_config: DispatchConfig,
+        bus: Arc<dyn Bus>,
+        events: Arc<Events>,
+        status: Arc<dyn StatusSink>,
+        gateway: Gateway,
+        engines: Vec<EngineInfo>,
+    ) -> std::io::Result<Arc<HostRuntime>> {
+        let (pool, pool_events) = Pool::new(pool_config, events.clone())?;
+        let dispatcher = Dispatcher::new(dispatch_config, bus, pool.clone(), events.clone(), status.clone());
+        let rt = Arc::new(HostRuntime {
+            pool,
+            dispatcher,
+            events,
+            status,
+            specs: Mutex::new(HashMap::new()),
+            engines,
+            stop_deadline: Duration::from_secs(10),
+        });
+        tokio::spawn(Self::pool_events(Arc::downgrade(&rt), pool_events, Arc::new(gateway)));
+        Ok(rt)
+    }
+
+    /// The dispatcher's metrics (for `/metrics`).
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+
+    fn specs(&self) -> std::sync::MutexGuard<'_, HashMap<String, WorkerSpec>> {
+        self.specs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn pool_events(
+        rt: std::sync::Weak<HostRuntime>,
+        mut rx: mpsc::UnboundedReceiver<PoolEvent>,
+        gateway: Arc<Gateway>,
+    ) {
+        while let Some(ev) = rx.recv().await {
+            let Some(rt) = rt.upgrade() else { break };
+            match ev {
+                PoolEvent::Frame { host, message: Message::Log(log) } => {
+                    let level = log.level;
+                    let w = log.worker_id.as_str();
+                    match level {
+                        i32::MIN..=0 => tracing::trace!(worker = w, msg_id = log.msg_id, "Native worker: {}", log.message),
+                        1 => tracing::debug!(worker = w, msg_id = log.msg_id, "Native worker: {}", log.message),
+                        2 => tracing::info!(worker = w, msg_id = log.msg_id, "Native worker: {}", log.message),
+                        3 => tracing::warn!(worker = w, msg_id = log.msg_id, "Native worker: {}", log.message),
+                        _ => tracing::error!(worker = w, msg_id = log.msg_id, "Native worker: {}", log.message),
+                    }
+                    let _ = host;
+                }
+                PoolEvent::Frame { host, message: Message::GatewayCall(call) } => {
+                    let gateway = gateway.clone();
+                    tokio::spawn(async move {
+                        let reply = gateway.handle(call).await;
+                        if let Err(e) = host.link.send(&Message::GatewayReply(reply)) {
+                            tracing::warn!(host = %host.host_id, "gateway reply not delivered: {e}");
+                        }
+                    });
+                }
+                PoolEvent::Frame { host, message } => {
+                    tracing::debug!(host = %host.host_id, "unexpected frame from host: {message:?}");
+                }
+                PoolEvent::Quarantined { worker_id, reason } => {
+                    rt.fail_worker(&worker_id, ErrorType::CrashLoop, &reason).await;
+                }
+                PoolEvent::ReloadFailed { worker_id, error } => {
+                    let msg = format!("reloading after a host restart failed: {error}");
+                    rt.pool_forget(&worker_id).await;
+                    rt.fail_worker(&worker_id, ErrorType::LoadFailed, &msg).await;
+                }
+            }
+        }
+    }
+
+    async fn pool_forget(&self, worker_id: &str) {
+        let _ = self.pool.unload(worker_id).await;
+    }
+
+    /// Worker -> ERROR: stop consuming (its queue stays in the bus), record, announce.
+    async fn fail_worker(&self, worker_id: &str, error_type: ErrorType, message: &str) {
+        self.dispatcher.stop_worker(worker_id, Duration::from_secs(1)).await;
+        self.status.worker_failed(worker_id, error_type, message);
+        let spec = self.specs().get(worker_id).cloned();
+        if let Some(spec) = spec {
+            self.events
+                .worker(
+                    Lifecycle::Failed,
+                    WorkerRef { id: &spec.id, group: spec.group.as_deref(), topic: &spec.topic },
+                    Some((error_type, message)),
+                )
+                .await;
+        }
+    }
+}
+
+fn to_runtime_error(e: crate::pool::PoolError) -> RuntimeError {
+    RuntimeError::from(e)
+}
+
+impl Runtime for HostRuntime {
+    fn start(&self, spec: WorkerSpec) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            self.specs().insert(spec.id.clone(), spec.clone());
+            self.pool.load(spec.clone()).await.map_err(to_runtime_error)?;
+            // `dispatcher` is behind an Arc; start_worker needs it.
+            Dispatcher::start_worker(&self.dispatcher, spec);
+            Ok(())
+        })
+    }
+
+    fn reload(&self, spec: WorkerSpec) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            let running = self.dispatcher.is_running(&spec.id);
+            self.pool.load(spec.clone()).await.map_err(to_runtime_error)?;
+            self.specs().insert(spec.id.clone(), spec.clone());
+            if running {
+                // New spec (new package path) for later messages; in-flight calls finish first.
+                Dispatcher::start_worker(&self.dispatcher, spec);
+            }
+            Ok(())
+        })
+    }
+
+    fn stop(&self, worker_id: &str) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        let worker_id = worker_id.to_string();
+        Box::pin(async move {
+            self.dispatcher.stop_worker(&worker_id, self.stop_deadline).await;
+            self.pool.unload(&worker_id).await.map_err(to_runtime_error)?;
+            self.specs().remove(&worker_id);
+            Ok(())
+        })
+    }
+
+    fn invoke(&self, worker_id: &str, event: CloudEvent) -> BoxFuture<'_, Result<Option<CloudEvent>, InvokeError>> {
+        let spec = self.specs().get(worker_id).cloned();
+        let worker_id = worker_id.to_string();
+        Box::pin(async move {
+            let Some(spec) = spec else {
+                return Err(InvokeError {
+                    error_type: ErrorType::LoadFailed,
+                    message: format!("worker {worker_id} is not running; start it first"),
+                });
+            };
+            self.dispatcher.invoke(&spec, event).await
+        })
+    }
+
+    fn worker_info(&self, worker_id: &str) -> Option<WorkerRuntimeInfo> {
+        let placed = self.pool.is_placed(worker_id);
+        let counts = self.dispatcher.metrics.counts(worker_id);
+        if !placed && counts == Default::default() {
+            return None;
+        }
+        Some(WorkerRuntimeInfo {
+            host_pid: self.pool.host_pid(worker_id),
+            processed: counts.processed,
+            failed: counts.failed,
+            dead_lettered: counts.dead_lettered,
+        })
+    }
+
+    fn hosts(&self) -> Vec<HostInfo> {
+        self.pool.hosts()
+    }
+
+    fn engines(&self) -> Vec<EngineInfo> {
+        self.engines.clone()
+    }
+
+    fn shutdown(&self, deadline: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.dispatcher.stop_all(deadline).await;
+            self.pool.shutdown(deadline).await;
+        })
+    }
+}

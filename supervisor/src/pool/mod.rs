@@ -1,0 +1,806 @@
+//! The pool of host-runner processes.
+//!
+//! A *slot* is a place for workers: one shared slot per engine (or more, by setting) and one
+//! dedicated slot per worker with `isolation: dedicated`. Each slot runs one task that keeps a
+//! host process alive for it: spawn, load every worker of the slot, serve, and when the process
+//! dies, publish a [`DeathReport`], count crashes, quarantine crash-looping workers, back off
+//! and start again. Callers reach the current host of a worker through [`Pool::host_for`].
+//!
+//! **Invariant:** the pool never decides what happens to a message; it reports who was on the
+//! faulting thread ([`DeathReport::verdict`]) and the dispatcher applies the retry rules.
+
+pub mod spawn;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wm_shared::protocol::link::{HostLink, LinkError};
+use wm_shared::protocol::{
+    EngineKind, KeyValue, LoadWorker, Message, Process, ProcessResult, UnloadWorker,
+};
+use wm_shared::ring::CrashRecord;
+
+use crate::events::Events;
+use crate::runtime::{HostInfo, Isolation, WorkerSpec};
+pub use spawn::{ExitStatus, SpawnConfig, SpawnError, Spawner, signal_name};
+
+/// Pool settings beyond how to spawn.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub spawn: SpawnConfig,
+    /// Shared hosts per engine; workers are placed on the least loaded one.
+    pub shared_hosts_per_engine: usize,
+    /// First respawn delay; doubles per consecutive failure up to `respawn_backoff_max`.
+    pub respawn_backoff_base: Duration,
+    pub respawn_backoff_max: Duration,
+    /// A host that stayed up this long resets the backoff.
+    pub stable_after: Duration,
+    /// `crash_loop_count` crashes of one worker within `crash_loop_window` quarantine it.
+    pub crash_loop_count: usize,
+    pub crash_loop_window: Duration,
+    /// How long a load may take.
+    pub load_timeout: Duration,
+    /// How often host stats (RSS) are sampled.
+    pub stats_interval: Duration,
+}
+
+/// Why a host died, as far as the supervisor can tell. Built after the process was reaped.
+#[derive(Debug, Clone)]
+pub struct DeathReport {
+    pub host_id: String,
+    pub pid: i32,
+    pub status: ExitStatus,
+    /// What the host's crash handler recorded (copied out of shared memory and validated).
+    pub crash: Option<CrashRecord>,
+    /// Set when the supervisor killed the host to reclaim a hung call: (worker, message).
+    pub reclaimed: Option<(String, u64)>,
+    /// Calls in flight when it died: message id -> worker id.
+    pub in_flight: HashMap<u64, String>,
+}
+
+/// What a death means for one message that was in flight on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its call was on the faulting thread: charge an attempt.
+    Culprit,
+    /// Another call brought the host down: requeue without charge.
+    Bystander,
+    /// Nobody recorded anything (SIGKILL from outside, OOM killer): charge an attempt.
+    Unattributed,
+}
+
+impl DeathReport {
+    pub fn verdict(&self, msg_id: u64) -> Verdict {
+        if let Some((_, culprit)) = &self.reclaimed {
+            return if *culprit == msg_id {
+                Verdict::Culprit
+            } else {
+                Verdict::Bystander
+            };
+        }
+        match &self.crash {
+            Some(rec) if rec.msg_id == msg_id => Verdict::Culprit,
+            Some(_) => Verdict::Bystander,
+            None => Verdict::Unattributed,
+        }
+    }
+
+    /// The signal name, or the exit code, for error messages.
+    pub fn cause(&self) -> String {
+        let sig = self.crash.as_ref().map(|c| c.signal).or(match self.status {
+            ExitStatus::Signaled(s) => Some(s),
+            ExitStatus::Exited(_) => None,
+        });
+        match (sig, &self.status) {
+            (Some(s), _) => format!("host {} (pid {}) died of {}", self.host_id, self.pid, signal_name(s)),
+            (None, st) => format!("host {} (pid {}) ended: {st}", self.host_id, self.pid),
+        }
+    }
+
+    /// The workers charged with this death for crash-loop counting.
+    fn charged_workers(&self) -> Vec<String> {
+        if self.reclaimed.is_some() {
+            return Vec::new();
+        }
+        match &self.crash {
+            Some(rec) if !rec.worker_id.is_empty() => vec![rec.worker_id.clone()],
+            _ => {
+                let mut w: Vec<String> = self.in_flight.values().cloned().collect();
+                w.sort();
+                w.dedup();
+                w
+            }
+        }
+    }
+}
+
+/// What a call on a host came to.
+#[derive(Debug)]
+pub enum CallOutcome {
+    Done(ProcessResult),
+    /// The deadline passed; the call is still running on the host.
+    TimedOut,
+    HostDied(Arc<DeathReport>),
+}
+
+/// Things the pool tells the runtime about, outside any call.
+#[derive(Debug)]
+pub enum PoolEvent {
+    /// The worker crashed its host too often: it is no longer loaded; its queue is kept.
+    Quarantined { worker_id: String, reason: String },
+    /// Reloading a worker into a respawned host failed.
+    ReloadFailed { worker_id: String, error: String },
+    /// A host-initiated frame the pool does not handle itself (Log, GatewayCall).
+    Frame {
+        host: Arc<HostHandle>,
+        message: Message,
+    },
+}
+
+/// One live generation of a host process.
+pub struct HostHandle {
+    pub host_id: String,
+    pub pid: i32,
+    pub engine: EngineKind,
+    pub link: HostLink,
+    in_flight: Mutex<HashMap<u64, String>>,
+    death: watch::Receiver<Option<Arc<DeathReport>>>,
+    reclaim: Mutex<Option<(String, u64)>>,
+    kill: tokio::sync::Notify,
+}
+
+impl HostHandle {
+    /// Sends one Process frame and waits for its result, the deadline, or the host's death.
+    pub async fn call(
+        &self,
+        worker_id: &str,
+        msg_id: u64,
+        event: Vec<u8>,
+        timeout: Duration,
+    ) -> CallOutcome {
+        lock(&self.in_flight).insert(msg_id, worker_id.to_string());
+        let req = self.link.request(Message::Process(Process {
+            msg_id,
+            worker_id: worker_id.to_string(),
+            event,
+        }));
+        match tokio::time::timeout(timeout, req).await {
+            Ok(Ok(Message::ProcessResult(r))) => {
+                lock(&self.in_flight).remove(&msg_id);
+                CallOutcome::Done(r)
+            }
+            Ok(Ok(other)) => {
+                // A host answering with the wrong kind is broken: treat it as dead.
+                tracing::error!(host = %self.host_id, "host answered Process with {other:?}; killing it");
+                self.kill.notify_one();
+                CallOutcome::HostDied(self.died().await)
+            }
+            Ok(Err(_)) => CallOutcome::HostDied(self.died().await),
+            Err(_) => CallOutcome::TimedOut,
+        }
+    }
+
+    /// Waits for the death report of this generation (after the host is gone).
+    pub async fn died(&self) -> Arc<DeathReport> {
+        let mut rx = self.death.clone();
+        loop {
+            if let Some(r) = rx.borrow().clone() {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                // The slot task is gone without a report: the pool is shutting down.
+                return Arc::new(DeathReport {
+                    host_id: self.host_id.clone(),
+                    pid: self.pid,
+                    status: ExitStatus::Exited(-1),
+                    crash: None,
+                    reclaimed: None,
+                    in_flight: lock(&self.in_flight).clone(),
+                });
+            }
+        }
+    }
+
+    /// Kills the host after `grace` unless the call `msg_id` has returned by then (the
+    /// documented timeout leaves the plugin running; we end it so the thread does not live
+    /// forever).
+    pub fn reclaim_after(self: &Arc<Self>, grace: Duration, worker_id: &str, msg_id: u64) {
+        let this = Arc::clone(self);
+        let worker_id = worker_id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let still_running = lock(&this.in_flight).contains_key(&msg_id);
+            if still_running && this.death.borrow().is_none() {
+                tracing::warn!(host = %this.host_id, pid = this.pid, worker = %worker_id, msg_id,
+                    "call still running {grace:?} after its timeout; killing the host to reclaim it");
+                *lock(&this.reclaim) = Some((worker_id, msg_id));
+                this.kill.notify_one();
+            }
+        });
+    }
+
+    /// Calls in flight right now.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.in_flight).len()
+    }
+
+    fn late_result(&self, msg_id: u64) {
+        lock(&self.in_flight).remove(&msg_id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means another task panicked while holding it; the data (plain maps)
+    // is still consistent enough to carry on, and refusing would turn one bug into an outage.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+struct Slot {
+    id: String,
+    engine: EngineKind,
+    dedicated: bool,
+    workers: Mutex<HashMap<String, WorkerSpec>>,
+    current: watch::Sender<Option<Arc<HostHandle>>>,
+    restarts: AtomicU64,
+    crashes: AtomicU64,
+    rss: AtomicU64,
+    closed: CancellationToken,
+}
+
+/// The pool.
+pub struct Pool {
+    config: PoolConfig,
+    spawner: Spawner,
+    slots: Mutex<Vec<Arc<Slot>>>,
+    placement: Mutex<HashMap<String, Arc<Slot>>>,
+    crash_times: Mutex<HashMap<String, VecDeque<Instant>>>,
+    next_slot: AtomicU64,
+    events: Arc<Events>,
+    notify: mpsc::UnboundedSender<PoolEvent>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Why a worker could not be placed or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("no host could be started: {0}")]
+    Spawn(#[from] SpawnError),
+    #[error("loading worker {worker_id}: {message}")]
+    Load { worker_id: String, message: String },
+    #[error("worker {0} is not placed on any host")]
+    NotPlaced(String),
+    #[error("the host of worker {worker_id} went away during {step}")]
+    HostGone { worker_id: String, step: &'static str },
+    #[error("the pool is shutting down")]
+    ShuttingDown,
+}
+
+impl Pool {
+    pub fn new(
+        config: PoolConfig,
+        events: Arc<Events>,
+    ) -> std::io::Result<(Arc<Pool>, mpsc::UnboundedReceiver<PoolEvent>)> {
+        let spawner = Spawner::new(config.spawn.clone())?;
+        let (notify, rx) = mpsc::unbounded_channel();
+        Ok((
+            Arc::new(Pool {
+                config,
+                spawner,
+                slots: Mutex::new(Vec::new()),
+                placement: Mutex::new(HashMap::new()),
+                crash_times: Mutex::new(HashMap::new()),
+                next_slot: AtomicU64::new(1),
+                events,
+                notify,
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+            rx,
+        ))
+    }
+
+    /// Places `spec` on a host (starting one if needed) and loads it there. For a worker that
+    /// is already placed this is a hot reload on the same host.
+    pub async fn load(self: &Arc<Self>, spec: WorkerSpec) -> Result<(), PoolError> {
+        if self.shutdown.is_cancelled() {
+            return Err(PoolError::ShuttingDown);
+        }
+        let slot = self.place(&spec);
+        lock(&slot.workers).insert(spec.id.clone(), spec.clone());
+        let result = self.load_on_current(&slot, &spec).await;
+        if result.is_err() {
+            // Keep no half-placed worker: a failed first load leaves nothing behind.
+            let was_new = lock(&slot.workers).remove(&spec.id).is_some();
+            if was_new {
+                lock(&self.placement).remove(&spec.id);
+                self.retire_if_empty(&slot);
+            }
+        }
+        result
+    }
+
+    async fn load_on_current(&self, slot: &Arc<Slot>, spec: &WorkerSpec) -> Result<(), PoolError> {
+        let host = self.wait_current(slot).await?;
+        let msg = load_message(spec, self.config.load_timeout);
+        match tokio::time::timeout(self.config.load_timeout, host.link.request(msg)).await {
+            Ok(Ok(Message::LoadResult(r))) if r.ok => Ok(()),
+            Ok(Ok(Message::LoadResult(r))) => Err(PoolError::Load {
+                worker_id: spec.id.clone(),
+                message: r.error,
+            }),
+            Ok(Ok(other)) => Err(PoolError::Load {
+                worker_id: spec.id.clone(),
+                message: format!("the host answered LoadWorker with {other:?}"),
+            }),
+            Ok(Err(LinkError::PeerGone)) | Ok(Err(_)) => Err(PoolError::HostGone {
+                worker_id: spec.id.clone(),
+                step: "load",
+            }),
+            Err(_) => Err(PoolError::Load {
+                worker_id: spec.id.clone(),
+                message: format!("the host did not confirm the load within {:?}", self.config.load_timeout),
+            }),
+        }
+    }
+
+    /// Unloads a worker and forgets its placement. A dedicated host ends with its worker.
+    pub async fn unload(&self, worker_id: &str) -> Result<(), PoolError> {
+        let slot = lock(&self.placement).remove(worker_id);
+        let Some(slot) = slot else {
+            return Ok(());
+        };
+        lock(&slot.workers).remove(worker_id);
+        let host = slot.current.borrow().clone();
+        if let Some(host) = host {
+            let req = host.link.request(Message::UnloadWorker(UnloadWorker {
+                request_id: next_request_id(),
+                worker_id: worker_id.to_string(),
+            }));
+            match tokio::time::timeout(self.config.load_timeout, req).await {
+                Ok(Ok(Message::UnloadResult(r))) if !r.ok => {
+                    tracing::warn!(worker = worker_id, "unload reported: {}", r.error);
+                }
+                Ok(_) => {}
+                Err(_) => tracing::warn!(worker = worker_id, "unload not confirmed in time"),
+            }
+        }
+        self.retire_if_empty(&slot);
+        Ok(())
+    }
+
+    /// The current live host of a worker; waits while its host is being respawned.
+    /// `None` when the worker is not placed (stopped, quarantined) or the pool shuts down.
+    pub async fn host_for(&self, worker_id: &str) -> Option<Arc<HostHandle>> {
+        let slot = lock(&self.placement).get(worker_id).cloned()?;
+        self.wait_current(&slot).await.ok()
+    }
+
+    /// Whether a worker is placed (loaded or being reloaded) on some host.
+    pub fn is_placed(&self, worker_id: &str) -> bool {
+        lock(&self.placement).contains_key(worker_id)
+    }
+
+    /// The pid of the host currently carrying the worker.
+    pub fn host_pid(&self, worker_id: &str) -> Option<i32> {
+        let slot = lock(&self.placement).get(worker_id).cloned()?;
+        let pid = slot.current.borrow().as_ref().map(|h| h.pid);
+        pid
+    }
+
+    pub fn hosts(&self) -> Vec<HostInfo> {
+        lock(&self.slots)
+            .iter()
+            .map(|s| {
+                let mut workers: Vec<String> = lock(&s.workers).keys().cloned().collect();
+                workers.sort();
+                let host = s.current.borrow().clone();
+                HostInfo {
+                    id: s.id.clone(),
+                    pid: host.as_ref().map(|h| h.pid),
+                    engine: engine_name(s.engine).to_string(),
+                    isolation: if s.dedicated { "dedicated" } else { "shared" }.to_string(),
+                    workers,
+                    restarts: s.restarts.load(Ordering::Relaxed),
+                    crashes: s.crashes.load(Ordering::Relaxed),
+                    rss_bytes: s.rss.load(Ordering::Relaxed),
+                    in_flight: host.as_ref().map_or(0, |h| h.in_flight() as u64),
+                }
+            })
+            .collect()
+    }
+
+    /// Stops every host: `Shutdown` with a deadline, then SIGKILL for stragglers.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.shutdown.cancel();
+        let slots: Vec<Arc<Slot>> = lock(&self.slots).clone();
+        for slot in &slots {
+            if let Some(h) = slot.current.borrow().clone() {
+                let _ = h.link.send(&Message::Shutdown {
+                    deadline_ms: u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX),
+                });
+            }
+            slot.closed.cancel();
+        }
+        self.tasks.close();
+        // Slot tasks kill their host if it has not exited by the deadline.
+        if tokio::time::timeout(deadline + Duration::from_secs(2), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("some host tasks did not finish after the shutdown deadline");
+        }
+    }
+
+    fn place(self: &Arc<Self>, spec: &WorkerSpec) -> Arc<Slot> {
+        if let Some(slot) = lock(&self.placement).get(&spec.id).cloned() {
+            return slot;
+        }
+        let engine = to_protocol_engine(spec.engine);
+        let slot = match spec.isolation {
+            Isolation::Dedicated => self.new_slot(engine, true),
+            Isolation::Shared => {
+                let existing: Vec<Arc<Slot>> = lock(&self.slots)
+                    .iter()
+                    .filter(|s| !s.dedicated && s.engine == engine && !s.closed.is_cancelled())
+                    .cloned()
+                    .collect();
+                if existing.len() < self.config.shared_hosts_per_engine.max(1) {
+                    self.new_slot(engine, false)
+                } else {
+                    existing
+                        .into_iter()
+                        .min_by_key(|s| lock(&s.workers).len())
+                        .unwrap_or_else(|| self.new_slot(engine, false))
+                }
+            }
+        };
+        lock(&self.placement).insert(spec.id.clone(), slot.clone());
+        slot
+    }
+
+    fn new_slot(self: &Arc<Self>, engine: EngineKind, dedicated: bool) -> Arc<Slot> {
+        let n = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        let id = format!(
+            "{}-{}-{n}",
+            engine_name(engine),
+            if dedicated { "dedicated" } else { "shared" }
+        );
+        let (current, _) = watch::channel(None);
+        let slot = Arc::new(Slot {
+            id,
+            engine,
+            dedicated,
+            workers: Mutex::new(HashMap::new()),
+            current,
+            restarts: AtomicU64::new(0),
+            crashes: AtomicU64::new(0),
+            rss: AtomicU64::new(0),
+            closed: self.shutdown.child_token(),
+        });
+        lock(&self.slots).push(slot.clone());
+        let pool = Arc::clone(self);
+        let s = slot.clone();
+        self.tasks.spawn(async move { pool.run_slot(s).await });
+        slot
+    }
+
+    fn retire_if_empty(&self, slot: &Arc<Slot>) {
+        // Shared slots stay (a host ready for the next worker); dedicated ones end.
+        if slot.dedicated && lock(&slot.workers).is_empty() {
+            slot.closed.cancel();
+            lock(&self.slots).retain(|s| !Arc::ptr_eq(s, slot));
+        }
+    }
+
+    async fn wait_current(&self, slot: &Arc<Slot>) -> Result<Arc<HostHandle>, PoolError> {
+        let mut rx = slot.current.subscribe();
+        loop {
+            if let Some(h) = rx.borrow_and_update().clone() {
+                return Ok(h);
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return Err(PoolError::ShuttingDown) },
+                _ = slot.closed.cancelled() => return Err(PoolError::ShuttingDown),
+            }
+        }
+    }
+
+    /// Keeps a host alive for one slot until the slot closes.
+    async fn run_slot(self: Arc<Self>, slot: Arc<Slot>) {
+        let mut failures: u32 = 0;
+        let mut generation: u64 = 0;
+        while !slot.closed.is_cancelled() {
+            generation += 1;
+            let host_id = format!("{}.{generation}", slot.id);
+            let spawned = tokio::select! {
+                r = self.spawner.spawn(&host_id, slot.engine) => r,
+                _ = slot.closed.cancelled() => break,
+            };
+            let mut spawned = match spawned {
+                Ok(s) => s,
+                Err(e) => {
+                    failures += 1;
+                    let delay = backoff(self.config.respawn_backoff_base, self.config.respawn_backoff_max, failures);
+                    tracing::error!(slot = %slot.id, "{e}; retrying in {delay:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => continue,
+                        _ = slot.closed.cancelled() => break,
+                    }
+                }
+            };
+            let started = Instant::now();
+            let (death_tx, death_rx) = watch::channel(None);
+            let handle = Arc::new(HostHandle {
+                host_id: host_id.clone(),
+                pid: spawned.pid,
+                engine: slot.engine,
+                link: spawned.link.clone(),
+                in_flight: Mutex::new(HashMap::new()),
+                death: death_rx,
+                reclaim: Mutex::new(None),
+                kill: tokio::sync::Notify::new(),
+            });
+            tracing::info!(host = %host_id, pid = spawned.pid, sandbox = %spawned.ready.sandbox, "host ready");
+            if generation > 1 {
+                slot.restarts.fetch_add(1, Ordering::Relaxed);
+                self.events
+                    .host_respawned(&host_id, spawned.pid, slot.restarts.load(Ordering::Relaxed) as u32)
+                    .await;
+            }
+
+            // Reload every worker of the slot before anyone may call the new host.
+            let specs: Vec<WorkerSpec> = lock(&slot.workers).values().cloned().collect();
+            for spec in specs {
+                let msg = load_message(&spec, self.config.load_timeout);
+                let res = tokio::time::timeout(self.config.load_timeout, handle.link.request(msg)).await;
+                let err = match res {
+                    Ok(Ok(Message::LoadResult(r))) if r.ok => None,
+                    Ok(Ok(Message::LoadResult(r))) => Some(r.error),
+                    Ok(Ok(other)) => Some(format!("unexpected answer {other:?}")),
+                    Ok(Err(e)) => Some(format!("host went away: {e}")),
+                    Err(_) => Some("timed out".to_string()),
+                };
+                if let Some(error) = err {
+                    tracing::error!(worker = %spec.id, host = %host_id, "reload after respawn failed: {error}");
+                    let _ = self.notify.send(PoolEvent::ReloadFailed { worker_id: spec.id.clone(), error });
+                }
+            }
+            slot.current.send_replace(Some(handle.clone()));
+
+            let status = self.serve_host(&slot, &handle, &mut spawned).await;
+            slot.current.send_replace(None);
+            spawned.link.peer_died();
+
+            let crash = spawned
+                .region
+                .crash_slots()
+                .iter()
+                .find_map(|s| s.read());
+            let reclaimed = lock(&handle.reclaim).take();
+            let report = Arc::new(DeathReport {
+                host_id: host_id.clone(),
+                pid: spawned.pid,
+                status: status.clone(),
+                crash,
+                reclaimed,
+                in_flight: lock(&handle.in_flight).clone(),
+            });
+            let _ = death_tx.send(Some(report.clone()));
+
+            let orderly = slot.closed.is_cancelled() && status == ExitStatus::Exited(0);
+            if orderly {
+                tracing::info!(host = %host_id, pid = spawned.pid, "host stopped");
+                break;
+            }
+            slot.crashes.fetch_add(1, Ordering::Relaxed);
+            let culprit = report
+                .crash
+                .as_ref()
+                .map(|c| (c.worker_id.as_str(), c.msg_id))
+                .or(report.reclaimed.as_ref().map(|(w, m)| (w.as_str(), *m)));
+            let signal = match (&report.crash, &status) {
+                (Some(c), _) => Some(c.signal),
+                (None, ExitStatus::Signaled(s)) => Some(*s),
+                _ => None,
+            };
+            tracing::error!(host = %host_id, pid = spawned.pid, culprit = ?culprit, "{}", report.cause());
+            self.events.host_crashed(&host_id, spawned.pid, signal, culprit).await;
+            self.count_crashes(&slot, &report);
+            if slot.closed.is_cancelled() {
+                break;
+            }
+            if started.elapsed() >= self.config.stable_after {
+                failures = 0;
+            }
+            failures += 1;
+            let delay = backoff(self.config.respawn_backoff_base, self.config.respawn_backoff_max, failures);
+            if lock(&slot.workers).is_empty() && slot.dedicated {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = slot.closed.cancelled() => break,
+            }
+        }
+        lock(&self.slots).retain(|s| !Arc::ptr_eq(s, &slot));
+    }
+
+    /// Serves one host until its process exits; returns how it ended.
+    async fn serve_host(
+        &self,
+        slot: &Arc<Slot>,
+        handle: &Arc<HostHandle>,
+        spawned: &mut spawn::SpawnedHost,
+    ) -> ExitStatus {
+        let mut stats = tokio::time::interval(self.config.stats_interval);
+        stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                status = spawned.exit.wait() => return status,
+                _ = handle.kill.notified() => spawned.exit.kill(),
+                _ = slot.closed.cancelled(), if !closing => {
+                    closing = true;
+                    // Shutdown was sent by Pool::shutdown or the slot retired: give the host a
+                    // moment to exit on its own, then make sure it does.
+                    let _ = spawned.link.send(&Message::Shutdown { deadline_ms: 2000 });
+                    let exit = &mut spawned.exit;
+                    match tokio::time::timeout(Duration::from_secs(5), exit.wait()).await {
+                        Ok(status) => return status,
+                        Err(_) => { exit.kill(); return exit.wait().await; }
+                    }
+                }
+                frame = spawned.frames.recv() => match frame {
+                    Some(Message::ProcessResult(r)) => handle.late_result(r.msg_id),
+                    Some(Message::Stats(s)) => slot.rss.store(s.rss_bytes, Ordering::Relaxed),
+                    Some(Message::Pong { .. }) | Some(Message::Ready(_)) => {}
+                    Some(other) => {
+                        let _ = self.notify.send(PoolEvent::Frame { host: handle.clone(), message: other });
+                    }
+                    None => {
+                        // The reader thread ended: the ring is closed; the exit follows.
+                        return spawned.exit.wait().await;
+                    }
+                },
+                _ = stats.tick() => {
+                    let _ = spawned.link.send(&Message::StatsRequest { request_id: next_request_id() });
+                }
+            }
+        }
+    }
+
+    fn count_crashes(&self, slot: &Arc<Slot>, report: &DeathReport) {
+        let now = Instant::now();
+        let window = self.config.crash_loop_window;
+        for worker in report.charged_workers() {
+            let count = {
+                let mut times = lock(&self.crash_times);
+                let q = times.entry(worker.clone()).or_default();
+                q.push_back(now);
+                while q.front().is_some_and(|t| now.duration_since(*t) > window) {
+                    q.pop_front();
+                }
+                q.len()
+            };
+            if count >= self.config.crash_loop_count && lock(&slot.workers).remove(&worker).is_some() {
+                lock(&self.placement).remove(&worker);
+                lock(&self.crash_times).remove(&worker);
+                let reason = format!(
+                    "worker crashed its host {count} times within {window:?}; quarantined ({})",
+                    report.cause()
+                );
+                tracing::error!(worker = %worker, "{reason}");
+                let _ = self.notify.send(PoolEvent::Quarantined { worker_id: worker, reason });
+            }
+        }
+    }
+}
+
+/// Exponential backoff: `base * 2^(n-1)`, capped.
+pub fn backoff(base: Duration, max: Duration, n: u32) -> Duration {
+    let factor = 1u32.checked_shl(n.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
+    base.saturating_mul(factor).min(max)
+}
+
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// A process-wide unique id for requests and messages sent to hosts.
+pub fn next_request_id() -> u64 {
+    REQUEST_IDS.fetch_add(1, Ordering::Relaxed)
+}
+
+fn load_message(spec: &WorkerSpec, timeout: Duration) -> Message {
+    Message::LoadWorker(LoadWorker {
+        request_id: next_request_id(),
+        worker_id: spec.id.clone(),
+        engine: to_protocol_engine(spec.engine),
+        package_dir: spec.package_dir.display().to_string(),
+        library_path: spec.package.library_path.clone(),
+        entry_point: spec.package.entry_point.clone(),
+        free_result: spec.package.free_result.clone(),
+        topic: spec.topic.clone(),
+        config: spec
+            .config
+            .iter()
+            .map(|(k, v)| KeyValue {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        max_concurrency: spec.max_concurrency.max(1),
+        timeout_ms: u32::try_from(spec.message_timeout.max(timeout).as_millis()).unwrap_or(u32::MAX),
+    })
+}
+
+fn to_protocol_engine(e: wm_shared::package::EngineKind) -> EngineKind {
+    match e {
+        wm_shared::package::EngineKind::Native => EngineKind::Native,
+        wm_shared::package::EngineKind::DotNet => EngineKind::DotNet,
+    }
+}
+
+fn engine_name(e: EngineKind) -> &'static str {
+    match e {
+        EngineKind::DotNet => "dotnet",
+        _ => "native",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let b = Duration::from_millis(100);
+        let m = Duration::from_secs(5);
+        assert_eq!(backoff(b, m, 1), Duration::from_millis(100));
+        assert_eq!(backoff(b, m, 2), Duration::from_millis(200));
+        assert_eq!(backoff(b, m, 4), Duration::from_millis(800));
+        assert_eq!(backoff(b, m, 30), m);
+        assert_eq!(backoff(b, m, 0), Duration::from_millis(100));
+    }
+
+    fn report(crash: Option<(&str, u64)>, reclaimed: Option<(&str, u64)>) -> DeathReport {
+        DeathReport {
+            host_id: "h".into(),
+            pid: 1,
+            status: ExitStatus::Signaled(11),
+            crash: crash.map(|(w, m)| CrashRecord {
+                signal: 11,
+                tid: 2,
+                worker_id: w.into(),
+                msg_id: m,
+                fault_addr: 0,
+            }),
+            reclaimed: reclaimed.map(|(w, m)| (w.to_string(), m)),
+            in_flight: [(7, "a".to_string()), (8, "b".to_string()), (9, "b".to_string())]
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn verdicts_follow_the_crash_record() {
+        let r = report(Some(("a", 7)), None);
+        assert_eq!(r.verdict(7), Verdict::Culprit);
+        assert_eq!(r.verdict(8), Verdict::Bystander);
+        assert_eq!(r.charged_workers(), vec!["a".to_string()]);
+
+        let r = report(None, None);
+        assert_eq!(r.verdict(7), Verdict::Unattributed);
+        assert_eq!(r.charged_workers(), vec!["a".to_string(), "b".to_string()]);
+
+        let r = report(None, Some(("b", 9)));
+        assert_eq!(r.verdict(9), Verdict::Culprit);
+        assert_eq!(r.verdict(7), Verdict::Bystander);
+        assert!(r.charged_workers().is_empty(), "a reclaim is a timeout, not a crash");
+        assert_eq!(r.cause(), "host h (pid 1) died of SIGSEGV");
+    }
+}
