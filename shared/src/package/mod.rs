@@ -594,3 +594,105 @@ pub fn inspect(
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_map_to_and_from_mime_types() {
+        for engine in [EngineKind::Native, EngineKind::DotNet] {
+            assert_eq!(EngineKind::from_mime(engine.mime()), Some(engine));
+        }
+        assert_eq!(
+            EngineKind::from_mime(" Application/X-Native-DLL "),
+            Some(EngineKind::Native)
+        );
+        assert_eq!(EngineKind::from_mime("text/x-python"), None);
+        assert_eq!(EngineKind::DotNet.to_string(), "application/x-dotnet-dll");
+    }
+
+    #[test]
+    fn default_limits_are_the_documented_ones() {
+        let l = Limits::default();
+        assert_eq!(
+            (
+                l.max_package_bytes,
+                l.max_entries,
+                l.max_entry_bytes,
+                l.max_total_bytes,
+                l.max_ratio,
+                l.max_nuspec_bytes
+            ),
+            (
+                256 * 1024 * 1024,
+                10_000,
+                256 * 1024 * 1024,
+                1024 * 1024 * 1024,
+                200,
+                1024 * 1024
+            )
+        );
+    }
+
+    #[test]
+    fn rids_follow_the_architecture() {
+        assert_eq!(rid_for_arch("x86_64"), "linux-x64");
+        assert_eq!(rid_for_arch("aarch64"), "linux-arm64");
+        assert_eq!(rid_for_arch("riscv64"), "linux-riscv64");
+        let current = Target::current();
+        assert_eq!(current.rid, rid_for_arch(std::env::consts::ARCH));
+    }
+
+    #[test]
+    fn dotnet_major_is_the_highest_installed_runtime() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(dotnet_major_in(root.path()), None);
+        let shared = root.path().join("shared/Microsoft.NETCore.App");
+        for v in ["3.1.2", "8.0.11", "10.0.0-preview.1", "junk"] {
+            std::fs::create_dir_all(shared.join(v)).unwrap();
+        }
+        std::fs::write(shared.join("99.0.0"), b"a file, not a runtime").unwrap();
+        assert_eq!(dotnet_major_in(root.path()), Some(10));
+    }
+
+    #[test]
+    fn problems_are_listed_one_per_line() {
+        let err = PackageError::Invalid {
+            problems: vec![
+                Problem::MissingElement { element: "id" },
+                Problem::Symlink { name: "a/b".into() },
+            ],
+        };
+        assert_eq!(
+            err.to_string(),
+            "invalid worker package (2 problems); fix every one and upload again:\n\
+             - nuspec <metadata> has no <id>, which is required\n\
+             - entry \"a/b\" is a symbolic link; packages may contain only regular files and folders"
+        );
+        assert_eq!(err.problems().len(), 2);
+        let one = PackageError::Invalid {
+            problems: vec![Problem::NoLibFolder],
+        };
+        assert!(
+            one.to_string()
+                .starts_with("invalid worker package (1 problem);")
+        );
+    }
+
+    #[test]
+    fn oversized_package_is_refused_before_reading() {
+        let limits = Limits {
+            max_package_bytes: 10,
+            ..Limits::default()
+        };
+        let err = inspect(&[0u8; 11], EngineKind::Native, &Target::current(), &limits).unwrap_err();
+        assert_eq!(
+            err.problems()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            vec!["package is 11 bytes, over the limit of 10 bytes"]
+        );
+    }
+}

@@ -462,3 +462,132 @@ fn raw_duplicate_names(bytes: &[u8], start: u64, limits: &Limits) -> Vec<(String
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_normalised_or_refused_with_the_reason() {
+        let deep = vec!["d"; MAX_PATH_DEPTH + 1].join("/");
+        let long = "a".repeat(MAX_NAME_BYTES + 1);
+        let long_part = format!("a/{}", "b".repeat(256));
+        let table: Vec<(&[u8], Result<(&str, bool), NameIssue>)> = vec![
+            (b"lib/net8.0/x.dll", Ok(("lib/net8.0/x.dll", false))),
+            (b"./lib//net8.0/./x.dll", Ok(("lib/net8.0/x.dll", false))),
+            (b"lib/", Ok(("lib", true))),
+            (b"[Content_Types].xml", Ok(("[Content_Types].xml", false))),
+            ("caf\u{e9}/x".as_bytes(), Ok(("caf\u{e9}/x", false))),
+            (b"../evil.so", Err(NameIssue::ParentComponent)),
+            (b"a/../../evil.so", Err(NameIssue::ParentComponent)),
+            (b"a/..", Err(NameIssue::ParentComponent)),
+            (b"/etc/passwd", Err(NameIssue::Absolute)),
+            (b"a\\..\\evil", Err(NameIssue::Backslash)),
+            (b"C:/evil", Err(NameIssue::DriveLetter)),
+            (b"c:evil", Err(NameIssue::DriveLetter)),
+            (b"a\nb", Err(NameIssue::ControlCharacter)),
+            (b"a\0b", Err(NameIssue::ControlCharacter)),
+            (b"", Err(NameIssue::Empty)),
+            (b"./", Err(NameIssue::Empty)),
+            (b"\xff\xfe.so", Err(NameIssue::NotUtf8)),
+            (deep.as_bytes(), Err(NameIssue::TooDeep(MAX_PATH_DEPTH + 1))),
+            (long.as_bytes(), Err(NameIssue::TooLong(MAX_NAME_BYTES + 1))),
+            (long_part.as_bytes(), Err(NameIssue::ComponentTooLong)),
+        ];
+        for (raw, expected) in table {
+            let got = check_name(raw);
+            let expected = expected.map(|(p, d)| (p.to_string(), d));
+            assert_eq!(got, expected, "name {:?}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn root_nuspec_is_matched_case_insensitively_at_the_root_only() {
+        assert!(is_root_nuspec("Echo.nuspec"));
+        assert!(is_root_nuspec("Echo.NuSpec"));
+        assert!(!is_root_nuspec(".nuspec"));
+        assert!(!is_root_nuspec("sub/Echo.nuspec"));
+        assert!(!is_root_nuspec("Echo.nuspec.bak"));
+        assert!(!is_root_nuspec("\u{e9}\u{e9}\u{e9}\u{e9}"));
+    }
+
+    #[test]
+    fn copy_limited_stops_one_byte_past_the_limit() {
+        let data = vec![7u8; 100];
+        let mut out = Vec::new();
+        assert_eq!(
+            copy_limited(&mut &data[..], &mut out, 100).unwrap(),
+            Copied::All(100)
+        );
+        let mut out = Vec::new();
+        assert_eq!(
+            copy_limited(&mut &data[..], &mut out, 99).unwrap(),
+            Copied::Exceeded
+        );
+        assert_eq!(
+            out.len(),
+            100,
+            "reads exactly one byte past the limit, no more"
+        );
+    }
+
+    #[test]
+    fn budget_names_the_smallest_limit() {
+        let limits = Limits {
+            max_ratio: 10,
+            ..Limits::default()
+        };
+        let b = Budget::new(&limits, 1 << 20, u64::MAX);
+        assert_eq!(b.ratio_cap, 10 << 20);
+        assert_eq!(b.cap(), 10 << 20);
+        // Small entries are never held to the ratio.
+        assert_eq!(
+            Budget::new(&limits, 10, u64::MAX).ratio_cap,
+            RATIO_FLOOR_BYTES
+        );
+        assert_eq!(Budget::new(&limits, 1 << 20, 5).cap(), 5);
+    }
+
+    fn zip_of(names: &[&str]) -> Vec<u8> {
+        let mut zw = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        for name in names {
+            zw.start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            zw.write_all(b"x").unwrap();
+        }
+        zw.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn declared_entry_count_reads_the_end_record() {
+        assert_eq!(declared_entry_count(&zip_of(&["a", "b", "c"])), Some(3));
+        assert_eq!(declared_entry_count(&zip_of(&[])), Some(0));
+        assert_eq!(declared_entry_count(b"not a zip at all, just text"), None);
+        assert_eq!(declared_entry_count(b"PK"), None);
+    }
+
+    #[test]
+    fn raw_duplicates_are_counted_from_the_central_directory() {
+        let mut bytes = zip_of(&["aa", "bb", "cc"]);
+        // Rename "bb" to "aa" and "cc" to "aa" everywhere (local and central headers).
+        for from in [&b"bb"[..], &b"cc"[..]] {
+            let positions: Vec<usize> = bytes
+                .windows(2)
+                .enumerate()
+                .filter(|(_, w)| *w == from)
+                .map(|(i, _)| i)
+                .collect();
+            for p in positions {
+                bytes[p..p + 2].copy_from_slice(b"aa");
+            }
+        }
+        let archive = ZipArchive::new(Cursor::new(&bytes[..])).unwrap();
+        assert!(archive.has_duplicate_names());
+        let dups = raw_duplicate_names(
+            &bytes,
+            archive.central_directory_start(),
+            &Limits::default(),
+        );
+        assert_eq!(dups, vec![("aa".to_string(), 3)]);
+    }
+}

@@ -436,3 +436,274 @@ pub(crate) fn library_issue(value: &str) -> Option<&'static str> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NS: &str = "http://schemas.microsoft.com/packaging/2013/05/nuspec.xsd";
+
+    fn doc(ns: &str, metadata: &str) -> String {
+        let xmlns = if ns.is_empty() {
+            String::new()
+        } else {
+            format!(r#" xmlns="{ns}""#)
+        };
+        format!(
+            r#"<?xml version="1.0" encoding="utf-8"?>
+<package{xmlns}>
+  <metadata>
+    {metadata}
+  </metadata>
+</package>"#
+        )
+    }
+
+    /// Parses and applies the rules; returns the metadata and the problem messages.
+    fn run(engine: EngineKind, xml: &str) -> (Option<Metadata>, Vec<String>) {
+        let mut problems = Vec::new();
+        let meta = parse("w.nuspec", xml.as_bytes(), &mut problems)
+            .and_then(|raw| apply_rules(raw, engine, &mut problems));
+        (meta, problems.iter().map(ToString::to_string).collect())
+    }
+
+    fn native_ok(xml: &str) -> Metadata {
+        let (meta, problems) = run(EngineKind::Native, xml);
+        assert_eq!(problems, Vec::<String>::new(), "{xml}");
+        meta.expect("metadata")
+    }
+
+    #[test]
+    fn defaults_come_from_id_and_the_spec() {
+        let m = native_ok(&doc(NS, "<id>Echo.Worker</id><version>1.2.3</version>"));
+        assert_eq!(
+            m,
+            Metadata {
+                id: "Echo.Worker".into(),
+                version: "1.2.3".into(),
+                abi_version: 1,
+                library: "Echo.Worker".into(),
+                entry_point: "Process".into(),
+                free_result: "FreeResult".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn every_virtufin_element_is_read() {
+        let m = native_ok(&doc(
+            NS,
+            "<id>X</id><version>1</version><virtufinAbiVersion> 1 </virtufinAbiVersion>\
+             <virtufinLibrary>echo</virtufinLibrary><virtufinEntryPoint>my_process</virtufinEntryPoint>\
+             <virtufinFreeResult>_free2</virtufinFreeResult>",
+        ));
+        assert_eq!((m.abi_version, m.library.as_str()), (1, "echo"));
+        assert_eq!(
+            (m.entry_point.as_str(), m.free_result.as_str()),
+            ("my_process", "_free2")
+        );
+    }
+
+    #[test]
+    fn every_nuget_namespace_and_none_are_accepted() {
+        for ns in NUSPEC_NAMESPACES.iter().copied().chain([""]) {
+            let m = native_ok(&doc(ns, "<id>X</id><version>1</version>"));
+            assert_eq!(m.id, "X", "namespace {ns:?}");
+        }
+    }
+
+    #[test]
+    fn bom_comments_cdata_entities_and_unknown_elements_are_handled() {
+        let xml = format!(
+            "\u{feff}{}",
+            doc(
+                NS,
+                "<!-- c --><id>A&amp;B</id><version><![CDATA[1.0]]></version>\
+                 <dependencies><group><dependency id=\"id\" version=\"9\"/></group></dependencies>\
+                 <tags>a b</tags><virtufinLibrary>&#x65;cho</virtufinLibrary>",
+            )
+        );
+        let (meta, problems) = run(EngineKind::Native, &xml);
+        // "A&B" is a fine id but not a library name; the library is given explicitly.
+        assert_eq!(problems, Vec::<String>::new());
+        let m = meta.unwrap();
+        assert_eq!(
+            (m.id.as_str(), m.version.as_str(), m.library.as_str()),
+            ("A&B", "1.0", "echo")
+        );
+    }
+
+    #[test]
+    fn dotnet_ignores_the_native_only_elements() {
+        let xml = doc(
+            NS,
+            "<id>W</id><version>1</version><virtufinAbiVersion>7</virtufinAbiVersion>\
+             <virtufinEntryPoint>not valid</virtufinEntryPoint><virtufinLibrary>Worker.Lib</virtufinLibrary>",
+        );
+        let (meta, problems) = run(EngineKind::DotNet, &xml);
+        assert_eq!(problems, Vec::<String>::new());
+        let m = meta.unwrap();
+        assert_eq!(
+            (m.abi_version, m.entry_point.as_str(), m.library.as_str()),
+            (1, "Process", "Worker.Lib")
+        );
+    }
+
+    /// Each rule, with the exact message an author sees. Several problems in one nuspec are
+    /// all reported.
+    #[test]
+    fn every_rule_has_its_message() {
+        let long = "a".repeat(129);
+        let ok128 = "a".repeat(128);
+        let table: Vec<(String, Vec<String>)> = vec![
+            (doc(NS, "<version>1</version>"), vec!["nuspec <metadata> has no <id>, which is required".into()]),
+            (doc(NS, "<id>X</id>"), vec!["nuspec <metadata> has no <version>, which is required".into()]),
+            (
+                doc(NS, "<id> </id><version/>"),
+                vec![
+                    "nuspec <metadata> has no <id>, which is required".into(),
+                    "nuspec <metadata> has no <version>, which is required".into(),
+                ],
+            ),
+            (
+                doc(NS, "<id>X</id><id>Y</id><version>1</version>"),
+                vec!["nuspec <metadata> has more than one <id>".into()],
+            ),
+            (
+                doc(NS, "<id>X</id><version>1</version><virtufinAbiVersion>one</virtufinAbiVersion>"),
+                vec![r#"virtufinAbiVersion "one" is not an integer"#.into()],
+            ),
+            (
+                doc(NS, "<id>X</id><version>1</version><virtufinAbiVersion>-1</virtufinAbiVersion>"),
+                vec![r#"virtufinAbiVersion "-1" is not an integer"#.into()],
+            ),
+            (
+                doc(NS, "<id>X</id><version>1</version><virtufinAbiVersion>2</virtufinAbiVersion>"),
+                vec!["virtufinAbiVersion 2 is not supported; supported versions: 1".into()],
+            ),
+            (
+                doc(NS, "<id>X</id><version>1</version><virtufinAbiVersion>99999999999</virtufinAbiVersion>"),
+                vec!["virtufinAbiVersion 99999999999 is not supported; supported versions: 1".into()],
+            ),
+            (
+                doc(NS, "<id>X</id><version>1</version><virtufinLibrary>../../etc/x</virtufinLibrary>"),
+                vec![r#"virtufinLibrary "../../etc/x" may contain only letters, digits, '_', '.' and '-'"#.into()],
+            ),
+            (
+                doc(NS, "<id>X</id><version>1</version><virtufinLibrary>a..b</virtufinLibrary>"),
+                vec![r#"virtufinLibrary "a..b" must not contain '..'"#.into()],
+            ),
+            (
+                doc(NS, &format!("<id>X</id><version>1</version><virtufinLibrary>{long}</virtufinLibrary>")),
+                vec![format!("virtufinLibrary {long:?} is longer than 128 characters")],
+            ),
+            (
+                doc(NS, "<id>X</id><version>1</version><virtufinLibrary></virtufinLibrary>"),
+                vec![r#"virtufinLibrary "" is empty"#.into()],
+            ),
+            (
+                doc(NS, "<id>My Worker</id><version>1</version>"),
+                vec![
+                    r#"the library name (taken from <id>; set <virtufinLibrary> to override) "My Worker" may contain only letters, digits, '_', '.' and '-'"#
+                        .into(),
+                ],
+            ),
+            (
+                doc(NS, "<id>X</id><version>1</version><virtufinEntryPoint>1st</virtufinEntryPoint><virtufinFreeResult>free-it</virtufinFreeResult>"),
+                vec![
+                    r#"virtufinEntryPoint "1st" is not a valid C identifier (letters, digits and '_', not starting with a digit)"#.into(),
+                    r#"virtufinFreeResult "free-it" is not a valid C identifier (letters, digits and '_', not starting with a digit)"#.into(),
+                ],
+            ),
+            (
+                doc(NS, "<id>X</id><version>1</version><virtufinEntryPoint></virtufinEntryPoint>"),
+                vec![r#"virtufinEntryPoint "" is not a valid C identifier (letters, digits and '_', not starting with a digit)"#.into()],
+            ),
+            (
+                // Everything wrong at once: all of it is reported.
+                doc(NS, "<virtufinAbiVersion>3</virtufinAbiVersion><virtufinLibrary>a/b</virtufinLibrary><virtufinFreeResult>x y</virtufinFreeResult>"),
+                vec![
+                    "nuspec <metadata> has no <id>, which is required".into(),
+                    "nuspec <metadata> has no <version>, which is required".into(),
+                    "virtufinAbiVersion 3 is not supported; supported versions: 1".into(),
+                    r#"virtufinFreeResult "x y" is not a valid C identifier (letters, digits and '_', not starting with a digit)"#.into(),
+                    r#"virtufinLibrary "a/b" may contain only letters, digits, '_', '.' and '-'"#.into(),
+                ],
+            ),
+            (doc(NS, &format!("<id>X</id><version>1</version><virtufinLibrary>{ok128}</virtufinLibrary>")), vec![]),
+            // ---- the document ----
+            (
+                "this is not xml".into(),
+                vec![r#"nuspec "w.nuspec" is not well-formed XML: no root element"#.into()],
+            ),
+            (
+                "<package><metadata><id>X</id></package>".into(),
+                vec![r#"nuspec "w.nuspec" is not well-formed XML: ill-formed document: expected `</metadata>`, but `</package>` was found (near byte 29)"#.into()],
+            ),
+            (
+                r#"<?xml version="1.0"?><nuspec><metadata/></nuspec>"#.into(),
+                vec![r#"nuspec "w.nuspec" has the root element <nuspec>; expected <package>"#.into()],
+            ),
+            (
+                r#"<package xmlns="http://example.com/evil"><metadata><id>X</id><version>1</version></metadata></package>"#.into(),
+                vec![r#"nuspec "w.nuspec" uses the namespace "http://example.com/evil", which is not a NuGet nuspec namespace"#.into()],
+            ),
+            (
+                format!(r#"<package xmlns="{NS}"><files/></package>"#),
+                vec![r#"nuspec "w.nuspec" has no <metadata> element"#.into()],
+            ),
+            (
+                // <metadata> in another namespace is not NuGet's.
+                format!(r#"<package xmlns="{NS}" xmlns:o="urn:other"><o:metadata><o:id>X</o:id></o:metadata></package>"#),
+                vec![r#"nuspec "w.nuspec" has no <metadata> element"#.into()],
+            ),
+            (
+                // Billion laughs: refused at the DOCTYPE, before any entity is declared.
+                r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]><package><metadata><id>&lol2;</id><version>1</version></metadata></package>"#.into(),
+                vec![r#"nuspec "w.nuspec" has a DOCTYPE declaration; DTDs and entity declarations are refused"#.into()],
+            ),
+            (
+                // External entity (XXE).
+                r#"<?xml version="1.0"?><!DOCTYPE p [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><package><metadata><id>&xxe;</id><version>1</version></metadata></package>"#.into(),
+                vec![r#"nuspec "w.nuspec" has a DOCTYPE declaration; DTDs and entity declarations are refused"#.into()],
+            ),
+            (
+                // An entity used without any declaration.
+                doc(NS, "<id>&xxe;</id><version>1</version>"),
+                vec![r#"nuspec "w.nuspec" uses the undefined entity '&xxe;'"#.into()],
+            ),
+        ];
+        for (xml, expected) in table {
+            let (_, got) = run(EngineKind::Native, &xml);
+            assert_eq!(got, expected, "nuspec:\n{xml}");
+        }
+    }
+
+    #[test]
+    fn nuspec_that_is_not_utf8_is_refused() {
+        let mut problems = Vec::new();
+        assert!(parse("w.nuspec", b"<package>\xff\xfe</package>", &mut problems).is_none());
+        assert_eq!(
+            problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            vec![r#"nuspec "w.nuspec" is not UTF-8 text"#]
+        );
+    }
+
+    #[test]
+    fn c_identifiers_and_library_names() {
+        for ok in ["Process", "_x", "a1_b2", "FreeResult"] {
+            assert!(is_c_identifier(ok), "{ok}");
+        }
+        for bad in ["", "1a", "a-b", "a b", "é", "a.b"] {
+            assert!(!is_c_identifier(bad), "{bad}");
+        }
+        for ok in ["echo", "Virtufin.Worker.Echo", "a-b_c.d", "A9"] {
+            assert_eq!(library_issue(ok), None, "{ok}");
+        }
+        assert_eq!(
+            library_issue("lib/x"),
+            Some("may contain only letters, digits, '_', '.' and '-'")
+        );
+        assert_eq!(library_issue("x.."), Some("must not contain '..'"));
+    }
+}

@@ -181,3 +181,143 @@ fn dotnet(files: &[&str], runtime_major: Option<u32>, library: &str) -> Result<L
         dlls,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fw(tfm: &str) -> Option<(bool, u32, u32)> {
+        Framework::parse(tfm).map(|f| (f.is_core, f.major, f.minor))
+    }
+
+    #[test]
+    fn frameworks_parse_and_need_a_runtime() {
+        assert_eq!(fw("netcoreapp3.1"), Some((true, 3, 1)));
+        assert_eq!(fw("NET8.0"), Some((true, 8, 0)));
+        assert_eq!(fw("net10.0"), Some((true, 10, 0)));
+        assert_eq!(fw("netstandard2.0"), Some((false, 2, 0)));
+        assert_eq!(fw("netstandard2.1"), Some((false, 2, 1)));
+        for unknown in [
+            "net48",
+            "net472",
+            "net8.0-windows",
+            "netstandard1.3",
+            "netcoreapp5.0",
+            "net4.0",
+            "native",
+            "netstandard",
+        ] {
+            assert_eq!(fw(unknown), None, "{unknown}");
+        }
+        let major = |t: &str| Framework::parse(t).map(Framework::runtime_major);
+        assert_eq!(major("netstandard2.0"), Some(2));
+        assert_eq!(major("netstandard2.1"), Some(3));
+        assert_eq!(major("netcoreapp3.1"), Some(3));
+        assert_eq!(major("net8.0"), Some(8));
+    }
+
+    fn pick(files: &[&str], major: Option<u32>, library: &str) -> Result<Layout, String> {
+        dotnet(files, major, library).map_err(|p| p.to_string())
+    }
+
+    #[test]
+    fn the_highest_framework_the_runtime_runs_wins() {
+        let files = [
+            "lib/netstandard2.0/W.dll",
+            "lib/netstandard2.1/W.dll",
+            "lib/netcoreapp3.1/W.dll",
+            "lib/net6.0/W.dll",
+            "lib/net8.0/W.dll",
+            "lib/net8.0-windows/W.dll",
+        ];
+        let tfm = |m| pick(&files, m, "W").map(|l| l.tfm.unwrap());
+        assert_eq!(tfm(Some(2)), Ok("netstandard2.0".into()));
+        assert_eq!(tfm(Some(3)), Ok("netcoreapp3.1".into()));
+        assert_eq!(tfm(Some(7)), Ok("net6.0".into()));
+        assert_eq!(tfm(Some(8)), Ok("net8.0".into()));
+        assert_eq!(tfm(Some(10)), Ok("net8.0".into()));
+        assert_eq!(tfm(None), Ok("net8.0".into()));
+        // A runtime-specific folder beats .NET Standard for the same runtime.
+        assert_eq!(
+            pick(
+                &["lib/netstandard2.1/W.dll", "lib/netcoreapp3.0/W.dll"],
+                Some(3),
+                "W"
+            )
+            .map(|l| l.library_path),
+            Ok("lib/netcoreapp3.0/W.dll".into())
+        );
+    }
+
+    #[test]
+    fn dotnet_layout_problems_name_what_is_there() {
+        assert_eq!(
+            pick(&["W.nuspec", "readme.txt"], Some(8), "W"),
+            Err(
+                "no lib/<tfm>/ folder with files; a .NET worker ships lib/<tfm>/<library>.dll"
+                    .into()
+            )
+        );
+        assert_eq!(
+            pick(&["lib/net8.0/W.dll", "lib/net48/W.dll"], Some(3), "W"),
+            Err("no lib/<tfm>/ folder that this host's .NET 3 runtime can run; the package has: net48, net8.0".into())
+        );
+        assert_eq!(
+            pick(&["lib/net48/W.dll"], None, "W"),
+            Err("no lib/<tfm>/ folder that a .NET runtime can run; the package has: net48".into())
+        );
+        assert_eq!(
+            pick(&["lib/net8.0/Other.dll", "lib/net8.0/Dep.dll", "lib/net8.0/x.pdb"], Some(8), "W"),
+            Err("lib/net8.0/ has no W.dll (virtufinLibrary must equal the worker DLL's basename); its DLLs: Dep.dll, Other.dll".into())
+        );
+        assert_eq!(
+            pick(&["lib/net8.0/W.xml"], Some(8), "W"),
+            Err("lib/net8.0/ has no W.dll (virtufinLibrary must equal the worker DLL's basename); the folder has no DLLs".into())
+        );
+        // The basename must match exactly.
+        assert!(pick(&["lib/net8.0/w.dll"], Some(8), "W").is_err());
+    }
+
+    #[test]
+    fn native_layout_takes_the_rid_folder_of_this_host() {
+        let files = [
+            "X.nuspec",
+            "runtimes/linux-x64/native/libecho.so",
+            "runtimes/linux-arm64/native/libecho.so",
+        ];
+        for rid in ["linux-x64", "linux-arm64"] {
+            let l = native(&files, rid, "echo").unwrap();
+            assert_eq!(l.library_path, format!("runtimes/{rid}/native/libecho.so"));
+            assert_eq!(l.rid.as_deref(), Some(rid));
+        }
+        let msg =
+            |files: &[&str], rid: &str, lib: &str| native(files, rid, lib).unwrap_err().to_string();
+        assert_eq!(
+            msg(
+                &["runtimes/linux-arm64/native/libecho.so"],
+                "linux-x64",
+                "echo"
+            ),
+            r#"no native library for linux-x64: expected "runtimes/linux-x64/native/libecho.so"; the package has native libraries for: linux-arm64"#
+        );
+        assert_eq!(
+            msg(&["X.nuspec", "libecho.so"], "linux-arm64", "echo"),
+            r#"no native library for linux-arm64: expected "runtimes/linux-arm64/native/libecho.so"; the package has no runtimes/<rid>/native/ folder"#
+        );
+        assert_eq!(
+            msg(
+                &[
+                    "runtimes/linux-x64/native/echo.so",
+                    "runtimes/win-x64/native/echo.dll"
+                ],
+                "linux-x64",
+                "echo"
+            ),
+            r#"no native library for linux-x64: expected "runtimes/linux-x64/native/libecho.so"; the package has native libraries for: linux-x64, win-x64; the folder for this RID holds "echo.so""#
+        );
+        assert_eq!(
+            msg(&files, "linux-riscv64", "echo"),
+            r#"this host's runtime identifier "linux-riscv64" is not supported; native workers run on linux-x64, linux-arm64"#
+        );
+    }
+}
