@@ -178,7 +178,7 @@ pub(crate) fn scan(bytes: &[u8], limits: &Limits) -> Result<Scan, Vec<Problem>> 
         ) {
             scan.problems.push(Problem::UnsupportedCompression {
                 name: shown,
-                method: format!("{method:?}"),
+                method: method.to_string(),
             });
             continue;
         }
