@@ -379,6 +379,11 @@ pub enum Problem {
         "entry {name:?} expands more than {limit} times its compressed size; refused as a likely zip bomb"
     )]
     RatioTooHigh { name: String, limit: u64 },
+    /// An entry that unpacks to more bytes than its header declares: the headers lie.
+    #[error(
+        "entry {name:?} does not unpack to the {declared} bytes its header declares; the zip headers are forged or damaged"
+    )]
+    SizeMismatch { name: String, declared: u64 },
     /// An entry that cannot be decompressed (bad data, CRC mismatch).
     #[error("entry {name:?} cannot be read: {reason}")]
     CorruptEntry { name: String, reason: String },

@@ -230,6 +230,13 @@ pub(crate) fn scan(bytes: &[u8], limits: &Limits) -> Result<Scan, Vec<Problem>> 
             Err(e) => Err(e.into()),
         };
         match outcome {
+            Ok(Copied::All(n)) if n != declared => {
+                total = total.saturating_add(n);
+                scan.problems.push(Problem::SizeMismatch {
+                    name: shown,
+                    declared,
+                });
+            }
             Ok(Copied::All(n)) => {
                 total = total.saturating_add(n);
                 if is_nuspec {
@@ -271,10 +278,22 @@ pub(crate) fn scan(bytes: &[u8], limits: &Limits) -> Result<Scan, Vec<Problem>> 
                 }
             }
             Err(e) => {
-                scan.problems.push(Problem::CorruptEntry {
-                    name: shown,
-                    reason: e.to_string(),
-                });
+                // The zip reader itself refuses to unpack past the declared size (our
+                // counting is the second line); say plainly that the headers lie.
+                let past_declared = e.kind() == io::ErrorKind::InvalidData
+                    && e.to_string().contains("larger than its declared");
+                scan.problems
+                    .push(if past_declared || sink.written > declared {
+                        Problem::SizeMismatch {
+                            name: shown,
+                            declared,
+                        }
+                    } else {
+                        Problem::CorruptEntry {
+                            name: shown,
+                            reason: e.to_string(),
+                        }
+                    });
                 if is_nuspec {
                     scan.nuspecs.push(NuspecFile {
                         path: path.clone(),
@@ -338,12 +357,14 @@ pub(crate) fn copy_limited(
 /// Discards bytes, or keeps them when asked (the nuspec).
 struct Sink {
     keep: Option<Vec<u8>>,
+    written: u64,
 }
 
 impl Sink {
     fn new(keep_up_to: Option<u64>) -> Sink {
         Sink {
             keep: keep_up_to.map(|_| Vec::new()),
+            written: 0,
         }
     }
     fn into_bytes(self) -> Vec<u8> {
@@ -356,6 +377,7 @@ impl Write for Sink {
         if let Some(v) = &mut self.keep {
             v.extend_from_slice(buf);
         }
+        self.written = self.written.saturating_add(buf.len() as u64);
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
