@@ -232,10 +232,10 @@ fn write_and_publish(
             ));
         }
     }
-    if let Some(root) = target.parent() {
-        if let Ok(dir) = File::open(root) {
-            let _ = dir.sync_all();
-        }
+    if let Some(root) = target.parent()
+        && let Ok(dir) = File::open(root)
+    {
+        let _ = dir.sync_all();
     }
     Ok(())
 }

@@ -65,13 +65,13 @@ pub(crate) fn open<'a>(
 ) -> Result<ZipArchive<Cursor<&'a [u8]>>, Vec<Problem>> {
     // The central directory is parsed whole by the zip crate, so refuse a huge declared count
     // before it allocates for it.
-    if let Some(count) = declared_entry_count(bytes) {
-        if count > limits.max_entries as u64 {
-            return Err(vec![Problem::TooManyEntries {
-                count,
-                limit: limits.max_entries,
-            }]);
-        }
+    if let Some(count) = declared_entry_count(bytes)
+        && count > limits.max_entries as u64
+    {
+        return Err(vec![Problem::TooManyEntries {
+            count,
+            limit: limits.max_entries,
+        }]);
     }
     let archive = ZipArchive::new(Cursor::new(bytes)).map_err(|e| {
         vec![Problem::NotZip {
@@ -468,6 +468,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::type_complexity)] // a table literal reads better than a named alias
     fn names_are_normalised_or_refused_with_the_reason() {
         let deep = vec!["d"; MAX_PATH_DEPTH + 1].join("/");
         let long = "a".repeat(MAX_NAME_BYTES + 1);
@@ -513,7 +514,7 @@ mod tests {
 
     #[test]
     fn copy_limited_stops_one_byte_past_the_limit() {
-        let data = vec![7u8; 100];
+        let data = [7u8; 100];
         let mut out = Vec::new();
         assert_eq!(
             copy_limited(&mut &data[..], &mut out, 100).unwrap(),

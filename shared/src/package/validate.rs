@@ -61,12 +61,12 @@ fn native(files: &[&str], rid: &str, library: &str) -> Result<Layout, Problem> {
     let mut present = Vec::new();
     for file in files {
         let parts: Vec<&str> = file.split('/').collect();
-        if let ["runtimes", r, "native", rest @ ..] = parts.as_slice() {
-            if !rest.is_empty() {
-                rids.insert(r.to_string());
-                if *r == rid && rest.len() == 1 {
-                    present.push(rest[0].to_string());
-                }
+        if let ["runtimes", r, "native", rest @ ..] = parts.as_slice()
+            && !rest.is_empty()
+        {
+            rids.insert(r.to_string());
+            if *r == rid && rest.len() == 1 {
+                present.push(rest[0].to_string());
             }
         }
     }
@@ -136,12 +136,11 @@ impl Framework {
 fn dotnet(files: &[&str], runtime_major: Option<u32>, library: &str) -> Result<Layout, Problem> {
     let mut tfms: Vec<&str> = Vec::new();
     for file in files {
-        if let Some(("lib", rest)) = file.split_once('/') {
-            if let Some((tfm, _)) = rest.split_once('/') {
-                if !tfms.contains(&tfm) {
-                    tfms.push(tfm);
-                }
-            }
+        if let Some(("lib", rest)) = file.split_once('/')
+            && let Some((tfm, _)) = rest.split_once('/')
+            && !tfms.contains(&tfm)
+        {
+            tfms.push(tfm);
         }
     }
     if tfms.is_empty() {
