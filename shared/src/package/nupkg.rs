@@ -490,7 +490,6 @@ mod tests {
     use super::*;
 
     #[test]
-    #[allow(clippy::type_complexity)] // a table literal reads better than a named alias
     fn names_are_normalised_or_refused_with_the_reason() {
         let deep = vec!["d"; MAX_PATH_DEPTH + 1].join("/");
         let long = "a".repeat(MAX_NAME_BYTES + 1);
