@@ -210,8 +210,13 @@ fn write_and_publish(
         // The umask may have narrowed the mode given at creation.
         file.set_permissions(fs::Permissions::from_mode(FILE_MODE))
             .map_err(io_err(&dest, "setting file permissions"))?;
-        file.sync_all().map_err(io_err(&dest, "syncing a file"))?;
     }
+    // One syncfs for every file instead of an fsync each (202 files, 13 MB: 2.0 s -> 0.85 s
+    // here; 0.1 s unsynced):
+    // the rename below must not publish files whose data is not on disk yet.
+    let dir = File::open(temp).map_err(io_err(temp, "opening the temporary folder"))?;
+    nix::unistd::syncfs(&dir)
+        .map_err(|errno| io_err(temp, "syncing the extracted files")(io::Error::from(errno)))?;
     fs::set_permissions(temp, fs::Permissions::from_mode(DIR_MODE))
         .map_err(io_err(temp, "setting folder permissions"))?;
 
