@@ -1017,3 +1017,138 @@ fn c_reader_survives_fuzzing_under_valgrind() {
     );
     assert_fuzz_did_work(&out.stdout, 8 * 300);
 }
+
+// ---- the worker-author guide ----
+
+/// The fenced code block that follows `<!-- marker -->` in docs/native-workers.md.
+fn guide_block(marker: &str) -> String {
+    let guide = std::fs::read_to_string(workspace_root().join("docs/native-workers.md"))
+        .expect("read docs/native-workers.md");
+    let tag = format!("<!-- {marker} -->");
+    let after = &guide[guide
+        .find(&tag)
+        .unwrap_or_else(|| panic!("{tag} missing from the guide"))..];
+    let start = after.find("```").expect("a code block after the marker");
+    let body = &after[start..];
+    let body = &body[body.find('\n').expect("fence line") + 1..];
+    body[..body.find("\n```").expect("closing fence") + 1].to_string()
+}
+
+#[test]
+fn the_guides_echo_worker_builds_echoes_and_packs_into_a_valid_nupkg() {
+    use wm_shared::package::{self, EngineKind, Limits, Target};
+
+    let dir = tempfile::tempdir().unwrap();
+    let echo_src = dir.path().join("myworker.c");
+    std::fs::write(&echo_src, guide_block("echo-example")).unwrap();
+
+    // The guide says it compiles warning-free as C11 and as C++17.
+    for (compiler, std, lang) in [("gcc", "-std=c11", "c"), ("g++", "-std=c++17", "c++")] {
+        let mut cmd = Command::new(compiler);
+        cmd.args(["-x", lang, std, "-Wall", "-Wextra", "-Werror", "-pedantic"])
+            .args(["-fsyntax-only", "-I"])
+            .arg(workspace_root().join("schemas"))
+            .arg(&echo_src);
+        let res = run_cmd(cmd, Vec::new());
+        assert!(
+            res.status.success() && res.stderr.is_empty(),
+            "{compiler}: {}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+    }
+
+    // Run the echo worker through a host-like driver, with ASan + UBSan.
+    let prog = Build::program(
+        "cabi_doc_echo",
+        Lang::C,
+        &[echo_src.to_str().unwrap(), "cabi_doc_driver.c"],
+    )
+    .flags(SANITIZE)
+    .build();
+    let mut input = CloudEvent::new("in-1", "com.example.ping", "urn:client");
+    input.subject = Some("sub ✓".into());
+    input.datacontenttype = Some("application/octet-stream".into());
+    input.data = Some(vec![0, 1, 2, 0, 255]);
+    input.set_extension("tenant", "t1").unwrap();
+    input.set_extension("correlationid", "c-77").unwrap();
+    let bare = CloudEvent::new("in-2", "t", "s");
+    let mut batch = Vec::new();
+    put_frame(&mut batch, &input.to_flatbuffer());
+    put_frame(&mut batch, &bare.to_flatbuffer());
+    put_frame(&mut batch, b"junk");
+    let out = frames(&run(&prog, &[], batch));
+    assert_eq!(out.len(), 3);
+
+    let mut want = CloudEvent::new(
+        "echo-reply",
+        "com.example.echo.reply",
+        "urn:com.example.echo",
+    );
+    want.subject = input.subject.clone();
+    want.datacontenttype = input.datacontenttype.clone();
+    want.data = input.data.clone();
+    want.set_extension("correlationid", "c-77").unwrap();
+    want.set_extension("tenant", "t1").unwrap();
+    let got = WorkerResponse::from_flatbuffer(&out[0]).unwrap();
+    assert_eq!(got.result_event.as_ref(), Some(&want));
+    assert_eq!(got.error_message, None);
+    assert_eq!(got.result_event.unwrap().extensions()[0].0, "correlationid");
+
+    let got = WorkerResponse::from_flatbuffer(&out[1]).unwrap();
+    let want = CloudEvent::new(
+        "echo-reply",
+        "com.example.echo.reply",
+        "urn:com.example.echo",
+    );
+    assert_eq!(
+        got.result_event,
+        Some(want),
+        "no data, subject or extensions to copy"
+    );
+
+    let got = WorkerResponse::from_flatbuffer(&out[2]).unwrap();
+    assert_eq!(
+        got,
+        WorkerResponse {
+            result_event: None,
+            error_message: Some("echo: input is not a valid CloudEvent".into()),
+        }
+    );
+
+    // The guide's nuspec and pack script give a package the daemon accepts.
+    std::fs::copy(
+        workspace_root().join("schemas/virtufin_worker_api_c.h"),
+        dir.path().join("virtufin_worker_api_c.h"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("Virtufin.Worker.MyWorker.nuspec"),
+        guide_block("nuspec-example"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("pack.sh"), guide_block("pack-script")).unwrap();
+    let target = Target {
+        rid: package::rid_for_arch(std::env::consts::ARCH),
+        dotnet_major: None,
+    };
+    let mut cmd = Command::new("bash");
+    cmd.arg("pack.sh").arg(&target.rid).current_dir(dir.path());
+    let res = run_cmd(cmd, Vec::new());
+    assert!(
+        res.status.success(),
+        "the guide's pack script failed: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let nupkg = std::fs::read(dir.path().join("worker.nupkg")).unwrap();
+    let info = package::inspect(&nupkg, EngineKind::Native, &target, &Limits::default())
+        .unwrap_or_else(|e| panic!("the guide's package is refused: {e}"));
+    assert_eq!(
+        info.library_path,
+        format!("runtimes/{}/native/libmyworker.so", target.rid)
+    );
+    assert_eq!(info.library, "myworker");
+    assert_eq!(
+        (info.entry_point.as_str(), info.free_result.as_str()),
+        ("Process", "FreeResult")
+    );
+}
