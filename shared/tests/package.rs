@@ -1086,3 +1086,27 @@ fn extract_refuses_info_for_other_bytes_or_a_forged_path() {
     );
     assert_eq!(sandbox.tree(), BTreeSet::new());
 }
+
+#[test]
+fn a_file_in_the_way_of_the_extraction_folder_is_reported() {
+    let limits = Limits::default();
+    let bytes = native_pkg(&[]);
+    let info = package::inspect(&bytes, EngineKind::Native, &x64(), &limits).unwrap();
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.root()).unwrap();
+    let in_the_way = sandbox.root().join(&info.sha256);
+    std::fs::write(&in_the_way, b"not a folder").unwrap();
+    let err = package::extract(&bytes, &info, &sandbox.root(), &limits).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot extract package {} into {}: adding files to the existing folder: the path exists and is not a folder; remove it and retry",
+            info.sha256,
+            in_the_way.display()
+        )
+    );
+    // The temporary folder is gone; the file is untouched.
+    let tree = sandbox.tree();
+    assert_eq!(tree.len(), 2, "{tree:?}");
+    assert_eq!(std::fs::read(&in_the_way).unwrap(), b"not a folder");
+}

@@ -225,7 +225,9 @@ fn write_and_publish(
         Err(e)
             if matches!(
                 e.kind(),
-                io::ErrorKind::AlreadyExists | io::ErrorKind::DirectoryNotEmpty
+                io::ErrorKind::AlreadyExists
+                    | io::ErrorKind::DirectoryNotEmpty
+                    | io::ErrorKind::NotADirectory
             ) =>
         {
             merge(temp, target, wanted)
@@ -251,7 +253,7 @@ fn merge(temp: &Path, target: &Path, wanted: &[(usize, String)]) -> io::Result<(
     if !meta.is_dir() {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
-            "the path exists and is not a folder; remove it",
+            "the path exists and is not a folder; remove it and retry",
         ));
     }
     for (_, path) in wanted {

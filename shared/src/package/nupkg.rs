@@ -590,6 +590,28 @@ mod tests {
     }
 
     #[test]
+    fn declared_entry_count_follows_the_zip64_end_record() {
+        // Over 65535 entries the 16-bit count reads 0xFFFF and the real one is in the zip64
+        // record, which the writer then emits.
+        let mut zw = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let opts =
+            zip::write::SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
+        for i in 0..70_000u32 {
+            zw.start_file(format!("{i}"), opts).unwrap();
+        }
+        let bytes = zw.finish().unwrap().into_inner();
+        assert_eq!(declared_entry_count(&bytes), Some(70_000));
+        let err = open(&bytes, &Limits::default()).err().unwrap();
+        assert_eq!(
+            err,
+            vec![Problem::TooManyEntries {
+                count: 70_000,
+                limit: 10_000
+            }]
+        );
+    }
+
+    #[test]
     fn raw_duplicates_are_counted_from_the_central_directory() {
         let mut bytes = zip_of(&["aa", "bb", "cc"]);
         // Rename "bb" to "aa" and "cc" to "aa" everywhere (local and central headers).
