@@ -324,6 +324,10 @@ impl fmt::Display for NameIssue {
 }
 
 /// One rule a package breaks. The message says what is wrong and with which entry or element.
+///
+/// Fields: `name` is an entry name as written in the zip (lossily decoded when it is not
+/// UTF-8; messages print it quoted and escaped, so a hostile name cannot forge a line),
+/// `limit` the [`Limits`] value crossed, `value` the offending text from the nuspec.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
     // ---- the archive ----
