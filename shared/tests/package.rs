@@ -785,6 +785,18 @@ fn encrypted_and_unknown_compression_entries_are_refused() {
         &[r#"entry "secret.bin" is encrypted; packages must not be encrypted"#],
     );
 
+    // An encrypted nuspec: that is the one problem, not also "no nuspec".
+    let mut bytes = zip(&[
+        E::File("runtimes/linux-x64/native/libecho.so", ELF.to_vec()),
+        E::Stored("Echo.nuspec", nuspec("Echo", "")),
+    ]);
+    let c = *headers(&bytes, CENTRAL).last().unwrap();
+    bytes[c + 8] |= 1;
+    native(
+        &bytes,
+        &[r#"entry "Echo.nuspec" is encrypted; packages must not be encrypted"#],
+    );
+
     let mut bytes = native_pkg(&[E::Stored("packed.bin", b"data".to_vec())]);
     let c = *headers(&bytes, CENTRAL).last().unwrap();
     bytes[c + 10..c + 12].copy_from_slice(&12u16.to_le_bytes()); // bzip2

@@ -41,6 +41,9 @@ pub(crate) struct Scan {
     pub nuspecs: Vec<NuspecFile>,
     /// `.nuspec` files in subfolders (for a hint).
     pub nested_nuspecs: Vec<String>,
+    /// A root `.nuspec` entry was refused (link, encrypted, colliding...): its problem is
+    /// reported, so "no nuspec" would only mislead.
+    pub refused_root_nuspec: bool,
     /// Every archive problem found.
     pub problems: Vec<Problem>,
 }
@@ -112,6 +115,7 @@ pub(crate) fn scan(bytes: &[u8], limits: &Limits) -> Result<Scan, Vec<Problem>> 
     }
 
     let mut total: u64 = 0;
+    let mut root_nuspec_entries = 0usize;
     let mut seen: HashMap<String, String> = HashMap::new(); // folded key -> first name
     let mut files: HashMap<String, String> = HashMap::new(); // folded key of file entries
     for index in 0..archive.len() {
@@ -128,6 +132,9 @@ pub(crate) fn scan(bytes: &[u8], limits: &Limits) -> Result<Scan, Vec<Problem>> 
                 continue;
             }
         };
+        if is_root_nuspec(&path) && !is_dir {
+            root_nuspec_entries += 1;
+        }
         let mode = if meta.system() == zip::System::Unix {
             Some(meta.external_attributes() >> 16)
         } else {
@@ -303,6 +310,7 @@ pub(crate) fn scan(bytes: &[u8], limits: &Limits) -> Result<Scan, Vec<Problem>> 
             }
         }
     }
+    scan.refused_root_nuspec = root_nuspec_entries > scan.nuspecs.len();
     Ok(scan)
 }
 
