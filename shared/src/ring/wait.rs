@@ -70,6 +70,9 @@ pub struct SpinBudget {
     max_ns: u64,
 }
 
+/// How long a spin stays pure (no `sched_yield`) before it starts yielding between checks.
+pub const YIELD_AFTER: Duration = Duration::from_micros(1);
+
 /// Default smallest spin budget.
 pub const DEFAULT_MIN_SPIN: Duration = Duration::from_micros(2);
 /// Default largest spin budget: about two futex wake-ups on our VM; spinning longer than that
@@ -134,8 +137,15 @@ impl SpinBudget {
                 }
                 std::hint::spin_loop();
             }
-            if start.elapsed() >= budget {
+            let spent = start.elapsed();
+            if spent >= budget {
                 return ready();
+            }
+            // Past the first microsecond, yield between checks: on an oversubscribed machine
+            // the peer we wait for may be queued behind us on this very CPU, and pure spinning
+            // would keep it off until our time slice ends (measured: docs/benchmarks.md).
+            if spent >= YIELD_AFTER {
+                std::thread::yield_now();
             }
         }
     }
