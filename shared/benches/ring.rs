@@ -109,9 +109,40 @@ fn uds_child() -> ! {
     std::process::exit(0);
 }
 
+/// A CPU set holding `cpu`, or every online CPU for `None`.
+fn cpu_set(cpu: Option<usize>) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is plain data; all-zero is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for c in 0..n {
+        if cpu.is_none_or(|p| p == c) {
+            // SAFETY: c < CPU_SETSIZE (the online CPU count is far below 1024) and `set` is a
+            // live cpu_set_t.
+            unsafe { libc::CPU_SET(c, &mut set) };
+        }
+    }
+    set
+}
+
+/// Pins the calling thread to `set`.
+fn apply(set: &libc::cpu_set_t) -> bool {
+    // SAFETY: `set` is a live, initialised cpu_set_t of the size passed; pid 0 = this thread.
+    // sched_setaffinity is a plain syscall, async-signal-safe, so pre_exec may call this too.
+    unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), set) == 0 }
+}
+
+fn set_affinity(cpu: Option<usize>) -> bool {
+    apply(&cpu_set(cpu))
+}
+
 fn spawn(role: &str, fd: i32, target: i32) -> Child {
+    spawn_on(role, fd, target, None)
+}
+
+fn spawn_on(role: &str, fd: i32, target: i32, cpu: Option<usize>) -> Child {
     let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
     cmd.env(CHILD_ENV, role).stdin(Stdio::null());
+    let pin = cpu.map(|c| cpu_set(Some(c)));
     // SAFETY: only async-signal-safe calls (dup2, fcntl, prctl) between fork and exec; `fd` is
     // open in the parent for the whole spawn.
     unsafe {
@@ -122,6 +153,9 @@ fn spawn(role: &str, fd: i32, target: i32) -> Child {
                 return Err(std::io::Error::last_os_error());
             }
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(set) = &pin {
+                apply(set);
+            }
             Ok(())
         });
     }
@@ -312,41 +346,30 @@ fn main() {
         );
     }
 
-    println!("\n### Spin budget vs. a handler that takes a while (ring, 64 B, µs)\n");
-    println!(
-        "Parent's spin policy against a child that spins `d` µs before replying; p50/p99 of 3000 round trips.\n"
-    );
-    println!(
-        "| handler d | no spin (futex only) | fixed 2 µs | fixed 50 µs | adaptive 2..50 µs (default) |"
-    );
-    println!("|---|---|---|---|---|");
-    for d in [0u32, 5, 20, 40, 100] {
-        let mut row = format!("| {d} µs |");
-        for policy in [
-            SpinBudget::new(Duration::ZERO, Duration::ZERO),
-            SpinBudget::new(Duration::from_micros(2), Duration::from_micros(2)),
-            SpinBudget::new(Duration::from_micros(50), Duration::from_micros(50)),
-            SpinBudget::default(),
-        ] {
-            rp.rx.set_spin(policy);
-            let mut frame = vec![0u8; 64];
-            frame[0] = b'S';
-            frame[1..5].copy_from_slice(&d.to_le_bytes());
-            let mut reply = Vec::new();
-            for _ in 0..300 {
-                rp.round_trip(&frame, &mut reply);
-            }
-            let mut ns = Vec::new();
-            for _ in 0..if quick() { 30 } else { 3000 } {
-                let t = Instant::now();
-                rp.round_trip(&frame, &mut reply);
-                ns.push(t.elapsed().as_nanos() as u64);
-            }
-            let (p50, p99) = summary(ns);
-            row.push_str(&format!(" {p50:.1} / {p99:.1} |"));
+    // Pinned: parent on CPU 0, a second ring child on CPU 1, so each side has its own vCPU
+    // (unless other load lands there). Shows the hand-off itself, and what the spin policy buys.
+    let pinned = num_cpus() >= 2 && set_affinity(Some(0));
+    if pinned {
+        let region2 = Arc::new(Region::create("wm-bench-pinned", &cfg).expect("region"));
+        let mut child2 = spawn_on("ring", region2.as_fd().as_raw_fd(), 3, Some(1));
+        let (tx2, rx2) = ring::supervisor_channels(region2.clone());
+        while region2.host_state() != HostState::Ready {
+            std::thread::sleep(Duration::from_millis(1));
         }
-        println!("{row}");
+        let mut pp = RingPipe { tx: tx2, rx: rx2 };
+        println!("\n### Round trip, parent pinned to CPU 0, child pinned to CPU 1 (ring, µs)\n");
+        println!("| size | busy p50 | busy p99 |");
+        println!("|---|---|---|");
+        for size in SIZES {
+            let (p50, p99) = rtt_busy(&mut pp, size);
+            println!("| {} | {p50:.2} | {p99:.2} |", human(size));
+        }
+        spin_table(&mut pp, "pinned as above");
+        region2.mark_closed(ring::Side::Supervisor);
+        let _ = child2.wait();
+        set_affinity(None);
     }
+    spin_table(&mut rp, "not pinned");
     rp.rx.set_spin(SpinBudget::default());
 
     // Idle pair: the parent waits in recv on a thread, the child waits in recv.
@@ -377,6 +400,45 @@ fn main() {
     let _ = ring_child.wait();
     drop(up);
     let _ = uds_child.wait();
+}
+
+fn spin_table(p: &mut RingPipe, how: &str) {
+    println!("\n### Spin budget vs. a handler that takes a while (ring, 64 B, µs, {how})\n");
+    println!(
+        "Parent's spin policy against a child that spins `d` µs before replying; p50/p99 of 3000 round trips.\n"
+    );
+    println!(
+        "| handler d | no spin (futex only) | fixed 2 µs | fixed 50 µs | adaptive 2..50 µs (default) |"
+    );
+    println!("|---|---|---|---|---|");
+    for d in [0u32, 5, 20, 40, 100] {
+        let mut row = format!("| {d} µs |");
+        for policy in [
+            SpinBudget::new(Duration::ZERO, Duration::ZERO),
+            SpinBudget::new(Duration::from_micros(2), Duration::from_micros(2)),
+            SpinBudget::new(Duration::from_micros(50), Duration::from_micros(50)),
+            SpinBudget::default(),
+        ] {
+            p.rx.set_spin(policy);
+            let mut frame = vec![0u8; 64];
+            frame[0] = b'S';
+            frame[1..5].copy_from_slice(&d.to_le_bytes());
+            let mut reply = Vec::new();
+            for _ in 0..300 {
+                p.round_trip(&frame, &mut reply);
+            }
+            let mut ns = Vec::new();
+            for _ in 0..if quick() { 30 } else { 3000 } {
+                let t = Instant::now();
+                p.round_trip(&frame, &mut reply);
+                ns.push(t.elapsed().as_nanos() as u64);
+            }
+            let (p50, p99) = summary(ns);
+            row.push_str(&format!(" {p50:.1} / {p99:.1} |"));
+        }
+        println!("{row}");
+    }
+    p.rx.set_spin(SpinBudget::default());
 }
 
 fn human(size: usize) -> String {
