@@ -70,6 +70,11 @@ fn ring_child() -> ! {
             if tx.send(&buf, Duration::from_secs(30)).is_err() {
                 break;
             }
+        } else if buf.first() == Some(&b'P') && buf.len() >= 13 {
+            rx.set_spin(policy_from(&buf[1..13]));
+            if tx.send(b"P", Duration::from_secs(30)).is_err() {
+                break;
+            }
         } else if let Some(reply) = handle(&buf, &mut count)
             && tx.send(&reply, Duration::from_secs(30)).is_err()
         {
@@ -77,6 +82,29 @@ fn ring_child() -> ! {
         }
     }
     std::process::exit(0);
+}
+
+/// A spin policy as sent to the child: min µs, max µs, yield-after µs (u32::MAX = never).
+fn policy_bytes(min_us: u32, max_us: u32, yield_us: u32) -> Vec<u8> {
+    let mut f = vec![b'P'];
+    for v in [min_us, max_us, yield_us] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    f
+}
+
+fn policy_from(b: &[u8]) -> SpinBudget {
+    let v = |i: usize| u32::from_le_bytes(b[i * 4..i * 4 + 4].try_into().unwrap_or_default());
+    let y = if v(2) == u32::MAX {
+        Duration::MAX
+    } else {
+        Duration::from_micros(u64::from(v(2)))
+    };
+    SpinBudget::new(
+        Duration::from_micros(u64::from(v(0))),
+        Duration::from_micros(u64::from(v(1))),
+    )
+    .with_yield_after(y)
 }
 
 fn read_frame(s: &mut UnixStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
@@ -405,25 +433,32 @@ fn main() {
 fn spin_table(p: &mut RingPipe, how: &str) {
     println!("\n### Spin budget vs. a handler that takes a while (ring, 64 B, µs, {how})\n");
     println!(
-        "Parent's spin policy against a child that spins `d` µs before replying; p50/p99 of 3000 round trips.\n"
+        "Spin policy (both sides) against a child that spins `d` µs before replying; p50/p99 of 3000 round trips.\n"
     );
-    println!(
-        "| handler d | no spin (futex only) | fixed 2 µs | fixed 50 µs | adaptive 2..50 µs (default) |"
-    );
-    println!("|---|---|---|---|---|");
+    let policies: [(&str, u32, u32, u32); 6] = [
+        ("futex only", 0, 0, 0),
+        ("fixed 2 µs", 2, 2, 1),
+        ("fixed 50 µs", 50, 50, 1),
+        ("adaptive, yield after 1 µs (default)", 2, 50, 1),
+        ("adaptive, yield after 10 µs", 2, 50, 10),
+        ("adaptive, never yield", 2, 50, u32::MAX),
+    ];
+    let mut head = String::from("| handler d |");
+    for (name, ..) in policies {
+        head.push_str(&format!(" {name} |"));
+    }
+    println!("{head}");
+    println!("|---|---|---|---|---|---|---|");
     for d in [0u32, 5, 20, 40, 100] {
         let mut row = format!("| {d} µs |");
-        for policy in [
-            SpinBudget::new(Duration::ZERO, Duration::ZERO),
-            SpinBudget::new(Duration::from_micros(2), Duration::from_micros(2)),
-            SpinBudget::new(Duration::from_micros(50), Duration::from_micros(50)),
-            SpinBudget::default(),
-        ] {
-            p.rx.set_spin(policy);
+        for (_, min, max, y) in policies {
+            let pb = policy_bytes(min, max, y);
+            p.rx.set_spin(policy_from(&pb[1..]));
+            let mut reply = Vec::new();
+            p.round_trip(&pb, &mut reply);
             let mut frame = vec![0u8; 64];
             frame[0] = b'S';
             frame[1..5].copy_from_slice(&d.to_le_bytes());
-            let mut reply = Vec::new();
             for _ in 0..300 {
                 p.round_trip(&frame, &mut reply);
             }
@@ -438,6 +473,9 @@ fn spin_table(p: &mut RingPipe, how: &str) {
         }
         println!("{row}");
     }
+    let pb = policy_bytes(2, 50, 1);
+    let mut reply = Vec::new();
+    p.round_trip(&pb, &mut reply);
     p.rx.set_spin(SpinBudget::default());
 }
 
