@@ -173,9 +173,11 @@ pub trait Bus: Send + Sync + 'static {
 pub trait ConsumerHooks: Send + Sync + 'static {
     /// Called after each delivery [`Consumer::recv`] returns (room in the buffer again).
     fn received(&self);
-    /// Called once when the consumer is dropped, with the deliveries it had buffered but
-    /// never returned: the implementation gives them back to the topic.
-    fn unsubscribed(&self, unreturned: Vec<Delivery>);
+    /// Called once when the consumer is dropped, with its receiving end: what is buffered
+    /// there was never returned, so the implementation gives it back to the topic. (Handing
+    /// over the receiver, rather than draining it here, lets the implementation drain it
+    /// where no send into it can still be under way.)
+    fn unsubscribed(&self, rx: mpsc::Receiver<Delivery>);
 }
 
 /// A subscription to a topic's events (see [`Bus::consume`]). The buffer between the bus and
@@ -207,12 +209,9 @@ impl Consumer {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        self.rx.close();
-        let mut unreturned = Vec::new();
-        while let Ok(d) = self.rx.try_recv() {
-            unreturned.push(d);
-        }
-        self.hooks.unsubscribed(unreturned);
+        let (_, closed) = mpsc::channel(1);
+        let rx = std::mem::replace(&mut self.rx, closed);
+        self.hooks.unsubscribed(rx);
     }
 }
 

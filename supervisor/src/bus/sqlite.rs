@@ -116,7 +116,7 @@ enum Cmd {
     Unsubscribe {
         topic: String,
         id: u64,
-        unreturned: Vec<Delivery>,
+        rx: mpsc::Receiver<Delivery>,
     },
     Pump {
         topic: String,
@@ -359,11 +359,11 @@ impl ConsumerHooks for Hooks {
         }
     }
 
-    fn unsubscribed(&self, unreturned: Vec<Delivery>) {
+    fn unsubscribed(&self, rx: mpsc::Receiver<Delivery>) {
         let _ = self.cmd.send(Cmd::Unsubscribe {
             topic: self.topic.clone(),
             id: self.id,
-            unreturned,
+            rx,
         });
     }
 }
@@ -581,18 +581,16 @@ impl Writer {
                         });
                     touched.insert(topic);
                 }
-                Cmd::Unsubscribe {
-                    topic,
-                    id,
-                    unreturned,
-                } => {
+                Cmd::Unsubscribe { topic, id, mut rx } => {
                     let t = self.topics.entry(topic.clone()).or_default();
                     if let Some(pos) = t.consumers.iter().position(|s| s.id == id) {
                         let slot = t.consumers.remove(pos);
                         tracing::debug!(topic, consumer = slot.name, "bus: consumer left");
                     }
-                    // Handed out but never returned to the application: back in line.
-                    for d in unreturned {
+                    // Handed out but never returned to the application: back in line. On
+                    // this thread no permit into `rx` is outstanding, so this drains it all.
+                    rx.close();
+                    while let Ok(d) = rx.try_recv() {
                         t.pending.insert(
                             d.seq,
                             Entry {
