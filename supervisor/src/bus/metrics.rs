@@ -33,9 +33,11 @@ impl BusMetrics {
         self.with_topic(topic, |c| c.published += n);
     }
 
+    /// Counts `n` events of `topic` dropped for want of a consumer (the outcome first: a reader
+    /// who sees the per-topic count also sees the outcome count).
     pub(crate) fn add_dropped(&self, topic: &str, n: u64) {
-        self.with_topic(topic, |c| c.dropped += n);
         self.settled_dropped.fetch_add(n, Ordering::Relaxed);
+        self.with_topic(topic, |c| c.dropped += n);
     }
 
     fn with_topic(&self, topic: &str, f: impl FnOnce(&mut TopicCounts)) {

@@ -723,10 +723,10 @@ impl Writer {
         metrics.add_commit();
 
         let window = self.opts.memory_window.max(1);
-        let mut stored_delta = 0i64;
         for ((topic, events, reply, _permit), seqs) in appends.into_iter().zip(seqs) {
+            // Counters first, so that whoever sees the answer sees them too.
             metrics.add_published(&topic, seqs.len() as u64);
-            stored_delta += seqs.len() as i64;
+            metrics.add_stored(seqs.len() as i64);
             let _ = reply.send(Ok(seqs.clone()));
             let watcher = {
                 let map = self
@@ -776,7 +776,7 @@ impl Writer {
         }
         for ((seq, outcome, reply), topic) in settles.into_iter().zip(settled) {
             if let Some(topic) = topic {
-                stored_delta -= 1;
+                metrics.add_stored(-1);
                 metrics.add_settled(outcome.label());
                 if let Some(t) = self.topics.get_mut(&topic) {
                     t.pending.remove(&seq);
@@ -785,7 +785,6 @@ impl Writer {
             }
             let _ = reply.send(Ok(()));
         }
-        metrics.add_stored(stored_delta);
     }
 
     /// Phase 2: hands pending events to consumers (counting each delivery in the store first)
@@ -904,7 +903,6 @@ impl Writer {
     /// After [`Writer::record`] committed: sends the deliveries, forgets the drops.
     fn apply(&mut self, plans: Vec<Plan>) {
         let metrics = &self.shared.metrics;
-        let mut dropped_total = 0u64;
         for p in plans {
             let Some(t) = self.topics.get_mut(&p.topic) else {
                 continue;
@@ -940,14 +938,13 @@ impl Writer {
                     dropped,
                     "bus: events dropped, no worker consumes the topic"
                 );
+                metrics.add_stored(-(dropped as i64));
                 metrics.add_dropped(&p.topic, dropped);
-                dropped_total += dropped;
             }
             if t.consumers.is_empty() && t.pending.is_empty() && t.spilled_from.is_none() {
                 self.topics.remove(&p.topic);
             }
         }
-        metrics.add_stored(-(dropped_total as i64));
     }
 
     fn shutdown(&mut self) {
