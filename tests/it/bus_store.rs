@@ -385,3 +385,51 @@ async fn invalid_input_is_refused_by_the_bus_itself() {
     assert_eq!(bus.metrics().stored(), 0, "an invalid batch stores nothing");
     assert!(bus.publish("ok", vec![]).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_on_disk_without_a_consumer_is_dropped_whole_once_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SqliteBusOptions {
+        memory_window: 8,
+        ..SqliteBusOptions::default()
+    };
+    let bus = SqliteBus::open(dir.path(), opts.clone()).unwrap();
+    bus.publish("orphan", (0..50).map(event).collect())
+        .await
+        .unwrap();
+    bus.close().await;
+    drop(bus);
+    // After a restart the backlog waits (only the window is in memory) until recovery is done.
+    let bus = SqliteBus::open(dir.path(), opts).unwrap();
+    assert_eq!(bus.metrics().stored(), 50);
+    bus.set_ready();
+    wait_until("the backlog to be dropped", || {
+        bus.metrics().dropped("orphan") == 50
+    })
+    .await;
+    assert_eq!(bus.metrics().stored(), 0);
+    bus.close().await;
+    drop(bus);
+    let bus = open(dir.path());
+    assert_eq!(bus.metrics().stored(), 0, "the drops were persisted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_cannot_open_the_same_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    let opts = SqliteBusOptions {
+        lock_timeout: Duration::from_millis(100),
+        ..SqliteBusOptions::default()
+    };
+    let err = SqliteBus::open(dir.path(), opts.clone())
+        .err()
+        .expect("the store is locked by the first bus");
+    assert!(
+        err.to_string().contains("is in use by another process"),
+        "{err}"
+    );
+    bus.close().await;
+    drop(bus);
+    SqliteBus::open(dir.path(), opts).unwrap();
+}

@@ -108,6 +108,10 @@ pub enum BusError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error(
+        "the bus store {path} is in use by another process: stop the other workmanager or give this one its own data directory"
+    )]
+    InUse { path: std::path::PathBuf },
     #[error("the bus store failed to {step} (check the disk and the daemon log): {source}")]
     Store {
         step: &'static str,

@@ -56,6 +56,8 @@ pub struct SqliteBusOptions {
     pub max_batch_events: usize,
     /// Events a watcher (SSE) may lag behind before it skips.
     pub watch_capacity: usize,
+    /// How long `open` waits for another process to let go of the store.
+    pub lock_timeout: std::time::Duration,
 }
 
 impl Default for SqliteBusOptions {
@@ -67,6 +69,7 @@ impl Default for SqliteBusOptions {
             memory_window: 10_000,
             max_batch_events: 4_096,
             watch_capacity: 1_024,
+            lock_timeout: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -141,10 +144,13 @@ impl SqliteBus {
             source,
         };
         let conn = Connection::open(&path).map_err(open_err)?;
+        conn.busy_timeout(opts.lock_timeout).map_err(open_err)?;
+        // EXCLUSIVE: this process keeps the file locked, so a second daemon on the same data
+        // directory cannot deliver the same events twice. (The OS drops the lock on kill -9.)
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
+            "PRAGMA locking_mode=EXCLUSIVE;
+             PRAGMA journal_mode=WAL;
              PRAGMA synchronous=FULL;
-             PRAGMA busy_timeout=5000;
              CREATE TABLE IF NOT EXISTS events (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
                  topic TEXT NOT NULL,
@@ -154,7 +160,12 @@ impl SqliteBus {
              );
              CREATE INDEX IF NOT EXISTS events_by_topic ON events(topic, seq);",
         )
-        .map_err(open_err)?;
+        .map_err(|source| match source.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                BusError::InUse { path: path.clone() }
+            }
+            _ => open_err(source),
+        })?;
 
         let shared = Arc::new(Shared {
             watchers: Mutex::new(HashMap::new()),
@@ -269,6 +280,9 @@ impl Bus for SqliteBus {
             // A receiver whose sender is gone: the stream ends at once.
             return broadcast::channel(1).1;
         }
+        // Forget the channels of watchers that have gone (a topic that is watched but never
+        // published on is not swept by the writer).
+        map.retain(|_, tx| tx.receiver_count() > 0);
         map.entry(topic.to_string())
             .or_insert_with(|| broadcast::channel(self.shared.watch_capacity).0)
             .subscribe()
