@@ -51,6 +51,35 @@ async fn run(durability: Durability, publishers: usize, total: usize) -> (f64, f
     (published / secs, published / commits.max(1.0))
 }
 
+/// Publish -> consumer latency, one event at a time (each includes its commit).
+async fn latency(durability: Durability, n: usize) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bus = SqliteBus::open(
+        dir.path(),
+        SqliteBusOptions {
+            durability,
+            ..SqliteBusOptions::default()
+        },
+    )
+    .expect("open bus");
+    let mut consumer = bus.consume("lat", "bench");
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let start = Instant::now();
+        bus.publish("lat", vec![event(i)]).await.expect("publish");
+        let d = consumer.recv().await.expect("delivery");
+        samples.push(start.elapsed().as_secs_f64() * 1e6);
+        bus.settle(d.seq, wm_supervisor::bus::Outcome::Replied)
+            .await
+            .expect("settle");
+    }
+    samples.sort_by(f64::total_cmp);
+    let p = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    drop(consumer);
+    bus.close().await;
+    (p(0.5), p(0.99))
+}
+
 fn main() {
     let total: usize = std::env::var("BUS_BENCH_EVENTS")
         .ok()
@@ -69,5 +98,10 @@ fn main() {
                 "  {durability:?}, {publishers:>2} publisher(s): {rate:>9.0} publishes/s, {per_commit:>6.1} publishes per commit"
             );
         }
+    }
+    println!("publish -> delivery latency, one event at a time, settled after each");
+    for durability in [Durability::Fsync, Durability::Os] {
+        let (p50, p99) = rt.block_on(latency(durability, 500));
+        println!("  {durability:?}: p50 {p50:.0} us, p99 {p99:.0} us");
     }
 }

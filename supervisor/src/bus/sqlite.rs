@@ -441,9 +441,12 @@ fn to_i64(seq: u64) -> i64 {
 
 impl Writer {
     fn conn(&mut self) -> Result<&mut Connection, rusqlite::Error> {
-        self.conn
-            .as_mut()
-            .ok_or(rusqlite::Error::InvalidParameterName("closed".into()))
+        self.conn.as_mut().ok_or_else(|| {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
+                Some("the bus store is already closed".into()),
+            )
+        })
     }
 
     /// Loads what an earlier run left unsettled, up to the memory window per topic.
