@@ -433,3 +433,21 @@ async fn a_second_process_cannot_open_the_same_store() {
     drop(bus);
     SqliteBus::open(dir.path(), opts).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_deliveries_go_to_the_next_consumer_and_settled_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    let mut a = bus.consume("q", "a");
+    let seqs = bus.publish("q", (0..2).map(event).collect()).await.unwrap();
+    let first = recv(&mut a).await;
+    let second = recv(&mut a).await;
+    bus.settle(second.seq, Outcome::Replied).await.unwrap();
+    drop(a);
+    let mut b = bus.consume("q", "b");
+    // The worker behind `a` stopped with both still queued; one was settled meanwhile.
+    bus.release(vec![first, second]);
+    let d = recv(&mut b).await;
+    assert_eq!((d.seq, d.deliveries), (seqs[0], 2));
+    assert_quiet(&mut b).await;
+}

@@ -161,6 +161,11 @@ pub trait Bus: Send + Sync + 'static {
     /// twice is not an error.
     fn settle(&self, seq: u64, outcome: Outcome) -> BoxFuture<'_, Result<(), BusError>>;
 
+    /// Gives deliveries that were received but not processed back to their topics, for the
+    /// next consumer (JetStream: nak); e.g. the queue of a worker that stops. Deliveries that
+    /// were settled meanwhile are ignored.
+    fn release(&self, deliveries: Vec<Delivery>);
+
     /// Recovery is done: from now on, events on topics without a consumer are dropped (and
     /// counted) instead of waiting for their worker.
     fn set_ready(&self);

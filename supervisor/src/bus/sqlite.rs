@@ -124,6 +124,9 @@ enum Cmd {
     Pump {
         topic: String,
     },
+    Release {
+        deliveries: Vec<Delivery>,
+    },
     Ready,
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -324,6 +327,12 @@ impl Bus for SqliteBus {
                 .map_err(|_| BusError::Closed)?;
             rx.await.unwrap_or(Err(BusError::Closed))
         })
+    }
+
+    fn release(&self, deliveries: Vec<Delivery>) {
+        if !deliveries.is_empty() {
+            let _ = self.cmd.send(Cmd::Release { deliveries });
+        }
     }
 
     fn set_ready(&self) {
@@ -621,6 +630,26 @@ impl Writer {
                 Cmd::Pump { topic } => {
                     touched.insert(topic);
                 }
+                Cmd::Release { deliveries } => {
+                    for d in deliveries {
+                        match self.is_stored(d.seq) {
+                            Ok(true) => {
+                                touched.insert(d.topic.clone());
+                                self.topics.entry(d.topic).or_default().pending.insert(
+                                    d.seq,
+                                    Entry {
+                                        event: d.event,
+                                        deliveries: d.deliveries,
+                                    },
+                                );
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::error!(seq = d.seq, error = %e, "bus: cannot release an event; it is delivered again after a restart")
+                            }
+                        }
+                    }
+                }
                 Cmd::Ready => {
                     self.ready = true;
                     pump_all = true;
@@ -646,6 +675,13 @@ impl Writer {
             return false;
         }
         true
+    }
+
+    /// Whether event `seq` is still in the store (not settled).
+    fn is_stored(&mut self, seq: u64) -> Result<bool, rusqlite::Error> {
+        let conn = self.conn()?;
+        let mut st = conn.prepare_cached("SELECT 1 FROM events WHERE seq = ?1")?;
+        st.exists(params![to_i64(seq)])
     }
 
     fn set_sync(&mut self, full: bool) -> Result<(), rusqlite::Error> {
