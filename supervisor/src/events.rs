@@ -68,42 +68,8 @@ impl Lifecycle {
 }
 
 /// Why processing failed; snake_case on the wire (`error_type`, `deadletterreason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorType {
-    /// The plugin returned an `error_message`.
-    WorkerError,
-    /// The plugin returned a non-zero status.
-    ProcessFailed,
-    /// The reply was not a valid WorkerResponse.
-    InvalidResponse,
-    /// The host died while running the call.
-    Crash,
-    /// The worker crashed its host too often and was quarantined.
-    CrashLoop,
-    /// The call exceeded the message timeout.
-    Timeout,
-    /// The plugin could not be loaded.
-    LoadFailed,
-    /// The worker's queue was full.
-    Overflow,
-}
-
-impl ErrorType {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorType::WorkerError => "worker_error",
-            ErrorType::ProcessFailed => "process_failed",
-            ErrorType::InvalidResponse => "invalid_response",
-            ErrorType::Crash => "crash",
-            ErrorType::CrashLoop => "crash_loop",
-            ErrorType::Timeout => "timeout",
-            ErrorType::LoadFailed => "load_failed",
-            ErrorType::Overflow => "overflow",
-        }
-    }
-}
+/// One enum for the whole daemon: the runtime's.
+pub use crate::runtime::ErrorType;
 
 impl std::fmt::Display for ErrorType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

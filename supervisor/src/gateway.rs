@@ -98,7 +98,13 @@ impl Gateway {
 
     async fn dispatch(&self, call: &GatewayCall) -> Result<Value, (i32, String)> {
         if call.payload.len() > MAX_VALUE_BYTES {
-            return Err((STATUS_BAD_REQUEST, format!("request of {} bytes is over the {MAX_VALUE_BYTES}-byte limit", call.payload.len())));
+            return Err((
+                STATUS_BAD_REQUEST,
+                format!(
+                    "request of {} bytes is over the {MAX_VALUE_BYTES}-byte limit",
+                    call.payload.len()
+                ),
+            ));
         }
         let request: Value = if call.payload.is_empty() {
             json!({})
@@ -115,12 +121,15 @@ impl Gateway {
     }
 
     async fn publish(&self, worker_id: &str, req: &Value) -> Result<Value, (i32, String)> {
-        let topic = req
-            .get("topic")
-            .and_then(Value::as_str)
-            .ok_or((STATUS_BAD_REQUEST, "PublishEvent needs a string 'topic'".to_string()))?;
+        let topic = req.get("topic").and_then(Value::as_str).ok_or((
+            STATUS_BAD_REQUEST,
+            "PublishEvent needs a string 'topic'".to_string(),
+        ))?;
         if !crate::dispatcher::rules::valid_topic(topic) {
-            return Err((STATUS_BAD_REQUEST, format!("'{topic}' is not a valid topic name")));
+            return Err((
+                STATUS_BAD_REQUEST,
+                format!("'{topic}' is not a valid topic name"),
+            ));
         }
         let event = if let Some(ev) = req.get("event") {
             CloudEvent::from_json_value(ev).map_err(|e| (STATUS_BAD_REQUEST, e.to_string()))?
@@ -140,7 +149,10 @@ impl Gateway {
             .get("key")
             .and_then(Value::as_str)
             .filter(|k| !k.is_empty() && k.len() <= 512)
-            .ok_or((STATUS_BAD_REQUEST, "state calls need a 'key' string of 1-512 bytes".to_string()))?;
+            .ok_or((
+                STATUS_BAD_REQUEST,
+                "state calls need a 'key' string of 1-512 bytes".to_string(),
+            ))?;
         let backend = |e: String| (STATUS_BACKEND, e);
         match method {
             "Get" => Ok(json!({"value": self.backend.state_get(worker_id, key).map_err(backend)?})),
@@ -151,21 +163,38 @@ impl Gateway {
                     None => return Err((STATUS_BAD_REQUEST, "Set needs a 'value'".to_string())),
                 };
                 if value.len() > MAX_VALUE_BYTES {
-                    return Err((STATUS_BAD_REQUEST, format!("value over the {MAX_VALUE_BYTES}-byte limit")));
+                    return Err((
+                        STATUS_BAD_REQUEST,
+                        format!("value over the {MAX_VALUE_BYTES}-byte limit"),
+                    ));
                 }
-                self.backend.state_set(worker_id, key, &value).map_err(backend)?;
+                self.backend
+                    .state_set(worker_id, key, &value)
+                    .map_err(backend)?;
                 Ok(json!({}))
             }
-            "Delete" => Ok(json!({"deleted": self.backend.state_delete(worker_id, key).map_err(backend)?})),
-            other => Err((STATUS_UNKNOWN, format!("state has no method '{other}' (Get, Set, Delete)"))),
+            "Delete" => {
+                Ok(json!({"deleted": self.backend.state_delete(worker_id, key).map_err(backend)?}))
+            }
+            other => Err((
+                STATUS_UNKNOWN,
+                format!("state has no method '{other}' (Get, Set, Delete)"),
+            )),
         }
     }
 
-    async fn forward(&self, service: &str, method: &str, req: &Value) -> Result<Value, (i32, String)> {
+    async fn forward(
+        &self,
+        service: &str,
+        method: &str,
+        req: &Value,
+    ) -> Result<Value, (i32, String)> {
         let Some(fwd) = &self.forward else {
             return Err((
                 STATUS_UNKNOWN,
-                format!("unknown service '{service}' and no gateway configured to forward to (set VIRTUFIN_API_GATEWAY_URL)"),
+                format!(
+                    "unknown service '{service}' and no gateway configured to forward to (set VIRTUFIN_API_GATEWAY_URL)"
+                ),
             ));
         };
         let body = json!({"service": service, "method": method, "request_data": req.to_string()});
@@ -175,18 +204,30 @@ impl Gateway {
             .json(&body)
             .send()
             .await
-            .map_err(|e| if e.is_timeout() { (STATUS_TIMEOUT, format!("gateway timed out: {e}")) } else { (STATUS_BACKEND, format!("gateway unreachable: {e}")) })?;
+            .map_err(|e| {
+                if e.is_timeout() {
+                    (STATUS_TIMEOUT, format!("gateway timed out: {e}"))
+                } else {
+                    (STATUS_BACKEND, format!("gateway unreachable: {e}"))
+                }
+            })?;
         let status = resp.status();
-        let v: Value = resp
-            .json()
-            .await
-            .map_err(|e| (STATUS_BACKEND, format!("gateway answered {status} with a body that is not JSON: {e}")))?;
+        let v: Value = resp.json().await.map_err(|e| {
+            (
+                STATUS_BACKEND,
+                format!("gateway answered {status} with a body that is not JSON: {e}"),
+            )
+        })?;
         if v.get("success").and_then(Value::as_bool) == Some(false) || !status.is_success() {
-            let msg = v.get("message").and_then(Value::as_str).unwrap_or("gateway reported failure");
+            let msg = v
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("gateway reported failure");
             return Err((STATUS_BACKEND, msg.to_string()));
         }
         match v.get("response_data") {
-            Some(Value::String(s)) => serde_json::from_str(s).map_err(|e| (STATUS_BACKEND, format!("response_data is not JSON: {e}"))),
+            Some(Value::String(s)) => serde_json::from_str(s)
+                .map_err(|e| (STATUS_BACKEND, format!("response_data is not JSON: {e}"))),
             Some(other) => Ok(other.clone()),
             None => Ok(json!({})),
         }
@@ -197,11 +238,16 @@ impl Gateway {
 /// CloudEvent attributes travel as `ce-` metadata.
 fn event_from_metadata(worker_id: &str, req: &Value) -> Result<CloudEvent, String> {
     let meta = req.get("metadata").and_then(Value::as_object);
-    let attr = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str).map(str::to_string);
+    let attr = |k: &str| {
+        meta.and_then(|m| m.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
     let mut ev = CloudEvent::new(
         attr("ce-id").unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         attr("ce-type").unwrap_or_else(|| "com.virtufin.workmanager.worker.event".to_string()),
-        attr("ce-source").unwrap_or_else(|| format!("urn:com.virtufin.workmanager:worker/{worker_id}")),
+        attr("ce-source")
+            .unwrap_or_else(|| format!("urn:com.virtufin.workmanager:worker/{worker_id}")),
     );
     ev.subject = attr("ce-subject");
     ev.datacontenttype = attr("ce-datacontenttype").or(Some("application/json".to_string()));
@@ -213,7 +259,10 @@ fn event_from_metadata(worker_id: &str, req: &Value) -> Result<CloudEvent, Strin
     if let Some(m) = meta {
         for (k, v) in m {
             if let (Some(name), Some(v)) = (k.strip_prefix("ce-"), v.as_str())
-                && !matches!(name, "id" | "type" | "source" | "subject" | "datacontenttype" | "specversion")
+                && !matches!(
+                    name,
+                    "id" | "type" | "source" | "subject" | "datacontenttype" | "specversion"
+                )
             {
                 ev.set_extension(name, v).map_err(|e| e.to_string())?;
             }
@@ -231,7 +280,10 @@ mod tests {
         let req = json!({"topic": "t", "data": "{\"a\":1}", "metadata": {
             "ce-type": "x.y", "ce-id": "id1", "ce-source": "urn:s", "ce-correlationid": "c9"}});
         let ev = event_from_metadata("w", &req).unwrap();
-        assert_eq!((ev.id.as_str(), ev.ty.as_str(), ev.source.as_str()), ("id1", "x.y", "urn:s"));
+        assert_eq!(
+            (ev.id.as_str(), ev.ty.as_str(), ev.source.as_str()),
+            ("id1", "x.y", "urn:s")
+        );
         assert_eq!(ev.data.as_deref(), Some(br#"{"a":1}"#.as_slice()));
         assert_eq!(ev.extension("correlationid"), Some("c9"));
 

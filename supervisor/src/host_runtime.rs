@@ -13,7 +13,7 @@ use wm_shared::protocol::Message;
 use crate::bus::{BoxFuture, Bus};
 use crate::dispatcher::{DispatchConfig, Dispatcher, StatusSink};
 use crate::events::{ErrorType, Events, Lifecycle, WorkerRef};
-use crate::gateway::{Gateway, GatewayBackend};
+use crate::gateway::Gateway;
 use crate::pool::{Pool, PoolConfig, PoolEvent};
 use crate::runtime::{
     EngineInfo, HostInfo, InvokeError, Runtime, RuntimeError, WorkerRuntimeInfo, WorkerSpec,
@@ -42,7 +42,13 @@ impl HostRuntime {
         engines: Vec<EngineInfo>,
     ) -> std::io::Result<Arc<HostRuntime>> {
         let (pool, pool_events) = Pool::new(pool_config, events.clone())?;
-        let dispatcher = Dispatcher::new(dispatch_config, bus, pool.clone(), events.clone(), status.clone());
+        let dispatcher = Dispatcher::new(
+            dispatch_config,
+            bus,
+            pool.clone(),
+            events.clone(),
+            status.clone(),
+        );
         let rt = Arc::new(HostRuntime {
             pool,
             dispatcher,
@@ -52,7 +58,11 @@ impl HostRuntime {
             engines,
             stop_deadline: Duration::from_secs(10),
         });
-        tokio::spawn(Self::pool_events(Arc::downgrade(&rt), pool_events, Arc::new(gateway)));
+        tokio::spawn(Self::pool_events(
+            Arc::downgrade(&rt),
+            pool_events,
+            Arc::new(gateway),
+        ));
         Ok(rt)
     }
 
@@ -62,7 +72,9 @@ impl HostRuntime {
     }
 
     fn specs(&self) -> std::sync::MutexGuard<'_, HashMap<String, WorkerSpec>> {
-        self.specs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.specs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn pool_events(
@@ -73,19 +85,50 @@ impl HostRuntime {
         while let Some(ev) = rx.recv().await {
             let Some(rt) = rt.upgrade() else { break };
             match ev {
-                PoolEvent::Frame { host, message: Message::Log(log) } => {
+                PoolEvent::Frame {
+                    host,
+                    message: Message::Log(log),
+                } => {
                     let level = log.level;
                     let w = log.worker_id.as_str();
                     match level {
-                        i32::MIN..=0 => tracing::trace!(worker = w, msg_id = log.msg_id, "Native worker: {}", log.message),
-                        1 => tracing::debug!(worker = w, msg_id = log.msg_id, "Native worker: {}", log.message),
-                        2 => tracing::info!(worker = w, msg_id = log.msg_id, "Native worker: {}", log.message),
-                        3 => tracing::warn!(worker = w, msg_id = log.msg_id, "Native worker: {}", log.message),
-                        _ => tracing::error!(worker = w, msg_id = log.msg_id, "Native worker: {}", log.message),
+                        i32::MIN..=0 => tracing::trace!(
+                            worker = w,
+                            msg_id = log.msg_id,
+                            "Native worker: {}",
+                            log.message
+                        ),
+                        1 => tracing::debug!(
+                            worker = w,
+                            msg_id = log.msg_id,
+                            "Native worker: {}",
+                            log.message
+                        ),
+                        2 => tracing::info!(
+                            worker = w,
+                            msg_id = log.msg_id,
+                            "Native worker: {}",
+                            log.message
+                        ),
+                        3 => tracing::warn!(
+                            worker = w,
+                            msg_id = log.msg_id,
+                            "Native worker: {}",
+                            log.message
+                        ),
+                        _ => tracing::error!(
+                            worker = w,
+                            msg_id = log.msg_id,
+                            "Native worker: {}",
+                            log.message
+                        ),
                     }
                     let _ = host;
                 }
-                PoolEvent::Frame { host, message: Message::GatewayCall(call) } => {
+                PoolEvent::Frame {
+                    host,
+                    message: Message::GatewayCall(call),
+                } => {
                     let gateway = gateway.clone();
                     tokio::spawn(async move {
                         let reply = gateway.handle(call).await;
@@ -98,12 +141,14 @@ impl HostRuntime {
                     tracing::debug!(host = %host.host_id, "unexpected frame from host: {message:?}");
                 }
                 PoolEvent::Quarantined { worker_id, reason } => {
-                    rt.fail_worker(&worker_id, ErrorType::CrashLoop, &reason).await;
+                    rt.fail_worker(&worker_id, ErrorType::CrashLoop, &reason)
+                        .await;
                 }
                 PoolEvent::ReloadFailed { worker_id, error } => {
                     let msg = format!("reloading after a host restart failed: {error}");
                     rt.pool_forget(&worker_id).await;
-                    rt.fail_worker(&worker_id, ErrorType::LoadFailed, &msg).await;
+                    rt.fail_worker(&worker_id, ErrorType::LoadFailed, &msg)
+                        .await;
                 }
             }
         }
@@ -115,14 +160,20 @@ impl HostRuntime {
 
     /// Worker -> ERROR: stop consuming (its queue stays in the bus), record, announce.
     async fn fail_worker(&self, worker_id: &str, error_type: ErrorType, message: &str) {
-        self.dispatcher.stop_worker(worker_id, Duration::from_secs(1)).await;
+        self.dispatcher
+            .stop_worker(worker_id, Duration::from_secs(1))
+            .await;
         self.status.worker_failed(worker_id, error_type, message);
         let spec = self.specs().get(worker_id).cloned();
         if let Some(spec) = spec {
             self.events
                 .worker(
                     Lifecycle::Failed,
-                    WorkerRef { id: &spec.id, group: spec.group.as_deref(), topic: &spec.topic },
+                    WorkerRef {
+                        id: &spec.id,
+                        group: spec.group.as_deref(),
+                        topic: &spec.topic,
+                    },
                     Some((error_type, message)),
                 )
                 .await;
@@ -131,14 +182,30 @@ impl HostRuntime {
 }
 
 fn to_runtime_error(e: crate::pool::PoolError) -> RuntimeError {
-    RuntimeError::from(e)
+    use crate::pool::PoolError;
+    match e {
+        PoolError::Load { worker_id, message } => RuntimeError::LoadFailed {
+            worker: worker_id,
+            message,
+        },
+        PoolError::NotPlaced(w) => RuntimeError::NotLoaded(w),
+        PoolError::ShuttingDown => RuntimeError::Unavailable("the daemon is shutting down".into()),
+        PoolError::Spawn(e) => RuntimeError::Unavailable(format!("no host could be started: {e}")),
+        PoolError::HostGone { worker_id, step } => RuntimeError::LoadFailed {
+            message: format!("the host went away during {step}; it is being restarted, try again"),
+            worker: worker_id,
+        },
+    }
 }
 
 impl Runtime for HostRuntime {
     fn start(&self, spec: WorkerSpec) -> BoxFuture<'_, Result<(), RuntimeError>> {
         Box::pin(async move {
             self.specs().insert(spec.id.clone(), spec.clone());
-            self.pool.load(spec.clone()).await.map_err(to_runtime_error)?;
+            self.pool
+                .load(spec.clone())
+                .await
+                .map_err(to_runtime_error)?;
             // `dispatcher` is behind an Arc; start_worker needs it.
             Dispatcher::start_worker(&self.dispatcher, spec);
             Ok(())
@@ -148,7 +215,10 @@ impl Runtime for HostRuntime {
     fn reload(&self, spec: WorkerSpec) -> BoxFuture<'_, Result<(), RuntimeError>> {
         Box::pin(async move {
             let running = self.dispatcher.is_running(&spec.id);
-            self.pool.load(spec.clone()).await.map_err(to_runtime_error)?;
+            self.pool
+                .load(spec.clone())
+                .await
+                .map_err(to_runtime_error)?;
             self.specs().insert(spec.id.clone(), spec.clone());
             if running {
                 // New spec (new package path) for later messages; in-flight calls finish first.
@@ -161,14 +231,23 @@ impl Runtime for HostRuntime {
     fn stop(&self, worker_id: &str) -> BoxFuture<'_, Result<(), RuntimeError>> {
         let worker_id = worker_id.to_string();
         Box::pin(async move {
-            self.dispatcher.stop_worker(&worker_id, self.stop_deadline).await;
-            self.pool.unload(&worker_id).await.map_err(to_runtime_error)?;
+            self.dispatcher
+                .stop_worker(&worker_id, self.stop_deadline)
+                .await;
+            self.pool
+                .unload(&worker_id)
+                .await
+                .map_err(to_runtime_error)?;
             self.specs().remove(&worker_id);
             Ok(())
         })
     }
 
-    fn invoke(&self, worker_id: &str, event: CloudEvent) -> BoxFuture<'_, Result<Option<CloudEvent>, InvokeError>> {
+    fn invoke(
+        &self,
+        worker_id: &str,
+        event: CloudEvent,
+    ) -> BoxFuture<'_, Result<Option<CloudEvent>, InvokeError>> {
         let spec = self.specs().get(worker_id).cloned();
         let worker_id = worker_id.to_string();
         Box::pin(async move {
@@ -193,6 +272,7 @@ impl Runtime for HostRuntime {
             processed: counts.processed,
             failed: counts.failed,
             dead_lettered: counts.dead_lettered,
+            in_flight: self.pool.in_flight_of(worker_id),
         })
     }
 

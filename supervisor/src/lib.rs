@@ -8,4 +8,9 @@
 
 pub mod api;
 pub mod bus;
+pub mod dispatcher;
 pub mod events;
+pub mod gateway;
+pub mod host_runtime;
+pub mod pool;
+pub mod runtime;

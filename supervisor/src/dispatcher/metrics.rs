@@ -88,11 +88,12 @@ impl DispatchMetrics {
             .workers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(worker).map_or_else(WorkerCounts::default, |c| WorkerCounts {
-            processed: c.processed,
-            failed: c.failed,
-            dead_lettered: c.dead_lettered,
-        })
+        map.get(worker)
+            .map_or_else(WorkerCounts::default, |c| WorkerCounts {
+                processed: c.processed,
+                failed: c.failed,
+                dead_lettered: c.dead_lettered,
+            })
     }
 
     /// Appends the metrics in the Prometheus text exposition format.
@@ -123,7 +124,12 @@ impl DispatchMetrics {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for (w, c) in &workers {
-                let _ = writeln!(out, "{name}{{worker=\"{w}\",topic=\"{}\"}} {}", c.topic, get(c));
+                let _ = writeln!(
+                    out,
+                    "{name}{{worker=\"{w}\",topic=\"{}\"}} {}",
+                    c.topic,
+                    get(c)
+                );
             }
         }
         let h = "workmanager_message_duration_seconds";
@@ -144,11 +150,22 @@ impl DispatchMetrics {
                 "{h}_bucket{{worker=\"{w}\",topic=\"{}\",le=\"+Inf\"}} {}",
                 c.topic, c.latency_count
             );
-            let _ = writeln!(out, "{h}_sum{{worker=\"{w}\",topic=\"{}\"}} {}", c.topic, c.latency_sum);
-            let _ = writeln!(out, "{h}_count{{worker=\"{w}\",topic=\"{}\"}} {}", c.topic, c.latency_count);
+            let _ = writeln!(
+                out,
+                "{h}_sum{{worker=\"{w}\",topic=\"{}\"}} {}",
+                c.topic, c.latency_sum
+            );
+            let _ = writeln!(
+                out,
+                "{h}_count{{worker=\"{w}\",topic=\"{}\"}} {}",
+                c.topic, c.latency_count
+            );
         }
         let l = "workmanager_lock_contention_events_total";
-        let _ = writeln!(out, "# HELP {l} Group lock acquisitions that had to wait.\n# TYPE {l} counter");
+        let _ = writeln!(
+            out,
+            "# HELP {l} Group lock acquisitions that had to wait.\n# TYPE {l} counter"
+        );
         let locks = self
             .lock_contention
             .lock()

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wm_shared::CloudEvent;
 
-use crate::bus::{Bus, Delivery, Outcome, dead_letter, DeadLetterReason};
+use crate::bus::{Bus, DeadLetterReason, Delivery, Outcome, dead_letter};
 use crate::events::{ErrorType, Events, Lifecycle, WorkerRef};
 use crate::pool::{CallOutcome, Pool, Verdict, next_request_id};
 use crate::runtime::{InvokeError, WorkerSpec};
@@ -158,7 +158,12 @@ impl Dispatcher {
         self.running().contains_key(worker_id)
     }
 
-    async fn consume(self: Arc<Self>, spec: Arc<WorkerSpec>, cancel: CancellationToken, tasks: TaskTracker) {
+    async fn consume(
+        self: Arc<Self>,
+        spec: Arc<WorkerSpec>,
+        cancel: CancellationToken,
+        tasks: TaskTracker,
+    ) {
         let mut consumer = self.bus.consume(&spec.topic, &spec.id);
         let permits = Arc::new(Semaphore::new(spec.max_concurrency.max(1) as usize));
         loop {
@@ -208,11 +213,14 @@ impl Dispatcher {
             };
             let msg_id = next_request_id();
             let started = Instant::now();
-            let outcome = host.call(&spec.id, msg_id, bytes.clone(), spec.message_timeout).await;
+            let outcome = host
+                .call(&spec.id, msg_id, bytes.clone(), spec.message_timeout)
+                .await;
             drop(group_lock);
             let failure = match outcome {
                 CallOutcome::Done(result) => {
-                    self.metrics.observe(&spec.id, &spec.topic, started.elapsed());
+                    self.metrics
+                        .observe(&spec.id, &spec.topic, started.elapsed());
                     match classify(&result) {
                         Classified::Success { reply, surfaced } => {
                             if let Some(err) = surfaced {
@@ -221,9 +229,13 @@ impl Dispatcher {
                             match reply {
                                 None => {}
                                 Some(mut reply) => {
-                                    match route_reply(&event, &mut reply, &spec.id, || uuid::Uuid::new_v4().to_string()) {
+                                    match route_reply(&event, &mut reply, &spec.id, || {
+                                        uuid::Uuid::new_v4().to_string()
+                                    }) {
                                         Ok(topic) => {
-                                            if let Err(e) = self.bus.publish(&topic, vec![reply]).await {
+                                            if let Err(e) =
+                                                self.bus.publish(&topic, vec![reply]).await
+                                            {
                                                 // The reply could not be stored: leave the input
                                                 // unsettled so it is processed again, rather
                                                 // than lose the answer.
@@ -232,7 +244,8 @@ impl Dispatcher {
                                             }
                                         }
                                         Err(why) => {
-                                            self.failed(spec, ErrorType::InvalidResponse, &why).await;
+                                            self.failed(spec, ErrorType::InvalidResponse, &why)
+                                                .await;
                                             self.metrics.failed(&spec.id, &spec.topic);
                                             self.settle(d.seq, Outcome::Replied).await;
                                             return Step::Settled;
@@ -244,7 +257,10 @@ impl Dispatcher {
                             self.settle(d.seq, Outcome::Replied).await;
                             return Step::Settled;
                         }
-                        Classified::Failure { error_type, message } => (error_type, message),
+                        Classified::Failure {
+                            error_type,
+                            message,
+                        } => (error_type, message),
                     }
                 }
                 CallOutcome::TimedOut => {
@@ -254,7 +270,8 @@ impl Dispatcher {
                     );
                     host.reclaim_after(self.config.timeout_grace, &spec.id, msg_id);
                     self.timed_out(spec, &msg).await;
-                    self.dead_letter(spec, &d, ErrorType::Timeout, &msg, charged + 1).await;
+                    self.dead_letter(spec, &d, ErrorType::Timeout, &msg, charged + 1)
+                        .await;
                     return Step::Settled;
                 }
                 CallOutcome::HostDied(report) => match report.verdict(msg_id) {
@@ -270,11 +287,16 @@ impl Dispatcher {
             self.metrics.failed(&spec.id, &spec.topic);
             self.failed(spec, error_type, &message).await;
             if charged > self.config.retry_attempts {
-                self.dead_letter(spec, &d, error_type, &message, charged).await;
+                self.dead_letter(spec, &d, error_type, &message, charged)
+                    .await;
                 return Step::Settled;
             }
             let delay = retry_delay(self.config.retry_base_delay, charged);
-            tracing::info!(attempt = charged, ?delay, "retrying after {error_type:?}: {message}");
+            tracing::info!(
+                attempt = charged,
+                ?delay,
+                "retrying after {error_type:?}: {message}"
+            );
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = cancel.cancelled() => return Step::Unsettled,
@@ -283,11 +305,18 @@ impl Dispatcher {
     }
 
     /// Runs one event through a worker once: no retries, no dead letter (`POST .../invoke`).
-    pub async fn invoke(&self, spec: &WorkerSpec, mut event: CloudEvent) -> Result<Option<CloudEvent>, InvokeError> {
+    pub async fn invoke(
+        &self,
+        spec: &WorkerSpec,
+        mut event: CloudEvent,
+    ) -> Result<Option<CloudEvent>, InvokeError> {
         let Some(host) = self.pool.host_for(&spec.id).await else {
             return Err(InvokeError {
                 error_type: ErrorType::LoadFailed,
-                message: format!("worker {} is not loaded on any host; start it first", spec.id),
+                message: format!(
+                    "worker {} is not loaded on any host; start it first",
+                    spec.id
+                ),
             });
         };
         stamp_config(&mut event, &spec.config);
@@ -298,36 +327,79 @@ impl Dispatcher {
                 Some(g) => Some(self.groups.get(g).lock_owned().await),
                 None => None,
             };
-            host.call(&spec.id, msg_id, event.to_flatbuffer(), spec.message_timeout).await
+            host.call(
+                &spec.id,
+                msg_id,
+                event.to_flatbuffer(),
+                spec.message_timeout,
+            )
+            .await
         };
         match outcome {
             CallOutcome::Done(result) => {
-                self.metrics.observe(&spec.id, &spec.topic, started.elapsed());
+                self.metrics
+                    .observe(&spec.id, &spec.topic, started.elapsed());
                 match classify(&result) {
-                    Classified::Success { reply: None, surfaced: None } => Ok(None),
-                    Classified::Success { reply: Some(mut reply), surfaced: None } => {
+                    Classified::Success {
+                        reply: None,
+                        surfaced: None,
+                    } => Ok(None),
+                    Classified::Success {
+                        reply: Some(mut reply),
+                        surfaced: None,
+                    } => {
                         // Fill and check the reply exactly as for a published one.
-                        route_reply(&event, &mut reply, &spec.id, || uuid::Uuid::new_v4().to_string())
-                            .map_err(|message| InvokeError { error_type: ErrorType::InvalidResponse, message })?;
+                        route_reply(&event, &mut reply, &spec.id, || {
+                            uuid::Uuid::new_v4().to_string()
+                        })
+                        .map_err(|message| InvokeError {
+                            error_type: ErrorType::InvalidResponse,
+                            message,
+                        })?;
                         Ok(Some(reply))
                     }
-                    Classified::Success { surfaced: Some(message), .. } => Err(InvokeError { error_type: ErrorType::WorkerError, message }),
-                    Classified::Failure { error_type, message } => Err(InvokeError { error_type, message }),
+                    Classified::Success {
+                        surfaced: Some(message),
+                        ..
+                    } => Err(InvokeError {
+                        error_type: ErrorType::WorkerError,
+                        message,
+                    }),
+                    Classified::Failure {
+                        error_type,
+                        message,
+                    } => Err(InvokeError {
+                        error_type,
+                        message,
+                    }),
                 }
             }
             CallOutcome::TimedOut => {
-                let message = format!("the call did not complete within {:?}", spec.message_timeout);
+                let message = format!(
+                    "the call did not complete within {:?}",
+                    spec.message_timeout
+                );
                 host.reclaim_after(self.config.timeout_grace, &spec.id, msg_id);
                 self.timed_out(spec, &message).await;
-                Err(InvokeError { error_type: ErrorType::Timeout, message })
+                Err(InvokeError {
+                    error_type: ErrorType::Timeout,
+                    message,
+                })
             }
-            CallOutcome::HostDied(report) => Err(InvokeError { error_type: ErrorType::Crash, message: report.cause() }),
+            CallOutcome::HostDied(report) => Err(InvokeError {
+                error_type: ErrorType::Crash,
+                message: report.cause(),
+            }),
         }
     }
 
     async fn failed(&self, spec: &WorkerSpec, error_type: ErrorType, message: &str) {
         self.events
-            .worker(Lifecycle::Failed, worker_ref(spec), Some((error_type, message)))
+            .worker(
+                Lifecycle::Failed,
+                worker_ref(spec),
+                Some((error_type, message)),
+            )
             .await;
     }
 
@@ -335,21 +407,29 @@ impl Dispatcher {
     async fn timed_out(&self, spec: &WorkerSpec, message: &str) {
         tracing::error!(worker = %spec.id, "{message}");
         self.failed(spec, ErrorType::Timeout, message).await;
-        self.status.worker_failed(&spec.id, ErrorType::Timeout, message);
+        self.status
+            .worker_failed(&spec.id, ErrorType::Timeout, message);
         if let Some(r) = self.running().remove(&spec.id) {
             r.cancel.cancel();
         }
     }
 
-    async fn dead_letter(&self, spec: &WorkerSpec, d: &Delivery, error_type: ErrorType, message: &str, attempts: u32) {
+    async fn dead_letter(
+        &self,
+        spec: &WorkerSpec,
+        d: &Delivery,
+        error_type: ErrorType,
+        message: &str,
+        attempts: u32,
+    ) {
         let reason = DeadLetterReason {
             error_type,
             message: message.to_string(),
             attempts,
-            worker_id: spec.id.clone(),
+            worker_id: Some(spec.id.clone()),
         };
         match dead_letter(self.bus.as_ref(), &d.topic, &d.event, &reason).await {
-            Ok(()) => {
+            Ok(_) => {
                 self.metrics.dead_lettered(&spec.id, &spec.topic);
                 self.settle(
                     d.seq,
@@ -368,7 +448,10 @@ impl Dispatcher {
 
     async fn settle(&self, seq: u64, outcome: Outcome) {
         if let Err(e) = self.bus.settle(seq, outcome).await {
-            tracing::error!(seq, "settling failed (the event will be delivered again): {e}");
+            tracing::error!(
+                seq,
+                "settling failed (the event will be delivered again): {e}"
+            );
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::events::ErrorType;
 
 /// What one call came to, from the message's point of view.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // short-lived, one per call; boxing buys nothing
 pub enum Classified {
     /// Publish `reply` (if any) and settle. `surfaced` is an error the plugin reported along
     /// with a result: published as a `failed` event, not retried (the seed: "if both are set,
@@ -20,7 +21,10 @@ pub enum Classified {
         surfaced: Option<String>,
     },
     /// A failed attempt: retried, then dead-lettered.
-    Failure { error_type: ErrorType, message: String },
+    Failure {
+        error_type: ErrorType,
+        message: String,
+    },
 }
 
 /// Interprets a host's `ProcessResult`. The response bytes were copied out of shared memory
@@ -117,7 +121,9 @@ pub fn route_reply(
     if reply.ty.is_empty() {
         return Err("the reply has no type".to_string());
     }
-    reply.validate().map_err(|e| format!("the reply is not a valid CloudEvent: {e}"))?;
+    reply
+        .validate()
+        .map_err(|e| format!("the reply is not a valid CloudEvent: {e}"))?;
     if !valid_topic(&topic) {
         return Err(format!("reply topic '{topic}' is not a valid topic name"));
     }

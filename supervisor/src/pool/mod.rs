@@ -20,9 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wm_shared::protocol::link::{HostLink, LinkError};
-use wm_shared::protocol::{
-    EngineKind, KeyValue, LoadWorker, Message, Process, ProcessResult, UnloadWorker,
-};
+use wm_shared::protocol::{EngineKind, LoadWorker, Message, Process, ProcessResult, UnloadWorker};
 use wm_shared::ring::CrashRecord;
 
 use crate::events::Events;
@@ -97,7 +95,12 @@ impl DeathReport {
             ExitStatus::Exited(_) => None,
         });
         match (sig, &self.status) {
-            (Some(s), _) => format!("host {} (pid {}) died of {}", self.host_id, self.pid, signal_name(s)),
+            (Some(s), _) => format!(
+                "host {} (pid {}) died of {}",
+                self.host_id,
+                self.pid,
+                signal_name(s)
+            ),
             (None, st) => format!("host {} (pid {}) ended: {st}", self.host_id, self.pid),
         }
     }
@@ -143,6 +146,7 @@ pub enum PoolEvent {
 }
 
 /// One live generation of a host process.
+#[derive(Debug)]
 pub struct HostHandle {
     pub host_id: String,
     pub pid: i32,
@@ -276,7 +280,10 @@ pub enum PoolError {
     #[error("worker {0} is not placed on any host")]
     NotPlaced(String),
     #[error("the host of worker {worker_id} went away during {step}")]
-    HostGone { worker_id: String, step: &'static str },
+    HostGone {
+        worker_id: String,
+        step: &'static str,
+    },
     #[error("the pool is shutting down")]
     ShuttingDown,
 }
@@ -344,7 +351,10 @@ impl Pool {
             }),
             Err(_) => Err(PoolError::Load {
                 worker_id: spec.id.clone(),
-                message: format!("the host did not confirm the load within {:?}", self.config.load_timeout),
+                message: format!(
+                    "the host did not confirm the load within {:?}",
+                    self.config.load_timeout
+                ),
             }),
         }
     }
@@ -381,6 +391,18 @@ impl Pool {
         self.wait_current(&slot).await.ok()
     }
 
+    /// Calls of this worker running on its host now.
+    pub fn in_flight_of(&self, worker_id: &str) -> u64 {
+        let slot = lock(&self.placement).get(worker_id).cloned();
+        let host = slot.and_then(|s| s.current.borrow().clone());
+        host.map_or(0, |h| {
+            lock(&h.in_flight)
+                .values()
+                .filter(|w| *w == worker_id)
+                .count() as u64
+        })
+    }
+
     /// Whether a worker is placed (loaded or being reloaded) on some host.
     pub fn is_placed(&self, worker_id: &str) -> bool {
         lock(&self.placement).contains_key(worker_id)
@@ -389,8 +411,7 @@ impl Pool {
     /// The pid of the host currently carrying the worker.
     pub fn host_pid(&self, worker_id: &str) -> Option<i32> {
         let slot = lock(&self.placement).get(worker_id).cloned()?;
-        let pid = slot.current.borrow().as_ref().map(|h| h.pid);
-        pid
+        slot.current.borrow().as_ref().map(|h| h.pid)
     }
 
     pub fn hosts(&self) -> Vec<HostInfo> {
@@ -403,10 +424,14 @@ impl Pool {
                 HostInfo {
                     id: s.id.clone(),
                     pid: host.as_ref().map(|h| h.pid),
-                    engine: engine_name(s.engine).to_string(),
-                    isolation: if s.dedicated { "dedicated" } else { "shared" }.to_string(),
+                    engine: from_protocol_engine(s.engine),
+                    isolation: if s.dedicated {
+                        Isolation::Dedicated
+                    } else {
+                        Isolation::Shared
+                    },
                     workers,
-                    restarts: s.restarts.load(Ordering::Relaxed),
+                    restarts: u32::try_from(s.restarts.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
                     crashes: s.crashes.load(Ordering::Relaxed),
                     rss_bytes: s.rss.load(Ordering::Relaxed),
                     in_flight: host.as_ref().map_or(0, |h| h.in_flight() as u64),
@@ -526,7 +551,11 @@ impl Pool {
                 Ok(s) => s,
                 Err(e) => {
                     failures += 1;
-                    let delay = backoff(self.config.respawn_backoff_base, self.config.respawn_backoff_max, failures);
+                    let delay = backoff(
+                        self.config.respawn_backoff_base,
+                        self.config.respawn_backoff_max,
+                        failures,
+                    );
                     tracing::error!(slot = %slot.id, "{e}; retrying in {delay:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => continue,
@@ -550,7 +579,11 @@ impl Pool {
             if generation > 1 {
                 slot.restarts.fetch_add(1, Ordering::Relaxed);
                 self.events
-                    .host_respawned(&host_id, spawned.pid, slot.restarts.load(Ordering::Relaxed) as u32)
+                    .host_respawned(
+                        &host_id,
+                        spawned.pid,
+                        slot.restarts.load(Ordering::Relaxed) as u32,
+                    )
                     .await;
             }
 
@@ -558,7 +591,8 @@ impl Pool {
             let specs: Vec<WorkerSpec> = lock(&slot.workers).values().cloned().collect();
             for spec in specs {
                 let msg = load_message(&spec, self.config.load_timeout);
-                let res = tokio::time::timeout(self.config.load_timeout, handle.link.request(msg)).await;
+                let res =
+                    tokio::time::timeout(self.config.load_timeout, handle.link.request(msg)).await;
                 let err = match res {
                     Ok(Ok(Message::LoadResult(r))) if r.ok => None,
                     Ok(Ok(Message::LoadResult(r))) => Some(r.error),
@@ -568,7 +602,10 @@ impl Pool {
                 };
                 if let Some(error) = err {
                     tracing::error!(worker = %spec.id, host = %host_id, "reload after respawn failed: {error}");
-                    let _ = self.notify.send(PoolEvent::ReloadFailed { worker_id: spec.id.clone(), error });
+                    let _ = self.notify.send(PoolEvent::ReloadFailed {
+                        worker_id: spec.id.clone(),
+                        error,
+                    });
                 }
             }
             slot.current.send_replace(Some(handle.clone()));
@@ -577,11 +614,7 @@ impl Pool {
             slot.current.send_replace(None);
             spawned.link.peer_died();
 
-            let crash = spawned
-                .region
-                .crash_slots()
-                .iter()
-                .find_map(|s| s.read());
+            let crash = spawned.region.crash_slots().iter().find_map(|s| s.read());
             let reclaimed = lock(&handle.reclaim).take();
             let report = Arc::new(DeathReport {
                 host_id: host_id.clone(),
@@ -610,7 +643,9 @@ impl Pool {
                 _ => None,
             };
             tracing::error!(host = %host_id, pid = spawned.pid, culprit = ?culprit, "{}", report.cause());
-            self.events.host_crashed(&host_id, spawned.pid, signal, culprit).await;
+            self.events
+                .host_crashed(&host_id, spawned.pid, signal, culprit)
+                .await;
             self.count_crashes(&slot, &report);
             if slot.closed.is_cancelled() {
                 break;
@@ -619,7 +654,11 @@ impl Pool {
                 failures = 0;
             }
             failures += 1;
-            let delay = backoff(self.config.respawn_backoff_base, self.config.respawn_backoff_max, failures);
+            let delay = backoff(
+                self.config.respawn_backoff_base,
+                self.config.respawn_backoff_max,
+                failures,
+            );
             if lock(&slot.workers).is_empty() && slot.dedicated {
                 break;
             }
@@ -640,13 +679,11 @@ impl Pool {
     ) -> ExitStatus {
         let mut stats = tokio::time::interval(self.config.stats_interval);
         stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut closing = false;
         loop {
             tokio::select! {
                 status = spawned.exit.wait() => return status,
                 _ = handle.kill.notified() => spawned.exit.kill(),
-                _ = slot.closed.cancelled(), if !closing => {
-                    closing = true;
+                _ = slot.closed.cancelled() => {
                     // Shutdown was sent by Pool::shutdown or the slot retired: give the host a
                     // moment to exit on its own, then make sure it does.
                     let _ = spawned.link.send(&Message::Shutdown { deadline_ms: 2000 });
@@ -688,7 +725,9 @@ impl Pool {
                 }
                 q.len()
             };
-            if count >= self.config.crash_loop_count && lock(&slot.workers).remove(&worker).is_some() {
+            if count >= self.config.crash_loop_count
+                && lock(&slot.workers).remove(&worker).is_some()
+            {
                 lock(&self.placement).remove(&worker);
                 lock(&self.crash_times).remove(&worker);
                 let reason = format!(
@@ -696,7 +735,10 @@ impl Pool {
                     report.cause()
                 );
                 tracing::error!(worker = %worker, "{reason}");
-                let _ = self.notify.send(PoolEvent::Quarantined { worker_id: worker, reason });
+                let _ = self.notify.send(PoolEvent::Quarantined {
+                    worker_id: worker,
+                    reason,
+                });
             }
         }
     }
@@ -704,7 +746,9 @@ impl Pool {
 
 /// Exponential backoff: `base * 2^(n-1)`, capped.
 pub fn backoff(base: Duration, max: Duration, n: u32) -> Duration {
-    let factor = 1u32.checked_shl(n.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
+    let factor = 1u32
+        .checked_shl(n.saturating_sub(1).min(20))
+        .unwrap_or(u32::MAX);
     base.saturating_mul(factor).min(max)
 }
 
@@ -725,16 +769,10 @@ fn load_message(spec: &WorkerSpec, timeout: Duration) -> Message {
         entry_point: spec.package.entry_point.clone(),
         free_result: spec.package.free_result.clone(),
         topic: spec.topic.clone(),
-        config: spec
-            .config
-            .iter()
-            .map(|(k, v)| KeyValue {
-                key: k.clone(),
-                value: v.clone(),
-            })
-            .collect(),
+        config: spec.config.clone(),
         max_concurrency: spec.max_concurrency.max(1),
-        timeout_ms: u32::try_from(spec.message_timeout.max(timeout).as_millis()).unwrap_or(u32::MAX),
+        timeout_ms: u32::try_from(spec.message_timeout.max(timeout).as_millis())
+            .unwrap_or(u32::MAX),
     })
 }
 
@@ -742,6 +780,13 @@ fn to_protocol_engine(e: wm_shared::package::EngineKind) -> EngineKind {
     match e {
         wm_shared::package::EngineKind::Native => EngineKind::Native,
         wm_shared::package::EngineKind::DotNet => EngineKind::DotNet,
+    }
+}
+
+fn from_protocol_engine(e: EngineKind) -> wm_shared::package::EngineKind {
+    match e {
+        EngineKind::DotNet => wm_shared::package::EngineKind::DotNet,
+        _ => wm_shared::package::EngineKind::Native,
     }
 }
 
@@ -780,9 +825,13 @@ mod tests {
                 fault_addr: 0,
             }),
             reclaimed: reclaimed.map(|(w, m)| (w.to_string(), m)),
-            in_flight: [(7, "a".to_string()), (8, "b".to_string()), (9, "b".to_string())]
-                .into_iter()
-                .collect(),
+            in_flight: [
+                (7, "a".to_string()),
+                (8, "b".to_string()),
+                (9, "b".to_string()),
+            ]
+            .into_iter()
+            .collect(),
         }
     }
 
@@ -800,7 +849,10 @@ mod tests {
         let r = report(None, Some(("b", 9)));
         assert_eq!(r.verdict(9), Verdict::Culprit);
         assert_eq!(r.verdict(7), Verdict::Bystander);
-        assert!(r.charged_workers().is_empty(), "a reclaim is a timeout, not a crash");
+        assert!(
+            r.charged_workers().is_empty(),
+            "a reclaim is a timeout, not a crash"
+        );
         assert_eq!(r.cause(), "host h (pid 1) died of SIGSEGV");
     }
 }

@@ -57,7 +57,7 @@ pub enum SpawnError {
         #[source]
         source: std::io::Error,
     },
-    #[error("watching host {pid}: pidfd_open failed: {0}")]
+    #[error("watching host {0}: pidfd_open failed: {1}")]
     Pidfd(i32, #[source] std::io::Error),
     #[error("host {host_id} (pid {pid}) did not say Ready within {timeout:?}")]
     NotReady {
@@ -220,7 +220,11 @@ impl Spawner {
     }
 
     /// Starts a host for `engine` and waits for its `Ready`.
-    pub async fn spawn(&self, host_id: &str, engine: EngineKind) -> Result<SpawnedHost, SpawnError> {
+    pub async fn spawn(
+        &self,
+        host_id: &str,
+        engine: EngineKind,
+    ) -> Result<SpawnedHost, SpawnError> {
         let cfg = &self.config;
         let region = Region::create(&format!("wm-{host_id}"), &cfg.ring).map_err(|source| {
             SpawnError::Ring {
@@ -303,7 +307,12 @@ impl Spawner {
         }
 
         let pidfd = pidfd_open(pid).map_err(|e| SpawnError::Pidfd(pid, e))?;
-        let pidfd = AsyncFd::new(pidfd).map_err(|e| SpawnError::Pidfd(pid, e))?;
+        // SAFETY: `register` requires that the fd stays open and refers to the same file
+        // description for the AsyncFd's whole life, and that `as_raw_fd` keeps returning it:
+        // the OwnedFd is moved into the AsyncFd, nothing else holds or closes that descriptor,
+        // and OwnedFd::as_raw_fd always returns the fd it owns.
+        let pidfd = unsafe { AsyncFd::register(pidfd) }
+            .map_err(|e| SpawnError::Pidfd(pid, std::io::Error::from(e)))?;
         let mut exit = ExitWatch {
             pid,
             pidfd,
