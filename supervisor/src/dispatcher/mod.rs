@@ -186,14 +186,32 @@ impl Dispatcher {
         }
     }
 
+    /// Handles one delivery; what is deliberately left unsettled goes back to the bus at once,
+    /// so the next consumer of the topic (or this worker after `start`) gets it.
     async fn handle(&self, spec: &WorkerSpec, d: Delivery, cancel: &CancellationToken) -> Step {
+        let step = self.handle_inner(spec, &d, cancel).await;
+        if let Step::Unsettled = step {
+            self.bus.release(vec![d]);
+        }
+        step
+    }
+
+    async fn handle_inner(
+        &self,
+        spec: &WorkerSpec,
+        d: &Delivery,
+        cancel: &CancellationToken,
+    ) -> Step {
         let mut event = d.event.clone();
         let skipped = stamp_config(&mut event, &spec.config);
         if !skipped.is_empty() {
             tracing::warn!(keys = ?skipped, "config keys that are not CloudEvents attribute names were not stamped");
         }
         let bytes = event.to_flatbuffer();
-        let mut charged: u32 = 0;
+        // Attempts survive redelivery: an event left unsettled by a quarantine or a daemon
+        // crash comes back with `deliveries` counted by the bus, so a poison message cannot
+        // loop forever across restarts (each earlier hand-out counts as one charged attempt).
+        let mut charged: u32 = d.deliveries.saturating_sub(1);
         loop {
             if cancel.is_cancelled() {
                 return Step::Unsettled;
@@ -270,7 +288,7 @@ impl Dispatcher {
                     );
                     host.reclaim_after(self.config.timeout_grace, &spec.id, msg_id);
                     self.timed_out(spec, &msg).await;
-                    self.dead_letter(spec, &d, ErrorType::Timeout, &msg, charged + 1)
+                    self.dead_letter(spec, d, ErrorType::Timeout, &msg, charged + 1)
                         .await;
                     return Step::Settled;
                 }
@@ -287,7 +305,7 @@ impl Dispatcher {
             self.metrics.failed(&spec.id, &spec.topic);
             self.failed(spec, error_type, &message).await;
             if charged > self.config.retry_attempts {
-                self.dead_letter(spec, &d, error_type, &message, charged)
+                self.dead_letter(spec, d, error_type, &message, charged)
                     .await;
                 return Step::Settled;
             }

@@ -643,10 +643,11 @@ impl Pool {
                 _ => None,
             };
             tracing::error!(host = %host_id, pid = spawned.pid, culprit = ?culprit, "{}", report.cause());
+            // Quarantine before anything awaits: a retry must not find the worker still placed.
+            self.count_crashes(&slot, &report);
             self.events
                 .host_crashed(&host_id, spawned.pid, signal, culprit)
                 .await;
-            self.count_crashes(&slot, &report);
             if slot.closed.is_cancelled() {
                 break;
             }
