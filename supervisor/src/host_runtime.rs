@@ -158,11 +158,10 @@ impl HostRuntime {
         let _ = self.pool.unload(worker_id).await;
     }
 
-    /// Worker -> ERROR: stop consuming (its queue stays in the bus), record, announce.
+    /// Worker -> ERROR: stop calling it, park its consumer (its queue stays in the bus), record,
+    /// announce.
     async fn fail_worker(&self, worker_id: &str, error_type: ErrorType, message: &str) {
-        self.dispatcher
-            .stop_worker(worker_id, Duration::from_secs(1))
-            .await;
+        self.dispatcher.park_worker(worker_id);
         self.status.worker_failed(worker_id, error_type, message);
         let spec = self.specs().get(worker_id).cloned();
         if let Some(spec) = spec {

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod rules;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wm_shared::CloudEvent;
 
-use crate::bus::{Bus, DeadLetterReason, Delivery, Outcome, dead_letter};
+use crate::bus::{Bus, Consumer, DeadLetterReason, Delivery, Outcome, dead_letter};
 use crate::events::{ErrorType, Events, Lifecycle, WorkerRef};
 use crate::pool::{CallOutcome, Pool, Verdict, next_request_id};
 use crate::runtime::{InvokeError, WorkerSpec};
@@ -47,6 +48,8 @@ pub trait StatusSink: Send + Sync + 'static {
 struct RunningWorker {
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// Set before `cancel` when the worker goes to ERROR: its consumer is parked, not dropped.
+    park: Arc<AtomicBool>,
 }
 
 /// In-process group locks: at most one call at a time across the workers of a group.
@@ -74,6 +77,9 @@ pub struct Dispatcher {
     status: Arc<dyn StatusSink>,
     pub metrics: Arc<DispatchMetrics>,
     running: Mutex<HashMap<String, RunningWorker>>,
+    /// Consumers of workers in ERROR (timeout, crash loop): still registered with the bus, so
+    /// their topic's events stay queued (not dropped as "no worker listens") until `start`.
+    parked: Mutex<HashMap<String, Consumer>>,
     groups: GroupLocks,
 }
 
@@ -99,6 +105,7 @@ impl Dispatcher {
             status,
             metrics: Arc::new(DispatchMetrics::default()),
             running: Mutex::new(HashMap::new()),
+            parked: Mutex::new(HashMap::new()),
             groups: GroupLocks::default(),
         })
     }
@@ -109,28 +116,50 @@ impl Dispatcher {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Starts consuming the worker's topic (replacing an earlier consumer of the same worker).
+    fn parked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Consumer>> {
+        self.parked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts consuming the worker's topic (replacing an earlier consumer of the same worker,
+    /// and taking over its parked consumer, queue included, if it was in ERROR).
     pub fn start_worker(self: &Arc<Self>, spec: WorkerSpec) {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let park = Arc::new(AtomicBool::new(false));
         if let Some(old) = self.running().insert(
             spec.id.clone(),
             RunningWorker {
                 cancel: cancel.clone(),
                 tasks: tasks.clone(),
+                park: park.clone(),
             },
         ) {
             old.cancel.cancel();
         }
+        let parked = self.parked().remove(&spec.id);
+        let consumer = parked.unwrap_or_else(|| self.bus.consume(&spec.topic, &spec.id));
         let this = Arc::clone(self);
         let spec = Arc::new(spec);
         let t = tasks.clone();
-        tasks.spawn(async move { this.consume(spec, cancel, t).await });
+        tasks.spawn(async move { this.consume(spec, consumer, cancel, park, t).await });
+    }
+
+    /// The worker goes to ERROR: stop calling it but keep its consumer, so events for it stay
+    /// queued in the bus until `start` (DESIGN.md §4: the queue is kept, not lost).
+    pub fn park_worker(&self, worker_id: &str) {
+        if let Some(r) = self.running().remove(worker_id) {
+            r.park.store(true, Ordering::SeqCst);
+            r.cancel.cancel();
+        }
     }
 
     /// Stops consuming; in-flight calls get up to `deadline` to finish (what is still running
     /// then stays unsettled and is delivered again later).
     pub async fn stop_worker(&self, worker_id: &str, deadline: Duration) {
+        // An explicit stop unsubscribes: a parked consumer goes too.
+        self.parked().remove(worker_id);
         let running = self.running().remove(worker_id);
         if let Some(r) = running {
             r.cancel.cancel();
@@ -161,10 +190,26 @@ impl Dispatcher {
     async fn consume(
         self: Arc<Self>,
         spec: Arc<WorkerSpec>,
+        mut consumer: Consumer,
         cancel: CancellationToken,
+        park: Arc<AtomicBool>,
         tasks: TaskTracker,
     ) {
-        let mut consumer = self.bus.consume(&spec.topic, &spec.id);
+        self.consume_until_cancelled(&spec, &mut consumer, &cancel, &tasks)
+            .await;
+        if park.load(Ordering::SeqCst) {
+            tracing::info!(worker = %spec.id, "worker in ERROR: consumer parked, its queue is kept");
+            self.parked().insert(spec.id.clone(), consumer);
+        }
+    }
+
+    async fn consume_until_cancelled(
+        self: &Arc<Self>,
+        spec: &Arc<WorkerSpec>,
+        consumer: &mut Consumer,
+        cancel: &CancellationToken,
+        tasks: &TaskTracker,
+    ) {
         let permits = Arc::new(Semaphore::new(spec.max_concurrency.max(1) as usize));
         loop {
             let permit = tokio::select! {
@@ -175,8 +220,8 @@ impl Dispatcher {
                 d = consumer.recv() => match d { Some(d) => d, None => break },
                 _ = cancel.cancelled() => break,
             };
-            let this = Arc::clone(&self);
-            let spec = Arc::clone(&spec);
+            let this = Arc::clone(self);
+            let spec = Arc::clone(spec);
             let cancel = cancel.clone();
             tasks.spawn(async move {
                 let span = tracing::info_span!("message", worker = %spec.id, seq = delivery.seq, id = %delivery.event.id);
@@ -427,9 +472,7 @@ impl Dispatcher {
         self.failed(spec, ErrorType::Timeout, message).await;
         self.status
             .worker_failed(&spec.id, ErrorType::Timeout, message);
-        if let Some(r) = self.running().remove(&spec.id) {
-            r.cancel.cancel();
-        }
+        self.park_worker(&spec.id);
     }
 
     async fn dead_letter(

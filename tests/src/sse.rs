@@ -1,0 +1,171 @@
+//! A blocking Server-Sent-Events client for the tests: subscribes to
+//! `GET /v1/topics/{topic}/events` and hands each event's `data` (a structured CloudEvent) to
+//! the test through a channel. A reader thread decodes HTTP/1.1 chunked framing and SSE lines.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A live subscription; dropping it closes the connection.
+pub struct Sse {
+    rx: mpsc::Receiver<serde_json::Value>,
+    stream: TcpStream,
+    topic: String,
+    seen: std::cell::RefCell<Vec<serde_json::Value>>,
+}
+
+impl Sse {
+    /// Subscribes to `topic` on the daemon at `base_url` (`http://127.0.0.1:port`).
+    /// Returns once the server answered 200, so events published afterwards are seen.
+    pub fn subscribe(base_url: &str, topic: &str) -> Sse {
+        let addr = base_url
+            .strip_prefix("http://")
+            .unwrap_or(base_url)
+            .trim_end_matches('/');
+        let mut stream = TcpStream::connect(addr)
+            .unwrap_or_else(|e| panic!("connecting to {addr} for SSE: {e}"));
+        write!(
+            stream,
+            "GET /v1/topics/{topic}/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .unwrap_or_else(|e| panic!("sending the SSE request: {e}"));
+        let read_half = stream
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cloning the SSE socket: {e}"));
+        let mut reader = BufReader::new(read_half);
+        let mut status = String::new();
+        reader
+            .read_line(&mut status)
+            .unwrap_or_else(|e| panic!("reading the SSE status line: {e}"));
+        assert!(
+            status.contains(" 200"),
+            "SSE subscription to {topic} refused: {status}"
+        );
+        let mut chunked = false;
+        loop {
+            let mut line = String::new();
+            reader
+                .read_line(&mut line)
+                .unwrap_or_else(|e| panic!("reading SSE headers: {e}"));
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked") {
+                chunked = true;
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || read_events(reader, chunked, tx));
+        Sse {
+            rx,
+            stream,
+            topic: topic.to_string(),
+            seen: Default::default(),
+        }
+    }
+
+    /// The next event within `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<serde_json::Value> {
+        let v = self.rx.recv_timeout(timeout).ok()?;
+        self.seen.borrow_mut().push(v.clone());
+        Some(v)
+    }
+
+    /// Waits for the first event matching `pred`; panics with everything seen on the topic if
+    /// none comes within `timeout`.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left) {
+                Some(v) if pred(&v) => return v,
+                Some(_) => continue,
+                None => panic!(
+                    "no event on '{}' matched ({what}) within {timeout:?}; seen: {:#?}",
+                    self.topic,
+                    self.seen.borrow()
+                ),
+            }
+        }
+    }
+
+    /// Events that arrive within `window` (for "nothing more arrives" checks).
+    pub fn drain(&self, window: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + window;
+        let mut out = Vec::new();
+        while let Some(v) = self.next(deadline.saturating_duration_since(Instant::now())) {
+            out.push(v);
+        }
+        out
+    }
+}
+
+impl Drop for Sse {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn read_events(
+    mut reader: BufReader<TcpStream>,
+    chunked: bool,
+    tx: mpsc::Sender<serde_json::Value>,
+) {
+    let mut body: Vec<u8> = Vec::new();
+    let mut data = String::new();
+    loop {
+        // Pull the next piece of the body (one chunk, or whatever is there).
+        let piece = if chunked {
+            let mut size_line = String::new();
+            if reader.read_line(&mut size_line).unwrap_or(0) == 0 {
+                return;
+            }
+            let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or(""), 16)
+                .unwrap_or(0);
+            if size == 0 {
+                return;
+            }
+            let mut buf = vec![0; size + 2];
+            if reader.read_exact(&mut buf).is_err() {
+                return;
+            }
+            buf.truncate(size);
+            buf
+        } else {
+            let mut buf = vec![0; 4096];
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    buf
+                }
+            }
+        };
+        body.extend_from_slice(&piece);
+        while let Some(pos) = body.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = body.drain(..=pos).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\r', '\n']);
+            if let Some(d) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(d.strip_prefix(' ').unwrap_or(d));
+            } else if line.is_empty() && !data.is_empty() {
+                if let Ok(v) = serde_json::from_str(&data)
+                    && tx.send(v).is_err()
+                {
+                    return;
+                }
+                data.clear();
+            }
+        }
+    }
+}
