@@ -200,12 +200,15 @@ fn to_runtime_error(e: crate::pool::PoolError) -> RuntimeError {
 impl Runtime for HostRuntime {
     fn start(&self, spec: WorkerSpec) -> BoxFuture<'_, Result<(), RuntimeError>> {
         Box::pin(async move {
+            // The API's start is idempotent: a running worker stays as it is.
+            if self.dispatcher.is_running(&spec.id) && self.pool.is_placed(&spec.id) {
+                return Ok(());
+            }
             self.specs().insert(spec.id.clone(), spec.clone());
             self.pool
                 .load(spec.clone())
                 .await
                 .map_err(to_runtime_error)?;
-            // `dispatcher` is behind an Arc; start_worker needs it.
             Dispatcher::start_worker(&self.dispatcher, spec);
             Ok(())
         })
