@@ -16,3 +16,4 @@ pub mod engine;
 pub mod exit;
 pub mod ffi;
 pub mod sandbox;
+pub mod worker;
