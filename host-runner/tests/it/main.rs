@@ -4,4 +4,5 @@
 //! `env!("CARGO_BIN_EXE_host-runner")` names a binary cargo has just built for them.
 
 mod engine;
+mod host;
 mod util;
