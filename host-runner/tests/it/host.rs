@@ -787,3 +787,20 @@ fn a_bad_command_line_exits_with_the_usage_code() {
         Some(i32::from(workmanager_host_runner::exit::RING))
     );
 }
+
+#[test]
+fn landlock_denies_plugins_any_filesystem_write() {
+    let mut h = Host::spawn(&[]);
+    assert!(h.load("writer", &worker_c()).ok);
+    let r = data_of(&h.call(1, "writer", "write", b""));
+    if h.ready.sandbox.split(',').any(|s| s == "landlock") {
+        assert_eq!(r, format!("open={}", libc::EACCES));
+    } else {
+        // Best effort: a kernel without Landlock leaves writes to the file permissions.
+        eprintln!("landlock not available here: {r}");
+    }
+    // Debugging switches really switch the steps off.
+    let h = Host::spawn(&["--no-landlock", "--no-seccomp"]);
+    assert!(!h.ready.sandbox.contains("landlock"), "{}", h.ready.sandbox);
+    assert!(!h.ready.sandbox.contains("seccomp"), "{}", h.ready.sandbox);
+}
