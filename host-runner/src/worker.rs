@@ -11,6 +11,7 @@
 //! Results leave through an [`Outbox`] (the ring, in the binary).
 
 use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, RwLock};
@@ -226,7 +227,17 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
             let outcome = match lib.as_ref().and_then(|l| l.worker.as_ref().map(|w| (l, w))) {
                 Some((_, w)) => {
                     let _mark = crash::enter_call(worker_id, job.msg_id);
-                    self.engine.process(w, job.msg_id, &job.event)
+                    // Engines do not panic on plugin misbehaviour; this only keeps a host bug
+                    // from silently killing the worker's thread and its queue with it.
+                    catch_unwind(AssertUnwindSafe(|| {
+                        self.engine.process(w, job.msg_id, &job.event)
+                    }))
+                    .unwrap_or_else(|_| {
+                        ProcessOutcome::failed(
+                            ResultStatus::ProcessFailed,
+                            "host-runner bug: the engine panicked during this call",
+                        )
+                    })
                 }
                 None => ProcessOutcome::failed(
                     ResultStatus::UnknownWorker,

@@ -804,3 +804,29 @@ fn landlock_denies_plugins_any_filesystem_write() {
     assert!(!h.ready.sandbox.contains("landlock"), "{}", h.ready.sandbox);
     assert!(!h.ready.sandbox.contains("seccomp"), "{}", h.ready.sandbox);
 }
+
+#[test]
+fn a_crash_while_loading_is_charged_to_the_load() {
+    let mut h = Host::spawn(&[]);
+    h.send(Message::LoadWorker(frames::LoadWorker {
+        request_id: 1,
+        worker_id: "crash-in-constructor".into(),
+        package_dir: worker_c().parent().unwrap().to_string_lossy().into_owned(),
+        library_path: "libworker.so".into(),
+        max_concurrency: 1,
+        timeout_ms: 1000,
+        ..Default::default()
+    }));
+    let st = h.wait_exit();
+    assert_eq!(st.signal(), Some(libc::SIGSEGV), "{st:?}");
+    let rec = h.crash().expect("crash slot written");
+    assert_eq!(
+        (
+            rec.signal,
+            rec.worker_id.as_str(),
+            rec.msg_id,
+            rec.fault_addr
+        ),
+        (libc::SIGSEGV, "crash-in-constructor", 0, 8)
+    );
+}
