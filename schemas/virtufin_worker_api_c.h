@@ -20,7 +20,10 @@
  *   - malloc-based builders for the reply: build_minimal_worker_response(),
  *     virtufin_build_worker_response(), virtufin_build_error_response(), and
  *     virtufin_build_cloud_event();
- *   - virtufin_log() / virtufin_gateway_call() wrappers around the host callbacks.
+ *   - virtufin_log() / virtufin_logf() / virtufin_gateway_call() wrappers around the host
+ *     callbacks.
+ *
+ * Every helper is reentrant (no global state), so concurrent Process calls may use them.
  *
  * Reader rules (every accessor follows them, so a truncated or hostile buffer gives an error
  * code, never an out-of-bounds read):
@@ -784,8 +787,8 @@ typedef struct VirtufinExtension {
 } VirtufinExtension;
 
 /**
- * A CloudEvent to build. Zero-initialise it (`VirtufinEventSpec ev = {0};` in C, `{}` in C++)
- * and set what you need. id, type and source are required; every other string is optional
+ * A CloudEvent to build. Start from virtufin_event_spec(id, type, source) (or zero-initialise
+ * it) and set what you need. id, type and source are required; every other string is optional
  * (NULL = absent), except specversion, which defaults to "1.0".
  * data: NULL with data_len 0 = no data; non-NULL with data_len 0 = empty data.
  * Extensions are written in the given order; put `correlationid` first (copy it from the input
@@ -805,6 +808,18 @@ typedef struct VirtufinEventSpec {
     const VirtufinExtension* extensions;
     int32_t extension_count;
 } VirtufinEventSpec;
+
+/** A VirtufinEventSpec with the three required attributes set and everything else absent
+ *  (the same in C and C++, where `= {0}` draws -Wmissing-field-initializers). */
+static inline VirtufinEventSpec virtufin_event_spec(const char* id, const char* type,
+                                                    const char* source) {
+    VirtufinEventSpec ev;
+    memset(&ev, 0, sizeof ev);
+    ev.id = id;
+    ev.type = type;
+    ev.source = source;
+    return ev;
+}
 
 /* A back-to-front FlatBuffers builder over one malloc'd block, like the official builders:
  * children are written first at the end of the block, so every uoffset points forward.
@@ -1121,11 +1136,7 @@ static inline uint8_t* virtufin_build_cloud_event(const VirtufinEventSpec* ev, i
  */
 static inline uint8_t* build_minimal_worker_response(const char* id, const char* type,
                                                      const char* source, int32_t* out_len) {
-    VirtufinEventSpec ev;
-    memset(&ev, 0, sizeof ev);
-    ev.id = id;
-    ev.type = type;
-    ev.source = source;
+    VirtufinEventSpec ev = virtufin_event_spec(id, type, source);
     return virtufin_build_worker_response(&ev, NULL, out_len);
 }
 
