@@ -14,7 +14,7 @@ use wm_shared::ring::{self, FrameSender, HostState, Region, RingError, Side};
 
 use crate::crash::{self, CrashSink};
 use crate::engine::native::NativeEngine;
-use crate::engine::{LoadSpec, ProcessOutcome};
+use crate::engine::{Engine, LoadSpec, ProcessOutcome};
 use crate::exit;
 use crate::ffi::callbacks::{GatewayFailure, HostServices};
 use crate::frames::{self, Message};
@@ -128,13 +128,16 @@ pub fn main() -> u8 {
             return exit::USAGE;
         }
     };
-    if args.engine != "native" {
-        log(&format!(
-            "engine {:?} is not built into this host-runner (supported: native)",
-            args.engine
-        ));
-        return exit::USAGE;
-    }
+    let kind = match args.engine.as_str() {
+        "native" => frames::EngineKind::Native,
+        // The .NET engine adds its arm here (and in `start_engine`).
+        other => {
+            log(&format!(
+                "engine {other:?} is not built into this host-runner (supported: native)"
+            ));
+            return exit::USAGE;
+        }
+    };
 
     // 1. Map the ring (fd 3).
     // SAFETY: fcntl(F_GETFD) only queries the fd table.
@@ -186,7 +189,25 @@ pub fn main() -> u8 {
     // INVARIANT: from here on the seccomp filter is in place; no plugin was opened before.
     let _alt = crash::AltStack::install();
 
-    // 4. Engine and workers.
+    // 4. Engine, workers, Ready, serve.
+    let code = match kind {
+        frames::EngineKind::Native => start_engine(&region, &report, kind, NativeEngine::new),
+        frames::EngineKind::DotNet => exit::USAGE,
+    };
+    region.set_host_state(HostState::Exited);
+    region.mark_closed(Side::Host);
+    code
+}
+
+/// Builds the engine with `make(services, max_response_bytes)`, sends `Ready` and serves
+/// frames until `Shutdown` or until the supervisor goes. Engine-neutral: each engine plugs in
+/// its constructor.
+pub fn start_engine<E: Engine>(
+    region: &Arc<Region>,
+    report: &sandbox::SandboxReport,
+    kind: frames::EngineKind,
+    make: impl FnOnce(Arc<dyn HostServices>, usize) -> E,
+) -> u8 {
     let (tx, rx) = ring::host_channels(region.clone());
     let services = Arc::new(RingServices {
         tx: tx.clone(),
@@ -194,15 +215,14 @@ pub fn main() -> u8 {
         next_call: AtomicU64::new(1),
     });
     let max_response = region.config().max_frame.saturating_sub(RESULT_OVERHEAD);
-    let engine = Arc::new(NativeEngine::new(services.clone(), max_response));
+    let engine = Arc::new(make(services.clone(), max_response));
     let outbox = Arc::new(RingOutbox { tx: tx.clone() });
     let workers = Workers::new(engine, outbox);
 
-    // 5. Ready.
     region.set_host_state(HostState::Ready);
     let ready = Message::Ready(frames::Ready {
         pid: std::process::id() as i32,
-        engine: frames::EngineKind::Native,
+        engine: kind,
         version: env!("CARGO_PKG_VERSION").to_string(),
         sandbox: report.joined(),
     });
@@ -210,19 +230,14 @@ pub fn main() -> u8 {
         log(&format!("cannot send Ready: {e}"));
         return exit::PROTOCOL;
     }
-
-    // 6. Serve.
-    let code = serve(rx, &tx, &services, &workers, &region);
-    region.set_host_state(HostState::Exited);
-    region.mark_closed(Side::Host);
-    code
+    serve(rx, &tx, &services, &workers, region)
 }
 
-fn serve(
+fn serve<E: Engine>(
     mut rx: ring::FrameReceiver,
     tx: &FrameSender,
     services: &RingServices,
-    workers: &Arc<Workers<NativeEngine, RingOutbox>>,
+    workers: &Arc<Workers<E, RingOutbox>>,
     region: &Region,
 ) -> u8 {
     let mut buf = Vec::new();
