@@ -297,6 +297,13 @@ fn serve<E: Engine>(
                 region.set_host_state(HostState::Draining);
                 if !workers.shutdown(Duration::from_millis(u64::from(deadline_ms))) {
                     log("shutdown deadline passed with calls still running; exiting anyway");
+                    // A plugin is still running: exit() would run library destructors and
+                    // atexit handlers under its feet. Leave without them.
+                    region.set_host_state(HostState::Exited);
+                    region.mark_closed(Side::Host);
+                    // SAFETY: _exit ends the process at once; nothing is left to flush (stderr
+                    // is unbuffered) and the region's state is already published.
+                    unsafe { libc::_exit(i32::from(exit::OK)) };
                 }
                 return exit::OK;
             }

@@ -830,3 +830,18 @@ fn a_crash_while_loading_is_charged_to_the_load() {
         (libc::SIGSEGV, "crash-in-constructor", 0, 8)
     );
 }
+
+#[test]
+fn shutdown_with_a_hung_call_still_exits_zero_after_the_deadline() {
+    let mut h = Host::spawn(&[]);
+    assert!(h.load("hung", &worker_c()).ok);
+    assert!(h.load("idle", &worker_c()).ok);
+    h.process(1, "hung", "loop", b"");
+    let started = Instant::now();
+    h.send(Message::Shutdown { deadline_ms: 300 });
+    let st = h.wait_exit();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(st.code(), Some(0), "{st:?}");
+    assert_eq!(h.region.host_state(), HostState::Exited);
+    assert_eq!(h.crash(), None);
+}
