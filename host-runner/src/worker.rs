@@ -169,11 +169,24 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         };
         match loaded {
             Ok(w) => {
-                *slot.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Loaded {
+                let loaded = Arc::new(Loaded {
                     engine: self.engine.clone(),
                     worker_id: worker_id.clone(),
                     worker: Some(w),
-                }));
+                });
+                {
+                    let mut cur = slot.current.write().unwrap_or_else(|p| p.into_inner());
+                    // A reload requested while this first load ran may have finished first:
+                    // the newer version wins, this one is unloaded (after the lock is released).
+                    let stale = if cur.is_none() {
+                        *cur = Some(loaded);
+                        None
+                    } else {
+                        Some(loaded)
+                    };
+                    drop(cur);
+                    drop(stale);
+                }
                 self.outbox.load_result(request_id, &worker_id, Ok(()));
                 let rx = Arc::new(Mutex::new(rx));
                 for i in 1..spec.max_concurrency.max(1) {
