@@ -258,7 +258,20 @@ impl Host {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("host did not exit within {WATCHDOG:?}");
+                let mut buf = Vec::new();
+                let mut frames = Vec::new();
+                while self.rx.try_recv(&mut buf).unwrap_or(false) {
+                    frames.push(
+                        Message::decode(&buf)
+                            .map(|m| format!("{m:?}"))
+                            .unwrap_or_default(),
+                    );
+                }
+                panic!(
+                    "host did not exit within {WATCHDOG:?}; frames {:?} {frames:?}; stderr {:?}",
+                    self.backlog,
+                    self.stderr.lock().unwrap()
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -844,4 +857,23 @@ fn shutdown_with_a_hung_call_still_exits_zero_after_the_deadline() {
     assert_eq!(st.code(), Some(0), "{st:?}");
     assert_eq!(h.region.host_state(), HostState::Exited);
     assert_eq!(h.crash(), None);
+}
+
+#[test]
+fn sigfpe_sigill_and_sigbus_are_recorded_too() {
+    for (ty, signal) in [
+        ("fpe", libc::SIGFPE),
+        ("ill", libc::SIGILL),
+        ("bus", libc::SIGBUS),
+    ] {
+        let (st, rec, _h) = crash_with(ty, &[]);
+        assert_eq!(st.signal(), Some(signal), "{ty}: {st:?}");
+        let rec = rec.expect("crash slot written");
+        assert_eq!(
+            (rec.signal, rec.worker_id.as_str(), rec.msg_id),
+            (signal, "victim", 4242),
+            "{ty}"
+        );
+        assert_ne!(rec.fault_addr, 0, "{ty}: faults carry si_addr");
+    }
 }
