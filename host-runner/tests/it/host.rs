@@ -593,7 +593,7 @@ fn exit_from_a_plugin_is_an_exit_code_with_a_signal_zero_record() {
 
 #[test]
 fn malloc_fails_under_rlimit_as_and_the_host_survives() {
-    let limit = (768u64 << 20).to_string();
+    let limit = (384u64 << 20).to_string();
     let mut h = Host::spawn(&["--rlimit-as", &limit]);
     assert!(h.load("hog", &worker_c()).ok);
     let r = h.call(1, "hog", "oom", b"");
@@ -710,7 +710,7 @@ fn per_worker_order_with_one_thread_and_overlap_with_max_concurrency() {
     assert!(h.load_with(lw("serial", 1, 1)).ok);
     assert!(h.load_with(lw("parallel", 2, 2)).ok);
     let order = |h: &mut Host, worker: &str, base: u64| {
-        h.process(base, worker, "sleep", b"400");
+        h.process(base, worker, "sleep", b"1000");
         h.process(base + 1, worker, "echo", b"");
         let mut seen = Vec::new();
         while seen.len() < 2 {
@@ -744,7 +744,7 @@ fn hot_reload_loads_beside_the_old_version_and_the_in_flight_call_finishes_on_it
     assert!(h.load("hot", &v1).ok);
     assert_eq!(data_of(&h.call(1, "hot", "version", b"")), "1");
     // A slow call in flight on version 1...
-    h.process(2, "hot", "sleep", b"600");
+    h.process(2, "hot", "sleep", b"1500");
     std::thread::sleep(Duration::from_millis(100));
     // ...while version 2 loads beside it: the load completes before the call does.
     let r = h.load("hot", &v2);
