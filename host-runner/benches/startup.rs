@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wm_shared::CloudEvent;
+use wm_shared::protocol::{self, Message};
 use wm_shared::ring::{self, Region, RingConfig};
 use wm_testkit::native::{Build, Lang};
-use workmanager_host_runner::frames::{self, Message};
 
 const RUNS: usize = 30;
 
@@ -65,7 +65,7 @@ fn main() {
         ready.push(t.elapsed());
 
         let t = Instant::now();
-        let lw = Message::LoadWorker(frames::LoadWorker {
+        let lw = Message::LoadWorker(protocol::LoadWorker {
             request_id: 1,
             worker_id: "w".into(),
             package_dir: dir.clone(),
@@ -80,7 +80,7 @@ fn main() {
 
         for n in 0..50u64 {
             let t = Instant::now();
-            let p = Message::Process(frames::Process {
+            let p = Message::Process(protocol::Process {
                 msg_id: n,
                 worker_id: "w".into(),
                 event: ev.clone(),
@@ -95,7 +95,7 @@ fn main() {
         }
 
         let t = Instant::now();
-        let u = Message::UnloadWorker(frames::UnloadWorker {
+        let u = Message::UnloadWorker(protocol::UnloadWorker {
             request_id: 2,
             worker_id: "w".into(),
         });

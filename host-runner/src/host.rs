@@ -17,9 +17,9 @@ use crate::engine::native::NativeEngine;
 use crate::engine::{Engine, LoadSpec, ProcessOutcome};
 use crate::exit;
 use crate::ffi::callbacks::{GatewayFailure, HostServices};
-use crate::frames::{self, Message};
 use crate::sandbox::{self, SandboxConfig, SandboxError, log};
 use crate::worker::{Outbox, Workers};
+use wm_shared::protocol::{self, Message};
 
 /// How long a frame send may wait for room in the ring before giving up.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -129,7 +129,7 @@ pub fn main() -> u8 {
         }
     };
     let kind = match args.engine.as_str() {
-        "native" => frames::EngineKind::Native,
+        "native" => protocol::EngineKind::Native,
         // The .NET engine adds its arm here (and in `start_engine`).
         other => {
             log(&format!(
@@ -191,8 +191,8 @@ pub fn main() -> u8 {
 
     // 4. Engine, workers, Ready, serve.
     let code = match kind {
-        frames::EngineKind::Native => start_engine(&region, &report, kind, NativeEngine::new),
-        frames::EngineKind::DotNet => exit::USAGE,
+        protocol::EngineKind::Native => start_engine(&region, &report, kind, NativeEngine::new),
+        protocol::EngineKind::DotNet => exit::USAGE,
     };
     region.set_host_state(HostState::Exited);
     region.mark_closed(Side::Host);
@@ -205,7 +205,7 @@ pub fn main() -> u8 {
 pub fn start_engine<E: Engine>(
     region: &Arc<Region>,
     report: &sandbox::SandboxReport,
-    kind: frames::EngineKind,
+    kind: protocol::EngineKind,
     make: impl FnOnce(Arc<dyn HostServices>, usize) -> E,
 ) -> u8 {
     let (tx, rx) = ring::host_channels(region.clone());
@@ -220,7 +220,7 @@ pub fn start_engine<E: Engine>(
     let workers = Workers::new(engine, outbox);
 
     region.set_host_state(HostState::Ready);
-    let ready = Message::Ready(frames::Ready {
+    let ready = Message::Ready(protocol::Ready {
         pid: std::process::id() as i32,
         engine: kind,
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -284,7 +284,7 @@ fn serve<E: Engine>(
                 let (rss_bytes, threads) = self_usage();
                 send(
                     tx,
-                    &Message::Stats(frames::Stats {
+                    &Message::Stats(protocol::Stats {
                         request_id,
                         rss_bytes,
                         threads,
@@ -309,29 +309,15 @@ fn serve<E: Engine>(
             }
             other => log(&format!(
                 "ignoring a frame the supervisor should not send: {}",
-                kind(&other)
+                other.kind()
             )),
         }
     }
 }
 
-fn kind(m: &Message) -> &'static str {
-    match m {
-        Message::Ready(_) => "Ready",
-        Message::LoadResult(_) => "LoadResult",
-        Message::UnloadResult(_) => "UnloadResult",
-        Message::ProcessResult(_) => "ProcessResult",
-        Message::Log(_) => "Log",
-        Message::GatewayCall(_) => "GatewayCall",
-        Message::Pong { .. } => "Pong",
-        Message::Stats(_) => "Stats",
-        _ => "other",
-    }
-}
-
 fn send(tx: &FrameSender, m: &Message) {
     if let Err(e) = tx.send(&m.encode(), SEND_TIMEOUT) {
-        log(&format!("cannot send {}: {e}", kind(m)));
+        log(&format!("cannot send {}: {e}", m.kind()));
     }
 }
 
@@ -380,7 +366,7 @@ impl Outbox for RingOutbox {
         };
         send(
             &self.tx,
-            &Message::LoadResult(frames::LoadResult {
+            &Message::LoadResult(protocol::LoadResult {
                 request_id,
                 worker_id: worker_id.into(),
                 ok,
@@ -396,7 +382,7 @@ impl Outbox for RingOutbox {
         };
         send(
             &self.tx,
-            &Message::UnloadResult(frames::UnloadResult {
+            &Message::UnloadResult(protocol::UnloadResult {
                 request_id,
                 worker_id: worker_id.into(),
                 ok,
@@ -407,7 +393,7 @@ impl Outbox for RingOutbox {
 
     fn process_result(&self, msg_id: u64, worker_id: &str, o: ProcessOutcome) {
         let status = status_of(o.status);
-        let frame = Message::ProcessResult(frames::ProcessResult {
+        let frame = Message::ProcessResult(protocol::ProcessResult {
             msg_id,
             worker_id: worker_id.into(),
             status,
@@ -422,10 +408,10 @@ impl Outbox for RingOutbox {
             // id could still push the frame over: answer without the payload.
             Err(RingError::TooLarge { .. }) => send(
                 &self.tx,
-                &Message::ProcessResult(frames::ProcessResult {
+                &Message::ProcessResult(protocol::ProcessResult {
                     msg_id,
                     worker_id: worker_id.into(),
-                    status: frames::ResultStatus::InvalidResponse,
+                    status: protocol::ResultStatus::InvalidResponse,
                     error: "the reply frame exceeds the ring's frame limit".into(),
                     elapsed_ns: o.elapsed_ns,
                     ..Default::default()
@@ -436,29 +422,29 @@ impl Outbox for RingOutbox {
     }
 }
 
-fn status_of(s: crate::engine::ResultStatus) -> frames::ResultStatus {
+fn status_of(s: crate::engine::ResultStatus) -> protocol::ResultStatus {
     use crate::engine::ResultStatus as E;
     match s {
-        E::Ok => frames::ResultStatus::Ok,
-        E::NoReply => frames::ResultStatus::NoReply,
-        E::ProcessFailed => frames::ResultStatus::ProcessFailed,
-        E::InvalidResponse => frames::ResultStatus::InvalidResponse,
-        E::WorkerException => frames::ResultStatus::WorkerException,
-        E::UnknownWorker => frames::ResultStatus::UnknownWorker,
+        E::Ok => protocol::ResultStatus::Ok,
+        E::NoReply => protocol::ResultStatus::NoReply,
+        E::ProcessFailed => protocol::ResultStatus::ProcessFailed,
+        E::InvalidResponse => protocol::ResultStatus::InvalidResponse,
+        E::WorkerException => protocol::ResultStatus::WorkerException,
+        E::UnknownWorker => protocol::ResultStatus::UnknownWorker,
     }
 }
 
 /// The callbacks' traffic: `Log` frames, and `GatewayCall`s matched to their replies.
 struct RingServices {
     tx: FrameSender,
-    pending: Mutex<HashMap<u64, SyncSender<frames::GatewayReply>>>,
+    pending: Mutex<HashMap<u64, SyncSender<protocol::GatewayReply>>>,
     next_call: AtomicU64,
 }
 
 impl RingServices {
     /// Hands a `GatewayReply` to the call waiting for it; a late reply (after a timeout) is
     /// dropped.
-    fn deliver(&self, reply: frames::GatewayReply) {
+    fn deliver(&self, reply: protocol::GatewayReply) {
         let waiter = self
             .pending
             .lock()
@@ -480,7 +466,7 @@ impl HostServices for RingServices {
     fn log(&self, worker_id: &str, msg_id: u64, level: i32, message: &str) {
         send(
             &self.tx,
-            &Message::Log(frames::Log {
+            &Message::Log(protocol::Log {
                 worker_id: worker_id.into(),
                 msg_id,
                 level,
@@ -510,7 +496,7 @@ impl HostServices for RingServices {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&call_id);
         };
-        let call = Message::GatewayCall(frames::GatewayCall {
+        let call = Message::GatewayCall(protocol::GatewayCall {
             call_id,
             worker_id: worker_id.into(),
             msg_id,

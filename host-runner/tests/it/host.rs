@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use wm_shared::protocol::{self, Message, ResultStatus};
 use wm_shared::ring::{
     self, CrashRecord, FrameReceiver, FrameSender, HostState, Region, RingConfig, Side,
 };
-use workmanager_host_runner::frames::{self, Message, ResultStatus};
 
 use crate::util::*;
 
@@ -32,7 +32,7 @@ pub struct Host {
     /// Frames received but not yet asked for.
     backlog: Vec<Message>,
     pub stderr: Arc<Mutex<Vec<String>>>,
-    pub ready: frames::Ready,
+    pub ready: protocol::Ready,
 }
 
 impl Host {
@@ -94,7 +94,7 @@ impl Host {
             rx,
             backlog: Vec::new(),
             stderr,
-            ready: frames::Ready::default(),
+            ready: protocol::Ready::default(),
         };
         match host.next() {
             Message::Ready(r) => host.ready = r,
@@ -175,9 +175,9 @@ impl Host {
         false
     }
 
-    pub fn load(&mut self, worker_id: &str, so: &Path) -> frames::LoadResult {
+    pub fn load(&mut self, worker_id: &str, so: &Path) -> protocol::LoadResult {
         let s = spec(worker_id, so);
-        self.load_with(frames::LoadWorker {
+        self.load_with(protocol::LoadWorker {
             request_id: NEXT.fetch_add(1, Ordering::Relaxed),
             worker_id: s.worker_id,
             package_dir: s.package_dir.to_string_lossy().into_owned(),
@@ -191,7 +191,7 @@ impl Host {
         })
     }
 
-    pub fn load_with(&mut self, lw: frames::LoadWorker) -> frames::LoadResult {
+    pub fn load_with(&mut self, lw: protocol::LoadWorker) -> protocol::LoadResult {
         let id = lw.request_id;
         self.send(Message::LoadWorker(lw));
         self.wait_for("LoadResult", |m| match m {
@@ -201,14 +201,14 @@ impl Host {
     }
 
     pub fn process(&self, msg_id: u64, worker_id: &str, ty: &str, data: &[u8]) {
-        self.send(Message::Process(frames::Process {
+        self.send(Message::Process(protocol::Process {
             msg_id,
             worker_id: worker_id.into(),
             event: event(ty, data),
         }));
     }
 
-    pub fn result(&mut self, msg_id: u64) -> frames::ProcessResult {
+    pub fn result(&mut self, msg_id: u64) -> protocol::ProcessResult {
         self.wait_for("ProcessResult", |m| match m {
             Message::ProcessResult(r) if r.msg_id == msg_id => Some(r.clone()),
             _ => None,
@@ -222,7 +222,7 @@ impl Host {
         worker_id: &str,
         ty: &str,
         data: &[u8],
-    ) -> frames::ProcessResult {
+    ) -> protocol::ProcessResult {
         self.process(msg_id, worker_id, ty, data);
         self.result(msg_id)
     }
@@ -236,7 +236,7 @@ impl Host {
     }
 
     /// Log frames received so far (from the backlog; they are consumed).
-    pub fn logs(&mut self) -> Vec<frames::Log> {
+    pub fn logs(&mut self) -> Vec<protocol::Log> {
         let (logs, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.backlog)
             .into_iter()
             .partition(|m| matches!(m, Message::Log(_)));
@@ -297,7 +297,7 @@ impl Drop for Host {
     }
 }
 
-fn data_of(r: &frames::ProcessResult) -> String {
+fn data_of(r: &protocol::ProcessResult) -> String {
     let ev = response(&r.response).result_event.expect("result event");
     String::from_utf8_lossy(ev.data.as_deref().unwrap_or_default()).into_owned()
 }
@@ -307,7 +307,7 @@ fn ready_reports_the_sandbox_steps_and_shutdown_exits_zero() {
     let mut h = Host::spawn(&[]);
     let steps: Vec<&str> = h.ready.sandbox.split(',').collect();
     assert_eq!(h.ready.pid, h.pid());
-    assert_eq!(h.ready.engine, frames::EngineKind::Native);
+    assert_eq!(h.ready.engine, protocol::EngineKind::Native);
     // The mandatory steps, in order; landlock and netns are best effort (kernel permitting).
     let mandatory: Vec<&str> = steps
         .iter()
@@ -403,7 +403,7 @@ fn logs_travel_as_frames_with_worker_and_message() {
 #[test]
 fn gateway_calls_round_trip_and_time_out() {
     let mut h = Host::spawn(&[]);
-    let lw = frames::LoadWorker {
+    let lw = protocol::LoadWorker {
         request_id: 1,
         worker_id: "gw".into(),
         package_dir: worker_c().parent().unwrap().to_string_lossy().into_owned(),
@@ -431,7 +431,7 @@ fn gateway_calls_round_trip_and_time_out() {
         ("gw", 7, "billing", "charge")
     );
     assert_eq!(call.payload, b"42");
-    h.send(Message::GatewayReply(frames::GatewayReply {
+    h.send(Message::GatewayReply(protocol::GatewayReply {
         call_id: call.call_id,
         status: 0,
         payload: b"paid".to_vec(),
@@ -453,7 +453,7 @@ fn gateway_calls_round_trip_and_time_out() {
         Message::GatewayCall(c) if c.msg_id == 9 => Some(c.clone()),
         _ => None,
     });
-    h.send(Message::GatewayReply(frames::GatewayReply {
+    h.send(Message::GatewayReply(protocol::GatewayReply {
         call_id: call.call_id,
         status: 503,
         payload: Vec::new(),
@@ -652,7 +652,7 @@ fn unknown_workers_missing_exports_and_unload() {
 
     assert!(h.load("w", &worker_c()).ok);
     assert_eq!(h.call(3, "w", "echo", b"").status, ResultStatus::Ok);
-    h.send(Message::UnloadWorker(frames::UnloadWorker {
+    h.send(Message::UnloadWorker(protocol::UnloadWorker {
         request_id: 77,
         worker_id: "w".into(),
     }));
@@ -665,7 +665,7 @@ fn unknown_workers_missing_exports_and_unload() {
         h.call(4, "w", "echo", b"").status,
         ResultStatus::UnknownWorker
     );
-    h.send(Message::UnloadWorker(frames::UnloadWorker {
+    h.send(Message::UnloadWorker(protocol::UnloadWorker {
         request_id: 78,
         worker_id: "w".into(),
     }));
@@ -697,7 +697,7 @@ fn stats_report_workers_threads_and_memory() {
 fn per_worker_order_with_one_thread_and_overlap_with_max_concurrency() {
     let mut h = Host::spawn(&[]);
     let dir = worker_c().parent().unwrap().to_string_lossy().into_owned();
-    let lw = |id: &str, request_id, max_concurrency| frames::LoadWorker {
+    let lw = |id: &str, request_id, max_concurrency| protocol::LoadWorker {
         request_id,
         worker_id: id.into(),
         package_dir: dir.clone(),
@@ -821,7 +821,7 @@ fn landlock_denies_plugins_any_filesystem_write() {
 #[test]
 fn a_crash_while_loading_is_charged_to_the_load() {
     let mut h = Host::spawn(&[]);
-    h.send(Message::LoadWorker(frames::LoadWorker {
+    h.send(Message::LoadWorker(protocol::LoadWorker {
         request_id: 1,
         worker_id: "crash-in-constructor".into(),
         package_dir: worker_c().parent().unwrap().to_string_lossy().into_owned(),
