@@ -877,3 +877,67 @@ fn sigfpe_sigill_and_sigbus_are_recorded_too() {
         assert_ne!(rec.fault_addr, 0, "{ty}: faults carry si_addr");
     }
 }
+
+/// State letter of `pid` from /proc (None once it is gone).
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim().chars().next()
+}
+
+#[test]
+fn the_host_dies_with_its_parent() {
+    let region = Arc::new(
+        Region::create(
+            "test-pdeathsig",
+            &RingConfig {
+                ring_bytes: 1 << 16,
+                max_frame: 1 << 14,
+            },
+        )
+        .expect("region"),
+    );
+    let ring_fd = region.as_fd().as_raw_fd();
+    // The host's parent is a shell that waits until the host is Ready, then exits.
+    let script = format!(
+        "{} --ring-fd 3 --engine native --host-id orphan 2>/dev/null & echo $!; read _",
+        env!("CARGO_BIN_EXE_host-runner")
+    );
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: as in Host::spawn: dup2/fcntl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if ring_fd != 3 && libc::dup2(ring_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::fcntl(3, libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+    let mut shell = cmd.spawn().expect("spawn sh");
+    let mut line = String::new();
+    BufReader::new(shell.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("pid line");
+    let host_pid: i32 = line.trim().parse().expect("host pid");
+    let (_tx, mut rx) = ring::supervisor_channels(region.clone());
+    let mut buf = Vec::new();
+    rx.recv(&mut buf, Some(WATCHDOG)).expect("Ready");
+    assert!(matches!(Message::decode(&buf), Ok(Message::Ready(_))));
+    assert_eq!(proc_state(host_pid).map(|s| s != 'Z'), Some(true));
+
+    // The parent goes (closing its stdin ends `read`); PR_SET_PDEATHSIG kills the host.
+    drop(shell.stdin.take());
+    shell.wait().expect("shell exits");
+    let deadline = Instant::now() + WATCHDOG;
+    while matches!(proc_state(host_pid), Some(s) if s != 'Z') {
+        assert!(
+            Instant::now() < deadline,
+            "host {host_pid} outlived its parent"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
