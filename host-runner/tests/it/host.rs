@@ -649,6 +649,26 @@ fn unknown_workers_missing_exports_and_unload() {
         h.call(2, "custom", "echo", b"").status,
         ResultStatus::UnknownWorker
     );
+    // The same library with the names its nuspec would declare.
+    let r = h.load_with(protocol::LoadWorker {
+        request_id: 5,
+        worker_id: "custom".into(),
+        package_dir: custom.parent().unwrap().to_string_lossy().into_owned(),
+        library_path: "libworker.so".into(),
+        entry_point: "HandleEvent".into(),
+        free_result: "Release".into(),
+        max_concurrency: 1,
+        timeout_ms: 1000,
+        ..Default::default()
+    });
+    assert!(r.ok, "{r:?}");
+    assert_eq!(h.call(20, "custom", "echo", b"").status, ResultStatus::Ok);
+    h.call(21, "custom", "count", b"");
+    let line = h.logs().last().expect("count log").message.clone();
+    assert_eq!(
+        line, "frees=1 buffers=1 calls=2",
+        "Release is the free function that ran"
+    );
 
     assert!(h.load("w", &worker_c()).ok);
     assert_eq!(h.call(3, "w", "echo", b"").status, ResultStatus::Ok);
@@ -691,6 +711,10 @@ fn stats_report_workers_threads_and_memory() {
     assert_eq!(s.in_flight, 0);
     assert!(s.threads >= 3, "main + one per worker: {s:?}");
     assert!(s.rss_bytes > 1 << 20, "{s:?}");
+    let r = h.call(1, "b", "anything", b"cpp");
+    assert_eq!(r.status, ResultStatus::Ok, "{r:?}");
+    let ev = response(&r.response).result_event.expect("event");
+    assert_eq!(ev.extension("lang"), Some("cpp"));
 }
 
 #[test]
