@@ -31,6 +31,7 @@ fn main() {
         .collect();
     let (mut ready, mut load, mut first, mut warm, mut unload) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut throughput = 0.0;
     for i in 0..RUNS {
         let region = Arc::new(
             Region::create(&format!("bench-{i}"), &RingConfig::default()).expect("region"),
@@ -94,6 +95,33 @@ fn main() {
             }
         }
 
+        if i == 0 {
+            // Pipelined throughput of one worker (one thread), up to WINDOW calls in flight.
+            const TOTAL: u64 = 50_000;
+            const WINDOW: u64 = 512;
+            let t = Instant::now();
+            let (mut sent, mut done) = (0u64, 0u64);
+            let mut frame = Vec::new();
+            while done < TOTAL {
+                while sent < TOTAL && sent - done < WINDOW {
+                    frame.clear();
+                    frame.extend_from_slice(
+                        &Message::Process(protocol::Process {
+                            msg_id: 1000 + sent,
+                            worker_id: "w".into(),
+                            event: ev.clone(),
+                        })
+                        .encode(),
+                    );
+                    tx.send(&frame, Duration::from_secs(5)).expect("send");
+                    sent += 1;
+                }
+                assert!(matches!(recv(&mut buf), Message::ProcessResult(_)));
+                done += 1;
+            }
+            throughput = TOTAL as f64 / t.elapsed().as_secs_f64();
+        }
+
         let t = Instant::now();
         let u = Message::UnloadWorker(protocol::UnloadWorker {
             request_id: 2,
@@ -116,4 +144,5 @@ fn main() {
     println!("  first Process round trip            {:?}", median(first));
     println!("  warm Process round trip (sequential) {:?}", median(warm));
     println!("  UnloadWorker -> UnloadResult        {:?}", median(unload));
+    println!("  pipelined echo, one worker thread    {throughput:.0} msgs/s");
 }
