@@ -140,10 +140,16 @@ impl NativeWorker {
     /// Closes the library, frees the host struct and drops the memfd copy.
     fn teardown(&mut self) -> Result<(), NativeError> {
         let closed = match self.library.take() {
-            Some(lib) => lib.close().map_err(|source| NativeError::Close {
-                worker: self.worker_id.clone(),
-                source,
-            }),
+            Some(lib) => {
+                let r = lib.close().map_err(|source| NativeError::Close {
+                    worker: self.worker_id.clone(),
+                    source,
+                });
+                if r.is_ok() {
+                    crate::sandbox::log(&format!("worker {}: unloaded", self.worker_id));
+                }
+                r
+            }
             None => Ok(()),
         };
         // The library's destructors have run (inside dlclose) and may have used the host
