@@ -965,3 +965,47 @@ fn the_host_dies_with_its_parent() {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+#[test]
+fn unload_lets_queued_calls_finish_first_and_stats_count_them_in_flight() {
+    let mut h = Host::spawn(&[]);
+    assert!(h.load("w", &worker_c()).ok);
+    h.process(1, "w", "sleep", b"300");
+    h.process(2, "w", "echo", b"");
+    h.send(Message::StatsRequest { request_id: 1 });
+    let s = h.wait_for("Stats", |m| match m {
+        Message::Stats(s) => Some(s.clone()),
+        _ => None,
+    });
+    assert_eq!(s.in_flight, 2, "{s:?}");
+    h.send(Message::UnloadWorker(protocol::UnloadWorker {
+        request_id: 9,
+        worker_id: "w".into(),
+    }));
+    // Collect frames in arrival order until the UnloadResult.
+    let mut order = Vec::new();
+    loop {
+        match h.next() {
+            Message::ProcessResult(r) => {
+                assert_eq!(r.status, ResultStatus::Ok, "{r:?}");
+                order.push(r.msg_id);
+            }
+            Message::UnloadResult(u) => {
+                assert!(u.ok, "{u:?}");
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        order,
+        [1, 2],
+        "both queued calls answered before the unload"
+    );
+    h.send(Message::StatsRequest { request_id: 2 });
+    let s = h.wait_for("Stats", |m| match m {
+        Message::Stats(s) if s.request_id == 2 => Some(s.clone()),
+        _ => None,
+    });
+    assert_eq!((s.in_flight, s.workers), (0, 0), "{s:?}");
+}
