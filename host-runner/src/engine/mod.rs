@@ -35,7 +35,8 @@ pub struct LoadSpec {
 pub enum ResultStatus {
     /// Return 0 and a buffer that passed the WorkerResponse verifier.
     Ok,
-    /// Return 0 and no buffer.
+    /// No reply: a managed worker returned null. (A native plugin that returns 0 without a
+    /// buffer breaks the seed's contract and is `InvalidResponse`.)
     NoReply,
     /// Non-zero return (`code`).
     ProcessFailed,

@@ -14,7 +14,8 @@
 //!
 //! Process: calls the entry point, copies `*out_buf` before looking at it, calls `FreeResult`
 //! exactly once for every non-null `*out_buf` (every path), then classifies: non-zero return
-//! -> ProcessFailed (with the code); null buffer and 0 -> NoReply; `out_len <= 0` with a
+//! -> ProcessFailed (with the code); null buffer and 0 -> InvalidResponse (issue 4: NULL is
+//! for failures; "no reply" is a WorkerResponse with neither field); `out_len <= 0` with a
 //! buffer, a length over the frame limit, or bytes that fail the WorkerResponse verifier ->
 //! InvalidResponse. Never a panic.
 //!
@@ -452,7 +453,16 @@ impl Engine for NativeEngine {
             );
         }
         if out_buf.is_null() {
-            return outcome(ResultStatus::NoReply, 0, Vec::new(), String::new());
+            // The seed: on success *out_buf is a WorkerResponse; NULL is for failures. "No
+            // reply" is a WorkerResponse with neither field set (issue 4).
+            return outcome(
+                ResultStatus::InvalidResponse,
+                0,
+                Vec::new(),
+                "the worker returned 0 but set no *out_buf; to send no reply, return a \
+                 WorkerResponse with neither result_event nor error_message"
+                    .to_string(),
+            );
         }
         if out_len <= 0 {
             return outcome(

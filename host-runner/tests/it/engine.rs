@@ -112,7 +112,8 @@ fn log_reaches_the_host_at_every_level_through_either_handle() {
     let eng = engine(&rec);
     let w = eng.load(&spec("logger", &worker_c())).expect("load");
     let out = eng.process(&w, 77, &event("log", b""));
-    assert_eq!(out.status, ResultStatus::NoReply, "{out:?}");
+    // The fixture returns 0 without a buffer: an invalid response (issue 4).
+    assert_eq!(out.status, ResultStatus::InvalidResponse, "{out:?}");
     let logs = rec.logs();
     let levels: Vec<i32> = logs.iter().map(|l| l.level).collect();
     assert_eq!(levels, vec![0, 1, 2, 3, 4, 2], "{logs:?}");
@@ -189,7 +190,7 @@ fn every_reply_shape_maps_to_its_status_and_free_result_runs_once_per_buffer() {
         ("neglen", ResultStatus::InvalidResponse, 0),
         ("garbage", ResultStatus::InvalidResponse, 0),
         ("huge", ResultStatus::InvalidResponse, 0),
-        ("nothing", ResultStatus::NoReply, 0),
+        ("nothing", ResultStatus::InvalidResponse, 0),
         ("both", ResultStatus::Ok, 0),
         ("error", ResultStatus::Ok, 0),
         ("echo", ResultStatus::Ok, 0),
@@ -218,7 +219,7 @@ fn every_reply_shape_maps_to_its_status_and_free_result_runs_once_per_buffer() {
         }
     }
     let out = eng.process(&w, 2, &event("count", b""));
-    assert_eq!(out.status, ResultStatus::NoReply);
+    assert_eq!(out.status, ResultStatus::InvalidResponse);
     let line = rec.logs().last().expect("count log").message.clone();
     // Buffers handed out: nonzero, neglen, garbage, huge, both, error, echo = 7.
     assert_eq!(line, "frees=7 buffers=7 calls=10", "{line}");

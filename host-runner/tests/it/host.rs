@@ -380,7 +380,7 @@ fn logs_travel_as_frames_with_worker_and_message() {
     let mut h = Host::spawn(&[]);
     assert!(h.load("logger", &worker_c()).ok);
     let res = h.call(41, "logger", "log", b"");
-    assert_eq!(res.status, ResultStatus::NoReply);
+    assert_eq!(res.status, ResultStatus::InvalidResponse);
     let logs = h.logs();
     let got: Vec<(i32, &str)> = logs.iter().map(|l| (l.level, l.message.as_str())).collect();
     assert_eq!(
@@ -472,7 +472,7 @@ fn reply_shapes_reach_the_supervisor_with_their_status_and_free_result_runs_once
         ("neglen", ResultStatus::InvalidResponse, 0),
         ("garbage", ResultStatus::InvalidResponse, 0),
         ("huge", ResultStatus::InvalidResponse, 0),
-        ("nothing", ResultStatus::NoReply, 0),
+        ("nothing", ResultStatus::InvalidResponse, 0),
         ("both", ResultStatus::Ok, 0),
         ("echo", ResultStatus::Ok, 0),
     ];
