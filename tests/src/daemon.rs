@@ -69,9 +69,13 @@ pub fn workmanager_bin() -> PathBuf {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
             let mut cmd = Command::new(cargo);
             cmd.current_dir(crate::workspace_root())
+                // Selecting this package too gives the same feature resolution as
+                // `cargo test -p workmanager-tests`, so the two builds do not undo each other.
                 .args([
                     "build",
                     "--quiet",
+                    "-p",
+                    "workmanager-tests",
                     "-p",
                     "workmanager-supervisor",
                     "--bin",
@@ -79,6 +83,31 @@ pub fn workmanager_bin() -> PathBuf {
                 ])
                 .arg("--target-dir")
                 .arg(crate::target_dir());
+            // Cargo gives tests the variables of *this* package (CARGO_PKG_NAME, ...); build
+            // scripts such as ring's list some of them in `rerun-if-env-changed`, so passing
+            // them on would rebuild those crates on every test run.
+            for (k, _) in std::env::vars_os() {
+                let k = k.to_string_lossy();
+                let package_scoped = [
+                    "CARGO_PKG_",
+                    "CARGO_MANIFEST_",
+                    "CARGO_CRATE_",
+                    "CARGO_BIN_",
+                    "CARGO_CFG_",
+                ]
+                .iter()
+                .any(|p| k.starts_with(p))
+                    || [
+                        "CARGO_PRIMARY_PACKAGE",
+                        "CARGO_TARGET_TMPDIR",
+                        "CARGO_RUSTC_CURRENT_DIR",
+                        "OUT_DIR",
+                    ]
+                    .contains(&k.as_ref());
+                if package_scoped {
+                    cmd.env_remove(k.as_ref());
+                }
+            }
             if crate::bin_dir().file_name().is_some_and(|n| n == "release") {
                 cmd.arg("--release");
             }
