@@ -4,15 +4,16 @@
 //! - `code/<sha256>`: the package exactly as uploaded or downloaded;
 //! - `packages/<sha256>/`: the package extracted (what a host loads from).
 //!
-//! Both are written under a temporary name and renamed into place, so a crash never leaves a
-//! half-written blob or directory under its final name; identical code is stored once.
+//! Both are written under a temporary name and renamed into place (the extraction by
+//! `wm_shared::package::extract`), so a crash never leaves a half-written blob or directory
+//! under its final name; identical code is stored once.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::pkg::{self, Limits};
+use wm_shared::package::{self, Limits, PackageInfo};
 
 /// Why a blob could not be stored or extracted.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +36,7 @@ pub enum CodeStoreError {
         sha256: String,
         /// Why.
         #[source]
-        source: pkg::PackageError,
+        source: package::PackageError,
     },
     /// A name that is not a sha256 was asked for.
     #[error("'{0}' is not a sha256 hex digest")]
@@ -117,45 +118,20 @@ impl CodeStore {
         std::fs::read(&path).map_err(io("read", &path))
     }
 
-    /// Extracts the package with this digest unless that was done before; returns its
-    /// directory.
-    pub fn ensure_extracted(
+    /// Extracts a package [`package::inspect`] accepted into `packages/<sha256>/` (atomic and
+    /// idempotent: see [`package::extract`]); returns its directory.
+    pub fn extract(
         &self,
-        sha256: &str,
         bytes: &[u8],
+        info: &PackageInfo,
         limits: &Limits,
     ) -> Result<PathBuf, CodeStoreError> {
-        if !is_digest(sha256) {
-            return Err(CodeStoreError::BadDigest(sha256.to_owned()));
-        }
-        let dir = self.package_dir(sha256);
-        if dir.is_dir() {
-            return Ok(dir);
-        }
-        let tmp = self
-            .packages
-            .join(format!(".{sha256}.{}.tmp", uuid::Uuid::new_v4()));
-        let extracted =
-            pkg::extract(bytes, &tmp, limits).map_err(|source| CodeStoreError::Extract {
-                sha256: sha256.to_owned(),
+        package::extract(bytes, info, &self.packages, limits).map_err(|source| {
+            CodeStoreError::Extract {
+                sha256: info.sha256.clone(),
                 source,
-            });
-        if let Err(e) = extracted {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        match std::fs::rename(&tmp, &dir) {
-            Ok(()) => Ok(dir),
-            // Someone else extracted the same package meanwhile: theirs is as good as ours.
-            Err(_) if dir.is_dir() => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                Ok(dir)
             }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                Err(io("rename into place", &dir)(e))
-            }
-        }
+        })
     }
 
     /// Removes leftovers of interrupted writes (`.*.tmp`), at start.
@@ -167,7 +143,8 @@ impl CodeStore {
             for e in entries.flatten() {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with('.') && name.ends_with(".tmp") {
+                // Ours end in `.tmp`; `package::extract` names its folders `.tmp-*`.
+                if name.starts_with(".tmp-") || (name.starts_with('.') && name.ends_with(".tmp")) {
                     let p = e.path();
                     let _ = if p.is_dir() {
                         std::fs::remove_dir_all(&p)

@@ -21,12 +21,12 @@ use crate::codefetch::{CodeFetcher, FetchError};
 use crate::codestore::CodeStore;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::pkg::{self, EngineKind, Limits};
 use crate::registry::{
     CodeRef, CodeSourceKind, HistoryEntry, LastError, Registry, Status, TagOutcome, WorkerRecord,
     now_rfc3339,
 };
 use crate::runtime::{ErrorType, Isolation, Runtime, RuntimeError, WorkerSpec};
+use wm_shared::package::{self, EngineKind, Limits, PackageError, PackageInfo, Target};
 
 /// Most tags per worker (the original's limit).
 pub const MAX_TAGS: usize = 50;
@@ -102,6 +102,16 @@ pub fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
     tags.iter().try_for_each(|(k, v)| check_tag(k, v))
 }
 
+/// `invalid_package` with every problem for a refused package; anything else is ours (500).
+fn package_error(e: PackageError) -> ApiError {
+    match e {
+        PackageError::Invalid { problems } => {
+            ApiError::InvalidPackage(problems.iter().map(ToString::to_string).collect())
+        }
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
 /// The control plane.
 pub struct Control {
     registry: Registry,
@@ -111,6 +121,8 @@ pub struct Control {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     limits: Limits,
+    /// The machine packages must run on (RID, .NET version), found once at start.
+    target: Target,
     /// One async lock per worker id for lifecycle operations.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Set once the first recovery finished (readiness).
@@ -135,8 +147,8 @@ impl Control {
         metrics: Arc<Metrics>,
     ) -> Control {
         let limits = Limits {
-            max_entries: Limits::default().max_entries,
-            max_total_uncompressed: (config.max_code_bytes.saturating_mul(8)).max(64 << 20),
+            max_package_bytes: config.max_code_bytes,
+            ..Limits::default()
         };
         Control {
             registry,
@@ -146,6 +158,7 @@ impl Control {
             config,
             metrics,
             limits,
+            target: Target::current(),
             locks: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             recovery_error: Mutex::new(None),
@@ -225,7 +238,7 @@ impl Control {
         &self,
         input: CodeInput,
         engine: EngineKind,
-    ) -> Result<(Vec<u8>, CodeRef, pkg::PackageInfo), ApiError> {
+    ) -> Result<(Vec<u8>, CodeRef, PackageInfo), ApiError> {
         let (bytes, source, url) = match input {
             CodeInput::Content(bytes) => (bytes, CodeSourceKind::Content, None),
             CodeInput::Url { url, sha256 } => {
@@ -256,14 +269,14 @@ impl Control {
                 bytes.len()
             )));
         }
-        let limits = self.limits;
+        let (limits, target) = (self.limits.clone(), self.target.clone());
         let (bytes, info) = tokio::task::spawn_blocking(move || {
-            let info = pkg::inspect(&bytes, engine, &limits);
+            let info = package::inspect(&bytes, engine, &target, &limits);
             (bytes, info)
         })
         .await
         .map_err(|e| ApiError::Internal(format!("package check task failed: {e}")))?;
-        let info = info.map_err(|e| ApiError::InvalidPackage(e.problems))?;
+        let info = info.map_err(package_error)?;
         let code = CodeRef {
             sha256: crate::codestore::sha256_hex(&bytes),
             size: bytes.len() as u64,
@@ -274,12 +287,16 @@ impl Control {
     }
 
     /// Writes the blob and extracts it (both idempotent, content-addressed).
-    async fn store_code(&self, bytes: Vec<u8>) -> Result<std::path::PathBuf, ApiError> {
+    async fn store_code(
+        &self,
+        bytes: Vec<u8>,
+        info: PackageInfo,
+    ) -> Result<std::path::PathBuf, ApiError> {
         let codes = self.codes.clone();
-        let limits = self.limits;
+        let limits = self.limits.clone();
         tokio::task::spawn_blocking(move || {
-            let sha = codes.put(&bytes)?;
-            Ok(codes.ensure_extracted(&sha, &bytes, &limits)?)
+            codes.put(&bytes)?;
+            Ok(codes.extract(&bytes, &info, &limits)?)
         })
         .await
         .map_err(|e| ApiError::Internal(format!("code store task failed: {e}")))?
@@ -287,8 +304,8 @@ impl Control {
 
     /// Validates, stores and registers a new worker (status `STOPPED`).
     pub async fn create(&self, cmd: CreateWorker) -> Result<WorkerRecord, ApiError> {
-        let (bytes, code, _info) = self.obtain_code(cmd.code, cmd.engine).await?;
-        self.store_code(bytes).await?;
+        let (bytes, code, info) = self.obtain_code(cmd.code, cmd.engine).await?;
+        self.store_code(bytes, info).await?;
         let now = now_rfc3339();
         let timeout = cmd.message_timeout_seconds.unwrap_or_else(|| {
             u32::try_from(self.config.message_timeout.as_secs()).unwrap_or(u32::MAX)
@@ -325,12 +342,11 @@ impl Control {
             .ok_or_else(|| ApiError::EngineNotFound(w.mime_type.clone()))?;
         let codes = self.codes.clone();
         let sha = w.code.sha256.clone();
-        let limits = self.limits;
+        let (limits, target) = (self.limits.clone(), self.target.clone());
         let (dir, info) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
             let bytes = codes.read(&sha)?;
-            let info = pkg::inspect(&bytes, engine, &limits)
-                .map_err(|e| ApiError::InvalidPackage(e.problems))?;
-            let dir = codes.ensure_extracted(&sha, &bytes, &limits)?;
+            let info = package::inspect(&bytes, engine, &target, &limits).map_err(package_error)?;
+            let dir = codes.extract(&bytes, &info, &limits)?;
             Ok((dir, info))
         })
         .await
@@ -451,8 +467,8 @@ impl Control {
         let w = self.get(id).await?;
         let engine = EngineKind::from_mime(&w.mime_type)
             .ok_or_else(|| ApiError::EngineNotFound(w.mime_type.clone()))?;
-        let (bytes, code, _info) = self.obtain_code(input, engine).await?;
-        self.store_code(bytes).await?;
+        let (bytes, code, info) = self.obtain_code(input, engine).await?;
+        self.store_code(bytes, info).await?;
         let lock = self.lock_for(id);
         let _guard = lock.lock().await;
         let mut w = self.get(id).await?;

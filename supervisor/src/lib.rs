@@ -8,7 +8,7 @@
 //! - [`registry`]: the [`registry::Store`] trait and its SQLite implementation.
 //! - [`codestore`] and [`codefetch`]: content-addressed blobs; safe downloads from URLs.
 //! - [`runtime`]: the [`runtime::Runtime`] trait the host pool and dispatcher implement.
-//! - [`metrics`], [`shutdown`], [`pkg`] (interim package check until `wm_shared::package`).
+//! - [`metrics`], [`shutdown`].
 //!
 //! **Invariant:** nothing in this crate loads plugin code; it talks to hosts only through
 //! [`runtime::Runtime`].
@@ -20,7 +20,6 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod metrics;
-pub mod pkg;
 pub mod registry;
 pub mod runtime;
 pub mod shutdown;

@@ -20,7 +20,18 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use wm_shared::CloudEvent;
 
-use crate::pkg::{EngineKind, PackageInfo};
+pub use wm_shared::package::{EngineKind, PackageInfo};
+
+/// Every engine, in the order `/v1/engines` lists them.
+pub const ENGINES: [EngineKind; 2] = [EngineKind::Native, EngineKind::DotNet];
+
+/// The language name the API shows for an engine (the original's registered names).
+pub fn language(engine: EngineKind) -> &'static str {
+    match engine {
+        EngineKind::Native => "Native",
+        EngineKind::DotNet => "C#",
+    }
+}
 
 /// A boxed, sendable future: what the object-safe traits of this crate return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -294,11 +305,11 @@ impl Runtime for Unavailable {
     }
 
     fn engines(&self) -> Vec<EngineInfo> {
-        EngineKind::ALL
+        ENGINES
             .iter()
             .map(|e| EngineInfo {
                 mime: e.mime().to_owned(),
-                language: e.language().to_owned(),
+                language: language(*e).to_owned(),
                 available: false,
                 reason: Some(NO_HOST_POOL.to_owned()),
             })

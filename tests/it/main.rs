@@ -2,3 +2,4 @@
 
 /// The REST API against the real daemon binary.
 mod api;
+mod c_abi;

@@ -18,7 +18,7 @@ pub async fn hosts(State(state): State<AppState>) -> Json<Value> {
                 "id": h.id,
                 "pid": h.pid,
                 "mimeType": h.engine.mime(),
-                "language": h.engine.language(),
+                "language": crate::runtime::language(h.engine),
                 "isolation": h.isolation.as_str(),
                 "workers": h.workers,
                 "restarts": h.restarts,

@@ -17,8 +17,8 @@ use wm_shared::CloudEvent;
 use super::AppState;
 use super::error::{ApiError, ApiJson, body_rejection, is_json, parse_json};
 use crate::control::{CodeInput, CreateWorker};
-use crate::pkg::EngineKind;
 use crate::registry::{CodeRef, HistoryEntry, LastError, WorkerRecord};
+use crate::runtime::EngineKind;
 use crate::runtime::{Isolation, WorkerRuntimeInfo};
 
 /// `codeSource`: exactly one of `content` (base64) and `url` (with an optional `sha256`).
@@ -195,7 +195,7 @@ impl WorkerView {
             id: w.id.clone(),
             mime_type: w.mime_type.clone(),
             language: EngineKind::from_mime(&w.mime_type)
-                .map(|e| e.language().to_owned())
+                .map(|e| crate::runtime::language(e).to_owned())
                 .unwrap_or_default(),
             topic: w.topic.clone(),
             group: w.group.clone(),
