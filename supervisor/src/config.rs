@@ -585,6 +585,19 @@ mod tests {
     }
 
     #[test]
+    fn every_setting_is_documented() {
+        let doc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md");
+        let doc = std::fs::read_to_string(&doc).unwrap();
+        for s in SETTINGS {
+            assert!(
+                doc.contains(&format!("| `{}`", s.name)),
+                "{} is missing from docs/operations.md",
+                s.name
+            );
+        }
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("wm.toml");

@@ -627,3 +627,80 @@ fn kill9_in_the_middle_of_writes_loses_nothing_acknowledged() {
     }
     assert!(workers.len() >= acked.len());
 }
+
+/// The README's walkthrough, run verbatim with bash, curl and jq against a real daemon (only
+/// the address and the package path are substituted).
+#[test]
+fn readme_walkthrough_runs_verbatim() {
+    let readme = std::fs::read_to_string(wm_testkit::workspace_root().join("README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Deploy a worker")
+        .expect("README has the walkthrough")..];
+    let mut script = String::from("set -euo pipefail\n");
+    let mut in_block = false;
+    for line in section.lines() {
+        if line.starts_with("## ") && !line.starts_with("## Deploy a worker") {
+            break;
+        }
+        match (in_block, line.trim_start().starts_with("```")) {
+            (false, true) => in_block = line.trim() == "```sh",
+            (true, true) => in_block = false,
+            (true, false) => {
+                script.push_str(line);
+                script.push('\n');
+            }
+            (false, false) => {}
+        }
+    }
+    assert!(
+        script.contains("/start"),
+        "walkthrough not found:\n{script}"
+    );
+    let d = Daemon::start(DaemonOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("worker.nupkg"), package("1.0.0")).unwrap();
+    let script = script.replace("http://localhost:25001", &d.base_url());
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(dir.path())
+        .output()
+        .expect("running bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the README walkthrough failed:\n{script}\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It created one worker, stopped it ("STOPPED" printed) and deleted it (204).
+    assert!(stdout.contains("\"STOPPED\""), "{stdout}");
+    assert!(stdout.trim_end().ends_with("204"), "{stdout}");
+    assert_eq!(d.get("/v1/workers").json(), json!({"workers": []}));
+    assert!(
+        d.log().contains("worker created") && d.log().contains("worker deleted"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn json_logs() {
+    let mut d = Daemon::start(DaemonOptions::default().env("WORKMANAGER_LOG_FORMAT", "json"));
+    create(&d, &package("1.0.0"));
+    assert!(d.stop().success());
+    let log = d.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "worker created"),
+        "{log}"
+    );
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"] == "listening"),
+        "{log}"
+    );
+}
