@@ -72,6 +72,8 @@ pub struct Daemon {
     config: Arc<Config>,
     state: AppState,
     tracker: TaskTracker,
+    /// Routes other parts add (the bus's `/v1/topics/*`), served behind the same middleware.
+    extra_routes: Router,
     /// Held for the daemon's lifetime: the data directory lock.
     _lock: File,
 }
@@ -135,15 +137,29 @@ impl Daemon {
             config,
             state: AppState { control },
             tracker: TaskTracker::new(),
+            extra_routes: Router::new(),
             _lock: lock,
         })
     }
 
     /// The router with its request timeout (for in-process tests too).
     pub fn router(&self) -> Router {
-        #[allow(deprecated)] // `TimeoutLayer::new` answers 408, which is what we want.
-        let timeout = tower_http::timeout::TimeoutLayer::new(self.config.request_timeout);
-        api::router(self.state.clone()).layer(timeout)
+        let timeout = tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            self.config.request_timeout,
+        );
+        api::router_with(self.state.clone(), self.extra_routes.clone()).layer(timeout)
+    }
+
+    /// Adds routes served next to the API, behind the same auth, metrics, body limit and
+    /// timeout (e.g. `api::topics::router(bus)`). They must not set a fallback.
+    pub fn add_routes(&mut self, routes: Router) {
+        self.extra_routes = std::mem::take(&mut self.extra_routes).merge(routes);
+    }
+
+    /// The background task tracker: tasks spawned on it are awaited (bounded) at shutdown.
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
     }
 
     /// The control plane.

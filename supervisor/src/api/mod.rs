@@ -108,6 +108,12 @@ pub fn route_table() -> Vec<Route> {
 
 /// The whole API with its middleware (auth, request counting, body limit, fallbacks).
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`] plus `extra` routes (which must not set a fallback), all behind the same
+/// middleware.
+pub fn router_with(state: AppState, extra: Router) -> Router {
     let config = state.control.config();
     // A base64 package is 4/3 of its size; leave room for the JSON around it.
     let body_limit =
@@ -123,14 +129,15 @@ pub fn router(state: AppState) -> Router {
     for (path, mr) in merged {
         app = app.route(path, mr.fallback(method_not_allowed));
     }
-    app.fallback(not_found)
+    app.with_state(state.clone())
+        .merge(extra)
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
         ))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), count))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(state, count))
 }
 
 async fn not_found() -> ApiError {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use wm_shared::CloudEvent;
 
 use super::AppState;
-use super::error::{ApiError, ApiJson, body_rejection, is_json, parse_json};
+use super::error::{ApiError, ApiJson, ApiPath, body_rejection, is_json, parse_json};
 use crate::control::{CodeInput, CreateWorker};
 use crate::registry::{CodeRef, HistoryEntry, LastError, WorkerRecord};
 use crate::runtime::EngineKind;
@@ -424,7 +424,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Valu
 /// `GET /v1/workers/{id}`.
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<WorkerView>, ApiError> {
     let w = state.control.get(&id).await?;
     Ok(Json(view(&state, &w)))
@@ -433,7 +433,7 @@ pub async fn get(
 /// `POST /v1/workers/{id}/start`.
 pub async fn start(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<WorkerView>, ApiError> {
     let w = state.control.start(&id).await?;
     Ok(Json(view(&state, &w)))
@@ -442,7 +442,7 @@ pub async fn start(
 /// `POST /v1/workers/{id}/stop`.
 pub async fn stop(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<WorkerView>, ApiError> {
     let w = state.control.stop(&id).await?;
     Ok(Json(view(&state, &w)))
@@ -451,7 +451,7 @@ pub async fn stop(
 /// `DELETE /v1/workers/{id}`.
 pub async fn delete(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     state.control.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -460,7 +460,7 @@ pub async fn delete(
 /// `POST /v1/workers/{id}/code`.
 pub async fn load_code(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<LoadCodeBody>,
 ) -> Result<Json<WorkerView>, ApiError> {
     let input = code_input(body.code_source, state.control.config().max_code_bytes)?;
@@ -471,7 +471,7 @@ pub async fn load_code(
 /// `PUT /v1/workers/{id}/code`: the raw package as the body.
 pub async fn put_code(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     req: Request,
 ) -> Result<Json<WorkerView>, ApiError> {
     if is_json(req.headers()) {
@@ -504,7 +504,7 @@ pub async fn put_code(
 /// `POST /v1/workers/{id}/code-from-url`.
 pub async fn code_from_url(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<CodeFromUrlBody>,
 ) -> Result<Json<WorkerView>, ApiError> {
     let input = CodeInput::Url {
@@ -518,7 +518,7 @@ pub async fn code_from_url(
 /// `GET /v1/workers/{id}/history`.
 pub async fn history(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let h = state.control.history(&id).await?;
     let entries: Vec<HistoryView> = h.iter().map(HistoryView::from).collect();
@@ -528,7 +528,7 @@ pub async fn history(
 /// `GET /v1/workers/{id}/tags`.
 pub async fn get_tags(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let w = state.control.get(&id).await?;
     Ok(Json(serde_json::json!({ "tags": w.tags })))
@@ -537,7 +537,7 @@ pub async fn get_tags(
 /// `PUT /v1/workers/{id}/tags`: replaces the whole map (empty clears).
 pub async fn put_tags(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<TagsBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tags = match body {
@@ -550,7 +550,7 @@ pub async fn put_tags(
 /// `GET /v1/workers/{id}/tags/{key}`.
 pub async fn get_tag(
     State(state): State<AppState>,
-    Path((id, key)): Path<(String, String)>,
+    ApiPath((id, key)): ApiPath<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let w = state.control.get(&id).await?;
     match w.tags.get(&key) {
@@ -564,7 +564,7 @@ pub async fn get_tag(
 /// `PUT /v1/workers/{id}/tags/{key}` with `{"value": "..."}`.
 pub async fn put_tag(
     State(state): State<AppState>,
-    Path((id, key)): Path<(String, String)>,
+    ApiPath((id, key)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<TagValueBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state.control.set_tag(&id, &key, &body.value).await?;
@@ -574,7 +574,7 @@ pub async fn put_tag(
 /// `DELETE /v1/workers/{id}/tags/{key}`.
 pub async fn delete_tag(
     State(state): State<AppState>,
-    Path((id, key)): Path<(String, String)>,
+    ApiPath((id, key)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     state.control.delete_tag(&id, &key).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -584,7 +584,7 @@ pub async fn delete_tag(
 /// 204 when the worker gives no reply.
 pub async fn invoke(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
     if !is_json(req.headers()) {

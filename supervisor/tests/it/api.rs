@@ -436,6 +436,11 @@ async fn unknown_routes_methods_and_ids() {
     let r = &app.router;
     let (s, v) = send(r, empty("GET", "/v2/nothing")).await;
     assert_eq!((s, error_code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+    let (s, v) = send(r, empty("GET", "/v1/workers/%FF%FE")).await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::BAD_REQUEST, "invalid_argument")
+    );
     let (s, v) = send(r, empty("PATCH", "/v1/workers")).await;
     assert_eq!(
         (s, error_code(&v)),
@@ -808,4 +813,24 @@ async fn metrics_and_pool_views() {
     assert_eq!((s, v), (StatusCode::OK, json!({"hosts": []})));
     let (s, _) = send(&app.router, empty("GET", "/v1/engines")).await;
     assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn added_routes_sit_behind_the_same_middleware() {
+    let mut app = app_with(|c| c.api_token = Some("s3cret-token-0123456789".into()));
+    app.daemon
+        .add_routes(Router::new().route("/v1/extra", axum::routing::get(|| async { "extra" })));
+    let router = app.daemon.router();
+    let (s, v) = send(&router, empty("GET", "/v1/extra")).await;
+    assert_eq!(
+        (s, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let ok = Request::builder()
+        .uri("/v1/extra")
+        .header("authorization", "Bearer s3cret-token-0123456789")
+        .body(Body::empty())
+        .unwrap();
+    let (s, v) = send(&router, ok).await;
+    assert_eq!((s, v), (StatusCode::OK, Value::String("extra".into())));
 }
