@@ -157,6 +157,11 @@ impl Daemon {
         self.extra_routes = std::mem::take(&mut self.extra_routes).merge(routes);
     }
 
+    /// Adds series to `/metrics` (e.g. `move |out| bus.render_prometheus(out)`).
+    pub fn add_metrics(&self, source: impl Fn(&mut String) + Send + Sync + 'static) {
+        self.state.control.metrics().add_source(Box::new(source));
+    }
+
     /// The background task tracker: tasks spawned on it are awaited (bounded) at shutdown.
     pub fn tracker(&self) -> &TaskTracker {
         &self.tracker

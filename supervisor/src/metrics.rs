@@ -11,9 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::registry::{Status, WorkerRecord};
 
+/// Something else that appends Prometheus text to `/metrics` (the bus, for instance).
+pub type MetricsSource = Box<dyn Fn(&mut String) + Send + Sync>;
+
 /// Counters kept by the API and the control plane.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Metrics {
+    /// Other parts' series, rendered after ours.
+    sources: Mutex<Vec<MetricsSource>>,
     /// `(method, status)` -> requests.
     http: Mutex<BTreeMap<(String, u16), u64>>,
     /// `result` -> code downloads.
@@ -30,7 +35,33 @@ pub struct Metrics {
     pub recovery_failures: AtomicU64,
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
 impl Metrics {
+    /// Adds a source of series for `/metrics`.
+    pub fn add_source(&self, source: MetricsSource) {
+        self.sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(source);
+    }
+
+    /// Appends every added source's series.
+    pub fn render_sources(&self, out: &mut String) {
+        for s in self
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            s(out);
+        }
+    }
+
     /// Counts one answered request.
     pub fn http_request(&self, method: &str, status: u16) {
         let mut m = self.http.lock().unwrap_or_else(|p| p.into_inner());

@@ -76,6 +76,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut out = String::with_capacity(4096);
     control.metrics().render(&workers, &mut out);
     control.runtime().render_metrics(&mut out);
+    control.metrics().render_sources(&mut out);
     (
         [(
             header::CONTENT_TYPE,

@@ -816,11 +816,25 @@ async fn metrics_and_pool_views() {
 }
 
 #[tokio::test]
-async fn added_routes_sit_behind_the_same_middleware() {
+async fn added_routes_and_metrics_sit_behind_the_same_middleware() {
     let mut app = app_with(|c| c.api_token = Some("s3cret-token-0123456789".into()));
     app.daemon
         .add_routes(Router::new().route("/v1/extra", axum::routing::get(|| async { "extra" })));
+    app.daemon
+        .add_metrics(|out| out.push_str("workmanager_bus_dropped_total{topic=\"t\"} 0\n"));
     let router = app.daemon.router();
+    let metrics = Request::builder()
+        .uri("/metrics")
+        .header("authorization", "Bearer s3cret-token-0123456789")
+        .body(Body::empty())
+        .unwrap();
+    let (s, v) = send(&router, metrics).await;
+    assert_eq!(s, 200);
+    assert!(
+        v.as_str()
+            .unwrap()
+            .contains("workmanager_bus_dropped_total{topic=\"t\"} 0")
+    );
     let (s, v) = send(&router, empty("GET", "/v1/extra")).await;
     assert_eq!(
         (s, error_code(&v)),
