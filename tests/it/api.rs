@@ -704,3 +704,51 @@ fn json_logs() {
         "{log}"
     );
 }
+
+/// Shutdown does not wait for a request that will not finish: a code download from a server
+/// that never answers is cut off after `WORKMANAGER_SHUTDOWN_TIMEOUT_SECONDS`, well before the
+/// download's own 600 s timeout (the harness's stop watchdog is 30 s).
+#[test]
+fn shutdown_is_bounded_with_a_request_in_flight() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (accepted_tx, accepted_rx) = std::sync::mpsc::channel();
+    // Accepts and then says nothing; the connection is held until the test ends.
+    let staller = std::thread::spawn(move || {
+        let conn = listener.accept().map(|(s, _)| s);
+        let _ = accepted_tx.send(());
+        std::thread::sleep(Duration::from_secs(40));
+        drop(conn);
+    });
+    let mut d = Daemon::start(
+        DaemonOptions::default()
+            .env("CODE_SOURCE_ALLOW_PRIVATE_NETWORKS", "true")
+            .env("CODE_FETCH_TIMEOUT_SECONDS", "600")
+            .env("WORKMANAGER_SHUTDOWN_TIMEOUT_SECONDS", "1"),
+    );
+    let id = create(&d, &package("1.0.0"));
+    let addr = d.addr();
+    let client = std::thread::spawn(move || {
+        wm_testkit::daemon::http::request(
+            addr,
+            "POST",
+            &format!("/v1/workers/{id}/code-from-url"),
+            &[("content-type", "application/json")],
+            json!({"url": format!("http://127.0.0.1:{port}/stall")})
+                .to_string()
+                .as_bytes(),
+        )
+    });
+    accepted_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the daemon started the download");
+    let started = std::time::Instant::now();
+    let status = d.stop();
+    assert!(status.success(), "{status}\n{}", d.log());
+    // Lower bound only: it did wait for the drain deadline before giving up.
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(d.log().contains("did not finish in time"), "{}", d.log());
+    // The client sees its connection closed, not a hang.
+    assert!(client.join().unwrap().is_err());
+    drop(staller);
+}
