@@ -127,6 +127,8 @@ pub struct Control {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Set once the first recovery finished (readiness).
     ready: AtomicBool,
+    /// The same, for those who wait for it (the bus drops unconsumed events only when ready).
+    ready_tx: tokio::sync::watch::Sender<bool>,
     /// Why the start-up recovery failed as a whole, if it did (keeps `/health` unready).
     recovery_error: Mutex<Option<String>>,
 }
@@ -161,6 +163,7 @@ impl Control {
             target: Target::current(),
             locks: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
+            ready_tx: tokio::sync::watch::Sender::new(false),
             recovery_error: Mutex::new(None),
         }
     }
@@ -188,6 +191,12 @@ impl Control {
     /// Whether the start-up recovery has finished successfully.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// A receiver that turns `true` once the start-up recovery has finished successfully
+    /// (`wait_for(|r| *r)` to wait for it).
+    pub fn ready_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready_tx.subscribe()
     }
 
     /// Why the start-up recovery failed, if it did.
@@ -615,7 +624,10 @@ impl Control {
             Ok(0)
         };
         match &result {
-            Ok(_) => self.ready.store(true, Ordering::Release),
+            Ok(_) => {
+                self.ready.store(true, Ordering::Release);
+                self.ready_tx.send_replace(true);
+            }
             Err(e) => {
                 *self
                     .recovery_error

@@ -234,6 +234,8 @@ async fn every_route_is_in_the_openapi_document() {
 #[tokio::test]
 async fn health_is_unready_until_recovery_finished() {
     let app = app_with(|_| {});
+    let mut ready = app.daemon.control().ready_watch();
+    assert!(!*ready.borrow());
     let (s, v) = send(&app.router, empty("GET", "/health")).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(v["status"], "Degraded");
@@ -241,6 +243,7 @@ async fn health_is_unready_until_recovery_finished() {
     let (s, _) = send(&app.router, empty("GET", "/health/live")).await;
     assert_eq!(s, 200);
     app.daemon.control().startup_recovery().await.unwrap();
+    ready.wait_for(|r| *r).await.unwrap();
     let (s, v) = send(&app.router, empty("GET", "/health")).await;
     assert_eq!(s, 200);
     assert_eq!(v["status"], "Healthy");
