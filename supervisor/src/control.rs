@@ -102,6 +102,38 @@ pub fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
     tags.iter().try_for_each(|(k, v)| check_tag(k, v))
 }
 
+/// What the control plane did to a worker, for whoever publishes lifecycle events (the
+/// `registered` and `stopped` events of `workmanager.lifecycle` come from here; the runtime
+/// reports `starting`, `online`, `failed` itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlEventKind {
+    /// Created (status `STOPPED`).
+    Registered,
+    /// Stopped by a user.
+    Stopped,
+    /// Deleted.
+    Deleted,
+    /// New code recorded (hot reload).
+    CodeReloaded,
+}
+
+/// One [`ControlEventKind`] with the worker it is about.
+#[derive(Debug, Clone)]
+pub struct ControlEvent {
+    /// What happened.
+    pub kind: ControlEventKind,
+    /// The worker id.
+    pub worker_id: String,
+    /// Its topic.
+    pub topic: String,
+    /// Its group.
+    pub group: Option<String>,
+}
+
+/// A listener for [`ControlEvent`]s. Called synchronously right after the change is stored;
+/// it must not block (spawn a task for async work).
+pub type ControlListener = Box<dyn Fn(&ControlEvent) + Send + Sync>;
+
 /// `invalid_package` with every problem for a refused package; anything else is ours (500).
 fn package_error(e: PackageError) -> ApiError {
     match e {
@@ -131,6 +163,8 @@ pub struct Control {
     ready_tx: tokio::sync::watch::Sender<bool>,
     /// Why the start-up recovery failed as a whole, if it did (keeps `/health` unready).
     recovery_error: Mutex<Option<String>>,
+    /// Who hears about creates, stops, deletes and reloads.
+    listeners: Mutex<Vec<ControlListener>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -165,6 +199,32 @@ impl Control {
             ready: AtomicBool::new(false),
             ready_tx: tokio::sync::watch::Sender::new(false),
             recovery_error: Mutex::new(None),
+            listeners: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Adds a listener for creates, stops, deletes and reloads.
+    pub fn add_listener(&self, listener: ControlListener) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(listener);
+    }
+
+    fn notify(&self, kind: ControlEventKind, w: &WorkerRecord) {
+        let event = ControlEvent {
+            kind,
+            worker_id: w.id.clone(),
+            topic: w.topic.clone(),
+            group: w.group.clone(),
+        };
+        for l in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            l(&event);
         }
     }
 
@@ -340,6 +400,7 @@ impl Control {
         self.blocking(move |reg| Ok(reg.store().create_worker(&r)?))
             .await?;
         self.metrics.workers_created.fetch_add(1, Ordering::Relaxed);
+        self.notify(ControlEventKind::Registered, &record);
         tracing::info!(worker = %record.id, mime = %record.mime_type, topic = %record.topic,
             sha256 = %record.code.sha256, "worker created");
         Ok(record)
@@ -437,6 +498,7 @@ impl Control {
             self.set_status(id, Status::Stopped, Some(false), None)
                 .await?;
             tracing::info!(worker = %id, "worker stopped");
+            self.notify(ControlEventKind::Stopped, &w);
         }
         self.get(id).await
     }
@@ -454,7 +516,7 @@ impl Control {
         let lock = self.lock_for(id);
         let _guard = lock.lock().await;
         // 404 before touching the runtime.
-        self.get(id).await?;
+        let w = self.get(id).await?;
         self.unload(id).await?;
         let id2 = id.to_owned();
         let deleted = self
@@ -465,6 +527,7 @@ impl Control {
             return Err(ApiError::worker_not_found(id));
         }
         self.metrics.workers_deleted.fetch_add(1, Ordering::Relaxed);
+        self.notify(ControlEventKind::Deleted, &w);
         tracing::info!(worker = %id, "worker deleted");
         Ok(())
     }
@@ -494,6 +557,7 @@ impl Control {
             return Err(ApiError::worker_not_found(id));
         }
         self.metrics.code_reloads.fetch_add(1, Ordering::Relaxed);
+        self.notify(ControlEventKind::CodeReloaded, &w);
         tracing::info!(worker = %id, from = %previous.sha256, to = %w.code.sha256, "code reloaded");
         self.get(id).await
     }

@@ -469,6 +469,11 @@ async fn unknown_routes_methods_and_ids() {
 #[tokio::test]
 async fn lifecycle_start_stop_delete() {
     let app = ready_app().await;
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let h = heard.clone();
+    app.daemon
+        .control()
+        .add_listener(Box::new(move |e| h.lock().unwrap().push(e.kind)));
     let r = &app.router;
     let id = create(&app).await["id"].as_str().unwrap().to_owned();
     let (s, v) = send(r, empty("POST", &format!("/v1/workers/{id}/start"))).await;
@@ -489,6 +494,12 @@ async fn lifecycle_start_stop_delete() {
     assert!(
         app.runtime.loaded.lock().unwrap().is_empty(),
         "delete unloads"
+    );
+    use wm_supervisor::control::ControlEventKind as K;
+    // The second stop was a no-op and is not heard.
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [K::Registered, K::Stopped, K::Deleted]
     );
     let (s, _) = send(r, empty("GET", &format!("/v1/workers/{id}"))).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
