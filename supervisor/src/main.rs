@@ -1,6 +1,13 @@
-//! `workmanager`: the supervisor daemon.
+//! `workmanager`: the supervisor daemon. Exit codes: 0 after a clean shutdown, 1 when
+//! start-up fails (bad settings, data directory in use, address taken), 2 for usage errors.
+
+use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use wm_supervisor::config::LogFormat;
+use wm_supervisor::{Config, Daemon, ServeArgs, runtime};
 
 #[derive(Parser)]
 #[command(
@@ -16,15 +23,66 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
-    Serve,
+    Serve(ServeArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WORKMANAGER_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    // The host pool and dispatcher implement `Runtime`; until they are wired in, this build
+    // runs the control plane on `runtime::Unavailable` (start answers 503).
+    let daemon = Daemon::new(config, |_registry| {
+        Arc::new(runtime::Unavailable) as Arc<dyn runtime::Runtime>
+    })?;
+    let token = CancellationToken::new();
+    wm_supervisor::shutdown::cancel_on_signals(token.clone());
+    daemon.run(token).await?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve => {
-            println!("workmanager {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
+        Command::Serve(args) => {
+            let config = match Config::load(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("workmanager: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            init_tracing(config.log_format);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("workmanager: cannot start the async runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("workmanager: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
         }
     }
 }

@@ -3,4 +3,6 @@
 mod bus_crash;
 mod bus_http;
 mod bus_store;
+/// The REST API against the real daemon binary.
+mod api;
 mod c_abi;

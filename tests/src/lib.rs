@@ -1,9 +1,10 @@
 //! The test harness shared by the end-to-end tests: builds fixture workers once per test run,
-//! packs them as `.nupkg`, and (later) starts real daemons on loopback ports.
+//! packs them as `.nupkg`, and starts real daemons on loopback ports ([`daemon`]).
 //!
 //! Fixtures are compiled into `target/fixtures/`, keyed by a hash of their sources, headers and
 //! flags, under a file lock: parallel test binaries and repeated runs build each one once.
 
+pub mod daemon;
 pub mod native;
 pub mod nupkg;
 

@@ -1,0 +1,49 @@
+//! `GET /v1/hosts` and `GET /v1/engines`: the runtime's view of the pool and the engines.
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::AppState;
+
+/// `GET /v1/hosts`.
+pub async fn hosts(State(state): State<AppState>) -> Json<Value> {
+    let hosts: Vec<Value> = state
+        .control
+        .runtime()
+        .hosts()
+        .into_iter()
+        .map(|h| {
+            json!({
+                "id": h.id,
+                "pid": h.pid,
+                "mimeType": h.engine.mime(),
+                "language": crate::runtime::language(h.engine),
+                "isolation": h.isolation.as_str(),
+                "workers": h.workers,
+                "restarts": h.restarts,
+                "rssBytes": h.rss_bytes,
+            })
+        })
+        .collect();
+    Json(json!({ "hosts": hosts }))
+}
+
+/// `GET /v1/engines`.
+pub async fn engines(State(state): State<AppState>) -> Json<Value> {
+    let engines: Vec<Value> = state
+        .control
+        .runtime()
+        .engines()
+        .into_iter()
+        .map(|e| {
+            json!({
+                "mimeType": e.mime,
+                "language": e.language,
+                "available": e.available,
+                "reason": e.reason,
+            })
+        })
+        .collect();
+    Json(json!({ "engines": engines }))
+}

@@ -1,0 +1,704 @@
+//! The control plane's operations as plain functions: create, start, stop, reload, delete,
+//! tags, invoke, recover. The HTTP handlers validate and build the commands; this module does
+//! the work against the registry, the code store and the [`Runtime`].
+//!
+//! **Invariants:**
+//! - a package is validated before anything about it is stored (blob, package dir, registry);
+//! - lifecycle operations on one worker are serialised (a per-worker async lock), so a start
+//!   racing a delete cannot leave a loaded worker without a registry entry;
+//! - the registry is updated after the runtime confirmed (start, reload), so a failed start
+//!   never shows `RUNNING`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wm_shared::CloudEvent;
+
+use crate::api::error::ApiError;
+use crate::codefetch::{CodeFetcher, FetchError};
+use crate::codestore::CodeStore;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::registry::{
+    CodeRef, CodeSourceKind, HistoryEntry, LastError, Registry, Status, TagOutcome, WorkerRecord,
+    now_rfc3339,
+};
+use crate::runtime::{ErrorType, Isolation, Runtime, RuntimeError, WorkerSpec};
+use wm_shared::package::{self, EngineKind, Limits, PackageError, PackageInfo, Target};
+
+/// Most tags per worker (the original's limit).
+pub const MAX_TAGS: usize = 50;
+/// Longest tag key, characters.
+pub const MAX_TAG_KEY: usize = 128;
+/// Longest tag value, characters.
+pub const MAX_TAG_VALUE: usize = 1024;
+
+/// Where new code comes from.
+#[derive(Debug, Clone)]
+pub enum CodeInput {
+    /// Bytes in the request.
+    Content(Vec<u8>),
+    /// A URL to download, with an optional expected sha256 (hex).
+    Url {
+        /// The URL.
+        url: String,
+        /// Expected sha256, lower-case hex.
+        sha256: Option<String>,
+    },
+}
+
+/// A validated create request.
+#[derive(Debug, Clone)]
+pub struct CreateWorker {
+    /// The engine the MIME type selected.
+    pub engine: EngineKind,
+    /// The MIME type as given.
+    pub mime_type: String,
+    /// Input topic.
+    pub topic: String,
+    /// Coordination group.
+    pub group: Option<String>,
+    /// The code.
+    pub code: CodeInput,
+    /// Extensions stamped onto events.
+    pub config: Vec<(String, String)>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// Shared or dedicated host.
+    pub isolation: Isolation,
+    /// Deadline of one call, seconds (default: `MESSAGE_HANDLING_TIMEOUT_SECONDS`).
+    pub message_timeout_seconds: Option<u32>,
+    /// Calls at once (default 1).
+    pub max_concurrency: u32,
+}
+
+/// Checks a tag key and value against the limits (400 when over).
+pub fn check_tag(key: &str, value: &str) -> Result<(), ApiError> {
+    let keylen = key.chars().count();
+    if keylen == 0 || keylen > MAX_TAG_KEY {
+        return Err(ApiError::InvalidArgument(format!(
+            "tag key '{key}' must be 1-{MAX_TAG_KEY} characters, it has {keylen}"
+        )));
+    }
+    let vlen = value.chars().count();
+    if vlen > MAX_TAG_VALUE {
+        return Err(ApiError::InvalidArgument(format!(
+            "tag '{key}' has a value of {vlen} characters; the limit is {MAX_TAG_VALUE}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a whole tag map (400 when over a limit).
+pub fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if tags.len() > MAX_TAGS {
+        return Err(ApiError::InvalidArgument(format!(
+            "{} tags given; a worker has at most {MAX_TAGS}",
+            tags.len()
+        )));
+    }
+    tags.iter().try_for_each(|(k, v)| check_tag(k, v))
+}
+
+/// What the control plane did to a worker, for whoever publishes lifecycle events (the
+/// `registered` and `stopped` events of `workmanager.lifecycle` come from here; the runtime
+/// reports `starting`, `online`, `failed` itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlEventKind {
+    /// Created (status `STOPPED`).
+    Registered,
+    /// Stopped by a user.
+    Stopped,
+    /// Deleted.
+    Deleted,
+    /// New code recorded (hot reload).
+    CodeReloaded,
+}
+
+/// One [`ControlEventKind`] with the worker it is about.
+#[derive(Debug, Clone)]
+pub struct ControlEvent {
+    /// What happened.
+    pub kind: ControlEventKind,
+    /// The worker id.
+    pub worker_id: String,
+    /// Its topic.
+    pub topic: String,
+    /// Its group.
+    pub group: Option<String>,
+}
+
+/// A listener for [`ControlEvent`]s. Called synchronously right after the change is stored;
+/// it must not block (spawn a task for async work).
+pub type ControlListener = Box<dyn Fn(&ControlEvent) + Send + Sync>;
+
+/// `invalid_package` with every problem for a refused package; anything else is ours (500).
+fn package_error(e: PackageError) -> ApiError {
+    match e {
+        PackageError::Invalid { problems } => {
+            ApiError::InvalidPackage(problems.iter().map(ToString::to_string).collect())
+        }
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+/// The control plane.
+pub struct Control {
+    registry: Registry,
+    codes: CodeStore,
+    fetcher: CodeFetcher,
+    runtime: Arc<dyn Runtime>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    /// The machine packages must run on (RID, .NET version), found once at start.
+    target: Target,
+    /// One async lock per worker id for lifecycle operations.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Set once the first recovery finished (readiness).
+    ready: AtomicBool,
+    /// The same, for those who wait for it (the bus drops unconsumed events only when ready).
+    ready_tx: tokio::sync::watch::Sender<bool>,
+    /// Why the start-up recovery failed as a whole, if it did (keeps `/health` unready).
+    recovery_error: Mutex<Option<String>>,
+    /// Who hears about creates, stops, deletes and reloads.
+    listeners: Mutex<Vec<ControlListener>>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// Assembles the control plane.
+    pub fn new(
+        registry: Registry,
+        codes: CodeStore,
+        runtime: Arc<dyn Runtime>,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+    ) -> Control {
+        let limits = Limits {
+            max_package_bytes: config.max_code_bytes,
+            ..Limits::default()
+        };
+        Control {
+            registry,
+            codes,
+            fetcher: CodeFetcher::new(config.code_fetch.clone()),
+            runtime,
+            config,
+            metrics,
+            limits,
+            target: Target::current(),
+            locks: Mutex::new(HashMap::new()),
+            ready: AtomicBool::new(false),
+            ready_tx: tokio::sync::watch::Sender::new(false),
+            recovery_error: Mutex::new(None),
+            listeners: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Adds a listener for creates, stops, deletes and reloads.
+    pub fn add_listener(&self, listener: ControlListener) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(listener);
+    }
+
+    fn notify(&self, kind: ControlEventKind, w: &WorkerRecord) {
+        let event = ControlEvent {
+            kind,
+            worker_id: w.id.clone(),
+            topic: w.topic.clone(),
+            group: w.group.clone(),
+        };
+        for l in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            l(&event);
+        }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether the start-up recovery has finished successfully.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// A receiver that turns `true` once the start-up recovery has finished successfully
+    /// (`wait_for(|r| *r)` to wait for it).
+    pub fn ready_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready_tx.subscribe()
+    }
+
+    /// Why the start-up recovery failed, if it did.
+    pub fn recovery_error(&self) -> Option<String> {
+        self.recovery_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(id.to_owned()).or_default().clone()
+    }
+
+    fn forget_lock(&self, id: &str) {
+        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(id);
+    }
+
+    /// Registry calls are short, synchronous SQLite transactions; run them off the async
+    /// workers so a slow disk does not stall other requests.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Registry) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let reg = self.registry.clone();
+        tokio::task::spawn_blocking(move || f(reg))
+            .await
+            .map_err(|e| ApiError::Internal(format!("registry task failed: {e}")))?
+    }
+
+    /// One worker.
+    pub async fn get(&self, id: &str) -> Result<WorkerRecord, ApiError> {
+        let id2 = id.to_owned();
+        self.blocking(move |r| Ok(r.store().get_worker(&id2)?))
+            .await?
+            .ok_or_else(|| ApiError::worker_not_found(id))
+    }
+
+    /// Every worker, oldest first.
+    pub async fn list(&self) -> Result<Vec<WorkerRecord>, ApiError> {
+        self.blocking(|r| Ok(r.store().list_workers()?)).await
+    }
+
+    /// Downloads or takes the code, checks size and validates it as a package for `engine`.
+    async fn obtain_code(
+        &self,
+        input: CodeInput,
+        engine: EngineKind,
+    ) -> Result<(Vec<u8>, CodeRef, PackageInfo), ApiError> {
+        let (bytes, source, url) = match input {
+            CodeInput::Content(bytes) => (bytes, CodeSourceKind::Content, None),
+            CodeInput::Url { url, sha256 } => {
+                let result = self.fetcher.fetch(&url, sha256.as_deref()).await;
+                self.metrics.code_fetch(match &result {
+                    Ok(_) => "ok",
+                    Err(FetchError::Blocked { .. } | FetchError::BadUrl { .. }) => "blocked",
+                    Err(FetchError::TooLarge { .. }) => "too_large",
+                    Err(FetchError::Sha256Mismatch { .. }) => "sha256_mismatch",
+                    Err(FetchError::Failed { .. }) => "failed",
+                });
+                match result {
+                    Ok(bytes) => (bytes, CodeSourceKind::Url, Some(url)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "code fetch refused or failed");
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+        if bytes.is_empty() {
+            return Err(ApiError::InvalidArgument("the code is empty".to_owned()));
+        }
+        let max = self.config.max_code_bytes;
+        if bytes.len() as u64 > max {
+            return Err(ApiError::TooLarge(format!(
+                "the package has {} bytes; the limit is {max} (WORKMANAGER_MAX_CODE_BYTES)",
+                bytes.len()
+            )));
+        }
+        let (limits, target) = (self.limits.clone(), self.target.clone());
+        let (bytes, info) = tokio::task::spawn_blocking(move || {
+            let info = package::inspect(&bytes, engine, &target, &limits);
+            (bytes, info)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("package check task failed: {e}")))?;
+        let info = info.map_err(package_error)?;
+        let code = CodeRef {
+            sha256: crate::codestore::sha256_hex(&bytes),
+            size: bytes.len() as u64,
+            source,
+            url,
+        };
+        Ok((bytes, code, info))
+    }
+
+    /// Writes the blob and extracts it (both idempotent, content-addressed).
+    async fn store_code(
+        &self,
+        bytes: Vec<u8>,
+        info: PackageInfo,
+    ) -> Result<std::path::PathBuf, ApiError> {
+        let codes = self.codes.clone();
+        let limits = self.limits.clone();
+        tokio::task::spawn_blocking(move || {
+            codes.put(&bytes)?;
+            Ok(codes.extract(&bytes, &info, &limits)?)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("code store task failed: {e}")))?
+    }
+
+    /// Validates, stores and registers a new worker (status `STOPPED`).
+    pub async fn create(&self, cmd: CreateWorker) -> Result<WorkerRecord, ApiError> {
+        let (bytes, code, info) = self.obtain_code(cmd.code, cmd.engine).await?;
+        self.store_code(bytes, info).await?;
+        let now = now_rfc3339();
+        let timeout = cmd.message_timeout_seconds.unwrap_or_else(|| {
+            u32::try_from(self.config.message_timeout.as_secs()).unwrap_or(u32::MAX)
+        });
+        let record = WorkerRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            mime_type: cmd.mime_type,
+            topic: cmd.topic,
+            group: cmd.group,
+            config: cmd.config,
+            tags: cmd.tags,
+            isolation: cmd.isolation,
+            message_timeout_seconds: timeout,
+            max_concurrency: cmd.max_concurrency,
+            status: Status::Stopped,
+            desired_running: false,
+            last_error: None,
+            code,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        let r = record.clone();
+        self.blocking(move |reg| Ok(reg.store().create_worker(&r)?))
+            .await?;
+        self.metrics.workers_created.fetch_add(1, Ordering::Relaxed);
+        self.notify(ControlEventKind::Registered, &record);
+        tracing::info!(worker = %record.id, mime = %record.mime_type, topic = %record.topic,
+            sha256 = %record.code.sha256, "worker created");
+        Ok(record)
+    }
+
+    /// What the runtime needs to load `w` (re-validates the stored package).
+    async fn spec(&self, w: &WorkerRecord) -> Result<WorkerSpec, ApiError> {
+        let engine = EngineKind::from_mime(&w.mime_type)
+            .ok_or_else(|| ApiError::EngineNotFound(w.mime_type.clone()))?;
+        let codes = self.codes.clone();
+        let sha = w.code.sha256.clone();
+        let (limits, target) = (self.limits.clone(), self.target.clone());
+        let (dir, info) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+            let bytes = codes.read(&sha)?;
+            let info = package::inspect(&bytes, engine, &target, &limits).map_err(package_error)?;
+            let dir = codes.extract(&bytes, &info, &limits)?;
+            Ok((dir, info))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("package task failed: {e}")))??;
+        Ok(WorkerSpec {
+            id: w.id.clone(),
+            engine,
+            topic: w.topic.clone(),
+            group: w.group.clone(),
+            config: w.config.clone(),
+            isolation: w.isolation,
+            message_timeout: Duration::from_secs(w.message_timeout_seconds.into()),
+            max_concurrency: w.max_concurrency,
+            package_dir: dir,
+            package: info,
+        })
+    }
+
+    async fn set_status(
+        &self,
+        id: &str,
+        status: Status,
+        desired: Option<bool>,
+        last_error: Option<LastError>,
+    ) -> Result<(), ApiError> {
+        let id = id.to_owned();
+        self.blocking(move |r| {
+            r.store()
+                .set_status(&id, status, desired, last_error.as_ref())?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Starts a worker (idempotent). `ERROR` workers are resumed.
+    pub async fn start(&self, id: &str) -> Result<WorkerRecord, ApiError> {
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let w = self.get(id).await?;
+        if w.status == Status::Running && self.runtime.worker_info(id).is_some() {
+            return Ok(w);
+        }
+        self.start_locked(&w).await?;
+        self.get(id).await
+    }
+
+    /// Starts `w` in the runtime and records the outcome. Caller holds the worker's lock.
+    async fn start_locked(&self, w: &WorkerRecord) -> Result<(), ApiError> {
+        let spec = self.spec(w).await?;
+        match self.runtime.start(spec).await {
+            Ok(()) => {
+                self.set_status(&w.id, Status::Running, Some(true), None)
+                    .await?;
+                tracing::info!(worker = %w.id, "worker started");
+                Ok(())
+            }
+            Err(RuntimeError::LoadFailed { worker, message }) => {
+                let err = LastError {
+                    error_type: ErrorType::LoadFailed.as_str().to_owned(),
+                    message: message.clone(),
+                    at: now_rfc3339(),
+                };
+                self.set_status(&w.id, Status::Error, Some(true), Some(err))
+                    .await?;
+                tracing::warn!(worker = %w.id, %message, "worker failed to load");
+                Err(RuntimeError::LoadFailed { worker, message }.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stops a worker (idempotent).
+    pub async fn stop(&self, id: &str) -> Result<WorkerRecord, ApiError> {
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let w = self.get(id).await?;
+        self.unload(id).await?;
+        if w.status != Status::Stopped || w.desired_running {
+            self.set_status(id, Status::Stopped, Some(false), None)
+                .await?;
+            tracing::info!(worker = %id, "worker stopped");
+            self.notify(ControlEventKind::Stopped, &w);
+        }
+        self.get(id).await
+    }
+
+    /// Unloads from the runtime; "not loaded" is fine.
+    async fn unload(&self, id: &str) -> Result<(), ApiError> {
+        match self.runtime.stop(id).await {
+            Ok(()) | Err(RuntimeError::NotLoaded(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes a worker from any state.
+    pub async fn delete(&self, id: &str) -> Result<(), ApiError> {
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        // 404 before touching the runtime.
+        let w = self.get(id).await?;
+        self.unload(id).await?;
+        let id2 = id.to_owned();
+        let deleted = self
+            .blocking(move |r| Ok(r.store().delete_worker(&id2)?))
+            .await?;
+        self.forget_lock(id);
+        if !deleted {
+            return Err(ApiError::worker_not_found(id));
+        }
+        self.metrics.workers_deleted.fetch_add(1, Ordering::Relaxed);
+        self.notify(ControlEventKind::Deleted, &w);
+        tracing::info!(worker = %id, "worker deleted");
+        Ok(())
+    }
+
+    /// Hot reload: validates and stores the new code, reloads it into a running worker, then
+    /// records it (the old version stays in the history).
+    pub async fn load_code(&self, id: &str, input: CodeInput) -> Result<WorkerRecord, ApiError> {
+        // 404 before downloading anything.
+        let w = self.get(id).await?;
+        let engine = EngineKind::from_mime(&w.mime_type)
+            .ok_or_else(|| ApiError::EngineNotFound(w.mime_type.clone()))?;
+        let (bytes, code, info) = self.obtain_code(input, engine).await?;
+        self.store_code(bytes, info).await?;
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let mut w = self.get(id).await?;
+        let previous = std::mem::replace(&mut w.code, code.clone());
+        if w.status == Status::Running && self.runtime.worker_info(id).is_some() {
+            let spec = self.spec(&w).await?;
+            self.runtime.reload(spec).await?;
+        }
+        let id2 = id.to_owned();
+        let found = self
+            .blocking(move |r| Ok(r.store().set_code(&id2, &code, &now_rfc3339())?))
+            .await?;
+        if !found {
+            return Err(ApiError::worker_not_found(id));
+        }
+        self.metrics.code_reloads.fetch_add(1, Ordering::Relaxed);
+        self.notify(ControlEventKind::CodeReloaded, &w);
+        tracing::info!(worker = %id, from = %previous.sha256, to = %w.code.sha256, "code reloaded");
+        self.get(id).await
+    }
+
+    /// The code history, oldest first.
+    pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, ApiError> {
+        let id2 = id.to_owned();
+        self.blocking(move |r| Ok(r.store().history(&id2)?))
+            .await?
+            .ok_or_else(|| ApiError::worker_not_found(id))
+    }
+
+    /// Replaces all tags.
+    pub async fn set_tags(
+        &self,
+        id: &str,
+        tags: BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, ApiError> {
+        check_tags(&tags)?;
+        let id2 = id.to_owned();
+        let t = tags.clone();
+        let found = self
+            .blocking(move |r| Ok(r.store().set_tags(&id2, &t)?))
+            .await?;
+        if !found {
+            return Err(ApiError::worker_not_found(id));
+        }
+        Ok(tags)
+    }
+
+    /// Sets one tag (409 when it would be tag number 51).
+    pub async fn set_tag(&self, id: &str, key: &str, value: &str) -> Result<(), ApiError> {
+        check_tag(key, value)?;
+        let (id2, k, v) = (id.to_owned(), key.to_owned(), value.to_owned());
+        match self
+            .blocking(move |r| Ok(r.store().set_tag(&id2, &k, &v, MAX_TAGS)?))
+            .await?
+        {
+            TagOutcome::Set => Ok(()),
+            TagOutcome::NotFound => Err(ApiError::worker_not_found(id)),
+            TagOutcome::LimitReached => Err(ApiError::Conflict(format!(
+                "worker '{id}' already has {MAX_TAGS} tags, the limit; delete one first"
+            ))),
+        }
+    }
+
+    /// Removes one tag.
+    pub async fn delete_tag(&self, id: &str, key: &str) -> Result<(), ApiError> {
+        let (id2, k) = (id.to_owned(), key.to_owned());
+        match self
+            .blocking(move |r| Ok(r.store().delete_tag(&id2, &k)?))
+            .await?
+        {
+            None => Err(ApiError::worker_not_found(id)),
+            Some(false) => Err(ApiError::NotFound(format!(
+                "worker '{id}' has no tag '{key}'"
+            ))),
+            Some(true) => Ok(()),
+        }
+    }
+
+    /// Sends one event straight to a running worker.
+    pub async fn invoke(
+        &self,
+        id: &str,
+        event: CloudEvent,
+    ) -> Result<Option<CloudEvent>, ApiError> {
+        let w = self.get(id).await?;
+        if w.status != Status::Running {
+            return Err(ApiError::Conflict(format!(
+                "worker '{id}' is {}; start it first",
+                w.status.as_str()
+            )));
+        }
+        Ok(self.runtime.invoke(id, event).await?)
+    }
+
+    /// Starts every worker that should run and is not loaded: those the user started (or that
+    /// were running before a restart) and that are not in `ERROR`. Returns how many started.
+    ///
+    /// A worker the runtime cannot start because it is unavailable is marked `STOPPED` (its
+    /// wish to run is kept, so a later recovery brings it back); one whose load fails goes to
+    /// `ERROR` with `load_failed`. Failures are logged per worker and do not stop the others.
+    pub async fn recover(&self) -> Result<usize, ApiError> {
+        let workers = self.list().await?;
+        let mut recovered = 0;
+        for w in workers {
+            if !w.desired_running || w.status == Status::Error {
+                continue;
+            }
+            let lock = self.lock_for(&w.id);
+            let _guard = lock.lock().await;
+            if self.runtime.worker_info(&w.id).is_some() {
+                continue;
+            }
+            match self.start_locked(&w).await {
+                Ok(()) => {
+                    recovered += 1;
+                    self.metrics.recovered.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.metrics
+                        .recovery_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(worker = %w.id, error = %e, "recovery could not start worker");
+                    if !matches!(e, ApiError::LoadFailed(_)) {
+                        // Not the package's fault: show the truth (not running) and keep the wish.
+                        self.set_status(&w.id, Status::Stopped, None, None).await?;
+                    }
+                }
+            }
+        }
+        Ok(recovered)
+    }
+
+    /// Start-up: recovery if `WORKER_RECOVERY_ON_START`, else show would-be-running workers
+    /// as `STOPPED` (their wish to run is kept for `POST /v1/workers/recover`). Marks the
+    /// daemon ready unless the registry itself failed.
+    pub async fn startup_recovery(&self) -> Result<usize, ApiError> {
+        let result = if self.config.recovery_on_start {
+            self.recover().await
+        } else {
+            let workers = self.list().await?;
+            for w in workers.iter().filter(|w| w.status == Status::Running) {
+                self.set_status(&w.id, Status::Stopped, None, None).await?;
+            }
+            tracing::info!("WORKER_RECOVERY_ON_START is off: persisted workers were not started");
+            Ok(0)
+        };
+        match &result {
+            Ok(_) => {
+                self.ready.store(true, Ordering::Release);
+                self.ready_tx.send_replace(true);
+            }
+            Err(e) => {
+                *self
+                    .recovery_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            }
+        }
+        result
+    }
+}

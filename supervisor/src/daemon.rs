@@ -1,0 +1,230 @@
+//! Wiring: opens the data directory, builds the control plane and the router, binds, runs
+//! recovery, serves until cancelled, then drains and shuts the runtime down.
+//!
+//! Start-up order:
+//! 1. create the data directory (mode 0700) and take its lock file, so two daemons never
+//!    share one registry;
+//! 2. open the registry (migrations) and the code store (sweep interrupted writes);
+//! 3. build the runtime (given the registry, so it can report status changes);
+//! 4. bind, log the address, write `<data-dir>/listen.addr`;
+//! 5. recovery in the background; `/health` turns ready when it is done.
+//!
+//! Shutdown (token cancelled): stop accepting, let in-flight requests finish (each is bounded
+//! by the request timeout, the whole drain by `WORKMANAGER_SHUTDOWN_TIMEOUT_SECONDS`),
+//! `Runtime::shutdown`, wait for tracked tasks, close the store.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState};
+use crate::codestore::{CodeStore, CodeStoreError};
+use crate::config::Config;
+use crate::control::Control;
+use crate::metrics::Metrics;
+use crate::registry::{Registry, RegistryError, SqliteStore};
+use crate::runtime::Runtime;
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The data directory could not be prepared.
+    #[error("cannot prepare data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another daemon holds the data directory.
+    #[error(
+        "data directory {0} is in use by another workmanager (lock file {0}/lock); stop it or use another --data-dir"
+    )]
+    Locked(PathBuf),
+    /// The registry failed to open.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The code store failed to open.
+    #[error(transparent)]
+    CodeStore(#[from] CodeStoreError),
+    /// Binding the listen address failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A daemon ready to [`run`](Daemon::run).
+pub struct Daemon {
+    config: Arc<Config>,
+    state: AppState,
+    tracker: TaskTracker,
+    /// Routes other parts add (the bus's `/v1/topics/*`), served behind the same middleware.
+    extra_routes: Router,
+    /// Held for the daemon's lifetime: the data directory lock.
+    _lock: File,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn prepare_data_dir(dir: &Path) -> Result<File, DaemonError> {
+    let err = |source| DaemonError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if !dir.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .map_err(err)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(err(e)),
+    }
+}
+
+impl Daemon {
+    /// Opens the data directory and builds everything; `make_runtime` gets the registry so
+    /// the runtime can report status changes through [`Registry::set_status`].
+    pub fn new(
+        config: Config,
+        make_runtime: impl FnOnce(&Registry) -> Arc<dyn Runtime>,
+    ) -> Result<Daemon, DaemonError> {
+        let lock = prepare_data_dir(&config.data_dir)?;
+        let store = SqliteStore::open(&config.data_dir.join("registry.db"))?;
+        let registry = Registry::new(Arc::new(store));
+        let codes = CodeStore::open(&config.data_dir)?;
+        codes.sweep_temporaries();
+        let runtime = make_runtime(&registry);
+        let config = Arc::new(config);
+        let control = Arc::new(Control::new(
+            registry,
+            codes,
+            runtime,
+            config.clone(),
+            Arc::new(Metrics::default()),
+        ));
+        Ok(Daemon {
+            config,
+            state: AppState { control },
+            tracker: TaskTracker::new(),
+            extra_routes: Router::new(),
+            _lock: lock,
+        })
+    }
+
+    /// The router with its request timeout (for in-process tests too).
+    pub fn router(&self) -> Router {
+        let timeout = tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            self.config.request_timeout,
+        );
+        api::router_with(self.state.clone(), self.extra_routes.clone()).layer(timeout)
+    }
+
+    /// Adds routes served next to the API, behind the same auth, metrics, body limit and
+    /// timeout (e.g. `api::topics::router(bus)`). They must not set a fallback.
+    pub fn add_routes(&mut self, routes: Router) {
+        self.extra_routes = std::mem::take(&mut self.extra_routes).merge(routes);
+    }
+
+    /// Adds series to `/metrics` (e.g. `move |out| bus.render_prometheus(out)`).
+    pub fn add_metrics(&self, source: impl Fn(&mut String) + Send + Sync + 'static) {
+        self.state.control.metrics().add_source(Box::new(source));
+    }
+
+    /// The background task tracker: tasks spawned on it are awaited (bounded) at shutdown.
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
+    /// The control plane.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.state.control
+    }
+
+    /// Binds, recovers, serves until `shutdown` is cancelled, then drains.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), DaemonError> {
+        let addr = self.config.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| DaemonError::Bind { addr, source })?;
+        tracing::info!(address = %local, data_dir = %self.config.data_dir.display(), "listening");
+        write_listen_addr(&self.config.data_dir, local);
+
+        let control = self.state.control.clone();
+        self.tracker.spawn(async move {
+            match control.startup_recovery().await {
+                Ok(n) => tracing::info!(recovered = n, "recovery finished; ready"),
+                Err(e) => tracing::error!(error = %e, "recovery failed; /health stays unready"),
+            }
+        });
+
+        let app = self.router();
+        let server =
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let drain = self.config.shutdown_timeout;
+        let result = tokio::select! {
+            r = server => r.map_err(DaemonError::Serve),
+            () = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
+                tracing::warn!(seconds = drain.as_secs(), "in-flight requests did not finish in time; closing them");
+                Ok(())
+            }
+        };
+        tracing::info!("HTTP server stopped; stopping the runtime");
+        self.state.control.runtime().shutdown(drain).await;
+        self.tracker.close();
+        if tokio::time::timeout(drain, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not finish in time");
+        }
+        let _ = std::fs::remove_file(self.config.data_dir.join("listen.addr"));
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Writes `<data-dir>/listen.addr` atomically (tests wait for it with `--listen 127.0.0.1:0`).
+fn write_listen_addr(dir: &Path, addr: SocketAddr) {
+    let tmp = dir.join(".listen.addr.tmp");
+    let dst = dir.join("listen.addr");
+    let result =
+        std::fs::write(&tmp, format!("{addr}\n")).and_then(|()| std::fs::rename(&tmp, &dst));
+    if let Err(e) = result {
+        tracing::warn!(error = %e, path = %dst.display(), "cannot write the listen address file");
+    }
+}

@@ -1,0 +1,4 @@
+//! The supervisor crate's integration tests: the REST API through `Router::oneshot`, without
+//! a socket (one binary, one module per area).
+
+mod api;
