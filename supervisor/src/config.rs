@@ -73,6 +73,11 @@ settings! {
     "HOST_POOL_MAX_HOSTS" [] = "64", "1-1024", "most host processes at once (shared and dedicated)";
     "RING_BYTES" [] = "1048576", "a power of two, 65536-268435456", "size of each shared-memory ring";
     "RING_MAX_FRAME_BYTES" [] = "262144", "1024 to RING_BYTES/2", "largest frame a ring carries";
+    "TIMEOUT_RECLAIM_GRACE_SECONDS" [] = "5", "0-3600", "how long a timed-out call may keep running before its host is killed and respawned";
+    "HOST_RESPAWN_BACKOFF_MS" [] = "100", "1-60000", "first delay before a crashed host is respawned; doubles per consecutive crash, up to 30 s";
+    "HOST_RUNNER_PATH" [] = "", "a file path; empty = next to the workmanager binary", "the host-runner binary";
+    "HOST_RLIMIT_AS_BYTES" [] = "0", "0 (no limit) or 67108864-1099511627776", "address-space limit (RLIMIT_AS) of each host process";
+    "VIRTUFIN_API_GATEWAY_URL" [] = "", "an http(s) base URL; empty = none", "where plugins' gateway calls for services other than pubsub, state and workmanager are forwarded";
 }
 
 /// Where a value came from (for error messages).
@@ -305,6 +310,16 @@ pub struct Config {
     pub ring_bytes: u64,
     /// Largest frame a ring carries.
     pub ring_max_frame_bytes: u64,
+    /// How long a timed-out call may keep running before its host is reclaimed.
+    pub timeout_reclaim_grace: Duration,
+    /// First respawn delay of a crashed host.
+    pub host_respawn_backoff: Duration,
+    /// The host-runner binary (`None`: next to the running `workmanager`).
+    pub host_runner_path: Option<PathBuf>,
+    /// RLIMIT_AS of each host, if any.
+    pub host_rlimit_as: Option<u64>,
+    /// Base URL of the external API gateway for forwarded gateway calls.
+    pub gateway_url: Option<String>,
 }
 
 /// Parses `true/false/1/0/yes/no/on/off` (any case), as the original does.
@@ -423,6 +438,29 @@ impl Config {
                     &format!("1024-{} (RING_BYTES/2)", ring_bytes / 2),
                 )
             })?;
+        let host_rlimit_as = match int("HOST_RLIMIT_AS_BYTES", 0, 1 << 40)? {
+            0 => None,
+            n if n < 64 << 20 => {
+                return Err(invalid(
+                    "HOST_RLIMIT_AS_BYTES",
+                    range_of("HOST_RLIMIT_AS_BYTES"),
+                ));
+            }
+            n => Some(n),
+        };
+        let host_runner_path = Some(raw.get("HOST_RUNNER_PATH").0.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
+        let gateway_url = Some(raw.get("VIRTUFIN_API_GATEWAY_URL").0.trim().to_string())
+            .filter(|u| !u.is_empty());
+        if let Some(u) = &gateway_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(invalid(
+                "VIRTUFIN_API_GATEWAY_URL",
+                range_of("VIRTUFIN_API_GATEWAY_URL"),
+            ));
+        }
         Ok(Config {
             listen,
             data_dir: PathBuf::from(data_dir),
@@ -449,6 +487,11 @@ impl Config {
             max_hosts: u32_in("HOST_POOL_MAX_HOSTS", 1, 1024)?,
             ring_bytes,
             ring_max_frame_bytes,
+            timeout_reclaim_grace: secs("TIMEOUT_RECLAIM_GRACE_SECONDS", 0, 3600)?,
+            host_respawn_backoff: millis("HOST_RESPAWN_BACKOFF_MS", 1, 60_000)?,
+            host_runner_path,
+            host_rlimit_as,
+            gateway_url,
         })
     }
 

@@ -205,11 +205,25 @@ impl Runtime for HostRuntime {
                 return Ok(());
             }
             self.specs().insert(spec.id.clone(), spec.clone());
-            self.pool
-                .load(spec.clone())
-                .await
-                .map_err(to_runtime_error)?;
-            Dispatcher::start_worker(&self.dispatcher, spec);
+            let w = WorkerRef {
+                id: &spec.id,
+                group: spec.group.as_deref(),
+                topic: &spec.topic,
+            };
+            self.events.worker(Lifecycle::Starting, w, None).await;
+            if let Err(e) = self.pool.load(spec.clone()).await {
+                let err = to_runtime_error(e);
+                self.events
+                    .worker(
+                        Lifecycle::Failed,
+                        w,
+                        Some((ErrorType::LoadFailed, &err.to_string())),
+                    )
+                    .await;
+                return Err(err);
+            }
+            self.events.worker(Lifecycle::Online, w, None).await;
+            Dispatcher::start_worker(&self.dispatcher, spec.clone());
             Ok(())
         })
     }
@@ -233,6 +247,15 @@ impl Runtime for HostRuntime {
     fn stop(&self, worker_id: &str) -> BoxFuture<'_, Result<(), RuntimeError>> {
         let worker_id = worker_id.to_string();
         Box::pin(async move {
+            let spec = self.specs().get(&worker_id).cloned();
+            let wref = spec.as_ref().map(|s| WorkerRef {
+                id: &s.id,
+                group: s.group.as_deref(),
+                topic: &s.topic,
+            });
+            if let Some(w) = wref {
+                self.events.worker(Lifecycle::Stopping, w, None).await;
+            }
             self.dispatcher
                 .stop_worker(&worker_id, self.stop_deadline)
                 .await;
@@ -241,6 +264,9 @@ impl Runtime for HostRuntime {
                 .await
                 .map_err(to_runtime_error)?;
             self.specs().remove(&worker_id);
+            if let Some(w) = wref {
+                self.events.worker(Lifecycle::Stopped, w, None).await;
+            }
             Ok(())
         })
     }
@@ -284,6 +310,11 @@ impl Runtime for HostRuntime {
 
     fn engines(&self) -> Vec<EngineInfo> {
         self.engines.clone()
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        self.dispatcher.metrics.render_prometheus(out);
+        crate::pool::render_prometheus(&self.pool.hosts(), out);
     }
 
     fn shutdown(&self, deadline: Duration) -> BoxFuture<'_, ()> {

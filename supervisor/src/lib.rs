@@ -11,6 +11,7 @@
 //! - [`bus`] and [`events`]: the durable embedded bus, dead letters, lifecycle/infra events.
 //! - [`host_runtime`]: the real [`runtime::Runtime`]: [`pool`] (host processes) +
 //!   [`dispatcher`] (events through workers) + [`gateway`] (plugins' `gateway_call`).
+//! - [`serve`]: `workmanager serve`, everything put together.
 //! - [`metrics`], [`shutdown`].
 //!
 //! **Invariant:** nothing in this crate loads plugin code; it talks to hosts only through
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod pool;
 pub mod registry;
 pub mod runtime;
+pub mod serve;
 pub mod shutdown;
 
 pub use config::{Config, ServeArgs};

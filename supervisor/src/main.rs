@@ -2,12 +2,11 @@
 //! start-up fails (bad settings, data directory in use, address taken), 2 for usage errors.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use wm_supervisor::config::LogFormat;
-use wm_supervisor::{Config, Daemon, ServeArgs, runtime};
+use wm_supervisor::{Config, ServeArgs};
 
 #[derive(Parser)]
 #[command(
@@ -42,15 +41,9 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    // The host pool and dispatcher implement `Runtime`; until they are wired in, this build
-    // runs the control plane on `runtime::Unavailable` (start answers 503).
-    let daemon = Daemon::new(config, |_registry| {
-        Arc::new(runtime::Unavailable) as Arc<dyn runtime::Runtime>
-    })?;
     let token = CancellationToken::new();
     wm_supervisor::shutdown::cancel_on_signals(token.clone());
-    daemon.run(token).await?;
-    Ok(())
+    wm_supervisor::serve::serve(config, token).await
 }
 
 fn main() -> ExitCode {

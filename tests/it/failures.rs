@@ -15,7 +15,12 @@ const WAIT: Duration = Duration::from_secs(40);
 
 fn chaos_package() -> Vec<u8> {
     let so = Build::plugin("chaos", Lang::C, &["chaos.c"]).build();
-    nupkg::native("Chaos.Worker", "chaos", &so, "<virtufinLibrary>chaos</virtufinLibrary>")
+    nupkg::native(
+        "Chaos.Worker",
+        "chaos",
+        &so,
+        "<virtufinLibrary>chaos</virtufinLibrary>",
+    )
 }
 
 fn daemon(env: &[(&str, &str)]) -> Daemon {
@@ -101,7 +106,10 @@ fn pid_alive(pid: i64) -> bool {
 
 #[test]
 fn a_segfault_is_retried_then_dead_lettered_while_a_neighbour_on_the_same_host_keeps_serving() {
-    let d = daemon(&[("WORKER_RETRY_ATTEMPTS", "2"), ("CRASH_LOOP_MAX_CRASHES", "50")]);
+    let d = daemon(&[
+        ("WORKER_RETRY_ATTEMPTS", "2"),
+        ("CRASH_LOOP_MAX_CRASHES", "50"),
+    ]);
     let crasher = chaos_worker(&d, "t.crash", json!({}));
     let healthy = chaos_worker(&d, "t.ok", json!({}));
     let dead = Sse::subscribe(&d.base_url(), "t.crash-dead");
@@ -109,26 +117,54 @@ fn a_segfault_is_retried_then_dead_lettered_while_a_neighbour_on_the_same_host_k
     let life = Sse::subscribe(&d.base_url(), "workmanager.lifecycle");
     let infra = Sse::subscribe(&d.base_url(), "workmanager.infra.host");
 
-    publish(&d, "t.ok", "before", "hello-before", &[("correlationid", "c-1")]);
-    let r = replies.wait_for(WAIT, "reply before the crash", |v| v["data"] == "hello-before");
+    publish(
+        &d,
+        "t.ok",
+        "before",
+        "hello-before",
+        &[("correlationid", "c-1")],
+    );
+    let r = replies.wait_for(WAIT, "reply before the crash", |v| {
+        v["data"] == "hello-before"
+    });
     assert_eq!(r["correlationid"], "c-1");
 
     publish(&d, "t.crash", "poison", "segv", &[]);
-    let dl = dead.wait_for(WAIT, "dead letter of the poison event", |v| v["id"] == "poison");
+    let dl = dead.wait_for(WAIT, "dead letter of the poison event", |v| {
+        v["id"] == "poison"
+    });
     assert_eq!(dl["deadletterreason"], "crash", "{dl:#}");
     assert_eq!(dl["deadletterattempts"], "3", "1 call + 2 retries: {dl:#}");
-    assert!(dl["deadlettererror"].as_str().unwrap_or("").contains("SIGSEGV"), "{dl:#}");
-    assert_eq!(dl["data"], "segv", "the original event travels with its dead letter");
+    assert!(
+        dl["deadlettererror"]
+            .as_str()
+            .unwrap_or("")
+            .contains("SIGSEGV"),
+        "{dl:#}"
+    );
+    assert_eq!(
+        dl["data"], "segv",
+        "the original event travels with its dead letter"
+    );
 
-    let failed = life.wait_for(WAIT, "a crash failure event", |v| is_failed(v, &crasher, "crash"));
-    assert!(failed["data"]["error_message"].as_str().unwrap_or("").contains("SIGSEGV"));
+    let failed = life.wait_for(WAIT, "a crash failure event", |v| {
+        is_failed(v, &crasher, "crash")
+    });
+    assert!(
+        failed["data"]["error_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("SIGSEGV")
+    );
     let crashed = infra.wait_for(WAIT, "host.crashed", |v| {
         v["type"] == "com.virtufin.workmanager.infra.host.crashed"
     });
     assert_eq!(crashed["data"]["signal"], "SIGSEGV", "{crashed:#}");
 
     publish(&d, "t.ok", "after", "hello-after", &[]);
-    replies.wait_for(WAIT, "reply after the crashes", |v| v["data"] == "hello-after");
+    replies.wait_for(WAIT, "reply after the crashes", |v| {
+        v["data"] == "hello-after"
+    });
     assert_eq!(worker(&d, &crasher)["status"], "RUNNING");
     assert_eq!(worker(&d, &healthy)["status"], "RUNNING");
     let hosts = d.get("/v1/hosts").json();
@@ -154,10 +190,19 @@ fn a_hang_times_out_puts_the_worker_in_error_and_its_host_is_reclaimed() {
     assert_eq!(pids_before.len(), 1, "both workers share one native host");
 
     publish(&d, "t.hang", "stuck", "hang", &[]);
-    life.wait_for(WAIT, "timeout failure event", |v| is_failed(v, &hung, "timeout"));
-    let dl = dead.wait_for(WAIT, "dead letter of the hung event", |v| v["id"] == "stuck");
-    assert_eq!(dl["deadletterreason"], "timeout", "a hang is not retried: {dl:#}");
-    wait_until("the worker to be in ERROR", || worker(&d, &hung)["status"] == "ERROR");
+    life.wait_for(WAIT, "timeout failure event", |v| {
+        is_failed(v, &hung, "timeout")
+    });
+    let dl = dead.wait_for(WAIT, "dead letter of the hung event", |v| {
+        v["id"] == "stuck"
+    });
+    assert_eq!(
+        dl["deadletterreason"], "timeout",
+        "a hang is not retried: {dl:#}"
+    );
+    wait_until("the worker to be in ERROR", || {
+        worker(&d, &hung)["status"] == "ERROR"
+    });
     assert_eq!(worker(&d, &hung)["lastError"]["errorType"], "timeout");
 
     // After the grace period the host running the endless call is killed and replaced.
@@ -184,11 +229,21 @@ fn a_crash_loop_quarantines_the_worker_keeps_its_queue_and_start_resumes_it() {
     let life = Sse::subscribe(&d.base_url(), "workmanager.lifecycle");
 
     publish(&d, "t.loop", "poison", "abort", &[]);
-    life.wait_for(WAIT, "crash_loop failure", |v| is_failed(v, &w, "crash_loop"));
+    life.wait_for(WAIT, "crash_loop failure", |v| {
+        is_failed(v, &w, "crash_loop")
+    });
     wait_until("status ERROR", || worker(&d, &w)["status"] == "ERROR");
     assert_eq!(worker(&d, &w)["lastError"]["errorType"], "crash_loop");
-    let dl = dead.wait_for(WAIT, "the poison event dead-lettered", |v| v["id"] == "poison");
-    assert!(dl["deadlettererror"].as_str().unwrap_or("").contains("SIGABRT"), "{dl:#}");
+    let dl = dead.wait_for(WAIT, "the poison event dead-lettered", |v| {
+        v["id"] == "poison"
+    });
+    assert!(
+        dl["deadlettererror"]
+            .as_str()
+            .unwrap_or("")
+            .contains("SIGABRT"),
+        "{dl:#}"
+    );
 
     // Published while quarantined: queued, not processed, not dropped.
     publish(&d, "t.loop", "queued", "kept", &[]);
@@ -198,7 +253,9 @@ fn a_crash_loop_quarantines_the_worker_keeps_its_queue_and_start_resumes_it() {
     );
     let r = d.post(&format!("/v1/workers/{w}/start"));
     assert!(r.status < 300, "start: {}", r.text());
-    replies.wait_for(WAIT, "the queued event processed after start", |v| v["data"] == "kept");
+    replies.wait_for(WAIT, "the queued event processed after start", |v| {
+        v["data"] == "kept"
+    });
     assert_eq!(worker(&d, &w)["status"], "RUNNING");
 }
 
@@ -209,12 +266,27 @@ fn replies_go_to_replytopic_else_to_their_type_with_correlationid_and_config_sta
     let by_type = Sse::subscribe(&d.base_url(), "custom.reply.type");
     let by_ext = Sse::subscribe(&d.base_url(), "explicit.replies");
 
-    publish(&d, "t.route", "a", "one", &[("replytype", "custom.reply.type"), ("correlationid", "k1")]);
+    publish(
+        &d,
+        "t.route",
+        "a",
+        "one",
+        &[("replytype", "custom.reply.type"), ("correlationid", "k1")],
+    );
     let r = by_type.wait_for(WAIT, "reply routed by type", |v| v["data"] == "one");
     assert_eq!(r["correlationid"], "k1");
     assert_eq!(r["type"], "custom.reply.type");
 
-    publish(&d, "t.route", "b", "two", &[("replytopic", "explicit.replies"), ("replytype", "custom.reply.type")]);
+    publish(
+        &d,
+        "t.route",
+        "b",
+        "two",
+        &[
+            ("replytopic", "explicit.replies"),
+            ("replytype", "custom.reply.type"),
+        ],
+    );
     by_ext.wait_for(WAIT, "reply routed by replytopic", |v| v["data"] == "two");
 }
 
@@ -235,13 +307,25 @@ fn invoke_returns_the_reply_or_the_classified_error_without_retries() {
     assert_eq!(ok.json()["data"], "ping");
     assert_eq!(ok.json()["type"], "t.invoke.reply");
 
-    assert_eq!(call("none").status, 422, "no buffer with return 0 is an invalid response");
+    assert_eq!(
+        call("none").status,
+        422,
+        "no buffer with return 0 is an invalid response"
+    );
     let failed = call("fail");
     assert!(failed.status >= 400, "{}", failed.text());
-    assert!(failed.text().contains("process_failed"), "{}", failed.text());
+    assert!(
+        failed.text().contains("process_failed"),
+        "{}",
+        failed.text()
+    );
     let err = call("error");
     assert!(err.text().contains("worker_error"), "{}", err.text());
-    assert!(err.text().contains("chaos: requested error"), "{}", err.text());
+    assert!(
+        err.text().contains("chaos: requested error"),
+        "{}",
+        err.text()
+    );
 }
 
 #[test]
@@ -257,7 +341,9 @@ fn a_plugin_publishes_through_gateway_call() {
         r#"gateway:{"topic":"side.channel","data":{"n":7},"metadata":{"ce-type":"side.event"}}"#,
         &[],
     );
-    let ev = side.wait_for(WAIT, "the event the plugin published", |v| v["type"] == "side.event");
+    let ev = side.wait_for(WAIT, "the event the plugin published", |v| {
+        v["type"] == "side.event"
+    });
     assert_eq!(ev["data"], json!({"n": 7}));
     let r = replies.wait_for(WAIT, "the plugin's reply", |_| true);
     let body: Value = serde_json::from_str(r["data"].as_str().unwrap_or("{}"))
@@ -278,5 +364,7 @@ fn running_workers_come_back_after_a_restart_and_hosts_die_with_a_killed_daemon(
     let d = Daemon::start(DaemonOptions::default().data_dir(data.path()));
     let replies = Sse::subscribe(&d.base_url(), "t.back.reply");
     publish(&d, "t.back", "r1", "again", &[]);
-    replies.wait_for(WAIT, "a reply from the recovered worker", |v| v["data"] == "again");
+    replies.wait_for(WAIT, "a reply from the recovered worker", |v| {
+        v["data"] == "again"
+    });
 }

@@ -1,8 +1,9 @@
 //! End-to-end tests: one binary, one module per area (ripgrep's layout).
 
+/// The REST API against the real daemon binary.
+mod api;
 mod bus_crash;
 mod bus_http;
 mod bus_store;
-/// The REST API against the real daemon binary.
-mod api;
 mod c_abi;
+mod failures;

@@ -80,6 +80,11 @@ pub fn workmanager_bin() -> PathBuf {
                     "workmanager-supervisor",
                     "--bin",
                     "workmanager",
+                    // The daemon runs plugins in host-runners found next to its binary.
+                    "-p",
+                    "workmanager-host-runner",
+                    "--bin",
+                    "host-runner",
                 ])
                 .arg("--target-dir")
                 .arg(crate::target_dir());

@@ -7,6 +7,7 @@
 pub mod daemon;
 pub mod native;
 pub mod nupkg;
+pub mod sse;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,286 @@
+//! `workmanager serve`: puts the parts together.
+//!
+//! The control plane (`Daemon`) is built with the real runtime (`HostRuntime`: host pool +
+//! dispatcher + gateway); the durable bus is opened next to the registry and its topic routes
+//! are served behind the same middleware; readiness (recovery done) releases the bus's
+//! no-consumer drops; control events become lifecycle events.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use wm_shared::package::EngineKind;
+use wm_shared::ring::RingConfig;
+
+use crate::bus::{Bus, SqliteBus, SqliteBusOptions};
+use crate::config::Config;
+use crate::control::{ControlEvent, ControlEventKind};
+use crate::dispatcher::{DispatchConfig, StatusSink};
+use crate::events::{ErrorType, Events, Lifecycle, WorkerRef};
+use crate::gateway::{Gateway, GatewayBackend};
+use crate::host_runtime::HostRuntime;
+use crate::pool::{PoolConfig, SpawnConfig};
+use crate::registry::{LastError, Registry, Status};
+use crate::runtime::{EngineInfo, Runtime, language};
+use crate::{Daemon, api};
+
+/// Runs the daemon until `token` is cancelled (SIGTERM/SIGINT).
+pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<()> {
+    let bus = SqliteBus::open(&config.data_dir, SqliteBusOptions::default())
+        .with_context(|| format!("opening the bus in {}", config.data_dir.display()))?;
+    let bus_dyn: Arc<dyn Bus> = bus.clone();
+    let events = Arc::new(Events::new(bus_dyn.clone()));
+
+    let host_runner = host_runner_path(&config)?;
+    let pool = pool_config(&config, host_runner.clone());
+    let dispatch = DispatchConfig {
+        retry_attempts: config.retry_attempts,
+        retry_base_delay: config.retry_base_delay,
+        timeout_grace: config.timeout_reclaim_grace,
+    };
+    let engines = engines(&host_runner);
+    let gateway_url = config.gateway_url.clone();
+    let gateway_timeout = config.message_timeout;
+    let built: Arc<Mutex<Option<Arc<HostRuntime>>>> = Arc::default();
+    let runtime_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
+    let mut daemon = {
+        let (bus_dyn, events, built, runtime_error) = (
+            bus_dyn.clone(),
+            events.clone(),
+            built.clone(),
+            runtime_error.clone(),
+        );
+        Daemon::new(config.clone(), move |registry: &Registry| {
+            let status: Arc<dyn StatusSink> = Arc::new(RegistryStatus(registry.clone()));
+            let backend: Arc<dyn GatewayBackend> = Arc::new(RegistryGateway(registry.clone()));
+            let gateway = Gateway::new(bus_dyn.clone(), backend, gateway_url, gateway_timeout);
+            match HostRuntime::new(pool, dispatch, bus_dyn, events, status, gateway, engines) {
+                Ok(rt) => {
+                    *built
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(rt.clone());
+                    rt as Arc<dyn Runtime>
+                }
+                Err(e) => {
+                    *runtime_error
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                    Arc::new(crate::runtime::Unavailable) as Arc<dyn Runtime>
+                }
+            }
+        })?
+    };
+    if let Some(e) = runtime_error
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+    {
+        return Err(e).context("starting the host pool");
+    }
+
+    daemon.add_routes(api::topics::router(
+        bus_dyn.clone(),
+        api::topics::TopicLimits::default(),
+        token.clone(),
+    ));
+    {
+        let bus = bus.clone();
+        daemon.add_metrics(move |out| bus.render_prometheus(out));
+    }
+
+    // Until recovery has brought the workers back, events wait for them instead of being
+    // dropped for want of a consumer.
+    let mut ready = daemon.control().ready_watch();
+    {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            loop {
+                if *ready.borrow_and_update() {
+                    bus.set_ready();
+                    return;
+                }
+                if ready.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    let listener_events = events.clone();
+    daemon
+        .control()
+        .add_listener(Box::new(move |ev: &ControlEvent| {
+            if let ControlEventKind::Registered = ev.kind {
+                let events = listener_events.clone();
+                let ev = ev.clone();
+                tokio::spawn(async move {
+                    let w = WorkerRef {
+                        id: &ev.worker_id,
+                        group: ev.group.as_deref(),
+                        topic: &ev.topic,
+                    };
+                    events.worker(Lifecycle::Registered, w, None).await;
+                });
+            }
+        }));
+
+    let result = daemon.run(token).await;
+    bus.close().await;
+    drop(built);
+    result.map_err(Into::into)
+}
+
+fn host_runner_path(config: &Config) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &config.host_runner_path {
+        return Ok(p.clone());
+    }
+    let exe = std::env::current_exe().context("finding the workmanager binary")?;
+    let dir = exe
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok(dir.join("host-runner"))
+}
+
+fn pool_config(config: &Config, host_runner: PathBuf) -> PoolConfig {
+    let ring_bytes = usize::try_from(config.ring_bytes).unwrap_or(1 << 20);
+    let max_frame = usize::try_from(config.ring_max_frame_bytes).unwrap_or(ring_bytes / 4);
+    PoolConfig {
+        spawn: SpawnConfig {
+            host_runner,
+            ring: RingConfig {
+                ring_bytes,
+                max_frame,
+            },
+            rlimit_as: config.host_rlimit_as,
+            rlimit_nofile: 1024,
+            dotnet_root: std::env::var_os("DOTNET_ROOT").map(PathBuf::from),
+            ready_timeout: Duration::from_secs(20),
+            extra_args: Vec::new(),
+        },
+        shared_hosts_per_engine: config.shared_hosts_per_engine as usize,
+        respawn_backoff_base: config.host_respawn_backoff,
+        respawn_backoff_max: Duration::from_secs(30),
+        stable_after: Duration::from_secs(60),
+        crash_loop_count: config.crash_loop_max_crashes as usize,
+        crash_loop_window: config.crash_loop_window,
+        load_timeout: Duration::from_secs(60),
+        stats_interval: Duration::from_secs(5),
+    }
+}
+
+/// The engines and whether they can run here (a missing host-runner makes both unavailable).
+fn engines(host_runner: &std::path::Path) -> Vec<EngineInfo> {
+    let runner = if host_runner.is_file() {
+        None
+    } else {
+        Some(format!(
+            "the host-runner binary is missing at {} (build it, or set HOST_RUNNER_PATH)",
+            host_runner.display()
+        ))
+    };
+    [EngineKind::Native, EngineKind::DotNet]
+        .into_iter()
+        .map(|engine| {
+            let reason = runner.clone().or_else(|| match engine {
+                EngineKind::Native => None,
+                EngineKind::DotNet => dotnet_unavailable(),
+            });
+            EngineInfo {
+                mime: engine.mime().to_string(),
+                language: language(engine).to_string(),
+                available: reason.is_none(),
+                reason,
+            }
+        })
+        .collect()
+}
+
+fn dotnet_unavailable() -> Option<String> {
+    Some("the .NET engine is not part of this build yet".to_string())
+}
+
+/// The dispatcher reports a worker's fall into ERROR through the registry.
+struct RegistryStatus(Registry);
+
+impl StatusSink for RegistryStatus {
+    fn worker_failed(&self, worker_id: &str, error_type: ErrorType, message: &str) {
+        let last = LastError {
+            error_type: error_type.as_str().to_string(),
+            message: message.to_string(),
+            at: crate::registry::now_rfc3339(),
+        };
+        if let Err(e) = self.0.set_status(worker_id, Status::Error, Some(last)) {
+            tracing::error!(worker = worker_id, "recording ERROR failed: {e}");
+        }
+    }
+}
+
+/// The gateway's built-in `state` and `workmanager` services over the registry.
+struct RegistryGateway(Registry);
+
+impl GatewayBackend for RegistryGateway {
+    fn state_get(&self, worker_id: &str, key: &str) -> Result<Option<String>, String> {
+        self.0
+            .store()
+            .state_get(worker_id, key)
+            .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+            .map_err(|e| e.to_string())
+    }
+
+    fn state_set(&self, worker_id: &str, key: &str, value: &str) -> Result<(), String> {
+        self.0
+            .store()
+            .state_set(worker_id, key, value.as_bytes())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn state_delete(&self, worker_id: &str, key: &str) -> Result<bool, String> {
+        self.0
+            .store()
+            .state_delete(worker_id, key)
+            .map_err(|e| e.to_string())
+    }
+
+    fn workmanager(
+        &self,
+        method: &str,
+        request: &serde_json::Value,
+    ) -> Result<serde_json::Value, (i32, String)> {
+        use crate::gateway::{STATUS_BACKEND, STATUS_BAD_REQUEST, STATUS_UNKNOWN};
+        let brief = |w: &crate::registry::WorkerRecord| {
+            serde_json::json!({
+                "id": w.id, "topic": w.topic, "group": w.group,
+                "mime_type": w.mime_type, "status": w.status.as_str(),
+            })
+        };
+        match method {
+            "ListWorkers" => {
+                let all = self
+                    .0
+                    .store()
+                    .list_workers()
+                    .map_err(|e| (STATUS_BACKEND, e.to_string()))?;
+                Ok(serde_json::json!({"workers": all.iter().map(brief).collect::<Vec<_>>()}))
+            }
+            "GetWorker" => {
+                let id = request
+                    .get("id")
+                    .and_then(|v| v.as_str())
+                    .ok_or((STATUS_BAD_REQUEST, "GetWorker needs an 'id'".to_string()))?;
+                match self.0.store().get_worker(id) {
+                    Ok(Some(w)) => Ok(brief(&w)),
+                    Ok(None) => Err((STATUS_UNKNOWN, format!("no worker {id}"))),
+                    Err(e) => Err((STATUS_BACKEND, e.to_string())),
+                }
+            }
+            other => Err((
+                STATUS_UNKNOWN,
+                format!("workmanager has no read call '{other}' (ListWorkers, GetWorker)"),
+            )),
+        }
+    }
+}
