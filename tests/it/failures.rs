@@ -159,7 +159,12 @@ fn a_segfault_is_retried_then_dead_lettered_while_a_neighbour_on_the_same_host_k
     let crashed = infra.wait_for(WAIT, "host.crashed", |v| {
         v["type"] == "com.virtufin.workmanager.infra.host.crashed"
     });
-    assert_eq!(crashed["data"]["signal"], "SIGSEGV", "{crashed:#}");
+    assert_eq!(crashed["data"]["signal_name"], "SIGSEGV", "{crashed:#}");
+    assert_eq!(
+        crashed["data"]["culprit_worker_id"],
+        crasher.as_str(),
+        "{crashed:#}"
+    );
 
     publish(&d, "t.ok", "after", "hello-after", &[]);
     replies.wait_for(WAIT, "reply after the crashes", |v| {
@@ -307,10 +312,13 @@ fn invoke_returns_the_reply_or_the_classified_error_without_retries() {
     assert_eq!(ok.json()["data"], "ping");
     assert_eq!(ok.json()["type"], "t.invoke.reply");
 
-    assert_eq!(
-        call("none").status,
-        422,
-        "no buffer with return 0 is an invalid response"
+    let none = call("none");
+    assert_eq!(none.status, 502, "{}", none.text());
+    assert_eq!(none.error_code(), "invoke_failed");
+    assert!(
+        none.text().contains("invalid_response"),
+        "no buffer with return 0 is an invalid response: {}",
+        none.text()
     );
     let failed = call("fail");
     assert!(failed.status >= 400, "{}", failed.text());
