@@ -28,11 +28,6 @@ use crate::{Daemon, api};
 
 /// Runs the daemon until `token` is cancelled (SIGTERM/SIGINT).
 pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<()> {
-    let bus = SqliteBus::open(&config.data_dir, SqliteBusOptions::default())
-        .with_context(|| format!("opening the bus in {}", config.data_dir.display()))?;
-    let bus_dyn: Arc<dyn Bus> = bus.clone();
-    let events = Arc::new(Events::new(bus_dyn.clone()));
-
     let host_runner = host_runner_path(&config)?;
     let pool = pool_config(&config, host_runner.clone());
     let dispatch = DispatchConfig {
@@ -43,42 +38,49 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
     let engines = engines(&host_runner);
     let gateway_url = config.gateway_url.clone();
     let gateway_timeout = config.message_timeout;
-    let built: Arc<Mutex<Option<Arc<HostRuntime>>>> = Arc::default();
-    let runtime_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
+    let data_dir = config.data_dir.clone();
+
+    // `Daemon::new` takes the data directory's lock first, then calls this to build the
+    // runtime: the bus is opened here so that a second daemon on the same directory is refused
+    // by that lock, with its message, before it touches the bus.
+    let built: Arc<Mutex<Option<Built>>> = Arc::default();
+    let failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
     let mut daemon = {
-        let (bus_dyn, events, built, runtime_error) = (
-            bus_dyn.clone(),
-            events.clone(),
-            built.clone(),
-            runtime_error.clone(),
-        );
+        let (built, failure) = (built.clone(), failure.clone());
         Daemon::new(config.clone(), move |registry: &Registry| {
-            let status: Arc<dyn StatusSink> = Arc::new(RegistryStatus(registry.clone()));
-            let backend: Arc<dyn GatewayBackend> = Arc::new(RegistryGateway(registry.clone()));
-            let gateway = Gateway::new(bus_dyn.clone(), backend, gateway_url, gateway_timeout);
-            match HostRuntime::new(pool, dispatch, bus_dyn, events, status, gateway, engines) {
-                Ok(rt) => {
-                    *built
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(rt.clone());
+            match build(
+                registry,
+                &data_dir,
+                pool,
+                dispatch,
+                gateway_url,
+                gateway_timeout,
+                engines,
+            ) {
+                Ok(b) => {
+                    let rt = b.runtime.clone();
+                    *lock(&built) = Some(b);
                     rt as Arc<dyn Runtime>
                 }
                 Err(e) => {
-                    *runtime_error
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                    *lock(&failure) = Some(e);
                     Arc::new(crate::runtime::Unavailable) as Arc<dyn Runtime>
                 }
             }
         })?
     };
-    if let Some(e) = runtime_error
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take()
-    {
-        return Err(e).context("starting the host pool");
+    if let Some(e) = lock(&failure).take() {
+        return Err(e);
     }
+    let Some(Built {
+        bus,
+        events,
+        runtime: _,
+    }) = lock(&built).take()
+    else {
+        anyhow::bail!("the runtime was not built (Daemon::new did not call make_runtime)");
+    };
+    let bus_dyn: Arc<dyn Bus> = bus.clone();
 
     daemon.add_routes(api::topics::router(
         bus_dyn.clone(),
@@ -128,8 +130,51 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
 
     let result = daemon.run(token).await;
     bus.close().await;
-    drop(built);
     result.map_err(Into::into)
+}
+
+/// What `make_runtime` builds besides the runtime itself.
+struct Built {
+    bus: Arc<SqliteBus>,
+    events: Arc<Events>,
+    runtime: Arc<HostRuntime>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn build(
+    registry: &Registry,
+    data_dir: &std::path::Path,
+    pool: PoolConfig,
+    dispatch: DispatchConfig,
+    gateway_url: Option<String>,
+    gateway_timeout: Duration,
+    engines: Vec<EngineInfo>,
+) -> anyhow::Result<Built> {
+    let bus = SqliteBus::open(data_dir, SqliteBusOptions::default())
+        .with_context(|| format!("opening the bus in {}", data_dir.display()))?;
+    let bus_dyn: Arc<dyn Bus> = bus.clone();
+    let events = Arc::new(Events::new(bus_dyn.clone()));
+    let status: Arc<dyn StatusSink> = Arc::new(RegistryStatus(registry.clone()));
+    let backend: Arc<dyn GatewayBackend> = Arc::new(RegistryGateway(registry.clone()));
+    let gateway = Gateway::new(bus_dyn.clone(), backend, gateway_url, gateway_timeout);
+    let runtime = HostRuntime::new(
+        pool,
+        dispatch,
+        bus_dyn,
+        events.clone(),
+        status,
+        gateway,
+        engines,
+    )
+    .context("starting the host pool")?;
+    Ok(Built {
+        bus,
+        events,
+        runtime,
+    })
 }
 
 fn host_runner_path(config: &Config) -> anyhow::Result<PathBuf> {
