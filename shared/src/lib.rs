@@ -3,11 +3,13 @@
 //! # Brief overview
 //! - [`cloudevent`]: the CloudEvent model and its JSON and FlatBuffer forms; the worker wire
 //!   format of `schemas/worker_api.fbs`.
+//! - [`dotnet`]: finding a .NET runtime (hostfxr + Microsoft.NETCore.App) on disk.
 //! - [`generated`]: flatc output for `schemas/*.fbs`, committed, never edited by hand.
 //!
 //! Nothing here listens on the network or loads plugin code; both binaries link it.
 
 pub mod cloudevent;
+pub mod dotnet;
 pub mod generated;
 
 pub use cloudevent::{CloudEvent, CloudEventError, WorkerResponse};
