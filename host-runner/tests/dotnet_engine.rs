@@ -19,11 +19,16 @@ use workmanager_host_runner::engine::dotnet::{
     Services, StartError,
 };
 
+/// (worker id, msg id, level, message)
+type LogLine = (String, u64, i32, String);
+/// (worker id, msg id, service, method, payload)
+type GatewayRequest = (String, u64, String, String, Vec<u8>);
+
 /// Log lines and gateway calls the workers made, as the ring would carry them.
 #[derive(Default)]
 struct Recorder {
-    logs: Mutex<Vec<(String, u64, i32, String)>>,
-    gateway: Mutex<Vec<(String, u64, String, String, Vec<u8>)>>,
+    logs: Mutex<Vec<LogLine>>,
+    gateway: Mutex<Vec<GatewayRequest>>,
 }
 
 impl Services for Recorder {
@@ -136,7 +141,9 @@ fn echo_round_trips_every_attribute(env: &Env) {
 }
 
 fn counter_keeps_state_across_calls_and_threads(env: &Env) {
-    let w = env.load("counter", &lib("counter", &["Counter.cs"]), &[]).unwrap();
+    let w = env
+        .load("counter", &lib("counter", &["Counter.cs"]), &[])
+        .unwrap();
     for n in 1..=3 {
         assert_eq!(text(&env.reply(&w, n, &event("c", "x"))), n.to_string());
     }
@@ -146,7 +153,10 @@ fn counter_keeps_state_across_calls_and_threads(env: &Env) {
         for _ in 0..4 {
             s.spawn(|| {
                 for _ in 0..50 {
-                    assert!(matches!(env.call(&w, 5, &event("c", "none")), Outcome::NoReply));
+                    assert!(matches!(
+                        env.call(&w, 5, &event("c", "none")),
+                        Outcome::NoReply
+                    ));
                 }
             });
         }
@@ -156,7 +166,9 @@ fn counter_keeps_state_across_calls_and_threads(env: &Env) {
 }
 
 fn a_worker_exception_is_an_error_with_its_text(env: &Env) {
-    let w = env.load("throws", &lib("throws", &["Throws.cs"]), &[]).unwrap();
+    let w = env
+        .load("throws", &lib("throws", &["Throws.cs"]), &[])
+        .unwrap();
     match env.call(&w, 9, &event("m-9", "x")) {
         Outcome::WorkerException(t) => {
             assert!(t.contains("System.InvalidOperationException"), "{t}");
@@ -165,7 +177,10 @@ fn a_worker_exception_is_an_error_with_its_text(env: &Env) {
         other => panic!("expected a worker exception, got {other:?}"),
     }
     // The worker stays usable after throwing.
-    assert!(matches!(env.call(&w, 10, &event("m-10", "x")), Outcome::WorkerException(_)));
+    assert!(matches!(
+        env.call(&w, 10, &event("m-10", "x")),
+        Outcome::WorkerException(_)
+    ));
     env.engine.unload(w).unwrap();
 }
 
@@ -178,11 +193,16 @@ fn a_missing_reference_is_listed_in_the_load_error(env: &Env) {
     };
     assert_eq!(worker_id, "missingref");
     assert!(message.contains("loader errors"), "{message}");
-    assert!(message.contains("Could not load file or assembly 'MissingLib"), "{message}");
+    assert!(
+        message.contains("Could not load file or assembly 'MissingLib"),
+        "{message}"
+    );
 }
 
 fn an_assembly_without_iworker_gets_the_original_message(env: &Env) {
-    let err = env.load("noworker", &lib("noworker", &["NoWorker.cs"]), &[]).unwrap_err();
+    let err = env
+        .load("noworker", &lib("noworker", &["NoWorker.cs"]), &[])
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "worker noworker: No IWorker implementation found in the worker assembly. \
@@ -196,7 +216,8 @@ fn an_assembly_without_iworker_gets_the_original_message(env: &Env) {
 }
 
 fn the_hosts_devkit_wins_over_a_bundled_copy(env: &Env) {
-    let decoy = dn::build_library_without_devkit("Virtufin.Worker.DevKit", &["DecoyDevKit.cs"], &[]);
+    let decoy =
+        dn::build_library_without_devkit("Virtufin.Worker.DevKit", &["DecoyDevKit.cs"], &[]);
     let dll = lib("bundled", &["BundledDevKit.cs"]);
     let w = env.load("bundled", &dll, &[&decoy]).unwrap();
     let mut ev = event("b-1", r#"{"command":"WHERE"}"#);
@@ -206,9 +227,15 @@ fn the_hosts_devkit_wins_over_a_bundled_copy(env: &Env) {
     let v: serde_json::Value = serde_json::from_slice(r.data.as_deref().unwrap()).unwrap();
     assert_eq!(v["command"], "where");
     assert_eq!(v["success"], true);
-    assert_eq!(v["id"], "worker:bundled", "the worker itself is in its own context");
+    assert_eq!(
+        v["id"], "worker:bundled",
+        "the worker itself is in its own context"
+    );
     let devkit_ctx = v["message"].as_str().unwrap();
-    assert!(!devkit_ctx.starts_with("worker:"), "DevKit bound to {devkit_ctx}");
+    assert!(
+        !devkit_ctx.starts_with("worker:"),
+        "DevKit bound to {devkit_ctx}"
+    );
     assert_eq!(r.extension("correlationid"), Some("corr-b"));
     assert_eq!(r.ty, "bundled.reply");
     // CommandWorker's documented error texts.
@@ -228,7 +255,10 @@ fn a_private_helper_loads_from_the_package(env: &Env) {
     let helper = dn::build_library("FixtureHelper", &["Helper.cs"], &[]);
     let dll = dn::build_library("useshelper", &["UsesHelper.cs"], &[&helper]);
     let w = env.load("useshelper", &dll, &[&helper]).unwrap();
-    assert_eq!(text(&env.reply(&w, 1, &event("h", "hi"))), "HI! via worker:useshelper");
+    assert_eq!(
+        text(&env.reply(&w, 1, &event("h", "hi"))),
+        "HI! via worker:useshelper"
+    );
     env.engine.unload(w).unwrap();
 }
 
@@ -244,7 +274,9 @@ fn thread_static_state_does_not_survive_a_reload(env: &Env) {
 }
 
 fn logs_and_gateway_calls_reach_the_host(env: &Env) {
-    let w = env.load("loggw", &lib("loggw", &["LogGateway.cs"]), &[]).unwrap();
+    let w = env
+        .load("loggw", &lib("loggw", &["LogGateway.cs"]), &[])
+        .unwrap();
     assert_eq!(text(&env.reply(&w, 77, &event("m-77", "ping"))), "gw:ping");
     let logs = env.rec.logs.lock().unwrap().clone();
     let mine: Vec<_> = logs.iter().filter(|l| l.0 == "loggw").collect();
@@ -252,9 +284,15 @@ fn logs_and_gateway_calls_reach_the_host(env: &Env) {
         mine.contains(&&("loggw".into(), 0, 1, "constructed loggw".into())),
         "{mine:?}"
     );
-    assert!(mine.contains(&&("loggw".into(), 77, 2, "handling m-77".into())), "{mine:?}");
+    assert!(
+        mine.contains(&&("loggw".into(), 77, 2, "handling m-77".into())),
+        "{mine:?}"
+    );
     // Logged from a thread-pool continuation after an await: still attributed to message 77.
-    assert!(mine.contains(&&("loggw".into(), 77, 3, "after await m-77".into())), "{mine:?}");
+    assert!(
+        mine.contains(&&("loggw".into(), 77, 3, "after await m-77".into())),
+        "{mine:?}"
+    );
     let calls = env.rec.gateway.lock().unwrap().clone();
     assert!(calls.contains(&(
         "loggw".into(),
@@ -269,7 +307,9 @@ fn logs_and_gateway_calls_reach_the_host(env: &Env) {
 }
 
 fn a_typed_worker_decodes_json_and_wraps_errors(env: &Env) {
-    let w = env.load("typed", &lib("typed", &["Typed.cs"]), &[]).unwrap();
+    let w = env
+        .load("typed", &lib("typed", &["Typed.cs"]), &[])
+        .unwrap();
     let mut ev = event("t-1", r#"{"a":7,"b":2}"#);
     ev.datacontenttype = Some("application/json".into());
     ev.set_extension("correlationid", "k").unwrap();
@@ -285,12 +325,17 @@ fn a_typed_worker_decodes_json_and_wraps_errors(env: &Env) {
         serde_json::from_slice(env.reply(&w, 2, &ev).data.as_deref().unwrap()).unwrap();
     assert_eq!(v["command"], "error");
     assert_eq!(v["success"], false);
-    assert!(v["message"].as_str().unwrap().contains("divide by zero"), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("divide by zero"),
+        "{v}"
+    );
     env.engine.unload(w).unwrap();
 }
 
 fn bad_input_is_a_failure_not_a_crash(env: &Env) {
-    let w = env.load("echo-bad", &lib("echo", &["Echo.cs"]), &[]).unwrap();
+    let w = env
+        .load("echo-bad", &lib("echo", &["Echo.cs"]), &[])
+        .unwrap();
     for junk in [&b""[..], b"\xff\xff\xff\x7f", b"\x04\0\0\0\xf0\xff\xff\xff"] {
         match env.engine.process(&w, 1, junk) {
             Outcome::Failed(t) => assert!(t.contains("not a valid CloudEvent FlatBuffer"), "{t}"),
@@ -302,7 +347,9 @@ fn bad_input_is_a_failure_not_a_crash(env: &Env) {
 
 /// Runs last: every context unloaded by the tests above (and by failed loads) is collected.
 fn unloaded_workers_are_collected(env: &Env) {
-    let w = env.load("collect", &lib("echo", &["Echo.cs"]), &[]).unwrap();
+    let w = env
+        .load("collect", &lib("echo", &["Echo.cs"]), &[])
+        .unwrap();
     env.reply(&w, 1, &event("x", "y"));
     env.engine.unload(w).unwrap();
     assert_eq!(env.engine.collect_unloaded(100).unwrap(), 0);
@@ -316,11 +363,28 @@ fn a_missing_runtime_fails_the_load_with_the_searched_paths(_env: &Env) {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("cannot start the .NET runtime: no usable .NET runtime"), "{stdout}");
-    assert!(stdout.contains("/nonexistent/dotnet-root (DOTNET_ROOT): no such directory"), "{stdout}");
-    assert!(stdout.contains("/nonexistent/system (system install)"), "{stdout}");
-    assert_eq!(stdout.matches("no usable .NET runtime").count(), 2, "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("cannot start the .NET runtime: no usable .NET runtime"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("/nonexistent/dotnet-root (DOTNET_ROOT): no such directory"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("/nonexistent/system (system install)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("no usable .NET runtime").count(),
+        2,
+        "{stdout}"
+    );
 }
 
 fn missing_runtime_child() -> ExitCode {
@@ -362,19 +426,58 @@ fn missing_runtime_child() -> ExitCode {
 type Test = (&'static str, fn(&Env));
 
 const TESTS: &[Test] = &[
-    ("echo_round_trips_every_attribute", echo_round_trips_every_attribute),
-    ("counter_keeps_state_across_calls_and_threads", counter_keeps_state_across_calls_and_threads),
-    ("a_worker_exception_is_an_error_with_its_text", a_worker_exception_is_an_error_with_its_text),
-    ("a_missing_reference_is_listed_in_the_load_error", a_missing_reference_is_listed_in_the_load_error),
-    ("an_assembly_without_iworker_gets_the_original_message", an_assembly_without_iworker_gets_the_original_message),
-    ("the_hosts_devkit_wins_over_a_bundled_copy", the_hosts_devkit_wins_over_a_bundled_copy),
-    ("a_private_helper_loads_from_the_package", a_private_helper_loads_from_the_package),
-    ("thread_static_state_does_not_survive_a_reload", thread_static_state_does_not_survive_a_reload),
-    ("logs_and_gateway_calls_reach_the_host", logs_and_gateway_calls_reach_the_host),
-    ("a_typed_worker_decodes_json_and_wraps_errors", a_typed_worker_decodes_json_and_wraps_errors),
-    ("bad_input_is_a_failure_not_a_crash", bad_input_is_a_failure_not_a_crash),
-    ("a_missing_runtime_fails_the_load_with_the_searched_paths", a_missing_runtime_fails_the_load_with_the_searched_paths),
-    ("unloaded_workers_are_collected", unloaded_workers_are_collected),
+    (
+        "echo_round_trips_every_attribute",
+        echo_round_trips_every_attribute,
+    ),
+    (
+        "counter_keeps_state_across_calls_and_threads",
+        counter_keeps_state_across_calls_and_threads,
+    ),
+    (
+        "a_worker_exception_is_an_error_with_its_text",
+        a_worker_exception_is_an_error_with_its_text,
+    ),
+    (
+        "a_missing_reference_is_listed_in_the_load_error",
+        a_missing_reference_is_listed_in_the_load_error,
+    ),
+    (
+        "an_assembly_without_iworker_gets_the_original_message",
+        an_assembly_without_iworker_gets_the_original_message,
+    ),
+    (
+        "the_hosts_devkit_wins_over_a_bundled_copy",
+        the_hosts_devkit_wins_over_a_bundled_copy,
+    ),
+    (
+        "a_private_helper_loads_from_the_package",
+        a_private_helper_loads_from_the_package,
+    ),
+    (
+        "thread_static_state_does_not_survive_a_reload",
+        thread_static_state_does_not_survive_a_reload,
+    ),
+    (
+        "logs_and_gateway_calls_reach_the_host",
+        logs_and_gateway_calls_reach_the_host,
+    ),
+    (
+        "a_typed_worker_decodes_json_and_wraps_errors",
+        a_typed_worker_decodes_json_and_wraps_errors,
+    ),
+    (
+        "bad_input_is_a_failure_not_a_crash",
+        bad_input_is_a_failure_not_a_crash,
+    ),
+    (
+        "a_missing_runtime_fails_the_load_with_the_searched_paths",
+        a_missing_runtime_fails_the_load_with_the_searched_paths,
+    ),
+    (
+        "unloaded_workers_are_collected",
+        unloaded_workers_are_collected,
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -398,7 +501,10 @@ fn main() -> ExitCode {
         .iter()
         .filter(|(n, _)| filters.is_empty() || filters.iter().any(|f| n.contains(f.as_str())))
         .collect();
-    println!("\nrunning {} tests (one CoreCLR, in this process)", selected.len());
+    println!(
+        "\nrunning {} tests (one CoreCLR, in this process)",
+        selected.len()
+    );
     if selected.is_empty() {
         return ExitCode::SUCCESS;
     }
@@ -415,10 +521,17 @@ fn main() -> ExitCode {
         rec.clone(),
     );
     match engine.start() {
-        Ok((rt, took)) => println!("CoreCLR {} from {} started in {took:?}", rt.hostfxr_version, rt.root.display()),
+        Ok((rt, took)) => println!(
+            "CoreCLR {} from {} started in {took:?}",
+            rt.hostfxr_version,
+            rt.root.display()
+        ),
         Err(e) => {
             let chain = match &e {
-                DotNetError::Start(s) => format!("{e}: {s}: {:?}", std::error::Error::source(&**s as &StartError)),
+                DotNetError::Start(s) => format!(
+                    "{e}: {s}: {:?}",
+                    std::error::Error::source(&**s as &StartError)
+                ),
                 _ => e.to_string(),
             };
             eprintln!("cannot start the runtime for the tests: {chain}");

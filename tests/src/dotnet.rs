@@ -96,14 +96,26 @@ fn build(name: &str, sources: &[&str], refs: &[&Path], with_devkit: bool) -> Pat
         std::fs::create_dir_all(&out_dir).unwrap();
         let refpack = reference_pack();
         let mut cmd = Command::new("mcs");
-        cmd.args(["-nostdlib", "-target:library", "-unsafe", "-nowarn:1702", "-debug-"]);
+        cmd.args([
+            "-nostdlib",
+            "-target:library",
+            "-unsafe",
+            "-nowarn:1702",
+            "-debug-",
+        ]);
         // mcs names the assembly after the output file: build under the final name in a
         // scratch directory, then move it into place.
         let scratch = out_dir.join("partial");
         std::fs::create_dir_all(&scratch).unwrap();
-        cmd.arg(format!("-out:{}", scratch.join(format!("{name}.dll")).display()));
+        cmd.arg(format!(
+            "-out:{}",
+            scratch.join(format!("{name}.dll")).display()
+        ));
         let rd = std::fs::read_dir(&refpack).unwrap_or_else(|e| {
-            panic!("no reference pack at {} ({e}): run scripts/install-deps.sh", refpack.display())
+            panic!(
+                "no reference pack at {} ({e}): run scripts/install-deps.sh",
+                refpack.display()
+            )
         });
         let mut pack: Vec<PathBuf> = rd
             .filter_map(Result::ok)
@@ -133,10 +145,17 @@ fn build(name: &str, sources: &[&str], refs: &[&Path], with_devkit: bool) -> Pat
 /// and the given sibling DLLs under their own file names.
 pub fn worker_nupkg(id: &str, dll: &Path, siblings: &[&Path]) -> Vec<u8> {
     let mut p = Nupkg::new()
-        .nuspec(id, "0.0.1", &format!("<virtufinLibrary>{id}</virtufinLibrary>"))
+        .nuspec(
+            id,
+            "0.0.1",
+            &format!("<virtufinLibrary>{id}</virtufinLibrary>"),
+        )
         .file_from(&format!("lib/{TFM}/{id}.dll"), dll);
     for s in siblings {
-        let name = s.file_name().and_then(|n| n.to_str()).unwrap_or("sibling.dll");
+        let name = s
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("sibling.dll");
         p = p.file_from(&format!("lib/{TFM}/{name}"), s);
     }
     p.build()

@@ -180,7 +180,7 @@ namespace Virtufin.Worker.DevKit
             if (data is JsonElement) return Encoding.UTF8.GetBytes(((JsonElement)data).GetRawText());
             var doc = data as JsonDocument;
             if (doc != null) return Encoding.UTF8.GetBytes(doc.RootElement.GetRawText());
-            return JsonSerializer.SerializeToUtf8Bytes(data, data.GetType());
+            return UnloadableJson.SerializeToUtf8Bytes(data);
         }
 
         /// <summary>RFC 3339 text of a time ("Z" for UTC).</summary>
@@ -202,7 +202,7 @@ namespace Virtufin.Worker.DevKit
             var f = v as IFormattable;
             if (f != null && (v is int || v is long || v is double || v is float || v is decimal || v is short || v is uint || v is ulong))
                 return f.ToString(null, CultureInfo.InvariantCulture);
-            return JsonSerializer.Serialize(v, v.GetType());
+            return UnloadableJson.Serialize(v);
         }
     }
 

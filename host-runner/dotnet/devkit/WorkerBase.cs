@@ -39,7 +39,7 @@ namespace Virtufin.Worker.DevKit
         /// <summary>Serializes the output as a JSON string payload.</summary>
         public void EncodeResponse(TOutput output, out object data, out string contentType)
         {
-            data = JsonSerializer.Serialize(output, typeof(TOutput));
+            data = JsonSerializer.Serialize(output, typeof(TOutput), s_options);
             contentType = ContentType;
         }
 
@@ -47,6 +47,26 @@ namespace Virtufin.Worker.DevKit
         public object EncodeError(string message)
         {
             return WorkerConstants.ErrorJson(message);
+        }
+    }
+
+    /// <summary>
+    /// JSON for objects of any type without rooting a collectible worker's types: System.Text.Json
+    /// caches type metadata in the options object, so a worker's own types get a fresh options
+    /// object (garbage with the worker) instead of the process-wide default.
+    /// </summary>
+    internal static class UnloadableJson
+    {
+        public static string Serialize(object value)
+        {
+            var t = value.GetType();
+            return t.Assembly.IsCollectible ? JsonSerializer.Serialize(value, t, new JsonSerializerOptions()) : JsonSerializer.Serialize(value, t);
+        }
+
+        public static byte[] SerializeToUtf8Bytes(object value)
+        {
+            var t = value.GetType();
+            return t.Assembly.IsCollectible ? JsonSerializer.SerializeToUtf8Bytes(value, t, new JsonSerializerOptions()) : JsonSerializer.SerializeToUtf8Bytes(value, t);
         }
     }
 
@@ -230,7 +250,7 @@ namespace Virtufin.Worker.DevKit
                 Type = ResponseEventType,
                 Time = DateTimeOffset.UtcNow,
                 DataContentType = WorkerConstants.DataContentTypeJson,
-                Data = raw != null ? raw.Json : (payload as string ?? JsonSerializer.Serialize(payload, payload.GetType())),
+                Data = raw != null ? raw.Json : (payload as string ?? UnloadableJson.Serialize(payload)),
             };
             var correlation = input[WorkerConstants.CorrelationIdAttribute];
             if (correlation != null) ev[WorkerConstants.CorrelationIdAttribute] = correlation;

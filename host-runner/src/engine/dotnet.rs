@@ -206,7 +206,9 @@ pub enum StartError {
         source: netcorehost::hostfxr::GetManagedFunctionError,
     },
     /// The bridge's Init returned non-zero.
-    #[error("the .NET engine bridge refused to start (status {0}): rebuild it with host-runner/dotnet/build.sh")]
+    #[error(
+        "the .NET engine bridge refused to start (status {0}): rebuild it with host-runner/dotnet/build.sh"
+    )]
     Init(i32),
     /// A path or name cannot be passed to hostfxr.
     #[error("{what} contains a NUL byte: {value:?}")]
@@ -535,12 +537,14 @@ impl DotNetEngine {
         let st = unsafe { call(b.process, &mut a) };
         match st {
             ST_OK => match ctx.take() {
-                Some((KIND_RESPONSE, bytes)) => match flatbuffers::root::<fb::WorkerResponse>(&bytes) {
-                    Ok(_) => Outcome::Reply(bytes),
-                    Err(e) => Outcome::InvalidResponse(format!(
-                        "the .NET bridge returned an invalid WorkerResponse: {e}"
-                    )),
-                },
+                Some((KIND_RESPONSE, bytes)) => {
+                    match flatbuffers::root::<fb::WorkerResponse>(&bytes) {
+                        Ok(_) => Outcome::Reply(bytes),
+                        Err(e) => Outcome::InvalidResponse(format!(
+                            "the .NET bridge returned an invalid WorkerResponse: {e}"
+                        )),
+                    }
+                }
                 _ => Outcome::InvalidResponse(
                     "the .NET bridge reported a reply but delivered none".to_string(),
                 ),
@@ -694,15 +698,19 @@ extern "C" fn cb_gateway(
             ),
             Err(GatewayFailure::Timeout) => (
                 GW_TIMEOUT,
-                format!("no gateway reply within {} ms", c.gateway_timeout.as_millis()).into_bytes(),
+                format!(
+                    "no gateway reply within {} ms",
+                    c.gateway_timeout.as_millis()
+                )
+                .into_bytes(),
             ),
-            Err(GatewayFailure::Unavailable) => (
-                GW_UNAVAILABLE,
-                b"the supervisor cannot be reached".to_vec(),
-            ),
+            Err(GatewayFailure::Unavailable) => {
+                (GW_UNAVAILABLE, b"the supervisor cannot be reached".to_vec())
+            }
         }
     }));
-    let (status, body) = r.unwrap_or_else(|_| (GW_UNAVAILABLE, b"gateway callback panicked".to_vec()));
+    let (status, body) =
+        r.unwrap_or_else(|_| (GW_UNAVAILABLE, b"gateway callback panicked".to_vec()));
     if resp.is_null() || resp_len.is_null() {
         return status;
     }
