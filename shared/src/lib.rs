@@ -4,12 +4,17 @@
 //! - [`cloudevent`]: the CloudEvent model and its JSON and FlatBuffer forms; the worker wire
 //!   format of `schemas/worker_api.fbs`.
 //! - [`dotnet`]: finding a .NET runtime (hostfxr + Microsoft.NETCore.App) on disk.
+//! - [`ring`]: the shared-memory transport between the supervisor and a host-runner.
 //! - [`generated`]: flatc output for `schemas/*.fbs`, committed, never edited by hand.
+//! - [`package`]: worker packages (`.nupkg`): validation for both engines, hostile-archive
+//!   checks, content-addressed extraction.
 //!
 //! Nothing here listens on the network or loads plugin code; both binaries link it.
 
 pub mod cloudevent;
 pub mod dotnet;
 pub mod generated;
+pub mod package;
+pub mod ring;
 
 pub use cloudevent::{CloudEvent, CloudEventError, WorkerResponse};

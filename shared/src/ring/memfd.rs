@@ -1,0 +1,293 @@
+//! The region: one `memfd_create` file mapped `MAP_SHARED` by the supervisor and its host.
+//!
+//! A memfd has no name in any file system, so nothing is left behind when either side is
+//! SIGKILLed (the `shared_memory` crate leaves `/dev/shm/<id>` behind; see docs/ring.md).
+
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
+
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+
+use super::layout::{
+    CRASH_OFFSET, CRASH_SLOTS, CTL_OFFSET, CrashSlot, DATA_OFFSET, Header, LAYOUT_VERSION, MAGIC,
+    PROTOCOL_VERSION, RingCtl, region_bytes,
+};
+use super::wait::futex_wake;
+use super::{HostState, RingConfig, RingError, Side};
+
+/// One mapped memfd: header (magic, layout version, protocol version, sizes, host state, peer
+/// flags), crash slots, and two SPSC byte rings (to-host, from-host). Send + Sync.
+///
+/// **Invariant:** `base` points at a live `MAP_SHARED` mapping of `len` bytes for the life of the
+/// value, `len == region_bytes(ring_bytes)`, and `ring_bytes`/`max_frame` are this side's own
+/// validated copies (never re-read from the shared header, which the peer could change).
+pub struct Region {
+    fd: OwnedFd,
+    base: NonNull<u8>,
+    len: usize,
+    ring_bytes: usize,
+    max_frame: usize,
+}
+
+// SAFETY: everything reachable through `base` is accessed through atomics or raw-pointer copies
+// that tolerate concurrent writers (the peer process can write at any time anyway), and the
+// mapping is not tied to the creating thread.
+unsafe impl Send for Region {}
+// SAFETY: as above; `&Region` only hands out `&` to atomics and raw pointers.
+unsafe impl Sync for Region {}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("len", &self.len)
+            .field("ring_bytes", &self.ring_bytes)
+            .field("max_frame", &self.max_frame)
+            .finish()
+    }
+}
+
+fn map(fd: &OwnedFd, len: usize) -> Result<NonNull<u8>, RingError> {
+    let nz = NonZeroUsize::new(len).ok_or_else(|| RingError::BadRegion {
+        reason: "region size is zero".into(),
+    })?;
+    // SAFETY: a fresh mapping chosen by the kernel (addr None) cannot alias any Rust object; the
+    // fd is open for the duration of the call; `len` is the file's size (checked by callers), so
+    // no access within `len` hits SIGBUS. The mapping is unmapped only in Drop.
+    let p = unsafe {
+        mmap(
+            None,
+            nz,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+            fd,
+            0,
+        )
+    }
+    .map_err(|e| RingError::Io {
+        step: "mmap the ring region",
+        source: e.into(),
+    })?;
+    Ok(p.cast())
+}
+
+impl Region {
+    /// Supervisor: `memfd_create(name, MFD_CLOEXEC)` + `ftruncate` + `mmap(MAP_SHARED)` + header.
+    pub fn create(name: &str, cfg: &RingConfig) -> Result<Region, RingError> {
+        cfg.validate()?;
+        let len = region_bytes(cfg.ring_bytes);
+        let cname =
+            std::ffi::CString::new(name.replace('\0', "_")).map_err(|_| RingError::Config {
+                reason: "region name contains a NUL byte".into(),
+            })?;
+        let fd =
+            memfd_create(cname.as_c_str(), MFdFlags::MFD_CLOEXEC).map_err(|e| RingError::Io {
+                step: "memfd_create",
+                source: e.into(),
+            })?;
+        let len_off = i64::try_from(len).map_err(|_| RingError::Config {
+            reason: format!("region of {len} bytes is too large"),
+        })?;
+        nix::unistd::ftruncate(&fd, len_off).map_err(|e| RingError::Io {
+            step: "ftruncate the ring memfd",
+            source: e.into(),
+        })?;
+        let base = map(&fd, len)?;
+        let r = Region {
+            fd,
+            base,
+            len,
+            ring_bytes: cfg.ring_bytes,
+            max_frame: cfg.max_frame,
+        };
+        // A new memfd is zero-filled: indices, flags, futex words and crash slots start at 0.
+        let h = r.header();
+        h.layout_version.store(LAYOUT_VERSION, Ordering::Relaxed);
+        h.protocol_version
+            .store(PROTOCOL_VERSION, Ordering::Relaxed);
+        h.ring_bytes.store(cfg.ring_bytes as u64, Ordering::Relaxed);
+        h.max_frame.store(cfg.max_frame as u64, Ordering::Relaxed);
+        h.total_bytes.store(len as u64, Ordering::Relaxed);
+        h.crash_slots.store(CRASH_SLOTS as u32, Ordering::Relaxed);
+        h.host_state
+            .store(HostState::Starting as u32, Ordering::Relaxed);
+        // Magic last, with Release: a mapper that sees it sees the rest.
+        h.magic.store(MAGIC, Ordering::Release);
+        Ok(r)
+    }
+
+    /// The memfd, to hand to the child (the spawner `dup2()`s it to fd 3 and clears CLOEXEC).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Host: maps an inherited memfd; checks magic, versions and sizes against the fd's size.
+    pub fn open(fd: OwnedFd) -> Result<Region, RingError> {
+        let st = nix::sys::stat::fstat(&fd).map_err(|e| RingError::Io {
+            step: "fstat the ring fd",
+            source: e.into(),
+        })?;
+        let file_len = usize::try_from(st.st_size).map_err(|_| RingError::BadRegion {
+            reason: format!("ring fd has a negative size {}", st.st_size),
+        })?;
+        if file_len < DATA_OFFSET {
+            return Err(RingError::BadRegion {
+                reason: format!(
+                    "ring fd is {file_len} bytes, smaller than the {DATA_OFFSET}-byte header; \
+                     is fd 3 really the ring memfd?"
+                ),
+            });
+        }
+        // Map the header page alone first so a lying header cannot make us map past the file.
+        let head_base = map(&fd, DATA_OFFSET)?;
+        let (magic, layout, proto, ring_bytes, max_frame, total) = {
+            // SAFETY: `head_base` maps DATA_OFFSET >= size_of::<Header>() bytes, page-aligned,
+            // so it is a valid, aligned Header made only of atomics (any bit pattern is valid).
+            let h = unsafe { &*head_base.as_ptr().cast::<Header>() };
+            (
+                h.magic.load(Ordering::Acquire),
+                h.layout_version.load(Ordering::Relaxed),
+                h.protocol_version.load(Ordering::Relaxed),
+                h.ring_bytes.load(Ordering::Relaxed),
+                h.max_frame.load(Ordering::Relaxed),
+                h.total_bytes.load(Ordering::Relaxed),
+            )
+        };
+        // SAFETY: `head_base` is the DATA_OFFSET-byte mapping made above; the `h` borrow ended.
+        let _ = unsafe { munmap(head_base.cast(), DATA_OFFSET) };
+        if magic != MAGIC {
+            return Err(RingError::BadRegion {
+                reason: format!("bad magic {magic:#018x}; fd is not a workmanager ring"),
+            });
+        }
+        if layout != LAYOUT_VERSION || proto != PROTOCOL_VERSION {
+            return Err(RingError::Version {
+                layout,
+                protocol: proto,
+                expected_layout: LAYOUT_VERSION,
+                expected_protocol: PROTOCOL_VERSION,
+            });
+        }
+        let cfg = RingConfig {
+            ring_bytes: usize::try_from(ring_bytes).unwrap_or(usize::MAX),
+            max_frame: usize::try_from(max_frame).unwrap_or(usize::MAX),
+        };
+        cfg.validate().map_err(|e| RingError::BadRegion {
+            reason: format!("header sizes are invalid: {e}"),
+        })?;
+        let len = region_bytes(cfg.ring_bytes);
+        if total != len as u64 || file_len != len {
+            return Err(RingError::BadRegion {
+                reason: format!(
+                    "header says {total} bytes for rings of {ring_bytes}, expected {len}; \
+                     the fd is {file_len} bytes"
+                ),
+            });
+        }
+        let base = map(&fd, len)?;
+        Ok(Region {
+            fd,
+            base,
+            len,
+            ring_bytes: cfg.ring_bytes,
+            max_frame: cfg.max_frame,
+        })
+    }
+
+    /// The sizes this region was created (or validated) with.
+    pub fn config(&self) -> RingConfig {
+        RingConfig {
+            ring_bytes: self.ring_bytes,
+            max_frame: self.max_frame,
+        }
+    }
+
+    pub(crate) fn header(&self) -> &Header {
+        // SAFETY: the mapping is live and at least DATA_OFFSET bytes (invariant); offset 0 of a
+        // page-aligned mapping is aligned for Header, which is made of atomics only.
+        unsafe { &*self.base.as_ptr().cast::<Header>() }
+    }
+
+    pub(crate) fn ctl(&self, dir: usize) -> &RingCtl {
+        debug_assert!(dir < 2);
+        let off = CTL_OFFSET + (dir & 1) * size_of::<RingCtl>();
+        // SAFETY: CTL_OFFSET + 2 * 128 <= DATA_OFFSET <= len (const asserts in layout.rs and the
+        // invariant); CTL_OFFSET is a multiple of RingCtl's 64-byte alignment; atomics only.
+        unsafe { &*self.base.as_ptr().add(off).cast::<RingCtl>() }
+    }
+
+    /// Start of direction `dir`'s data array (`ring_bytes` long).
+    pub(crate) fn data(&self, dir: usize) -> *mut u8 {
+        // SAFETY: DATA_OFFSET + (dir & 1) * ring_bytes + ring_bytes <= len by construction.
+        unsafe {
+            self.base
+                .as_ptr()
+                .add(DATA_OFFSET + (dir & 1) * self.ring_bytes)
+        }
+    }
+
+    pub(crate) fn ring_bytes(&self) -> usize {
+        self.ring_bytes
+    }
+
+    pub(crate) fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// The host's lifecycle state as last set by the host (an unknown value reads as `Exited`).
+    pub fn host_state(&self) -> HostState {
+        HostState::from_u32(self.header().host_state.load(Ordering::Acquire))
+    }
+
+    /// Sets the host's lifecycle state.
+    pub fn set_host_state(&self, s: HostState) {
+        self.header().host_state.store(s as u32, Ordering::Release);
+    }
+
+    /// Whether `side` has been marked closed.
+    pub fn is_closed(&self, side: Side) -> bool {
+        self.header().closed[side as usize].load(Ordering::Acquire) != 0
+    }
+
+    /// Whether either side has been marked closed (channels then fail with `PeerGone`).
+    pub fn any_closed(&self) -> bool {
+        let h = self.header();
+        h.closed[0].load(Ordering::SeqCst) != 0 || h.closed[1].load(Ordering::SeqCst) != 0
+    }
+
+    /// Marks this side gone (or the peer, when the supervisor learns the child died) and wakes
+    /// every waiter on both rings; later send/recv on either side fail with PeerGone (a receiver
+    /// first drains frames that were completely published before).
+    pub fn mark_closed(&self, side: Side) {
+        self.header().closed[side as usize].store(1, Ordering::SeqCst);
+        for dir in 0..2 {
+            let c = self.ctl(dir);
+            c.data_seq.fetch_add(1, Ordering::SeqCst);
+            c.space_seq.fetch_add(1, Ordering::SeqCst);
+            futex_wake(&c.data_seq, i32::MAX);
+            futex_wake(&c.space_seq, i32::MAX);
+        }
+    }
+
+    /// The crash slots, claimed atomically by the host's signal handler.
+    pub fn crash_slots(&self) -> &[CrashSlot] {
+        // SAFETY: CRASH_OFFSET + CRASH_SLOTS * 128 <= CTL_OFFSET <= len (const asserts); the
+        // offset 64 is aligned for CrashSlot (align 64); CrashSlot is made of atomics only.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base.as_ptr().add(CRASH_OFFSET).cast::<CrashSlot>(),
+                CRASH_SLOTS,
+            )
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` describe our own mapping (invariant) and nothing borrows from it
+        // any more: every borrow handed out is tied to `&self`, which Drop holds uniquely.
+        let _ = unsafe { munmap(self.base.cast(), self.len) };
+    }
+}
