@@ -123,7 +123,7 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
                 Assembly asm;
                 try
                 {
-                    using (var fs = File.OpenRead(dll)) asm = alc.LoadFromStream(fs);
+                    asm = alc.LoadFromAssemblyPath(dll);
                 }
                 catch (Exception e)
                 {
@@ -337,7 +337,9 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
     /// One worker's collectible load context. Keeps the canonical-assembly invariant: a simple
     /// name the host already loaded (notably Virtufin.Worker.DevKit) resolves to the host's copy,
     /// framework assemblies come from the shared framework, anything else from the package's
-    /// sibling DLLs (loaded from bytes, so the package files stay closed).
+    /// sibling DLLs. Assemblies are loaded by path (mapped read-only), not from a stream: under
+    /// the host-runner's Landlock rules (no file writes anywhere) CoreCLR 3.1 fails to load an
+    /// image from a stream with ERROR_INTERNAL_ERROR (0x8007054F), while a path works.
     /// </summary>
     internal sealed class WorkerLoadContext : AssemblyLoadContext
     {
@@ -369,10 +371,7 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
             }
             if (Platform().Contains(simple)) return null;
             var candidate = Path.Combine(_dir, simple + ".dll");
-            if (File.Exists(candidate))
-            {
-                using (var fs = File.OpenRead(candidate)) return LoadFromStream(fs);
-            }
+            if (File.Exists(candidate)) return LoadFromAssemblyPath(candidate);
             return null;
         }
 
