@@ -140,6 +140,31 @@ fn echo_round_trips_every_attribute(env: &Env) {
     env.engine.unload(w).unwrap();
 }
 
+fn large_payloads_and_many_extensions_round_trip(env: &Env) {
+    let w = env
+        .load("echo-big", &lib("echo", &["Echo.cs"]), &[])
+        .unwrap();
+    let mut ev = CloudEvent::new("big", "test.request", "urn:test");
+    ev.datacontenttype = Some("application/octet-stream".into());
+    let data: Vec<u8> = (0..(1usize << 20)).map(|i| (i * 31 % 251) as u8).collect();
+    ev.data = Some(data.clone());
+    for i in 0..40 {
+        ev.set_extension(format!("ext{i}"), format!("välue-{i}-{}", "x".repeat(i)))
+            .unwrap();
+    }
+    ev.set_extension("correlationid", "").unwrap();
+    let r = env.reply(&w, 1, &ev);
+    assert_eq!(r.data.as_deref(), Some(&data[..]));
+    assert_eq!(r.extension("correlationid"), Some(""));
+    // An event with nothing optional set.
+    let bare = CloudEvent::new("b", "t", "s");
+    let r = env.reply(&w, 2, &bare);
+    assert_eq!(r.data, None);
+    assert_eq!(r.subject, None);
+    assert_eq!(r.extension("seentype"), Some("t"));
+    env.engine.unload(w).unwrap();
+}
+
 fn counter_keeps_state_across_calls_and_threads(env: &Env) {
     let w = env
         .load("counter", &lib("counter", &["Counter.cs"]), &[])
@@ -429,6 +454,10 @@ const TESTS: &[Test] = &[
     (
         "echo_round_trips_every_attribute",
         echo_round_trips_every_attribute,
+    ),
+    (
+        "large_payloads_and_many_extensions_round_trip",
+        large_payloads_and_many_extensions_round_trip,
     ),
     (
         "counter_keeps_state_across_calls_and_threads",
