@@ -210,8 +210,13 @@ fn write_and_publish(
         // The umask may have narrowed the mode given at creation.
         file.set_permissions(fs::Permissions::from_mode(FILE_MODE))
             .map_err(io_err(&dest, "setting file permissions"))?;
-        file.sync_all().map_err(io_err(&dest, "syncing a file"))?;
     }
+    // One syncfs for every file instead of an fsync each (202 files, 13 MB: 2.0 s -> 0.85 s
+    // here; 0.1 s unsynced):
+    // the rename below must not publish files whose data is not on disk yet.
+    let dir = File::open(temp).map_err(io_err(temp, "opening the temporary folder"))?;
+    nix::unistd::syncfs(&dir)
+        .map_err(|errno| io_err(temp, "syncing the extracted files")(io::Error::from(errno)))?;
     fs::set_permissions(temp, fs::Permissions::from_mode(DIR_MODE))
         .map_err(io_err(temp, "setting folder permissions"))?;
 
@@ -220,7 +225,9 @@ fn write_and_publish(
         Err(e)
             if matches!(
                 e.kind(),
-                io::ErrorKind::AlreadyExists | io::ErrorKind::DirectoryNotEmpty
+                io::ErrorKind::AlreadyExists
+                    | io::ErrorKind::DirectoryNotEmpty
+                    | io::ErrorKind::NotADirectory
             ) =>
         {
             merge(temp, target, wanted)
@@ -246,7 +253,7 @@ fn merge(temp: &Path, target: &Path, wanted: &[(usize, String)]) -> io::Result<(
     if !meta.is_dir() {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
-            "the path exists and is not a folder; remove it",
+            "the path exists and is not a folder; remove it and retry",
         ));
     }
     for (_, path) in wanted {

@@ -324,6 +324,10 @@ impl fmt::Display for NameIssue {
 }
 
 /// One rule a package breaks. The message says what is wrong and with which entry or element.
+///
+/// Fields: `name` is an entry name as written in the zip (lossily decoded when it is not
+/// UTF-8; messages print it quoted and escaped, so a hostile name cannot forge a line),
+/// `limit` the [`Limits`] value crossed, `value` the offending text from the nuspec.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
     // ---- the archive ----
@@ -379,6 +383,11 @@ pub enum Problem {
         "entry {name:?} expands more than {limit} times its compressed size; refused as a likely zip bomb"
     )]
     RatioTooHigh { name: String, limit: u64 },
+    /// An entry that unpacks to more bytes than its header declares: the headers lie.
+    #[error(
+        "entry {name:?} does not unpack to the {declared} bytes its header declares; the zip headers are forged or damaged"
+    )]
+    SizeMismatch { name: String, declared: u64 },
     /// An entry that cannot be decompressed (bad data, CRC mismatch).
     #[error("entry {name:?} cannot be read: {reason}")]
     CorruptEntry { name: String, reason: String },

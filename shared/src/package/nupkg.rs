@@ -41,6 +41,9 @@ pub(crate) struct Scan {
     pub nuspecs: Vec<NuspecFile>,
     /// `.nuspec` files in subfolders (for a hint).
     pub nested_nuspecs: Vec<String>,
+    /// A root `.nuspec` entry was refused (link, encrypted, colliding...): its problem is
+    /// reported, so "no nuspec" would only mislead.
+    pub refused_root_nuspec: bool,
     /// Every archive problem found.
     pub problems: Vec<Problem>,
 }
@@ -112,6 +115,7 @@ pub(crate) fn scan(bytes: &[u8], limits: &Limits) -> Result<Scan, Vec<Problem>> 
     }
 
     let mut total: u64 = 0;
+    let mut root_nuspec_entries = 0usize;
     let mut seen: HashMap<String, String> = HashMap::new(); // folded key -> first name
     let mut files: HashMap<String, String> = HashMap::new(); // folded key of file entries
     for index in 0..archive.len() {
@@ -128,6 +132,9 @@ pub(crate) fn scan(bytes: &[u8], limits: &Limits) -> Result<Scan, Vec<Problem>> 
                 continue;
             }
         };
+        if is_root_nuspec(&path) && !is_dir {
+            root_nuspec_entries += 1;
+        }
         let mode = if meta.system() == zip::System::Unix {
             Some(meta.external_attributes() >> 16)
         } else {
@@ -178,7 +185,7 @@ pub(crate) fn scan(bytes: &[u8], limits: &Limits) -> Result<Scan, Vec<Problem>> 
         ) {
             scan.problems.push(Problem::UnsupportedCompression {
                 name: shown,
-                method: format!("{method:?}"),
+                method: method.to_string(),
             });
             continue;
         }
@@ -230,6 +237,13 @@ pub(crate) fn scan(bytes: &[u8], limits: &Limits) -> Result<Scan, Vec<Problem>> 
             Err(e) => Err(e.into()),
         };
         match outcome {
+            Ok(Copied::All(n)) if n != declared => {
+                total = total.saturating_add(n);
+                scan.problems.push(Problem::SizeMismatch {
+                    name: shown,
+                    declared,
+                });
+            }
             Ok(Copied::All(n)) => {
                 total = total.saturating_add(n);
                 if is_nuspec {
@@ -271,10 +285,22 @@ pub(crate) fn scan(bytes: &[u8], limits: &Limits) -> Result<Scan, Vec<Problem>> 
                 }
             }
             Err(e) => {
-                scan.problems.push(Problem::CorruptEntry {
-                    name: shown,
-                    reason: e.to_string(),
-                });
+                // The zip reader itself refuses to unpack past the declared size (our
+                // counting is the second line); say plainly that the headers lie.
+                let past_declared = e.kind() == io::ErrorKind::InvalidData
+                    && e.to_string().contains("larger than its declared");
+                scan.problems
+                    .push(if past_declared || sink.written > declared {
+                        Problem::SizeMismatch {
+                            name: shown,
+                            declared,
+                        }
+                    } else {
+                        Problem::CorruptEntry {
+                            name: shown,
+                            reason: e.to_string(),
+                        }
+                    });
                 if is_nuspec {
                     scan.nuspecs.push(NuspecFile {
                         path: path.clone(),
@@ -284,6 +310,7 @@ pub(crate) fn scan(bytes: &[u8], limits: &Limits) -> Result<Scan, Vec<Problem>> 
             }
         }
     }
+    scan.refused_root_nuspec = root_nuspec_entries > scan.nuspecs.len();
     Ok(scan)
 }
 
@@ -338,12 +365,14 @@ pub(crate) fn copy_limited(
 /// Discards bytes, or keeps them when asked (the nuspec).
 struct Sink {
     keep: Option<Vec<u8>>,
+    written: u64,
 }
 
 impl Sink {
     fn new(keep_up_to: Option<u64>) -> Sink {
         Sink {
             keep: keep_up_to.map(|_| Vec::new()),
+            written: 0,
         }
     }
     fn into_bytes(self) -> Vec<u8> {
@@ -356,6 +385,7 @@ impl Write for Sink {
         if let Some(v) = &mut self.keep {
             v.extend_from_slice(buf);
         }
+        self.written = self.written.saturating_add(buf.len() as u64);
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -468,12 +498,12 @@ mod tests {
     use super::*;
 
     #[test]
-    #[allow(clippy::type_complexity)] // a table literal reads better than a named alias
     fn names_are_normalised_or_refused_with_the_reason() {
         let deep = vec!["d"; MAX_PATH_DEPTH + 1].join("/");
         let long = "a".repeat(MAX_NAME_BYTES + 1);
         let long_part = format!("a/{}", "b".repeat(256));
-        let table: Vec<(&[u8], Result<(&str, bool), NameIssue>)> = vec![
+        type Expected<'a> = Result<(&'a str, bool), NameIssue>;
+        let table: Vec<(&[u8], Expected)> = vec![
             (b"lib/net8.0/x.dll", Ok(("lib/net8.0/x.dll", false))),
             (b"./lib//net8.0/./x.dll", Ok(("lib/net8.0/x.dll", false))),
             (b"lib/", Ok(("lib", true))),
@@ -565,6 +595,28 @@ mod tests {
         assert_eq!(declared_entry_count(&zip_of(&[])), Some(0));
         assert_eq!(declared_entry_count(b"not a zip at all, just text"), None);
         assert_eq!(declared_entry_count(b"PK"), None);
+    }
+
+    #[test]
+    fn declared_entry_count_follows_the_zip64_end_record() {
+        // Over 65535 entries the 16-bit count reads 0xFFFF and the real one is in the zip64
+        // record, which the writer then emits.
+        let mut zw = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let opts =
+            zip::write::SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
+        for i in 0..70_000u32 {
+            zw.start_file(format!("{i}"), opts).unwrap();
+        }
+        let bytes = zw.finish().unwrap().into_inner();
+        assert_eq!(declared_entry_count(&bytes), Some(70_000));
+        let err = open(&bytes, &Limits::default()).err().unwrap();
+        assert_eq!(
+            err,
+            vec![Problem::TooManyEntries {
+                count: 70_000,
+                limit: 10_000
+            }]
+        );
     }
 
     #[test]

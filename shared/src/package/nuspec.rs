@@ -64,6 +64,7 @@ pub(crate) fn check(
     problems: &mut Vec<Problem>,
 ) -> Option<Metadata> {
     let file = match scan.nuspecs.as_slice() {
+        [] if scan.refused_root_nuspec => return None,
         [] => {
             problems.push(Problem::NoNuspec {
                 nested: scan.nested_nuspecs.clone(),

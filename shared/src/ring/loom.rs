@@ -43,6 +43,17 @@ impl Futex {
 
 const CAP: u64 = 2;
 
+/// Runs `f` under loom with a preemption bound: exhaustive up to 3 forced context switches per
+/// execution (loom's documented practice; bugs almost always need few preemptions), which keeps
+/// the run to minutes on our 2-vCPU VM. `LOOM_MAX_PREEMPTIONS` overrides it.
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    if b.preemption_bound.is_none() {
+        b.preemption_bound = Some(3);
+    }
+    b.check(f);
+}
+
 struct Ring {
     tail: AtomicU64,
     head: AtomicU64,
@@ -112,6 +123,10 @@ impl Ring {
     /// drained.
     fn recv(&self, head: &mut u64) -> Option<u64> {
         loop {
+            // The closed flag is read BEFORE the tail: a reader that sees "closed" then sees
+            // every frame published before the close. (Reading the tail first was the bug this
+            // model found: a stale tail plus a fresh closed flag dropped the last frame.)
+            let closed = self.closed.load(Ordering::SeqCst) != 0;
             let tail = self.tail.load(Ordering::Acquire);
             if tail != *head {
                 let v = self.slots[(*head % CAP) as usize].with(|p| {
@@ -127,7 +142,7 @@ impl Ring {
                 }
                 return Some(v);
             }
-            if self.closed.load(Ordering::SeqCst) != 0 {
+            if closed {
                 return None;
             }
             let h = *head;
@@ -159,7 +174,7 @@ impl Ring {
 /// it is written, and values arrive in order.
 #[test]
 fn no_lost_wakeups_and_no_races_in_spsc() {
-    loom::model(|| {
+    model(|| {
         let ring = Arc::new(Ring::new());
         let w = {
             let ring = ring.clone();
@@ -181,7 +196,7 @@ fn no_lost_wakeups_and_no_races_in_spsc() {
 /// Closing wakes a reader that is about to sleep or asleep, whatever the interleaving.
 #[test]
 fn close_wakes_a_sleeping_reader() {
-    loom::model(|| {
+    model(|| {
         let ring = Arc::new(Ring::new());
         let c = {
             let ring = ring.clone();
@@ -196,7 +211,7 @@ fn close_wakes_a_sleeping_reader() {
 /// Closing wakes a writer blocked on a full ring.
 #[test]
 fn close_wakes_a_blocked_writer() {
-    loom::model(|| {
+    model(|| {
         let ring = Arc::new(Ring::new());
         let mut tail = 0;
         assert!(ring.send(&mut tail, 1));
@@ -213,7 +228,7 @@ fn close_wakes_a_blocked_writer() {
 /// A frame published just before the close is still delivered, then the reader sees the end.
 #[test]
 fn frames_published_before_close_are_drained() {
-    loom::model(|| {
+    model(|| {
         let ring = Arc::new(Ring::new());
         let w = {
             let ring = ring.clone();

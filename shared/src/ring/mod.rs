@@ -351,9 +351,12 @@ impl FrameReceiver {
 
     /// Takes the next frame without waiting; Ok(false) if none is published yet.
     pub fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<bool, RingError> {
+        // Closed flag first, then the tail (see `ring::loom`): if we see the close we also see
+        // every frame published before it.
+        let closed = self.region.any_closed();
         match self.reader.poll(&self.region, buf)? {
             spsc::Polled::Frame => Ok(true),
-            spsc::Polled::Empty if self.region.any_closed() => Err(RingError::PeerGone),
+            spsc::Polled::Empty if closed => Err(RingError::PeerGone),
             spsc::Polled::Empty => Ok(false),
         }
     }

@@ -314,10 +314,17 @@ impl Reader {
             }
             self.spin.slept(start.elapsed());
         }
+        // `arrived()` saw new data or the closed flag; this poll reads the tail again AFTER that
+        // flag load, so frames published before a close are still delivered (`ring::loom`).
         match self.poll(region, buf)? {
             Polled::Frame => Ok(()),
-            // Woken without data: a side was closed.
-            Polled::Empty => Err(RingError::PeerGone),
+            Polled::Empty if region.any_closed() => Err(RingError::PeerGone),
+            // Cannot happen (arrived() only returns true on new data or a close); poll again.
+            Polled::Empty => self.recv(
+                region,
+                buf,
+                timeout.map(|t| t.saturating_sub(start.elapsed())),
+            ),
         }
     }
 

@@ -68,7 +68,11 @@ pub struct SpinBudget {
     budget_ns: u64,
     min_ns: u64,
     max_ns: u64,
+    yield_after: Duration,
 }
+
+/// How long a spin stays pure (no `sched_yield`) before it starts yielding between checks.
+pub const YIELD_AFTER: Duration = Duration::from_micros(1);
 
 /// Default smallest spin budget.
 pub const DEFAULT_MIN_SPIN: Duration = Duration::from_micros(2);
@@ -92,7 +96,14 @@ impl SpinBudget {
             budget_ns: min_ns.max(max_ns / 4),
             min_ns,
             max_ns,
+            yield_after: YIELD_AFTER,
         }
+    }
+
+    /// Spins purely for `d`, then yields the CPU between checks (`Duration::MAX`: never yield).
+    pub fn with_yield_after(mut self, d: Duration) -> SpinBudget {
+        self.yield_after = d;
+        self
     }
 
     /// The current budget.
@@ -134,8 +145,15 @@ impl SpinBudget {
                 }
                 std::hint::spin_loop();
             }
-            if start.elapsed() >= budget {
+            let spent = start.elapsed();
+            if spent >= budget {
                 return ready();
+            }
+            // Past the first microsecond, yield between checks: on an oversubscribed machine
+            // the peer we wait for may be queued behind us on this very CPU, and pure spinning
+            // would keep it off until our time slice ends (measured: docs/benchmarks.md).
+            if spent >= self.yield_after {
+                std::thread::yield_now();
             }
         }
     }

@@ -1,0 +1,463 @@
+//! The supervisor's async side of one host: requests with awaited replies, plus a stream of
+//! host-initiated messages.
+//!
+//! tokio cannot wait on a futex, so each link owns a dedicated std thread that blocks in
+//! `FrameReceiver::recv` on the from-host ring, decodes each frame (after it was copied out of
+//! shared memory) and routes it: replies to the oneshot of the matching `request`, everything
+//! else to the mpsc returned by [`HostLink::new`].
+//!
+//! **Invariant:** once the link is dead (peer died, ring closed or corrupt), `pending` is empty
+//! and stays empty: `request` checks `dead` under the same lock that `fail_all` drains under.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Message, ProtocolError};
+use crate::ring::{self, FrameReceiver, FrameSender, Region, RingError, Side};
+
+/// How long a send may wait for room in a full to-host ring before failing with `Full`.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Capacity of the host-initiated message channel; when the supervisor falls behind, the
+/// reader thread waits, and the host in turn feels backpressure on its ring.
+pub const EVENTS_CAPACITY: usize = 1024;
+
+/// Errors of a host link.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkError {
+    /// The host died or its ring was closed; the request may or may not have run.
+    #[error("the host is gone (died or its ring was closed); the request may not have run")]
+    PeerGone,
+    /// The host broke the protocol (corrupt ring or undecodable frame) and was cut off.
+    #[error("the host misbehaved and was disconnected: {reason}")]
+    HostMisbehaved {
+        /// What it did.
+        reason: String,
+    },
+    /// The frame could not be written into the ring (full, too large).
+    #[error("could not send {kind} to the host: {reason}")]
+    Send {
+        /// Kind of the message.
+        kind: &'static str,
+        /// The ring's error text (it names the setting to raise, if any).
+        reason: String,
+    },
+    /// `request` was called with a message that has no reply.
+    #[error("{kind} has no reply; use HostLink::send for it")]
+    NotARequest {
+        /// Kind of the message.
+        kind: &'static str,
+    },
+    /// A request with the same id is already waiting for its reply.
+    #[error("a {kind} with id {id} is already in flight on this host; ids must be unique")]
+    DuplicateRequest {
+        /// Kind of the message.
+        kind: &'static str,
+        /// Its id.
+        id: u64,
+    },
+}
+
+/// The reply kinds, for matching replies to requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ReplyKind {
+    ProcessResult,
+    LoadResult,
+    UnloadResult,
+    Pong,
+    Stats,
+}
+
+type Key = (ReplyKind, u64);
+type Reply = Result<Message, LinkError>;
+
+/// The key of the reply a request expects.
+fn request_key(m: &Message) -> Option<Key> {
+    Some(match m {
+        Message::Process(p) => (ReplyKind::ProcessResult, p.msg_id),
+        Message::LoadWorker(l) => (ReplyKind::LoadResult, l.request_id),
+        Message::UnloadWorker(u) => (ReplyKind::UnloadResult, u.request_id),
+        Message::Ping { nonce } => (ReplyKind::Pong, *nonce),
+        Message::StatsRequest { request_id } => (ReplyKind::Stats, *request_id),
+        _ => return None,
+    })
+}
+
+/// The key a reply answers.
+fn reply_key(m: &Message) -> Option<Key> {
+    Some(match m {
+        Message::ProcessResult(r) => (ReplyKind::ProcessResult, r.msg_id),
+        Message::LoadResult(r) => (ReplyKind::LoadResult, r.request_id),
+        Message::UnloadResult(r) => (ReplyKind::UnloadResult, r.request_id),
+        Message::Pong { nonce } => (ReplyKind::Pong, *nonce),
+        Message::Stats(s) => (ReplyKind::Stats, s.request_id),
+        _ => return None,
+    })
+}
+
+#[derive(Default)]
+struct Pending {
+    dead: Option<LinkError>,
+    waiting: HashMap<Key, oneshot::Sender<Reply>>,
+}
+
+struct Inner {
+    region: Arc<Region>,
+    tx: FrameSender,
+    pending: Mutex<Pending>,
+}
+
+impl Inner {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // Nothing panics while holding this lock; a poisoned map is still consistent.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks the link dead and fails every pending request with `why`.
+    fn fail_all(&self, why: LinkError) {
+        let drained: Vec<_> = {
+            let mut p = self.pending();
+            if p.dead.is_none() {
+                p.dead = Some(why.clone());
+            }
+            p.waiting.drain().collect()
+        };
+        for (_, tx) in drained {
+            let _ = tx.send(Err(why.clone()));
+        }
+    }
+}
+
+/// Clone-able handle on one host's rings (supervisor side).
+#[derive(Clone)]
+pub struct HostLink {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for HostLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostLink")
+            .field("region", &self.inner.region)
+            .finish()
+    }
+}
+
+/// Removes a pending entry when a `request` future is dropped before its reply came.
+struct PendingGuard<'a> {
+    inner: &'a Inner,
+    key: Key,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.pending().waiting.remove(&self.key);
+    }
+}
+
+impl HostLink {
+    /// Starts a reader thread on the from-host ring. Host-initiated frames (Ready, Log,
+    /// GatewayCall, Stats, Pong, ProcessResult for unknown ids) go to the returned receiver;
+    /// replies are matched to `request` calls by (kind, id). The receiver ends (`None`) when the
+    /// link dies. Call once per region (it takes the supervisor's ends of the rings).
+    pub fn new(region: Arc<Region>) -> (HostLink, mpsc::Receiver<Message>) {
+        let (tx, rx) = ring::supervisor_channels(region.clone());
+        let inner = Arc::new(Inner {
+            region,
+            tx,
+            pending: Mutex::new(Pending::default()),
+        });
+        let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
+        let reader_inner = inner.clone();
+        let spawned = std::thread::Builder::new()
+            .name("wm-host-link".into())
+            .spawn(move || reader_loop(reader_inner, rx, events_tx));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the host link reader thread; host unusable");
+            inner.region.mark_closed(Side::Host);
+            inner.fail_all(LinkError::PeerGone);
+        }
+        (HostLink { inner }, events_rx)
+    }
+
+    /// Sends and awaits the matching reply: Process -> ProcessResult (msg_id),
+    /// LoadWorker -> LoadResult, UnloadWorker -> UnloadResult (request_id), Ping -> Pong (nonce),
+    /// StatsRequest -> Stats. Fails with PeerGone as soon as the host is marked dead.
+    /// Dropping the future forgets the request (a late reply goes to the event stream).
+    pub async fn request(&self, msg: Message) -> Result<Message, LinkError> {
+        let kind = msg.kind();
+        let key = request_key(&msg).ok_or(LinkError::NotARequest { kind })?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = self.inner.pending();
+            if let Some(why) = &p.dead {
+                return Err(why.clone());
+            }
+            if p.waiting.contains_key(&key) {
+                return Err(LinkError::DuplicateRequest { kind, id: key.1 });
+            }
+            p.waiting.insert(key, tx);
+        }
+        let guard = PendingGuard {
+            inner: &self.inner,
+            key,
+        };
+        self.send_async(&msg).await?;
+        let reply = rx.await.unwrap_or(Err(LinkError::PeerGone));
+        drop(guard);
+        reply
+    }
+
+    /// Fire and forget (GatewayReply, Shutdown). May block the calling thread for up to
+    /// `SEND_TIMEOUT` when the ring is full.
+    pub fn send(&self, msg: &Message) -> Result<(), LinkError> {
+        let frame = msg.encode();
+        self.inner
+            .tx
+            .send(&frame, SEND_TIMEOUT)
+            .map_err(|e| send_error(msg.kind(), e))
+    }
+
+    /// Sends without blocking the async runtime: a quick attempt, then (ring full) a blocking
+    /// wait on the blocking pool.
+    async fn send_async(&self, msg: &Message) -> Result<(), LinkError> {
+        let frame = msg.encode();
+        let kind = msg.kind();
+        match self.inner.tx.send(&frame, Duration::ZERO) {
+            Ok(()) => Ok(()),
+            Err(RingError::Full) => {
+                let tx = self.inner.tx.clone();
+                tokio::task::spawn_blocking(move || tx.send(&frame, SEND_TIMEOUT))
+                    .await
+                    .unwrap_or(Err(RingError::PeerGone))
+                    .map_err(|e| send_error(kind, e))
+            }
+            Err(e) => Err(send_error(kind, e)),
+        }
+    }
+
+    /// The pool calls this when waitpid/pidfd says the child died: marks the region closed,
+    /// fails every pending request with PeerGone, ends the reader thread.
+    pub fn peer_died(&self) {
+        self.inner.region.mark_closed(Side::Host);
+        self.inner.fail_all(LinkError::PeerGone);
+    }
+
+    /// Whether the link is dead (no request can succeed any more).
+    pub fn is_dead(&self) -> bool {
+        self.inner.pending().dead.is_some()
+    }
+
+    /// Requests waiting for a reply right now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.pending().waiting.len()
+    }
+
+    /// The region (host state, crash slots).
+    pub fn region(&self) -> &Arc<Region> {
+        &self.inner.region
+    }
+}
+
+fn send_error(kind: &'static str, e: RingError) -> LinkError {
+    match e {
+        RingError::PeerGone => LinkError::PeerGone,
+        e => LinkError::Send {
+            kind,
+            reason: e.to_string(),
+        },
+    }
+}
+
+fn reader_loop(inner: Arc<Inner>, mut rx: FrameReceiver, events: mpsc::Sender<Message>) {
+    let mut buf = Vec::new();
+    let why = loop {
+        match rx.recv(&mut buf, None) {
+            Ok(()) => {}
+            Err(RingError::PeerGone) => break LinkError::PeerGone,
+            Err(e) => {
+                tracing::warn!(error = %e, "host ring unusable; disconnecting the host");
+                inner.region.mark_closed(Side::Host);
+                break LinkError::HostMisbehaved {
+                    reason: e.to_string(),
+                };
+            }
+        }
+        let msg = match Message::decode(&buf) {
+            Ok(m) => m,
+            Err(e) => {
+                let e: ProtocolError = e;
+                tracing::warn!(error = %e, "host sent an undecodable frame; disconnecting the host");
+                inner.region.mark_closed(Side::Host);
+                break LinkError::HostMisbehaved {
+                    reason: e.to_string(),
+                };
+            }
+        };
+        let waiter = reply_key(&msg).and_then(|k| inner.pending().waiting.remove(&k));
+        match waiter {
+            Some(tx) => {
+                // The requester may have given up (dropped its future): then the reply is dropped.
+                let _ = tx.send(Ok(msg));
+            }
+            None => {
+                // Nobody reads events any more: the supervisor is shutting this host down.
+                let _ = events.blocking_send(msg);
+            }
+        }
+    };
+    inner.fail_all(why);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Process, ProcessResult, ResultStatus};
+    use crate::ring::RingConfig;
+
+    fn pair() -> (Arc<Region>, Arc<Region>) {
+        let sup = Arc::new(Region::create("wm-link-test", &RingConfig::default()).unwrap());
+        let fd = sup.as_fd().try_clone_to_owned().unwrap();
+        let host = Arc::new(Region::open(fd).unwrap());
+        (sup, host)
+    }
+
+    /// A host thread answering Process and Ping, and sending one Log first.
+    fn fake_host(host: Arc<Region>) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let (tx, mut rx) = ring::host_channels(host);
+            let log = Message::Log(crate::protocol::Log {
+                message: "hello".into(),
+                ..Default::default()
+            });
+            tx.send(&log.encode(), Duration::from_secs(5)).unwrap();
+            let mut buf = Vec::new();
+            while rx.recv(&mut buf, None).is_ok() {
+                let reply = match Message::decode(&buf).unwrap() {
+                    Message::Process(p) => Message::ProcessResult(ProcessResult {
+                        msg_id: p.msg_id,
+                        worker_id: p.worker_id,
+                        status: ResultStatus::Ok,
+                        response: p.event,
+                        ..Default::default()
+                    }),
+                    Message::Ping { nonce } => Message::Pong { nonce },
+                    Message::StatsRequest { .. } => continue, // never answered
+                    Message::Shutdown { .. } => break,
+                    other => panic!("unexpected {other:?}"),
+                };
+                if tx.send(&reply.encode(), Duration::from_secs(5)).is_err() {
+                    break;
+                }
+            }
+        })
+    }
+
+    async fn watchdog<F: std::future::Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(20), f)
+            .await
+            .expect("watchdog: test hung")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_get_their_own_replies_and_events_flow() {
+        watchdog(async {
+            let (sup, host) = pair();
+            let h = fake_host(host);
+            let (link, mut events) = HostLink::new(sup);
+            let ev = events.recv().await.unwrap();
+            assert!(matches!(ev, Message::Log(l) if l.message == "hello"));
+            let mut tasks = Vec::new();
+            for i in 0..50u64 {
+                let link = link.clone();
+                tasks.push(tokio::spawn(async move {
+                    let r = link
+                        .request(Message::Process(Process {
+                            msg_id: i,
+                            worker_id: format!("w{i}"),
+                            event: vec![i as u8; i as usize],
+                        }))
+                        .await
+                        .unwrap();
+                    match r {
+                        Message::ProcessResult(r) => {
+                            assert_eq!(r.msg_id, i);
+                            assert_eq!(r.response, vec![i as u8; i as usize]);
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            assert_eq!(
+                link.request(Message::Ping { nonce: 9 }).await.unwrap(),
+                Message::Pong { nonce: 9 }
+            );
+            assert!(matches!(
+                link.request(Message::Shutdown { deadline_ms: 1 }).await,
+                Err(LinkError::NotARequest { .. })
+            ));
+            link.send(&Message::Shutdown { deadline_ms: 1 }).unwrap();
+            tokio::task::spawn_blocking(move || h.join().unwrap())
+                .await
+                .unwrap();
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn peer_died_fails_pending_requests_and_ends_the_event_stream() {
+        watchdog(async {
+            let (sup, host) = pair();
+            let h = fake_host(host);
+            let (link, mut events) = HostLink::new(sup);
+            let _ = events.recv().await; // the Log
+            let l2 = link.clone();
+            let pending =
+                tokio::spawn(
+                    async move { l2.request(Message::StatsRequest { request_id: 1 }).await },
+                );
+            while link.in_flight() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            link.peer_died();
+            assert!(matches!(pending.await.unwrap(), Err(LinkError::PeerGone)));
+            assert!(matches!(
+                link.request(Message::Ping { nonce: 1 }).await,
+                Err(LinkError::PeerGone)
+            ));
+            assert!(events.recv().await.is_none());
+            assert!(link.is_dead());
+            tokio::task::spawn_blocking(move || h.join().unwrap())
+                .await
+                .unwrap();
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_undecodable_frame_disconnects_the_host() {
+        watchdog(async {
+            let (sup, host) = pair();
+            let (link, mut events) = HostLink::new(sup.clone());
+            let l2 = link.clone();
+            let pending = tokio::spawn(async move { l2.request(Message::Ping { nonce: 3 }).await });
+            let (htx, _hrx) = ring::host_channels(host);
+            while link.in_flight() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            htx.send(b"not a flatbuffer at all", Duration::from_secs(1))
+                .unwrap();
+            assert!(matches!(
+                pending.await.unwrap(),
+                Err(LinkError::HostMisbehaved { .. })
+            ));
+            assert!(events.recv().await.is_none());
+            assert!(sup.is_closed(Side::Host));
+        })
+        .await;
+    }
+}
