@@ -173,6 +173,44 @@ impl DotNetRuntime {
     pub fn newest_framework(&self) -> Option<&DotNetVersion> {
         self.frameworks.last()
     }
+
+    /// The framework hostfxr will run the engine bridge on, and so the one worker assemblies
+    /// must target: the bridge asks for [`MIN_FRAMEWORK`] with `rollForward: Major`, which takes
+    /// the latest patch of 3.1 when present, else the lowest higher major (then its lowest
+    /// minor, latest patch). Pre-releases count only when no release qualifies. This is not
+    /// necessarily [`DotNetRuntime::newest_framework`]: with 3.1 and 8.0 installed the bridge
+    /// runs on 3.1, so a package's `lib/net8.0/` would not load; the package validator should
+    /// pick the TFM for this framework's major.
+    pub fn bridge_framework(&self) -> Option<&DotNetVersion> {
+        let pick = |releases_only: bool| -> Option<&DotNetVersion> {
+            let ok = |v: &&DotNetVersion| v.pre.is_none() || !releases_only;
+            // Same major and minor as requested: latest patch.
+            let same = self
+                .frameworks
+                .iter()
+                .filter(ok)
+                .filter(|v| v.major == MIN_FRAMEWORK.major && v.minor == MIN_FRAMEWORK.minor)
+                .max();
+            if same.is_some() {
+                return same;
+            }
+            // Lowest higher minor of the same major, else lowest higher major; lowest minor,
+            // then latest patch.
+            let (major, minor) = self
+                .frameworks
+                .iter()
+                .filter(ok)
+                .filter(|v| **v > MIN_FRAMEWORK)
+                .map(|v| (v.major, v.minor))
+                .min()?;
+            self.frameworks
+                .iter()
+                .filter(ok)
+                .filter(|v| v.major == major && v.minor == minor)
+                .max()
+        };
+        pick(true).or_else(|| pick(false))
+    }
 }
 
 /// One root looked at, and why it was not usable (empty when it was).
@@ -376,6 +414,33 @@ mod tests {
         assert_eq!(rt.hostfxr, b.join("host/fxr/10.0.0/libhostfxr.so"));
         assert_eq!(rt.source, RuntimeSource::System);
         assert_eq!(rt.newest_framework().unwrap().to_string(), "10.0.0");
+    }
+
+    #[test]
+    fn the_bridge_runs_on_the_framework_roll_forward_picks() {
+        let t = tempfile::tempdir().unwrap();
+        let rt = |fws: &[&str]| {
+            let root = t.path().join(fws.join("_"));
+            install(&root, &["10.0.0"], fws);
+            search(Some(&root), None, &[]).find().unwrap()
+        };
+        let v = |r: &DotNetRuntime| r.bridge_framework().map(ToString::to_string);
+        // 3.1 present: its latest patch, even with newer majors installed.
+        assert_eq!(
+            v(&rt(&["3.1.2", "3.1.10", "8.0.1", "10.0.0"])).as_deref(),
+            Some("3.1.10")
+        );
+        // No 3.1: the lowest higher major, its lowest minor, latest patch.
+        assert_eq!(
+            v(&rt(&["8.0.1", "8.0.11", "8.1.0", "10.0.0"])).as_deref(),
+            Some("8.0.11")
+        );
+        // Pre-releases only when nothing else qualifies.
+        assert_eq!(v(&rt(&["9.0.0-rc.1", "10.0.0"])).as_deref(), Some("10.0.0"));
+        assert_eq!(
+            v(&rt(&["11.0.0-preview.2"])).as_deref(),
+            Some("11.0.0-preview.2")
+        );
     }
 
     #[test]
