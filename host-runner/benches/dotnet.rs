@@ -13,12 +13,13 @@ use wm_shared::CloudEvent;
 use wm_shared::dotnet::RuntimeSearch;
 use wm_testkit::dotnet as dn;
 use workmanager_host_runner::engine::dotnet::{
-    DotNetConfig, DotNetEngine, DotNetWorker, GatewayFailure, Outcome, RUNTIME_ENV, Services,
+    DotNetConfig, DotNetEngine, DotNetWorker, Outcome, RUNTIME_ENV,
 };
+use workmanager_host_runner::ffi::callbacks::{GatewayFailure, HostServices};
 
 struct Quiet;
 
-impl Services for Quiet {
+impl HostServices for Quiet {
     fn log(&self, _: &str, _: u64, _: i32, _: &str) {}
     fn gateway_call(
         &self,
@@ -44,6 +45,7 @@ fn engine(engine_dir: &Path) -> DotNetEngine {
             },
         },
         Arc::new(Quiet),
+        1 << 20,
     )
 }
 

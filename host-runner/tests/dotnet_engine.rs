@@ -15,9 +15,9 @@ use wm_shared::dotnet::RuntimeSearch;
 use wm_shared::{CloudEvent, WorkerResponse};
 use wm_testkit::dotnet as dn;
 use workmanager_host_runner::engine::dotnet::{
-    DotNetConfig, DotNetEngine, DotNetError, DotNetWorker, GatewayFailure, Outcome, RUNTIME_ENV,
-    Services, StartError,
+    DotNetConfig, DotNetEngine, DotNetError, DotNetWorker, Outcome, RUNTIME_ENV, StartError,
 };
+use workmanager_host_runner::ffi::callbacks::{GatewayFailure, HostServices};
 
 /// (worker id, msg id, level, message)
 type LogLine = (String, u64, i32, String);
@@ -31,7 +31,7 @@ struct Recorder {
     gateway: Mutex<Vec<GatewayRequest>>,
 }
 
-impl Services for Recorder {
+impl HostServices for Recorder {
     fn log(&self, worker_id: &str, msg_id: u64, level: i32, message: &str) {
         self.logs
             .lock()
@@ -163,6 +163,34 @@ fn large_payloads_and_many_extensions_round_trip(env: &Env) {
     assert_eq!(r.subject, None);
     assert_eq!(r.extension("seentype"), Some("t"));
     env.engine.unload(w).unwrap();
+}
+
+fn a_reply_over_the_frame_limit_is_refused(env: &Env) {
+    // A second engine over the same runtime, with a 4 KiB reply limit.
+    let small = DotNetEngine::new(
+        DotNetConfig {
+            engine_dir: dn::engine_dir(),
+            search: RuntimeSearch::default(),
+        },
+        env.rec.clone(),
+        4096,
+    );
+    let dir = env.tmp.path().join("limit");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pkg = dn::worker_nupkg("echo", &lib("echo", &["Echo.cs"]), &[]);
+    let libpath = dn::extract(&pkg, "echo", &dir);
+    let w = small
+        .load("limit", &dir, &libpath, Duration::from_secs(1))
+        .unwrap();
+    assert!(matches!(
+        small.process(&w, 1, &event("s", "small").to_flatbuffer()),
+        Outcome::Reply(_)
+    ));
+    match small.process(&w, 2, &event("b", &"x".repeat(8192)).to_flatbuffer()) {
+        Outcome::InvalidResponse(t) => assert!(t.contains("exceeds the 4096-byte limit"), "{t}"),
+        other => panic!("expected a refused reply, got {other:?}"),
+    }
+    small.unload(w).unwrap();
 }
 
 fn counter_keeps_state_across_calls_and_threads(env: &Env) {
@@ -423,6 +451,7 @@ fn missing_runtime_child() -> ExitCode {
             },
         },
         Arc::new(Recorder::default()),
+        8 << 20,
     );
     for _ in 0..2 {
         match engine.load("w", Path::new("/tmp"), "w.dll", Duration::from_secs(1)) {
@@ -458,6 +487,10 @@ const TESTS: &[Test] = &[
     (
         "large_payloads_and_many_extensions_round_trip",
         large_payloads_and_many_extensions_round_trip,
+    ),
+    (
+        "a_reply_over_the_frame_limit_is_refused",
+        a_reply_over_the_frame_limit_is_refused,
     ),
     (
         "counter_keeps_state_across_calls_and_threads",
@@ -548,6 +581,7 @@ fn main() -> ExitCode {
             },
         },
         rec.clone(),
+        8 << 20,
     );
     match engine.start() {
         Ok((rt, took)) => println!(

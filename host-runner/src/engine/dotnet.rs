@@ -13,7 +13,7 @@
 //!   FlatBuffer WorkerResponse with no JSON detour.
 //! - Every call passes a pointer to a [`CallCtx`] on the caller's stack. The bridge gives it
 //!   back to our `extern "C"` callbacks: `deliver` (the reply bytes or an error text), `log` and
-//!   `gateway_call` (the worker's `WorkerContext`, forwarded to [`Services`] as the same Log and
+//!   `gateway_call` (the worker's `WorkerContext`, forwarded to [`HostServices`] as the same Log and
 //!   GatewayCall frames native workers produce). The bridge stops using the pointer before the
 //!   entry point returns (`WorkerHost.Exit` waits for callbacks in flight), which is what makes
 //!   the borrow sound.
@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 use netcorehost::hostfxr::Hostfxr;
 use netcorehost::pdcstring::PdCString;
 use wm_shared::dotnet::{DotNetDiscoveryError, DotNetRuntime, RuntimeSearch};
+
+use super::{Engine, LoadSpec, ProcessOutcome, ResultStatus};
+use crate::ffi::callbacks::{GW_TIMEOUT, GW_UNAVAILABLE, GatewayFailure, HostServices};
 use wm_shared::generated::worker_api::virtufin::worker::flat_buffers as fb;
 
 /// File name (without `.dll`) of the bridge assembly.
@@ -104,38 +107,6 @@ struct ProcessArgs {
 struct HandleArgs {
     handle: i64,
     value: i64,
-}
-
-/// Why a gateway call produced no response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GatewayFailure {
-    /// The supervisor answered with a non-zero status (returned to the worker as is).
-    Status(i32),
-    /// No answer within the timeout.
-    Timeout,
-    /// The request could not be sent (ring closed, frame too large).
-    Unavailable,
-}
-
-/// `gateway_call` status for a timeout (same value as the native engine's).
-pub const GW_TIMEOUT: i32 = -2;
-/// `gateway_call` status when the supervisor cannot be reached.
-pub const GW_UNAVAILABLE: i32 = -3;
-
-/// What managed workers reach through `WorkerContext`: the host-runner's ring, in the binary.
-pub trait Services: Send + Sync {
-    /// Forwards a worker log line (a `Log` frame).
-    fn log(&self, worker_id: &str, msg_id: u64, level: i32, message: &str);
-    /// Sends a `GatewayCall` and waits for its `GatewayReply`, at most `timeout`.
-    fn gateway_call(
-        &self,
-        worker_id: &str,
-        msg_id: u64,
-        service: &str,
-        method: &str,
-        payload: &[u8],
-        timeout: Duration,
-    ) -> Result<Vec<u8>, GatewayFailure>;
 }
 
 /// Where the engine finds its pieces.
@@ -413,7 +384,7 @@ fn start(config: &DotNetConfig) -> Result<Bridge, StartError> {
 struct CallCtx<'a> {
     worker_id: &'a str,
     msg_id: u64,
-    services: &'a dyn Services,
+    services: &'a dyn HostServices,
     gateway_timeout: Duration,
     /// What `deliver` handed over: (kind, bytes). Callbacks may come from other threads.
     delivered: Mutex<Option<(i32, Vec<u8>)>>,
@@ -439,13 +410,24 @@ impl CallCtx<'_> {
 /// The engine. Cheap to create; the runtime behind it is process-wide.
 pub struct DotNetEngine {
     config: DotNetConfig,
-    services: Arc<dyn Services>,
+    services: Arc<dyn HostServices>,
+    /// Largest reply accepted (the ring's frame limit less the envelope).
+    max_response: usize,
 }
 
 impl DotNetEngine {
-    /// An engine that starts CoreCLR on its first load.
-    pub fn new(config: DotNetConfig, services: Arc<dyn Services>) -> DotNetEngine {
-        DotNetEngine { config, services }
+    /// An engine that starts CoreCLR on its first load; replies over `max_response` bytes are
+    /// refused as invalid.
+    pub fn new(
+        config: DotNetConfig,
+        services: Arc<dyn HostServices>,
+        max_response: usize,
+    ) -> DotNetEngine {
+        DotNetEngine {
+            config,
+            services,
+            max_response,
+        }
     }
 
     /// Starts CoreCLR and the bridge now if nobody has yet; returns the runtime in use and the
@@ -542,6 +524,13 @@ impl DotNetEngine {
         let st = unsafe { call(b.process, &mut a) };
         match st {
             ST_OK => match ctx.take() {
+                Some((KIND_RESPONSE, bytes)) if bytes.len() > self.max_response => {
+                    Outcome::InvalidResponse(format!(
+                        "the reply of {} bytes exceeds the {}-byte limit of a frame; raise the ring's max_frame or send less",
+                        bytes.len(),
+                        self.max_response
+                    ))
+                }
                 Some((KIND_RESPONSE, bytes)) => {
                     match flatbuffers::root::<fb::WorkerResponse>(&bytes) {
                         Ok(_) => Outcome::Reply(bytes),
@@ -601,6 +590,69 @@ impl DotNetEngine {
             });
         }
         Ok(usize::try_from(a.value).unwrap_or(0))
+    }
+}
+
+impl Engine for DotNetEngine {
+    type Worker = DotNetWorker;
+    type Error = DotNetError;
+
+    fn load(&self, spec: &LoadSpec) -> Result<DotNetWorker, DotNetError> {
+        let first = !DotNetEngine::runtime_started();
+        let w = DotNetEngine::load(
+            self,
+            &spec.worker_id,
+            &spec.package_dir,
+            &spec.library_path,
+            Duration::from_millis(u64::from(spec.timeout_ms.max(1))),
+        )?;
+        if first && let Ok((rt, took)) = self.start() {
+            crate::sandbox::log(&format!(
+                "started .NET {} from {} ({}) in {} ms",
+                rt.bridge_framework()
+                    .map_or_else(String::new, ToString::to_string),
+                rt.root.display(),
+                rt.source,
+                took.as_millis()
+            ));
+        }
+        crate::sandbox::log(&format!(
+            "worker {}: loaded {} in its own collectible context",
+            spec.worker_id, spec.library_path
+        ));
+        Ok(w)
+    }
+
+    fn process(&self, worker: &DotNetWorker, msg_id: u64, event: &[u8]) -> ProcessOutcome {
+        let started = Instant::now();
+        let outcome = DotNetEngine::process(self, worker, msg_id, event);
+        let elapsed_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let (status, response, error) = match outcome {
+            Outcome::Reply(bytes) => (ResultStatus::Ok, bytes, String::new()),
+            Outcome::NoReply => (ResultStatus::NoReply, Vec::new(), String::new()),
+            Outcome::WorkerException(t) => (ResultStatus::WorkerException, Vec::new(), t),
+            Outcome::InvalidResponse(t) => (ResultStatus::InvalidResponse, Vec::new(), t),
+            Outcome::Failed(t) => (ResultStatus::ProcessFailed, Vec::new(), t),
+            Outcome::UnknownWorker => (
+                ResultStatus::UnknownWorker,
+                Vec::new(),
+                format!(
+                    "worker {} is not loaded in the .NET engine",
+                    worker.worker_id
+                ),
+            ),
+        };
+        ProcessOutcome {
+            status,
+            code: 0,
+            response,
+            error,
+            elapsed_ns,
+        }
+    }
+
+    fn unload(&self, worker: DotNetWorker) -> Result<(), DotNetError> {
+        DotNetEngine::unload(self, worker)
     }
 }
 
