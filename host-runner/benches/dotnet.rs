@@ -4,13 +4,17 @@
 //! `cargo bench -p workmanager-host-runner --bench dotnet`. Cold starts run in fresh child
 //! processes (one CoreCLR per process); the rest in this one.
 
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wm_shared::CloudEvent;
 use wm_shared::dotnet::RuntimeSearch;
+use wm_shared::protocol::{self, Message};
+use wm_shared::ring::{self, Region, RingConfig};
 use wm_testkit::dotnet as dn;
 use workmanager_host_runner::engine::dotnet::{
     DotNetConfig, DotNetEngine, DotNetWorker, Outcome, RUNTIME_ENV,
@@ -126,6 +130,87 @@ fn bench_event() -> Vec<u8> {
     ev.to_flatbuffer()
 }
 
+/// The real host-runner (`--engine dotnet`, full sandbox) over a ring: spawn -> Ready ->
+/// LoadWorker (CoreCLR start + load) -> first ProcessResult; returns the three intervals and
+/// the sequential warm round trip (median of 200).
+fn host_runner_run(echo: &Path, tmp: &Path, i: usize) -> [Duration; 4] {
+    let dir = tmp.join(format!("host-{i}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lib = dn::extract(&dn::worker_nupkg("echo", echo, &[]), "echo", &dir);
+    let region =
+        Arc::new(Region::create(&format!("dotnet-bench-{i}"), &RingConfig::default()).unwrap());
+    let fd = region.as_fd().as_raw_fd();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_host-runner"));
+    cmd.args(["--ring-fd", "3", "--engine", "dotnet", "--host-id", "bench"])
+        .env_clear()
+        .env("DOTNET_ROOT", dn::dotnet_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: dup2/fcntl in the forked child are async-signal-safe; fd is open in the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd != 3 {
+                libc::dup2(fd, 3);
+            }
+            libc::fcntl(3, libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+    let (tx, mut rx) = ring::supervisor_channels(region.clone());
+    let mut buf = Vec::new();
+    let mut recv = |buf: &mut Vec<u8>| {
+        rx.recv(buf, Some(Duration::from_secs(30))).unwrap();
+        Message::decode(buf).unwrap()
+    };
+    let t0 = Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    assert!(matches!(recv(&mut buf), Message::Ready(_)));
+    let ready = t0.elapsed();
+    let lw = Message::LoadWorker(protocol::LoadWorker {
+        request_id: 1,
+        worker_id: "echo".into(),
+        engine: protocol::EngineKind::DotNet,
+        package_dir: dir.to_string_lossy().into_owned(),
+        library_path: lib,
+        max_concurrency: 1,
+        timeout_ms: 1000,
+        ..Default::default()
+    });
+    tx.send(&lw.encode(), Duration::from_secs(1)).unwrap();
+    match recv(&mut buf) {
+        Message::LoadResult(r) => assert!(r.ok, "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    let loaded = t0.elapsed();
+    let ev = bench_event();
+    let mut warm = Vec::new();
+    let mut first = Duration::ZERO;
+    for n in 0..201u64 {
+        let t = Instant::now();
+        let p = Message::Process(protocol::Process {
+            msg_id: n,
+            worker_id: "echo".into(),
+            event: ev.clone(),
+        });
+        tx.send(&p.encode(), Duration::from_secs(1)).unwrap();
+        assert!(matches!(recv(&mut buf), Message::ProcessResult(_)));
+        if n == 0 {
+            first = t0.elapsed();
+        } else {
+            warm.push(t.elapsed());
+        }
+    }
+    tx.send(
+        &Message::Shutdown { deadline_ms: 100 }.encode(),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    child.wait().unwrap();
+    warm.sort();
+    [ready, loaded, first, warm[warm.len() / 2]]
+}
+
 fn main() {
     for (k, v) in RUNTIME_ENV {
         // SAFETY: no other thread exists yet in this process.
@@ -185,6 +270,31 @@ fn main() {
             m as f64 / 1e3,
             lo as f64 / 1e3,
             hi as f64 / 1e3
+        );
+    }
+
+    // The real host-runner process, sandbox included.
+    let tmp_hosts = tempfile::tempdir().unwrap();
+    let mut host_rows: Vec<[Duration; 4]> = (0..7)
+        .map(|i| host_runner_run(&echo, tmp_hosts.path(), i))
+        .collect();
+    println!("host-runner --engine dotnet through a ring, 7 spawns (median [min..max], ms):");
+    for (i, what) in [
+        "spawn -> Ready (exec + sandbox)",
+        "spawn -> first worker loaded (CoreCLR)",
+        "spawn -> first ProcessResult",
+        "warm Process round trip (sequential)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        host_rows.sort_by_key(|r| r[i]);
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "  {what:40} {:7.3} [{:.3}..{:.3}]",
+            ms(host_rows[3][i]),
+            ms(host_rows[0][i]),
+            ms(host_rows[6][i])
         );
     }
 
