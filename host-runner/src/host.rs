@@ -13,6 +13,7 @@ use std::time::Duration;
 use wm_shared::ring::{self, FrameSender, HostState, Region, RingError, Side};
 
 use crate::crash::{self, CrashSink};
+use crate::engine::dotnet::{DotNetConfig, DotNetEngine, RUNTIME_ENV};
 use crate::engine::native::NativeEngine;
 use crate::engine::{Engine, LoadSpec, ProcessOutcome};
 use crate::exit;
@@ -130,10 +131,10 @@ pub fn main() -> u8 {
     };
     let kind = match args.engine.as_str() {
         "native" => protocol::EngineKind::Native,
-        // The .NET engine adds its arm here (and in `start_engine`).
+        "dotnet" => protocol::EngineKind::DotNet,
         other => {
             log(&format!(
-                "engine {other:?} is not built into this host-runner (supported: native)"
+                "engine {other:?} is not built into this host-runner (supported: native, dotnet)"
             ));
             return exit::USAGE;
         }
@@ -192,7 +193,19 @@ pub fn main() -> u8 {
     // 4. Engine, workers, Ready, serve.
     let code = match kind {
         protocol::EngineKind::Native => start_engine(&region, &report, kind, NativeEngine::new),
-        protocol::EngineKind::DotNet => exit::USAGE,
+        protocol::EngineKind::DotNet => {
+            // CoreCLR reads these when it starts (on the first LoadWorker). Set them now, while
+            // the process still has one thread, whatever the supervisor passed.
+            for (k, v) in RUNTIME_ENV {
+                // SAFETY: setenv races only with concurrent environment readers; sandbox::enter
+                // checked this process has a single thread, and nothing since started one.
+                unsafe { std::env::set_var(k, v) };
+            }
+            let config = DotNetConfig::from_env();
+            start_engine(&region, &report, kind, |services, max_response| {
+                DotNetEngine::new(config, services, max_response)
+            })
+        }
     };
     region.set_host_state(HostState::Exited);
     region.mark_closed(Side::Host);

@@ -3,7 +3,8 @@
 //! # Brief overview
 //! - [`sandbox`]: the ordered start-up steps (fds, environment, rlimits, pdeathsig,
 //!   namespaces, capabilities, no_new_privs, Landlock, seccomp).
-//! - [`engine`]: the engine-neutral [`engine::Engine`] trait and the native (.so) engine.
+//! - [`engine`]: the engine-neutral [`engine::Engine`] trait, the native (.so) engine and the
+//!   .NET engine (CoreCLR through hostfxr, see docs/dotnet.md).
 //! - [`ffi`]: the C ABI of `schemas/virtufin_worker_api_c.h` and the host callbacks.
 //! - [`crash`]: the fatal-signal handler that records the culprit in a crash slot.
 //! - [`exit`]: the documented exit codes.

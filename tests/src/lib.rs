@@ -5,6 +5,7 @@
 //! flags, under a file lock: parallel test binaries and repeated runs build each one once.
 
 pub mod daemon;
+pub mod dotnet;
 pub mod native;
 pub mod nupkg;
 pub mod sse;

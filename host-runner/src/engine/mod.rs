@@ -1,11 +1,12 @@
-//! Engines run plugin code: [`native`] for `.so` workers; a .NET engine (`dotnet`) implements
-//! the same [`Engine`] trait.
+//! Engines run plugin code: [`native`] for `.so` workers, [`dotnet`] for .NET assemblies in
+//! CoreCLR; both implement the [`Engine`] trait.
 //!
 //! The trait is engine-neutral: `load` takes the fields of a `LoadWorker` frame, `process`
 //! takes CloudEvent bytes and returns the outcome as the fields of a `ProcessResult` frame,
 //! `unload` consumes the loaded worker. Threads, queues, crash marks and hot reload live in
 //! `crate::worker`, not in the engines.
 
+pub mod dotnet;
 pub mod native;
 
 use std::path::PathBuf;

@@ -38,6 +38,11 @@ pub struct Host {
 impl Host {
     /// Spawns the binary as the supervisor's pool does, and waits for `Ready`.
     pub fn spawn(extra: &[&str]) -> Host {
+        Host::spawn_engine("native", extra, &[])
+    }
+
+    /// As [`Host::spawn`] with another engine and extra environment variables.
+    pub fn spawn_engine(engine: &str, extra: &[&str], envs: &[(&str, &str)]) -> Host {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let region = Arc::new(
             Region::create(
@@ -51,12 +56,13 @@ impl Host {
         );
         let ring_fd = region.as_fd().as_raw_fd();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_host-runner"));
-        cmd.args(["--ring-fd", "3", "--engine", "native", "--host-id"])
+        cmd.args(["--ring-fd", "3", "--engine", engine, "--host-id"])
             .arg(format!("h{n}"))
             .args(extra)
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("SECRET_TOKEN", "must-not-leak")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
