@@ -231,7 +231,7 @@ fn engines(host_runner: &std::path::Path) -> Vec<EngineInfo> {
         .map(|engine| {
             let reason = runner.clone().or_else(|| match engine {
                 EngineKind::Native => None,
-                EngineKind::DotNet => dotnet_unavailable(),
+                EngineKind::DotNet => dotnet_unavailable(host_runner),
             });
             EngineInfo {
                 mime: engine.mime().to_string(),
@@ -243,8 +243,27 @@ fn engines(host_runner: &std::path::Path) -> Vec<EngineInfo> {
         .collect()
 }
 
-fn dotnet_unavailable() -> Option<String> {
-    Some("the .NET engine is not part of this build yet".to_string())
+/// Why the .NET engine cannot run here, if it cannot: no runtime (every path searched is
+/// named), or the bridge assembly missing next to the host-runner.
+fn dotnet_unavailable(host_runner: &std::path::Path) -> Option<String> {
+    if let Err(e) = wm_shared::dotnet::RuntimeSearch::from_env().find() {
+        return Some(e.to_string());
+    }
+    let bridge = host_runner
+        .parent()
+        .unwrap_or_else(|| std::path::Path::new("."))
+        .join("dotnet")
+        .join("Virtufin.WorkManager.Engine.DotNetDll.Bridge.dll");
+    if !bridge.is_file() {
+        return Some(format!(
+            "the .NET bridge is missing at {} (run host-runner/dotnet/build.sh {})",
+            bridge.display(),
+            bridge
+                .parent()
+                .map_or_else(String::new, |p| p.display().to_string())
+        ));
+    }
+    None
 }
 
 /// The dispatcher reports a worker's fall into ERROR through the registry.

@@ -6,4 +6,5 @@ mod bus_crash;
 mod bus_http;
 mod bus_store;
 mod c_abi;
+mod dotnet_daemon;
 mod failures;

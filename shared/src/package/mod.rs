@@ -130,24 +130,19 @@ pub struct Target {
 }
 
 impl Target {
-    /// This machine: the RID from [`std::env::consts::ARCH`] and the highest .NET runtime
-    /// found under `$DOTNET_ROOT` or the usual install folders.
+    /// This machine: the RID from [`std::env::consts::ARCH`] and the major of the framework
+    /// the .NET engine's bridge runs on (see [`crate::dotnet::DotNetRuntime::bridge_framework`]).
     pub fn current() -> Target {
-        let mut roots: Vec<PathBuf> = Vec::new();
-        if let Some(root) = std::env::var_os("DOTNET_ROOT") {
-            roots.push(PathBuf::from(root));
-        }
-        for dir in [
-            "/usr/share/dotnet",
-            "/usr/lib/dotnet",
-            "/usr/local/share/dotnet",
-            "/opt/dotnet",
-        ] {
-            roots.push(PathBuf::from(dir));
-        }
+        // The same search the .NET engine does, and the framework major its bridge will run
+        // on (`rollForward: Major` takes the lowest compatible major, not the newest): a
+        // package's `lib/<tfm>/` must be loadable by that runtime.
+        let dotnet_major = crate::dotnet::RuntimeSearch::from_env()
+            .find()
+            .ok()
+            .and_then(|rt| rt.bridge_framework().map(|v| v.major));
         Target {
             rid: rid_for_arch(std::env::consts::ARCH),
-            dotnet_major: roots.iter().filter_map(|r| dotnet_major_in(r)).max(),
+            dotnet_major,
         }
     }
 }
