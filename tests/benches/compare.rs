@@ -1,0 +1,1474 @@
+//! Issue 7's comparison, in one run on one machine (figures for docs/benchmarks.md, "End to
+//! end (issue 7)"):
+//!
+//! - A: the chaos fixture's `Process` + `FreeResult` called in this process through libloading
+//!   (the original's in-process model);
+//! - B: the same plugin in a real, sandboxed `host-runner` over the shared-memory ring;
+//! - C: the same plugin in a child process fed length-prefixed JSON CloudEvents over a Unix
+//!   socket (4-byte big-endian length + UTF-8 JSON; the original's out-of-process model: the
+//!   child decodes JSON, builds the FlatBuffer, calls the plugin, answers JSON);
+//! - the real daemon: invoke and bus -> plugin -> reply latency, host respawn (native, .NET),
+//!   RSS, idle CPU, and a REST publish load test from this (second) process, including
+//!   publishers that outrun a slow worker.
+//!
+//! `DOTNET_ROOT=/work/main/.tools/dotnet cargo bench -p workmanager-tests --bench compare`.
+//! Prints figures and a summary table; asserts only that every call worked (no thresholds:
+//! the targets are DESIGN.md section 10, compared in docs/benchmarks.md).
+
+use std::ffi::{c_char, c_void};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use wm_shared::protocol::{self, EngineKind, Message, ResultStatus};
+use wm_shared::ring::{self, FrameReceiver, FrameSender, HostState, Region, RingConfig, Side};
+use wm_shared::{CloudEvent, WorkerResponse};
+use wm_testkit::daemon::{Daemon, DaemonOptions};
+use wm_testkit::native::{Build, Lang};
+use wm_testkit::sse::Sse;
+use wm_testkit::{dotnet as dn, nupkg};
+
+/// The pause before each "after idle" sample of paths A, B and C.
+const IDLE_GAP: Duration = Duration::from_millis(250);
+/// Samples taken after an idle gap (paths A, B, C).
+const IDLE_SAMPLES: usize = 24;
+/// Back-to-back samples (paths A, B, C).
+const BUSY_SAMPLES: usize = 20_000;
+/// How long each throughput figure runs.
+const THROUGHPUT_FOR: Duration = Duration::from_millis(2000);
+/// Calls in flight per connection (C) or per host (B) in the throughput runs.
+const WINDOW: usize = 256;
+
+// ---------------------------------------------------------------------------------------------
+// Figures
+// ---------------------------------------------------------------------------------------------
+
+/// p50 and p99 of a set of samples, in microseconds.
+#[derive(Debug, Clone, Copy)]
+struct Lat {
+    p50: f64,
+    p99: f64,
+    n: usize,
+}
+
+fn lat(mut v: Vec<Duration>) -> Lat {
+    assert!(!v.is_empty(), "no samples");
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6;
+    Lat {
+        p50: at(0.5),
+        p99: at(0.99),
+        n: v.len(),
+    }
+}
+
+impl std::fmt::Display for Lat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Microseconds below 10 ms, milliseconds above.
+        let show = |us: f64| {
+            if us >= 10_000.0 {
+                format!("{:.1} ms", us / 1e3)
+            } else {
+                format!("{us:.2} us")
+            }
+        };
+        write!(
+            f,
+            "p50 {}, p99 {} (n={})",
+            show(self.p50),
+            show(self.p99),
+            self.n
+        )
+    }
+}
+
+/// The summary rows printed at the end (figure, value).
+static SUMMARY: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+fn report(figure: &str, value: String) {
+    println!("  {figure:58} {value}");
+    SUMMARY
+        .lock()
+        .unwrap()
+        .push((figure.to_string(), value.clone()));
+}
+
+fn section(title: &str) {
+    println!("\n== {title} ==");
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    proc_status_kib(pid, "VmRSS:") as f64 / 1024.0
+}
+
+/// utime + stime of `pid`, in clock ticks (/proc/<pid>/stat fields 14 and 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may contain spaces: fields are counted after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // After ')': state is field 3, so field n is at index n - 3.
+    get(14 - 3) + get(15 - 3)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no memory preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The plugin and the event
+// ---------------------------------------------------------------------------------------------
+
+fn chaos_so() -> PathBuf {
+    Build::plugin("chaos", Lang::C, &["chaos.c"]).build()
+}
+
+/// The event every path sends: 4 attributes, JSON data, a correlation id.
+fn event_json(id: &str, ty: &str) -> Value {
+    json!({
+        "specversion": "1.0", "id": id, "source": "urn:bench", "type": ty,
+        "datacontenttype": "application/json", "data": {"hello": "world", "n": 42},
+        "correlationid": "c-1",
+    })
+}
+
+fn event_fb() -> Vec<u8> {
+    CloudEvent::from_json_value(&event_json("id-1", "bench.request"))
+        .expect("valid event")
+        .to_flatbuffer()
+}
+
+type ProcessFn =
+    unsafe extern "C" fn(*const HostAbi, *const u8, i32, *mut *mut u8, *mut i32) -> i32;
+type FreeResultFn = unsafe extern "C" fn(*mut u8);
+type LogFn = unsafe extern "C" fn(*mut c_void, i32, *const c_char);
+type GatewayFn = unsafe extern "C" fn(
+    *mut c_void,
+    *const c_char,
+    *const c_char,
+    *const u8,
+    i32,
+    *mut *mut u8,
+    *mut i32,
+) -> i32;
+type FreeResponseFn = unsafe extern "C" fn(*mut c_void, *mut u8);
+
+/// `VirtufinHost` of schemas/virtufin_worker_api_c.h (40 bytes, abi_version 1).
+#[repr(C)]
+struct HostAbi {
+    engine_ptr: *mut c_void,
+    abi_version: i32,
+    log: Option<LogFn>,
+    gateway_call: Option<GatewayFn>,
+    free_response: Option<FreeResponseFn>,
+}
+
+extern "C" fn no_log(_: *mut c_void, _: i32, _: *const c_char) {}
+
+extern "C" fn no_gateway(
+    _: *mut c_void,
+    _: *const c_char,
+    _: *const c_char,
+    _: *const u8,
+    _: i32,
+    _: *mut *mut u8,
+    _: *mut i32,
+) -> i32 {
+    // GW_UNAVAILABLE: the bench's event never asks for the gateway.
+    -3
+}
+
+extern "C" fn no_free(_: *mut c_void, _: *mut u8) {}
+
+impl HostAbi {
+    fn new() -> HostAbi {
+        HostAbi {
+            engine_ptr: std::ptr::null_mut(),
+            abi_version: 1,
+            log: Some(no_log),
+            gateway_call: Some(no_gateway),
+            free_response: Some(no_free),
+        }
+    }
+}
+
+/// The plugin opened in this process (paths A and C).
+struct Plugin {
+    process: ProcessFn,
+    free: FreeResultFn,
+    // Declared last: dropped after the function pointers are gone.
+    _lib: libloading::Library,
+}
+
+impl Plugin {
+    fn open(so: &Path) -> Plugin {
+        // SAFETY: loading runs the library's initialisers; chaos.c is our own fixture and has
+        // none.
+        let lib = unsafe { libloading::Library::new(so) }.expect("dlopen the fixture");
+        // SAFETY: chaos.c defines Process with the ABI signature of virtufin_worker_api_c.h,
+        // which ProcessFn mirrors; the pointer is used only while `_lib` is open (same struct).
+        let process = unsafe { *lib.get::<ProcessFn>("Process").expect("Process") };
+        // SAFETY: as above, FreeResult(uint8_t*).
+        let free = unsafe { *lib.get::<FreeResultFn>("FreeResult").expect("FreeResult") };
+        Plugin {
+            process,
+            free,
+            _lib: lib,
+        }
+    }
+
+    /// Process + copy the reply out + FreeResult, as the original's in-process engine does.
+    fn call(&self, host: &HostAbi, ev: &[u8]) -> Vec<u8> {
+        let mut out: *mut u8 = std::ptr::null_mut();
+        let mut len: i32 = 0;
+        let in_len = i32::try_from(ev.len()).expect("event fits i32");
+        // SAFETY: `host` is a valid VirtufinHost for the call's duration; `ev` is readable for
+        // `in_len` bytes; `out` and `len` point to live locals the plugin writes.
+        let rc = unsafe { (self.process)(host, ev.as_ptr(), in_len, &mut out, &mut len) };
+        assert_eq!(rc, 0, "Process failed");
+        assert!(!out.is_null() && len > 0, "Process gave no reply");
+        // SAFETY: the plugin returned `out` holding `len` bytes, valid until FreeResult.
+        let v = unsafe { std::slice::from_raw_parts(out, len as usize) }.to_vec();
+        // SAFETY: `out` came from this plugin's Process and is released exactly once.
+        unsafe { (self.free)(out) };
+        v
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Path A: in process
+// ---------------------------------------------------------------------------------------------
+
+fn path_a(so: &Path, ev: &[u8]) -> [f64; 3] {
+    section("A: in-process call through libloading (Process + copy + FreeResult)");
+    let plugin = Arc::new(Plugin::open(so));
+    let host = HostAbi::new();
+    for _ in 0..2000 {
+        plugin.call(&host, ev);
+    }
+    let mut busy = Vec::with_capacity(BUSY_SAMPLES);
+    for _ in 0..BUSY_SAMPLES {
+        let t = Instant::now();
+        std::hint::black_box(plugin.call(&host, ev));
+        busy.push(t.elapsed());
+    }
+    report("A busy (back to back)", lat(busy).to_string());
+    let mut idle = Vec::new();
+    for _ in 0..IDLE_SAMPLES {
+        std::thread::sleep(IDLE_GAP);
+        let t = Instant::now();
+        std::hint::black_box(plugin.call(&host, ev));
+        idle.push(t.elapsed());
+    }
+    report(&format!("A after {IDLE_GAP:?} idle"), lat(idle).to_string());
+    let mut rates = [0.0; 3];
+    for (i, threads) in [1usize, 4, 16].into_iter().enumerate() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let hs: Vec<_> = (0..threads)
+            .map(|_| {
+                let (p, stop, done, ev) = (plugin.clone(), stop.clone(), done.clone(), ev.to_vec());
+                std::thread::spawn(move || {
+                    let host = HostAbi::new();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::black_box(p.call(&host, &ev));
+                        n += 1;
+                    }
+                    done.fetch_add(n, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        let t = Instant::now();
+        std::thread::sleep(THROUGHPUT_FOR);
+        stop.store(true, Ordering::Relaxed);
+        for h in hs {
+            h.join().unwrap();
+        }
+        rates[i] = done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64();
+        report(
+            &format!("A throughput, {threads} threads"),
+            format!("{:.0} msgs/s", rates[i]),
+        );
+    }
+    rates
+}
+
+// ---------------------------------------------------------------------------------------------
+// Path B: a host-runner over the ring
+// ---------------------------------------------------------------------------------------------
+
+fn host_runner_bin() -> PathBuf {
+    // Builds workmanager and host-runner (same profile) if needed.
+    wm_testkit::daemon::workmanager_bin();
+    wm_testkit::bin_dir().join("host-runner")
+}
+
+/// A host-runner we spawned, as the pool does: memfd region on fd 3, then `Ready`.
+struct Host {
+    child: Child,
+    tx: FrameSender,
+    rx: FrameReceiver,
+    buf: Vec<u8>,
+    request: u64,
+}
+
+impl Host {
+    /// Spawns and waits for `Ready`; returns the host and the time to `Ready`.
+    fn spawn(engine: &str, name: &str) -> (Host, Duration) {
+        let region = Arc::new(Region::create(name, &RingConfig::default()).expect("ring region"));
+        let fd = region.as_fd().as_raw_fd();
+        let mut cmd = Command::new(host_runner_bin());
+        cmd.args(["--ring-fd", "3", "--engine", engine, "--host-id", name])
+            .env_clear()
+            .env("DOTNET_ROOT", dn::dotnet_root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: dup2 and fcntl are async-signal-safe; `fd` is open in the parent, so it is
+        // open in the forked child.
+        unsafe {
+            cmd.pre_exec(move || {
+                if fd != 3 {
+                    libc::dup2(fd, 3);
+                }
+                libc::fcntl(3, libc::F_SETFD, 0);
+                Ok(())
+            });
+        }
+        let (tx, rx) = ring::supervisor_channels(region);
+        let t = Instant::now();
+        let child = cmd.spawn().expect("spawn host-runner");
+        let mut h = Host {
+            child,
+            tx,
+            rx,
+            buf: Vec::new(),
+            request: 0,
+        };
+        assert!(matches!(h.recv(), Message::Ready(_)));
+        (h, t.elapsed())
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn send(&self, m: &Message) {
+        self.tx
+            .send(&m.encode(), Duration::from_secs(10))
+            .expect("ring send");
+    }
+
+    /// The next frame that is not a log line.
+    fn recv(&mut self) -> Message {
+        loop {
+            self.rx
+                .recv(&mut self.buf, Some(Duration::from_secs(60)))
+                .expect("ring recv");
+            match Message::decode(&self.buf).expect("decode") {
+                Message::Log(_) => continue,
+                m => return m,
+            }
+        }
+    }
+
+    fn load(&mut self, worker: &str, engine: EngineKind, dir: &Path, lib: &str) {
+        self.request += 1;
+        self.send(&Message::LoadWorker(protocol::LoadWorker {
+            request_id: self.request,
+            worker_id: worker.into(),
+            engine,
+            package_dir: dir.to_string_lossy().into_owned(),
+            library_path: lib.into(),
+            max_concurrency: 1,
+            timeout_ms: 5000,
+            ..Default::default()
+        }));
+        match self.recv() {
+            Message::LoadResult(r) => assert!(r.ok, "load {worker}: {r:?}"),
+            other => panic!("expected LoadResult, got {other:?}"),
+        }
+    }
+
+    fn process_frame(msg_id: u64, worker: &str, ev: &[u8]) -> Vec<u8> {
+        Message::Process(protocol::Process {
+            msg_id,
+            worker_id: worker.into(),
+            event: ev.to_vec(),
+        })
+        .encode()
+    }
+
+    fn expect_result(&mut self) -> protocol::ProcessResult {
+        match self.recv() {
+            Message::ProcessResult(r) => {
+                assert_eq!(r.status, ResultStatus::Ok, "{r:?}");
+                r
+            }
+            other => panic!("expected ProcessResult, got {other:?}"),
+        }
+    }
+
+    /// One sequential round trip: encode, send, receive, decode.
+    fn round_trip(&mut self, msg_id: u64, worker: &str, ev: &[u8]) -> protocol::ProcessResult {
+        self.tx
+            .send(
+                &Host::process_frame(msg_id, worker, ev),
+                Duration::from_secs(10),
+            )
+            .expect("ring send");
+        self.expect_result()
+    }
+
+    /// Up to WINDOW calls in flight, round robin over `workers`, for THROUGHPUT_FOR.
+    fn throughput(&mut self, workers: &[String], ev: &[u8]) -> f64 {
+        let (mut sent, mut done) = (0u64, 0u64);
+        let t = Instant::now();
+        let mut stop_at = None;
+        loop {
+            if stop_at.is_none() && t.elapsed() >= THROUGHPUT_FOR {
+                stop_at = Some(sent);
+            }
+            if stop_at.is_some_and(|s| done >= s) {
+                break;
+            }
+            while stop_at.is_none() && sent - done < WINDOW as u64 {
+                let w = &workers[(sent % workers.len() as u64) as usize];
+                self.tx
+                    .send(
+                        &Host::process_frame(1_000_000 + sent, w, ev),
+                        Duration::from_secs(10),
+                    )
+                    .expect("ring send");
+                sent += 1;
+            }
+            self.expect_result();
+            done += 1;
+        }
+        done as f64 / t.elapsed().as_secs_f64()
+    }
+
+    fn shutdown(mut self) {
+        self.send(&Message::Shutdown { deadline_ms: 500 });
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // Reaped already after shutdown(); otherwise do not leave a host behind.
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+const RING_CHILD_ENV: &str = "WM_COMPARE_RING_CHILD";
+
+/// The ring alone: a child that echoes every frame straight back (no host-runner, no plugin).
+fn ring_echo_child() {
+    // SAFETY: the parent put the memfd at fd 3 (CLOEXEC cleared); nothing else owns it here.
+    let fd = unsafe { OwnedFd::from_raw_fd(3) };
+    let region = Arc::new(Region::open(fd).expect("open the ring"));
+    let (tx, mut rx) = ring::host_channels(region.clone());
+    region.set_host_state(HostState::Ready);
+    let mut buf = Vec::new();
+    while rx.recv(&mut buf, None).is_ok() {
+        if tx.send(&buf, Duration::from_secs(30)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Round trips of a Process-sized frame through the ring alone, back to back.
+fn ring_alone(label: &str, frame: &[u8]) {
+    let region = Arc::new(Region::create("bench-ring", &RingConfig::default()).expect("region"));
+    let fd = region.as_fd().as_raw_fd();
+    let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
+    cmd.env(RING_CHILD_ENV, "1").stdin(Stdio::null());
+    // SAFETY: dup2 and fcntl are async-signal-safe; `fd` is open in the parent, so it is open
+    // in the forked child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd != 3 {
+                libc::dup2(fd, 3);
+            }
+            libc::fcntl(3, libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+    let (tx, mut rx) = ring::supervisor_channels(region.clone());
+    let mut child = cmd.spawn().expect("spawn the ring child");
+    let mut buf = Vec::new();
+    let mut rt = |buf: &mut Vec<u8>| {
+        tx.send(frame, Duration::from_secs(10)).expect("send");
+        rx.recv(buf, Some(Duration::from_secs(10))).expect("recv");
+    };
+    for _ in 0..20_000 {
+        rt(&mut buf);
+    }
+    let mut v = Vec::with_capacity(100_000);
+    for _ in 0..100_000 {
+        let t = Instant::now();
+        rt(&mut buf);
+        v.push(t.elapsed());
+    }
+    report(
+        &format!("ring alone, {} B frame, back to back, {label}", frame.len()),
+        lat(v).to_string(),
+    );
+    region.mark_closed(Side::Supervisor);
+    let _ = child.wait();
+}
+
+fn ring_busy(h: &mut Host, ev: &[u8]) -> Lat {
+    let mut busy = Vec::with_capacity(BUSY_SAMPLES);
+    for n in 0..BUSY_SAMPLES as u64 {
+        let t = Instant::now();
+        h.round_trip(n, "w0", ev);
+        busy.push(t.elapsed());
+    }
+    lat(busy)
+}
+
+/// Path B. Returns the 1/4/16-worker throughput and the first busy latency.
+fn path_b(so: &Path, ev: &[u8]) -> ([f64; 3], Lat) {
+    section("B: host-runner over the shared-memory ring (Process frame -> ProcessResult)");
+    let dir = so.parent().expect("fixture dir");
+    let lib = so.file_name().expect("file").to_string_lossy().into_owned();
+    let (mut h, _) = Host::spawn("native", "bench-b");
+    for i in 0..16 {
+        h.load(&format!("w{i}"), EngineKind::Native, dir, &lib);
+    }
+    for n in 0..2000 {
+        h.round_trip(n, "w0", ev);
+    }
+    let busy = ring_busy(&mut h, ev);
+    report("B busy (back to back), run 1", busy.to_string());
+    let mut idle = Vec::new();
+    for n in 0..IDLE_SAMPLES as u64 {
+        std::thread::sleep(IDLE_GAP);
+        let t = Instant::now();
+        h.round_trip(n, "w0", ev);
+        idle.push(t.elapsed());
+    }
+    report(&format!("B after {IDLE_GAP:?} idle"), lat(idle).to_string());
+    let mut rates = [0.0; 3];
+    for (i, n) in [1usize, 4, 16].into_iter().enumerate() {
+        let ws: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
+        rates[i] = h.throughput(&ws, ev);
+        report(
+            &format!("B throughput, {n} workers in one host ({WINDOW} in flight)"),
+            format!("{:.0} msgs/s", rates[i]),
+        );
+    }
+    h.shutdown();
+    (rates, busy)
+}
+
+/// Spawn -> Ready -> LoadWorker -> first ProcessResult of a native host, and RSS per host.
+fn host_figures(so: &Path, ev: &[u8]) {
+    section("B: native host respawn (no daemon) and RSS per host");
+    let dir = so.parent().expect("fixture dir");
+    let lib = so.file_name().expect("file").to_string_lossy().into_owned();
+    let (mut ready, mut first) = (Vec::new(), Vec::new());
+    for i in 0..15 {
+        let t = Instant::now();
+        let (mut h, r) = Host::spawn("native", &format!("bench-respawn-{i}"));
+        h.load("w0", EngineKind::Native, dir, &lib);
+        h.round_trip(0, "w0", ev);
+        first.push(t.elapsed());
+        ready.push(r);
+        h.shutdown();
+    }
+    report(
+        "native host: spawn -> Ready (exec + sandbox)",
+        lat(ready).to_string(),
+    );
+    report(
+        "native host: spawn -> Ready -> loaded -> first reply",
+        lat(first).to_string(),
+    );
+
+    // Ten different libraries (ten package folders), as ten packages would be.
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut h, _) = Host::spawn("native", "bench-rss");
+    let empty = rss_mib(h.pid());
+    let mut one = 0.0;
+    for i in 0..10 {
+        let d = tmp.path().join(format!("pkg{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(so, d.join(&lib)).unwrap();
+        h.load(&format!("w{i}"), EngineKind::Native, &d, &lib);
+        for n in 0..100 {
+            h.round_trip(n, &format!("w{i}"), ev);
+        }
+        if i == 0 {
+            one = rss_mib(h.pid());
+        }
+    }
+    let ten = rss_mib(h.pid());
+    report(
+        "native host RSS: no worker / 1 worker / 10 workers",
+        format!(
+            "{empty:.1} / {one:.1} / {ten:.1} MiB (+{:.2} MiB per extra worker)",
+            (ten - one) / 9.0
+        ),
+    );
+    h.shutdown();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Path C: Unix socket + JSON subprocess
+// ---------------------------------------------------------------------------------------------
+
+const CHILD_ENV: &str = "WM_COMPARE_SOCKET_CHILD";
+const CHILD_SO_ENV: &str = "WM_COMPARE_SOCKET_SO";
+
+fn write_frame(w: &mut impl Write, body: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(body.len()).expect("frame fits u32");
+    w.write_all(&len.to_be_bytes())?;
+    w.write_all(body)
+}
+
+fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    buf.resize(u32::from_be_bytes(len) as usize, 0);
+    r.read_exact(buf)
+}
+
+/// The child of path C: JSON in, FlatBuffer to the plugin, JSON out. Flushes when no more
+/// requests are buffered (the best case for a socket engine).
+fn socket_child(sock: &Path, so: &Path) {
+    let plugin = Plugin::open(so);
+    let host = HostAbi::new();
+    let s = UnixStream::connect(sock).expect("connect to the parent");
+    let mut r = BufReader::with_capacity(64 << 10, s.try_clone().expect("clone socket"));
+    let mut w = BufWriter::with_capacity(64 << 10, s);
+    let mut buf = Vec::new();
+    loop {
+        if read_frame(&mut r, &mut buf).is_err() {
+            return;
+        }
+        let ev = CloudEvent::from_json_slice(&buf).expect("a CloudEvent");
+        let out = plugin.call(&host, &ev.to_flatbuffer());
+        let resp = WorkerResponse::from_flatbuffer(&out).expect("a WorkerResponse");
+        let body = serde_json::to_vec(&json!({
+            "resultEvent": resp.result_event.map(|e| e.to_json_value()),
+            "errorMessage": resp.error_message,
+        }))
+        .expect("json");
+        if write_frame(&mut w, &body).is_err() {
+            return;
+        }
+        if r.buffer().is_empty() && w.flush().is_err() {
+            return;
+        }
+    }
+}
+
+/// The parent's end of one path-C child.
+struct SocketWorker {
+    child: Child,
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+    buf: Vec<u8>,
+}
+
+impl SocketWorker {
+    fn spawn(dir: &Path, i: usize, so: &Path) -> SocketWorker {
+        let path = dir.join(format!("c{i}.sock"));
+        let listener = UnixListener::bind(&path).expect("bind");
+        let child = Command::new(std::env::current_exe().expect("current exe"))
+            .env(CHILD_ENV, &path)
+            .env(CHILD_SO_ENV, so)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn the socket child");
+        let (s, _) = listener.accept().expect("accept");
+        SocketWorker {
+            child,
+            w: s.try_clone().expect("clone"),
+            r: BufReader::with_capacity(64 << 10, s),
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, body: &[u8]) {
+        // One write per request (length and body together).
+        let mut frame = Vec::with_capacity(body.len() + 4);
+        write_frame(&mut frame, body).expect("vec write");
+        self.w.write_all(&frame).expect("socket write");
+    }
+
+    /// Reads and parses one reply (the parent parses JSON, as the original's engine does).
+    fn recv(&mut self) -> Value {
+        read_frame(&mut self.r, &mut self.buf).expect("socket read");
+        let v: Value = serde_json::from_slice(&self.buf).expect("reply JSON");
+        assert!(v["resultEvent"].is_object(), "{v}");
+        v
+    }
+
+    fn round_trip(&mut self, body: &[u8]) -> Value {
+        self.send(body);
+        self.recv()
+    }
+}
+
+impl Drop for SocketWorker {
+    fn drop(&mut self) {
+        let _ = self.w.shutdown(std::net::Shutdown::Both);
+        let _ = self.child.wait();
+    }
+}
+
+fn path_c(so: &Path) -> [f64; 3] {
+    section(
+        "C: Unix socket + length-prefixed JSON subprocess (the original's out-of-process model)",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let body = serde_json::to_vec(&event_json("id-1", "bench.request")).unwrap();
+    let mut c = SocketWorker::spawn(tmp.path(), 0, so);
+    for _ in 0..2000 {
+        c.round_trip(&body);
+    }
+    let mut busy = Vec::with_capacity(BUSY_SAMPLES);
+    for _ in 0..BUSY_SAMPLES {
+        let t = Instant::now();
+        c.round_trip(&body);
+        busy.push(t.elapsed());
+    }
+    report("C busy (back to back)", lat(busy).to_string());
+    let mut idle = Vec::new();
+    for _ in 0..IDLE_SAMPLES {
+        std::thread::sleep(IDLE_GAP);
+        let t = Instant::now();
+        c.round_trip(&body);
+        idle.push(t.elapsed());
+    }
+    report(&format!("C after {IDLE_GAP:?} idle"), lat(idle).to_string());
+    drop(c);
+    let mut rates = [0.0; 3];
+    for (i, n) in [1usize, 4, 16].into_iter().enumerate() {
+        // One child per worker (the original runs one engine process per worker), one
+        // parent thread per child keeping WINDOW / n requests in flight.
+        let workers: Vec<SocketWorker> = (0..n)
+            .map(|k| SocketWorker::spawn(tmp.path(), 100 * (i + 1) + k, so))
+            .collect();
+        let per = (WINDOW / n).max(1) as u64;
+        let t = Instant::now();
+        let hs: Vec<_> = workers
+            .into_iter()
+            .map(|mut c| {
+                let body = body.clone();
+                std::thread::spawn(move || {
+                    let (mut sent, mut done) = (0u64, 0u64);
+                    let mut stop_at = None;
+                    loop {
+                        if stop_at.is_none() && t.elapsed() >= THROUGHPUT_FOR {
+                            stop_at = Some(sent);
+                        }
+                        if stop_at.is_some_and(|s| done >= s) {
+                            break;
+                        }
+                        while stop_at.is_none() && sent - done < per {
+                            c.send(&body);
+                            sent += 1;
+                        }
+                        c.recv();
+                        done += 1;
+                    }
+                    done
+                })
+            })
+            .collect();
+        let done: u64 = hs.into_iter().map(|h| h.join().unwrap()).sum();
+        rates[i] = done as f64 / t.elapsed().as_secs_f64();
+        report(
+            &format!("C throughput, {n} worker processes"),
+            format!("{:.0} msgs/s", rates[i]),
+        );
+    }
+    rates
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon
+// ---------------------------------------------------------------------------------------------
+
+/// A keep-alive HTTP/1.1 connection (Content-Length bodies only, which is what the daemon's
+/// JSON answers use).
+struct Conn {
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+    line: String,
+}
+
+impl Conn {
+    fn new(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        Conn {
+            w: s.try_clone().unwrap(),
+            r: BufReader::new(s),
+            line: String::new(),
+        }
+    }
+
+    fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        let mut msg = format!(
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/cloudevents+json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        msg.extend_from_slice(body);
+        self.w.write_all(&msg)?;
+        self.line.clear();
+        self.r.read_line(&mut self.line)?;
+        let status: u16 = self
+            .line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {:?}", self.line)))?;
+        let mut len = 0usize;
+        loop {
+            self.line.clear();
+            if self.r.read_line(&mut self.line)? == 0 {
+                return Err(std::io::Error::other("connection closed in headers"));
+            }
+            let l = self.line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                let k = k.trim().to_ascii_lowercase();
+                if k == "content-length" {
+                    len = v.trim().parse().unwrap_or(0);
+                } else if k == "transfer-encoding" {
+                    return Err(std::io::Error::other(
+                        "chunked bodies are not supported here",
+                    ));
+                }
+            }
+        }
+        let mut out = vec![0; len];
+        self.r.read_exact(&mut out)?;
+        Ok((status, out))
+    }
+}
+
+fn daemon(dotnet: bool, extra: &[(&str, &str)]) -> Daemon {
+    let mut opts = DaemonOptions::default()
+        .env("WORKMANAGER_LOG", "warn")
+        // The respawn figure is the spawn + reload cost, not the configured first delay.
+        .env("HOST_RESPAWN_BACKOFF_MS", "1")
+        .env("CRASH_LOOP_MAX_CRASHES", "1000");
+    if dotnet {
+        opts = opts.env("DOTNET_ROOT", dn::dotnet_root().to_str().expect("utf-8"));
+    }
+    for (k, v) in extra {
+        opts = opts.env(k, v);
+    }
+    Daemon::start(opts)
+}
+
+fn chaos_package(id: &str, so: &Path) -> Vec<u8> {
+    nupkg::native(id, "chaos", so, "<virtufinLibrary>chaos</virtufinLibrary>")
+}
+
+/// Creates and starts a worker; returns its id.
+fn worker(d: &Daemon, mime: &str, topic: &str, pkg: &[u8], extra: Value) -> String {
+    let mut body = json!({
+        "mimeType": mime,
+        "topic": topic,
+        "codeSource": {"content": base64::engine::general_purpose::STANDARD.encode(pkg)},
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    let r = d.send_json("POST", "/v1/workers", &body);
+    assert_eq!(r.status, 201, "create: {}", r.text());
+    let id = r.json()["id"].as_str().expect("id").to_string();
+    let r = d.post(&format!("/v1/workers/{id}/start"));
+    assert!(r.status < 300, "start: {} {}", r.status, r.text());
+    id
+}
+
+const NATIVE: &str = "application/x-native-dll";
+const DOTNET: &str = "application/x-dotnet-dll";
+
+/// (pid, workers) of the daemon's hosts of engine `mime`.
+fn hosts(d: &Daemon, mime: &str) -> Vec<(u32, usize)> {
+    d.get("/v1/hosts").json()["hosts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|h| h["mimeType"] == mime)
+                .filter_map(|h| {
+                    Some((
+                        u32::try_from(h["pid"].as_i64()?).ok()?,
+                        h["workers"].as_array().map_or(0, Vec::len),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn invoke_ok(c: &mut Conn, worker: &str, body: &[u8]) -> bool {
+    matches!(
+        c.request("POST", &format!("/v1/workers/{worker}/invoke"), body),
+        Ok((200, _))
+    )
+}
+
+/// Invoke and bus latency through the daemon, busy and after a quiet second.
+fn e2e_latency(so: &Path) {
+    section("daemon: invoke and bus -> plugin -> reply");
+    let d = daemon(false, &[]);
+    let w = worker(
+        &d,
+        NATIVE,
+        "bench.request",
+        &chaos_package("Chaos.Worker", so),
+        json!({}),
+    );
+    let mut c = Conn::new(d.addr());
+    let body = serde_json::to_vec(&event_json("inv-1", "bench.request")).unwrap();
+    for _ in 0..500 {
+        assert!(invoke_ok(&mut c, &w, &body));
+    }
+    let mut busy = Vec::new();
+    for _ in 0..3000 {
+        let t = Instant::now();
+        assert!(invoke_ok(&mut c, &w, &body));
+        busy.push(t.elapsed());
+    }
+    report(
+        "invoke (REST -> ring -> plugin -> REST), back to back",
+        lat(busy).to_string(),
+    );
+    let mut idle = Vec::new();
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_secs(1));
+        let t = Instant::now();
+        assert!(invoke_ok(&mut c, &w, &body));
+        idle.push(t.elapsed());
+    }
+    report("invoke after a quiet second", lat(idle).to_string());
+
+    let replies = Sse::subscribe(&d.base_url(), "bench.request.reply");
+    let publish = |c: &mut Conn, id: &str| {
+        let b = serde_json::to_vec(&event_json(id, "bench.request")).unwrap();
+        let (s, r) = c
+            .request("POST", "/v1/topics/bench.request/events", &b)
+            .expect("publish");
+        assert_eq!(s, 202, "{}", String::from_utf8_lossy(&r));
+    };
+    let wait_reply = |id: &str| loop {
+        let v = replies
+            .next(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("no reply to {id}"));
+        if v["id"] == id {
+            return;
+        }
+    };
+    for n in 0..100 {
+        let id = format!("warm-{n}");
+        publish(&mut c, &id);
+        wait_reply(&id);
+    }
+    let (mut busy, mut acks) = (Vec::new(), Vec::new());
+    for n in 0..1000 {
+        let id = format!("busy-{n}");
+        let t = Instant::now();
+        publish(&mut c, &id);
+        acks.push(t.elapsed());
+        wait_reply(&id);
+        busy.push(t.elapsed());
+    }
+    report(
+        "bus publish acknowledged (durable commit)",
+        lat(acks).to_string(),
+    );
+    report(
+        "bus -> plugin -> reply on SSE, one at a time, back to back",
+        lat(busy).to_string(),
+    );
+    // Work in flight: 8 events outstanding at all times (a new publish for every reply), so
+    // the worker always has a queue but no backlog builds up.
+    {
+        const IN_FLIGHT: usize = 8;
+        let mut sent_at: std::collections::HashMap<String, Instant> = Default::default();
+        let mut lats = Vec::new();
+        let mut n = 0;
+        while lats.len() < 3000 {
+            while sent_at.len() < IN_FLIGHT {
+                let id = format!("fl-{n}");
+                n += 1;
+                sent_at.insert(id.clone(), Instant::now());
+                publish(&mut c, &id);
+            }
+            let v = replies
+                .next(Duration::from_secs(30))
+                .expect("a reply within 30 s");
+            if let Some(at) = v["id"].as_str().and_then(|id| sent_at.remove(id)) {
+                lats.push(at.elapsed());
+            }
+        }
+        report(
+            &format!("bus -> plugin -> reply on SSE, {IN_FLIGHT} in flight"),
+            lat(lats).to_string(),
+        );
+        while !sent_at.is_empty() {
+            let v = replies
+                .next(Duration::from_secs(30))
+                .expect("a reply within 30 s");
+            if let Some(id) = v["id"].as_str() {
+                sent_at.remove(id);
+            }
+        }
+    }
+    let mut idle = Vec::new();
+    for n in 0..12 {
+        std::thread::sleep(Duration::from_secs(1));
+        let id = format!("idle-{n}");
+        let t = Instant::now();
+        publish(&mut c, &id);
+        wait_reply(&id);
+        idle.push(t.elapsed());
+    }
+    report(
+        "bus -> plugin -> reply on SSE, after a quiet second",
+        lat(idle).to_string(),
+    );
+}
+
+/// Kills a host of engine `mime` and times until the worker answers an invoke again.
+fn respawn_once(d: &Daemon, mime: &str, worker_id: &str, body: &[u8]) -> Duration {
+    let (pid, _) = hosts(d, mime)[0];
+    let mut c = Conn::new(d.addr());
+    assert!(invoke_ok(&mut c, worker_id, body));
+    let pid_t = libc::pid_t::try_from(pid).expect("pid");
+    // SAFETY: kill(2) has no memory preconditions; the pid is a live host of this daemon
+    // (read from /v1/hosts just now; the daemon holds a pidfd, so it is not reaped and reused
+    // before it sees the death).
+    unsafe { libc::kill(pid_t, libc::SIGKILL) };
+    let t = Instant::now();
+    loop {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no answer after the kill"
+        );
+        match c.request("POST", &format!("/v1/workers/{worker_id}/invoke"), body) {
+            Ok((200, _)) => return t.elapsed(),
+            Ok(_) => std::thread::sleep(Duration::from_micros(200)),
+            Err(_) => c = Conn::new(d.addr()),
+        }
+    }
+}
+
+/// Respawn through the daemon: fresh daemon per sample (the backoff doubles per crash).
+fn respawn(so: &Path, dotnet: Option<&Path>) {
+    section("daemon: kill -9 a host, time until the worker answers an invoke again");
+    let body = serde_json::to_vec(&event_json("r-1", "bench.request")).unwrap();
+    let (mut native, mut managed) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let d = daemon(dotnet.is_some(), &[]);
+        let w = worker(
+            &d,
+            NATIVE,
+            "bench.request",
+            &chaos_package("Chaos.Worker", so),
+            json!({}),
+        );
+        native.push(respawn_once(&d, NATIVE, &w, &body));
+        if let Some(dll) = dotnet {
+            let w = worker(
+                &d,
+                DOTNET,
+                "dn.in",
+                &dn::worker_nupkg("Echo", dll, &[]),
+                json!({}),
+            );
+            managed.push(respawn_once(&d, DOTNET, &w, &body));
+        }
+    }
+    let ms = |v: &[Duration]| {
+        v.iter()
+            .map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    report(
+        "native host respawn + reload -> answered (5 kills, ms)",
+        format!("{} ms; {}", ms(&native), lat(native.clone())),
+    );
+    if dotnet.is_some() {
+        report(
+            ".NET host respawn -> first managed call answered (5 kills, ms)",
+            format!("{} ms; {}", ms(&managed), lat(managed.clone())),
+        );
+    }
+}
+
+/// RSS of the daemon and its hosts, and idle CPU with workers loaded.
+fn memory_and_idle_cpu(so: &Path, dotnet: Option<&Path>) {
+    section("daemon: memory and idle CPU");
+    let d = daemon(dotnet.is_some(), &[]);
+    let pid = d.pid().expect("pid");
+    std::thread::sleep(Duration::from_millis(500));
+    report(
+        "daemon RSS, idle, no worker",
+        format!("{:.1} MiB", rss_mib(pid)),
+    );
+    let body = serde_json::to_vec(&event_json("m-1", "bench.request")).unwrap();
+    let mut c = Conn::new(d.addr());
+    let mut per_host = String::new();
+    for (mime, n_name) in [(NATIVE, "native"), (DOTNET, ".NET")] {
+        if mime == DOTNET && dotnet.is_none() {
+            continue;
+        }
+        let mut first = 0.0;
+        for i in 0..10 {
+            let pkg = match dotnet {
+                Some(dll) if mime == DOTNET => dn::worker_nupkg(&format!("Echo{i}"), dll, &[]),
+                _ => chaos_package(&format!("Chaos{i}.Worker"), so),
+            };
+            let w = worker(&d, mime, &format!("m.{n_name}.{i}"), &pkg, json!({}));
+            for _ in 0..200 {
+                assert!(invoke_ok(&mut c, &w, &body));
+            }
+            if i == 0 {
+                first = rss_mib(hosts(&d, mime)[0].0);
+            }
+        }
+        let hs = hosts(&d, mime);
+        assert_eq!(hs.len(), 1, "one shared {n_name} host");
+        let ten = rss_mib(hs[0].0);
+        per_host.push_str(&format!("{n_name}: {first:.1} -> {ten:.1} MiB; "));
+        report(
+            &format!("{n_name} host RSS (daemon): 1 worker / 10 workers"),
+            format!(
+                "{first:.1} / {ten:.1} MiB (+{:.2} MiB per extra worker)",
+                (ten - first) / 9.0
+            ),
+        );
+    }
+    report(
+        "daemon RSS with the workers above, after traffic",
+        format!("{:.1} MiB", rss_mib(pid)),
+    );
+    drop(c);
+    std::thread::sleep(Duration::from_secs(1));
+    let mut pids = vec![("daemon".to_string(), pid)];
+    for mime in [NATIVE, DOTNET] {
+        for (p, _) in hosts(&d, mime) {
+            pids.push((format!("{mime} host"), p));
+        }
+    }
+    let before: Vec<u64> = pids.iter().map(|(_, p)| cpu_ticks(*p)).collect();
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let secs = t.elapsed().as_secs_f64();
+    let hz = clock_ticks_per_second();
+    let parts: Vec<String> = pids
+        .iter()
+        .zip(before)
+        .map(|((name, p), b)| {
+            let pct = (cpu_ticks(*p) - b) as f64 / hz / secs * 100.0;
+            format!("{name} {pct:.2}%")
+        })
+        .collect();
+    report(
+        "idle CPU over 10 s with the workers loaded",
+        parts.join(", "),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The REST publish load test
+// ---------------------------------------------------------------------------------------------
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+fn bus_metrics(d: &Daemon) -> String {
+    let m = d.get("/metrics").text();
+    format!(
+        "published {}, settled {}, stored (on disk, unsettled) {}, store queue {}",
+        metric(&m, "workmanager_bus_published_total"),
+        metric(&m, "workmanager_bus_settled_total"),
+        metric(&m, "workmanager_bus_stored_events"),
+        metric(&m, "workmanager_bus_store_queue_depth"),
+    )
+}
+
+/// `publishers` threads, each a keep-alive connection publishing `data` to `topic` for `for_`.
+/// Returns (requests, latencies) and samples the daemon's RSS every 250 ms.
+fn publish_load(
+    d: &Daemon,
+    topic: &str,
+    data: &str,
+    publishers: usize,
+    for_: Duration,
+) -> (usize, Vec<Duration>, Vec<f64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let hs: Vec<_> = (0..publishers)
+        .map(|p| {
+            let (stop, addr, topic, data) =
+                (stop.clone(), d.addr(), topic.to_string(), data.to_string());
+            std::thread::spawn(move || {
+                let mut c = Conn::new(addr);
+                let mut lats = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut ev = event_json(&format!("l{p}-{n}"), &topic);
+                    ev["datacontenttype"] = json!("text/plain");
+                    ev["data"] = json!(data);
+                    let b = serde_json::to_vec(&ev).unwrap();
+                    let t = Instant::now();
+                    let (s, r) = c
+                        .request("POST", &format!("/v1/topics/{topic}/events"), &b)
+                        .expect("publish");
+                    lats.push(t.elapsed());
+                    assert_eq!(s, 202, "{}", String::from_utf8_lossy(&r));
+                    n += 1;
+                }
+                lats
+            })
+        })
+        .collect();
+    let pid = d.pid().expect("pid");
+    let mut rss = Vec::new();
+    let t = Instant::now();
+    while t.elapsed() < for_ {
+        std::thread::sleep(Duration::from_millis(250));
+        rss.push(rss_mib(pid));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut lats = Vec::new();
+    for h in hs {
+        lats.extend(h.join().unwrap());
+    }
+    (lats.len(), lats, rss)
+}
+
+fn load_test(so: &Path) {
+    section("REST publish load test (publishers in this process, daemon in its own)");
+    let d = daemon(false, &[]);
+    worker(
+        &d,
+        NATIVE,
+        "load.in",
+        &chaos_package("Chaos.Worker", so),
+        json!({"maxConcurrency": 4}),
+    );
+    let replies = Sse::subscribe(&d.base_url(), "load.in.reply");
+    let counter = std::thread::spawn(move || {
+        let mut n = 0u64;
+        while replies.next(Duration::from_secs(3)).is_some() {
+            n += 1;
+        }
+        n
+    });
+    let mut total = 0usize;
+    for publishers in [1usize, 4, 16] {
+        let for_ = Duration::from_secs(4);
+        let (n, lats, rss) = publish_load(&d, "load.in", "hello", publishers, for_);
+        total += n;
+        report(
+            &format!("publish, echo worker replying, {publishers} publishers"),
+            format!(
+                "{:.0} req/s, {}, daemon RSS max {:.1} MiB",
+                n as f64 / for_.as_secs_f64(),
+                lat(lats),
+                rss.iter().cloned().fold(0.0, f64::max)
+            ),
+        );
+    }
+    let replies_seen = counter.join().unwrap();
+    report(
+        "replies seen on SSE after the three runs",
+        format!(
+            "{replies_seen} of {total} published; bus: {}",
+            bus_metrics(&d)
+        ),
+    );
+
+    section("publishers outrunning a slow worker (chaos data \"sleep:50\", one at a time)");
+    worker(
+        &d,
+        NATIVE,
+        "slow.in",
+        &chaos_package("Slow.Worker", so),
+        json!({}),
+    );
+    let rss_before = rss_mib(d.pid().expect("pid"));
+    let for_ = Duration::from_secs(10);
+    let (n, lats, rss) = publish_load(&d, "slow.in", "sleep:50", 16, for_);
+    let db = std::fs::metadata(d.data_dir().join("bus.db")).map_or(0, |m| m.len())
+        + std::fs::metadata(d.data_dir().join("bus.db-wal")).map_or(0, |m| m.len());
+    report(
+        "16 publishers vs a 20 msgs/s worker, 10 s",
+        format!(
+            "{n} accepted ({:.0} req/s), {}",
+            n as f64 / for_.as_secs_f64(),
+            lat(lats)
+        ),
+    );
+    let rss_s: Vec<String> = rss.iter().step_by(4).map(|r| format!("{r:.1}")).collect();
+    report(
+        "daemon RSS during the overload, every second (MiB)",
+        format!("before {rss_before:.1}; {}", rss_s.join(", ")),
+    );
+    report(
+        "where the backlog waits",
+        format!(
+            "{}; bus.db + WAL {:.1} MiB",
+            bus_metrics(&d),
+            db as f64 / (1 << 20) as f64
+        ),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn main() {
+    if let (Some(sock), Some(so)) = (std::env::var_os(CHILD_ENV), std::env::var_os(CHILD_SO_ENV)) {
+        socket_child(Path::new(&sock), Path::new(&so));
+        return;
+    }
+    if std::env::var_os(RING_CHILD_ENV).is_some() {
+        ring_echo_child();
+        return;
+    }
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let so = chaos_so();
+    let ev = event_fb();
+    // Build the daemon and host-runner first (release when this runs as a bench).
+    host_runner_bin();
+    let dotnet = if dn::dotnet_root().join("dotnet").exists() {
+        dn::engine_dir();
+        Some(dn::build_library("Echo", &["Echo.cs"], &[]))
+    } else {
+        println!(
+            "no .NET runtime at {}: .NET rows skipped",
+            dn::dotnet_root().display()
+        );
+        None
+    };
+    println!(
+        "compare: {} CPUs, load average {} at start; event {} B FlatBuffer, {} B JSON",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average(),
+        ev.len(),
+        serde_json::to_vec(&event_json("id-1", "bench.request"))
+            .unwrap()
+            .len()
+    );
+
+    let frame = Host::process_frame(1, "w0", &ev);
+    section("the ring alone (this process <-> an echo child)");
+    ring_alone("run 1 (start)", &frame);
+
+    let a = path_a(&so, &ev);
+    let (b, _) = path_b(&so, &ev);
+    let c = path_c(&so);
+    host_figures(&so, &ev);
+    section("throughput ratios (A = 1)");
+    for (i, n) in [1, 4, 16].into_iter().enumerate() {
+        report(
+            &format!("{n} workers: A / B / C"),
+            format!(
+                "{:.0} / {:.0} / {:.0} msgs/s = 1 : {:.3} : {:.3}",
+                a[i],
+                b[i],
+                c[i],
+                b[i] / a[i],
+                c[i] / a[i]
+            ),
+        );
+    }
+    e2e_latency(&so);
+    respawn(&so, dotnet.as_deref());
+    memory_and_idle_cpu(&so, dotnet.as_deref());
+    load_test(&so);
+
+    // The key ring figure again, at the end of the run, to show the machine's noise.
+    section("B busy again (noise check)");
+    {
+        let dir = so.parent().expect("fixture dir");
+        let lib = so.file_name().expect("file").to_string_lossy().into_owned();
+        let (mut h, _) = Host::spawn("native", "bench-b2");
+        h.load("w0", EngineKind::Native, dir, &lib);
+        for n in 0..2000 {
+            h.round_trip(n, "w0", &ev);
+        }
+        report(
+            "B busy (back to back), run 2",
+            ring_busy(&mut h, &ev).to_string(),
+        );
+        h.shutdown();
+    }
+    ring_alone("run 2 (end)", &Host::process_frame(1, "w0", &ev));
+
+    println!("\nload average at the end: {}", load_average());
+    println!("\n| figure | measured |\n|---|---|");
+    for (f, v) in SUMMARY.lock().unwrap().iter() {
+        println!("| {f} | {v} |");
+    }
+}
