@@ -134,6 +134,23 @@ fn cpu_ticks(pid: u32) -> u64 {
     get(14 - 3) + get(15 - 3)
 }
 
+/// Voluntary context switches of every thread of `pid` (a thread that blocks on a futex
+/// switches out voluntarily; one that spins does not).
+fn voluntary_switches(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+                .filter_map(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("voluntary_ctxt_switches:"))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no memory preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -544,27 +561,39 @@ fn ring_alone(label: &str, frame: &[u8]) {
         rt(&mut buf);
     }
     let mut v = Vec::with_capacity(100_000);
+    let me = std::process::id();
+    let sw = (voluntary_switches(child.id()), voluntary_switches(me));
     for _ in 0..100_000 {
         let t = Instant::now();
         rt(&mut buf);
         v.push(t.elapsed());
     }
+    let per = |a: u64, b: u64| (a - b) as f64 / 100_000.0;
     report(
         &format!("ring alone, {} B frame, back to back, {label}", frame.len()),
-        lat(v).to_string(),
+        format!(
+            "{}; voluntary switches per round trip: child {:.3}, parent {:.3}",
+            lat(v),
+            per(voluntary_switches(child.id()), sw.0),
+            per(voluntary_switches(me), sw.1)
+        ),
     );
     region.mark_closed(Side::Supervisor);
     let _ = child.wait();
 }
 
-fn ring_busy(h: &mut Host, ev: &[u8]) -> Lat {
+/// Back-to-back round trips to worker w0; the latency and the host's voluntary context
+/// switches per call.
+fn ring_busy(h: &mut Host, ev: &[u8]) -> (Lat, f64) {
     let mut busy = Vec::with_capacity(BUSY_SAMPLES);
+    let sw = voluntary_switches(h.pid());
     for n in 0..BUSY_SAMPLES as u64 {
         let t = Instant::now();
         h.round_trip(n, "w0", ev);
         busy.push(t.elapsed());
     }
-    lat(busy)
+    let per = (voluntary_switches(h.pid()) - sw) as f64 / BUSY_SAMPLES as f64;
+    (lat(busy), per)
 }
 
 /// Path B. Returns the 1/4/16-worker throughput and the first busy latency.
@@ -579,8 +608,11 @@ fn path_b(so: &Path, ev: &[u8]) -> ([f64; 3], Lat) {
     for n in 0..2000 {
         h.round_trip(n, "w0", ev);
     }
-    let busy = ring_busy(&mut h, ev);
-    report("B busy (back to back), run 1", busy.to_string());
+    let (busy, switches) = ring_busy(&mut h, ev);
+    report(
+        "B busy (back to back), run 1",
+        format!("{busy}; host voluntary switches per call {switches:.2}"),
+    );
     let mut idle = Vec::new();
     for n in 0..IDLE_SAMPLES as u64 {
         std::thread::sleep(IDLE_GAP);
@@ -1425,6 +1457,13 @@ fn main() {
     section("the ring alone (this process <-> an echo child)");
     ring_alone("run 1 (start)", &frame);
 
+    if std::env::var_os("WM_COMPARE_ONLY_RING").is_some() {
+        // The key ring figures alone (ring, then ring + host-runner), to repeat them quickly.
+        path_b(&so, &ev);
+        ring_alone("run 2", &frame);
+        return;
+    }
+
     let a = path_a(&so, &ev);
     let (b, _) = path_b(&so, &ev);
     let c = path_c(&so);
@@ -1458,9 +1497,10 @@ fn main() {
         for n in 0..2000 {
             h.round_trip(n, "w0", &ev);
         }
+        let (busy, switches) = ring_busy(&mut h, &ev);
         report(
             "B busy (back to back), run 2",
-            ring_busy(&mut h, &ev).to_string(),
+            format!("{busy}; host voluntary switches per call {switches:.2}"),
         );
         h.shutdown();
     }
