@@ -474,6 +474,11 @@ impl Host {
 
     /// Up to WINDOW calls in flight, round robin over `workers`, for THROUGHPUT_FOR.
     fn throughput(&mut self, workers: &[String], ev: &[u8]) -> f64 {
+        self.throughput_window(workers, ev, WINDOW)
+    }
+
+    /// Up to `window` calls in flight, round robin over `workers`, for THROUGHPUT_FOR.
+    fn throughput_window(&mut self, workers: &[String], ev: &[u8], window: usize) -> f64 {
         let (mut sent, mut done) = (0u64, 0u64);
         let t = Instant::now();
         let mut stop_at = None;
@@ -484,7 +489,7 @@ impl Host {
             if stop_at.is_some_and(|s| done >= s) {
                 break;
             }
-            while stop_at.is_none() && sent - done < WINDOW as u64 {
+            while stop_at.is_none() && sent - done < window as u64 {
                 let w = &workers[(sent % workers.len() as u64) as usize];
                 self.tx
                     .send(
@@ -631,6 +636,38 @@ fn path_b(so: &Path, ev: &[u8]) -> ([f64; 3], Lat) {
         );
     }
     h.shutdown();
+
+    // The same load spread over 4 hosts (one supervisor-side thread per host, as the pool has
+    // one link reader per host).
+    for n in [4usize, 16] {
+        let per_host = n / 4;
+        let hosts: Vec<Host> = (0..4)
+            .map(|k| {
+                let (mut h, _) = Host::spawn("native", &format!("bench-b-{n}-{k}"));
+                for i in 0..per_host {
+                    h.load(&format!("w{i}"), EngineKind::Native, dir, &lib);
+                }
+                h
+            })
+            .collect();
+        let threads: Vec<_> = hosts
+            .into_iter()
+            .map(|mut h| {
+                let ev = ev.to_vec();
+                std::thread::spawn(move || {
+                    let ws: Vec<String> = (0..per_host).map(|i| format!("w{i}")).collect();
+                    let rate = h.throughput_window(&ws, &ev, WINDOW / 4);
+                    h.shutdown();
+                    rate
+                })
+            })
+            .collect();
+        let total: f64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        report(
+            &format!("B throughput, {n} workers over 4 hosts ({WINDOW} in flight)"),
+            format!("{total:.0} msgs/s"),
+        );
+    }
     (rates, busy)
 }
 
@@ -1001,10 +1038,34 @@ fn invoke_ok(c: &mut Conn, worker: &str, body: &[u8]) -> bool {
     )
 }
 
+/// What one durable commit costs at least on this file system: a 256-byte append + fdatasync.
+fn fsync_probe(dir: &Path) {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("probe file");
+    let mut v = Vec::new();
+    for _ in 0..300 {
+        let t = Instant::now();
+        f.write_all(&[7u8; 256]).expect("write");
+        f.sync_data().expect("fdatasync");
+        v.push(t.elapsed());
+    }
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    report(
+        "256 B append + fdatasync in the data directory",
+        lat(v).to_string(),
+    );
+}
+
 /// Invoke and bus latency through the daemon, busy and after a quiet second.
 fn e2e_latency(so: &Path) {
     section("daemon: invoke and bus -> plugin -> reply");
     let d = daemon(false, &[]);
+    fsync_probe(d.data_dir());
     let w = worker(
         &d,
         NATIVE,
@@ -1081,6 +1142,7 @@ fn e2e_latency(so: &Path) {
         let mut sent_at: std::collections::HashMap<String, Instant> = Default::default();
         let mut lats = Vec::new();
         let mut n = 0;
+        let started = Instant::now();
         while lats.len() < 3000 {
             while sent_at.len() < IN_FLIGHT {
                 let id = format!("fl-{n}");
@@ -1095,9 +1157,13 @@ fn e2e_latency(so: &Path) {
                 lats.push(at.elapsed());
             }
         }
+        let rate = lats.len() as f64 / started.elapsed().as_secs_f64();
         report(
             &format!("bus -> plugin -> reply on SSE, {IN_FLIGHT} in flight"),
-            lat(lats).to_string(),
+            format!(
+                "{}; {rate:.0} events/s through one worker thread",
+                lat(lats)
+            ),
         );
         while !sent_at.is_empty() {
             let v = replies
@@ -1348,17 +1414,21 @@ fn load_test(so: &Path) {
         json!({"maxConcurrency": 4}),
     );
     let replies = Sse::subscribe(&d.base_url(), "load.in.reply");
+    // When each reply arrived, until 5 s pass without one.
     let counter = std::thread::spawn(move || {
-        let mut n = 0u64;
-        while replies.next(Duration::from_secs(3)).is_some() {
-            n += 1;
+        let mut at = Vec::new();
+        while replies.next(Duration::from_secs(5)).is_some() {
+            at.push(Instant::now());
         }
-        n
+        at
     });
     let mut total = 0usize;
+    let mut windows = Vec::new();
     for publishers in [1usize, 4, 16] {
         let for_ = Duration::from_secs(4);
+        let start = Instant::now();
         let (n, lats, rss) = publish_load(&d, "load.in", "hello", publishers, for_);
+        windows.push((publishers, start, Instant::now()));
         total += n;
         report(
             &format!("publish, echo worker replying, {publishers} publishers"),
@@ -1369,12 +1439,42 @@ fn load_test(so: &Path) {
                 rss.iter().cloned().fold(0.0, f64::max)
             ),
         );
+        // Let the worker catch up before the next row, so rows do not overlap.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            let m = d.get("/metrics").text();
+            if metric(&m, "workmanager_bus_stored_events") == 0.0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
-    let replies_seen = counter.join().unwrap();
+    let reply_at = counter.join().unwrap();
+    for (publishers, start, end) in &windows {
+        let during = reply_at.iter().filter(|t| *t >= start && *t <= end).count();
+        let next_start = windows
+            .iter()
+            .find(|w| w.1 > *end)
+            .map_or(Instant::now(), |w| w.1);
+        let last = reply_at
+            .iter()
+            .filter(|t| *t > end && *t < &next_start)
+            .max()
+            .map_or(Duration::ZERO, |t| t.duration_since(*end));
+        report(
+            &format!("replies on SSE, {publishers} publishers"),
+            format!(
+                "{:.0} replies/s while publishing; last reply {:.0} ms after publishing stopped",
+                during as f64 / end.duration_since(*start).as_secs_f64(),
+                last.as_secs_f64() * 1e3
+            ),
+        );
+    }
     report(
         "replies seen on SSE after the three runs",
         format!(
-            "{replies_seen} of {total} published; bus: {}",
+            "{} of {total} published; bus: {}",
+            reply_at.len(),
             bus_metrics(&d)
         ),
     );
