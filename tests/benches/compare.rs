@@ -544,10 +544,13 @@ fn ring_alone(label: &str, frame: &[u8]) {
     let fd = region.as_fd().as_raw_fd();
     let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
     cmd.env(RING_CHILD_ENV, "1").stdin(Stdio::null());
-    // SAFETY: dup2 and fcntl are async-signal-safe; `fd` is open in the parent, so it is open
-    // in the forked child.
+    // SAFETY: prctl, dup2 and fcntl are async-signal-safe; `fd` is open in the parent, so it
+    // is open in the forked child.
     unsafe {
         cmd.pre_exec(move || {
+            // The echo child blocks in recv without a timeout: it must not outlive a bench
+            // that panicked before closing the ring.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             if fd != 3 {
                 libc::dup2(fd, 3);
             }
