@@ -539,18 +539,49 @@ fn ring_echo_child() {
 }
 
 /// Round trips of a Process-sized frame through the ring alone, back to back.
-fn ring_alone(label: &str, frame: &[u8]) {
+/// Pins the calling thread to `cpu` (None: every CPU the process may use); returns the mask
+/// it had.
+fn pin_current_thread(cpu: Option<usize>) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is plain data; all zero is the empty set.
+    let mut old: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `old` is a valid cpu_set_t of the size passed; pid 0 is this thread.
+    unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut old) };
+    if let Some(cpu) = cpu {
+        // SAFETY: as above; CPU_SET only writes inside the set (cpu < CPU_SETSIZE here).
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid cpu_set_t and cpu is a small index.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        // SAFETY: `set` is a valid cpu_set_t of the size passed.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    }
+    old
+}
+
+fn restore_affinity(set: &libc::cpu_set_t) {
+    // SAFETY: `set` is a valid cpu_set_t of the size passed (from sched_getaffinity).
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
+}
+
+/// The ring alone; with `pin`, this thread on vCPU 0 and the echo child on vCPU 1.
+fn ring_alone(label: &str, frame: &[u8], pin: bool) {
+    let saved = pin_current_thread(pin.then_some(0));
     let region = Arc::new(Region::create("bench-ring", &RingConfig::default()).expect("region"));
     let fd = region.as_fd().as_raw_fd();
     let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
     cmd.env(RING_CHILD_ENV, "1").stdin(Stdio::null());
-    // SAFETY: prctl, dup2 and fcntl are async-signal-safe; `fd` is open in the parent, so it
-    // is open in the forked child.
+    // SAFETY: prctl, sched_setaffinity, dup2 and fcntl are async-signal-safe system calls
+    // (CPU_SET and zeroed only write the local set); `fd` is open in the parent, so it is open
+    // in the forked child.
     unsafe {
         cmd.pre_exec(move || {
             // The echo child blocks in recv without a timeout: it must not outlive a bench
             // that panicked before closing the ring.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if pin {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(1, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            }
             if fd != 3 {
                 libc::dup2(fd, 3);
             }
@@ -578,7 +609,11 @@ fn ring_alone(label: &str, frame: &[u8]) {
     }
     let per = |a: u64, b: u64| (a - b) as f64 / 100_000.0;
     report(
-        &format!("ring alone, {} B frame, back to back, {label}", frame.len()),
+        &format!(
+            "ring alone, {} B frame, back to back, {}{label}",
+            frame.len(),
+            if pin { "pinned to 2 vCPUs, " } else { "" }
+        ),
         format!(
             "{}; voluntary switches per round trip: child {:.3}, parent {:.3}",
             lat(v),
@@ -588,6 +623,7 @@ fn ring_alone(label: &str, frame: &[u8]) {
     );
     region.mark_closed(Side::Supervisor);
     let _ = child.wait();
+    restore_affinity(&saved);
 }
 
 /// Back-to-back round trips to worker w0; the latency and the host's voluntary context
@@ -1558,12 +1594,14 @@ fn main() {
 
     let frame = Host::process_frame(1, "w0", &ev);
     section("the ring alone (this process <-> an echo child)");
-    ring_alone("run 1 (start)", &frame);
+    ring_alone("run 1 (start)", &frame, false);
+    ring_alone("run 1 (start)", &frame, true);
 
     if std::env::var_os("WM_COMPARE_ONLY_RING").is_some() {
         // The key ring figures alone (ring, then ring + host-runner), to repeat them quickly.
         path_b(&so, &ev);
-        ring_alone("run 2", &frame);
+        ring_alone("run 2", &frame, false);
+        ring_alone("run 2", &frame, true);
         return;
     }
 
@@ -1607,7 +1645,8 @@ fn main() {
         );
         h.shutdown();
     }
-    ring_alone("run 2 (end)", &Host::process_frame(1, "w0", &ev));
+    ring_alone("run 2 (end)", &frame, false);
+    ring_alone("run 2 (end)", &frame, true);
 
     println!("\nload average at the end: {}", load_average());
     println!("\n| figure | measured |\n|---|---|");
