@@ -34,6 +34,7 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
         retry_attempts: config.retry_attempts,
         retry_base_delay: config.retry_base_delay,
         timeout_grace: config.timeout_reclaim_grace,
+        heartbeat: config.heartbeat,
     };
     let engines = engines(&host_runner);
     let gateway_url = config.gateway_url.clone();
