@@ -341,3 +341,40 @@ inline flatbuffers::Offset<WorkerResponse> CreateWorkerResponseDirect(
 }  // namespace Virtufin
 
 #endif  // FLATBUFFERS_GENERATED_WORKERAPI_VIRTUFIN_WORKER_FLATBUFFERS_H_
+
+// ---- Appended by schemas/regen.sh (not flatc output): the seed example's call shape. ----
+#ifndef VIRTUFIN_WORKER_API_FB_SEED_COMPAT_H_
+#define VIRTUFIN_WORKER_API_FB_SEED_COMPAT_H_
+namespace Virtufin {
+namespace Worker {
+namespace FlatBuffers {
+
+/// CreateCloudEventDirect with id, type and source given as already-created strings
+/// (`fbb.CreateString(...)`) and the optional attributes as C strings / std::vector pointers.
+inline flatbuffers::Offset<CloudEvent> CreateCloudEventDirect(
+    flatbuffers::FlatBufferBuilder &_fbb,
+    flatbuffers::Offset<flatbuffers::String> id,
+    flatbuffers::Offset<flatbuffers::String> type,
+    flatbuffers::Offset<flatbuffers::String> source,
+    const char *specversion = nullptr,
+    const char *datacontenttype = nullptr,
+    const char *dataschema = nullptr,
+    const char *subject = nullptr,
+    const char *time = nullptr,
+    const std::vector<uint8_t> *data = nullptr,
+    const std::vector<flatbuffers::Offset<Virtufin::Worker::FlatBuffers::Extension>> *extensions = nullptr) {
+  auto specversion__ = specversion ? _fbb.CreateString(specversion) : 0;
+  auto datacontenttype__ = datacontenttype ? _fbb.CreateString(datacontenttype) : 0;
+  auto dataschema__ = dataschema ? _fbb.CreateString(dataschema) : 0;
+  auto subject__ = subject ? _fbb.CreateString(subject) : 0;
+  auto time__ = time ? _fbb.CreateString(time) : 0;
+  auto data__ = data ? _fbb.CreateVector<uint8_t>(*data) : 0;
+  auto extensions__ = extensions ? _fbb.CreateVector<flatbuffers::Offset<Virtufin::Worker::FlatBuffers::Extension>>(*extensions) : 0;
+  return CreateCloudEvent(_fbb, id, type, source, specversion__, datacontenttype__, dataschema__,
+                          subject__, time__, data__, extensions__);
+}
+
+}  // namespace FlatBuffers
+}  // namespace Worker
+}  // namespace Virtufin
+#endif  // VIRTUFIN_WORKER_API_FB_SEED_COMPAT_H_

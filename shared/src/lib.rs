@@ -7,11 +7,14 @@
 //!   `tokio` feature, the async `HostLink`.
 //! - [`ring`]: the shared-memory transport between the supervisor and a host-runner.
 //! - [`generated`]: flatc output for `schemas/*.fbs`, committed, never edited by hand.
+//! - [`package`]: worker packages (`.nupkg`): validation for both engines, hostile-archive
+//!   checks, content-addressed extraction.
 //!
 //! Nothing here listens on the network or loads plugin code; both binaries link it.
 
 pub mod cloudevent;
 pub mod generated;
+pub mod package;
 pub mod protocol;
 pub mod ring;
 

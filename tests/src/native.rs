@@ -115,6 +115,16 @@ impl<'a> Build<'a> {
         for h in ["virtufin_worker_api_c.h", "virtufin_worker_api_fb.h"] {
             key_parts.push(std::fs::read(schemas.join(h)).unwrap_or_default());
         }
+        // Fixtures include local headers (`cabi_tlv.h`, also as `../native/cabi_tlv.h` from C++):
+        // a change to one of them must rebuild.
+        for h in local_headers(&sources) {
+            key_parts.push(
+                h.file_name()
+                    .map(|n| n.as_encoded_bytes().to_vec())
+                    .unwrap_or_default(),
+            );
+            key_parts.push(std::fs::read(&h).unwrap_or_default());
+        }
         let refs: Vec<&[u8]> = key_parts.iter().map(Vec::as_slice).collect();
         let key = content_key(&refs);
         let out_dir = fixtures_out("native").join(format!("{}-{key}", self.name));
@@ -154,4 +164,24 @@ impl<'a> Build<'a> {
         });
         out
     }
+}
+
+/// The `*.h` files next to the sources and in `tests/fixtures/native/`, sorted, deduplicated.
+fn local_headers(sources: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = sources
+        .iter()
+        .filter_map(|s| s.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.push(fixtures_src("native"));
+    let mut headers: Vec<PathBuf> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "h"))
+        .collect();
+    headers.sort();
+    headers.dedup();
+    headers
 }

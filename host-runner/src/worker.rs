@@ -1,0 +1,448 @@
+//! Per-worker threads and queues, hot reload, unload.
+//!
+//! Each worker owns a FIFO queue and `max_concurrency` threads pulling from it (one thread
+//! keeps the worker's order; a hung plugin blocks only its own worker). The loaded library
+//! sits behind an `Arc` swapped on hot reload: a call clones the `Arc` when it starts, so an
+//! in-flight call finishes on the old library, which is unloaded when its last call ends.
+//!
+//! Every thread that runs plugin code (calls, loads, unloads) holds an alternate signal stack
+//! and marks itself with `crash::enter_call`, so the crash handler can name the culprit.
+//!
+//! Results leave through an [`Outbox`] (the ring, in the binary).
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::crash;
+use crate::engine::{Engine, LoadSpec, ProcessOutcome, ResultStatus, error_chain};
+
+/// Where a worker's results go.
+pub trait Outbox: Send + Sync + 'static {
+    fn load_result(&self, request_id: u64, worker_id: &str, result: Result<(), String>);
+    fn unload_result(&self, request_id: u64, worker_id: &str, result: Result<(), String>);
+    fn process_result(&self, msg_id: u64, worker_id: &str, outcome: ProcessOutcome);
+}
+
+/// A loaded worker; unloaded (under a crash mark) when the last reference drops.
+struct Loaded<E: Engine> {
+    engine: Arc<E>,
+    worker_id: String,
+    worker: Option<E::Worker>,
+}
+
+impl<E: Engine> Loaded<E> {
+    fn unload(mut self) -> Result<(), String> {
+        match self.worker.take() {
+            Some(w) => {
+                let _mark = crash::enter_call(&self.worker_id, 0);
+                self.engine.unload(w).map_err(|e| error_chain(&e))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl<E: Engine> Drop for Loaded<E> {
+    fn drop(&mut self) {
+        if let Some(w) = self.worker.take() {
+            let _mark = crash::enter_call(&self.worker_id, 0);
+            if let Err(e) = self.engine.unload(w) {
+                crate::sandbox::log(&format!(
+                    "worker {}: unloading the replaced library failed: {}",
+                    self.worker_id,
+                    error_chain(&e)
+                ));
+            }
+        }
+    }
+}
+
+struct Slot<E: Engine> {
+    current: RwLock<Option<Arc<Loaded<E>>>>,
+    /// Set by unload: a reload finishing afterwards must not install its library.
+    closed: AtomicBool,
+}
+
+struct Job {
+    msg_id: u64,
+    event: Vec<u8>,
+}
+
+struct Handle<E: Engine> {
+    tx: Sender<Job>,
+    slot: Arc<Slot<E>>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+/// The set of workers of one host.
+pub struct Workers<E: Engine, O: Outbox> {
+    engine: Arc<E>,
+    outbox: Arc<O>,
+    map: Mutex<HashMap<String, Handle<E>>>,
+    in_flight: Arc<AtomicU32>,
+    /// Unload and reload threads, joined at shutdown.
+    background: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl<E: Engine, O: Outbox> Workers<E, O> {
+    pub fn new(engine: Arc<E>, outbox: Arc<O>) -> Arc<Self> {
+        Arc::new(Workers {
+            engine,
+            outbox,
+            map: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(AtomicU32::new(0)),
+            background: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Workers loaded (or loading).
+    pub fn count(&self) -> u32 {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len() as u32
+    }
+
+    /// Calls accepted and not yet answered.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// `LoadWorker`: a new worker gets its queue and threads; an existing one is reloaded
+    /// beside the running library. The result is sent when the load finished.
+    pub fn load(self: &Arc<Self>, request_id: u64, spec: LoadSpec) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = map.get(&spec.worker_id) {
+            let slot = h.slot.clone();
+            drop(map);
+            self.spawn_background(format!("reload {}", spec.worker_id), {
+                let this = self.clone();
+                move || this.reload(request_id, spec, slot)
+            });
+            return;
+        }
+        let (tx, rx) = channel();
+        let slot = Arc::new(Slot {
+            current: RwLock::new(None),
+            closed: AtomicBool::new(false),
+        });
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        map.insert(
+            spec.worker_id.clone(),
+            Handle {
+                tx,
+                slot: slot.clone(),
+                threads: threads.clone(),
+            },
+        );
+        drop(map);
+        let this = self.clone();
+        let name = thread_name(&spec.worker_id, 0);
+        let list = threads.clone();
+        let spawned = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || this.first_thread(request_id, spec, slot, rx, list));
+        match spawned {
+            // Unload joins it with the others; it is pushed before this frame handler returns,
+            // so before any UnloadWorker for this worker is handled.
+            Ok(t) => threads.lock().unwrap_or_else(|p| p.into_inner()).push(t),
+            Err(e) => crate::sandbox::log(&format!("cannot start a worker thread: {e}")),
+        }
+    }
+
+    /// Thread 0 of a new worker: loads, reports, starts the other threads, then serves.
+    fn first_thread(
+        self: Arc<Self>,
+        request_id: u64,
+        spec: LoadSpec,
+        slot: Arc<Slot<E>>,
+        rx: Receiver<Job>,
+        threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    ) {
+        let _alt = crash::AltStack::install();
+        let worker_id = spec.worker_id.clone();
+        let loaded = {
+            let _mark = crash::enter_call(&worker_id, 0);
+            self.engine.load(&spec)
+        };
+        match loaded {
+            Ok(w) => {
+                let loaded = Arc::new(Loaded {
+                    engine: self.engine.clone(),
+                    worker_id: worker_id.clone(),
+                    worker: Some(w),
+                });
+                {
+                    let mut cur = slot.current.write().unwrap_or_else(|p| p.into_inner());
+                    // A reload requested while this first load ran may have finished first:
+                    // the newer version wins, this one is unloaded (after the lock is released).
+                    let stale = if cur.is_none() {
+                        *cur = Some(loaded);
+                        None
+                    } else {
+                        Some(loaded)
+                    };
+                    drop(cur);
+                    drop(stale);
+                }
+                self.outbox.load_result(request_id, &worker_id, Ok(()));
+                let rx = Arc::new(Mutex::new(rx));
+                for i in 1..spec.max_concurrency.max(1) {
+                    let this = self.clone();
+                    let (slot, rx, id) = (slot.clone(), rx.clone(), worker_id.clone());
+                    match std::thread::Builder::new()
+                        .name(thread_name(&worker_id, i))
+                        .spawn(move || {
+                            let _alt = crash::AltStack::install();
+                            this.serve(&id, &slot, &rx)
+                        }) {
+                        Ok(t) => threads.lock().unwrap_or_else(|p| p.into_inner()).push(t),
+                        Err(e) => crate::sandbox::log(&format!(
+                            "worker {worker_id}: cannot start thread {i}: {e}"
+                        )),
+                    }
+                }
+                self.serve(&worker_id, &slot, &rx);
+            }
+            Err(e) => {
+                // Remove the entry first: from then on no Process reaches this queue, so
+                // draining it below answers every message that did.
+                self.map
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&worker_id);
+                self.outbox
+                    .load_result(request_id, &worker_id, Err(error_chain(&e)));
+                while let Ok(job) = rx.recv() {
+                    self.answer_unknown(job.msg_id, &worker_id);
+                }
+            }
+        }
+    }
+
+    /// A worker thread's loop: until the queue is closed (unload, shutdown).
+    fn serve(&self, worker_id: &str, slot: &Slot<E>, rx: &Mutex<Receiver<Job>>) {
+        loop {
+            let job = {
+                let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+                rx.recv()
+            };
+            let Ok(job) = job else {
+                return;
+            };
+            let lib = slot
+                .current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let outcome = match lib.as_ref().and_then(|l| l.worker.as_ref().map(|w| (l, w))) {
+                Some((_, w)) => {
+                    let _mark = crash::enter_call(worker_id, job.msg_id);
+                    // Engines do not panic on plugin misbehaviour; this only keeps a host bug
+                    // from silently killing the worker's thread and its queue with it.
+                    catch_unwind(AssertUnwindSafe(|| {
+                        self.engine.process(w, job.msg_id, &job.event)
+                    }))
+                    .unwrap_or_else(|_| {
+                        ProcessOutcome::failed(
+                            ResultStatus::ProcessFailed,
+                            "host-runner bug: the engine panicked during this call",
+                        )
+                    })
+                }
+                None => ProcessOutcome::failed(
+                    ResultStatus::UnknownWorker,
+                    format!("worker {worker_id} is not loaded"),
+                ),
+            };
+            // Releasing the library may unload a replaced version (hot reload): do it before
+            // answering, so the supervisor never sees the reply before the old code is gone.
+            drop(lib);
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.outbox.process_result(job.msg_id, worker_id, outcome);
+        }
+    }
+
+    fn answer_unknown(&self, msg_id: u64, worker_id: &str) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.outbox.process_result(
+            msg_id,
+            worker_id,
+            ProcessOutcome::failed(
+                ResultStatus::UnknownWorker,
+                format!("worker {worker_id} is not loaded on this host"),
+            ),
+        );
+    }
+
+    /// Hot reload: load the new version beside the old one, then swap. Calls already running
+    /// keep the old version until they return; it is unloaded after the last of them.
+    fn reload(&self, request_id: u64, spec: LoadSpec, slot: Arc<Slot<E>>) {
+        let _alt = crash::AltStack::install();
+        let worker_id = spec.worker_id.clone();
+        let loaded = {
+            let _mark = crash::enter_call(&worker_id, 0);
+            self.engine.load(&spec)
+        };
+        match loaded {
+            Ok(w) => {
+                let new = Arc::new(Loaded {
+                    engine: self.engine.clone(),
+                    worker_id: worker_id.clone(),
+                    worker: Some(w),
+                });
+                if slot.closed.load(Ordering::Acquire) {
+                    drop(new);
+                    self.outbox.load_result(
+                        request_id,
+                        &worker_id,
+                        Err(format!(
+                            "worker {worker_id} was unloaded while its new version was loading"
+                        )),
+                    );
+                    return;
+                }
+                let old = slot
+                    .current
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replace(new);
+                // The old version goes when its last in-flight call ends (maybe right here).
+                drop(old);
+                self.outbox.load_result(request_id, &worker_id, Ok(()));
+            }
+            Err(e) => self
+                .outbox
+                .load_result(request_id, &worker_id, Err(error_chain(&e))),
+        }
+    }
+
+    /// `Process`: queue the call on its worker, or answer UnknownWorker at once.
+    pub fn process(&self, msg_id: u64, worker_id: &str, event: Vec<u8>) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let sent = match map.get(worker_id) {
+            Some(h) => h.tx.send(Job { msg_id, event }).is_ok(),
+            None => false,
+        };
+        drop(map);
+        if !sent {
+            self.answer_unknown(msg_id, worker_id);
+        }
+    }
+
+    /// `UnloadWorker`: close the queue (queued calls still run), wait for the threads, unload
+    /// the library, then report. Runs in the background so a hung plugin blocks nothing else.
+    pub fn unload(self: &Arc<Self>, request_id: u64, worker_id: &str) {
+        let handle = self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(worker_id);
+        let Some(handle) = handle else {
+            self.outbox.unload_result(
+                request_id,
+                worker_id,
+                Err(format!("worker {worker_id} is not loaded on this host")),
+            );
+            return;
+        };
+        let this = self.clone();
+        let id = worker_id.to_string();
+        self.spawn_background(format!("unload {id}"), move || {
+            let result = this.finish(handle);
+            this.outbox.unload_result(request_id, &id, result);
+        });
+    }
+
+    fn finish(&self, handle: Handle<E>) -> Result<(), String> {
+        let Handle { tx, slot, threads } = handle;
+        slot.closed.store(true, Ordering::Release);
+        drop(tx);
+        // Thread 0 may still be starting the others: take the list only once it is complete,
+        // i.e. join until it stays empty.
+        loop {
+            let batch: Vec<_> = threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain(..)
+                .collect();
+            if batch.is_empty() {
+                break;
+            }
+            for t in batch {
+                let _ = t.join();
+            }
+        }
+        let current = slot
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match current.map(Arc::try_unwrap) {
+            None => Ok(()),
+            Some(Ok(loaded)) => {
+                let _alt = crash::AltStack::install();
+                loaded.unload()
+            }
+            // Still referenced (a call of a thread we could not join): it unloads when
+            // that call ends.
+            Some(Err(_)) => Ok(()),
+        }
+    }
+
+    /// `Shutdown`: unload every worker, waiting at most `deadline`. Returns whether all of
+    /// them finished in time.
+    pub fn shutdown(self: &Arc<Self>, deadline: Duration) -> bool {
+        let handles: Vec<_> = self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        let (done_tx, done_rx) = channel();
+        let n = handles.len();
+        for (_, h) in handles {
+            let this = self.clone();
+            let done = done_tx.clone();
+            // Detached on purpose: a hung plugin must not hold up the exit.
+            let _ = std::thread::Builder::new()
+                .name("shutdown".into())
+                .spawn(move || {
+                    let _ = this.finish(h);
+                    let _ = done.send(());
+                });
+        }
+        let until = Instant::now() + deadline;
+        for _ in 0..n {
+            let left = until.saturating_duration_since(Instant::now());
+            if done_rx.recv_timeout(left).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn spawn_background(&self, name: String, f: impl FnOnce() + Send + 'static) {
+        let name: String = name.chars().take(15).collect();
+        match std::thread::Builder::new().name(name).spawn(f) {
+            Ok(t) => self.background_push(t),
+            Err(e) => crate::sandbox::log(&format!("cannot start a background thread: {e}")),
+        }
+    }
+
+    fn background_push(&self, t: JoinHandle<()>) {
+        let mut bg = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget finished threads so the list does not grow with every reload.
+        bg.retain(|t| !t.is_finished());
+        bg.push(t);
+    }
+}
+
+fn thread_name(worker_id: &str, i: u32) -> String {
+    // Linux keeps 15 bytes of a thread name.
+    let short: String = worker_id.chars().take(10).collect();
+    format!("w{i}:{short}")
+}

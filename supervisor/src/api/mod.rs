@@ -1,0 +1,3 @@
+//! The REST API, one module per resource.
+
+pub mod topics;

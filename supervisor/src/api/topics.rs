@@ -1,0 +1,376 @@
+//! `POST /v1/topics/{topic}/events` (publish) and `GET /v1/topics/{topic}/events` (SSE).
+//!
+//! Publish takes the three CloudEvents HTTP modes:
+//! - structured: `content-type: application/cloudevents+json`, the body is one event;
+//! - batch: `content-type: application/cloudevents-batch+json`, the body is a JSON array;
+//! - binary: `ce-*` headers carry the attributes (values percent-decoded), the body is the
+//!   data and `content-type` its `datacontenttype`.
+//!
+//! `application/json` without `ce-specversion` is read as structured mode. The answer,
+//! `202 {"accepted": n, "seqs": [...]}`, comes once the events are durable.
+//!
+//! The SSE stream sends each event published from now on as `event: <type>`, `id: <seq>`,
+//! `data: <structured JSON>`, with keep-alive comments, and ends when the daemon shuts down.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures_util::Stream;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use wm_shared::CloudEvent;
+use wm_shared::cloudevent::CloudEventError;
+
+use crate::bus::{Bus, BusError, is_valid_topic_len};
+
+/// The longest topic name the API takes.
+pub const MAX_API_TOPIC_LEN: usize = 200;
+
+/// Limits of the topic endpoints.
+#[derive(Debug, Clone)]
+pub struct TopicLimits {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most events in one batch.
+    pub max_batch_events: usize,
+    /// How often an idle SSE stream sends a keep-alive comment.
+    pub sse_keep_alive: Duration,
+}
+
+impl Default for TopicLimits {
+    fn default() -> Self {
+        TopicLimits {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_batch_events: 1_000,
+            sse_keep_alive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Why a topic request failed; rendered as `{"error": {"code", "message"}}`.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicsError {
+    #[error(
+        "topic name '{0}' is invalid: use 1-{MAX_API_TOPIC_LEN} characters from A-Z, a-z, 0-9, '.', '_' and '-'"
+    )]
+    Topic(String),
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("the batch holds {got} events; the limit is {limit} per request")]
+    BatchTooLarge { got: usize, limit: usize },
+    #[error("cannot read the request body: {0}")]
+    Body(String),
+    #[error("the request body is not valid JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("invalid CloudEvent: {0}")]
+    Event(#[source] CloudEventError),
+    #[error("invalid CloudEvent at index {index} of the batch: {source}")]
+    BatchEvent {
+        index: usize,
+        #[source]
+        source: CloudEventError,
+    },
+    #[error("a batch must be a JSON array of CloudEvents, got {0}")]
+    NotABatch(&'static str),
+    #[error("header '{0}' is not valid text (CloudEvents headers are percent-encoded UTF-8)")]
+    Header(String),
+    #[error(
+        "content type '{0}' is not a CloudEvents mode: send application/cloudevents+json, application/cloudevents-batch+json, or the attributes as ce-* headers (binary mode)"
+    )]
+    ContentType(String),
+    #[error("the event bus is not available: {0}")]
+    Bus(#[source] BusError),
+}
+
+impl TopicsError {
+    /// The error code of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TopicsError::BodyTooLarge { .. } | TopicsError::BatchTooLarge { .. } => "too_large",
+            TopicsError::Bus(_) => "unavailable",
+            _ => "invalid_argument",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            TopicsError::BodyTooLarge { .. } | TopicsError::BatchTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            TopicsError::Bus(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl IntoResponse for TopicsError {
+    fn into_response(self) -> Response {
+        let message = match &self {
+            // Store details go to the log, not to the client.
+            TopicsError::Bus(e) => {
+                tracing::error!(error = %e, "publish failed");
+                match e {
+                    BusError::Closed => "the daemon is shutting down; retry later".to_string(),
+                    _ => "the event store could not commit the events; retry later".to_string(),
+                }
+            }
+            other => other.to_string(),
+        };
+        let body = json!({"error": {"code": self.code(), "message": message}});
+        (self.status(), axum::Json(body)).into_response()
+    }
+}
+
+#[derive(Clone)]
+struct TopicsState {
+    bus: Arc<dyn Bus>,
+    limits: Arc<TopicLimits>,
+    shutdown: CancellationToken,
+}
+
+/// The topic routes, with their own state; merge them into the API router. SSE streams end
+/// when `shutdown` is cancelled.
+pub fn router(bus: Arc<dyn Bus>, limits: TopicLimits, shutdown: CancellationToken) -> Router {
+    Router::new()
+        .route("/v1/topics/{topic}/events", post(publish).get(subscribe))
+        .with_state(TopicsState {
+            bus,
+            limits: Arc::new(limits),
+            shutdown,
+        })
+}
+
+fn check_topic(topic: &str) -> Result<(), TopicsError> {
+    if is_valid_topic_len(topic, MAX_API_TOPIC_LEN) {
+        Ok(())
+    } else {
+        Err(TopicsError::Topic(topic.to_string()))
+    }
+}
+
+async fn publish(
+    State(s): State<TopicsState>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, TopicsError> {
+    check_topic(&topic)?;
+    let limit = s.limits.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(TopicsError::BodyTooLarge { limit });
+    }
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(TopicsError::BodyTooLarge { limit });
+        }
+        Err(e) => return Err(TopicsError::Body(e.to_string())),
+    };
+    let events = parse_events(&headers, &bytes, s.limits.max_batch_events)?;
+    let seqs = s
+        .bus
+        .publish(&topic, events)
+        .await
+        .map_err(TopicsError::Bus)?;
+    let body = json!({"accepted": seqs.len(), "seqs": seqs});
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+/// Reads the events of a publish request in whichever mode it uses.
+pub fn parse_events(
+    headers: &HeaderMap,
+    body: &[u8],
+    max_batch: usize,
+) -> Result<Vec<CloudEvent>, TopicsError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| {
+            v.to_str()
+                .map(str::to_string)
+                .map_err(|_| TopicsError::Header("content-type".into()))
+        })
+        .transpose()?;
+    let mime = content_type.as_deref().map(|ct| {
+        ct.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    match mime.as_deref() {
+        Some("application/cloudevents+json") => Ok(vec![structured(body)?]),
+        Some("application/cloudevents-batch+json") => batch(body, max_batch),
+        _ if headers.contains_key("ce-specversion") => {
+            Ok(vec![binary(headers, content_type, body)?])
+        }
+        Some("application/json") | None => Ok(vec![structured(body)?]),
+        Some(_) => Err(TopicsError::ContentType(content_type.unwrap_or_default())),
+    }
+}
+
+fn structured(body: &[u8]) -> Result<CloudEvent, TopicsError> {
+    let v: Value = serde_json::from_slice(body).map_err(TopicsError::Json)?;
+    CloudEvent::from_json_value(&v).map_err(TopicsError::Event)
+}
+
+fn batch(body: &[u8], max_batch: usize) -> Result<Vec<CloudEvent>, TopicsError> {
+    let v: Value = serde_json::from_slice(body).map_err(TopicsError::Json)?;
+    let Value::Array(items) = v else {
+        return Err(TopicsError::NotABatch(match v {
+            Value::Object(_) => "an object",
+            Value::String(_) => "a string",
+            Value::Number(_) => "a number",
+            Value::Bool(_) => "a boolean",
+            _ => "null",
+        }));
+    };
+    if items.len() > max_batch {
+        return Err(TopicsError::BatchTooLarge {
+            got: items.len(),
+            limit: max_batch,
+        });
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            CloudEvent::from_json_value(item)
+                .map_err(|source| TopicsError::BatchEvent { index, source })
+        })
+        .collect()
+}
+
+fn binary(
+    headers: &HeaderMap,
+    content_type: Option<String>,
+    body: &[u8],
+) -> Result<CloudEvent, TopicsError> {
+    let mut ev = CloudEvent::default();
+    for (name, value) in headers {
+        let Some(attr) = name.as_str().strip_prefix("ce-") else {
+            continue;
+        };
+        let raw = value
+            .to_str()
+            .map_err(|_| TopicsError::Header(name.as_str().to_string()))?;
+        let value =
+            percent_decode(raw).ok_or_else(|| TopicsError::Header(name.as_str().to_string()))?;
+        match attr {
+            "id" => ev.id = value,
+            "source" => ev.source = value,
+            "type" => ev.ty = value,
+            "specversion" => ev.specversion = value,
+            "subject" => ev.subject = Some(value),
+            "time" => ev.time = Some(value),
+            "dataschema" => ev.dataschema = Some(value),
+            _ => ev.set_extension(attr, value).map_err(TopicsError::Event)?,
+        }
+    }
+    ev.datacontenttype = content_type;
+    if !body.is_empty() {
+        ev.data = Some(body.to_vec());
+    }
+    ev.validate().map_err(TopicsError::Event)?;
+    Ok(ev)
+}
+
+/// Decodes `%XX` escapes (the CloudEvents HTTP binding's header encoding); None if the
+/// result is not UTF-8 or an escape is malformed.
+pub fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn subscribe(
+    State(s): State<TopicsState>,
+    Path(topic): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, TopicsError> {
+    check_topic(&topic)?;
+    // Subscribed before the response goes out: a client that has the headers sees every
+    // event published after that.
+    let rx = s.bus.watch(&topic);
+    let stream =
+        futures_util::stream::unfold((rx, s.shutdown.clone()), |(mut rx, token)| async move {
+            let item = tokio::select! {
+                _ = token.cancelled() => return None,
+                r = rx.recv() => r,
+            };
+            let ev = match item {
+                Ok(p) => Event::default()
+                    .event(sse_safe(&p.event.ty))
+                    .id(p.seq.to_string())
+                    .data(p.event.to_json_value().to_string()),
+                Err(RecvError::Lagged(n)) => {
+                    Event::default().comment(format!("lagged: {n} events skipped"))
+                }
+                Err(RecvError::Closed) => return None,
+            };
+            Some((Ok(ev), (rx, token)))
+        });
+    Ok(Sse::new(stream).keep_alive(
+        KeepAlive::new()
+            .interval(s.limits.sse_keep_alive)
+            .text("keep-alive"),
+    ))
+}
+
+/// An SSE field cannot hold a line break (axum panics on one); a type is user input.
+fn sse_safe(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("a%20b%C3%A9").as_deref(), Some("a bé"));
+        assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("bad%zz"), None);
+        assert_eq!(percent_decode("%FF"), None);
+    }
+
+    #[test]
+    fn errors_map_to_codes() {
+        let e = TopicsError::BodyTooLarge { limit: 10 };
+        assert_eq!((e.code(), e.status().as_u16()), ("too_large", 413));
+        let e = TopicsError::Topic("a b".into());
+        assert_eq!((e.code(), e.status().as_u16()), ("invalid_argument", 400));
+        let e = TopicsError::Bus(BusError::Closed);
+        assert_eq!((e.code(), e.status().as_u16()), ("unavailable", 503));
+        assert_eq!(sse_safe("a\nb\rc"), "a b c");
+    }
+}

@@ -1,0 +1,249 @@
+//! The bus: durable topics of CloudEvents with competing consumers and live watchers.
+//!
+//! [`Bus`] is the seam: the daemon only talks to `Arc<dyn Bus>`. [`SqliteBus`] is the embedded
+//! implementation (one SQLite file, group commit); a NATS JetStream implementation can replace
+//! it for more than one machine (a stream per topic, a durable pull consumer per worker, `settle`
+//! = ack/term, `deliveries` = the message's delivery count).
+//!
+//! The contract every implementation keeps:
+//! - `publish` returns only once the events are durable; each gets a sequence number.
+//! - An event stays stored until [`Bus::settle`] records its outcome; unsettled events (also
+//!   those left over from before a crash) are delivered again, with [`Delivery::deliveries`]
+//!   counting every hand-out (at-least-once).
+//! - Consumers of one topic compete: each event goes to one of them.
+//! - Once [`Bus::set_ready`] was called, an event on a topic nobody consumes is settled
+//!   [`Outcome::Dropped`] and counted; before that, events wait for their workers.
+//! - Watchers ([`Bus::watch`], the SSE stream) see every published event whatever its outcome.
+
+mod dead_letter;
+mod metrics;
+mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc};
+use wm_shared::CloudEvent;
+
+pub use dead_letter::{
+    DEAD_LETTER_SUFFIX, DeadLetterReason, MAX_DEAD_LETTER_ERROR_LEN, dead_letter,
+    dead_letter_event, dead_letter_topic,
+};
+pub use metrics::BusMetrics;
+pub use sqlite::{Durability, SqliteBus, SqliteBusOptions};
+
+/// A boxed future, so that [`Bus`] stays object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The longest topic name the bus takes. The REST API allows 200, which leaves room for the
+/// `-dead` suffix of dead-letter topics.
+pub const MAX_TOPIC_LEN: usize = 250;
+
+/// One event handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The event's sequence number; pass it to [`Bus::settle`].
+    pub seq: u64,
+    pub topic: String,
+    pub event: CloudEvent,
+    /// How many times the event was handed out, this time included (1 on the first delivery;
+    /// more after a crash or after a consumer left without handling it).
+    pub deliveries: u32,
+}
+
+/// An event as watchers see it.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub seq: u64,
+    pub topic: String,
+    pub event: CloudEvent,
+}
+
+/// How an event ended; recorded by [`Bus::settle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Processed; the reply (if any) was published.
+    Replied,
+    /// Published on `<topic>-dead`.
+    DeadLettered { reason: String },
+    /// Nobody could take it.
+    Dropped { reason: String },
+}
+
+impl Outcome {
+    /// The metric label of this outcome.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Replied => "replied",
+            Outcome::DeadLettered { .. } => "dead_lettered",
+            Outcome::Dropped { .. } => "dropped",
+        }
+    }
+}
+
+/// What went wrong on the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error(
+        "topic name '{0}' is invalid: use 1-{MAX_TOPIC_LEN} characters from A-Z, a-z, 0-9, '.', '_' and '-'"
+    )]
+    InvalidTopic(String),
+    #[error("event {index} of the publish on topic '{topic}' is invalid: {source}")]
+    InvalidEvent {
+        topic: String,
+        index: usize,
+        #[source]
+        source: wm_shared::cloudevent::CloudEventError,
+    },
+    #[error("cannot create the bus data directory {path}: {source}")]
+    CreateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the bus store {path} (check permissions and free space): {source}")]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the bus store {path} is in use by another process: stop the other workmanager or give this one its own data directory"
+    )]
+    InUse { path: std::path::PathBuf },
+    #[error("the bus store failed to {step} (check the disk and the daemon log): {source}")]
+    Store {
+        step: &'static str,
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+    #[error("cannot start the bus writer thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("the bus is shut down and takes no more events")]
+    Closed,
+}
+
+/// True for a topic name the bus takes: 1 to [`MAX_TOPIC_LEN`] of `[A-Za-z0-9._-]`.
+pub fn is_valid_topic(topic: &str) -> bool {
+    is_valid_topic_len(topic, MAX_TOPIC_LEN)
+}
+
+/// True for 1 to `max` characters of `[A-Za-z0-9._-]`.
+pub fn is_valid_topic_len(topic: &str, max: usize) -> bool {
+    !topic.is_empty()
+        && topic.len() <= max
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The durable bus the daemon publishes to and consumes from.
+pub trait Bus: Send + Sync + 'static {
+    /// Durably appends `events` to `topic` (group commit) and returns their sequence numbers,
+    /// in order, once committed.
+    fn publish(
+        &self,
+        topic: &str,
+        events: Vec<CloudEvent>,
+    ) -> BoxFuture<'_, Result<Vec<u64>, BusError>>;
+
+    /// Live feed of what is published on `topic` from now on (SSE). A receiver that lags
+    /// behind skips events (`RecvError::Lagged`); it never slows publishers down.
+    fn watch(&self, topic: &str) -> broadcast::Receiver<Arc<Published>>;
+
+    /// A durable consumer on `topic`; consumers of one topic compete for its events.
+    /// Unsettled events (also those from before a restart) are (re)delivered. Dropping the
+    /// [`Consumer`] unsubscribes; events it had buffered but not returned go back to the topic.
+    fn consume(&self, topic: &str, consumer: &str) -> Consumer;
+
+    /// Records the outcome of event `seq`; the event leaves the store. Settling an event
+    /// twice is not an error.
+    fn settle(&self, seq: u64, outcome: Outcome) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// Gives deliveries that were received but not processed back to their topics, for the
+    /// next consumer (JetStream: nak); e.g. the queue of a worker that stops. Deliveries that
+    /// were settled meanwhile are ignored.
+    fn release(&self, deliveries: Vec<Delivery>);
+
+    /// Recovery is done: from now on, events on topics without a consumer are dropped (and
+    /// counted) instead of waiting for their worker.
+    fn set_ready(&self);
+
+    /// Flushes what is queued and closes the store; later publishes fail with
+    /// [`BusError::Closed`], consumers and watchers end.
+    fn close(&self) -> BoxFuture<'_, ()>;
+
+    /// Appends the bus metrics in the Prometheus text format.
+    fn render_prometheus(&self, out: &mut String);
+}
+
+/// What a [`Consumer`] tells its bus implementation.
+pub trait ConsumerHooks: Send + Sync + 'static {
+    /// Called after each delivery [`Consumer::recv`] returns (room in the buffer again).
+    fn received(&self);
+    /// Called once when the consumer is dropped, with its receiving end: what is buffered
+    /// there was never returned, so the implementation gives it back to the topic. (Handing
+    /// over the receiver, rather than draining it here, lets the implementation drain it
+    /// where no send into it can still be under way.)
+    fn unsubscribed(&self, rx: mpsc::Receiver<Delivery>);
+}
+
+/// A subscription to a topic's events (see [`Bus::consume`]). The buffer between the bus and
+/// the consumer is bounded: a slow consumer is sent less, and the rest stays in the store.
+pub struct Consumer {
+    topic: String,
+    rx: mpsc::Receiver<Delivery>,
+    hooks: Box<dyn ConsumerHooks>,
+}
+
+impl Consumer {
+    /// A consumer fed through `rx`; for [`Bus`] implementations.
+    pub fn new(topic: String, rx: mpsc::Receiver<Delivery>, hooks: Box<dyn ConsumerHooks>) -> Self {
+        Consumer { topic, rx, hooks }
+    }
+
+    /// The topic this consumer takes events from.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The next event; `None` once the bus has shut down.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        let d = self.rx.recv().await?;
+        self.hooks.received();
+        Some(d)
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let (_, closed) = mpsc::channel(1);
+        let rx = std::mem::replace(&mut self.rx, closed);
+        self.hooks.unsubscribed(rx);
+    }
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        for ok in ["a", "orders.v1", "A_b-c.9", &"x".repeat(MAX_TOPIC_LEN)] {
+            assert!(is_valid_topic(ok), "{ok}");
+        }
+        for bad in ["", "a b", "a/b", "ä", "a:b", &"x".repeat(MAX_TOPIC_LEN + 1)] {
+            assert!(!is_valid_topic(bad), "{bad}");
+        }
+        assert!(!is_valid_topic_len("abc", 2));
+    }
+}

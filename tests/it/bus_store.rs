@@ -1,0 +1,453 @@
+//! The embedded bus on real SQLite files: durability, settling, group commit, competing
+//! consumers, the no-consumer rule, bounded memory, watchers, dead letters, daemon events.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wm_shared::CloudEvent;
+use wm_supervisor::bus::{
+    Bus, Consumer, DeadLetterReason, Delivery, Outcome, SqliteBus, SqliteBusOptions, dead_letter,
+};
+use wm_supervisor::events::{ErrorType, Events, LIFECYCLE_TOPIC, Lifecycle, WorkerRef};
+
+/// Watchdog for every wait: a broken bus fails the test instead of hanging it.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn event(i: usize) -> CloudEvent {
+    let mut e = CloudEvent::new(format!("id-{i}"), "com.example.test", "urn:test");
+    e.datacontenttype = Some("application/json".into());
+    e.data = Some(format!("{{\"n\":{i}}}").into_bytes());
+    e.set_extension("tenant", "t1").unwrap();
+    e.set_extension("correlationid", format!("c-{i}")).unwrap();
+    e
+}
+
+pub fn open(dir: &Path) -> Arc<SqliteBus> {
+    SqliteBus::open(dir, SqliteBusOptions::default()).unwrap()
+}
+
+pub async fn recv(c: &mut Consumer) -> Delivery {
+    tokio::time::timeout(WAIT, c.recv())
+        .await
+        .expect("no delivery within the watchdog timeout")
+        .expect("the bus closed the consumer")
+}
+
+/// Nothing arrives within a short while (used where an event must NOT be delivered).
+async fn assert_quiet(c: &mut Consumer) {
+    if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(300), c.recv()).await {
+        panic!("unexpected delivery of seq {}", d.seq);
+    }
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsettled_events_are_delivered_again_after_reopen_and_settle_removes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let sent: Vec<CloudEvent> = (0..3).map(event).collect();
+    let seqs = {
+        let bus = open(dir.path());
+        let mut c = bus.consume("orders", "w1");
+        let seqs = bus.publish("orders", sent.clone()).await.unwrap();
+        assert_eq!(seqs.len(), 3);
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+        for (i, seq) in seqs.iter().enumerate() {
+            let d = recv(&mut c).await;
+            assert_eq!((d.seq, d.deliveries), (*seq, 1));
+            assert_eq!(d.event, sent[i], "the stored event round-trips exactly");
+            assert_eq!(d.topic, "orders");
+        }
+        // Not settled: the daemon "stops" here.
+        bus.close().await;
+        seqs
+    };
+
+    let bus = open(dir.path());
+    assert_eq!(bus.metrics().stored(), 3);
+    let mut c = bus.consume("orders", "w1");
+    for (i, seq) in seqs.iter().enumerate() {
+        let d = recv(&mut c).await;
+        assert_eq!((d.seq, d.deliveries), (*seq, 2), "redelivery is counted");
+        assert_eq!(d.event, sent[i]);
+    }
+    bus.settle(seqs[0], Outcome::Replied).await.unwrap();
+    bus.settle(
+        seqs[1],
+        Outcome::DeadLettered {
+            reason: "timeout".into(),
+        },
+    )
+    .await
+    .unwrap();
+    // Settling twice is harmless.
+    bus.settle(seqs[0], Outcome::Replied).await.unwrap();
+    assert_eq!(bus.metrics().settled("replied"), 1);
+    assert_eq!(bus.metrics().settled("dead_lettered"), 1);
+    drop(c);
+    bus.close().await;
+    drop(bus);
+
+    let bus = open(dir.path());
+    let mut c = bus.consume("orders", "w1");
+    let d = recv(&mut c).await;
+    assert_eq!((d.seq, d.deliveries), (seqs[2], 3));
+    assert_quiet(&mut c).await;
+    bus.settle(d.seq, Outcome::Replied).await.unwrap();
+    assert_eq!(bus.metrics().stored(), 0);
+    // New events get new sequence numbers, never reused ones.
+    let next = bus.publish("orders", vec![event(9)]).await.unwrap();
+    assert!(next[0] > seqs[2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_share_commits_and_nothing_is_lost() {
+    const PUBLISHERS: usize = 64;
+    const EACH: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    let barrier = Arc::new(tokio::sync::Barrier::new(PUBLISHERS));
+    let mut tasks = Vec::new();
+    for p in 0..PUBLISHERS {
+        let bus = bus.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut seqs = Vec::new();
+            for i in 0..EACH {
+                let s = bus
+                    .publish("load", vec![event(p * EACH + i)])
+                    .await
+                    .unwrap();
+                seqs.extend(s);
+            }
+            seqs
+        }));
+    }
+    let mut acked = BTreeSet::new();
+    for t in tasks {
+        for s in tokio::time::timeout(WAIT, t).await.unwrap().unwrap() {
+            assert!(acked.insert(s), "seq {s} acknowledged twice");
+        }
+    }
+    let total = PUBLISHERS * EACH;
+    assert_eq!(acked.len(), total);
+    let commits = bus.metrics().commits();
+    assert!(
+        commits < total as u64,
+        "{commits} commits for {total} concurrent publishes: no group commit happened"
+    );
+    assert_eq!(bus.metrics().published("load"), total as u64);
+    bus.close().await;
+    drop(bus);
+
+    let bus = open(dir.path());
+    assert_eq!(bus.metrics().stored(), total as i64);
+    let mut c = bus.consume("load", "w");
+    let mut got = BTreeSet::new();
+    let mut last = 0;
+    for _ in 0..total {
+        let d = recv(&mut c).await;
+        assert!(d.seq > last, "delivered in sequence order");
+        last = d.seq;
+        got.insert(d.seq);
+    }
+    assert_eq!(got, acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn competing_consumers_each_get_distinct_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    let mut a = bus.consume("jobs", "a");
+    let mut b = bus.consume("jobs", "b");
+    let seqs = bus
+        .publish("jobs", (0..40).map(event).collect())
+        .await
+        .unwrap();
+    let mut seen_a = HashSet::new();
+    let mut seen_b = HashSet::new();
+    for _ in 0..20 {
+        seen_a.insert(recv(&mut a).await.seq);
+        seen_b.insert(recv(&mut b).await.seq);
+    }
+    assert!(seen_a.is_disjoint(&seen_b));
+    let all: HashSet<u64> = seen_a.union(&seen_b).copied().collect();
+    assert_eq!(all, seqs.into_iter().collect());
+    assert_quiet(&mut a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_without_a_consumer_wait_until_ready_then_are_dropped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    // Before ready (recovery not done): held for a worker that comes back.
+    bus.publish("nobody", (0..3).map(event).collect())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(bus.metrics().dropped("nobody"), 0);
+    assert_eq!(bus.metrics().stored(), 3);
+    let mut late = bus.consume("nobody", "late");
+    for _ in 0..3 {
+        let d = recv(&mut late).await;
+        bus.settle(d.seq, Outcome::Replied).await.unwrap();
+    }
+    drop(late);
+
+    bus.publish("held", (0..5).map(event).collect())
+        .await
+        .unwrap();
+    bus.set_ready();
+    wait_until("the held events to be dropped", || {
+        bus.metrics().dropped("held") == 5
+    })
+    .await;
+    // After ready: dropped at once, counted per topic and as an outcome.
+    bus.publish("nobody", vec![event(7)]).await.unwrap();
+    wait_until("the late event to be dropped", || {
+        bus.metrics().dropped("nobody") == 1
+    })
+    .await;
+    assert_eq!(bus.metrics().settled("dropped"), 6);
+    assert_eq!(bus.metrics().stored(), 0);
+    let mut text = String::new();
+    bus.render_prometheus(&mut text);
+    assert!(text.contains("workmanager_bus_dropped_total{topic=\"held\"} 5\n"));
+
+    // A topic with a consumer is not affected by readiness.
+    let mut c = bus.consume("served", "w");
+    bus.publish("served", vec![event(1)]).await.unwrap();
+    let d = recv(&mut c).await;
+    assert_eq!(d.deliveries, 1);
+    assert_eq!(bus.metrics().dropped("served"), 0);
+    bus.close().await;
+    drop(bus);
+    let bus = open(dir.path());
+    assert_eq!(
+        bus.metrics().stored(),
+        1,
+        "only the unsettled delivery is left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_the_memory_window_is_delivered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SqliteBusOptions {
+        memory_window: 8,
+        consumer_prefetch: 2,
+        ..SqliteBusOptions::default()
+    };
+    let bus = SqliteBus::open(dir.path(), opts.clone()).unwrap();
+    let seqs = bus
+        .publish("big", (0..100).map(event).collect())
+        .await
+        .unwrap();
+    let mut c = bus.consume("big", "w");
+    for (i, seq) in seqs.iter().enumerate() {
+        let d = recv(&mut c).await;
+        assert_eq!(d.seq, *seq);
+        assert_eq!(d.event.id, format!("id-{i}"));
+        bus.settle(d.seq, Outcome::Replied).await.unwrap();
+    }
+    assert_quiet(&mut c).await;
+    drop(c);
+    // And on reopen, with more stored than the window.
+    bus.publish("big", (0..30).map(event).collect())
+        .await
+        .unwrap();
+    bus.close().await;
+    drop(bus);
+    let bus = SqliteBus::open(dir.path(), opts).unwrap();
+    let mut c = bus.consume("big", "w");
+    for i in 0..30 {
+        assert_eq!(recv(&mut c).await.event.id, format!("id-{i}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_leaves_gives_back_what_it_had_buffered() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SqliteBusOptions {
+        consumer_prefetch: 4,
+        ..SqliteBusOptions::default()
+    };
+    let bus = SqliteBus::open(dir.path(), opts).unwrap();
+    let first = bus.consume("t", "first");
+    let seqs = bus.publish("t", (0..4).map(event).collect()).await.unwrap();
+    // Let the writer fill `first`'s buffer, then leave without reading.
+    wait_until("the deliveries to be counted", || {
+        bus.metrics().commits() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(first);
+    let mut second = bus.consume("t", "second");
+    for seq in seqs {
+        let d = recv(&mut second).await;
+        assert_eq!((d.seq, d.deliveries), (seq, 2));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_see_every_event_and_dead_letters_and_daemon_events_are_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    bus.set_ready();
+    let mut watch = bus.watch("orders");
+    let mut dead_watch = bus.watch("orders-dead");
+    let mut life = bus.watch(LIFECYCLE_TOPIC);
+    // No consumer and ready: dropped, yet watchers see it.
+    let seqs = bus.publish("orders", vec![event(1)]).await.unwrap();
+    let p = tokio::time::timeout(WAIT, watch.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((p.seq, p.event.id.as_str()), (seqs[0], "id-1"));
+
+    let reason = DeadLetterReason {
+        error_type: ErrorType::Timeout,
+        message: "no reply within 30s".into(),
+        attempts: 1,
+        worker_id: Some("w1".into()),
+    };
+    let dyn_bus: Arc<dyn Bus> = bus.clone();
+    let dseq = dead_letter(dyn_bus.as_ref(), "orders", &event(1), &reason)
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(WAIT, dead_watch.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.seq, dseq);
+    assert_eq!(d.event.extension("deadletterreason"), Some("timeout"));
+    assert_eq!(d.event.extension("deadletterworker"), Some("w1"));
+    assert_eq!(d.event.extension("correlationid"), Some("c-1"));
+
+    let events = Events::new(dyn_bus);
+    let w = WorkerRef {
+        id: "w1",
+        group: Some("g"),
+        topic: "orders",
+    };
+    events
+        .worker(Lifecycle::Failed, w, Some((ErrorType::Crash, "signal 11")))
+        .await;
+    let l = tokio::time::timeout(WAIT, life.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.event.ty, "com.virtufin.workmanager.lifecycle.failed");
+    let data: serde_json::Value = serde_json::from_slice(l.event.data.as_deref().unwrap()).unwrap();
+    assert_eq!(data["error_type"], "crash");
+    assert_eq!(data["group"], "g");
+
+    // After close: publishes are refused, watchers end, events are best effort.
+    bus.close().await;
+    assert!(matches!(
+        bus.publish("orders", vec![event(2)]).await,
+        Err(wm_supervisor::bus::BusError::Closed)
+    ));
+    events.worker(Lifecycle::Stopped, w, None).await;
+    assert!(
+        tokio::time::timeout(WAIT, watch.recv())
+            .await
+            .unwrap()
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_input_is_refused_by_the_bus_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    let err = bus.publish("a b", vec![event(1)]).await.unwrap_err();
+    assert!(
+        err.to_string().contains("topic name 'a b' is invalid"),
+        "{err}"
+    );
+    let mut bad = event(1);
+    bad.source.clear();
+    let err = bus.publish("ok", vec![event(0), bad]).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "event 1 of the publish on topic 'ok' is invalid: required attribute 'source' is missing or empty"
+    );
+    assert_eq!(bus.metrics().stored(), 0, "an invalid batch stores nothing");
+    assert!(bus.publish("ok", vec![]).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_on_disk_without_a_consumer_is_dropped_whole_once_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SqliteBusOptions {
+        memory_window: 8,
+        ..SqliteBusOptions::default()
+    };
+    let bus = SqliteBus::open(dir.path(), opts.clone()).unwrap();
+    bus.publish("orphan", (0..50).map(event).collect())
+        .await
+        .unwrap();
+    bus.close().await;
+    drop(bus);
+    // After a restart the backlog waits (only the window is in memory) until recovery is done.
+    let bus = SqliteBus::open(dir.path(), opts).unwrap();
+    assert_eq!(bus.metrics().stored(), 50);
+    bus.set_ready();
+    wait_until("the backlog to be dropped", || {
+        bus.metrics().dropped("orphan") == 50
+    })
+    .await;
+    assert_eq!(bus.metrics().stored(), 0);
+    bus.close().await;
+    drop(bus);
+    let bus = open(dir.path());
+    assert_eq!(bus.metrics().stored(), 0, "the drops were persisted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_cannot_open_the_same_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    let opts = SqliteBusOptions {
+        lock_timeout: Duration::from_millis(100),
+        ..SqliteBusOptions::default()
+    };
+    let err = SqliteBus::open(dir.path(), opts.clone())
+        .err()
+        .expect("the store is locked by the first bus");
+    assert!(
+        err.to_string().contains("is in use by another process"),
+        "{err}"
+    );
+    bus.close().await;
+    drop(bus);
+    SqliteBus::open(dir.path(), opts).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_deliveries_go_to_the_next_consumer_and_settled_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    let mut a = bus.consume("q", "a");
+    let seqs = bus.publish("q", (0..2).map(event).collect()).await.unwrap();
+    let first = recv(&mut a).await;
+    let second = recv(&mut a).await;
+    bus.settle(second.seq, Outcome::Replied).await.unwrap();
+    drop(a);
+    let mut b = bus.consume("q", "b");
+    // The worker behind `a` stopped with both still queued; one was settled meanwhile.
+    bus.release(vec![first, second]);
+    let d = recv(&mut b).await;
+    assert_eq!((d.seq, d.deliveries), (seqs[0], 2));
+    assert_quiet(&mut b).await;
+}
