@@ -8,3 +8,4 @@ mod bus_store;
 mod c_abi;
 mod dotnet_daemon;
 mod failures;
+mod runtime;
