@@ -1384,11 +1384,13 @@ fn metric(text: &str, name: &str) -> f64 {
 fn bus_metrics(d: &Daemon) -> String {
     let m = d.get("/metrics").text();
     format!(
-        "published {}, settled {}, stored (on disk, unsettled) {}, store queue {}",
+        "published {}, settled {}, stored (on disk, unsettled) {}, store queue {}, overflowed (dead-lettered as overflow) {}, dropped (no consumer) {}",
         metric(&m, "workmanager_bus_published_total"),
         metric(&m, "workmanager_bus_settled_total"),
         metric(&m, "workmanager_bus_stored_events"),
         metric(&m, "workmanager_bus_store_queue_depth"),
+        metric(&m, "workmanager_bus_overflowed_total"),
+        metric(&m, "workmanager_bus_dropped_total"),
     )
 }
 
