@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use wm_shared::package::EngineKind;
 use wm_shared::ring::RingConfig;
 
-use crate::bus::{Bus, SqliteBus, SqliteBusOptions};
+use crate::bus::{Bus, Durability, SqliteBus, SqliteBusOptions};
 use crate::config::Config;
 use crate::control::{ControlEvent, ControlEventKind};
 use crate::dispatcher::{DispatchConfig, StatusSink};
@@ -42,6 +42,11 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
     let parts = Parts {
         data_dir: config.data_dir.clone(),
         bus_options: SqliteBusOptions {
+            durability: if config.bus_fsync {
+                Durability::Fsync
+            } else {
+                Durability::Os
+            },
             max_topic_backlog: config.topic_max_backlog,
             ..SqliteBusOptions::default()
         },
