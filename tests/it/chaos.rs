@@ -1,0 +1,1051 @@
+//! The chaos suite (issue 7): the real daemon with native and .NET workers on shared and
+//! dedicated hosts, healthy and hostile, a stream of events with unique correlation ids, and
+//! faults injected meanwhile: plugins that segfault, abort, exit, overflow their stack, exhaust
+//! memory, hang or fail; host processes SIGKILLed from outside; the daemon SIGKILLed and
+//! restarted with calls in flight and events queued; a crash-looping worker. At the end it
+//! prints the invariants as a table and asserts each (docs/chaos.md).
+//!
+//! The stream runs `WM_SOAK_SECONDS` (default 30: the CI run); `WM_CHAOS_RATE` sets events per
+//! second (default 30). Faults come every 1.6 s whatever the duration.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use wm_testkit::daemon::{Daemon, DaemonOptions};
+use wm_testkit::dotnet as dn;
+use wm_testkit::native::{Build, Lang};
+use wm_testkit::sse::Sse;
+use wm_testkit::{nupkg, procs};
+
+/// Watchdog for every wait.
+const WAIT: Duration = Duration::from_secs(90);
+/// Between two injected faults.
+const FAULT_STEP: Duration = Duration::from_millis(1600);
+/// `CRASH_LOOP_WINDOW_SECONDS`: shorter than the gap between two poison events for one worker
+/// (3 fault steps), so only the crash-looper is quarantined.
+const CRASH_WINDOW_S: &str = "4";
+/// Growth of the daemon's RSS over the stream that still counts as flat.
+const RSS_SLACK_BYTES: u64 = 24 << 20;
+
+/// What an event should end as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Expect {
+    /// A reply (with this data, when the worker echoes).
+    Reply(Option<String>),
+    /// A dead letter with this `deadletterreason`.
+    Dead(&'static str),
+}
+
+/// One accepted event.
+#[derive(Debug, Clone)]
+struct Sent {
+    worker: &'static str,
+    expect: Expect,
+    /// A healthy event on a healthy worker (must never be dead-lettered).
+    healthy: bool,
+}
+
+/// One outcome seen on a reply or dead-letter topic.
+#[derive(Debug, Clone)]
+struct Seen {
+    dead: Option<String>,
+    data: Option<String>,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Ledger {
+    sent: Mutex<BTreeMap<String, Sent>>,
+    seen: Mutex<HashMap<String, Vec<Seen>>>,
+    /// Events in flight or queued when the daemon was killed: a second outcome is allowed.
+    at_kill: Mutex<BTreeSet<String>>,
+    next: AtomicU64,
+}
+
+impl Ledger {
+    fn key(&self, prefix: &str) -> String {
+        format!("{prefix}-{}", self.next.fetch_add(1, Ordering::SeqCst))
+    }
+
+    fn outcomes(&self, key: &str) -> usize {
+        lock(&self.seen).get(key).map_or(0, Vec::len)
+    }
+
+    fn first_at(&self, key: &str) -> Option<Instant> {
+        lock(&self.seen)
+            .get(key)
+            .and_then(|v| v.first().map(|s| s.at))
+    }
+
+    fn pending(&self) -> Vec<String> {
+        let seen = lock(&self.seen);
+        lock(&self.sent)
+            .keys()
+            .filter(|k| !seen.contains_key(*k))
+            .cloned()
+            .collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The workers: (name = topic, engine, isolation, hostile).
+struct W {
+    name: &'static str,
+    dotnet: bool,
+    dedicated: bool,
+    hostile: bool,
+    /// Topic its replies go to.
+    reply_topic: &'static str,
+    extra: Value,
+}
+
+fn workers() -> Vec<W> {
+    let w = |name, dotnet, dedicated, hostile, reply_topic, extra| W {
+        name,
+        dotnet,
+        dedicated,
+        hostile,
+        reply_topic,
+        extra,
+    };
+    vec![
+        // The shared native host: two healthy workers, a hostile one, and one that hangs once.
+        w("n.ok1", false, false, false, "n.ok1.reply", json!({})),
+        w(
+            "n.ok2",
+            false,
+            false,
+            false,
+            "n.ok2.reply",
+            json!({"maxConcurrency": 4}),
+        ),
+        w("n.bad", false, false, true, "n.bad.reply", json!({})),
+        w(
+            "n.hang",
+            false,
+            false,
+            true,
+            "n.hang.reply",
+            json!({"messageTimeoutSeconds": 2}),
+        ),
+        // Dedicated native hosts: a hostile worker and the crash-looper.
+        w("d.bad", false, true, true, "d.bad.reply", json!({})),
+        w("d.loop", false, true, true, "d.loop.reply", json!({})),
+        // The shared .NET host: Echo (healthy) next to Hostile.
+        w("dn.ok", true, false, false, "echo.reply", json!({})),
+        w("dn.bad", true, false, true, "hostile.ok", json!({})),
+    ]
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn create_worker(d: &Daemon, w: &W, native_pkg: &[u8], echo: &[u8], hostile: &[u8]) -> String {
+    let (mime, pkg) = match (w.dotnet, w.hostile) {
+        (false, _) => ("application/x-native-dll", native_pkg),
+        (true, false) => ("application/x-dotnet-dll", echo),
+        (true, true) => ("application/x-dotnet-dll", hostile),
+    };
+    let mut body = json!({
+        "mimeType": mime,
+        "topic": w.name,
+        "isolation": if w.dedicated { "dedicated" } else { "shared" },
+        "codeSource": {"content": b64(pkg)},
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), w.extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    let r = d.send_json("POST", "/v1/workers", &body);
+    assert_eq!(r.status, 201, "create {}: {}", w.name, r.text());
+    let id = r.json()["id"].as_str().expect("worker id").to_string();
+    start(d, &id);
+    id
+}
+
+fn start(d: &Daemon, id: &str) {
+    let r = d.post(&format!("/v1/workers/{id}/start"));
+    assert!(r.status < 300, "start {id}: {} {}", r.status, r.text());
+}
+
+fn status(d: &Daemon, id: &str) -> Value {
+    d.get(&format!("/v1/workers/{id}")).json()
+}
+
+/// Publishes one event and records it; panics unless it is accepted (202).
+fn publish(d: &Daemon, ledger: &Ledger, worker: &'static str, data: &str, sent: Sent) -> String {
+    let key = ledger.key(worker);
+    let ev = json!({
+        "specversion": "1.0", "id": key, "source": "urn:test:chaos", "type": worker,
+        "datacontenttype": "text/plain", "data": data, "correlationid": key,
+    });
+    // Recorded before the publish: the reply may beat the 202.
+    lock(&ledger.sent).insert(key.clone(), sent);
+    let r = wm_testkit::daemon::http::request(
+        d.addr(),
+        "POST",
+        &format!("/v1/topics/{worker}/events"),
+        &[("content-type", "application/json")],
+        ev.to_string().as_bytes(),
+    )
+    .unwrap_or_else(|e| panic!("publishing {key}: {e}"));
+    assert_eq!(r.status, 202, "publish {key}: {}", r.text());
+    key
+}
+
+fn echo(d: &Daemon, ledger: &Ledger, worker: &'static str, healthy: bool) -> String {
+    let n = ledger.next.load(Ordering::SeqCst);
+    let data = format!("e{n}");
+    let expect = if worker == "dn.bad" {
+        Expect::Reply(None)
+    } else {
+        Expect::Reply(Some(data.clone()))
+    };
+    publish(
+        d,
+        ledger,
+        worker,
+        &data,
+        Sent {
+            worker,
+            expect,
+            healthy,
+        },
+    )
+}
+
+fn poison(d: &Daemon, ledger: &Ledger, worker: &'static str, what: &str) -> String {
+    let expect = match what {
+        "error" => Expect::Dead("worker_error"),
+        "fail" => Expect::Dead("process_failed"),
+        "hang" => Expect::Dead("timeout"),
+        "oom" => Expect::Reply(Some("oom-survived".into())),
+        _ => Expect::Dead("crash"),
+    };
+    publish(
+        d,
+        ledger,
+        worker,
+        what,
+        Sent {
+            worker,
+            expect,
+            healthy: false,
+        },
+    )
+}
+
+/// Subscribes to every reply and dead-letter topic and moves what arrives into the ledger.
+struct Collectors {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl Collectors {
+    fn start(d: &Daemon, ledger: &Arc<Ledger>) -> Collectors {
+        let mut topics: BTreeSet<String> = BTreeSet::new();
+        for w in workers() {
+            topics.insert(w.reply_topic.to_string());
+            topics.insert(format!("{}-dead", w.name));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = topics
+            .into_iter()
+            .map(|t| {
+                let sse = Sse::subscribe(&d.base_url(), &t);
+                let ledger = ledger.clone();
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let Some(v) = sse.next(Duration::from_millis(100)) else {
+                            continue;
+                        };
+                        let Some(key) = v["correlationid"].as_str() else {
+                            continue;
+                        };
+                        let seen = Seen {
+                            dead: v["deadletterreason"].as_str().map(str::to_owned),
+                            data: v["data"].as_str().map(str::to_owned),
+                            at: Instant::now(),
+                        };
+                        lock(&ledger.seen)
+                            .entry(key.to_string())
+                            .or_default()
+                            .push(seen);
+                    }
+                    sse.lagged()
+                })
+            })
+            .collect();
+        Collectors { stop, threads }
+    }
+
+    /// Stops the readers; returns how many events the server skipped for lagging readers.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("collector thread"))
+            .sum()
+    }
+}
+
+/// Waits until every recorded event has at least one outcome.
+fn wait_settled(ledger: &Ledger, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let pending = ledger.pending();
+        if pending.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} events without an outcome after {WAIT:?}: {:?}",
+            pending.len(),
+            &pending[..pending.len().min(20)]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The pid of the host carrying `worker_id`, if it has one now.
+fn host_pid_of(d: &Daemon, worker_id: &str) -> Option<i32> {
+    let hosts = d.get("/v1/hosts").json();
+    hosts["hosts"].as_array()?.iter().find_map(|h| {
+        let has = h["workers"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|x| x == worker_id));
+        if has {
+            h["pid"].as_i64().and_then(|p| i32::try_from(p).ok())
+        } else {
+            None
+        }
+    })
+}
+
+fn host_pids(d: &Daemon) -> BTreeSet<i32> {
+    let hosts = d.get("/v1/hosts").json();
+    hosts["hosts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|h| h["pid"].as_i64().and_then(|p| i32::try_from(p).ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn sigkill(pid: i32) {
+    // SAFETY: kill(2) has no memory preconditions. `pid` was read from the daemon's host list
+    // a moment ago; the daemon reaps its hosts only after they die, so until this signal is
+    // delivered the pid still names that host (or, if it died meanwhile, is a zombie we cannot
+    // hurt).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// What happens at one fault step.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Poison(&'static str, &'static str),
+    Kill(&'static str),
+    Hang,
+}
+
+/// One cycle of faults (rotated through for the whole stream). Every hostile worker gets at
+/// most one crash every three steps, more than `CRASH_WINDOW_S` apart.
+const CYCLE: &[Fault] = &[
+    Fault::Poison("n.bad", "segv"),
+    Fault::Poison("d.bad", "abort"),
+    Fault::Poison("dn.bad", "failfast"),
+    Fault::Poison("n.bad", "error"),
+    Fault::Kill("n.ok1"),
+    Fault::Poison("d.bad", "oom"),
+    Fault::Poison("n.bad", "fail"),
+    Fault::Kill("dn.ok"),
+    Fault::Poison("n.bad", "exit"),
+    Fault::Kill("d.bad"),
+    Fault::Poison("dn.bad", "recurse"),
+    Fault::Hang,
+    Fault::Poison("d.bad", "stack"),
+    Fault::Poison("n.bad", "stack"),
+    Fault::Poison("d.bad", "segv"),
+    Fault::Poison("n.bad", "abort"),
+];
+
+/// A host death measured: from the moment the test saw the host gone to the first reply of a
+/// healthy neighbour on the respawned host.
+#[derive(Debug)]
+struct Recovery {
+    what: String,
+    took: Duration,
+}
+
+struct Run {
+    ids: HashMap<&'static str, String>,
+    recoveries: Vec<Recovery>,
+    host_pids_seen: BTreeSet<i32>,
+    hang_ok: Option<(bool, bool)>,
+}
+
+/// Waits for `pid` to die, then probes `neighbour` until a probe is answered.
+fn measure_recovery(
+    d: &Daemon,
+    ledger: &Ledger,
+    pid: i32,
+    neighbour: &'static str,
+    what: String,
+) -> Option<Recovery> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while procs::alive(pid) {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let t0 = Instant::now();
+    let mut probes = Vec::new();
+    loop {
+        probes.push(echo(d, ledger, neighbour, true));
+        let answered = probes.iter().filter_map(|k| ledger.first_at(k)).min();
+        if let Some(t1) = answered {
+            return Some(Recovery {
+                what,
+                took: t1.saturating_duration_since(t0),
+            });
+        }
+        assert!(
+            t0.elapsed() < WAIT,
+            "{neighbour} did not serve again after {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn inject(d: &Daemon, ledger: &Ledger, run: &mut Run, fault: Fault, hang_done: &mut bool) {
+    let neighbour_of = |w: &str| {
+        if w.starts_with("dn.") {
+            "dn.ok"
+        } else {
+            "n.ok1"
+        }
+    };
+    match fault {
+        Fault::Poison(w, what) => {
+            let pid = host_pid_of(d, &run.ids[w]);
+            poison(d, ledger, w, what);
+            let crashes = !matches!(what, "error" | "fail" | "oom");
+            if let (true, Some(pid), false) = (crashes, pid, w.starts_with("d.")) {
+                run.host_pids_seen.insert(pid);
+                if let Some(r) =
+                    measure_recovery(d, ledger, pid, neighbour_of(w), format!("{w} {what}"))
+                {
+                    run.recoveries.push(r);
+                }
+            }
+        }
+        Fault::Kill(w) => {
+            if let Some(pid) = host_pid_of(d, &run.ids[w]) {
+                run.host_pids_seen.insert(pid);
+                sigkill(pid);
+                if !w.starts_with("d.")
+                    && let Some(r) = measure_recovery(
+                        d,
+                        ledger,
+                        pid,
+                        neighbour_of(w),
+                        format!("SIGKILL host of {w}"),
+                    )
+                {
+                    run.recoveries.push(r);
+                }
+            }
+        }
+        Fault::Hang if *hang_done => {
+            poison(d, ledger, "n.bad", "stack");
+        }
+        Fault::Hang => {
+            *hang_done = true;
+            let id = run.ids["n.hang"].clone();
+            let pid = host_pid_of(d, &id);
+            poison(d, ledger, "n.hang", "hang");
+            wait_until("n.hang in ERROR after its timeout", || {
+                status(d, &id)["status"] == "ERROR"
+            });
+            let timeout = status(d, &id)["lastError"]["errorType"] == "timeout";
+            // The grace period ends the hung call by killing its (shared) host.
+            if let Some(pid) = pid {
+                run.host_pids_seen.insert(pid);
+                if let Some(r) =
+                    measure_recovery(d, ledger, pid, "n.ok1", "timeout reclaim".to_string())
+                {
+                    run.recoveries.push(r);
+                }
+            }
+            start(d, &id);
+            let resumed = status(d, &id)["status"] == "RUNNING";
+            run.hang_ok = Some((timeout, resumed));
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1u64 << 20) as f64
+}
+
+struct Row {
+    name: &'static str,
+    expected: String,
+    measured: String,
+    ok: bool,
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn daemon_options(data: &std::path::Path) -> DaemonOptions {
+    let root = dn::dotnet_root();
+    DaemonOptions::default()
+        .data_dir(data)
+        .env("DOTNET_ROOT", root.to_str().expect("utf-8 path"))
+        .env("WORKER_RETRY_ATTEMPTS", "1")
+        .env("WORKER_RETRY_BASE_DELAY_MS", "10")
+        .env("CRASH_LOOP_MAX_CRASHES", "4")
+        .env("CRASH_LOOP_WINDOW_SECONDS", CRASH_WINDOW_S)
+        .env("TIMEOUT_RECLAIM_GRACE_SECONDS", "1")
+        .env("HOST_RESPAWN_BACKOFF_MS", "1")
+        .env("HOST_RLIMIT_AS_BYTES", &(3u64 << 30).to_string())
+        .env("WORKMANAGER_LOG", "warn")
+}
+
+#[test]
+fn chaos_every_accepted_event_ends_once_and_nothing_leaks() {
+    let soak = Duration::from_secs(env_u64("WM_SOAK_SECONDS", 30));
+    let rate = env_u64("WM_CHAOS_RATE", 30).max(1);
+    let tmp_before = procs::tmp_entries();
+    let host_runner = wm_testkit::bin_dir().join("host-runner");
+
+    // Packages.
+    dn::engine_dir();
+    let so = Build::plugin("chaos", Lang::C, &["chaos.c"]).build();
+    let native_pkg = nupkg::native(
+        "Chaos.Worker",
+        "chaos",
+        &so,
+        "<virtufinLibrary>chaos</virtufinLibrary>",
+    );
+    let echo_pkg = dn::worker_nupkg("Echo", &dn::build_library("Echo", &["Echo.cs"], &[]), &[]);
+    let hostile_pkg = dn::worker_nupkg(
+        "Hostile",
+        &dn::build_library("Hostile", &["Hostile.cs"], &[]),
+        &[],
+    );
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut d = Daemon::start(daemon_options(data.path()));
+    let mut daemon_pids: BTreeSet<i32> = BTreeSet::new();
+    let pid1 = i32::try_from(d.pid().expect("daemon pid")).expect("pid fits");
+    daemon_pids.insert(pid1);
+    let mut run = Run {
+        ids: HashMap::new(),
+        recoveries: Vec::new(),
+        host_pids_seen: BTreeSet::new(),
+        hang_ok: None,
+    };
+    for w in workers() {
+        let id = create_worker(&d, &w, &native_pkg, &echo_pkg, &hostile_pkg);
+        run.ids.insert(w.name, id);
+    }
+    let ledger = Arc::new(Ledger::default());
+    let collectors = Collectors::start(&d, &ledger);
+    // Every worker answers once before the faults start (warms the .NET host's JIT too).
+    for w in workers() {
+        echo(&d, &ledger, w.name, !w.hostile);
+    }
+    wait_settled(&ledger, "warm-up");
+    run.host_pids_seen.extend(host_pids(&d));
+    let fds_base = procs::fds(pid1);
+    let hosts_base = host_pids(&d).len();
+
+    // Phase A: the stream, with faults.
+    let stream_workers: Vec<(&'static str, bool)> = workers()
+        .iter()
+        .filter(|w| w.name != "d.loop")
+        .map(|w| (w.name, !w.hostile))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        let ledger = ledger.clone();
+        let addr = d.base_url();
+        let stream_workers = stream_workers.clone();
+        let d_addr = d.addr();
+        std::thread::spawn(move || {
+            let _ = addr;
+            let every = Duration::from_micros(1_000_000 / rate);
+            let mut i = 0usize;
+            let mut next = Instant::now();
+            while !stop.load(Ordering::SeqCst) {
+                let (w, healthy) = stream_workers[i % stream_workers.len()];
+                i += 1;
+                publish_to(d_addr, &ledger, w, healthy);
+                next += every;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        })
+    };
+    let rss_samples = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let sampler = {
+        let stop = stop.clone();
+        let rss = rss_samples.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if let Some(r) = procs::rss_bytes(pid1) {
+                    lock(&rss).push(r);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    let began = Instant::now();
+    let mut hang_done = false;
+    let mut step = 0usize;
+    while began.elapsed() < soak {
+        let at = Instant::now();
+        inject(
+            &d,
+            &ledger,
+            &mut run,
+            CYCLE[step % CYCLE.len()],
+            &mut hang_done,
+        );
+        step += 1;
+        run.host_pids_seen.extend(host_pids(&d));
+        std::thread::sleep(FAULT_STEP.saturating_sub(at.elapsed()));
+    }
+    if !hang_done {
+        inject(&d, &ledger, &mut run, Fault::Hang, &mut hang_done);
+    }
+    stop.store(true, Ordering::SeqCst);
+    publisher.join().expect("publisher");
+    sampler.join().expect("sampler");
+    wait_settled(&ledger, "the stream");
+    let stream_events = lock(&ledger.sent).len();
+
+    // Quiescent: what the first daemon holds now.
+    std::thread::sleep(Duration::from_millis(300));
+    let hosts_now = host_pids(&d);
+    run.host_pids_seen.extend(hosts_now.iter().copied());
+    let kids = procs::children(pid1);
+    let zombies1 = kids.iter().filter(|p| p.state == 'Z').count();
+    let stray1: Vec<&procs::Proc> = kids
+        .iter()
+        .filter(|p| p.state != 'Z' && !hosts_now.contains(&p.pid))
+        .collect();
+    let dead_hosts_alive1: Vec<i32> = run
+        .host_pids_seen
+        .iter()
+        .copied()
+        .filter(|p| !hosts_now.contains(p) && procs::alive(*p))
+        .collect();
+    let fds_end = procs::fds(pid1);
+    let memfd_maps1 = procs::memfd_mappings(pid1);
+    let rss = lock(&rss_samples).clone();
+    let third = (rss.len() / 3).max(1);
+    let median = |s: &[u64]| {
+        let mut v = s.to_vec();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    };
+    let rss_early = median(&rss[..third.min(rss.len())]);
+    let rss_late = median(&rss[rss.len().saturating_sub(third)..]);
+
+    // Phase B: SIGKILL the daemon with calls in flight and events queued behind them.
+    let mut at_kill = Vec::new();
+    for w in ["n.ok1", "d.bad"] {
+        let slow = publish(
+            &d,
+            &ledger,
+            w,
+            "sleep:4000",
+            Sent {
+                worker: w,
+                expect: Expect::Reply(Some("sleep:4000".into())),
+                healthy: w == "n.ok1",
+            },
+        );
+        at_kill.push(slow);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..20 {
+        let w = if i % 2 == 0 { "n.ok1" } else { "d.bad" };
+        at_kill.push(echo(&d, &ledger, w, w == "n.ok1"));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let hosts_at_kill = host_pids(&d);
+    lock(&ledger.at_kill).extend(at_kill.iter().cloned());
+    let answered_before_kill = at_kill.iter().filter(|k| ledger.outcomes(k) > 0).count();
+    let lagged_1 = collectors.stop();
+    d.kill9();
+    let killed_at = Instant::now();
+    let mut hosts_outlived = hosts_at_kill.clone();
+    while !hosts_outlived.is_empty() && killed_at.elapsed() < Duration::from_secs(10) {
+        hosts_outlived.retain(|p| procs::alive(*p));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let orphans_after_kill = procs::orphans_of(&host_runner);
+    drop(d);
+    let d = Daemon::start(daemon_options(data.path()));
+    let pid2 = i32::try_from(d.pid().expect("daemon pid")).expect("pid fits");
+    daemon_pids.insert(pid2);
+    let collectors = Collectors::start(&d, &ledger);
+    wait_settled(&ledger, "events in flight or queued at the daemon kill");
+
+    // Phase C: a crash loop on a dedicated host; its queue waits for `start`.
+    let loop_id = run.ids["d.loop"].clone();
+    let life = Sse::subscribe(&d.base_url(), "workmanager.lifecycle");
+    poison(&d, &ledger, "d.loop", "abort");
+    poison(&d, &ledger, "d.loop", "abort");
+    let queued: Vec<String> = (0..5).map(|_| echo(&d, &ledger, "d.loop", false)).collect();
+    life.wait_for(WAIT, "a crash_loop failure of d.loop", |v| {
+        v["type"] == "com.virtufin.workmanager.lifecycle.failed"
+            && v["data"]["worker_id"] == loop_id.as_str()
+            && v["data"]["error_type"] == "crash_loop"
+    });
+    wait_until("d.loop in ERROR", || {
+        status(&d, &loop_id)["status"] == "ERROR"
+    });
+    let loop_error = status(&d, &loop_id)["lastError"]["errorType"].clone();
+    std::thread::sleep(Duration::from_millis(700));
+    let served_while_error = queued.iter().filter(|k| ledger.outcomes(k) > 0).count();
+    start(&d, &loop_id);
+    wait_settled(&ledger, "the crash-looper's queue after start");
+    let loop_resumed = status(&d, &loop_id)["status"] == "RUNNING";
+
+    // The second daemon, quiescent.
+    std::thread::sleep(Duration::from_millis(300));
+    let hosts2 = host_pids(&d);
+    run.host_pids_seen.extend(hosts2.iter().copied());
+    let kids2 = procs::children(pid2);
+    let zombies2 = kids2.iter().filter(|p| p.state == 'Z').count();
+    let memfd_maps2 = procs::memfd_mappings(pid2);
+    let lagged_2 = collectors.stop();
+    let mut d = d;
+    let stopped = d.stop();
+    let hosts_after_stop: Vec<i32> = run
+        .host_pids_seen
+        .iter()
+        .copied()
+        .filter(|p| procs::alive(*p))
+        .collect();
+    let orphans_end = procs::orphans_of(&host_runner);
+    drop(d);
+    let mut pids_all = run.host_pids_seen.clone();
+    pids_all.extend(daemon_pids.iter().copied());
+    let leftovers = procs::new_tmp_files(&tmp_before, &procs::tmp_entries(), &pids_all);
+
+    // The ledger.
+    let sent = lock(&ledger.sent).clone();
+    let seen = lock(&ledger.seen).clone();
+    let at_kill_set = lock(&ledger.at_kill).clone();
+    let mut lost = Vec::new();
+    let mut wrong = Vec::new();
+    let mut dup_explained = 0usize;
+    let mut dup_unexplained = Vec::new();
+    let mut healthy_dead = Vec::new();
+    let (mut replies, mut deads) = (0usize, 0usize);
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for (key, s) in &sent {
+        let Some(outs) = seen.get(key) else {
+            lost.push(key.clone());
+            continue;
+        };
+        if outs.len() > 1 {
+            if at_kill_set.contains(key) {
+                dup_explained += outs.len() - 1;
+            } else {
+                dup_unexplained.push(key.clone());
+            }
+        }
+        let o = &outs[0];
+        match &o.dead {
+            Some(r) => {
+                deads += 1;
+                *reasons.entry(r.clone()).or_default() += 1;
+            }
+            None => replies += 1,
+        }
+        let right = match (&s.expect, &o.dead, &o.data) {
+            (Expect::Reply(None), None, _) => true,
+            (Expect::Reply(Some(want)), None, Some(got)) => want == got,
+            (Expect::Dead(want), Some(got), _) => want == got,
+            _ => false,
+        };
+        if !right {
+            wrong.push(format!(
+                "{key} ({}): expected {:?}, got {o:?}",
+                s.worker, s.expect
+            ));
+        }
+        if s.healthy && o.dead.is_some() {
+            healthy_dead.push(key.clone());
+        }
+    }
+    let mut rec: Vec<Duration> = run.recoveries.iter().map(|r| r.took).collect();
+    rec.sort();
+    let p50 = percentile(&rec, 50.0);
+    let p99 = percentile(&rec, 99.0);
+    let (hang_timeout, hang_resumed) = run.hang_ok.unwrap_or((false, false));
+
+    let rows = vec![
+        Row {
+            name: "events accepted (202)",
+            expected: "> 0".into(),
+            measured: format!(
+                "{} ({stream_events} in the stream, {} after; {} fault steps, {:.0} s)",
+                sent.len(),
+                sent.len() - stream_events,
+                step,
+                soak.as_secs_f64()
+            ),
+            ok: !sent.is_empty(),
+        },
+        Row {
+            name: "lost (no reply, no dead letter)",
+            expected: "0".into(),
+            measured: format!("{} {:?}", lost.len(), &lost[..lost.len().min(5)]),
+            ok: lost.is_empty(),
+        },
+        Row {
+            name: "outcomes",
+            expected: "replies + dead letters = accepted".into(),
+            measured: format!("{replies} replies, {deads} dead letters {reasons:?}"),
+            ok: replies + deads + lost.len() == sent.len(),
+        },
+        Row {
+            name: "wrong outcome (or dead-letter reason)",
+            expected: "0".into(),
+            measured: format!("{} {:?}", wrong.len(), &wrong[..wrong.len().min(3)]),
+            ok: wrong.is_empty(),
+        },
+        Row {
+            name: "duplicates explained by the daemon kill",
+            expected: format!(
+                "<= outcomes of the {} events in flight/queued",
+                at_kill_set.len()
+            ),
+            measured: format!(
+                "{dup_explained} ({answered_before_kill} of them answered before the kill)"
+            ),
+            ok: true,
+        },
+        Row {
+            name: "duplicates unexplained",
+            expected: "0".into(),
+            measured: format!(
+                "{} {:?}",
+                dup_unexplained.len(),
+                &dup_unexplained[..dup_unexplained.len().min(5)]
+            ),
+            ok: dup_unexplained.is_empty(),
+        },
+        Row {
+            name: "healthy events dead-lettered",
+            expected: "0".into(),
+            measured: format!(
+                "{} {:?}",
+                healthy_dead.len(),
+                &healthy_dead[..healthy_dead.len().min(5)]
+            ),
+            ok: healthy_dead.is_empty(),
+        },
+        Row {
+            name: "neighbour recovery after a host death",
+            expected: "every death recovered".into(),
+            measured: format!(
+                "n={} p50={} ms p99={} ms max={} ms",
+                rec.len(),
+                p50.as_millis(),
+                p99.as_millis(),
+                rec.last().copied().unwrap_or_default().as_millis()
+            ),
+            ok: !rec.is_empty(),
+        },
+        Row {
+            name: "SSE events skipped (observer lag)",
+            expected: "0".into(),
+            measured: format!("{}", lagged_1 + lagged_2),
+            ok: lagged_1 + lagged_2 == 0,
+        },
+        Row {
+            name: "hang: ERROR timeout, dead letter, resumes",
+            expected: "true, true".into(),
+            measured: format!("{hang_timeout}, {hang_resumed}"),
+            ok: hang_timeout && hang_resumed,
+        },
+        Row {
+            name: "crash loop: ERROR crash_loop",
+            expected: "crash_loop".into(),
+            measured: format!("{loop_error}"),
+            ok: loop_error == "crash_loop",
+        },
+        Row {
+            name: "crash loop: queue held in ERROR, served after start",
+            expected: "0 served in ERROR, RUNNING after".into(),
+            measured: format!("{served_while_error} served in ERROR, RUNNING={loop_resumed}"),
+            ok: served_while_error == 0 && loop_resumed,
+        },
+        Row {
+            name: "zombie children of the daemon",
+            expected: "0".into(),
+            measured: format!("{zombies1} (first daemon), {zombies2} (second)"),
+            ok: zombies1 == 0 && zombies2 == 0,
+        },
+        Row {
+            name: "children that are not listed hosts",
+            expected: "0".into(),
+            measured: format!("{} {stray1:?}", stray1.len()),
+            ok: stray1.is_empty(),
+        },
+        Row {
+            name: "replaced hosts still alive",
+            expected: "0".into(),
+            measured: format!(
+                "{} of {} host pids seen",
+                dead_hosts_alive1.len(),
+                run.host_pids_seen.len()
+            ),
+            ok: dead_hosts_alive1.is_empty(),
+        },
+        Row {
+            name: "hosts outliving a SIGKILLed daemon",
+            expected: "0 (within 10 s)".into(),
+            measured: format!("{} of {}", hosts_outlived.len(), hosts_at_kill.len()),
+            ok: hosts_outlived.is_empty(),
+        },
+        Row {
+            name: "orphan host-runners (ppid 1)",
+            expected: "0".into(),
+            measured: format!(
+                "{} after the kill, {} at the end",
+                orphans_after_kill.len(),
+                orphans_end.len()
+            ),
+            ok: orphans_after_kill.is_empty() && orphans_end.is_empty(),
+        },
+        Row {
+            name: "hosts alive after a clean stop",
+            expected: "0".into(),
+            measured: format!("{} (exit {stopped})", hosts_after_stop.len()),
+            ok: hosts_after_stop.is_empty() && stopped.success(),
+        },
+        Row {
+            name: "daemon fds (warm -> end of stream)",
+            expected: "no growth".into(),
+            measured: format!("{fds_base:?} -> {fds_end:?}"),
+            ok: fds_end.total <= fds_base.total
+                && fds_end.memfds <= fds_base.memfds
+                && fds_end.pidfds <= fds_base.pidfds,
+        },
+        Row {
+            name: "memfds mapped by the daemon = live hosts",
+            expected: format!("{hosts_base} then {}", hosts2.len()),
+            measured: format!("{memfd_maps1} then {memfd_maps2}"),
+            ok: memfd_maps1 <= hosts_now.len() && memfd_maps2 <= hosts2.len(),
+        },
+        Row {
+            name: "files left in /tmp, /dev/shm",
+            expected: "0".into(),
+            measured: format!("{} {leftovers:?}", leftovers.len()),
+            ok: leftovers.is_empty(),
+        },
+        Row {
+            name: "daemon RSS over the stream (median of first/last third)",
+            expected: format!("growth <= {:.0} MiB", mib(RSS_SLACK_BYTES)),
+            measured: format!(
+                "{:.1} -> {:.1} MiB ({} samples)",
+                mib(rss_early),
+                mib(rss_late),
+                rss.len()
+            ),
+            ok: rss_late <= rss_early + RSS_SLACK_BYTES,
+        },
+    ];
+    let mut by_kind: BTreeMap<&str, Vec<u128>> = BTreeMap::new();
+    for r in &run.recoveries {
+        by_kind.entry(&r.what).or_default().push(r.took.as_millis());
+    }
+    println!("\nneighbour recovery (ms) by fault: {by_kind:?}\nchaos invariants:");
+    println!("| invariant | expected | measured | ok |\n|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} |",
+            r.name,
+            r.expected,
+            r.measured,
+            if r.ok { "ok" } else { "FAIL" }
+        );
+    }
+    let failed: Vec<&str> = rows.iter().filter(|r| !r.ok).map(|r| r.name).collect();
+    assert!(failed.is_empty(), "chaos invariants violated: {failed:?}");
+}
+
+/// The publisher thread's publish (it has an address, not the `Daemon`).
+fn publish_to(addr: std::net::SocketAddr, ledger: &Ledger, worker: &'static str, healthy: bool) {
+    let key = ledger.key(worker);
+    let data = format!("s{key}");
+    let expect = if worker == "dn.bad" {
+        Expect::Reply(None)
+    } else {
+        Expect::Reply(Some(data.clone()))
+    };
+    lock(&ledger.sent).insert(
+        key.clone(),
+        Sent {
+            worker,
+            expect,
+            healthy,
+        },
+    );
+    let ev = json!({
+        "specversion": "1.0", "id": key, "source": "urn:test:chaos", "type": worker,
+        "datacontenttype": "text/plain", "data": data, "correlationid": key,
+    });
+    let r = wm_testkit::daemon::http::request(
+        addr,
+        "POST",
+        &format!("/v1/topics/{worker}/events"),
+        &[("content-type", "application/json")],
+        ev.to_string().as_bytes(),
+    )
+    .unwrap_or_else(|e| panic!("publishing {key}: {e}"));
+    assert_eq!(r.status, 202, "publish {key}: {}", r.text());
+}
