@@ -628,6 +628,7 @@ fn chaos_every_accepted_event_ends_once_and_nothing_leaks() {
     }
     let ledger = Arc::new(Ledger::default());
     let collectors = Collectors::start(&d, &ledger);
+    let infra = Sse::subscribe(&d.base_url(), "workmanager.infra.host");
     // Every worker answers once before the faults start (warms the .NET host's JIT too).
     for w in workers() {
         echo(&d, &ledger, w.name, !w.hostile);
@@ -731,6 +732,25 @@ fn chaos_every_accepted_event_ends_once_and_nothing_leaks() {
     let rss_early = median(&rss[..third.min(rss.len())]);
     let rss_late = median(&rss[rss.len().saturating_sub(third)..]);
 
+    // Every host death of the stream, as the daemon reported it (`host.crashed`): by slot kind,
+    // and how many were pinned on a culprit call.
+    let mut deaths: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for v in infra.drain(Duration::from_millis(200)) {
+        if v["type"] != "com.virtufin.workmanager.infra.host.crashed" {
+            continue;
+        }
+        let host = v["data"]["host_id"].as_str().unwrap_or("?");
+        let kind = host.split('-').take(2).collect::<Vec<_>>().join("-");
+        let e = deaths.entry(kind).or_default();
+        e.0 += 1;
+        if v["data"]["culprit_worker_id"].is_string() {
+            e.1 += 1;
+        }
+    }
+    let deaths_total: usize = deaths.values().map(|d| d.0).sum();
+    let infra_lagged = infra.lagged();
+    drop(infra);
+
     // Phase B: SIGKILL the daemon with calls in flight and events queued behind them.
     let mut at_kill = Vec::new();
     for w in ["n.ok1", "d.bad"] {
@@ -803,6 +823,7 @@ fn chaos_every_accepted_event_ends_once_and_nothing_leaks() {
     let lagged_2 = collectors.stop();
     let mut d = d;
     let stopped = d.stop();
+    let log2 = d.log();
     let hosts_after_stop: Vec<i32> = run
         .host_pids_seen
         .iter()
@@ -943,10 +964,16 @@ fn chaos_every_accepted_event_ends_once_and_nothing_leaks() {
             ok: !rec.is_empty(),
         },
         Row {
+            name: "host deaths reported (host.crashed): (all, with a culprit)",
+            expected: format!(">= {} measured recoveries", rec.len()),
+            measured: format!("{deaths_total} {deaths:?}"),
+            ok: deaths_total >= rec.len(),
+        },
+        Row {
             name: "SSE events skipped (observer lag)",
             expected: "0".into(),
-            measured: format!("{}", lagged_1 + lagged_2),
-            ok: lagged_1 + lagged_2 == 0,
+            measured: format!("{}", lagged_1 + lagged_2 + infra_lagged),
+            ok: lagged_1 + lagged_2 + infra_lagged == 0,
         },
         Row {
             name: "hang: ERROR timeout, dead letter, resumes",
@@ -1058,6 +1085,13 @@ fn chaos_every_accepted_event_ends_once_and_nothing_leaks() {
         );
     }
     let failed: Vec<&str> = rows.iter().filter(|r| !r.ok).map(|r| r.name).collect();
+    if !failed.is_empty() {
+        let tail: Vec<&str> = log2.lines().rev().take(60).collect();
+        println!("last lines of the second daemon's log:");
+        for l in tail.iter().rev() {
+            println!("  {l}");
+        }
+    }
     assert!(failed.is_empty(), "chaos invariants violated: {failed:?}");
 }
 
