@@ -318,10 +318,13 @@ fn wait_settled(d: &Daemon, ledger: &Ledger, what: &str) {
                         .collect()
                 })
                 .unwrap_or_default();
+            let log = d.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>();
             panic!(
-                "{what}: {} events without an outcome after {WAIT:?}: {:?}\nworkers: {workers:#?}",
+                "{what}: {} events without an outcome after {WAIT:?}: {:?}\nworkers: {workers:#?}\nlog tail:\n{}",
                 pending.len(),
-                &pending[..pending.len().min(20)]
+                &pending[..pending.len().min(20)],
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
         std::thread::sleep(Duration::from_millis(50));
