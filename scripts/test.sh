@@ -14,3 +14,7 @@ echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test" >&2
 cargo test --workspace --locked 2>&1
+echo "== shared with the tokio feature (HostLink)" >&2
+cargo test -p workmanager-shared --features tokio --locked 2>&1
+echo "== loom model of the ring (docs/ring.md)" >&2
+RUSTFLAGS="--cfg loom" cargo test -p workmanager-shared --release --locked ring::loom 2>&1

@@ -71,6 +71,31 @@ fn child(role: &str) -> ! {
             tx.inject_raw_for_tests(&frame_header(0xFFFF_FFF0), 8);
             std::process::exit(0);
         }
+        "proto-echo" => {
+            use wm_shared::protocol::{Message, ProcessResult, ResultStatus};
+            while rx.recv(&mut buf, None).is_ok() {
+                let reply = match Message::decode(&buf) {
+                    Ok(Message::Process(p)) => Message::ProcessResult(ProcessResult {
+                        msg_id: p.msg_id,
+                        worker_id: p.worker_id,
+                        status: ResultStatus::Ok,
+                        response: p.event,
+                        ..Default::default()
+                    }),
+                    Ok(Message::Ping { nonce }) => Message::Pong { nonce },
+                    // Never answered: the parent kills us while it waits.
+                    Ok(_) => continue,
+                    Err(e) => {
+                        eprintln!("child: bad frame: {e}");
+                        std::process::exit(3);
+                    }
+                };
+                if tx.send(&reply.encode(), Duration::from_secs(10)).is_err() {
+                    break;
+                }
+            }
+            std::process::exit(0);
+        }
         "stop-reading" => loop {
             thread::sleep(Duration::from_secs(1));
         },
@@ -270,6 +295,53 @@ fn sigkill_while_the_parent_waits_in_recv_wakes_it() {
     println!("    recv woke {woke_after:?} after mark_closed");
 }
 
+/// HostLink against a real child: requests get their replies; a request pending when the child
+/// is SIGKILLed fails with PeerGone once the pool-like code calls `peer_died`.
+#[cfg(feature = "tokio")]
+fn host_link_over_a_real_child_and_its_death() {
+    use wm_shared::protocol::link::{HostLink, LinkError};
+    use wm_shared::protocol::{Message, Process};
+    let mut h = spawn("proto-echo");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let region = h.region.clone();
+    rt.block_on(async {
+        let (link, _events) = HostLink::new(region);
+        for i in 0..200u64 {
+            let r = link
+                .request(Message::Process(Process {
+                    msg_id: i,
+                    worker_id: "w".into(),
+                    event: vec![i as u8; (i as usize * 37) % 5000],
+                }))
+                .await
+                .expect("reply");
+            match r {
+                Message::ProcessResult(r) => {
+                    assert_eq!(r.msg_id, i);
+                    assert_eq!(r.response.len(), (i as usize * 37) % 5000);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let l2 = link.clone();
+        let pending =
+            tokio::spawn(async move { l2.request(Message::StatsRequest { request_id: 1 }).await });
+        while link.in_flight() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        h.child.kill().expect("SIGKILL");
+        let st = tokio::task::block_in_place(|| wait_exit(&mut h, Duration::from_secs(20)));
+        assert_eq!(st.signal(), Some(libc::SIGKILL));
+        link.peer_died();
+        let r = pending.await.expect("join");
+        assert!(matches!(r, Err(LinkError::PeerGone)), "{r:?}");
+    });
+}
+
 fn a_foreign_fd_is_refused_by_the_child_side() {
     // The host side validates what it maps: a plain file is not a ring.
     let f = tempfile_fd();
@@ -312,6 +384,11 @@ fn main() {
         (
             "a_foreign_fd_is_refused_by_the_child_side",
             a_foreign_fd_is_refused_by_the_child_side,
+        ),
+        #[cfg(feature = "tokio")]
+        (
+            "host_link_over_a_real_child_and_its_death",
+            host_link_over_a_real_child_and_its_death,
         ),
     ];
     let filters: Vec<String> = std::env::args()

@@ -77,6 +77,8 @@ settings! {
     "HOST_RESPAWN_BACKOFF_MS" [] = "100", "1-60000", "first delay before a crashed host is respawned; doubles per consecutive death no call is charged with, up to 30 s";
     "HOST_RUNNER_PATH" [] = "", "a file path; empty = next to the workmanager binary", "the host-runner binary";
     "HOST_RLIMIT_AS_BYTES" [] = "0", "0 (no limit) or 67108864-1099511627776", "address-space limit (RLIMIT_AS) of each host process";
+    "TOPIC_MAX_BACKLOG_EVENTS" [] = "100000", "0 (no limit) or 1-100000000", "events one topic may hold waiting for its workers; more are dead-lettered with reason overflow";
+    "WORKER_HEARTBEAT_SECONDS" [] = "30", "0 (off) or 1-3600", "how often each started worker's heartbeat is published on workmanager.infra.worker";
     "VIRTUFIN_API_GATEWAY_URL" [] = "", "an http(s) base URL; empty = none", "where plugins' gateway calls for services other than pubsub, state and workmanager are forwarded";
 }
 
@@ -320,6 +322,10 @@ pub struct Config {
     pub host_rlimit_as: Option<u64>,
     /// Base URL of the external API gateway for forwarded gateway calls.
     pub gateway_url: Option<String>,
+    /// Events one topic may hold before publishes overflow into `<topic>-dead` (0: no limit).
+    pub topic_max_backlog: u64,
+    /// Worker heartbeat period (`None`: off).
+    pub heartbeat: Option<Duration>,
 }
 
 /// Parses `true/false/1/0/yes/no/on/off` (any case), as the original does.
@@ -492,6 +498,8 @@ impl Config {
             host_runner_path,
             host_rlimit_as,
             gateway_url,
+            topic_max_backlog: int("TOPIC_MAX_BACKLOG_EVENTS", 0, 100_000_000)?,
+            heartbeat: Some(secs("WORKER_HEARTBEAT_SECONDS", 0, 3600)?).filter(|d| !d.is_zero()),
         })
     }
 

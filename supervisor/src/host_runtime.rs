@@ -12,7 +12,7 @@ use wm_shared::protocol::Message;
 
 use crate::bus::{BoxFuture, Bus};
 use crate::dispatcher::{DispatchConfig, Dispatcher, StatusSink};
-use crate::events::{ErrorType, Events, Lifecycle, WorkerRef};
+use crate::events::{ErrorType, Events, Heartbeat, Lifecycle, WorkerRef};
 use crate::gateway::Gateway;
 use crate::pool::{Pool, PoolConfig, PoolEvent};
 use crate::runtime::{
@@ -41,6 +41,7 @@ impl HostRuntime {
         gateway: Gateway,
         engines: Vec<EngineInfo>,
     ) -> std::io::Result<Arc<HostRuntime>> {
+        let heartbeat = dispatch_config.heartbeat;
         let (pool, pool_events) = Pool::new(pool_config, events.clone())?;
         let dispatcher = Dispatcher::new(
             dispatch_config,
@@ -58,12 +59,49 @@ impl HostRuntime {
             engines,
             stop_deadline: Duration::from_secs(10),
         });
+        if let Some(period) = heartbeat {
+            tokio::spawn(Self::heartbeats(Arc::downgrade(&rt), period));
+        }
         tokio::spawn(Self::pool_events(
             Arc::downgrade(&rt),
             pool_events,
             Arc::new(gateway),
         ));
         Ok(rt)
+    }
+
+    /// Publishes a heartbeat per started worker every `period` until the runtime is dropped.
+    async fn heartbeats(rt: std::sync::Weak<HostRuntime>, period: Duration) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(rt) = rt.upgrade() else { return };
+            let specs: Vec<WorkerSpec> = rt.specs().values().cloned().collect();
+            for spec in specs {
+                let counts = rt.dispatcher.metrics.counts(&spec.id);
+                let status = if rt.dispatcher.is_running(&spec.id) {
+                    "RUNNING"
+                } else {
+                    "ERROR"
+                };
+                let hb = Heartbeat {
+                    status,
+                    processed: counts.processed,
+                    failed: counts.failed,
+                    dead_lettered: counts.dead_lettered,
+                    in_flight: rt.pool.in_flight_of(&spec.id),
+                    host_pid: rt.pool.host_pid(&spec.id),
+                };
+                let w = WorkerRef {
+                    id: &spec.id,
+                    group: spec.group.as_deref(),
+                    topic: &spec.topic,
+                };
+                rt.events.heartbeat(w, &hb).await;
+            }
+        }
     }
 
     /// The dispatcher's metrics (for `/metrics`).

@@ -34,11 +34,23 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
         retry_attempts: config.retry_attempts,
         retry_base_delay: config.retry_base_delay,
         timeout_grace: config.timeout_reclaim_grace,
+        heartbeat: config.heartbeat,
     };
     let engines = engines(&host_runner);
     let gateway_url = config.gateway_url.clone();
     let gateway_timeout = config.message_timeout;
-    let data_dir = config.data_dir.clone();
+    let parts = Parts {
+        data_dir: config.data_dir.clone(),
+        bus_options: SqliteBusOptions {
+            max_topic_backlog: config.topic_max_backlog,
+            ..SqliteBusOptions::default()
+        },
+        pool,
+        dispatch,
+        gateway_url,
+        gateway_timeout,
+        engines,
+    };
 
     // `Daemon::new` takes the data directory's lock first, then calls this to build the
     // runtime: the bus is opened here so that a second daemon on the same directory is refused
@@ -48,15 +60,7 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
     let mut daemon = {
         let (built, failure) = (built.clone(), failure.clone());
         Daemon::new(config.clone(), move |registry: &Registry| {
-            match build(
-                registry,
-                &data_dir,
-                pool,
-                dispatch,
-                gateway_url,
-                gateway_timeout,
-                engines,
-            ) {
+            match build(registry, parts) {
                 Ok(b) => {
                     let rt = b.runtime.clone();
                     *lock(&built) = Some(b);
@@ -144,30 +148,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn build(
-    registry: &Registry,
-    data_dir: &std::path::Path,
+/// What `build` turns into the runtime, collected from the config before `Daemon::new`.
+struct Parts {
+    data_dir: PathBuf,
+    bus_options: SqliteBusOptions,
     pool: PoolConfig,
     dispatch: DispatchConfig,
     gateway_url: Option<String>,
     gateway_timeout: Duration,
     engines: Vec<EngineInfo>,
-) -> anyhow::Result<Built> {
-    let bus = SqliteBus::open(data_dir, SqliteBusOptions::default())
-        .with_context(|| format!("opening the bus in {}", data_dir.display()))?;
+}
+
+fn build(registry: &Registry, p: Parts) -> anyhow::Result<Built> {
+    let bus = SqliteBus::open(&p.data_dir, p.bus_options)
+        .with_context(|| format!("opening the bus in {}", p.data_dir.display()))?;
     let bus_dyn: Arc<dyn Bus> = bus.clone();
     let events = Arc::new(Events::new(bus_dyn.clone()));
     let status: Arc<dyn StatusSink> = Arc::new(RegistryStatus(registry.clone()));
     let backend: Arc<dyn GatewayBackend> = Arc::new(RegistryGateway(registry.clone()));
-    let gateway = Gateway::new(bus_dyn.clone(), backend, gateway_url, gateway_timeout);
+    let gateway = Gateway::new(bus_dyn.clone(), backend, p.gateway_url, p.gateway_timeout);
     let runtime = HostRuntime::new(
-        pool,
-        dispatch,
+        p.pool,
+        p.dispatch,
         bus_dyn,
         events.clone(),
         status,
         gateway,
-        engines,
+        p.engines,
     )
     .context("starting the host pool")?;
     Ok(Built {

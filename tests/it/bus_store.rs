@@ -451,3 +451,67 @@ async fn released_deliveries_go_to_the_next_consumer_and_settled_ones_do_not() {
     assert_eq!((d.seq, d.deliveries), (seqs[0], 2));
     assert_quiet(&mut b).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_outrunning_a_topic_overflow_into_dead_letters_not_into_memory_or_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SqliteBusOptions {
+        max_topic_backlog: 3,
+        ..SqliteBusOptions::default()
+    };
+    let bus = SqliteBus::open(dir.path(), opts.clone()).unwrap();
+    let mut dead = bus.consume("orders-dead", "ops");
+    let mut c = bus.consume("orders", "slow");
+    let seqs = bus
+        .publish("orders", (0..5).map(event).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs.len(),
+        5,
+        "every event is acknowledged with a sequence number"
+    );
+
+    // Three wait on the topic; the two beyond the limit went to its dead-letter topic.
+    let first = recv(&mut c).await;
+    assert_eq!(first.event.id, "id-0");
+    let mut overflowed = [recv(&mut dead).await, recv(&mut dead).await];
+    overflowed.sort_by_key(|d| d.event.id.clone());
+    for (d, want) in overflowed.iter().zip(["id-3", "id-4"]) {
+        assert_eq!(d.event.id, want);
+        assert_eq!(d.event.extension("deadletterreason"), Some("overflow"));
+        assert!(
+            d.event
+                .extension("deadlettererror")
+                .is_some_and(|e| e.contains("TOPIC_MAX_BACKLOG_EVENTS")),
+            "{:?}",
+            d.event
+        );
+    }
+    assert_eq!(bus.metrics().overflowed("orders"), 2);
+
+    // Settling makes room again: the next publish stays on the topic.
+    bus.settle(first.seq, Outcome::Replied).await.unwrap();
+    bus.publish("orders", vec![event(5)]).await.unwrap();
+    let mut ids: Vec<String> = Vec::new();
+    for _ in 0..3 {
+        ids.push(recv(&mut c).await.event.id);
+    }
+    assert_eq!(ids, ["id-1", "id-2", "id-5"]);
+    assert_quiet(&mut dead).await;
+
+    // The count survives a restart: the store still holds three events of the topic.
+    drop((c, dead));
+    bus.close().await;
+    drop(bus);
+    let bus = SqliteBus::open(dir.path(), opts).unwrap();
+    let mut dead = bus.consume("orders-dead", "ops");
+    bus.publish("orders", vec![event(6)]).await.unwrap();
+    let d = recv(&mut dead).await;
+    // The two earlier dead letters are still unsettled too; find the new one.
+    let mut seen = vec![d.event.id.clone()];
+    while !seen.iter().any(|i| i == "id-6") {
+        seen.push(recv(&mut dead).await.event.id);
+    }
+    assert!(seen.contains(&"id-6".to_string()), "{seen:?}");
+}

@@ -9,3 +9,4 @@ mod c_abi;
 mod chaos;
 mod dotnet_daemon;
 mod failures;
+mod runtime;

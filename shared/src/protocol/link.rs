@@ -238,7 +238,8 @@ impl HostLink {
     }
 
     /// The pool calls this when waitpid/pidfd says the child died: marks the region closed,
-    /// fails every pending request with PeerGone, ends the reader thread.
+    /// fails every pending request with PeerGone, ends the reader thread. Call it after every
+    /// child exit, clean ones included: dropping the handles alone does not stop the thread.
     pub fn peer_died(&self) {
         self.inner.region.mark_closed(Side::Host);
         self.inner.fail_all(LinkError::PeerGone);

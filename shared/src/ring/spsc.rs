@@ -138,7 +138,12 @@ impl Writer {
     ) -> Result<(), RingError> {
         let ctl = region.ctl(self.dir);
         let moved = || ctl.head.load(Ordering::Acquire) != seen_head || region.any_closed();
-        let spin = SpinBudget::new(WRITER_SPIN, WRITER_SPIN);
+        if start.elapsed() >= timeout {
+            // A zero timeout means "do not wait at all" (HostLink's quick attempt).
+            return Err(RingError::Full);
+        }
+        let s = WRITER_SPIN.min(timeout);
+        let spin = SpinBudget::new(s, s);
         if spin.spin(Instant::now(), moved) {
             return Ok(());
         }

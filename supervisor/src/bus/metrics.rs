@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 struct TopicCounts {
     published: u64,
     dropped: u64,
+    overflowed: u64,
 }
 
 /// Counters of one bus. Updated by the bus writer once per batch, read by `/metrics`.
@@ -38,6 +39,12 @@ impl BusMetrics {
     pub(crate) fn add_dropped(&self, topic: &str, n: u64) {
         self.settled_dropped.fetch_add(n, Ordering::Relaxed);
         self.with_topic(topic, |c| c.dropped += n);
+    }
+
+    /// Counts `n` events published on `topic` beyond its backlog limit (they went to
+    /// `<topic>-dead` with reason `overflow`).
+    pub(crate) fn add_overflowed(&self, topic: &str, n: u64) {
+        self.with_topic(topic, |c| c.overflowed += n);
     }
 
     fn with_topic(&self, topic: &str, f: impl FnOnce(&mut TopicCounts)) {
@@ -90,6 +97,11 @@ impl BusMetrics {
     /// Events on `topic` dropped because no worker consumed the topic.
     pub fn dropped(&self, topic: &str) -> u64 {
         self.topic_counts(topic).dropped
+    }
+
+    /// Events published on `topic` beyond its backlog limit, dead-lettered as `overflow`.
+    pub fn overflowed(&self, topic: &str) -> u64 {
+        self.topic_counts(topic).overflowed
     }
 
     fn topic_counts(&self, topic: &str) -> TopicCounts {
@@ -154,6 +166,20 @@ impl BusMetrics {
                 "workmanager_bus_dropped_total{{topic=\"{}\"}} {}",
                 escape(t),
                 c.dropped
+            );
+        }
+        header(
+            out,
+            "workmanager_bus_overflowed_total",
+            "counter",
+            "Events published beyond a topic's backlog limit, sent to <topic>-dead (overflow).",
+        );
+        for (t, c) in &topics {
+            let _ = writeln!(
+                out,
+                "workmanager_bus_overflowed_total{{topic=\"{}\"}} {}",
+                escape(t),
+                c.overflowed
             );
         }
         header(

@@ -26,10 +26,14 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use wm_shared::CloudEvent;
 
+use super::dead_letter::{
+    DEAD_LETTER_SUFFIX, DeadLetterReason, dead_letter_event, dead_letter_topic,
+};
 use super::{
     BoxFuture, Bus, BusError, BusMetrics, Consumer, ConsumerHooks, Delivery, Outcome, Published,
     is_valid_topic,
 };
+use crate::events::ErrorType;
 
 /// How hard a publish is made durable before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -58,6 +62,11 @@ pub struct SqliteBusOptions {
     pub watch_capacity: usize,
     /// How long `open` waits for another process to let go of the store.
     pub lock_timeout: std::time::Duration,
+    /// Most events one topic may hold in the store (undelivered or unsettled); what is
+    /// published beyond it goes to `<topic>-dead` with reason `overflow` instead of growing the
+    /// backlog without bound (publishers outrunning their workers). 0 = no limit. Dead-letter
+    /// topics themselves are not limited.
+    pub max_topic_backlog: u64,
 }
 
 impl Default for SqliteBusOptions {
@@ -70,9 +79,26 @@ impl Default for SqliteBusOptions {
             max_batch_events: 4_096,
             watch_capacity: 1_024,
             lock_timeout: std::time::Duration::from_secs(5),
+            max_topic_backlog: 100_000,
         }
     }
 }
+
+/// One publish as `process` collects it: topic, events with their encoded form, the
+/// publisher's answer, and its place in the commit queue.
+type Append = (
+    String,
+    Vec<(CloudEvent, Vec<u8>)>,
+    oneshot::Sender<Result<Vec<u64>, BusError>>,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
+
+/// A publish after `route_overflow`: each event with the topic it is stored on.
+type RoutedAppend = (
+    Vec<(String, CloudEvent, Vec<u8>)>,
+    oneshot::Sender<Result<Vec<u64>, BusError>>,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
 
 /// The file name of the store inside the data directory.
 pub const BUS_DB_FILE: &str = "bus.db";
@@ -414,6 +440,9 @@ struct Topic {
     consumers: Vec<Slot>,
     /// Round-robin position among `consumers`.
     next: usize,
+    /// Events of this topic in the store: pending, spilled, or delivered and not yet settled
+    /// (what `max_topic_backlog` limits).
+    stored: u64,
 }
 
 struct Writer {
@@ -462,13 +491,16 @@ impl Writer {
     fn recover(&mut self) -> Result<(), rusqlite::Error> {
         let conn = self.conn()?;
         let stored: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
-        let topics: Vec<String> = {
-            let mut st = conn.prepare("SELECT DISTINCT topic FROM events")?;
-            st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+        let topics: Vec<(String, i64)> = {
+            let mut st = conn.prepare("SELECT topic, count(*) FROM events GROUP BY topic")?;
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
         };
         self.shared.metrics.set_stored(stored);
-        for t in topics {
-            self.topics.entry(t.clone()).or_default().spilled_from = Some(0);
+        for (t, n) in topics {
+            let topic = self.topics.entry(t.clone()).or_default();
+            topic.spilled_from = Some(0);
+            topic.stored = u64::try_from(n).unwrap_or(0);
             self.reload(&t)?;
         }
         if stored > 0 {
@@ -694,18 +726,55 @@ impl Writer {
     }
 
     /// Phase 1: appends and settles in one transaction, then the answers.
+    /// Gives every published event its target topic: its own, or `<topic>-dead` (reason
+    /// `overflow`, the original event inside) once the topic holds `max_topic_backlog` events.
+    /// Publishers still get one sequence number per event, acknowledged after the commit:
+    /// nothing is dropped, and the backlog of a topic stays bounded.
+    fn route_overflow(&self, appends: Vec<Append>) -> Vec<RoutedAppend> {
+        let cap = self.opts.max_topic_backlog;
+        let mut projected: HashMap<String, u64> = HashMap::new();
+        appends
+            .into_iter()
+            .map(|(topic, events, reply, permit)| {
+                let routed = events
+                    .into_iter()
+                    .map(|(event, blob)| {
+                        let limited = cap > 0 && !topic.ends_with(DEAD_LETTER_SUFFIX);
+                        let backlog = projected.entry(topic.clone()).or_insert_with(|| {
+                            self.topics.get(&topic).map_or(0, |t| t.stored)
+                        });
+                        if !limited || *backlog < cap {
+                            *backlog += 1;
+                            return (topic.clone(), event, blob);
+                        }
+                        let reason = DeadLetterReason {
+                            error_type: ErrorType::Overflow,
+                            message: format!(
+                                "topic '{topic}' already holds {cap} events waiting for its workers \
+                                 (TOPIC_MAX_BACKLOG_EVENTS); publishers are outrunning them"
+                            ),
+                            attempts: 0,
+                            worker_id: None,
+                        };
+                        let dead = dead_letter_event(&topic, &event, &reason);
+                        let blob = dead.to_flatbuffer();
+                        self.shared.metrics.add_overflowed(&topic, 1);
+                        (dead_letter_topic(&topic), dead, blob)
+                    })
+                    .collect();
+                (routed, reply, permit)
+            })
+            .collect()
+    }
+
     #[allow(clippy::type_complexity)]
     fn commit_writes(
         &mut self,
-        appends: Vec<(
-            String,
-            Vec<(CloudEvent, Vec<u8>)>,
-            oneshot::Sender<Result<Vec<u64>, BusError>>,
-            Option<tokio::sync::OwnedSemaphorePermit>,
-        )>,
+        appends: Vec<Append>,
         settles: Vec<(u64, Outcome, oneshot::Sender<Result<(), BusError>>)>,
         touched: &mut HashSet<String>,
     ) {
+        let appends = self.route_overflow(appends);
         let full = !appends.is_empty() && self.opts.durability == Durability::Fsync;
         let now = now_ms();
         let result = (|| -> Result<(Vec<Vec<u64>>, Vec<Option<String>>), BusError> {
@@ -722,9 +791,9 @@ impl Writer {
                         "INSERT INTO events (topic, event, published_ms) VALUES (?1, ?2, ?3) RETURNING seq",
                     )
                     .map_err(store_err("prepare an insert"))?;
-                for (topic, events, _, _) in &appends {
+                for (events, _, _) in &appends {
                     let mut s = Vec::with_capacity(events.len());
-                    for (_, blob) in events {
+                    for (topic, _, blob) in events {
                         let seq: i64 = ins
                             .query_row(params![topic, blob, now], |r| r.get(0))
                             .map_err(store_err("append an event"))?;
@@ -751,7 +820,7 @@ impl Writer {
         })();
 
         let metrics = &self.shared.metrics;
-        let queued: i64 = appends.iter().map(|a| a.1.len() as i64).sum();
+        let queued: i64 = appends.iter().map(|a| a.0.len() as i64).sum();
         metrics.add_queued(-queued);
         let (seqs, settled) = match result {
             Ok(r) => r,
@@ -764,7 +833,7 @@ impl Writer {
                     },
                     _ => BusError::Closed,
                 };
-                for (_, _, reply, _) in appends {
+                for (_, reply, _) in appends {
                     let _ = reply.send(Err(shared_err(&e)));
                 }
                 for (_, _, reply) in settles {
@@ -776,21 +845,22 @@ impl Writer {
         metrics.add_commit();
 
         let window = self.opts.memory_window.max(1);
-        for ((topic, events, reply, _permit), seqs) in appends.into_iter().zip(seqs) {
+        for ((events, reply, _permit), seqs) in appends.into_iter().zip(seqs) {
             // Counters first, so that whoever sees the answer sees them too.
-            metrics.add_published(&topic, seqs.len() as u64);
+            for (topic, _, _) in &events {
+                metrics.add_published(topic, 1);
+            }
             metrics.add_stored(seqs.len() as i64);
             let _ = reply.send(Ok(seqs.clone()));
-            let watcher = {
-                let map = self
-                    .shared
-                    .watchers
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                map.get(&topic).cloned()
-            };
-            let t = self.topics.entry(topic.clone()).or_default();
-            for ((event, _), seq) in events.into_iter().zip(seqs) {
+            for ((topic, event, _), seq) in events.into_iter().zip(seqs) {
+                let watcher = {
+                    let map = self
+                        .shared
+                        .watchers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    map.get(&topic).cloned()
+                };
                 if let Some(w) = &watcher {
                     let _ = w.send(Arc::new(Published {
                         seq,
@@ -798,34 +868,35 @@ impl Writer {
                         event: event.clone(),
                     }));
                 }
-                if t.spilled_from.is_some() {
-                    continue;
+                let t = self.topics.entry(topic.clone()).or_default();
+                t.stored += 1;
+                if t.spilled_from.is_none() {
+                    if t.pending.len() >= window {
+                        t.spilled_from = Some(seq);
+                    } else {
+                        t.pending.insert(
+                            seq,
+                            Entry {
+                                event,
+                                deliveries: 0,
+                            },
+                        );
+                    }
                 }
-                if t.pending.len() >= window {
-                    t.spilled_from = Some(seq);
-                    continue;
+                if let Some(w) = watcher
+                    && w.receiver_count() == 0
+                {
+                    let mut map = self
+                        .shared
+                        .watchers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    if map.get(&topic).is_some_and(|w| w.receiver_count() == 0) {
+                        map.remove(&topic);
+                    }
                 }
-                t.pending.insert(
-                    seq,
-                    Entry {
-                        event,
-                        deliveries: 0,
-                    },
-                );
+                touched.insert(topic);
             }
-            if let Some(w) = watcher
-                && w.receiver_count() == 0
-            {
-                let mut map = self
-                    .shared
-                    .watchers
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                if map.get(&topic).is_some_and(|w| w.receiver_count() == 0) {
-                    map.remove(&topic);
-                }
-            }
-            touched.insert(topic);
         }
         for ((seq, outcome, reply), topic) in settles.into_iter().zip(settled) {
             if let Some(topic) = topic {
@@ -833,6 +904,7 @@ impl Writer {
                 metrics.add_settled(outcome.label());
                 if let Some(t) = self.topics.get_mut(&topic) {
                     t.pending.remove(&seq);
+                    t.stored = t.stored.saturating_sub(1);
                 }
                 tracing::trace!(seq, topic, outcome = outcome.label(), "bus: event settled");
             }
@@ -993,8 +1065,13 @@ impl Writer {
                 );
                 metrics.add_stored(-(dropped as i64));
                 metrics.add_dropped(&p.topic, dropped);
+                t.stored = t.stored.saturating_sub(dropped);
             }
-            if t.consumers.is_empty() && t.pending.is_empty() && t.spilled_from.is_none() {
+            if t.consumers.is_empty()
+                && t.pending.is_empty()
+                && t.spilled_from.is_none()
+                && t.stored == 0
+            {
                 self.topics.remove(&p.topic);
             }
         }

@@ -38,6 +38,8 @@ pub struct DispatchConfig {
     pub retry_base_delay: Duration,
     /// How long a timed-out call may keep running before its host is killed and respawned.
     pub timeout_grace: Duration,
+    /// How often each started worker's heartbeat is published (`None`: never).
+    pub heartbeat: Option<Duration>,
 }
 
 /// Where the dispatcher reports a worker's fall into ERROR (the registry, in the daemon).
