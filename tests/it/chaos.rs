@@ -5,9 +5,10 @@
 //! restarted with calls in flight and events queued; a crash-looping worker. At the end it
 //! prints the invariants as a table and asserts each (docs/chaos.md).
 //!
-//! The stream runs `WM_SOAK_SECONDS` (default 30: the CI run); `WM_CHAOS_RATE` sets events per
-//! second (default 30); `WM_CHAOS_SEED` fixes the random moments of the host kills (the seed
-//! is printed). Faults come every 1.8 s whatever the duration.
+//! The stream runs `WM_SOAK_SECONDS` (default 30: the CI run), half before the daemon's SIGKILL
+//! and half after its restart; `WM_CHAOS_RATE` sets events per second (default 30);
+//! `WM_CHAOS_SEED` fixes the random moments of the host kills (the seed is printed). Faults
+//! come every 1.8 s whatever the duration.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
