@@ -6,6 +6,7 @@ mod bus_crash;
 mod bus_http;
 mod bus_store;
 mod c_abi;
+mod chaos;
 mod dotnet_daemon;
 mod failures;
 mod runtime;

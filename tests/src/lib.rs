@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dotnet;
 pub mod native;
 pub mod nupkg;
+pub mod procs;
 pub mod sse;
 
 use std::path::{Path, PathBuf};

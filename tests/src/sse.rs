@@ -4,6 +4,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,7 @@ pub struct Sse {
     stream: TcpStream,
     topic: String,
     seen: std::cell::RefCell<Vec<serde_json::Value>>,
+    lagged: Arc<AtomicU64>,
 }
 
 impl Sse {
@@ -57,13 +60,27 @@ impl Sse {
             }
         }
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || read_events(reader, chunked, tx));
+        let lagged = Arc::new(AtomicU64::new(0));
+        let l = lagged.clone();
+        std::thread::spawn(move || read_events(reader, chunked, tx, l));
         Sse {
             rx,
             stream,
             topic: topic.to_string(),
             seen: Default::default(),
+            lagged,
         }
+    }
+
+    /// The topic subscribed to.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Events the server said it skipped because this subscriber lagged behind
+    /// (`: lagged: n events skipped` comments): a subscription that lagged missed events.
+    pub fn lagged(&self) -> u64 {
+        self.lagged.load(Ordering::SeqCst)
     }
 
     /// The next event within `timeout`.
@@ -117,6 +134,7 @@ fn read_events(
     mut reader: BufReader<TcpStream>,
     chunked: bool,
     tx: mpsc::Sender<serde_json::Value>,
+    lagged: Arc<AtomicU64>,
 ) {
     let mut body: Vec<u8> = Vec::new();
     let mut data = String::new();
@@ -153,7 +171,17 @@ fn read_events(
             let line: Vec<u8> = body.drain(..=pos).collect();
             let line = String::from_utf8_lossy(&line);
             let line = line.trim_end_matches(['\r', '\n']);
-            if let Some(d) = line.strip_prefix("data:") {
+            if let Some(c) = line
+                .strip_prefix(": lagged: ")
+                .or(line.strip_prefix(":lagged: "))
+            {
+                let n: u64 = c
+                    .split(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1);
+                lagged.fetch_add(n.max(1), Ordering::SeqCst);
+            } else if let Some(d) = line.strip_prefix("data:") {
                 if !data.is_empty() {
                     data.push('\n');
                 }

@@ -105,6 +105,16 @@ impl DeathReport {
         }
     }
 
+    /// True when the death is pinned on one call: the crash handler recorded the worker and
+    /// message on the faulting thread, or the supervisor killed the host to reclaim a hung call.
+    pub fn has_culprit(&self) -> bool {
+        self.reclaimed.is_some()
+            || self
+                .crash
+                .as_ref()
+                .is_some_and(|c| c.msg_id != 0 && !c.worker_id.is_empty())
+    }
+
     /// The workers charged with this death for crash-loop counting.
     fn charged_workers(&self) -> Vec<String> {
         if self.reclaimed.is_some() {
@@ -651,10 +661,11 @@ impl Pool {
             if slot.closed.is_cancelled() {
                 break;
             }
-            if started.elapsed() >= self.config.stable_after {
-                failures = 0;
-            }
-            failures += 1;
+            failures = next_failures(
+                failures,
+                started.elapsed() >= self.config.stable_after,
+                report.has_culprit(),
+            );
             let delay = backoff(
                 self.config.respawn_backoff_base,
                 self.config.respawn_backoff_max,
@@ -795,6 +806,21 @@ pub fn render_prometheus(hosts: &[HostInfo], out: &mut String) {
     }
 }
 
+/// The consecutive-failure count that sets the next respawn delay ([`backoff`]).
+///
+/// It grows with deaths nobody can be charged with (a host that cannot stay up by itself: a
+/// broken runtime, the OOM killer, a kill from outside) and starts again after a host stayed up
+/// `stable_after` or died of a known culprit call. A culprit is dealt with by retries and the
+/// crash-loop quarantine; making the host back off for it would only stall the healthy workers
+/// sharing the host (up to 30 s per crash once the count has grown, in the chaos soak).
+pub fn next_failures(failures: u32, stayed_up: bool, has_culprit: bool) -> u32 {
+    if stayed_up || has_culprit {
+        1
+    } else {
+        failures.saturating_add(1)
+    }
+}
+
 /// Exponential backoff: `base * 2^(n-1)`, capped.
 pub fn backoff(base: Duration, max: Duration, n: u32) -> Duration {
     let factor = 1u32
@@ -861,6 +887,34 @@ mod tests {
         assert_eq!(backoff(b, m, 4), Duration::from_millis(800));
         assert_eq!(backoff(b, m, 30), m);
         assert_eq!(backoff(b, m, 0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_death_with_a_culprit_respawns_after_the_base_delay() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(30);
+        // Twelve crashes of one worker in a row, each pinned on its call: the neighbours on the
+        // host never wait more than the base delay.
+        let mut f = 0;
+        for _ in 0..12 {
+            f = next_failures(f, false, true);
+            assert_eq!(backoff(base, max, f), base);
+        }
+        // Deaths nobody is charged with still back off, until the host stays up.
+        let mut f = 0;
+        for _ in 0..12 {
+            f = next_failures(f, false, false);
+        }
+        assert_eq!(backoff(base, max, f), max);
+        assert_eq!(next_failures(f, true, false), 1);
+
+        assert!(report(Some(("a", 7)), None).has_culprit());
+        assert!(report(None, Some(("b", 9))).has_culprit());
+        assert!(!report(None, None).has_culprit());
+        assert!(
+            !report(Some(("", 0)), None).has_culprit(),
+            "a crash off any plugin call names nobody"
+        );
     }
 
     fn report(crash: Option<(&str, u64)>, reclaimed: Option<(&str, u64)>) -> DeathReport {
