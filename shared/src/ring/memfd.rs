@@ -54,8 +54,12 @@ fn map(fd: &OwnedFd, len: usize) -> Result<NonNull<u8>, RingError> {
         reason: "region size is zero".into(),
     })?;
     // SAFETY: a fresh mapping chosen by the kernel (addr None) cannot alias any Rust object; the
-    // fd is open for the duration of the call; `len` is the file's size (checked by callers), so
-    // no access within `len` hits SIGBUS. The mapping is unmapped only in Drop.
+    // fd is open for the duration of the call. Accesses within `len` cannot fault with SIGBUS
+    // only because the file can no longer shrink: `Region::create` seals it with F_SEAL_SHRINK
+    // before any host sees it, and `Region::open` refuses a memfd without that seal. (Without
+    // the seal, a host calling ftruncate on its fd 3 would make the supervisor's next access
+    // to a page past the new end raise SIGBUS and kill the daemon.) The mapping is unmapped
+    // only in Drop.
     let p = unsafe {
         mmap(
             None,
@@ -73,8 +77,53 @@ fn map(fd: &OwnedFd, len: usize) -> Result<NonNull<u8>, RingError> {
     Ok(p.cast())
 }
 
+/// The seals every ring memfd carries before a host can see it: its size is fixed for good.
+pub const RING_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+fn seal(fd: &OwnedFd) -> Result<(), RingError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl(F_ADD_SEALS) takes an fd we own and an integer; it touches no memory of ours.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, RING_SEALS) };
+    if rc < 0 {
+        return Err(RingError::Io {
+            step: "seal the ring memfd (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    check_sealed(fd)
+}
+
+/// The seals on `fd` must include `RING_SEALS`: a region that could still shrink is refused.
+fn check_sealed(fd: &OwnedFd) -> Result<(), RingError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl(F_GET_SEALS) takes an fd we own; it touches no memory of ours.
+    let got = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if got < 0 {
+        return Err(RingError::BadRegion {
+            reason: format!(
+                "cannot read the ring memfd's seals: {}; the ring must be a sealed memfd",
+                std::io::Error::last_os_error()
+            ),
+        });
+    }
+    if got & RING_SEALS != RING_SEALS {
+        return Err(RingError::BadRegion {
+            reason: format!(
+                "the ring memfd carries seals {got:#x}, not {RING_SEALS:#x} \
+                 (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL); its size could change under the mapping"
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl Region {
-    /// Supervisor: `memfd_create(name, MFD_CLOEXEC)` + `ftruncate` + `mmap(MAP_SHARED)` + header.
+    /// Supervisor: `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)` + `ftruncate` +
+    /// seals (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`) + `mmap(MAP_SHARED)` + header.
+    ///
+    /// The seals are what make the supervisor's mapping safe from its host: the memfd is
+    /// shared with hostile code, and a file that shrinks under a mapping turns every access
+    /// past the new end into SIGBUS in *every* process that maps it.
     pub fn create(name: &str, cfg: &RingConfig) -> Result<Region, RingError> {
         cfg.validate()?;
         let len = region_bytes(cfg.ring_bytes);
@@ -82,11 +131,14 @@ impl Region {
             std::ffi::CString::new(name.replace('\0', "_")).map_err(|_| RingError::Config {
                 reason: "region name contains a NUL byte".into(),
             })?;
-        let fd =
-            memfd_create(cname.as_c_str(), MFdFlags::MFD_CLOEXEC).map_err(|e| RingError::Io {
-                step: "memfd_create",
-                source: e.into(),
-            })?;
+        let fd = memfd_create(
+            cname.as_c_str(),
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )
+        .map_err(|e| RingError::Io {
+            step: "memfd_create",
+            source: e.into(),
+        })?;
         let len_off = i64::try_from(len).map_err(|_| RingError::Config {
             reason: format!("region of {len} bytes is too large"),
         })?;
@@ -94,6 +146,7 @@ impl Region {
             step: "ftruncate the ring memfd",
             source: e.into(),
         })?;
+        seal(&fd)?;
         let base = map(&fd, len)?;
         let r = Region {
             fd,
@@ -132,6 +185,7 @@ impl Region {
         let file_len = usize::try_from(st.st_size).map_err(|_| RingError::BadRegion {
             reason: format!("ring fd has a negative size {}", st.st_size),
         })?;
+        check_sealed(&fd)?;
         if file_len < DATA_OFFSET {
             return Err(RingError::BadRegion {
                 reason: format!(

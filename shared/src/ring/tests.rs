@@ -397,3 +397,65 @@ proptest! {
         prop_assert!(!rx.try_recv(&mut buf).unwrap());
     }
 }
+
+#[test]
+fn the_ring_memfd_cannot_shrink_or_grow_and_the_seals_cannot_be_removed() {
+    use std::os::fd::AsRawFd;
+    let sup = region(&small());
+    // The host's view: its own descriptor on the same memfd, as after the spawn's dup2.
+    let host_fd = sup.as_fd().try_clone_to_owned().unwrap();
+    let raw = host_fd.as_raw_fd();
+    let len = crate::ring::layout::region_bytes(small().ring_bytes) as i64;
+    for (what, size) in [
+        ("truncate to 0", 0),
+        ("shrink by a page", len - 4096),
+        ("grow", len * 2),
+    ] {
+        // SAFETY: ftruncate on a descriptor we own; no memory is passed.
+        let rc = unsafe { libc::ftruncate(raw, size) };
+        let err = std::io::Error::last_os_error();
+        assert_eq!(rc, -1, "{what} must fail");
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{what}: {err}");
+    }
+    // SAFETY: fallocate on a descriptor we own; growing past the end is what F_SEAL_GROW stops.
+    let rc = unsafe { libc::fallocate(raw, 0, len, 4096) };
+    assert_eq!(rc, -1, "fallocate past the end must fail");
+    // SAFETY: fcntl with integer arguments on a descriptor we own.
+    let rc = unsafe { libc::fcntl(raw, libc::F_ADD_SEALS, libc::F_SEAL_WRITE) };
+    assert_eq!(rc, -1, "F_SEAL_SEAL must stop further seals");
+    // SAFETY: as above.
+    let seals = unsafe { libc::fcntl(raw, libc::F_GET_SEALS) };
+    assert_eq!(seals & super::memfd::RING_SEALS, super::memfd::RING_SEALS);
+    // The supervisor's mapping is whole: every byte of the last page is still readable.
+    let (tx, rx) = supervisor_channels(sup.clone());
+    drop((tx, rx));
+    assert!(!sup.any_closed());
+    let h = reopen(&sup);
+    assert_eq!(h.config().ring_bytes, small().ring_bytes);
+}
+
+#[test]
+fn open_refuses_an_unsealed_memfd() {
+    // A memfd with the right size and header but no seals, as a forged fd 3 would be.
+    let sup = region(&small());
+    let len = crate::ring::layout::region_bytes(small().ring_bytes);
+    let fd =
+        nix::sys::memfd::memfd_create(c"unsealed", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+    nix::unistd::ftruncate(&fd, len as i64).unwrap();
+    let mut f = std::fs::File::from(fd);
+    let mut header = vec![0u8; len];
+    // SAFETY: reads `len` bytes of the live mapping into a Vec of that length.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            std::ptr::from_ref(sup.header()).cast::<u8>(),
+            header.as_mut_ptr(),
+            crate::ring::layout::DATA_OFFSET,
+        )
+    };
+    std::io::Write::write_all(&mut f, &header).unwrap();
+    let e = Region::open(f.into()).unwrap_err();
+    assert!(
+        matches!(&e, RingError::BadRegion { reason } if reason.contains("seal")),
+        "{e}"
+    );
+}
