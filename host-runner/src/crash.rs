@@ -150,7 +150,10 @@ pub fn install(sink: &'static dyn CrashSink) -> Result<(), CrashError> {
         // in the fields sigaction(2) reads.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
         action.sa_sigaction = on_fatal_signal as *const () as usize;
-        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        // SA_RESETHAND: the kernel restores SIG_DFL as it delivers, so the re-raise at the end
+        // of the handler kills even though the native seccomp profile refuses a later
+        // sigaction on these signals.
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESETHAND;
         // SAFETY: sa_mask is a live sigset_t inside `action`.
         unsafe { libc::sigemptyset(&mut action.sa_mask) };
         // SAFETY: `action` is fully initialised; the handler has the SA_SIGINFO signature;
@@ -175,14 +178,19 @@ extern "C" fn on_fatal_signal(
     info: *mut libc::siginfo_t,
     _ucontext: *mut libc::c_void,
 ) {
-    // Only faults carry a meaningful si_addr; for SIGABRT and SIGSYS the union holds other
-    // fields.
+    // Only faults carry a meaningful si_addr; for a seccomp SIGSYS the slot carries the
+    // syscall number instead (tagged, see `wm_shared::ring::CrashRecord::forbidden_syscall`).
     let fault_addr = match signal {
         libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE if !info.is_null() => {
             // SAFETY: the kernel passes a valid siginfo_t for an SA_SIGINFO handler, and for
             // these signals si_addr is the active union member.
             unsafe { (*info).si_addr() as u64 }
         }
+        // SAFETY: as above; `seccomp_syscall` reads the SIGSYS union member only when
+        // si_code says the signal came from seccomp.
+        libc::SIGSYS if !info.is_null() => unsafe { seccomp_syscall(info) }
+            .map(wm_shared::ring::CrashRecord::tag_syscall)
+            .unwrap_or(0),
         _ => 0,
     };
     record(signal, fault_addr);
@@ -202,6 +210,30 @@ extern "C" fn on_fatal_signal(
         let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
         libc::syscall(libc::SYS_tgkill, pid, tid, signal);
     }
+}
+
+/// `si_syscall` of a SIGSYS raised by a seccomp `SECCOMP_RET_TRAP`, or None for a SIGSYS
+/// sent by `kill`/`raise`.
+///
+/// # Safety
+/// `info` must point at the siginfo_t the kernel passed to an SA_SIGINFO handler for SIGSYS.
+unsafe fn seccomp_syscall(info: *const libc::siginfo_t) -> Option<i32> {
+    const SYS_SECCOMP: i32 = 1;
+    // SAFETY: the caller's promise; si_code is in the common header of every siginfo_t.
+    if unsafe { (*info).si_code } != SYS_SECCOMP {
+        return None;
+    }
+    // The kernel's layout for SIGSYS (include/uapi/asm-generic/siginfo.h): after si_signo,
+    // si_errno, si_code and padding to 16 bytes comes `_sigsys { void *_call_addr; int
+    // _syscall; unsigned int _arch; }`, so _syscall is at byte 16 + size of a pointer.
+    const SYSCALL_OFFSET: usize = 16 + size_of::<*const u8>();
+    // SAFETY: siginfo_t is 128 bytes; the offset is inside it and aligned for i32.
+    Some(unsafe {
+        info.cast::<u8>()
+            .add(SYSCALL_OFFSET)
+            .cast::<i32>()
+            .read_unaligned()
+    })
 }
 
 extern "C" fn on_exit() {

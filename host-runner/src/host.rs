@@ -173,6 +173,10 @@ pub fn main() -> u8 {
         rlimit_nofile: args.rlimit_nofile,
         rlimit_as: args.rlimit_as,
         seccomp: args.seccomp,
+        profile: match kind {
+            protocol::EngineKind::DotNet => sandbox::seccomp::Profile::DotNet,
+            _ => sandbox::seccomp::Profile::Native,
+        },
         landlock: args.landlock,
         parent_pid,
     };

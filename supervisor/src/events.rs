@@ -127,12 +127,19 @@ impl Events {
         pid: i32,
         signal: Option<i32>,
         culprit: Option<(&str, u64)>,
+        reason: &str,
+        syscall: Option<&str>,
     ) {
-        self.send(
-            INFRA_HOST_TOPIC,
-            host_crashed_event(host_id, pid, signal, culprit),
-        )
-        .await;
+        let crash = HostCrash {
+            host_id,
+            pid,
+            signal,
+            culprit,
+            reason,
+            syscall,
+        };
+        self.send(INFRA_HOST_TOPIC, host_crashed_event(&crash))
+            .await;
     }
 
     /// `infra.host.respawned` on `workmanager.infra.host`.
@@ -189,22 +196,33 @@ pub fn lifecycle_event(
     base_event(kind.event_type(), format!("worker/{}", w.id), &data)
 }
 
+/// What `infra.host.crashed` says about one host death.
+#[derive(Debug, Clone, Copy)]
+pub struct HostCrash<'a> {
+    pub host_id: &'a str,
+    pub pid: i32,
+    pub signal: Option<i32>,
+    /// The worker and message id the crash slot named, if any.
+    pub culprit: Option<(&'a str, u64)>,
+    /// The death report's cause, e.g. `worker 'w' called socket(2), which the sandbox forbids`.
+    pub reason: &'a str,
+    /// The syscall the sandbox refused, when that ended the host.
+    pub syscall: Option<&'a str>,
+}
+
 /// Builds an `infra.host.crashed` event.
-pub fn host_crashed_event(
-    host_id: &str,
-    pid: i32,
-    signal: Option<i32>,
-    culprit: Option<(&str, u64)>,
-) -> CloudEvent {
+pub fn host_crashed_event(c: &HostCrash<'_>) -> CloudEvent {
     let data = json!({
-        "host_id": host_id,
-        "pid": pid,
-        "signal": signal,
-        "signal_name": signal.and_then(signal_name),
-        "culprit_worker_id": culprit.map(|(w, _)| w),
-        "culprit_message_id": culprit.map(|(_, m)| m),
+        "host_id": c.host_id,
+        "pid": c.pid,
+        "signal": c.signal,
+        "signal_name": c.signal.and_then(signal_name),
+        "culprit_worker_id": c.culprit.map(|(w, _)| w),
+        "culprit_message_id": c.culprit.map(|(_, m)| m),
+        "reason": c.reason,
+        "syscall": c.syscall,
     });
-    infra_event("host.crashed", &format!("host/{host_id}"), &data)
+    infra_event("host.crashed", &format!("host/{}", c.host_id), &data)
 }
 
 fn infra_event(kind: &str, subject: &str, data: &Value) -> CloudEvent {
@@ -330,7 +348,14 @@ mod tests {
 
     #[test]
     fn host_crash_names_the_signal() {
-        let ev = host_crashed_event("native-1", 42, Some(11), Some(("w1", 7)));
+        let ev = host_crashed_event(&HostCrash {
+            host_id: "native-1",
+            pid: 42,
+            signal: Some(11),
+            culprit: Some(("w1", 7)),
+            reason: "host native-1 (pid 42) died of SIGSEGV",
+            syscall: None,
+        });
         let data: Value = serde_json::from_slice(ev.data.as_deref().unwrap()).unwrap();
         assert_eq!(data["signal_name"], "SIGSEGV");
         assert_eq!(data["culprit_message_id"], 7);

@@ -15,7 +15,8 @@
 //! 8. [`landlock`] (best effort): no filesystem writes, no TCP, no signals or abstract
 //!    sockets outside the sandbox. Reads stay allowed: plugins load from the package dir and
 //!    libc.
-//! 9. [`seccomp`]: the deny-list filter (last, so the steps above may use what it denies).
+//! 9. [`seccomp`]: the engine's allow-list (last, so the steps above may use what it forbids);
+//!    anything else raises SIGSYS, which the crash handler reports with the syscall's number.
 //!
 //! Steps 5 and 8 are best effort (logged to stderr when the kernel refuses them); the others
 //! fail the start-up, and the host exits with [`crate::exit::SANDBOX`].
@@ -40,6 +41,8 @@ pub struct SandboxConfig {
     pub rlimit_as: Option<u64>,
     /// Install the seccomp filter (`--no-seccomp` turns it off, for debugging only).
     pub seccomp: bool,
+    /// Which engine's allow-list the filter is.
+    pub profile: seccomp::Profile,
     /// Apply Landlock (`--no-landlock` turns it off, for debugging only).
     pub landlock: bool,
     /// The parent pid seen at the very start of `main`, to detect a parent that died early.
@@ -160,8 +163,11 @@ pub fn enter(cfg: &SandboxConfig) -> Result<SandboxReport, SandboxError> {
     // plugin is opened: everything after this line, plugin constructors included, runs
     // under it.
     if cfg.seccomp {
-        seccomp::install()?;
-        report.took("seccomp");
+        seccomp::install(cfg.profile)?;
+        report.took(match cfg.profile {
+            seccomp::Profile::Native => "seccomp:native",
+            seccomp::Profile::DotNet => "seccomp:dotnet",
+        });
     } else {
         log("seccomp disabled by --no-seccomp (debugging only)");
     }

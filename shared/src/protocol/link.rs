@@ -245,6 +245,11 @@ impl HostLink {
         self.inner.fail_all(LinkError::PeerGone);
     }
 
+    /// Why the link died (None while it lives): `HostMisbehaved` names the protocol violation.
+    pub fn dead_reason(&self) -> Option<LinkError> {
+        self.inner.pending().dead.clone()
+    }
+
     /// Whether the link is dead (no request can succeed any more).
     pub fn is_dead(&self) -> bool {
         self.inner.pending().dead.is_some()

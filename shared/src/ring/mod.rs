@@ -213,6 +213,37 @@ pub struct CrashRecord {
     pub fault_addr: u64,
 }
 
+/// Marks a crash slot's `fault_addr` as carrying the number of a syscall that seccomp forbade
+/// (SIGSYS with `si_code == SYS_SECCOMP`) rather than an address.
+const SYSCALL_TAG: u64 = 0x5ec0_0000_0000_0000;
+
+impl CrashRecord {
+    /// The value a SIGSYS crash slot carries in `fault_addr` for forbidden syscall `nr`.
+    pub const fn tag_syscall(nr: i32) -> u64 {
+        SYSCALL_TAG | (nr as u32 as u64)
+    }
+
+    /// The syscall number seccomp forbade, for a SIGSYS raised by the filter.
+    pub fn forbidden_syscall(&self) -> Option<i32> {
+        (self.signal == libc::SIGSYS && self.fault_addr & 0xffff_ffff_0000_0000 == SYSCALL_TAG)
+            .then_some((self.fault_addr & 0xffff_ffff) as u32 as i32)
+    }
+
+    /// The forbidden syscall's name, e.g. `socket` (or `syscall 1234` if unknown).
+    pub fn forbidden_syscall_name(&self) -> Option<String> {
+        self.forbidden_syscall().map(syscall_name)
+    }
+}
+
+/// The name of syscall `nr` on this architecture, e.g. `socket`.
+pub fn syscall_name(nr: i32) -> String {
+    usize::try_from(nr)
+        .ok()
+        .and_then(syscalls::Sysno::new)
+        .map(|s| s.name().to_string())
+        .unwrap_or_else(|| format!("syscall {nr}"))
+}
+
 const SLOT_FREE: u32 = 0;
 const SLOT_WRITING: u32 = 1;
 const SLOT_DONE: u32 = 2;

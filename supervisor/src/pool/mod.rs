@@ -57,6 +57,9 @@ pub struct DeathReport {
     pub crash: Option<CrashRecord>,
     /// Set when the supervisor killed the host to reclaim a hung call: (worker, message).
     pub reclaimed: Option<(String, u64)>,
+    /// Set when the supervisor cut the host off for breaking the protocol (a corrupt ring, an
+    /// undecodable frame, a reply of the wrong kind): what it did.
+    pub violation: Option<String>,
     /// Calls in flight when it died: message id -> worker id.
     pub in_flight: HashMap<u64, String>,
 }
@@ -88,8 +91,34 @@ impl DeathReport {
         }
     }
 
-    /// The signal name, or the exit code, for error messages.
+    /// The syscall the sandbox refused, when that is what ended the host.
+    pub fn forbidden_syscall(&self) -> Option<String> {
+        self.crash.as_ref().and_then(|c| c.forbidden_syscall_name())
+    }
+
+    /// What ended the host, for error messages, dead letters and `host.crashed`: the forbidden
+    /// syscall and the worker whose call made it, the protocol violation, or the signal name
+    /// or exit code.
     pub fn cause(&self) -> String {
+        if let (Some(name), Some(rec)) = (self.forbidden_syscall(), self.crash.as_ref()) {
+            return if rec.worker_id.is_empty() {
+                format!(
+                    "a plugin on host {} (pid {}) called {name}(2), which the sandbox forbids; the host was ended",
+                    self.host_id, self.pid
+                )
+            } else {
+                format!(
+                    "worker '{}' called {name}(2), which the sandbox forbids; its host {} (pid {}) was ended",
+                    rec.worker_id, self.host_id, self.pid
+                )
+            };
+        }
+        if let Some(what) = &self.violation {
+            return format!(
+                "host {} (pid {}) broke the host protocol and was ended: {what}",
+                self.host_id, self.pid
+            );
+        }
         let sig = self.crash.as_ref().map(|c| c.signal).or(match self.status {
             ExitStatus::Signaled(s) => Some(s),
             ExitStatus::Exited(_) => None,
@@ -165,6 +194,8 @@ pub struct HostHandle {
     in_flight: Mutex<HashMap<u64, String>>,
     death: watch::Receiver<Option<Arc<DeathReport>>>,
     reclaim: Mutex<Option<(String, u64)>>,
+    /// The protocol violation the host was cut off for, if any.
+    violation: Mutex<Option<String>>,
     kill: tokio::sync::Notify,
 }
 
@@ -191,7 +222,7 @@ impl HostHandle {
             Ok(Ok(other)) => {
                 // A host answering with the wrong kind is broken: treat it as dead.
                 tracing::error!(host = %self.host_id, "host answered Process with {other:?}; killing it");
-                self.kill.notify_one();
+                self.cut_off(format!("it answered a Process frame with {}", other.kind()));
                 CallOutcome::HostDied(self.died().await)
             }
             Ok(Err(_)) => CallOutcome::HostDied(self.died().await),
@@ -214,6 +245,7 @@ impl HostHandle {
                     status: ExitStatus::Exited(-1),
                     crash: None,
                     reclaimed: None,
+                    violation: lock(&self.violation).clone(),
                     in_flight: lock(&self.in_flight).clone(),
                 });
             }
@@ -236,6 +268,12 @@ impl HostHandle {
                 this.kill.notify_one();
             }
         });
+    }
+
+    /// Records `what` as the protocol violation this host is ended for, and kills it.
+    pub fn cut_off(&self, what: String) {
+        lock(&self.violation).get_or_insert(what);
+        self.kill.notify_one();
     }
 
     /// Calls in flight right now.
@@ -583,6 +621,7 @@ impl Pool {
                 in_flight: Mutex::new(HashMap::new()),
                 death: death_rx,
                 reclaim: Mutex::new(None),
+                violation: Mutex::new(None),
                 kill: tokio::sync::Notify::new(),
             });
             tracing::info!(host = %host_id, pid = spawned.pid, sandbox = %spawned.ready.sandbox, "host ready");
@@ -632,6 +671,7 @@ impl Pool {
                 status: status.clone(),
                 crash,
                 reclaimed,
+                violation: lock(&handle.violation).clone(),
                 in_flight: lock(&handle.in_flight).clone(),
             });
             let _ = death_tx.send(Some(report.clone()));
@@ -655,8 +695,16 @@ impl Pool {
             tracing::error!(host = %host_id, pid = spawned.pid, culprit = ?culprit, "{}", report.cause());
             // Quarantine before anything awaits: a retry must not find the worker still placed.
             self.count_crashes(&slot, &report);
+            let syscall = report.forbidden_syscall();
             self.events
-                .host_crashed(&host_id, spawned.pid, signal, culprit)
+                .host_crashed(
+                    &host_id,
+                    spawned.pid,
+                    signal,
+                    culprit,
+                    &report.cause(),
+                    syscall.as_deref(),
+                )
                 .await;
             if slot.closed.is_cancelled() {
                 break;
@@ -713,7 +761,13 @@ impl Pool {
                         let _ = self.notify.send(PoolEvent::Frame { host: handle.clone(), message: other });
                     }
                     None => {
-                        // The reader thread ended: the ring is closed; the exit follows.
+                        // The reader thread ended: the ring is closed. A host that broke the
+                        // protocol may go on running: end it, and say why.
+                        if let Some(LinkError::HostMisbehaved { reason }) = spawned.link.dead_reason() {
+                            tracing::error!(host = %handle.host_id, pid = handle.pid, "host broke the protocol ({reason}); killing it");
+                            lock(&handle.violation).get_or_insert(reason);
+                            spawned.exit.kill();
+                        }
                         return spawned.exit.wait().await;
                     }
                 },
@@ -930,6 +984,7 @@ mod tests {
                 fault_addr: 0,
             }),
             reclaimed: reclaimed.map(|(w, m)| (w.to_string(), m)),
+            violation: None,
             in_flight: [
                 (7, "a".to_string()),
                 (8, "b".to_string()),
