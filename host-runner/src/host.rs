@@ -28,7 +28,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const RESULT_OVERHEAD: usize = 64 * 1024;
 
 /// The command line: `host-runner --ring-fd 3 --engine native|dotnet --host-id <id>
-/// [--rlimit-as <bytes>] [--rlimit-nofile <n>] [--no-seccomp] [--no-landlock]`.
+/// [--rlimit-as <bytes>] [--rlimit-nofile <n>] [--uid <uid> --gid <gid>] [--no-seccomp]
+/// [--no-landlock]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
     pub ring_fd: RawFd,
@@ -38,6 +39,9 @@ pub struct Args {
     pub rlimit_nofile: u64,
     pub seccomp: bool,
     pub landlock: bool,
+    /// The unprivileged uid and gid to switch to (the supervisor passes them when it runs as
+    /// root).
+    pub ids: Option<(u32, u32)>,
 }
 
 /// A command line the host cannot run with.
@@ -68,7 +72,9 @@ impl Args {
             rlimit_nofile: sandbox::rlimits::DEFAULT_NOFILE,
             seccomp: true,
             landlock: true,
+            ids: None,
         };
+        let (mut uid, mut gid) = (None, None);
         while let Some(flag) = it.next() {
             let mut value = |flag: &str| {
                 it.next().ok_or_else(|| ArgsError::NoValue {
@@ -96,6 +102,14 @@ impl Args {
                     let v = value(&flag)?;
                     a.rlimit_nofile = number(&flag, v)?;
                 }
+                "--uid" => {
+                    let v = value(&flag)?;
+                    uid = Some(number(&flag, v)?);
+                }
+                "--gid" => {
+                    let v = value(&flag)?;
+                    gid = Some(number(&flag, v)?);
+                }
                 "--no-seccomp" => a.seccomp = false,
                 "--no-landlock" => a.landlock = false,
                 _ => return Err(ArgsError::Unknown(flag)),
@@ -108,6 +122,20 @@ impl Args {
         })?;
         a.engine = engine.ok_or(ArgsError::Missing("--engine"))?;
         a.host_id = host_id.ok_or(ArgsError::Missing("--host-id"))?;
+        a.ids = match (uid, gid) {
+            (None, None) => None,
+            (Some(u), Some(g)) => {
+                let id = |flag: &str, v: u64| {
+                    u32::try_from(v).map_err(|_| ArgsError::NotANumber {
+                        flag: flag.into(),
+                        value: v.to_string(),
+                    })
+                };
+                Some((id("--uid", u)?, id("--gid", g)?))
+            }
+            (None, Some(_)) => return Err(ArgsError::Missing("--uid (with --gid)")),
+            (Some(_), None) => return Err(ArgsError::Missing("--gid (with --uid)")),
+        };
         Ok(a)
     }
 }
@@ -178,6 +206,7 @@ pub fn main() -> u8 {
             _ => sandbox::seccomp::Profile::Native,
         },
         landlock: args.landlock,
+        ids: args.ids,
         parent_pid,
     };
     let report = match sandbox::enter(&cfg) {

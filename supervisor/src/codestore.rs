@@ -9,11 +9,14 @@
 //! under its final name; identical code is stored once.
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use wm_shared::package::{self, Limits, PackageInfo};
+
+use crate::package_guard;
 
 /// Why a blob could not be stored or extracted.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,10 @@ impl CodeStore {
         let packages = data_dir.join("packages");
         std::fs::create_dir_all(&code).map_err(io("create", &code))?;
         std::fs::create_dir_all(&packages).map_err(io("create", &packages))?;
+        // Hosts (which may run under another uid) reach `packages/<sha>/` by name; nobody
+        // lists the folder.
+        std::fs::set_permissions(&packages, std::fs::Permissions::from_mode(0o711))
+            .map_err(io("set the permissions of", &packages))?;
         Ok(CodeStore { code, packages })
     }
 
@@ -119,19 +126,33 @@ impl CodeStore {
     }
 
     /// Extracts a package [`package::inspect`] accepted into `packages/<sha256>/` (atomic and
-    /// idempotent: see [`package::extract`]); returns its directory.
+    /// idempotent: see [`package::extract`]); returns its directory. An existing folder is
+    /// reused only if it still matches the manifest written when it was extracted; otherwise
+    /// it is discarded and extracted again (`package_guard`).
     pub fn extract(
         &self,
         bytes: &[u8],
         info: &PackageInfo,
         limits: &Limits,
     ) -> Result<PathBuf, CodeStoreError> {
-        package::extract(bytes, info, &self.packages, limits).map_err(|source| {
+        let dir = self.package_dir(&info.sha256);
+        match package_guard::check(&dir) {
+            package_guard::Check::Intact => return Ok(dir),
+            package_guard::Check::Missing => {}
+            package_guard::Check::Tampered(why) => {
+                tracing::warn!(sha256 = %info.sha256, dir = %dir.display(),
+                    "extracted package differs from what was extracted ({why}); extracting it again");
+                package_guard::discard(&dir).map_err(io("discard a tampered package", &dir))?;
+            }
+        }
+        let dir = package::extract(bytes, info, &self.packages, limits).map_err(|source| {
             CodeStoreError::Extract {
                 sha256: info.sha256.clone(),
                 source,
             }
-        })
+        })?;
+        package_guard::seal(&dir).map_err(io("seal the extracted package", &dir))?;
+        Ok(dir)
     }
 
     /// Removes leftovers of interrupted writes (`.*.tmp`), at start.
@@ -147,6 +168,8 @@ impl CodeStore {
                 if name.starts_with(".tmp-") || (name.starts_with('.') && name.ends_with(".tmp")) {
                     let p = e.path();
                     let _ = if p.is_dir() {
+                        // A sealed tree is read-only; a non-root daemon must loosen it first.
+                        let _ = package_guard::make_removable(&p);
                         std::fs::remove_dir_all(&p)
                     } else {
                         std::fs::remove_file(&p)

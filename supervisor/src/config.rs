@@ -76,6 +76,10 @@ settings! {
     "TIMEOUT_RECLAIM_GRACE_SECONDS" [] = "5", "0-3600", "how long a timed-out call may keep running before its host is killed and respawned";
     "HOST_RESPAWN_BACKOFF_MS" [] = "100", "1-60000", "first delay before a crashed host is respawned; doubles per consecutive death no call is charged with, up to 30 s";
     "HOST_RUNNER_PATH" [] = "", "a file path; empty = next to the workmanager binary", "the host-runner binary";
+    "HOST_UID" [] = "65534", "1-4294967294, not the daemon's own uid", "uid the host processes run as when the daemon runs as root (hosts of a non-root daemon keep its uid, and /v1/hosts shows the layer missing)";
+    "HOST_GID" [] = "65534", "1-4294967294", "gid the host processes run as when the daemon runs as root";
+    "SANDBOX_LANDLOCK" [] = "on", "on|off", "apply Landlock to hosts where the kernel has it; off leaves the other layers to contain them (to prove they do)";
+    "SANDBOX_REQUIRE" [] = "", "comma-separated layers from seccomp, landlock, pidns, netns, uid; empty = none", "sandbox layers without which no host may run: the daemon refuses to start when one is unavailable, and stops any host that comes up without it";
     "HOST_RLIMIT_AS_BYTES" [] = "0", "0 (no limit) or 67108864-1099511627776", "address-space limit (RLIMIT_AS) of each host process";
     "BUS_DURABILITY" [] = "fsync", "fsync|os", "fsync: a publish is acknowledged after an fsync'd commit (survives power loss); os: after the write reaches the OS (survives a daemon crash or kill -9, not a power cut; ~4x the publish rate)";
     "TOPIC_MAX_BACKLOG_EVENTS" [] = "100000", "0 (no limit) or 1-100000000", "events one topic may hold waiting for its workers; more are dead-lettered with reason overflow";
@@ -321,6 +325,12 @@ pub struct Config {
     pub host_runner_path: Option<PathBuf>,
     /// RLIMIT_AS of each host, if any.
     pub host_rlimit_as: Option<u64>,
+    /// The uid and gid hosts switch to when the daemon runs as root.
+    pub host_ids: (u32, u32),
+    /// Apply Landlock to hosts (`SANDBOX_LANDLOCK`).
+    pub sandbox_landlock: bool,
+    /// Layers no host may run without (`SANDBOX_REQUIRE`).
+    pub sandbox_require: Vec<crate::pool::layers::Layer>,
     /// Base URL of the external API gateway for forwarded gateway calls.
     pub gateway_url: Option<String>,
     /// How hard a publish is made durable before it is acknowledged (`true`: fsync).
@@ -460,6 +470,28 @@ impl Config {
         let host_runner_path = Some(raw.get("HOST_RUNNER_PATH").0.trim().to_string())
             .filter(|p| !p.is_empty())
             .map(PathBuf::from);
+        let host_uid = u32_in("HOST_UID", 1, u32::MAX - 1)?;
+        let host_gid = u32_in("HOST_GID", 1, u32::MAX - 1)?;
+        // SAFETY: geteuid has no preconditions.
+        if host_uid == unsafe { libc::geteuid() } {
+            return Err(invalid(
+                "HOST_UID",
+                "an unprivileged uid other than the daemon's own (hosts must not be able to signal or read the daemon)",
+            ));
+        }
+        let sandbox_landlock = match raw
+            .get("SANDBOX_LANDLOCK")
+            .0
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "on" | "true" | "1" | "yes" => true,
+            "off" | "false" | "0" | "no" => false,
+            _ => return Err(invalid("SANDBOX_LANDLOCK", "on|off")),
+        };
+        let sandbox_require = crate::pool::layers::parse_required(raw.get("SANDBOX_REQUIRE").0)
+            .map_err(|e| invalid("SANDBOX_REQUIRE", &e))?;
         let gateway_url = Some(raw.get("VIRTUFIN_API_GATEWAY_URL").0.trim().to_string())
             .filter(|u| !u.is_empty());
         if let Some(u) = &gateway_url
@@ -500,6 +532,9 @@ impl Config {
             host_respawn_backoff: millis("HOST_RESPAWN_BACKOFF_MS", 1, 60_000)?,
             host_runner_path,
             host_rlimit_as,
+            host_ids: (host_uid, host_gid),
+            sandbox_landlock,
+            sandbox_require,
             gateway_url,
             bus_fsync: match raw
                 .get("BUS_DURABILITY")

@@ -29,9 +29,11 @@ pub mod events;
 pub mod gateway;
 pub mod host_runtime;
 pub mod metrics;
+pub mod package_guard;
 pub mod pool;
 pub mod registry;
 pub mod runtime;
+pub mod sandbox_plan;
 pub mod serve;
 pub mod shutdown;
 

@@ -220,6 +220,8 @@ pub struct HostInfo {
     pub in_flight: u64,
     /// Resident set size, bytes.
     pub rss_bytes: u64,
+    /// The sandbox layers of the current process (`None` while it is being respawned).
+    pub sandbox: Option<crate::pool::layers::HostLayers>,
 }
 
 /// One engine and whether it can run here.

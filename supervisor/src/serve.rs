@@ -29,7 +29,25 @@ use crate::{Daemon, api};
 /// Runs the daemon until `token` is cancelled (SIGTERM/SIGINT).
 pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<()> {
     let host_runner = host_runner_path(&config)?;
-    let pool = pool_config(&config, host_runner.clone());
+    // Hosts must not be able to read the daemon's memory, environment or descriptors through
+    // /proc/<pid>, whatever uid they run as: a non-dumpable process's /proc files belong to
+    // root and need CAP_SYS_PTRACE (which hosts never have).
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let dotnet_root = std::env::var_os("DOTNET_ROOT").map(PathBuf::from);
+    let plan = crate::sandbox_plan::plan(&config, &host_runner, dotnet_root.as_deref());
+    for w in &plan.warnings {
+        tracing::warn!(target: "workmanager::sandbox", "sandbox layer missing: {w}");
+    }
+    if let Some(e) = plan.unmet_requirement() {
+        anyhow::bail!("{e}; refusing to run hosts (remove the layer from SANDBOX_REQUIRE to run without it)");
+    }
+    crate::sandbox_plan::prepare_data_dir(&config.data_dir).with_context(|| {
+        format!("preparing the data directory {} for hosts", config.data_dir.display())
+    })?;
+    let pool = pool_config(&config, host_runner.clone(), plan.settings.clone());
     let dispatch = DispatchConfig {
         retry_attempts: config.retry_attempts,
         retry_base_delay: config.retry_base_delay,
@@ -100,6 +118,7 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
         let bus = bus.clone();
         daemon.add_metrics(move |out| bus.render_prometheus(out));
     }
+    daemon.add_metrics(move |out| plan.render_prometheus(out));
 
     // Until recovery has brought the workers back, events wait for them instead of being
     // dropped for want of a consumer.
@@ -201,7 +220,11 @@ fn host_runner_path(config: &Config) -> anyhow::Result<PathBuf> {
     Ok(dir.join("host-runner"))
 }
 
-fn pool_config(config: &Config, host_runner: PathBuf) -> PoolConfig {
+fn pool_config(
+    config: &Config,
+    host_runner: PathBuf,
+    sandbox: crate::pool::spawn::SandboxSettings,
+) -> PoolConfig {
     let ring_bytes = usize::try_from(config.ring_bytes).unwrap_or(1 << 20);
     let max_frame = usize::try_from(config.ring_max_frame_bytes).unwrap_or(ring_bytes / 4);
     PoolConfig {
@@ -216,6 +239,7 @@ fn pool_config(config: &Config, host_runner: PathBuf) -> PoolConfig {
             dotnet_root: std::env::var_os("DOTNET_ROOT").map(PathBuf::from),
             ready_timeout: Duration::from_secs(20),
             extra_args: Vec::new(),
+            sandbox,
         },
         shared_hosts_per_engine: config.shared_hosts_per_engine as usize,
         respawn_backoff_base: config.host_respawn_backoff,

@@ -133,6 +133,13 @@ impl Daemon {
             .prefix("wm-daemon-")
             .tempdir()
             .expect("creating a temporary directory");
+        // Hosts run under HOST_UID (the daemon runs as root here): they must be able to pass
+        // through this directory to the data directory's packages, as through any production
+        // data directory's parents. Traversal only: nobody else can list it.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o711));
+        }
         let data_dir = opts
             .data_dir
             .clone()

@@ -19,9 +19,9 @@ use super::log;
 /// The newest ABI this code was written and tested against.
 const ABI_TARGET: ABI = ABI::V6;
 
-/// Applies the ruleset to the calling thread (and the threads it starts later). Returns
-/// whether any of it took effect.
-pub fn restrict() -> bool {
+/// Applies the ruleset to the calling thread (and the threads it starts later). Returns the
+/// kernel's Landlock ABI if any of it took effect.
+pub fn restrict() -> Option<u32> {
     let result = landlock::Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_write(ABI_TARGET))
@@ -32,21 +32,37 @@ pub fn restrict() -> bool {
         .and_then(|r| r.no_new_privs(true).restrict_self());
     match result {
         Ok(status) => match status.ruleset {
-            RulesetStatus::FullyEnforced => true,
+            RulesetStatus::FullyEnforced => Some(kernel_abi().unwrap_or(6)),
             RulesetStatus::PartiallyEnforced => {
                 log(
                     "landlock partially enforced (older kernel ABI): filesystem writes denied where supported",
                 );
-                true
+                Some(kernel_abi().unwrap_or(1))
             }
             RulesetStatus::NotEnforced => {
                 log("landlock skipped (best effort): the kernel does not support it");
-                false
+                None
             }
         },
         Err(e) => {
             log(&format!("landlock skipped (best effort): {e}"));
-            false
+            None
         }
     }
+}
+
+/// The kernel's Landlock ABI version (`landlock_create_ruleset(NULL, 0, VERSION)`).
+fn kernel_abi() -> Option<u32> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_ulong = 1;
+    // SAFETY: with a NULL attribute and size 0 the call only returns the ABI version; it
+    // reads no memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    u32::try_from(rc).ok().filter(|v| *v > 0)
 }

@@ -8,7 +8,12 @@
 //! 3. [`rlimits`]: `RLIMIT_CORE` 0, `RLIMIT_NOFILE`, optional `RLIMIT_AS`.
 //! 4. `PR_SET_PDEATHSIG(SIGKILL)`, then `getppid()` against the parent seen at start, which
 //!    closes the race of a parent that died before the prctl.
-//! 5. Namespaces (best effort): a private network and IPC namespace when the kernel lets us.
+//! 5. Namespaces (best effort): a private network and IPC namespace when the kernel lets us
+//!    (skipped when the supervisor already cloned the host into new PID, network and IPC
+//!    namespaces: the host is then pid 1).
+//!    Then the unprivileged uid and gid (`--uid`/`--gid`, i.e. `HOST_UID`/`HOST_GID`), when
+//!    the supervisor runs as root: supplementary groups cleared, then gid, then uid; before
+//!    the death signal, which a credential change clears.
 //! 6. Capabilities: drop every capability (bounding, ambient, effective, permitted), so a
 //!    host started as root keeps root's uid but none of its powers.
 //! 7. `PR_SET_NO_NEW_PRIVS`.
@@ -45,7 +50,10 @@ pub struct SandboxConfig {
     pub profile: seccomp::Profile,
     /// Apply Landlock (`--no-landlock` turns it off, for debugging only).
     pub landlock: bool,
-    /// The parent pid seen at the very start of `main`, to detect a parent that died early.
+    /// The uid and gid to switch to, if any.
+    pub ids: Option<(u32, u32)>,
+    /// The parent pid seen at the very start of `main`, to detect a parent that died early
+    /// (0 in a PID namespace of our own, where the parent is not visible).
     pub parent_pid: i32,
 }
 
@@ -83,6 +91,14 @@ pub enum SandboxError {
         #[source]
         source: io::Error,
     },
+    #[error("switching to uid {uid} gid {gid} failed at {step}: {source}")]
+    Ids {
+        uid: u32,
+        gid: u32,
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error(
         "the sandbox must be entered while the process has one thread, found {0}; \
          start no threads before sandbox::enter"
@@ -97,17 +113,17 @@ pub enum SandboxError {
 /// The steps that took effect, in order; sent to the supervisor in `Ready.sandbox`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SandboxReport {
-    steps: Vec<&'static str>,
+    steps: Vec<String>,
 }
 
 impl SandboxReport {
-    fn took(&mut self, step: &'static str) {
-        self.steps.push(step);
+    fn took(&mut self, step: impl Into<String>) {
+        self.steps.push(step.into());
     }
 
     /// The steps, e.g. `["fds", "env", "rlimits", ..., "seccomp"]`.
-    pub fn steps(&self) -> &[&'static str] {
-        &self.steps
+    pub fn steps(&self) -> Vec<&str> {
+        self.steps.iter().map(String::as_str).collect()
     }
 
     /// Comma-separated, as `Ready.sandbox` carries it.
@@ -137,13 +153,23 @@ pub fn enter(cfg: &SandboxConfig) -> Result<SandboxReport, SandboxError> {
     rlimits::apply(cfg.rlimit_nofile, cfg.rlimit_as)?;
     report.took("rlimits");
 
-    set_pdeathsig(cfg.parent_pid)?;
-    report.took("pdeathsig");
-
-    // Namespaces need CAP_SYS_ADMIN, so they come before the capabilities are dropped.
-    if unshare_namespaces() {
+    // Namespaces need CAP_SYS_ADMIN, so they come before the uid switch and before the
+    // capabilities are dropped. A host that is pid 1 was cloned into new PID, network and
+    // IPC namespaces by the supervisor already.
+    // SAFETY: getpid has no preconditions.
+    let pid1 = unsafe { libc::getpid() } == 1;
+    if !pid1 && unshare_namespaces() {
         report.took("netns");
     }
+
+    if let Some((uid, gid)) = cfg.ids {
+        switch_ids(uid, gid)?;
+        report.took(format!("uid:{uid}:{gid}"));
+    }
+
+    // After the uid switch: changing credentials clears the death signal.
+    set_pdeathsig(cfg.parent_pid)?;
+    report.took("pdeathsig");
 
     drop_capabilities()?;
     report.took("caps");
@@ -152,8 +178,8 @@ pub fn enter(cfg: &SandboxConfig) -> Result<SandboxReport, SandboxError> {
     report.took("no_new_privs");
 
     if cfg.landlock {
-        if landlock::restrict() {
-            report.took("landlock");
+        if let Some(abi) = landlock::restrict() {
+            report.took(format!("landlock:{abi}"));
         }
     } else {
         log("landlock disabled by --no-landlock (debugging only)");
@@ -199,12 +225,55 @@ fn prctl(option: libc::c_int, arg: libc::c_ulong, what: &'static str) -> Result<
     Ok(())
 }
 
+/// Drops to `uid`/`gid` for good: supplementary groups, then the gid (while we still may),
+/// then the uid (real, effective and saved, so it cannot be regained).
+fn switch_ids(uid: u32, gid: u32) -> Result<(), SandboxError> {
+    let fail = |step: &'static str| SandboxError::Ids {
+        uid,
+        gid,
+        step,
+        source: io::Error::last_os_error(),
+    };
+    // SAFETY: setgroups with a zero count reads no memory.
+    if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+        return Err(fail("setgroups"));
+    }
+    // SAFETY: integer-only syscalls.
+    if unsafe { libc::setresgid(gid, gid, gid) } != 0 {
+        return Err(fail("setresgid"));
+    }
+    // SAFETY: integer-only syscall.
+    if unsafe { libc::setresuid(uid, uid, uid) } != 0 {
+        return Err(fail("setresuid"));
+    }
+    Ok(())
+}
+
 fn set_pdeathsig(parent_pid: i32) -> Result<(), SandboxError> {
     prctl(
         libc::PR_SET_PDEATHSIG,
         libc::SIGKILL as libc::c_ulong,
         "PR_SET_PDEATHSIG",
     )?;
+    if parent_pid == 0 {
+        // In a PID namespace of our own the parent is invisible (getppid() is 0 and stays 0
+        // if the parent dies). Its death shows instead on our stderr pipe, whose only reader
+        // it holds: POLLERR once the read end is closed.
+        let mut p = libc::pollfd {
+            fd: 2,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: poll on one live pollfd, no wait.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        if n > 0 && p.revents & libc::POLLERR != 0 {
+            return Err(SandboxError::ParentGone {
+                expected: 0,
+                actual: -1,
+            });
+        }
+        return Ok(());
+    }
     // The parent may have died between fork and the prctl above, in which case no signal
     // will ever come: we were reparented, so getppid() changed.
     // SAFETY: getppid has no preconditions and cannot fail.

@@ -318,7 +318,7 @@ fn ready_reports_the_sandbox_steps_and_shutdown_exits_zero() {
     let mandatory: Vec<&str> = steps
         .iter()
         .copied()
-        .filter(|s| !matches!(*s, "landlock" | "netns"))
+        .filter(|s| !(*s == "netns" || s.starts_with("landlock")))
         .collect();
     assert_eq!(
         mandatory,

@@ -23,6 +23,18 @@ pub async fn hosts(State(state): State<AppState>) -> Json<Value> {
                 "workers": h.workers,
                 "restarts": h.restarts,
                 "rssBytes": h.rss_bytes,
+                "sandbox": h.sandbox.as_ref().map(|l| json!({
+                    "seccomp": l.seccomp,
+                    "landlockAbi": l.landlock_abi,
+                    "namespaces": l.namespaces,
+                    "uid": l.uid.map(|(u, _)| u),
+                    "gid": l.uid.map(|(_, g)| g),
+                    "layers": crate::pool::layers::Layer::ALL
+                        .iter()
+                        .filter(|x| l.has(**x))
+                        .map(|x| x.name())
+                        .collect::<Vec<_>>(),
+                })),
             })
         })
         .collect();

@@ -9,6 +9,8 @@
 //! **Invariant:** the pool never decides what happens to a message; it reports who was on the
 //! faulting thread ([`DeathReport::verdict`]) and the dispatcher applies the retry rules.
 
+pub mod launch;
+pub mod layers;
 pub mod spawn;
 
 use std::collections::{HashMap, VecDeque};
@@ -191,6 +193,8 @@ pub struct HostHandle {
     pub pid: i32,
     pub engine: EngineKind,
     pub link: HostLink,
+    /// The sandbox layers this process runs under.
+    pub layers: layers::HostLayers,
     in_flight: Mutex<HashMap<u64, String>>,
     death: watch::Receiver<Option<Arc<DeathReport>>>,
     reclaim: Mutex<Option<(String, u64)>>,
@@ -483,6 +487,7 @@ impl Pool {
                     crashes: s.crashes.load(Ordering::Relaxed),
                     rss_bytes: s.rss.load(Ordering::Relaxed),
                     in_flight: host.as_ref().map_or(0, |h| h.in_flight() as u64),
+                    sandbox: host.as_ref().map(|h| h.layers.clone()),
                 }
             })
             .collect()
@@ -618,6 +623,7 @@ impl Pool {
                 pid: spawned.pid,
                 engine: slot.engine,
                 link: spawned.link.clone(),
+                layers: spawned.layers.clone(),
                 in_flight: Mutex::new(HashMap::new()),
                 death: death_rx,
                 reclaim: Mutex::new(None),

@@ -6,14 +6,14 @@
 //! thread lives as long as the process.
 //!
 //! The child gets exactly: the ring memfd as fd 3, stderr as a pipe we log line by line,
-//! stdin/stdout on /dev/null, and an environment reset to an allow-list.
+//! stdin/stdout on /dev/null, and an environment reset to an allow-list; it starts in its own
+//! PID, network and IPC namespaces where the kernel lets us (`launch.rs`), and switches to
+//! the unprivileged `HOST_UID`/`HOST_GID` itself before it drops its capabilities.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +38,32 @@ pub struct SpawnConfig {
     pub ready_timeout: Duration,
     /// Extra arguments (debugging only: `--no-seccomp`, `--no-landlock`).
     pub extra_args: Vec<String>,
+    /// The sandbox layers beyond the always-on ones.
+    pub sandbox: SandboxSettings,
+}
+
+/// How hosts are sandboxed, from `SANDBOX_*` and `HOST_UID`/`HOST_GID`.
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    /// Apply Landlock where the kernel has it (`SANDBOX_LANDLOCK=off` turns it off).
+    pub landlock: bool,
+    /// Start hosts in their own PID, network and IPC namespaces.
+    pub namespaces: bool,
+    /// The uid and gid hosts run as (None: the daemon's own, when it is not root).
+    pub host_ids: Option<(u32, u32)>,
+    /// Layers without which no host may run (`SANDBOX_REQUIRE`).
+    pub require: Vec<super::layers::Layer>,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings {
+            landlock: true,
+            namespaces: true,
+            host_ids: None,
+            require: Vec::new(),
+        }
+    }
 }
 
 /// Why a host could not be started.
@@ -65,6 +91,15 @@ pub enum SpawnError {
         pid: i32,
         timeout: Duration,
     },
+    #[error(
+        "host {host_id} (pid {pid}) runs without the sandbox layer '{layer}', which SANDBOX_REQUIRE asks for ({why}); it was stopped"
+    )]
+    MissingLayer {
+        host_id: String,
+        pid: i32,
+        layer: &'static str,
+        why: String,
+    },
     #[error("host {host_id} (pid {pid}) exited during start-up ({status})")]
     DiedAtStart {
         host_id: String,
@@ -78,6 +113,8 @@ pub enum SpawnError {
 /// A started host: process, ring, link and the stream of frames it sends unasked.
 pub struct SpawnedHost {
     pub pid: i32,
+    /// The sandbox layers this host runs under.
+    pub layers: super::layers::HostLayers,
     pub region: Arc<Region>,
     pub link: HostLink,
     pub frames: mpsc::Receiver<Message>,
@@ -113,7 +150,8 @@ pub fn signal_name(sig: i32) -> String {
 pub struct ExitWatch {
     pid: i32,
     pidfd: AsyncFd<OwnedFd>,
-    child: Option<Child>,
+    /// The status once reaped; until then the pid is ours and cannot be reused.
+    reaped: Option<ExitStatus>,
 }
 
 impl ExitWatch {
@@ -136,29 +174,47 @@ impl ExitWatch {
     }
 
     fn try_reap(&mut self) -> Option<ExitStatus> {
-        let child = self.child.as_mut()?;
-        match child.try_wait() {
-            Ok(Some(st)) => Some(convert_status(st)),
-            Ok(None) => None,
-            Err(_) => Some(ExitStatus::Exited(-1)),
+        if let Some(st) = &self.reaped {
+            return Some(st.clone());
         }
+        let mut status = 0;
+        // SAFETY: waits for our own child without blocking, writing into a live i32.
+        let rc = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+        let st = match rc {
+            0 => return None,
+            rc if rc == self.pid => convert_status(status),
+            _ => ExitStatus::Exited(-1),
+        };
+        self.reaped = Some(st.clone());
+        Some(st)
     }
 
     fn reap_blocking(&mut self) -> ExitStatus {
-        match self.child.as_mut().map(Child::wait) {
-            Some(Ok(st)) => convert_status(st),
-            _ => ExitStatus::Exited(-1),
+        if let Some(st) = &self.reaped {
+            return st.clone();
         }
+        let st = super::launch::reap(self.pid)
+            .map(convert_status)
+            .unwrap_or(ExitStatus::Exited(-1));
+        self.reaped = Some(st.clone());
+        st
     }
 
     /// Sends SIGKILL (used for timeout reclaim and shutdown stragglers).
     pub fn kill(&self) {
-        // pidfd_send_signal would be race-free; kill(pid) is safe here because the pid cannot
-        // be reused before we reap it, and we reap only in this type.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        if self.reaped.is_some() {
+            return;
+        }
+        // SAFETY: pidfd_send_signal with our own pidfd, a signal number and no siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.get_ref().as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
     }
 
     pub fn pid(&self) -> i32 {
@@ -169,27 +225,26 @@ impl ExitWatch {
 impl Drop for ExitWatch {
     fn drop(&mut self) {
         // Never leave a host behind: whoever drops the watch without reaping kills and reaps.
-        if let Some(mut child) = self.child.take()
-            && let Ok(None) = child.try_wait()
-        {
-            let _ = child.kill();
-            let _ = child.wait();
+        if self.try_reap().is_none() {
+            self.kill();
+            self.reap_blocking();
         }
     }
 }
 
-fn convert_status(st: std::process::ExitStatus) -> ExitStatus {
-    use std::os::unix::process::ExitStatusExt;
-    match (st.code(), st.signal()) {
-        (Some(c), _) => ExitStatus::Exited(c),
-        (None, Some(s)) => ExitStatus::Signaled(s),
-        (None, None) => ExitStatus::Exited(-1),
+fn convert_status(status: i32) -> ExitStatus {
+    if libc::WIFEXITED(status) {
+        ExitStatus::Exited(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        ExitStatus::Signaled(libc::WTERMSIG(status))
+    } else {
+        ExitStatus::Exited(-1)
     }
 }
 
 struct SpawnRequest {
-    command: Command,
-    reply: oneshot::Sender<std::io::Result<Child>>,
+    spec: super::launch::LaunchSpec,
+    reply: oneshot::Sender<std::io::Result<super::launch::Launched>>,
 }
 
 /// The one thread that forks hosts (see the module invariant).
@@ -205,8 +260,12 @@ impl Spawner {
         std::thread::Builder::new()
             .name("host-spawner".into())
             .spawn(move || {
-                while let Ok(mut req) = rx.recv() {
-                    let _ = req.reply.send(req.command.spawn());
+                while let Ok(req) = rx.recv() {
+                    let launched = super::launch::launch(&req.spec);
+                    if let Err(Ok(l)) = req.reply.send(launched) {
+                        // Nobody waits for this host any more (the caller was cancelled).
+                        super::launch::kill_and_reap(l.pid);
+                    }
                 }
             })?;
         Ok(Spawner {
@@ -235,63 +294,57 @@ impl Spawner {
         let region = Arc::new(region);
         let ring_fd: RawFd = region.as_fd().as_raw_fd();
 
-        let mut cmd = Command::new(&cfg.host_runner);
-        cmd.arg("--ring-fd")
-            .arg("3")
-            .arg("--engine")
-            .arg(match engine {
+        let mut args: Vec<String> = vec![
+            "--ring-fd".into(),
+            "3".into(),
+            "--engine".into(),
+            match engine {
                 EngineKind::DotNet => "dotnet",
                 _ => "native",
-            })
-            .arg("--host-id")
-            .arg(host_id)
-            .arg("--rlimit-nofile")
-            .arg(cfg.rlimit_nofile.to_string());
+            }
+            .into(),
+            "--host-id".into(),
+            host_id.into(),
+            "--rlimit-nofile".into(),
+            cfg.rlimit_nofile.to_string(),
+        ];
         if let Some(limit) = cfg.rlimit_as {
-            cmd.arg("--rlimit-as").arg(limit.to_string());
+            args.extend(["--rlimit-as".into(), limit.to_string()]);
         }
-        cmd.args(&cfg.extra_args);
-        cmd.env_clear();
-        for (k, v) in host_env(cfg.dotnet_root.as_ref()) {
-            cmd.env(k, v);
+        if let Some((uid, gid)) = cfg.sandbox.host_ids {
+            args.extend(["--uid".into(), uid.to_string(), "--gid".into(), gid.to_string()]);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // SAFETY: the closure runs in the child between fork and exec, so it may only make
-        // async-signal-safe calls: dup2 and fcntl are. `ring_fd` is a valid descriptor owned by
-        // `region`, which outlives the spawn call (we hold it until the reply arrives), and it
-        // is inherited by the forked child. dup2(fd, 3) when fd is already 3 keeps CLOEXEC set,
-        // so the flag is cleared explicitly either way.
-        unsafe {
-            cmd.pre_exec(move || {
-                if ring_fd != 3 && libc::dup2(ring_fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        if !cfg.sandbox.landlock {
+            args.push("--no-landlock".into());
         }
+        args.extend(cfg.extra_args.iter().cloned());
+        let spec = super::launch::LaunchSpec {
+            program: cfg.host_runner.clone(),
+            args,
+            env: host_env(cfg.dotnet_root.as_ref()),
+            ring_fd,
+            namespaces: cfg.sandbox.namespaces,
+        };
 
         let (reply_tx, reply_rx) = oneshot::channel();
         self.tx
             .send(SpawnRequest {
-                command: cmd,
+                spec,
                 reply: reply_tx,
             })
             .map_err(|_| SpawnError::SpawnerGone)?;
-        let mut child = reply_rx
+        let launched = reply_rx
             .await
             .map_err(|_| SpawnError::SpawnerGone)?
             .map_err(|source| SpawnError::Exec {
                 path: cfg.host_runner.display().to_string(),
                 source,
             })?;
-        let pid = child.id() as i32;
+        let pid = launched.pid;
+        let namespaces = launched.namespaces;
 
-        if let Some(stderr) = child.stderr.take() {
+        let stderr = std::fs::File::from(launched.stderr);
+        {
             let host = host_id.to_string();
             std::thread::Builder::new()
                 .name(format!("host-stderr-{pid}"))
@@ -306,17 +359,22 @@ impl Spawner {
                 .ok();
         }
 
-        let pidfd = pidfd_open(pid).map_err(|e| SpawnError::Pidfd(pid, e))?;
         // SAFETY: `register` requires that the fd stays open and refers to the same file
         // description for the AsyncFd's whole life, and that `as_raw_fd` keeps returning it:
         // the OwnedFd is moved into the AsyncFd, nothing else holds or closes that descriptor,
         // and OwnedFd::as_raw_fd always returns the fd it owns.
-        let pidfd = unsafe { AsyncFd::register(pidfd) }
-            .map_err(|e| SpawnError::Pidfd(pid, std::io::Error::from(e)))?;
+        let pidfd = match unsafe { AsyncFd::register(launched.pidfd) } {
+            Ok(fd) => fd,
+            Err(e) => {
+                // Without the pidfd nobody would ever reap it: end it now.
+                super::launch::kill_and_reap(pid);
+                return Err(SpawnError::Pidfd(pid, std::io::Error::from(e)));
+            }
+        };
         let mut exit = ExitWatch {
             pid,
             pidfd,
-            child: Some(child),
+            reaped: None,
         };
 
         let (link, mut frames) = HostLink::new(region.clone());
@@ -335,8 +393,21 @@ impl Spawner {
                 }
             }
         };
+        let layers = super::layers::HostLayers::from_ready(&ready.sandbox, namespaces);
+        if let Some((layer, why)) = layers.first_missing(&cfg.sandbox.require) {
+            exit.kill();
+            let _ = exit.wait().await;
+            link.peer_died();
+            return Err(SpawnError::MissingLayer {
+                host_id: host_id.to_string(),
+                pid,
+                layer: layer.name(),
+                why,
+            });
+        }
         Ok(SpawnedHost {
             pid,
+            layers,
             region,
             link,
             frames,
@@ -376,15 +447,4 @@ fn host_env(dotnet_root: Option<&PathBuf>) -> Vec<(OsString, OsString)> {
         env.push((k.into(), v.into()));
     }
     env
-}
-
-fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no pointers
-    // are passed. PIDFD_NONBLOCK is not needed: we only poll it for readability.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the syscall returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
