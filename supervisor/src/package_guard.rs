@@ -179,17 +179,20 @@ mod tests {
     fn a_sealed_folder_is_read_only_and_checks_intact() {
         let t = tempfile::tempdir().unwrap();
         let dir = package(t.path());
-        assert_eq!(
-            check(&dir),
-            Check::Tampered("it has no manifest".into())
-        );
+        assert_eq!(check(&dir), Check::Tampered("it has no manifest".into()));
         seal(&dir).unwrap();
         assert_eq!(check(&dir), Check::Intact);
-        let mode = fs::metadata(dir.join("w.nuspec")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.join("w.nuspec"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o444);
         let mode = fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o555);
-        let mode = fs::metadata(manifest_path(&dir)).unwrap().permissions().mode();
+        let mode = fs::metadata(manifest_path(&dir))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 

@@ -249,7 +249,10 @@ mod tests {
         std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
         let nobody = 65534;
         let canon = std::fs::canonicalize(&closed).unwrap();
-        assert_eq!(blocked_for(&closed.join("inner"), nobody, nobody), Some(canon));
+        assert_eq!(
+            blocked_for(&closed.join("inner"), nobody, nobody),
+            Some(canon)
+        );
         std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o711)).unwrap();
         std::fs::set_permissions(closed.join("inner"), std::fs::Permissions::from_mode(0o755))
             .unwrap();

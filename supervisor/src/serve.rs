@@ -42,10 +42,15 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
         tracing::warn!(target: "workmanager::sandbox", "sandbox layer missing: {w}");
     }
     if let Some(e) = plan.unmet_requirement() {
-        anyhow::bail!("{e}; refusing to run hosts (remove the layer from SANDBOX_REQUIRE to run without it)");
+        anyhow::bail!(
+            "{e}; refusing to run hosts (remove the layer from SANDBOX_REQUIRE to run without it)"
+        );
     }
     crate::sandbox_plan::prepare_data_dir(&config.data_dir).with_context(|| {
-        format!("preparing the data directory {} for hosts", config.data_dir.display())
+        format!(
+            "preparing the data directory {} for hosts",
+            config.data_dir.display()
+        )
     })?;
     let pool = pool_config(&config, host_runner.clone(), plan.settings.clone());
     let dispatch = DispatchConfig {

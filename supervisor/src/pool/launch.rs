@@ -296,14 +296,8 @@ impl UserIds {
 fn write_id_maps(pid: i32, ids: &UserIds) -> io::Result<()> {
     let proc = format!("/proc/{pid}");
     std::fs::write(format!("{proc}/setgroups"), "deny")?;
-    std::fs::write(
-        format!("{proc}/uid_map"),
-        format!("{0} {0} 1\n", ids.uid),
-    )?;
-    std::fs::write(
-        format!("{proc}/gid_map"),
-        format!("{0} {0} 1\n", ids.gid),
-    )?;
+    std::fs::write(format!("{proc}/uid_map"), format!("{0} {0} 1\n", ids.uid))?;
+    std::fs::write(format!("{proc}/gid_map"), format!("{0} {0} 1\n", ids.gid))?;
     Ok(())
 }
 

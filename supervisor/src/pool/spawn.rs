@@ -312,7 +312,12 @@ impl Spawner {
             args.extend(["--rlimit-as".into(), limit.to_string()]);
         }
         if let Some((uid, gid)) = cfg.sandbox.host_ids {
-            args.extend(["--uid".into(), uid.to_string(), "--gid".into(), gid.to_string()]);
+            args.extend([
+                "--uid".into(),
+                uid.to_string(),
+                "--gid".into(),
+                gid.to_string(),
+            ]);
         }
         if !cfg.sandbox.landlock {
             args.push("--no-landlock".into());
