@@ -1,0 +1,155 @@
+//! The host-runner's command line, as the supervisor writes it (`pool/spawn.rs`).
+
+use std::os::fd::RawFd;
+
+use crate::sandbox;
+
+/// The command line: `host-runner --ring-fd 3 --engine native|dotnet --host-id <id>
+/// [--rlimit-as <bytes>] [--rlimit-nofile <n>] [--uid <uid> --gid <gid>] [--no-seccomp]
+/// [--no-landlock]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    pub ring_fd: RawFd,
+    pub engine: String,
+    pub host_id: String,
+    pub rlimit_as: Option<u64>,
+    pub rlimit_nofile: u64,
+    pub seccomp: bool,
+    pub landlock: bool,
+    /// The unprivileged uid and gid to switch to (the supervisor passes them when it runs as
+    /// root).
+    pub ids: Option<(u32, u32)>,
+}
+
+/// A command line the host cannot run with.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    #[error(
+        "missing {0}; the supervisor starts host-runner with --ring-fd 3 --engine <native|dotnet> --host-id <id>"
+    )]
+    Missing(&'static str),
+    #[error("{flag} needs a value")]
+    NoValue { flag: String },
+    #[error("{flag} {value:?} is not a number")]
+    NotANumber { flag: String, value: String },
+    #[error("unknown argument {0:?}")]
+    Unknown(String),
+}
+
+impl Args {
+    /// Parses the arguments after the program name.
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, ArgsError> {
+        let mut it = args.into_iter();
+        let (mut ring_fd, mut engine, mut host_id) = (None, None, None);
+        let mut a = Args {
+            ring_fd: 3,
+            engine: String::new(),
+            host_id: String::new(),
+            rlimit_as: None,
+            rlimit_nofile: sandbox::rlimits::DEFAULT_NOFILE,
+            seccomp: true,
+            landlock: true,
+            ids: None,
+        };
+        let (mut uid, mut gid) = (None, None);
+        while let Some(flag) = it.next() {
+            let mut value = |flag: &str| {
+                it.next().ok_or_else(|| ArgsError::NoValue {
+                    flag: flag.to_string(),
+                })
+            };
+            let number = |flag: &str, v: String| {
+                v.parse::<u64>().map_err(|_| ArgsError::NotANumber {
+                    flag: flag.to_string(),
+                    value: v,
+                })
+            };
+            match flag.as_str() {
+                "--ring-fd" => {
+                    let v = value(&flag)?;
+                    ring_fd = Some(number(&flag, v)?);
+                }
+                "--engine" => engine = Some(value(&flag)?),
+                "--host-id" => host_id = Some(value(&flag)?),
+                "--rlimit-as" => {
+                    let v = value(&flag)?;
+                    a.rlimit_as = Some(number(&flag, v)?);
+                }
+                "--rlimit-nofile" => {
+                    let v = value(&flag)?;
+                    a.rlimit_nofile = number(&flag, v)?;
+                }
+                "--uid" => {
+                    let v = value(&flag)?;
+                    uid = Some(number(&flag, v)?);
+                }
+                "--gid" => {
+                    let v = value(&flag)?;
+                    gid = Some(number(&flag, v)?);
+                }
+                "--no-seccomp" => a.seccomp = false,
+                "--no-landlock" => a.landlock = false,
+                _ => return Err(ArgsError::Unknown(flag)),
+            }
+        }
+        let fd = ring_fd.ok_or(ArgsError::Missing("--ring-fd"))?;
+        a.ring_fd = RawFd::try_from(fd).map_err(|_| ArgsError::NotANumber {
+            flag: "--ring-fd".into(),
+            value: fd.to_string(),
+        })?;
+        a.engine = engine.ok_or(ArgsError::Missing("--engine"))?;
+        a.host_id = host_id.ok_or(ArgsError::Missing("--host-id"))?;
+        a.ids = match (uid, gid) {
+            (None, None) => None,
+            (Some(u), Some(g)) => {
+                let id = |flag: &str, v: u64| {
+                    u32::try_from(v).map_err(|_| ArgsError::NotANumber {
+                        flag: flag.into(),
+                        value: v.to_string(),
+                    })
+                };
+                Some((id("--uid", u)?, id("--gid", g)?))
+            }
+            (None, Some(_)) => return Err(ArgsError::Missing("--uid (with --gid)")),
+            (Some(_), None) => return Err(ArgsError::Missing("--gid (with --uid)")),
+        };
+        Ok(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Args, ArgsError> {
+        Args::parse(s.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn the_supervisor_command_line_parses() {
+        let a = parse("--ring-fd 3 --engine native --host-id h1 --rlimit-as 1000 --no-landlock")
+            .expect("parses");
+        assert_eq!(a.ring_fd, 3);
+        assert_eq!(a.engine, "native");
+        assert_eq!(a.host_id, "h1");
+        assert_eq!(a.rlimit_as, Some(1000));
+        assert!(a.seccomp && !a.landlock);
+    }
+
+    #[test]
+    fn bad_command_lines_say_what_is_wrong() {
+        assert!(matches!(
+            parse("--engine native --host-id h"),
+            Err(ArgsError::Missing("--ring-fd"))
+        ));
+        assert!(matches!(
+            parse("--ring-fd x"),
+            Err(ArgsError::NotANumber { .. })
+        ));
+        assert!(matches!(
+            parse("--ring-fd 3 --bogus"),
+            Err(ArgsError::Unknown(_))
+        ));
+        assert!(matches!(parse("--ring-fd"), Err(ArgsError::NoValue { .. })));
+    }
+}
