@@ -167,6 +167,7 @@ pub fn plan(config: &Config, host_runner: &Path, dotnet_root: Option<&Path>) -> 
             namespaces: true,
             host_ids,
             require: config.sandbox_require.clone(),
+            tmp_root: Some(config.data_dir.join("hosts")),
         },
         layers,
         warnings,
@@ -222,10 +223,16 @@ impl SandboxPlan {
 
 /// Makes the data directory fit for hosts under another uid: the directory itself
 /// traversable but not listable (0711), `packages/` likewise, and everything else the
-/// daemon creates private from now on (umask 077).
+/// daemon creates private from now on (umask 077). Hosts' private temp folders
+/// (`hosts/<host id>/`) of a previous run are removed.
 pub fn prepare_data_dir(data_dir: &Path) -> std::io::Result<()> {
     // SAFETY: umask takes a mode and cannot fail.
     unsafe { libc::umask(0o077) };
+    // Private temp folders of hosts a killed predecessor left behind.
+    let hosts = data_dir.join("hosts");
+    if hosts.exists() {
+        std::fs::remove_dir_all(&hosts)?;
+    }
     for d in [data_dir.to_path_buf(), data_dir.join("packages")] {
         if d.is_dir() {
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711))?;

@@ -5,7 +5,7 @@ use std::os::fd::RawFd;
 use crate::sandbox;
 
 /// The command line: `host-runner --ring-fd 3 --engine native|dotnet --host-id <id>
-/// [--rlimit-as <bytes>] [--rlimit-nofile <n>] [--uid <uid> --gid <gid>] [--no-seccomp]
+/// [--rlimit-as <bytes>] [--rlimit-nofile <n>] [--uid <uid> --gid <gid>] [--tmp-dir <dir>] [--no-seccomp]
 /// [--no-landlock]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
@@ -19,6 +19,8 @@ pub struct Args {
     /// The unprivileged uid and gid to switch to (the supervisor passes them when it runs as
     /// root).
     pub ids: Option<(u32, u32)>,
+    /// The private temp folder the supervisor made for this host.
+    pub tmp_dir: Option<std::path::PathBuf>,
 }
 
 /// A command line the host cannot run with.
@@ -50,6 +52,7 @@ impl Args {
             seccomp: true,
             landlock: true,
             ids: None,
+            tmp_dir: None,
         };
         let (mut uid, mut gid) = (None, None);
         while let Some(flag) = it.next() {
@@ -87,6 +90,7 @@ impl Args {
                     let v = value(&flag)?;
                     gid = Some(number(&flag, v)?);
                 }
+                "--tmp-dir" => a.tmp_dir = Some(value(&flag)?.into()),
                 "--no-seccomp" => a.seccomp = false,
                 "--no-landlock" => a.landlock = false,
                 _ => return Err(ArgsError::Unknown(flag)),

@@ -98,6 +98,7 @@ pub fn main() -> u8 {
         },
         landlock: args.landlock,
         ids: args.ids,
+        tmp_dir: args.tmp_dir.clone(),
         parent_pid,
     };
     let report = match sandbox::enter(&cfg) {

@@ -22,8 +22,9 @@ pub const FORCED: &[(&str, &str)] = &[
     ("DOTNET_EnableDiagnostics", "0"),
 ];
 
-/// Removes every variable not in [`ALLOWED`] and sets [`FORCED`].
-pub fn reset() {
+/// Removes every variable not in [`ALLOWED`] and sets [`FORCED`], and `TMPDIR` to the host's
+/// private temp folder when it has one.
+pub fn reset(tmp_dir: Option<&std::path::Path>) {
     let drop: Vec<_> = std::env::vars_os()
         .map(|(k, _)| k)
         .filter(|k| !k.to_str().is_some_and(|k| ALLOWED.contains(&k)))
@@ -36,5 +37,9 @@ pub fn reset() {
     for (k, v) in FORCED {
         // SAFETY: as above, single-threaded.
         unsafe { std::env::set_var(k, v) };
+    }
+    if let Some(t) = tmp_dir {
+        // SAFETY: as above, single-threaded.
+        unsafe { std::env::set_var("TMPDIR", t) };
     }
 }

@@ -52,6 +52,8 @@ pub struct SandboxConfig {
     pub landlock: bool,
     /// The uid and gid to switch to, if any.
     pub ids: Option<(u32, u32)>,
+    /// The host's private temp folder (`TMPDIR`, the one place Landlock lets it write).
+    pub tmp_dir: Option<std::path::PathBuf>,
     /// The parent pid seen at the very start of `main`, to detect a parent that died early
     /// (0 in a PID namespace of our own, where the parent is not visible).
     pub parent_pid: i32,
@@ -147,7 +149,7 @@ pub fn enter(cfg: &SandboxConfig) -> Result<SandboxReport, SandboxError> {
     fds::sanitize(cfg.ring_fd)?;
     report.took("fds");
 
-    env::reset();
+    env::reset(cfg.tmp_dir.as_deref());
     report.took("env");
 
     rlimits::apply(cfg.rlimit_nofile, cfg.rlimit_as)?;
@@ -178,7 +180,7 @@ pub fn enter(cfg: &SandboxConfig) -> Result<SandboxReport, SandboxError> {
     report.took("no_new_privs");
 
     if cfg.landlock {
-        if let Some(abi) = landlock::restrict() {
+        if let Some(abi) = landlock::restrict(cfg.tmp_dir.as_deref()) {
             report.took(format!("landlock:{abi}"));
         }
     } else {

@@ -53,6 +53,8 @@ pub struct SandboxSettings {
     pub host_ids: Option<(u32, u32)>,
     /// Layers without which no host may run (`SANDBOX_REQUIRE`).
     pub require: Vec<super::layers::Layer>,
+    /// Where each host gets its private temp folder (`<data>/hosts/<host id>/`), if anywhere.
+    pub tmp_root: Option<PathBuf>,
 }
 
 impl Default for SandboxSettings {
@@ -62,6 +64,7 @@ impl Default for SandboxSettings {
             namespaces: true,
             host_ids: None,
             require: Vec::new(),
+            tmp_root: None,
         }
     }
 }
@@ -113,6 +116,8 @@ pub enum SpawnError {
 /// A started host: process, ring, link and the stream of frames it sends unasked.
 pub struct SpawnedHost {
     pub pid: i32,
+    /// The host's private temp folder, removed when this value is dropped.
+    pub tmp_dir: Option<TmpDir>,
     /// The sandbox layers this host runs under.
     pub layers: super::layers::HostLayers,
     pub region: Arc<Region>,
@@ -322,6 +327,18 @@ impl Spawner {
         if !cfg.sandbox.landlock {
             args.push("--no-landlock".into());
         }
+        let tmp_dir = match &cfg.sandbox.tmp_root {
+            Some(root) => Some(TmpDir::create(root, host_id, cfg.sandbox.host_ids).map_err(
+                |source| SpawnError::Exec {
+                    path: root.join(host_id).display().to_string(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        if let Some(t) = &tmp_dir {
+            args.extend(["--tmp-dir".into(), t.path.display().to_string()]);
+        }
         args.extend(cfg.extra_args.iter().cloned());
         let spec = super::launch::LaunchSpec {
             program: cfg.host_runner.clone(),
@@ -412,6 +429,7 @@ impl Spawner {
         }
         Ok(SpawnedHost {
             pid,
+            tmp_dir,
             layers,
             region,
             link,
@@ -419,6 +437,40 @@ impl Spawner {
             ready,
             exit,
         })
+    }
+}
+
+/// A host's private temp folder: owned by the host's uid, 0700, removed on drop (after the
+/// host is gone).
+#[derive(Debug)]
+pub struct TmpDir {
+    pub path: PathBuf,
+}
+
+impl TmpDir {
+    fn create(
+        root: &std::path::Path,
+        host_id: &str,
+        ids: Option<(u32, u32)>,
+    ) -> std::io::Result<TmpDir> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(root)?;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711))?;
+        let path = root.join(host_id);
+        // A leftover of a daemon that was killed: start empty.
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
+        if let Some((uid, gid)) = ids {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+        }
+        Ok(TmpDir { path })
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
