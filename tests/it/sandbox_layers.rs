@@ -165,3 +165,71 @@ fn sandbox_require_refuses_unknown_or_unavailable_layers() {
     let log = d.log();
     assert!(log.contains("'landlock'"), "{log}");
 }
+
+fn worker_package() -> Vec<u8> {
+    let so = Build::plugin("worker", Lang::C, &["worker.c"]).build();
+    nupkg::native(
+        "Sandbox.Worker",
+        "worker",
+        &so,
+        "<virtufinLibrary>worker</virtufinLibrary>",
+    )
+}
+
+fn invoke(d: &Daemon, id: &str, ty: &str) -> wm_testkit::daemon::http::Response {
+    d.send_json(
+        "POST",
+        &format!("/v1/workers/{id}/invoke"),
+        &json!({"specversion": "1.0", "id": format!("e-{ty}"), "source": "urn:t", "type": ty,
+                "datacontenttype": "text/plain", "data": "x"}),
+    )
+}
+
+/// Through the daemon (the host is pid 1 of its namespace there, where signals it sends
+/// itself are ignored): a forbidden syscall still ends the host, the caller is told which
+/// syscall and which worker, and the neighbour on the same host answers after the respawn.
+#[test]
+fn a_forbidden_syscall_ends_the_host_and_the_caller_learns_the_syscall_and_worker() {
+    let d = Daemon::start(DaemonOptions::default().env("HOST_RESPAWN_BACKOFF_MS", "20"));
+    let daemon_pid = d.pid();
+    let body = json!({
+        "mimeType": "application/x-native-dll",
+        "topic": "sandbox.bad",
+        "codeSource": {"content": base64::engine::general_purpose::STANDARD.encode(worker_package())},
+    });
+    let r = d.send_json("POST", "/v1/workers", &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let bad = r.json()["id"].as_str().expect("id").to_string();
+    assert!(d.post(&format!("/v1/workers/{bad}/start")).status < 300);
+    let good = start_worker(&d, "sandbox.good");
+    let before = host_of(&d, &good)["pid"].as_i64();
+
+    let r = invoke(&d, &bad, "syscalls");
+    assert!(r.status >= 400, "{} {}", r.status, r.text());
+    let text = r.text();
+    assert!(
+        text.contains("called socket(2), which the sandbox forbids") && text.contains(&bad),
+        "{text}"
+    );
+    assert_eq!(d.pid(), daemon_pid, "the daemon lives on");
+    // The shared host was respawned; the neighbour answers from the new one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = invoke(&d, &good, "echo");
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "neighbour: {} {}",
+            r.status,
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_ne!(
+        host_of(&d, &good)["pid"].as_i64(),
+        before,
+        "a new host process"
+    );
+}
