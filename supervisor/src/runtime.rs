@@ -220,6 +220,9 @@ pub struct HostInfo {
     pub in_flight: u64,
     /// Resident set size, bytes.
     pub rss_bytes: u64,
+    /// Frames in which the host spoke for a worker it does not carry (or answered a call not
+    /// in flight); more than zero flags the host.
+    pub identity_violations: u64,
 }
 
 /// One engine and whether it can run here.

@@ -23,6 +23,8 @@ pub async fn hosts(State(state): State<AppState>) -> Json<Value> {
                 "workers": h.workers,
                 "restarts": h.restarts,
                 "rssBytes": h.rss_bytes,
+                "identityViolations": h.identity_violations,
+                "flagged": h.identity_violations > 0,
             })
         })
         .collect();

@@ -9,7 +9,6 @@
 //! stdin/stdout on /dev/null, and an environment reset to an allow-list.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -38,6 +37,8 @@ pub struct SpawnConfig {
     pub ready_timeout: Duration,
     /// Extra arguments (debugging only: `--no-seccomp`, `--no-landlock`).
     pub extra_args: Vec<String>,
+    /// How much of the host's stderr reaches the log.
+    pub stderr: super::stderr::StderrLimits,
 }
 
 /// Why a host could not be started.
@@ -292,18 +293,7 @@ impl Spawner {
         let pid = child.id() as i32;
 
         if let Some(stderr) = child.stderr.take() {
-            let host = host_id.to_string();
-            std::thread::Builder::new()
-                .name(format!("host-stderr-{pid}"))
-                .spawn(move || {
-                    for line in BufReader::new(stderr).lines() {
-                        match line {
-                            Ok(l) => tracing::info!(host = %host, pid, "host-runner: {l}"),
-                            Err(_) => break,
-                        }
-                    }
-                })
-                .ok();
+            super::stderr::forward(host_id, pid, stderr, cfg.stderr);
         }
 
         let pidfd = pidfd_open(pid).map_err(|e| SpawnError::Pidfd(pid, e))?;
