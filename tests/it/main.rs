@@ -9,4 +9,5 @@ mod c_abi;
 mod chaos;
 mod dotnet_daemon;
 mod failures;
+mod host_limits;
 mod runtime;
