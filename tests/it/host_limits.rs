@@ -307,3 +307,49 @@ fn a_host_writing_64_mib_of_stderr_without_a_newline_costs_the_daemon_bounded_me
         "the cut line is logged with its marker"
     );
 }
+
+#[test]
+fn a_stored_event_that_cannot_be_sent_is_dead_lettered_at_once_and_the_worker_goes_on() {
+    let d = daemon(&[
+        ("RING_MAX_FRAME_BYTES", "131072"),
+        ("WORKER_RETRY_ATTEMPTS", "3"),
+    ]);
+    // The worker's config is stamped onto every event before it is sent: 10 values of 4000
+    // bytes push an event that fits past the frame limit after it was accepted and stored.
+    let config: serde_json::Map<String, Value> = (0..10)
+        .map(|i| (format!("pad{i}"), json!("p".repeat(4000))))
+        .collect();
+    let w = started(&d, "t.pad", json!({"config": config, "maxConcurrency": 1}));
+    let dead = wm_testkit::sse::Sse::subscribe(&d.base_url(), "t.pad-dead");
+    let t = Instant::now();
+    let fits = "f".repeat(100_000);
+    for id in ["p1", "p2", "p3"] {
+        let mut ev = event(&fits);
+        ev["id"] = json!(id);
+        let r = d.send_json("POST", "/v1/topics/t.pad/events", &ev);
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    for id in ["p1", "p2", "p3"] {
+        let dl = dead.wait_for(Duration::from_secs(20), "a dead letter", |v| v["id"] == id);
+        assert_eq!(dl["deadletterreason"], "process_failed", "{dl:#}");
+        assert_eq!(dl["deadletterattempts"], "1", "never retried: {dl:#}");
+        assert!(
+            dl["deadlettererror"]
+                .as_str()
+                .unwrap_or("")
+                .contains("RING_MAX_FRAME_BYTES"),
+            "{dl:#}"
+        );
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "one permit, three events: none was wedged ({:?})",
+        t.elapsed()
+    );
+    let (status, body) = invoke(&d, &w, &fits);
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("process_failed") && body.contains("RING_MAX_FRAME_BYTES"),
+        "{body}"
+    );
+}

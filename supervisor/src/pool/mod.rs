@@ -467,7 +467,14 @@ impl Pool {
                 worker_id: spec.id.clone(),
                 message: format!("the host answered LoadWorker with {other:?}"),
             }),
-            Ok(Err(LinkError::PeerGone)) | Ok(Err(_)) => Err(PoolError::HostGone {
+            // The host lives on; this load cannot be sent (config over RING_MAX_FRAME_BYTES).
+            Ok(Err(e @ (LinkError::TooLarge { .. } | LinkError::Send { .. }))) => {
+                Err(PoolError::Load {
+                    worker_id: spec.id.clone(),
+                    message: e.to_string(),
+                })
+            }
+            Ok(Err(_)) => Err(PoolError::HostGone {
                 worker_id: spec.id.clone(),
                 step: "load",
             }),
@@ -1265,6 +1272,72 @@ mod tests {
             "only a gone or cut-off host is a death"
         );
         link.peer_died();
+    }
+
+    /// A host answering a call in another worker's name is refused and counted; so is a result
+    /// for a message that is not in flight on it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_in_another_workers_name_are_refused_and_counted() {
+        let ring = wm_shared::ring::RingConfig {
+            ring_bytes: 1 << 16,
+            max_frame: 8192,
+        };
+        let region =
+            Arc::new(wm_shared::ring::Region::create("wm-pool-forge-test", &ring).unwrap());
+        let host_side = Arc::new(
+            wm_shared::ring::Region::open(region.as_fd().try_clone_to_owned().unwrap()).unwrap(),
+        );
+        // A host that answers every Process in the name of worker "mallory".
+        let fake = std::thread::spawn(move || {
+            let (tx, mut rx) = wm_shared::ring::host_channels(host_side);
+            let mut buf = Vec::new();
+            if rx.recv(&mut buf, Some(Duration::from_secs(20))).is_ok()
+                && let Ok(Message::Process(p)) = Message::decode(&buf)
+            {
+                let forged = Message::ProcessResult(ProcessResult {
+                    msg_id: p.msg_id,
+                    worker_id: "mallory".into(),
+                    ..Default::default()
+                });
+                let _ = tx.send(&forged.encode(), Duration::from_secs(5));
+            }
+        });
+        let (link, _frames) = HostLink::new(region);
+        let (_death_tx, death) = watch::channel(None);
+        let handle = HostHandle {
+            host_id: "h".into(),
+            pid: 1,
+            engine: EngineKind::Native,
+            link: link.clone(),
+            in_flight: Mutex::new(HashMap::new()),
+            death,
+            reclaim: Mutex::new(None),
+            kill: tokio::sync::Notify::new(),
+            violations: Arc::new(Violations::default()),
+            gateway_slots: Arc::new(Semaphore::new(1)),
+        };
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(20),
+            handle.call("alice", 7, vec![1, 2, 3], Duration::from_secs(20)),
+        )
+        .await
+        .expect("watchdog");
+        assert!(
+            matches!(&outcome, CallOutcome::Forged(why) if why.contains("mallory") && why.contains("alice")),
+            "{outcome:?}"
+        );
+        assert_eq!(handle.violations(), 1);
+        assert_eq!(handle.in_flight(), 0);
+        let stray = ProcessResult {
+            msg_id: 99,
+            worker_id: "alice".into(),
+            ..Default::default()
+        };
+        assert!(!handle.late_result(&stray), "message 99 is not in flight");
+        lock(&handle.in_flight).insert(99, "alice".into());
+        assert!(handle.late_result(&stray), "a late answer of a real call");
+        link.peer_died();
+        fake.join().unwrap();
     }
 
     #[test]
