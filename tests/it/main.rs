@@ -9,5 +9,6 @@ mod c_abi;
 mod chaos;
 mod dotnet_daemon;
 mod failures;
+mod host_limits;
 mod runtime;
 mod sandbox_layers;
