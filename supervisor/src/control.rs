@@ -334,7 +334,7 @@ impl Control {
         let max = self.config.max_code_bytes;
         if bytes.len() as u64 > max {
             return Err(ApiError::TooLarge(format!(
-                "the package has {} bytes; the limit is {max} (WORKMANAGER_MAX_CODE_BYTES)",
+                "the package has {} bytes; the limit is {max} (PACKAGE_MAX_BYTES)",
                 bytes.len()
             )));
         }

@@ -18,6 +18,7 @@
 //! [`runtime::Runtime`].
 
 pub mod api;
+pub mod audit;
 pub mod bus;
 pub mod codefetch;
 pub mod codestore;
@@ -28,12 +29,14 @@ pub mod dispatcher;
 pub mod events;
 pub mod gateway;
 pub mod host_runtime;
+pub mod listen;
 pub mod metrics;
 pub mod pool;
 pub mod registry;
 pub mod runtime;
 pub mod serve;
 pub mod shutdown;
+pub mod signature;
 
 pub use config::{Config, ServeArgs};
 pub use daemon::{Daemon, DaemonError};

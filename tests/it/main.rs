@@ -10,3 +10,4 @@ mod chaos;
 mod dotnet_daemon;
 mod failures;
 mod runtime;
+mod security;

@@ -290,7 +290,7 @@ pub fn code_input(src: CodeSourceBody, max_bytes: u64) -> Result<CodeInput, ApiE
             // Refuse before decoding: base64 is 4/3 of the bytes.
             if (content.len() as u64) / 4 * 3 > max_bytes + 3 {
                 return Err(ApiError::TooLarge(format!(
-                    "the package is larger than the limit of {max_bytes} bytes (WORKMANAGER_MAX_CODE_BYTES)"
+                    "the package is larger than the limit of {max_bytes} bytes (PACKAGE_MAX_BYTES)"
                 )));
             }
             let bytes = base64::engine::general_purpose::STANDARD
@@ -485,7 +485,7 @@ pub async fn put_code(
     let max = state.control.config().max_code_bytes;
     if bytes.len() as u64 > max {
         return Err(ApiError::TooLarge(format!(
-            "the package has {} bytes; the limit is {max} (WORKMANAGER_MAX_CODE_BYTES)",
+            "the package has {} bytes; the limit is {max} (PACKAGE_MAX_BYTES)",
             bytes.len()
         )));
     }

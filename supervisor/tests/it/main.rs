@@ -2,3 +2,4 @@
 //! a socket (one binary, one module per area).
 
 mod api;
+mod scopes;
