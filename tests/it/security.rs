@@ -619,3 +619,60 @@ mod tls {
         drop(d);
     }
 }
+
+#[test]
+fn packages_need_a_valid_signature_when_trusted_keys_are_set() {
+    use wm_testkit::minisign::Signer;
+    let signer = Signer::new();
+    let other = Signer::new();
+    let d =
+        Daemon::start(DaemonOptions::default().env("PACKAGE_TRUSTED_KEYS", &signer.public_key()));
+    let pkg = crate::api::package("2.0.0");
+    let create = |signature: Option<String>| {
+        let mut body = crate::api::create_body(&pkg);
+        if let Some(s) = signature {
+            body["codeSource"]["signature"] = json!(s);
+        }
+        d.send_json("POST", "/v1/workers", &body)
+    };
+    let r = create(None);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (422, "invalid_signature")
+    );
+    assert!(r.text().contains("no signature"), "{}", r.text());
+    let r = create(Some(other.sign(&pkg)));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (422, "invalid_signature")
+    );
+    assert!(r.text().contains("does not verify"), "{}", r.text());
+    let r = create(Some(signer.sign(b"another package")));
+    assert_eq!(r.status, 422);
+    let r = create(Some(signer.sign(&pkg)));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    // Reload: raw upload with the signature (base64 of the .minisig) in a header.
+    use base64::Engine as _;
+    let pkg2 = crate::api::package("2.0.1");
+    let path = format!("/v1/workers/{id}/code");
+    let octet = ("content-type", "application/octet-stream");
+    let r = d.request("PUT", &path, &[octet], &pkg2);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (422, "invalid_signature")
+    );
+    let sig = base64::engine::general_purpose::STANDARD.encode(signer.sign(&pkg2));
+    let r = d.request("PUT", &path, &[octet, ("x-package-signature", &sig)], &pkg2);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn a_bad_trusted_key_stops_the_daemon() {
+    let mut d = Daemon::start(DaemonOptions {
+        no_wait: true,
+        ..DaemonOptions::default().env("PACKAGE_TRUSTED_KEYS", "not-a-key")
+    });
+    assert_eq!(d.wait_exit().code(), Some(1));
+    assert!(d.log().contains("PACKAGE_TRUSTED_KEYS"), "{}", d.log());
+}
