@@ -298,6 +298,16 @@ fn browser_requests_are_refused_and_curl_is_not() {
     let r = d.request("GET", "/v1/workers", &[origin], b"");
     assert_eq!(r.status, 403);
     assert!(r.header("access-control-allow-origin").is_none());
+    // Refusals are counted by code.
+    let m = d.get("/metrics").text();
+    assert!(
+        m.contains("workmanager_api_rejections_total{code=\"host_not_allowed\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("workmanager_api_rejections_total{code=\"origin_not_allowed\"}"),
+        "{m}"
+    );
     drop(d);
 
     // An allowed origin gets CORS answers and is served.

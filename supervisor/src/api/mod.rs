@@ -399,7 +399,7 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
         req.headers(),
     ) {
         tracing::warn!(code = e.code(), method = %req.method(), path = %req.uri().path(), "request refused: {e}");
-        return e.into_response();
+        return reject(e);
     }
     if let Some((policy, _)) = find_policy(&state.security.policies, req.method(), req.uri().path())
     {
@@ -415,11 +415,10 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
                 BodyClass::Event => " (from RING_MAX_FRAME_BYTES)",
                 BodyClass::Small => "",
             };
-            return ApiError::TooLarge(format!(
+            return reject(ApiError::TooLarge(format!(
                 "the request body is larger than the limit of {limit} bytes of {} {}{what}",
                 policy.method, policy.path
-            ))
-            .into_response();
+            )));
         }
     }
     next.run(req).await
@@ -569,7 +568,7 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
         Ok(Some(p)) => p,
         Ok(None) | Err(_) => {
             tracing::warn!(method = %method, path = %path, "request refused: no valid credentials");
-            return ApiError::Unauthorized.into_response();
+            return reject(ApiError::Unauthorized);
         }
     };
     let Some((policy, params)) = found else {
@@ -587,11 +586,10 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
     ) {
         let scope = policy.need.scope_name(topic.as_deref());
         tracing::warn!(who = %principal.who, method = %method, path = %path, scope = %scope, "request refused: missing scope");
-        return ApiError::Forbidden(format!(
+        return reject(ApiError::Forbidden(format!(
             "{} lacks the scope '{scope}' that {method} {} needs; use a token that has it (workmanager token create --scope {scope})",
             principal.who, policy.path
-        ))
-        .into_response();
+        )));
     }
     if principal.limited
         && let Some(limiter) = &state.security.limiter
@@ -600,28 +598,26 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
         use governor::clock::Clock as _;
         let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
         let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        return ApiError::RateLimited {
+        return reject(ApiError::RateLimited {
             message: format!(
                 "{} is over its rate limit of {} requests per second (WORKMANAGER_RATE_LIMIT_PER_SECOND); retry after {retry_after} s",
                 principal.who, sec.rate_per_second
             ),
             retry_after: retry_after.max(1),
-        }
-        .into_response();
+        });
     }
     let mut slot = None;
     if policy.need == Need::Subscribe && principal.limited {
         let mut map = state.security.sse.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(principal.who.clone()).or_default();
         if *n >= sec.max_sse_per_principal {
-            return ApiError::RateLimited {
+            return reject(ApiError::RateLimited {
                 message: format!(
                     "{} already has {} open subscriptions, the limit (WORKMANAGER_MAX_SSE_PER_TOKEN); close one first",
                     principal.who, sec.max_sse_per_principal
                 ),
                 retry_after: 5,
-            }
-            .into_response();
+            });
         }
         *n += 1;
         slot = Some(SseSlot {
@@ -673,9 +669,23 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
     Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
+/// Marks a response as a guard's refusal, for `workmanager_api_rejections_total`.
+#[derive(Clone, Copy)]
+struct Rejected(&'static str);
+
+fn reject(e: ApiError) -> Response {
+    let code = e.code();
+    let mut resp = e.into_response();
+    resp.extensions_mut().insert(Rejected(code));
+    resp
+}
+
 async fn count(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().as_str().to_owned();
     let resp = next.run(req).await;
+    if let Some(Rejected(code)) = resp.extensions().get::<Rejected>() {
+        state.control.metrics().rejection(code);
+    }
     state
         .control
         .metrics()
