@@ -59,9 +59,11 @@ fn token_create(name: &str, scopes: &[String]) -> ExitCode {
         eprintln!("workmanager: {e}");
         return ExitCode::from(2);
     }
+    // stdout: the token, then the config line (scripts take the first line); stderr: help.
     println!("{token}");
+    println!("WORKMANAGER_API_TOKENS = [\"{entry}\"]");
     eprintln!(
-        "\nThe token above is shown once; the daemon keeps only its sha256. Add to the config file:\n\n  WORKMANAGER_API_TOKENS = [\"{entry}\"]\n\n(or append \"{entry}\" to the existing list, or to the environment variable WORKMANAGER_API_TOKENS, comma-separated), then restart. Clients send: Authorization: Bearer <token>"
+        "\nThe token (first line) is shown once; the daemon keeps only its sha256. Add the second line to the config file (or append \"{entry}\" to an existing WORKMANAGER_API_TOKENS list, or to the environment variable, comma-separated), then restart. Clients send: Authorization: Bearer <token>"
     );
     ExitCode::SUCCESS
 }

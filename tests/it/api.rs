@@ -55,14 +55,14 @@ fn create(d: &Daemon, pkg: &[u8]) -> String {
 }
 
 /// A one-thread HTTP server for code downloads: `routes(path) -> (status, headers, body)`.
-struct FileServer {
-    port: u16,
+pub(crate) struct FileServer {
+    pub(crate) port: u16,
     stop: Arc<AtomicBool>,
     hits: Arc<AtomicUsize>,
 }
 
 impl FileServer {
-    fn start(
+    pub(crate) fn start(
         routes: impl Fn(&str) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + 'static,
     ) -> FileServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -112,12 +112,14 @@ fn tokens_from_the_cli_scopes_and_rate_limits() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let help = String::from_utf8(out.stderr).unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut lines = stdout.lines();
+    let token = lines.next().unwrap().trim().to_owned();
     let line = entry("ci", &token, "admin read");
-    assert!(
-        help.contains(&format!("WORKMANAGER_API_TOKENS = [\"{line}\"]")),
-        "{help}"
+    assert_eq!(
+        lines.next(),
+        Some(format!("WORKMANAGER_API_TOKENS = [\"{line}\"]").as_str()),
+        "{stdout}"
     );
     let bad = Command::new(workmanager_bin())
         .args(["token", "create", "--name", "x", "--scope", "root"])
@@ -675,6 +677,37 @@ fn packages_need_a_valid_signature_when_trusted_keys_are_set() {
     let sig = base64::engine::general_purpose::STANDARD.encode(signer.sign(&pkg2));
     let r = d.request("PUT", &path, &[octet, ("x-package-signature", &sig)], &pkg2);
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn url_sources_are_verified_with_the_minisig_next_to_them() {
+    use wm_testkit::minisign::Signer;
+    let signer = Signer::new();
+    let pkg = crate::api::package("3.0.0");
+    let sig = signer.sign(&pkg).into_bytes();
+    let p = pkg.clone();
+    let server = crate::api::FileServer::start(move |path| match path {
+        "/signed.nupkg" | "/unsigned.nupkg" => (200, vec![], p.clone()),
+        "/signed.nupkg.minisig" => (200, vec![], sig.clone()),
+        _ => (404, vec![], vec![]),
+    });
+    let d = Daemon::start(
+        DaemonOptions::default()
+            .env("PACKAGE_TRUSTED_KEYS", &signer.public_key())
+            .env("CODE_SOURCE_ALLOW_PRIVATE_NETWORKS", "true"),
+    );
+    let body = |name: &str| {
+        json!({"mimeType": "application/x-native-dll", "topic": "t",
+               "codeSource": {"url": format!("http://127.0.0.1:{}/{name}", server.port)}})
+    };
+    let r = d.send_json("POST", "/v1/workers", &body("signed.nupkg"));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = d.send_json("POST", "/v1/workers", &body("unsigned.nupkg"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (422, "invalid_signature")
+    );
+    assert!(r.text().contains("unsigned.nupkg.minisig"), "{}", r.text());
 }
 
 #[test]

@@ -2,8 +2,8 @@
 //! `Sec-Fetch-Site`) and "simple" requests a web page can send without a CORS preflight.
 //!
 //! The rules, in order (docs/security.md, "The control plane"):
-//! 1. `Host` must be an IP literal, `localhost`, or a name in `WORKMANAGER_ALLOWED_HOSTS`
-//!    (TCP listeners only). DNS rebinding needs a DNS name that resolves to us, so a name we
+//! 1. `Host` must be an IP literal, `localhost`, the machine's host name, or a name in
+//!    `WORKMANAGER_ALLOWED_HOSTS` (TCP listeners only). DNS rebinding needs a DNS name that resolves to us, so a name we
 //!    do not know is refused; IP literals cannot be rebound.
 //! 2. A request carrying an `Origin` that is not in `WORKMANAGER_ALLOWED_ORIGINS` is refused,
 //!    whatever its method. Browsers send `Origin` on every cross-site `fetch` and form POST;
@@ -35,10 +35,24 @@ pub fn host_name(host: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// Whether `name` (from [`host_name`]) may be the `Host` of a request.
+/// This machine's host name (lower-case), one of the listener's own names.
+fn own_hostname() -> Option<&'static str> {
+    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+    })
+    .as_deref()
+}
+
+/// Whether `name` (from [`host_name`]) may be the `Host` of a request: an IP literal (DNS
+/// rebinding needs a name), `localhost`, this machine's host name, or a configured name.
 pub fn host_allowed(name: &str, allowed: &[String]) -> bool {
     name.parse::<std::net::IpAddr>().is_ok()
         || name == "localhost"
+        || own_hostname() == Some(name)
         || allowed.iter().any(|a| a == name)
 }
 
