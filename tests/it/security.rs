@@ -101,6 +101,10 @@ fn unix_socket_is_0660_in_its_group_and_authorises_by_peer_uid() {
     // An unmapped uid has no scope at all.
     let d = Daemon::start(opts.env("WORKMANAGER_UNIX_PEER_SCOPES", "4000000000=admin"));
     assert_eq!(d.request_unix("GET", "/v1/workers", &[], b"").status, 403);
+    // A clean stop removes the socket file.
+    let mut d = d;
+    assert!(d.stop().success());
+    assert!(!sock.exists());
 }
 
 #[test]

@@ -548,8 +548,8 @@ fn identify(
 
 /// Authentication, the route's scope, the per-principal rate limit and SSE cap, the audit.
 async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let config = state.control.config().clone();
-    let sec = &config.security;
+    let control = state.control.clone();
+    let sec = &control.config().security;
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let found = find_policy(&state.security.policies, &method, &path).map(|(p, params)| {
