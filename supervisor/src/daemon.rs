@@ -277,6 +277,7 @@ impl Daemon {
             tracing::warn!("background tasks did not finish in time");
         }
         let _ = std::fs::remove_file(self.config.data_dir.join("listen.addr"));
+        let _ = std::fs::remove_file(self.config.data_dir.join("listen.addrs"));
         tracing::info!("stopped");
         result
     }
@@ -307,14 +308,18 @@ async fn reload_on_sighup(tls: Arc<TlsState>, token: CancellationToken) {
     }
 }
 
-/// Writes `<data-dir>/listen.addr` atomically, one listener per line in `--listen` order
-/// (tests wait for it with `--listen 127.0.0.1:0`).
+/// Writes `<data-dir>/listen.addrs` (every listener, one per line in `--listen` order), then
+/// `<data-dir>/listen.addr` (the first one, as before several listeners existed), each
+/// atomically; tests wait for `listen.addr` with `--listen 127.0.0.1:0`.
 fn write_listen_addr(dir: &Path, addrs: &[String]) {
-    let tmp = dir.join(".listen.addr.tmp");
-    let dst = dir.join("listen.addr");
-    let text: String = addrs.iter().map(|a| format!("{a}\n")).collect();
-    let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &dst));
-    if let Err(e) = result {
-        tracing::warn!(error = %e, path = %dst.display(), "cannot write the listen address file");
+    let all: String = addrs.iter().map(|a| format!("{a}\n")).collect();
+    let first = addrs.first().map(|a| format!("{a}\n")).unwrap_or_default();
+    for (name, text) in [("listen.addrs", all), ("listen.addr", first)] {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let dst = dir.join(name);
+        let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &dst));
+        if let Err(e) = result {
+            tracing::warn!(error = %e, path = %dst.display(), "cannot write the listen address file");
+        }
     }
 }

@@ -70,6 +70,11 @@ fn unix_socket_is_0660_in_its_group_and_authorises_by_peer_uid() {
         .env("WORKMANAGER_API_TOKENS", &entry("ci", admin, "admin"))
         .env("WORKMANAGER_UNIX_SOCKET_GROUP", &gid().to_string());
     let mut d = Daemon::start(opts.clone());
+    // listen.addr keeps its one-address form; listen.addrs lists every listener.
+    let first = std::fs::read_to_string(d.data_dir().join("listen.addr")).unwrap();
+    assert_eq!(first, format!("{}\n", d.addr()));
+    let all = std::fs::read_to_string(d.data_dir().join("listen.addrs")).unwrap();
+    assert_eq!(all, format!("{}\n{unix}\n", d.addr()));
     let meta = std::fs::metadata(&sock).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     assert_eq!(meta.gid(), gid());

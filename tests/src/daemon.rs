@@ -153,8 +153,9 @@ impl Daemon {
             .data_dir
             .clone()
             .unwrap_or_else(|| temp.path().join("data"));
-        // A kill -9'd predecessor leaves its address file behind.
+        // A kill -9'd predecessor leaves its address files behind.
         let _ = std::fs::remove_file(data_dir.join("listen.addr"));
+        let _ = std::fs::remove_file(data_dir.join("listen.addrs"));
         let log_path = temp.path().join("daemon.log");
         let log = std::fs::File::create(&log_path).expect("creating the daemon log");
         let mut cmd = Command::new(workmanager_bin());
@@ -211,9 +212,12 @@ impl Daemon {
                     self.log()
                 );
             }
-            if let Ok(text) = std::fs::read_to_string(&addr_file)
-                && text.ends_with('\n')
+            // `listen.addrs` (every listener) is complete once `listen.addr` exists.
+            if let Ok(first) = std::fs::read_to_string(&addr_file)
+                && first.ends_with('\n')
             {
+                let text =
+                    std::fs::read_to_string(self.data_dir.join("listen.addrs")).unwrap_or(first);
                 self.addr = text
                     .lines()
                     .find_map(|l| l.trim().parse::<SocketAddr>().ok());
