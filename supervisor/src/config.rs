@@ -66,7 +66,7 @@ settings! {
     "WORKMANAGER_TLS_KEY_FILE" [] = "", "empty, or a PEM private key file", "TLS private key (reloaded on SIGHUP)";
     "WORKMANAGER_TLS_CLIENT_CA_FILE" [] = "", "empty, or a PEM file of CA certificates", "CAs whose client certificates (mTLS) are accepted; clients without one may still use a token";
     "WORKMANAGER_TLS_CLIENT_SCOPES" [] = "", "empty, or comma-separated COMMON_NAME=SCOPE[ SCOPE...]", "scopes of client certificates by subject common name";
-    "WORKMANAGER_ALLOWED_HOSTS" [] = "", "empty, or comma-separated host names", "Host header names accepted besides IP literals, localhost and the machine's host name (DNS-rebinding guard)";
+    "WORKMANAGER_ALLOWED_HOSTS" [] = "", "empty, or comma-separated host names", "Host header names accepted besides IP literals, localhost, the machine's host name and the TLS certificate's DNS names (DNS-rebinding guard)";
     "WORKMANAGER_ALLOWED_ORIGINS" [] = "", "empty, or comma-separated origins such as https://ops.example.com", "browser origins allowed to call the API (and answered with CORS headers); empty = CORS off, every Origin refused";
     "WORKMANAGER_MAX_CONCURRENT_REQUESTS" [] = "256", "1-65536", "requests served at once; more wait";
     "WORKMANAGER_RATE_LIMIT_PER_SECOND" [] = "100", "0 (off) or 1-1000000", "requests per second per token, client certificate or peer uid; over it: 429 with Retry-After";

@@ -233,8 +233,10 @@ impl Daemon {
         }
         write_listen_addr(&self.config.data_dir, &shown);
         if let Some(tls) = tls.clone() {
+            self.state.security.set_tls_names(tls.names());
             let token = shutdown.clone();
-            self.tracker.spawn(reload_on_sighup(tls, token));
+            self.tracker
+                .spawn(reload_on_sighup(tls, self.state.security.clone(), token));
         }
 
         let control = self.state.control.clone();
@@ -285,7 +287,11 @@ impl Daemon {
 
 /// Reloads the TLS certificate, key and client CAs on every SIGHUP until `token` is
 /// cancelled. Open connections keep their session; a failed reload keeps the old files.
-async fn reload_on_sighup(tls: Arc<TlsState>, token: CancellationToken) {
+async fn reload_on_sighup(
+    tls: Arc<TlsState>,
+    security: Arc<api::Security>,
+    token: CancellationToken,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -300,7 +306,10 @@ async fn reload_on_sighup(tls: Arc<TlsState>, token: CancellationToken) {
             r = hup.recv() => if r.is_none() { return },
         }
         match tls.reload() {
-            Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+            Ok(()) => {
+                security.set_tls_names(tls.names());
+                tracing::info!("SIGHUP: TLS certificate and key reloaded");
+            }
             Err(e) => {
                 tracing::error!(error = %e, "SIGHUP: TLS reload failed; the previous certificate stays in use")
             }

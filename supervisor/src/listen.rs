@@ -103,6 +103,8 @@ impl Connected<IncomingStream<'_, ApiListener>> for Peer {
 pub struct TlsState {
     settings: TlsSettings,
     current: RwLock<Arc<ServerConfig>>,
+    /// The DNS names of the certificate (its subjectAltName), which the Host guard accepts.
+    names: RwLock<Vec<String>>,
 }
 
 impl std::fmt::Debug for TlsState {
@@ -116,18 +118,25 @@ impl std::fmt::Debug for TlsState {
 impl TlsState {
     /// Loads the certificate, key and client CAs.
     pub fn load(settings: &TlsSettings) -> Result<Arc<TlsState>, String> {
-        let config = build_config(settings)?;
+        let (config, names) = build_config(settings)?;
         Ok(Arc::new(TlsState {
             settings: settings.clone(),
             current: RwLock::new(Arc::new(config)),
+            names: RwLock::new(names),
         }))
     }
 
     /// Reads the files again; on error the old configuration stays.
     pub fn reload(&self) -> Result<(), String> {
-        let config = build_config(&self.settings)?;
+        let (config, names) = build_config(&self.settings)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        *self.names.write().unwrap_or_else(|p| p.into_inner()) = names;
         Ok(())
+    }
+
+    /// The certificate's DNS names (lower-case).
+    pub fn names(&self) -> Vec<String> {
+        self.names.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
@@ -140,7 +149,7 @@ impl TlsState {
     }
 }
 
-fn build_config(s: &TlsSettings) -> Result<ServerConfig, String> {
+fn build_config(s: &TlsSettings) -> Result<(ServerConfig, Vec<String>), String> {
     let certs = CertificateDer::pem_file_iter(&s.cert_file)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("cannot read TLS certificate {}: {e}", s.cert_file.display()))?;
@@ -150,6 +159,7 @@ fn build_config(s: &TlsSettings) -> Result<ServerConfig, String> {
             s.cert_file.display()
         ));
     }
+    let names = dns_names(certs[0].as_ref());
     let key = PrivateKeyDer::from_pem_file(&s.key_file)
         .map_err(|e| format!("cannot read TLS key {}: {e}", s.key_file.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -183,7 +193,7 @@ fn build_config(s: &TlsSettings) -> Result<ServerConfig, String> {
         .with_single_cert(certs, key)
         .map_err(|e| format!("TLS certificate and key do not fit together: {e}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    Ok((config, names))
 }
 
 /// Binds one listener and starts its accept task, which ends when `shutdown` is cancelled.
@@ -390,15 +400,65 @@ fn der(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
 }
 
+/// The elements of `tbsCertificate` after the optional version: serial, signature algorithm,
+/// issuer, validity, subject, subjectPublicKeyInfo, then the optional tagged ones.
+fn tbs_fields(cert: &[u8]) -> Option<&[u8]> {
+    let (_, cert, _) = der(cert)?;
+    let (_, tbs, _) = der(cert)?;
+    let (tag, _, rest) = der(tbs)?;
+    Some(if tag == 0xa0 { rest } else { tbs })
+}
+
+/// The DNS names of a DER certificate's subjectAltName extension, lower-case.
+pub fn dns_names(cert: &[u8]) -> Vec<String> {
+    let walk = || -> Option<Vec<String>> {
+        let mut f = tbs_fields(cert)?;
+        for _ in 0..6 {
+            f = der(f)?.2;
+        }
+        // [1] issuerUniqueID, [2] subjectUniqueID, [3] extensions.
+        while !f.is_empty() {
+            let (tag, content, rest) = der(f)?;
+            f = rest;
+            if tag != 0xa3 {
+                continue;
+            }
+            let (_, mut exts, _) = der(content)?;
+            while !exts.is_empty() {
+                let (_, ext, rest) = der(exts)?;
+                exts = rest;
+                let (_, oid, mut more) = der(ext)?;
+                if oid != [0x55, 0x1d, 0x11] {
+                    continue;
+                }
+                // An optional BOOLEAN `critical` comes before the value.
+                let (tag, _, after) = der(more)?;
+                if tag == 0x01 {
+                    more = after;
+                }
+                let (_, octets, _) = der(more)?;
+                let (_, mut names, _) = der(octets)?;
+                let mut out = Vec::new();
+                while !names.is_empty() {
+                    let (tag, name, rest) = der(names)?;
+                    names = rest;
+                    if tag == 0x82
+                        && let Ok(n) = std::str::from_utf8(name)
+                    {
+                        out.push(n.trim_end_matches('.').to_ascii_lowercase());
+                    }
+                }
+                return Some(out);
+            }
+        }
+        Some(Vec::new())
+    };
+    walk().unwrap_or_default()
+}
+
 /// The subject common name of a DER certificate (walks `Certificate.tbsCertificate.subject`).
 pub fn subject_common_name(cert: &[u8]) -> Option<String> {
-    let (_, cert, _) = der(cert)?;
-    let (_, mut tbs, _) = der(cert)?;
-    // Optional [0] version, then serial, signature algorithm, issuer, validity, subject.
-    let (tag, _, rest) = der(tbs)?;
-    if tag == 0xa0 {
-        tbs = rest;
-    }
+    let mut tbs = tbs_fields(cert)?;
     for _ in 0..4 {
         tbs = der(tbs)?.2;
     }

@@ -521,14 +521,23 @@ mod tls {
         path: &str,
         auth: Option<&str>,
     ) -> (u16, String) {
+        req_host(s, "localhost", method, path, auth).await
+    }
+
+    /// [`req`] with a `Host` header.
+    async fn req_host(
+        s: &mut TlsStream<tokio::net::TcpStream>,
+        host: &str,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+    ) -> (u16, String) {
         let auth = auth
             .map(|a| format!("Authorization: {a}\r\n"))
             .unwrap_or_default();
         s.write_all(
-            format!(
-                "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\n\r\n"
-            )
-            .as_bytes(),
+            format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\n\r\n")
+                .as_bytes(),
         )
         .await
         .unwrap();
@@ -558,7 +567,8 @@ mod tls {
     async fn tls_mtls_scopes_and_reload_on_sighup() {
         let pki = Pki::new();
         let ca_pem = pki.ca.pem();
-        let (cert1, key1, der1) = pki.leaf("server one", &["localhost", "127.0.0.1"]);
+        let (cert1, key1, der1) =
+            pki.leaf("server one", &["localhost", "127.0.0.1", "wm.test.example"]);
         let (client_cert, client_key, _) = pki.leaf("deployer", &[]);
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| dir.path().join(n);
@@ -589,6 +599,12 @@ mod tls {
         assert_eq!(req(&mut c, "GET", "/v1/workers", None).await.0, 401);
         let auth = bearer(admin);
         assert_eq!(req(&mut c, "GET", "/v1/workers", Some(&auth)).await.0, 200);
+        // The certificate's DNS names are the listener's own names for the Host guard.
+        let named = req_host(&mut c, "wm.test.example:443", "GET", "/health/live", None).await;
+        assert_eq!(named.0, 200, "{}", named.1);
+        let (s, body) = req_host(&mut c, "rebound.example", "GET", "/health/live", None).await;
+        assert_eq!(s, 403, "{body}\n{}", d.log());
+        assert!(body.contains("host_not_allowed"), "{body}");
 
         // A client certificate: its common name maps to read.
         let with_cert = client_config(&ca_pem, Some((&client_cert, &client_key)));
@@ -621,7 +637,10 @@ mod tls {
             c.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
             &der1[..]
         );
-        let (cert2, key2, der2) = pki.leaf("server two", &["localhost", "127.0.0.1"]);
+        let (cert2, key2, der2) = pki.leaf(
+            "server two",
+            &["localhost", "127.0.0.1", "wm2.test.example"],
+        );
         std::fs::write(p("cert.pem"), &cert2).unwrap();
         std::fs::write(p("key.pem"), &key2).unwrap();
         d.hangup();
@@ -636,6 +655,8 @@ mod tls {
             &der2[..]
         );
         assert_eq!(req(&mut n, "GET", "/health", None).await.0, 200);
+        let renamed = req_host(&mut n, "wm2.test.example", "GET", "/health/live", None).await;
+        assert_eq!(renamed.0, 200, "{}", renamed.1);
         assert_eq!(req(&mut c, "GET", "/v1/workers", Some(&auth)).await.0, 200);
         drop(d);
     }

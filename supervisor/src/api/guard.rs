@@ -2,8 +2,8 @@
 //! `Sec-Fetch-Site`) and "simple" requests a web page can send without a CORS preflight.
 //!
 //! The rules, in order (docs/security.md, "The control plane"):
-//! 1. `Host` must be an IP literal, `localhost`, the machine's host name, or a name in
-//!    `WORKMANAGER_ALLOWED_HOSTS` (TCP listeners only). DNS rebinding needs a DNS name that resolves to us, so a name we
+//! 1. `Host` must be an IP literal, `localhost`, the machine's host name, a DNS name of the
+//!    TLS certificate, or a name in `WORKMANAGER_ALLOWED_HOSTS` (TCP listeners only). DNS rebinding needs a DNS name that resolves to us, so a name we
 //!    do not know is refused; IP literals cannot be rebound.
 //! 2. A request carrying an `Origin` that is not in `WORKMANAGER_ALLOWED_ORIGINS` is refused,
 //!    whatever its method. Browsers send `Origin` on every cross-site `fetch` and form POST;
@@ -99,6 +99,7 @@ fn has_body(h: &HeaderMap) -> bool {
 /// Applies the rules of the module docs to one request.
 pub fn check(
     sec: &SecuritySettings,
+    own_names: &[String],
     peer: Option<&Peer>,
     method: &Method,
     authority: Option<&str>,
@@ -109,7 +110,7 @@ pub fn check(
         let host = authority.or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()));
         if let Some(host) = host {
             let name = host_name(host);
-            if !host_allowed(&name, &sec.allowed_hosts) {
+            if !host_allowed(&name, &sec.allowed_hosts) && !own_names.contains(&name) {
                 return Err(ApiError::HostNotAllowed(format!(
                     "Host '{name}' is not a name of this daemon (DNS-rebinding guard); call it by IP address or localhost, or add the name to WORKMANAGER_ALLOWED_HOSTS"
                 )));
@@ -183,7 +184,17 @@ mod tests {
         let sec = SecuritySettings::default();
         let post = Method::POST;
         // curl -X POST .../start
-        assert!(check(&sec, None, &post, None, &headers(&[("host", "127.0.0.1")])).is_ok());
+        assert!(
+            check(
+                &sec,
+                &[],
+                None,
+                &post,
+                None,
+                &headers(&[("host", "127.0.0.1")])
+            )
+            .is_ok()
+        );
         // A form POST from another site.
         let form = headers(&[
             ("host", "127.0.0.1"),
@@ -192,7 +203,9 @@ mod tests {
             ("content-length", "3"),
         ]);
         assert_eq!(
-            check(&sec, None, &post, None, &form).unwrap_err().code(),
+            check(&sec, &[], None, &post, None, &form)
+                .unwrap_err()
+                .code(),
             "origin_not_allowed"
         );
         // text/plain body without Origin (an old browser, or a proxy that strips it).
@@ -202,7 +215,9 @@ mod tests {
             ("content-length", "3"),
         ]);
         assert_eq!(
-            check(&sec, None, &post, None, &text).unwrap_err().code(),
+            check(&sec, &[], None, &post, None, &text)
+                .unwrap_err()
+                .code(),
             "unsupported_media_type"
         );
         let json = headers(&[
@@ -210,16 +225,16 @@ mod tests {
             ("content-type", "application/json"),
             ("content-length", "3"),
         ]);
-        assert!(check(&sec, None, &post, None, &json).is_ok());
+        assert!(check(&sec, &[], None, &post, None, &json).is_ok());
         let rebinding = headers(&[("host", "attacker.example:25001")]);
         assert_eq!(
-            check(&sec, None, &Method::GET, None, &rebinding)
+            check(&sec, &[], None, &Method::GET, None, &rebinding)
                 .unwrap_err()
                 .code(),
             "host_not_allowed"
         );
         let nav = headers(&[("host", "localhost"), ("sec-fetch-site", "cross-site")]);
-        assert!(check(&sec, None, &post, None, &nav).is_err());
-        assert!(check(&sec, None, &Method::GET, None, &nav).is_ok());
+        assert!(check(&sec, &[], None, &post, None, &nav).is_err());
+        assert!(check(&sec, &[], None, &Method::GET, None, &nav).is_ok());
     }
 }

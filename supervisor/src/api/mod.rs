@@ -391,8 +391,15 @@ fn peer_of(req: &Request) -> Option<Peer> {
 async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let config = state.control.config();
     let peer = peer_of(&req);
+    let tls_names = state
+        .security
+        .tls_names
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     if let Err(e) = guard::check(
         &config.security,
+        &tls_names,
         peer.as_ref(),
         req.method(),
         req.uri().authority().map(|a| a.as_str()),
@@ -429,6 +436,8 @@ pub struct Security {
     policies: Vec<RoutePolicy>,
     limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
     sse: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// The TLS certificate's DNS names: the TCP listeners' own names for the Host guard.
+    tls_names: std::sync::RwLock<Vec<String>>,
     /// The audit trail.
     pub audit: Arc<Audit>,
 }
@@ -450,8 +459,14 @@ impl Security {
             policies: route_policies(),
             limiter,
             sse: std::sync::Mutex::default(),
+            tls_names: std::sync::RwLock::default(),
             audit: Arc::new(Audit::default()),
         }
+    }
+
+    /// Sets the names the Host guard accepts from the TLS certificate (at start and reload).
+    pub fn set_tls_names(&self, names: Vec<String>) {
+        *self.tls_names.write().unwrap_or_else(|p| p.into_inner()) = names;
     }
 }
 
