@@ -1054,6 +1054,30 @@ mod tests {
     }
 
     #[test]
+    fn tokens_come_from_the_config_file_as_a_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wm.toml");
+        let a = hex::encode(crate::api::auth::hash_token("token-a"));
+        let b = hex::encode(crate::api::auth::hash_token("token-b"));
+        std::fs::write(
+            &file,
+            format!(
+                "WORKMANAGER_API_TOKENS = [\"deployer:{a}:admin\", \"orders:{b}:publish:orders.* subscribe:orders.*\"]\nWORKMANAGER_LISTEN = [\"127.0.0.1:1\", \"unix:/tmp/wm.sock\"]\n"
+            ),
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        };
+        let c = load(args, &[]).unwrap();
+        let names: Vec<_> = c.security.tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["deployer", "orders"]);
+        assert_eq!(c.security.tokens[1].scopes.len(), 2);
+        assert_eq!(c.listen.len(), 2);
+    }
+
+    #[test]
     fn token_lists_are_validated_without_echo() {
         let err = load(
             ServeArgs::default(),
