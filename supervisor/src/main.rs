@@ -36,7 +36,7 @@ enum TokenCommand {
         /// The token's name (audit log, rate limits): 1-64 of A-Z a-z 0-9 . _ -
         #[arg(long)]
         name: String,
-        /// A scope: admin, invoke, read, publish:<topic glob>, subscribe:<topic glob>.
+        /// A scope: `admin`, `invoke`, `read`, `publish:<topic glob>`, `subscribe:<topic glob>`.
         #[arg(long = "scope", required = true, num_args = 1..)]
         scopes: Vec<String>,
     },

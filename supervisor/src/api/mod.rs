@@ -6,6 +6,11 @@
 //!
 //! **Boundary:** this module and `openapi.json` are the public REST contract; a test checks
 //! that every route of the table is in the OpenAPI document.
+//!
+//! Each route of the table also names the scope it needs ([`auth::Need`]) and its body limit
+//! ([`BodyClass`]); the middleware ([`router_with`]) enforces them, after the browser guard
+//! ([`guard`]), and audits control-plane changes ([`crate::audit`]). docs/security.md, "The
+//! control plane", is the operator's view.
 
 pub mod auth;
 pub mod error;
@@ -328,7 +333,7 @@ pub fn router(state: AppState) -> Router {
 /// Layers, outermost first: request counting, the global concurrency limit (tower's
 /// `GlobalConcurrencyLimitLayer`: requests over it wait), CORS (only with allowed origins),
 /// the browser guard and early body-size check ([`guard`]), then authorization, rate limits,
-/// SSE caps and the audit ([`authorize`]).
+/// SSE caps and the audit (`authorize`).
 pub fn router_with(state: AppState, extra: Router) -> Router {
     let config = state.control.config().clone();
     let mut merged: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
