@@ -9,7 +9,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-command -v st >/dev/null 2>&1 || { echo "schemathesis: 'st' not found; run scripts/install-deps.sh" >&2; exit 1; }
+st="$root/.tools/schemathesis/bin/st"
+[ -x "$st" ] || st=$(command -v st) || { echo "schemathesis: not installed; run scripts/install-deps.sh" >&2; exit 1; }
 cargo build --quiet --locked -p workmanager-supervisor --bin workmanager \
   -p workmanager-host-runner --bin host-runner
 bin="${CARGO_TARGET_DIR:-$root/target}/debug/workmanager"
@@ -46,7 +47,7 @@ done
 
 echo "schemathesis: fuzzing http://$addr from /openapi.json" >&2
 status=0
-(cd "$tmp" && timeout 110 st run "http://$addr/openapi.json" \
+(cd "$tmp" && timeout 110 "$st" run "http://$addr/openapi.json" \
   -H "Authorization: Bearer $token" \
   --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-30}" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
