@@ -12,3 +12,4 @@ mod failures;
 mod host_limits;
 mod runtime;
 mod sandbox_layers;
+mod security;
