@@ -131,6 +131,9 @@ struct Outcome {
     all_crashed: Vec<Value>,
     /// The daemon's RSS before and after, bytes.
     rss: (u64, u64),
+    /// Every `/v1/hosts` answer seen while the attack ran (polled every 50 ms), so a flag on a
+    /// host process that the attack then ended is still seen.
+    hosts_seen: Vec<Value>,
 }
 
 impl Outcome {
@@ -159,6 +162,16 @@ impl Outcome {
                         " ({})",
                         std::io::Error::from_raw_os_error(errno as i32)
                     ));
+                }
+                // The attack's own fields (what each step returned), without the echo.
+                let mut extra = r.clone();
+                if let Some(o) = extra.as_object_mut() {
+                    for k in ["attack", "rc", "errno", "pid"] {
+                        o.remove(k);
+                    }
+                    if !o.is_empty() {
+                        s.push_str(&format!(" {extra}"));
+                    }
                 }
                 s
             }
@@ -492,7 +505,33 @@ impl Run {
         let data = self.fill(data);
         out.rss.0 = rss_of(self.pid);
 
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let stop = stop.clone();
+            let addr = self.d.addr();
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Ok(r) = wm_testkit::daemon::http::request_with_timeout(
+                        addr,
+                        "GET",
+                        "/v1/hosts",
+                        &[],
+                        b"",
+                        Duration::from_secs(2),
+                    ) && let Ok(v) = serde_json::from_slice::<Value>(&r.body)
+                        && let Some(a) = v["hosts"].as_array()
+                    {
+                        seen.extend(a.iter().cloned());
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                seen
+            })
+        };
         let r = self.invoke_within(&self.w.attacker, &data, ATTACK_TIMEOUT);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        out.hosts_seen = watcher.join().unwrap_or_default();
         out.status = r.status;
         out.reply = Run::reply_json(&r);
         if out.reply.is_none() {
@@ -730,23 +769,14 @@ fn frame_hex(m: &Message) -> String {
     hex::encode(m.encode())
 }
 
-/// The host of the attacker was flagged for a forged identity: `/v1/hosts` shows a counter or
-/// flag about it (the field name belongs to the supervisor's item 5: matched loosely on
-/// "identity"/"flag"/"violation"), or its death report names the forged identity.
+/// The attacker's host was flagged for a forged identity: `/v1/hosts` showed it
+/// (`"identityViolations": n, "flagged": true`, issue 10 item 5) while the attack ran or after,
+/// or its death report names the forged identity.
 fn identity_flagged(run: &Run, out: &Outcome) -> bool {
-    let flagged_field = |h: &Value| {
-        h.as_object().is_some_and(|o| {
-            o.iter().any(|(k, v)| {
-                let k = k.to_ascii_lowercase();
-                (k.contains("identity") || k.contains("flag") || k.contains("violation"))
-                    && (v.as_u64().is_some_and(|n| n > 0)
-                        || v.as_bool() == Some(true)
-                        || v.as_array().is_some_and(|a| !a.is_empty())
-                        || v.as_str().is_some_and(|s| !s.is_empty()))
-            })
-        })
-    };
+    let flagged_field =
+        |h: &Value| h["flagged"] == true || h["identityViolations"].as_u64().is_some_and(|n| n > 0);
     run.hosts().iter().any(flagged_field)
+        || out.hosts_seen.iter().any(flagged_field)
         || out.crashed.iter().any(|c| {
             c["reason"]
                 .as_str()
