@@ -129,8 +129,9 @@ struct Outcome {
     crashed: Vec<Value>,
     /// Every `host.crashed` data seen during the attack (any host).
     all_crashed: Vec<Value>,
-    /// The daemon's RSS before and after, bytes.
-    rss: (u64, u64),
+    /// The daemon's RSS and peak RSS before, and its peak RSS after, bytes. The peak, not the
+    /// RSS after: a line buffered whole would be freed (and unmapped) once it is logged.
+    rss: (u64, u64, u64),
     /// Every `/v1/hosts` answer seen while the attack ran (polled every 50 ms), so a flag on a
     /// host process that the attack then ended is still seen.
     hosts_seen: Vec<Value>,
@@ -264,12 +265,13 @@ fn pid_alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-fn rss_of(pid: u32) -> u64 {
+/// A `/proc/<pid>/status` memory field in bytes: `VmRSS:` (now) or `VmHWM:` (peak so far).
+fn mem_of(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
@@ -457,7 +459,9 @@ impl Run {
         let data_dir = self.d.data_dir();
         let own_file = first_file(&self.w.own_pkg);
         let other_file = first_file(&self.w.other_pkg);
+        let sibling_tmp = tmp_dir_of(sibling).unwrap_or_else(|| PathBuf::from("/nonexistent"));
         data.replace("{ppid}", &self.pid.to_string())
+            .replace("{sibling_tmp}", &sibling_tmp.display().to_string())
             .replace("{sibling}", &sibling.to_string())
             .replace("{data}", &data_dir.display().to_string())
             .replace("{own_pkg}", &self.w.own_pkg.display().to_string())
@@ -503,7 +507,8 @@ impl Run {
         let attacker_host = self.host_of(&self.w.attacker);
         let dedicated_host = self.host_of(&self.w.dedicated);
         let data = self.fill(data);
-        out.rss.0 = rss_of(self.pid);
+        out.rss.0 = mem_of(self.pid, "VmRSS:");
+        out.rss.1 = mem_of(self.pid, "VmHWM:");
 
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let watcher = {
@@ -543,7 +548,7 @@ impl Run {
         {
             failures.push(format!("after the attack: {e}"));
         }
-        out.rss.1 = rss_of(self.pid);
+        out.rss.2 = mem_of(self.pid, "VmHWM:");
 
         if let Err(e) = self.daemon_alive() {
             failures.push(e);
@@ -727,6 +732,15 @@ fn tail(s: &str, n: usize) -> &str {
         start += 1;
     }
     &s[start..]
+}
+
+/// The private temp folder of host process `pid` (its `--tmp-dir` argument).
+fn tmp_dir_of(pid: i64) -> Option<PathBuf> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let i = args.iter().position(|a| *a == b"--tmp-dir")?;
+    args.get(i + 1)
+        .map(|a| PathBuf::from(String::from_utf8_lossy(a).into_owned()))
 }
 
 fn first_file(dir: &Path) -> PathBuf {
@@ -948,6 +962,30 @@ fn native_attacks() -> Vec<Attack> {
             Expect::Refused(WRITE_DENIED),
         )
     });
+    // Outside the data directory: the shared world-writable folders, and a sibling host's
+    // private temp folder (every host runs under the same HOST_UID).
+    for (label, data) in [
+        (
+            "create in a sibling host's temp folder",
+            "write:{sibling_tmp}/evil",
+        ),
+        (
+            "read a sibling host's temp folder",
+            "open:dir:{sibling_tmp}",
+        ),
+        ("create in /tmp", "write:/tmp/wm-containment-evil"),
+        ("create in /dev/shm", "write:/dev/shm/wm-containment-evil"),
+    ] {
+        v.push(Attack {
+            after: Some(Box::new(|_: &Run| {
+                for f in ["/tmp/wm-containment-evil", "/dev/shm/wm-containment-evil"] {
+                    let _ = std::fs::remove_file(f);
+                }
+                Ok(())
+            })),
+            ..attack(label, data, Expect::Refused(WRITE_DENIED))
+        });
+    }
     v.push(attack(
         "write in $TMPDIR (control)",
         "write-tmp",
@@ -996,6 +1034,21 @@ fn native_attacks() -> Vec<Attack> {
             } else {
                 Err(format!("{}: {r}", bad.join(", ")))
             }
+        }),
+    ));
+    // A hole punched through the region: every page reads as zeros under the supervisor's
+    // mapping too (no SIGBUS: the size is sealed). The common checks are what counts; the host
+    // may reply or be ended.
+    v.push(attack(
+        "punch a hole through the ring (reopened fd)",
+        "punch-ring",
+        check(|_, out| match (&out.reply, out.crashed.first()) {
+            (Some(_), _) | (None, Some(_)) => Ok(()),
+            _ => Err(format!(
+                "neither a reply nor a death report: HTTP {} {}",
+                out.status,
+                truncate(&out.error, 300)
+            )),
         }),
     ));
     for what in ["header", "to-ctl", "from-ctl"] {
@@ -1160,6 +1213,48 @@ fn native_attacks() -> Vec<Attack> {
     ));
     v.push(attack("TIOCSTI", "tiocsti", Expect::Dies("ioctl")));
 
+    // Gateway state quotas (before the floods, so the gateway rate limit has its whole burst;
+    // the value-size case first, while the worker still has keys to spare).
+    v.push(attack(
+        "state quota: value size",
+        &format!("state-big:{}", STATE_MAX_VALUE_BYTES + 1000),
+        check(|run, out| match &out.reply {
+            Some(r)
+                if r["rc"] == -1
+                    && (r["response"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("STATE_MAX_VALUE_BYTES"))
+                        || run.d.log().contains("STATE_MAX_VALUE_BYTES")) =>
+            {
+                Ok(())
+            }
+            _ => Err(format!(
+                "a value over STATE_MAX_VALUE_BYTES={STATE_MAX_VALUE_BYTES} was not refused naming it: {:?}",
+                out.reply
+            )),
+        }),
+    ));
+
+    v.push(attack(
+        "state quota: keys",
+        "state-fill:1000",
+        check(|run, out| match &out.reply {
+            Some(r)
+                if r["rc"] == -1
+                    && r["stored"].as_u64() == Some(STATE_MAX_KEYS as u64)
+                    && (r["response"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("STATE_MAX_KEYS"))
+                        || run.d.log().contains("STATE_MAX_KEYS")) =>
+            {
+                Ok(())
+            }
+            _ => Err(format!(
+                "state Set was not refused at STATE_MAX_KEYS={STATE_MAX_KEYS} naming it: {:?}",
+                out.reply
+            )),
+        }),
+    ));
     // Floods.
     let stderr_bytes: u64 = std::env::var("WM_CONTAINMENT_STDERR_BYTES")
         .ok()
@@ -1222,46 +1317,6 @@ fn native_attacks() -> Vec<Attack> {
             }
         }),
     ));
-    v.push(attack(
-        "state quota: keys",
-        "state-fill:1000",
-        check(|_, out| match &out.reply {
-            Some(r)
-                if r["rc"] == -1
-                    && r["stored"]
-                        .as_u64()
-                        .is_some_and(|n| n <= STATE_MAX_KEYS as u64)
-                    && r["response"]
-                        .as_str()
-                        .is_some_and(|s| s.contains("STATE_MAX_KEYS")) =>
-            {
-                Ok(())
-            }
-            _ => Err(format!(
-                "state Set was not refused at STATE_MAX_KEYS={STATE_MAX_KEYS} naming it: {:?}",
-                out.reply
-            )),
-        }),
-    ));
-    v.push(attack(
-        "state quota: value size",
-        &format!("state-big:{}", STATE_MAX_VALUE_BYTES + 1000),
-        check(|_, out| match &out.reply {
-            Some(r)
-                if r["rc"] == -1
-                    && r["response"]
-                        .as_str()
-                        .is_some_and(|s| s.contains("STATE_MAX_VALUE_BYTES")) =>
-            {
-                Ok(())
-            }
-            _ => Err(format!(
-                "a value over STATE_MAX_VALUE_BYTES={STATE_MAX_VALUE_BYTES} was not refused naming it: {:?}",
-                out.reply
-            )),
-        }),
-    ));
-
     // Crash attribution a plugin tries to dodge.
     v.push(attack(
         "own SIGSEGV handler, then a fault",
@@ -1303,11 +1358,13 @@ fn native_attacks() -> Vec<Attack> {
 }
 
 fn bounded_rss(out: &Outcome) -> Result<(), String> {
-    if out.rss.1 > out.rss.0 + FLOOD_RSS_SLACK {
+    let (rss, peak_before, peak) = out.rss;
+    if peak > peak_before.max(rss + FLOOD_RSS_SLACK) {
         Err(format!(
-            "the daemon's RSS grew from {} MiB to {} MiB",
-            out.rss.0 >> 20,
-            out.rss.1 >> 20
+            "the daemon's peak RSS rose to {} MiB (RSS before {} MiB, peak before {} MiB)",
+            peak >> 20,
+            rss >> 20,
+            peak_before >> 20
         ))
     } else {
         Ok(())
