@@ -1575,7 +1575,8 @@ fn dotnet_attacks_are_contained_without_landlock() {
 
 /// The crash slots are the host's memory: a host that fills them with another worker's id
 /// must not get that worker charged with its crashes, let alone quarantined for a crash loop
-/// (here: a worker on a dedicated host, which never ran anything).
+/// (neither the neighbour on its own host nor a worker on a dedicated host), and the worker
+/// whose crashes they are is the one quarantined.
 #[test]
 fn forged_crash_slots_cannot_quarantine_a_worker_on_another_host() {
     let run = Run::start_with(
@@ -1586,23 +1587,28 @@ fn forged_crash_slots_cannot_quarantine_a_worker_on_another_host() {
             ("CRASH_LOOP_WINDOW_SECONDS", "120"),
         ],
     );
-    let data = run.fill("scribble:crash-frame:{dedicated}");
-    for _ in 0..4 {
-        run.invoke_within(&run.w.attacker, &data, ATTACK_TIMEOUT);
-        let w = run.d.get(&format!("/v1/workers/{}", run.w.attacker)).json();
-        if w["status"] != "RUNNING" {
-            run.d.post(&format!("/v1/workers/{}/start", run.w.attacker));
+    let mut attacker_quarantined = false;
+    for victim in [run.w.dedicated.clone(), run.w.neighbour.clone()] {
+        let data = run.fill(&format!("scribble:crash-frame:{victim}"));
+        for _ in 0..4 {
+            run.invoke_within(&run.w.attacker, &data, ATTACK_TIMEOUT);
+            std::thread::sleep(Duration::from_millis(300));
+            let w = run.d.get(&format!("/v1/workers/{}", run.w.attacker)).json();
+            if w["status"] != "RUNNING" {
+                attacker_quarantined = true;
+                run.d.post(&format!("/v1/workers/{}/start", run.w.attacker));
+            }
         }
-        std::thread::sleep(Duration::from_millis(300));
+        let v = run.d.get(&format!("/v1/workers/{victim}")).json();
+        assert_eq!(
+            v["status"], "RUNNING",
+            "a worker was quarantined for crashes another worker's plugin made: {v:#}"
+        );
+        run.answers(&victim)
+            .unwrap_or_else(|e| panic!("the victim {victim} {e}"));
     }
-    let victim = run
-        .d
-        .get(&format!("/v1/workers/{}", run.w.dedicated))
-        .json();
-    assert_eq!(
-        victim["status"], "RUNNING",
-        "the dedicated worker was charged with another host's crashes: {victim:#}"
+    assert!(
+        attacker_quarantined,
+        "8 crashes of the attacker within the window, CRASH_LOOP_MAX_CRASHES=2: it was never quarantined"
     );
-    run.answers(&run.w.dedicated)
-        .unwrap_or_else(|e| panic!("the dedicated worker {e}"));
 }
