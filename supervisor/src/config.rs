@@ -85,6 +85,13 @@ settings! {
     "TOPIC_MAX_BACKLOG_EVENTS" [] = "100000", "0 (no limit) or 1-100000000", "events one topic may hold waiting for its workers; more are dead-lettered with reason overflow";
     "WORKER_HEARTBEAT_SECONDS" [] = "30", "0 (off) or 1-3600", "how often each started worker's heartbeat is published on workmanager.infra.worker";
     "VIRTUFIN_API_GATEWAY_URL" [] = "", "an http(s) base URL; empty = none", "where plugins' gateway calls for services other than pubsub, state and workmanager are forwarded";
+    "STATE_MAX_KEYS" [] = "10000", "1-100000000", "keys one worker may hold in the gateway's state service; a Set of a new key beyond it is refused";
+    "STATE_MAX_VALUE_BYTES" [] = "1048576", "1-16777216", "largest value of one state key; a larger Set is refused";
+    "WORKER_LOG_LINES_PER_SECOND" [] = "200", "1-1000000", "log lines one worker may send per second (also the burst); more are dropped and counted";
+    "WORKER_GATEWAY_CALLS_PER_SECOND" [] = "1000", "1-1000000", "gateway calls one worker may make per second (also the burst); more are answered with an error and counted";
+    "HOST_GATEWAY_CALLS_IN_FLIGHT" [] = "64", "1-4096", "gateway calls of one host served at once; beyond it the daemon stops reading that host's frames until one finishes";
+    "HOST_STDERR_LINE_MAX_BYTES" [] = "4096", "256-1048576", "longest host stderr line logged; longer lines are cut and the rest skipped";
+    "HOST_STDERR_LINES_PER_SECOND" [] = "200", "1-1000000", "host stderr lines logged per host per second; more are dropped and counted";
 }
 
 /// Where a value came from (for error messages).
@@ -274,6 +281,25 @@ pub struct CodeFetchSettings {
     pub max_bytes: u64,
 }
 
+/// What hosts may send the daemon (issue 10; docs/security.md, "Host input limits").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostInputSettings {
+    /// `STATE_MAX_KEYS`.
+    pub state_max_keys: u64,
+    /// `STATE_MAX_VALUE_BYTES`.
+    pub state_max_value_bytes: u64,
+    /// `WORKER_LOG_LINES_PER_SECOND`.
+    pub log_lines_per_second: u32,
+    /// `WORKER_GATEWAY_CALLS_PER_SECOND`.
+    pub gateway_calls_per_second: u32,
+    /// `HOST_GATEWAY_CALLS_IN_FLIGHT`.
+    pub gateway_calls_in_flight: u32,
+    /// `HOST_STDERR_LINE_MAX_BYTES`.
+    pub stderr_line_max_bytes: u32,
+    /// `HOST_STDERR_LINES_PER_SECOND`.
+    pub stderr_lines_per_second: u32,
+}
+
 /// Stage two: the validated settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -339,6 +365,8 @@ pub struct Config {
     pub topic_max_backlog: u64,
     /// Worker heartbeat period (`None`: off).
     pub heartbeat: Option<Duration>,
+    /// Limits on what hosts may send.
+    pub host_input: HostInputSettings,
 }
 
 /// Parses `true/false/1/0/yes/no/on/off` (any case), as the original does.
@@ -549,6 +577,15 @@ impl Config {
             },
             topic_max_backlog: int("TOPIC_MAX_BACKLOG_EVENTS", 0, 100_000_000)?,
             heartbeat: Some(secs("WORKER_HEARTBEAT_SECONDS", 0, 3600)?).filter(|d| !d.is_zero()),
+            host_input: HostInputSettings {
+                state_max_keys: int("STATE_MAX_KEYS", 1, 100_000_000)?,
+                state_max_value_bytes: int("STATE_MAX_VALUE_BYTES", 1, 16 << 20)?,
+                log_lines_per_second: u32_in("WORKER_LOG_LINES_PER_SECOND", 1, 1_000_000)?,
+                gateway_calls_per_second: u32_in("WORKER_GATEWAY_CALLS_PER_SECOND", 1, 1_000_000)?,
+                gateway_calls_in_flight: u32_in("HOST_GATEWAY_CALLS_IN_FLIGHT", 1, 4096)?,
+                stderr_line_max_bytes: u32_in("HOST_STDERR_LINE_MAX_BYTES", 256, 1 << 20)?,
+                stderr_lines_per_second: u32_in("HOST_STDERR_LINES_PER_SECOND", 1, 1_000_000)?,
+            },
         })
     }
 

@@ -632,6 +632,14 @@ impl Control {
                 w.status.as_str()
             )));
         }
+        let max = crate::pool::guard::max_event_bytes(self.config.ring_max_frame_bytes);
+        let len = event.to_flatbuffer().len();
+        if len > max {
+            return Err(ApiError::TooLarge(format!(
+                "the event encodes to {len} bytes, over the {max} bytes a worker's ring carries (RING_MAX_FRAME_BYTES={} less the frame overhead); send less or raise RING_MAX_FRAME_BYTES",
+                self.config.ring_max_frame_bytes
+            )));
+        }
         Ok(self.runtime.invoke(id, event).await?)
     }
 

@@ -12,7 +12,8 @@
 //! with `{service, method, request_data}`), or fails with "no gateway configured".
 //!
 //! Status codes returned to the plugin (gateway_call's return value): 0 success, 1 bad request,
-//! 2 unknown service or method, 3 the backend failed, 4 timed out.
+//! 2 unknown service or method, 3 the backend failed, 4 timed out, 5 refused by a host input
+//! limit (a rate, a quota, a call in the name of a worker not on the calling host).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,11 +29,56 @@ pub const STATUS_BAD_REQUEST: i32 = 1;
 pub const STATUS_UNKNOWN: i32 = 2;
 pub const STATUS_BACKEND: i32 = 3;
 pub const STATUS_TIMEOUT: i32 = 4;
+pub const STATUS_REFUSED: i32 = 5;
+
+/// The reply to a call refused before it was served (rate limit, identity); `why` says which
+/// limit, naming its setting.
+pub fn refusal(call_id: u64, why: &str) -> GatewayReply {
+    GatewayReply {
+        call_id,
+        status: STATUS_REFUSED,
+        payload: json!({"error": why}).to_string().into_bytes(),
+        error: why.to_string(),
+    }
+}
+
+/// What a `state` write came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateWrite {
+    Written,
+    /// The key is new and the worker already has `STATE_MAX_KEYS` keys: nothing was written.
+    TooManyKeys,
+}
+
+/// Per-worker quotas of the `state` service.
+#[derive(Debug, Clone, Copy)]
+pub struct StateLimits {
+    /// `STATE_MAX_KEYS`: keys one worker may hold.
+    pub max_keys: u64,
+    /// `STATE_MAX_VALUE_BYTES`: the largest value.
+    pub max_value_bytes: usize,
+}
+
+impl Default for StateLimits {
+    fn default() -> Self {
+        StateLimits {
+            max_keys: 10_000,
+            max_value_bytes: 1 << 20,
+        }
+    }
+}
 
 /// What the built-in services need from the daemon (the registry implements it).
 pub trait GatewayBackend: Send + Sync + 'static {
     fn state_get(&self, worker_id: &str, key: &str) -> Result<Option<String>, String>;
-    fn state_set(&self, worker_id: &str, key: &str, value: &str) -> Result<(), String>;
+    /// Writes unless the key is new and the worker has `max_keys` keys already.
+    fn state_set(
+        &self,
+        worker_id: &str,
+        key: &str,
+        value: &str,
+        max_keys: u64,
+    ) -> Result<StateWrite, String>;
     fn state_delete(&self, worker_id: &str, key: &str) -> Result<bool, String>;
     /// Read-only API calls: `ListWorkers`, `GetWorker {id}`.
     fn workmanager(&self, method: &str, request: &Value) -> Result<Value, (i32, String)>;
@@ -43,6 +89,7 @@ pub struct Gateway {
     bus: Arc<dyn Bus>,
     backend: Arc<dyn GatewayBackend>,
     forward: Option<Forward>,
+    state_limits: StateLimits,
 }
 
 struct Forward {
@@ -50,7 +97,7 @@ struct Forward {
     client: reqwest::Client,
 }
 
-/// The largest state value and request accepted (a plugin is hostile).
+/// The largest request accepted (a plugin is hostile).
 const MAX_VALUE_BYTES: usize = 1 << 20;
 
 impl Gateway {
@@ -76,7 +123,14 @@ impl Gateway {
             bus,
             backend,
             forward,
+            state_limits: StateLimits::default(),
         }
+    }
+
+    /// Sets the `state` quotas (`STATE_MAX_KEYS`, `STATE_MAX_VALUE_BYTES`).
+    pub fn with_state_limits(mut self, limits: StateLimits) -> Gateway {
+        self.state_limits = limits;
+        self
     }
 
     /// Handles one call and builds the reply frame.
@@ -162,16 +216,31 @@ impl Gateway {
                     Some(other) => other.to_string(),
                     None => return Err((STATUS_BAD_REQUEST, "Set needs a 'value'".to_string())),
                 };
-                if value.len() > MAX_VALUE_BYTES {
+                let limits = self.state_limits;
+                if value.len() > limits.max_value_bytes {
                     return Err((
-                        STATUS_BAD_REQUEST,
-                        format!("value over the {MAX_VALUE_BYTES}-byte limit"),
+                        STATUS_REFUSED,
+                        format!(
+                            "value of {} bytes is over STATE_MAX_VALUE_BYTES ({}); nothing was stored",
+                            value.len(),
+                            limits.max_value_bytes
+                        ),
                     ));
                 }
-                self.backend
-                    .state_set(worker_id, key, &value)
-                    .map_err(backend)?;
-                Ok(json!({}))
+                match self
+                    .backend
+                    .state_set(worker_id, key, &value, limits.max_keys)
+                    .map_err(backend)?
+                {
+                    StateWrite::Written => Ok(json!({})),
+                    StateWrite::TooManyKeys => Err((
+                        STATUS_REFUSED,
+                        format!(
+                            "the worker already has STATE_MAX_KEYS ({}) state keys; delete one or overwrite an existing key",
+                            limits.max_keys
+                        ),
+                    )),
+                }
             }
             "Delete" => {
                 Ok(json!({"deleted": self.backend.state_delete(worker_id, key).map_err(backend)?}))

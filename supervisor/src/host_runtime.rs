@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use wm_shared::CloudEvent;
-use wm_shared::protocol::Message;
 
 use crate::bus::{BoxFuture, Bus};
 use crate::dispatcher::{DispatchConfig, Dispatcher, StatusSink};
@@ -117,66 +116,21 @@ impl HostRuntime {
 
     async fn pool_events(
         rt: std::sync::Weak<HostRuntime>,
-        mut rx: mpsc::UnboundedReceiver<PoolEvent>,
+        mut rx: mpsc::Receiver<PoolEvent>,
         gateway: Arc<Gateway>,
     ) {
         while let Some(ev) = rx.recv().await {
             let Some(rt) = rt.upgrade() else { break };
             match ev {
-                PoolEvent::Frame {
-                    host,
-                    message: Message::Log(log),
-                } => {
-                    let level = log.level;
-                    let w = log.worker_id.as_str();
-                    match level {
-                        i32::MIN..=0 => tracing::trace!(
-                            worker = w,
-                            msg_id = log.msg_id,
-                            "Native worker: {}",
-                            log.message
-                        ),
-                        1 => tracing::debug!(
-                            worker = w,
-                            msg_id = log.msg_id,
-                            "Native worker: {}",
-                            log.message
-                        ),
-                        2 => tracing::info!(
-                            worker = w,
-                            msg_id = log.msg_id,
-                            "Native worker: {}",
-                            log.message
-                        ),
-                        3 => tracing::warn!(
-                            worker = w,
-                            msg_id = log.msg_id,
-                            "Native worker: {}",
-                            log.message
-                        ),
-                        _ => tracing::error!(
-                            worker = w,
-                            msg_id = log.msg_id,
-                            "Native worker: {}",
-                            log.message
-                        ),
-                    }
-                    let _ = host;
-                }
-                PoolEvent::Frame {
-                    host,
-                    message: Message::GatewayCall(call),
-                } => {
+                PoolEvent::GatewayCall { host, call, permit } => {
+                    // Bounded: the pool hands out at most HOST_GATEWAY_CALLS_IN_FLIGHT permits
+                    // per host; the permit is released once the reply is sent.
                     let gateway = gateway.clone();
                     tokio::spawn(async move {
                         let reply = gateway.handle(call).await;
-                        if let Err(e) = host.link.send(&Message::GatewayReply(reply)) {
-                            tracing::warn!(host = %host.host_id, "gateway reply not delivered: {e}");
-                        }
+                        host.reply(reply).await;
+                        drop(permit);
                     });
-                }
-                PoolEvent::Frame { host, message } => {
-                    tracing::debug!(host = %host.host_id, "unexpected frame from host: {message:?}");
                 }
                 PoolEvent::Quarantined { worker_id, reason } => {
                     rt.fail_worker(&worker_id, ErrorType::CrashLoop, &reason)
@@ -228,6 +182,7 @@ fn to_runtime_error(e: crate::pool::PoolError) -> RuntimeError {
         PoolError::NotPlaced(w) => RuntimeError::NotLoaded(w),
         PoolError::ShuttingDown => RuntimeError::Unavailable("the daemon is shutting down".into()),
         PoolError::Spawn(e) => RuntimeError::Unavailable(format!("no host could be started: {e}")),
+        e @ PoolError::TooManyHosts { .. } => RuntimeError::Unavailable(e.to_string()),
         PoolError::HostGone { worker_id, step } => RuntimeError::LoadFailed {
             message: format!("the host went away during {step}; it is being restarted, try again"),
             worker: worker_id,
@@ -353,6 +308,7 @@ impl Runtime for HostRuntime {
     fn render_metrics(&self, out: &mut String) {
         self.dispatcher.metrics.render_prometheus(out);
         crate::pool::render_prometheus(&self.pool.hosts(), out);
+        self.pool.render_guard_metrics(out);
     }
 
     fn shutdown(&self, deadline: Duration) -> BoxFuture<'_, ()> {

@@ -222,6 +222,9 @@ pub struct HostInfo {
     pub rss_bytes: u64,
     /// The sandbox layers of the current process (`None` while it is being respawned).
     pub sandbox: Option<crate::pool::layers::HostLayers>,
+    /// Frames in which the host spoke for a worker it does not carry (or answered a call not
+    /// in flight); more than zero flags the host.
+    pub identity_violations: u64,
 }
 
 /// One engine and whether it can run here.

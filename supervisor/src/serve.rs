@@ -19,8 +19,10 @@ use crate::config::Config;
 use crate::control::{ControlEvent, ControlEventKind};
 use crate::dispatcher::{DispatchConfig, StatusSink};
 use crate::events::{ErrorType, Events, Lifecycle, WorkerRef};
-use crate::gateway::{Gateway, GatewayBackend};
+use crate::gateway::{Gateway, GatewayBackend, StateLimits};
 use crate::host_runtime::HostRuntime;
+use crate::pool::guard::HostLimits;
+use crate::pool::stderr::StderrLimits;
 use crate::pool::{PoolConfig, SpawnConfig};
 use crate::registry::{LastError, Registry, Status};
 use crate::runtime::{EngineInfo, Runtime, language};
@@ -77,6 +79,11 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
         dispatch,
         gateway_url,
         gateway_timeout,
+        state_limits: StateLimits {
+            max_keys: config.host_input.state_max_keys,
+            max_value_bytes: usize::try_from(config.host_input.state_max_value_bytes)
+                .unwrap_or(usize::MAX),
+        },
         engines,
     };
 
@@ -116,7 +123,10 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
 
     daemon.add_routes(api::topics::router(
         bus_dyn.clone(),
-        api::topics::TopicLimits::default(),
+        api::topics::TopicLimits {
+            max_event_bytes: crate::pool::guard::max_event_bytes(config.ring_max_frame_bytes),
+            ..api::topics::TopicLimits::default()
+        },
         token.clone(),
     ));
     {
@@ -185,6 +195,7 @@ struct Parts {
     dispatch: DispatchConfig,
     gateway_url: Option<String>,
     gateway_timeout: Duration,
+    state_limits: StateLimits,
     engines: Vec<EngineInfo>,
 }
 
@@ -195,7 +206,8 @@ fn build(registry: &Registry, p: Parts) -> anyhow::Result<Built> {
     let events = Arc::new(Events::new(bus_dyn.clone()));
     let status: Arc<dyn StatusSink> = Arc::new(RegistryStatus(registry.clone()));
     let backend: Arc<dyn GatewayBackend> = Arc::new(RegistryGateway(registry.clone()));
-    let gateway = Gateway::new(bus_dyn.clone(), backend, p.gateway_url, p.gateway_timeout);
+    let gateway = Gateway::new(bus_dyn.clone(), backend, p.gateway_url, p.gateway_timeout)
+        .with_state_limits(p.state_limits);
     let runtime = HostRuntime::new(
         p.pool,
         p.dispatch,
@@ -245,6 +257,10 @@ fn pool_config(
             ready_timeout: Duration::from_secs(20),
             extra_args: Vec::new(),
             sandbox,
+            stderr: StderrLimits {
+                line_max_bytes: config.host_input.stderr_line_max_bytes as usize,
+                lines_per_second: config.host_input.stderr_lines_per_second,
+            },
         },
         shared_hosts_per_engine: config.shared_hosts_per_engine as usize,
         respawn_backoff_base: config.host_respawn_backoff,
@@ -254,6 +270,12 @@ fn pool_config(
         crash_loop_window: config.crash_loop_window,
         load_timeout: Duration::from_secs(60),
         stats_interval: Duration::from_secs(5),
+        limits: HostLimits {
+            log_lines_per_second: config.host_input.log_lines_per_second,
+            gateway_calls_per_second: config.host_input.gateway_calls_per_second,
+            gateway_in_flight_per_host: config.host_input.gateway_calls_in_flight as usize,
+            max_hosts: config.max_hosts as usize,
+        },
     }
 }
 
@@ -335,12 +357,24 @@ impl GatewayBackend for RegistryGateway {
             .map_err(|e| e.to_string())
     }
 
-    fn state_set(&self, worker_id: &str, key: &str, value: &str) -> Result<(), String> {
-        self.0
+    fn state_set(
+        &self,
+        worker_id: &str,
+        key: &str,
+        value: &str,
+        max_keys: u64,
+    ) -> Result<crate::gateway::StateWrite, String> {
+        use crate::registry::TagOutcome;
+        match self
+            .0
             .store()
-            .state_set(worker_id, key, value.as_bytes())
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+            .state_set(worker_id, key, value.as_bytes(), max_keys)
+            .map_err(|e| e.to_string())?
+        {
+            TagOutcome::LimitReached => Ok(crate::gateway::StateWrite::TooManyKeys),
+            // An unknown worker (deleted while its call ran) writes nothing, as before.
+            TagOutcome::Set | TagOutcome::NotFound => Ok(crate::gateway::StateWrite::Written),
+        }
     }
 
     fn state_delete(&self, worker_id: &str, key: &str) -> Result<bool, String> {

@@ -10,5 +10,6 @@ mod chaos;
 mod containment;
 mod dotnet_daemon;
 mod failures;
+mod host_limits;
 mod runtime;
 mod sandbox_layers;

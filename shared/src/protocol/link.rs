@@ -44,6 +44,18 @@ pub enum LinkError {
         /// The ring's error text (it names the setting to raise, if any).
         reason: String,
     },
+    /// The frame is over the ring's frame limit; sending it again can never work.
+    #[error(
+        "{kind} of {len} bytes exceeds the ring's frame limit of {max} bytes (RING_MAX_FRAME_BYTES)"
+    )]
+    TooLarge {
+        /// Kind of the message.
+        kind: &'static str,
+        /// Size of the encoded frame.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// `request` was called with a message that has no reply.
     #[error("{kind} has no reply; use HostLink::send for it")]
     NotARequest {
@@ -209,8 +221,9 @@ impl HostLink {
         reply
     }
 
-    /// Fire and forget (GatewayReply, Shutdown). May block the calling thread for up to
-    /// `SEND_TIMEOUT` when the ring is full.
+    /// Fire and forget from a plain thread (tests, tools). May block the calling thread for up
+    /// to `SEND_TIMEOUT` when the ring is full: never call it from async code; use
+    /// [`HostLink::try_send`] or [`HostLink::send_async`] there.
     pub fn send(&self, msg: &Message) -> Result<(), LinkError> {
         let frame = msg.encode();
         self.inner
@@ -219,21 +232,34 @@ impl HostLink {
             .map_err(|e| send_error(msg.kind(), e))
     }
 
-    /// Sends without blocking the async runtime: a quick attempt, then (ring full) a blocking
-    /// wait on the blocking pool.
-    async fn send_async(&self, msg: &Message) -> Result<(), LinkError> {
+    /// Sends only if the ring has room right now; never waits (`Send` with the ring's `Full`
+    /// text otherwise). For frames that may be skipped (stats requests, a shutdown notice the
+    /// caller backs with a kill).
+    pub fn try_send(&self, msg: &Message) -> Result<(), LinkError> {
+        let frame = msg.encode();
+        self.inner
+            .tx
+            .send(&frame, Duration::ZERO)
+            .map_err(|e| send_error(msg.kind(), e))
+    }
+
+    /// Sends without blocking any thread: a quick attempt, then (ring full) retries on a timer
+    /// until `SEND_TIMEOUT`. A host that stops reading its ring costs this future (and the
+    /// encoded frame) for at most `SEND_TIMEOUT`, and no thread; then `Send` (ring full).
+    pub async fn send_async(&self, msg: &Message) -> Result<(), LinkError> {
         let frame = msg.encode();
         let kind = msg.kind();
-        match self.inner.tx.send(&frame, Duration::ZERO) {
-            Ok(()) => Ok(()),
-            Err(RingError::Full) => {
-                let tx = self.inner.tx.clone();
-                tokio::task::spawn_blocking(move || tx.send(&frame, SEND_TIMEOUT))
-                    .await
-                    .unwrap_or(Err(RingError::PeerGone))
-                    .map_err(|e| send_error(kind, e))
+        let deadline = tokio::time::Instant::now() + SEND_TIMEOUT;
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match self.inner.tx.send(&frame, Duration::ZERO) {
+                Ok(()) => return Ok(()),
+                Err(RingError::Full) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                Err(e) => return Err(send_error(kind, e)),
             }
-            Err(e) => Err(send_error(kind, e)),
         }
     }
 
@@ -269,6 +295,7 @@ impl HostLink {
 fn send_error(kind: &'static str, e: RingError) -> LinkError {
     match e {
         RingError::PeerGone => LinkError::PeerGone,
+        RingError::TooLarge { len, max } => LinkError::TooLarge { kind, len, max },
         e => LinkError::Send {
             kind,
             reason: e.to_string(),

@@ -35,6 +35,8 @@ pub async fn hosts(State(state): State<AppState>) -> Json<Value> {
                         .map(|x| x.name())
                         .collect::<Vec<_>>(),
                 })),
+                "identityViolations": h.identity_violations,
+                "flagged": h.identity_violations > 0,
             })
         })
         .collect();

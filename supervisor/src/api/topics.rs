@@ -45,6 +45,9 @@ pub struct TopicLimits {
     pub max_batch_events: usize,
     /// How often an idle SSE stream sends a keep-alive comment.
     pub sse_keep_alive: Duration,
+    /// Largest encoded event a worker's ring can carry (`RING_MAX_FRAME_BYTES` less the frame
+    /// overhead); a larger one is refused with 413 rather than stored and never delivered.
+    pub max_event_bytes: usize,
 }
 
 impl Default for TopicLimits {
@@ -53,6 +56,7 @@ impl Default for TopicLimits {
             max_body_bytes: 4 * 1024 * 1024,
             max_batch_events: 1_000,
             sse_keep_alive: Duration::from_secs(15),
+            max_event_bytes: usize::MAX,
         }
     }
 }
@@ -68,6 +72,15 @@ pub enum TopicsError {
     BodyTooLarge { limit: usize },
     #[error("the batch holds {got} events; the limit is {limit} per request")]
     BatchTooLarge { got: usize, limit: usize },
+    #[error(
+        "event {index} of the request encodes to {len} bytes, over the {max} bytes a worker's ring carries (RING_MAX_FRAME_BYTES={frame} less the frame overhead); send less or raise RING_MAX_FRAME_BYTES"
+    )]
+    EventTooLarge {
+        index: usize,
+        len: usize,
+        max: usize,
+        frame: usize,
+    },
     #[error("cannot read the request body: {0}")]
     Body(String),
     #[error("the request body is not valid JSON: {0}")]
@@ -96,7 +109,9 @@ impl TopicsError {
     /// The error code of the JSON body.
     pub fn code(&self) -> &'static str {
         match self {
-            TopicsError::BodyTooLarge { .. } | TopicsError::BatchTooLarge { .. } => "too_large",
+            TopicsError::BodyTooLarge { .. }
+            | TopicsError::BatchTooLarge { .. }
+            | TopicsError::EventTooLarge { .. } => "too_large",
             TopicsError::Bus(_) => "unavailable",
             _ => "invalid_argument",
         }
@@ -105,9 +120,9 @@ impl TopicsError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            TopicsError::BodyTooLarge { .. } | TopicsError::BatchTooLarge { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            TopicsError::BodyTooLarge { .. }
+            | TopicsError::BatchTooLarge { .. }
+            | TopicsError::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             TopicsError::Bus(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -182,6 +197,19 @@ async fn publish(
         Err(e) => return Err(TopicsError::Body(e.to_string())),
     };
     let events = parse_events(&headers, &bytes, s.limits.max_batch_events)?;
+    let max = s.limits.max_event_bytes;
+    for (index, ev) in events.iter().enumerate() {
+        let len = ev.to_flatbuffer().len();
+        if len > max {
+            let frame = max.saturating_add(crate::pool::guard::process_frame_overhead());
+            return Err(TopicsError::EventTooLarge {
+                index,
+                len,
+                max,
+                frame,
+            });
+        }
+    }
     let seqs = s
         .bus
         .publish(&topic, events)

@@ -346,6 +346,32 @@ impl Dispatcher {
                     }
                     Verdict::Culprit | Verdict::Unattributed => (ErrorType::Crash, report.cause()),
                 },
+                CallOutcome::SendFailed {
+                    reason,
+                    too_large: true,
+                } => {
+                    // No retry can ever carry it: dead-letter at once, the worker goes on.
+                    let msg = format!(
+                        "event {} cannot be sent to the worker: {reason}",
+                        d.event.id
+                    );
+                    self.metrics.failed(&spec.id, &spec.topic);
+                    self.failed(spec, ErrorType::ProcessFailed, &msg).await;
+                    self.dead_letter(spec, d, ErrorType::ProcessFailed, &msg, charged + 1)
+                        .await;
+                    return Step::Settled;
+                }
+                CallOutcome::SendFailed {
+                    reason,
+                    too_large: false,
+                } => (
+                    ErrorType::ProcessFailed,
+                    format!(
+                        "event {} was not delivered to the host: {reason}",
+                        d.event.id
+                    ),
+                ),
+                CallOutcome::Forged(why) => (ErrorType::InvalidResponse, why),
             };
             let (error_type, message) = failure;
             charged += 1;
@@ -454,6 +480,14 @@ impl Dispatcher {
             CallOutcome::HostDied(report) => Err(InvokeError {
                 error_type: ErrorType::Crash,
                 message: report.cause(),
+            }),
+            CallOutcome::SendFailed { reason, .. } => Err(InvokeError {
+                error_type: ErrorType::ProcessFailed,
+                message: format!("the event was not delivered to the host: {reason}"),
+            }),
+            CallOutcome::Forged(message) => Err(InvokeError {
+                error_type: ErrorType::InvalidResponse,
+                message,
             }),
         }
     }

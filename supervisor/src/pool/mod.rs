@@ -9,24 +9,30 @@
 //! **Invariant:** the pool never decides what happens to a message; it reports who was on the
 //! faulting thread ([`DeathReport::verdict`]) and the dispatcher applies the retry rules.
 
+pub mod guard;
 pub mod launch;
 pub mod layers;
 pub mod spawn;
+pub mod stderr;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wm_shared::protocol::link::{HostLink, LinkError};
-use wm_shared::protocol::{EngineKind, LoadWorker, Message, Process, ProcessResult, UnloadWorker};
+use wm_shared::protocol::{
+    EngineKind, GatewayCall, GatewayReply, LoadWorker, Log, Message, Process, ProcessResult,
+    UnloadWorker,
+};
 use wm_shared::ring::CrashRecord;
 
 use crate::events::Events;
 use crate::runtime::{HostInfo, Isolation, WorkerSpec};
+use guard::{Guard, HostLimits, Rated, Violations};
 pub use spawn::{ExitStatus, SpawnConfig, SpawnError, Spawner, signal_name};
 
 /// Pool settings beyond how to spawn.
@@ -47,7 +53,13 @@ pub struct PoolConfig {
     pub load_timeout: Duration,
     /// How often host stats (RSS) are sampled.
     pub stats_interval: Duration,
+    /// What hosts may send unasked, and how many hosts may run.
+    pub limits: HostLimits,
 }
+
+/// Room in the channel of [`PoolEvent`]s; a full channel makes the hosts' frame loops wait
+/// (backpressure into their rings), never the daemon grow.
+pub const POOL_EVENTS_CAPACITY: usize = 256;
 
 /// Why a host died, as far as the supervisor can tell. Built after the process was reaped.
 #[derive(Debug, Clone)]
@@ -170,6 +182,16 @@ pub enum CallOutcome {
     /// The deadline passed; the call is still running on the host.
     TimedOut,
     HostDied(Arc<DeathReport>),
+    /// The call never reached the host: its ring stayed full for `SEND_TIMEOUT`, or the frame
+    /// is over `RING_MAX_FRAME_BYTES` (`too_large`: sending it again can never work). The host
+    /// is alive; this is a failure of this one message, not a death.
+    SendFailed {
+        reason: String,
+        too_large: bool,
+    },
+    /// The host answered in the name of another worker than the one called (an identity
+    /// violation, counted for the host): the answer is refused.
+    Forged(String),
 }
 
 /// Things the pool tells the runtime about, outside any call.
@@ -179,10 +201,12 @@ pub enum PoolEvent {
     Quarantined { worker_id: String, reason: String },
     /// Reloading a worker into a respawned host failed.
     ReloadFailed { worker_id: String, error: String },
-    /// A host-initiated frame the pool does not handle itself (Log, GatewayCall).
-    Frame {
+    /// A gateway call of a worker placed on `host`, within its rate. `permit` holds one of the
+    /// host's `HOST_GATEWAY_CALLS_IN_FLIGHT` places until the reply is sent.
+    GatewayCall {
         host: Arc<HostHandle>,
-        message: Message,
+        call: GatewayCall,
+        permit: OwnedSemaphorePermit,
     },
 }
 
@@ -201,6 +225,10 @@ pub struct HostHandle {
     /// The protocol violation the host was cut off for, if any.
     violation: Mutex<Option<String>>,
     kill: tokio::sync::Notify,
+    /// The slot's count of identity violations (survives respawns).
+    violations: Arc<Violations>,
+    /// Places for gateway calls being served (`HOST_GATEWAY_CALLS_IN_FLIGHT`).
+    gateway_slots: Arc<Semaphore>,
 }
 
 impl HostHandle {
@@ -221,6 +249,16 @@ impl HostHandle {
         match tokio::time::timeout(timeout, req).await {
             Ok(Ok(Message::ProcessResult(r))) => {
                 lock(&self.in_flight).remove(&msg_id);
+                if r.worker_id != worker_id {
+                    self.violations.add();
+                    let why = format!(
+                        "host {} answered message {msg_id} of worker '{worker_id}' in the name of worker '{}'",
+                        self.host_id,
+                        truncated(&r.worker_id)
+                    );
+                    tracing::warn!(host = %self.host_id, pid = self.pid, "{why}; refused");
+                    return CallOutcome::Forged(why);
+                }
                 CallOutcome::Done(r)
             }
             Ok(Ok(other)) => {
@@ -229,9 +267,40 @@ impl HostHandle {
                 self.cut_off(format!("it answered a Process frame with {}", other.kind()));
                 CallOutcome::HostDied(self.died().await)
             }
-            Ok(Err(_)) => CallOutcome::HostDied(self.died().await),
+            Ok(Err(e)) => self.call_failed(msg_id, e).await,
             Err(_) => CallOutcome::TimedOut,
         }
+    }
+
+    /// Maps a link error of a `Process` call: only a gone or cut-off host means a death (and
+    /// only then is the death report awaited); a send that failed leaves the host alive.
+    async fn call_failed(&self, msg_id: u64, e: LinkError) -> CallOutcome {
+        match send_failure(&e) {
+            Some(outcome) => {
+                lock(&self.in_flight).remove(&msg_id);
+                tracing::warn!(host = %self.host_id, pid = self.pid, msg_id, "{e}");
+                outcome
+            }
+            None => CallOutcome::HostDied(self.died().await),
+        }
+    }
+
+    /// Sends a gateway reply without blocking a thread. A host that leaves its ring full for
+    /// `SEND_TIMEOUT` while it waits for a reply is stuck or hostile: it is killed.
+    pub async fn reply(&self, reply: GatewayReply) {
+        match self.link.send_async(&Message::GatewayReply(reply)).await {
+            Ok(()) | Err(LinkError::PeerGone) => {}
+            Err(e) => {
+                tracing::error!(host = %self.host_id, pid = self.pid, error = %e,
+                    "gateway reply not delivered: the host does not read its ring; killing it");
+                self.kill.notify_one();
+            }
+        }
+    }
+
+    /// Identity violations of this host's slot so far.
+    pub fn violations(&self) -> u64 {
+        self.violations.get()
     }
 
     /// Waits for the death report of this generation (after the host is gone).
@@ -285,9 +354,44 @@ impl HostHandle {
         lock(&self.in_flight).len()
     }
 
-    fn late_result(&self, msg_id: u64) {
-        lock(&self.in_flight).remove(&msg_id);
+    /// A `ProcessResult` nobody waits for: the late answer of a call that timed out or whose
+    /// caller left. `false` when no such call is in flight on this host (forged).
+    fn late_result(&self, r: &ProcessResult) -> bool {
+        let mut in_flight = lock(&self.in_flight);
+        match in_flight.get(&r.msg_id) {
+            Some(w) if *w == r.worker_id => {
+                in_flight.remove(&r.msg_id);
+                true
+            }
+            _ => false,
+        }
     }
+}
+
+/// `Some` outcome when a link error means the frame was not sent (the host lives on).
+fn send_failure(e: &LinkError) -> Option<CallOutcome> {
+    match e {
+        LinkError::TooLarge { .. } => Some(CallOutcome::SendFailed {
+            reason: e.to_string(),
+            too_large: true,
+        }),
+        LinkError::Send { .. }
+        | LinkError::DuplicateRequest { .. }
+        | LinkError::NotARequest { .. } => Some(CallOutcome::SendFailed {
+            reason: e.to_string(),
+            too_large: false,
+        }),
+        LinkError::PeerGone | LinkError::HostMisbehaved { .. } => None,
+    }
+}
+
+/// At most 64 bytes of a host-supplied name, for messages.
+fn truncated(s: &str) -> &str {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -305,6 +409,7 @@ struct Slot {
     restarts: AtomicU64,
     crashes: AtomicU64,
     rss: AtomicU64,
+    violations: Arc<Violations>,
     closed: CancellationToken,
 }
 
@@ -317,7 +422,8 @@ pub struct Pool {
     crash_times: Mutex<HashMap<String, VecDeque<Instant>>>,
     next_slot: AtomicU64,
     events: Arc<Events>,
-    notify: mpsc::UnboundedSender<PoolEvent>,
+    notify: mpsc::Sender<PoolEvent>,
+    guard: Guard,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -338,15 +444,20 @@ pub enum PoolError {
     },
     #[error("the pool is shutting down")]
     ShuttingDown,
+    #[error(
+        "{running} host processes are running, the limit set by HOST_POOL_MAX_HOSTS ({max}); stop a worker with a dedicated host or raise the setting"
+    )]
+    TooManyHosts { running: usize, max: usize },
 }
 
 impl Pool {
     pub fn new(
         config: PoolConfig,
         events: Arc<Events>,
-    ) -> std::io::Result<(Arc<Pool>, mpsc::UnboundedReceiver<PoolEvent>)> {
+    ) -> std::io::Result<(Arc<Pool>, mpsc::Receiver<PoolEvent>)> {
         let spawner = Spawner::new(config.spawn.clone())?;
-        let (notify, rx) = mpsc::unbounded_channel();
+        let (notify, rx) = mpsc::channel(POOL_EVENTS_CAPACITY);
+        let guard = Guard::new(&config.limits);
         Ok((
             Arc::new(Pool {
                 config,
@@ -357,6 +468,7 @@ impl Pool {
                 next_slot: AtomicU64::new(1),
                 events,
                 notify,
+                guard,
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -370,7 +482,7 @@ impl Pool {
         if self.shutdown.is_cancelled() {
             return Err(PoolError::ShuttingDown);
         }
-        let slot = self.place(&spec);
+        let slot = self.place(&spec)?;
         lock(&slot.workers).insert(spec.id.clone(), spec.clone());
         let result = self.load_on_current(&slot, &spec).await;
         if result.is_err() {
@@ -397,7 +509,14 @@ impl Pool {
                 worker_id: spec.id.clone(),
                 message: format!("the host answered LoadWorker with {other:?}"),
             }),
-            Ok(Err(LinkError::PeerGone)) | Ok(Err(_)) => Err(PoolError::HostGone {
+            // The host lives on; this load cannot be sent (config over RING_MAX_FRAME_BYTES).
+            Ok(Err(e @ (LinkError::TooLarge { .. } | LinkError::Send { .. }))) => {
+                Err(PoolError::Load {
+                    worker_id: spec.id.clone(),
+                    message: e.to_string(),
+                })
+            }
+            Ok(Err(_)) => Err(PoolError::HostGone {
                 worker_id: spec.id.clone(),
                 step: "load",
             }),
@@ -417,7 +536,6 @@ impl Pool {
         let Some(slot) = slot else {
             return Ok(());
         };
-        lock(&slot.workers).remove(worker_id);
         let host = slot.current.borrow().clone();
         if let Some(host) = host {
             let req = host.link.request(Message::UnloadWorker(UnloadWorker {
@@ -432,6 +550,9 @@ impl Pool {
                 Err(_) => tracing::warn!(worker = worker_id, "unload not confirmed in time"),
             }
         }
+        // Only now: what the plugin logs while it is disposed still names a placed worker.
+        lock(&slot.workers).remove(worker_id);
+        self.guard.forget(worker_id);
         self.retire_if_empty(&slot);
         Ok(())
     }
@@ -488,6 +609,7 @@ impl Pool {
                     rss_bytes: s.rss.load(Ordering::Relaxed),
                     in_flight: host.as_ref().map_or(0, |h| h.in_flight() as u64),
                     sandbox: host.as_ref().map(|h| h.layers.clone()),
+                    identity_violations: s.violations.get(),
                 }
             })
             .collect()
@@ -499,7 +621,8 @@ impl Pool {
         let slots: Vec<Arc<Slot>> = lock(&self.slots).clone();
         for slot in &slots {
             if let Some(h) = slot.current.borrow().clone() {
-                let _ = h.link.send(&Message::Shutdown {
+                // Never wait for room: a host that does not read is killed after the deadline.
+                let _ = h.link.try_send(&Message::Shutdown {
                     deadline_ms: u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX),
                 });
             }
@@ -515,34 +638,61 @@ impl Pool {
         }
     }
 
-    fn place(self: &Arc<Self>, spec: &WorkerSpec) -> Arc<Slot> {
+    fn place(self: &Arc<Self>, spec: &WorkerSpec) -> Result<Arc<Slot>, PoolError> {
         if let Some(slot) = lock(&self.placement).get(&spec.id).cloned() {
-            return slot;
+            return Ok(slot);
         }
         let engine = to_protocol_engine(spec.engine);
         let slot = match spec.isolation {
-            Isolation::Dedicated => self.new_slot(engine, true),
+            Isolation::Dedicated => self.new_slot(engine, true)?,
             Isolation::Shared => {
                 let existing: Vec<Arc<Slot>> = lock(&self.slots)
                     .iter()
                     .filter(|s| !s.dedicated && s.engine == engine && !s.closed.is_cancelled())
                     .cloned()
                     .collect();
+                let least_loaded = existing
+                    .iter()
+                    .min_by_key(|s| lock(&s.workers).len())
+                    .cloned();
                 if existing.len() < self.config.shared_hosts_per_engine.max(1) {
-                    self.new_slot(engine, false)
+                    match (self.new_slot(engine, false), least_loaded) {
+                        (Ok(slot), _) => slot,
+                        // At HOST_POOL_MAX_HOSTS: share a running host rather than fail.
+                        (Err(_), Some(slot)) => slot,
+                        (Err(e), None) => return Err(e),
+                    }
                 } else {
-                    existing
-                        .into_iter()
-                        .min_by_key(|s| lock(&s.workers).len())
-                        .unwrap_or_else(|| self.new_slot(engine, false))
+                    match least_loaded {
+                        Some(slot) => slot,
+                        None => self.new_slot(engine, false)?,
+                    }
                 }
             }
         };
         lock(&self.placement).insert(spec.id.clone(), slot.clone());
-        slot
+        Ok(slot)
     }
 
-    fn new_slot(self: &Arc<Self>, engine: EngineKind, dedicated: bool) -> Arc<Slot> {
+    /// A new slot and its task, unless `HOST_POOL_MAX_HOSTS` slots exist already.
+    fn new_slot(
+        self: &Arc<Self>,
+        engine: EngineKind,
+        dedicated: bool,
+    ) -> Result<Arc<Slot>, PoolError> {
+        let mut slots = lock(&self.slots);
+        let max = self.config.limits.max_hosts.max(1);
+        if slots.len() >= max {
+            tracing::warn!(
+                running = slots.len(),
+                max,
+                "no new host: HOST_POOL_MAX_HOSTS reached"
+            );
+            return Err(PoolError::TooManyHosts {
+                running: slots.len(),
+                max,
+            });
+        }
         let n = self.next_slot.fetch_add(1, Ordering::Relaxed);
         let id = format!(
             "{}-{}-{n}",
@@ -559,13 +709,15 @@ impl Pool {
             restarts: AtomicU64::new(0),
             crashes: AtomicU64::new(0),
             rss: AtomicU64::new(0),
+            violations: Arc::new(Violations::default()),
             closed: self.shutdown.child_token(),
         });
-        lock(&self.slots).push(slot.clone());
+        slots.push(slot.clone());
+        drop(slots);
         let pool = Arc::clone(self);
         let s = slot.clone();
         self.tasks.spawn(async move { pool.run_slot(s).await });
-        slot
+        Ok(slot)
     }
 
     fn retire_if_empty(&self, slot: &Arc<Slot>) {
@@ -629,6 +781,10 @@ impl Pool {
                 reclaim: Mutex::new(None),
                 violation: Mutex::new(None),
                 kill: tokio::sync::Notify::new(),
+                violations: slot.violations.clone(),
+                gateway_slots: Arc::new(Semaphore::new(
+                    self.config.limits.gateway_in_flight_per_host.max(1),
+                )),
             });
             tracing::info!(host = %host_id, pid = spawned.pid, sandbox = %spawned.ready.sandbox, "host ready");
             if generation > 1 {
@@ -657,10 +813,13 @@ impl Pool {
                 };
                 if let Some(error) = err {
                     tracing::error!(worker = %spec.id, host = %host_id, "reload after respawn failed: {error}");
-                    let _ = self.notify.send(PoolEvent::ReloadFailed {
-                        worker_id: spec.id.clone(),
-                        error,
-                    });
+                    let _ = self
+                        .notify
+                        .send(PoolEvent::ReloadFailed {
+                            worker_id: spec.id.clone(),
+                            error,
+                        })
+                        .await;
                 }
             }
             slot.current.send_replace(Some(handle.clone()));
@@ -700,7 +859,7 @@ impl Pool {
             };
             tracing::error!(host = %host_id, pid = spawned.pid, culprit = ?culprit, "{}", report.cause());
             // Quarantine before anything awaits: a retry must not find the worker still placed.
-            self.count_crashes(&slot, &report);
+            let quarantined = self.count_crashes(&slot, &report);
             let syscall = report.forbidden_syscall();
             self.events
                 .host_crashed(
@@ -712,6 +871,9 @@ impl Pool {
                     syscall.as_deref(),
                 )
                 .await;
+            for ev in quarantined {
+                let _ = self.notify.send(ev).await;
+            }
             if slot.closed.is_cancelled() {
                 break;
             }
@@ -737,6 +899,12 @@ impl Pool {
     }
 
     /// Serves one host until its process exits; returns how it ended.
+    ///
+    /// What the host sends unasked is screened here ([`guard`]): a log line or gateway call
+    /// must name a worker of this slot and be within its worker's rate. Gateway calls wait for
+    /// a free place (`HOST_GATEWAY_CALLS_IN_FLIGHT`) and for room in the pool's bounded event
+    /// channel; while they wait this host's frames stay in its ring, so a flooding host fills
+    /// its own ring and blocks itself, not the daemon.
     async fn serve_host(
         &self,
         slot: &Arc<Slot>,
@@ -749,22 +917,42 @@ impl Pool {
             tokio::select! {
                 status = spawned.exit.wait() => return status,
                 _ = handle.kill.notified() => spawned.exit.kill(),
-                _ = slot.closed.cancelled() => {
-                    // Shutdown was sent by Pool::shutdown or the slot retired: give the host a
-                    // moment to exit on its own, then make sure it does.
-                    let _ = spawned.link.send(&Message::Shutdown { deadline_ms: 2000 });
-                    let exit = &mut spawned.exit;
-                    match tokio::time::timeout(Duration::from_secs(5), exit.wait()).await {
-                        Ok(status) => return status,
-                        Err(_) => { exit.kill(); return exit.wait().await; }
-                    }
-                }
+                _ = slot.closed.cancelled() => return stop_host(spawned).await,
                 frame = spawned.frames.recv() => match frame {
-                    Some(Message::ProcessResult(r)) => handle.late_result(r.msg_id),
+                    Some(Message::ProcessResult(r)) => {
+                        if !handle.late_result(&r) {
+                            slot.violations.add();
+                            self.guard.violation(&handle.host_id, handle.pid, &format!(
+                                "a result for message {} of worker '{}', which is not in flight there",
+                                r.msg_id, truncated(&r.worker_id)));
+                        }
+                    }
                     Some(Message::Stats(s)) => slot.rss.store(s.rss_bytes, Ordering::Relaxed),
                     Some(Message::Pong { .. }) | Some(Message::Ready(_)) => {}
+                    Some(Message::Log(log)) => self.screen_log(slot, handle, &log),
+                    Some(Message::GatewayCall(call)) => {
+                        let permit = tokio::select! {
+                            p = handle.gateway_slots.clone().acquire_owned() => match p {
+                                Ok(p) => p,
+                                Err(_) => continue,
+                            },
+                            status = spawned.exit.wait() => return status,
+                            _ = handle.kill.notified() => { spawned.exit.kill(); return spawned.exit.wait().await; }
+                            _ = slot.closed.cancelled() => return stop_host(spawned).await,
+                        };
+                        if let Some(ev) = self.screen_call(slot, handle, call, permit) {
+                            tokio::select! {
+                                sent = self.notify.send(ev) => if sent.is_err() {
+                                    tracing::debug!(host = %handle.host_id, "the runtime is gone; gateway call dropped");
+                                },
+                                status = spawned.exit.wait() => return status,
+                                _ = handle.kill.notified() => { spawned.exit.kill(); return spawned.exit.wait().await; }
+                                _ = slot.closed.cancelled() => return stop_host(spawned).await,
+                            }
+                        }
+                    }
                     Some(other) => {
-                        let _ = self.notify.send(PoolEvent::Frame { host: handle.clone(), message: other });
+                        tracing::debug!(host = %handle.host_id, kind = other.kind(), "unexpected frame from host; ignored");
                     }
                     None => {
                         // The reader thread ended: the ring is closed. A host that broke the
@@ -778,13 +966,75 @@ impl Pool {
                     }
                 },
                 _ = stats.tick() => {
-                    let _ = spawned.link.send(&Message::StatsRequest { request_id: next_request_id() });
+                    // Skipped when the ring is full: a sample is not worth waiting for.
+                    let _ = spawned.link.try_send(&Message::StatsRequest { request_id: next_request_id() });
                 }
             }
         }
     }
 
-    fn count_crashes(&self, slot: &Arc<Slot>, report: &DeathReport) {
+    /// Logs a plugin's line if it names a worker of this host and is within its rate.
+    fn screen_log(&self, slot: &Arc<Slot>, handle: &Arc<HostHandle>, log: &Log) {
+        if !lock(&slot.workers).contains_key(&log.worker_id) {
+            slot.violations.add();
+            self.guard.violation(
+                &handle.host_id,
+                handle.pid,
+                &format!("a log line of worker '{}'", truncated(&log.worker_id)),
+            );
+            return;
+        }
+        if self.guard.allow(&log.worker_id, Rated::LogLine) {
+            guard::emit_log(&handle.host_id, log);
+        }
+    }
+
+    /// A gateway call the runtime should serve, or `None` when it was refused here (then an
+    /// error reply is on its way to the plugin, holding `permit` until it is sent).
+    fn screen_call(
+        &self,
+        slot: &Arc<Slot>,
+        handle: &Arc<HostHandle>,
+        call: GatewayCall,
+        permit: OwnedSemaphorePermit,
+    ) -> Option<PoolEvent> {
+        let refusal = if !lock(&slot.workers).contains_key(&call.worker_id) {
+            slot.violations.add();
+            let what = format!("a gateway call of worker '{}'", truncated(&call.worker_id));
+            self.guard.violation(&handle.host_id, handle.pid, &what);
+            format!(
+                "refused: worker '{}' is not on this host",
+                truncated(&call.worker_id)
+            )
+        } else if !self.guard.allow(&call.worker_id, Rated::GatewayCall) {
+            format!(
+                "refused: over WORKER_GATEWAY_CALLS_PER_SECOND ({} per second); retry later",
+                self.config.limits.gateway_calls_per_second
+            )
+        } else {
+            return Some(PoolEvent::GatewayCall {
+                host: handle.clone(),
+                call,
+                permit,
+            });
+        };
+        let host = handle.clone();
+        let reply = crate::gateway::refusal(call.call_id, &refusal);
+        tokio::spawn(async move {
+            host.reply(reply).await;
+            drop(permit);
+        });
+        None
+    }
+
+    /// Renders the host-input counters (rates, stderr) for `/metrics`.
+    pub fn render_guard_metrics(&self, out: &mut String) {
+        self.guard.render_prometheus(out);
+    }
+
+    /// Counts the death against its workers; returns the quarantines to announce.
+    fn count_crashes(&self, slot: &Arc<Slot>, report: &DeathReport) -> Vec<PoolEvent> {
+        let mut quarantined = Vec::new();
         let now = Instant::now();
         let window = self.config.crash_loop_window;
         for worker in report.charged_workers() {
@@ -807,12 +1057,13 @@ impl Pool {
                     report.cause()
                 );
                 tracing::error!(worker = %worker, "{reason}");
-                let _ = self.notify.send(PoolEvent::Quarantined {
+                quarantined.push(PoolEvent::Quarantined {
                     worker_id: worker,
                     reason,
                 });
             }
         }
+        quarantined
     }
 }
 
@@ -825,7 +1076,7 @@ pub fn render_prometheus(hosts: &[HostInfo], out: &mut String) {
         &'static str,
         fn(&HostInfo) -> u64,
     );
-    let series: [Series; 4] = [
+    let series: [Series; 5] = [
         (
             "workmanager_host_restarts_total",
             "counter",
@@ -850,6 +1101,12 @@ pub fn render_prometheus(hosts: &[HostInfo], out: &mut String) {
             "Calls running on the host.",
             |h| h.in_flight,
         ),
+        (
+            "workmanager_host_identity_violations_total",
+            "counter",
+            "Frames in which the host spoke for a worker it does not carry, or answered a call not in flight.",
+            |h| h.identity_violations,
+        ),
     ];
     for (name, kind, help, get) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -862,6 +1119,22 @@ pub fn render_prometheus(hosts: &[HostInfo], out: &mut String) {
                 h.isolation.as_str(),
                 get(h)
             );
+        }
+    }
+}
+
+/// Stops a host at shutdown or when its slot retires: a `Shutdown` notice if its ring has room,
+/// a moment to exit on its own, then SIGKILL.
+async fn stop_host(spawned: &mut spawn::SpawnedHost) -> ExitStatus {
+    let _ = spawned
+        .link
+        .try_send(&Message::Shutdown { deadline_ms: 2000 });
+    let exit = &mut spawned.exit;
+    match tokio::time::timeout(Duration::from_secs(5), exit.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            exit.kill();
+            exit.wait().await
         }
     }
 }
@@ -999,6 +1272,137 @@ mod tests {
             .into_iter()
             .collect(),
         }
+    }
+
+    /// A host that never reads its ring: a Process that cannot be sent is a failure of that
+    /// message (`SendFailed`), never a death to wait for, and leaves nothing in flight.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_send_failure_is_not_a_death() {
+        let ring = wm_shared::ring::RingConfig {
+            ring_bytes: 16384,
+            max_frame: 4096,
+        };
+        let region = Arc::new(wm_shared::ring::Region::create("wm-pool-send-test", &ring).unwrap());
+        let (link, _frames) = HostLink::new(region);
+        let (_death_tx, death) = watch::channel(None);
+        let handle = HostHandle {
+            host_id: "h".into(),
+            pid: 1,
+            engine: EngineKind::Native,
+            link: link.clone(),
+            layers: layers::HostLayers::default(),
+            in_flight: Mutex::new(HashMap::new()),
+            death,
+            reclaim: Mutex::new(None),
+            violation: Mutex::new(None),
+            kill: tokio::sync::Notify::new(),
+            violations: Arc::new(Violations::default()),
+            gateway_slots: Arc::new(Semaphore::new(1)),
+        };
+        let watchdog = Duration::from_secs(30);
+        let big = tokio::time::timeout(
+            watchdog,
+            handle.call("w", 1, vec![0; 8192], Duration::from_secs(60)),
+        )
+        .await
+        .expect("an oversize frame must not wait for a death");
+        assert!(
+            matches!(&big, CallOutcome::SendFailed { too_large: true, reason } if reason.contains("RING_MAX_FRAME_BYTES")),
+            "{big:?}"
+        );
+        // Fill the to-host ring; nobody reads it.
+        while link.try_send(&Message::Ping { nonce: 1 }).is_ok() {}
+        let stuck = tokio::time::timeout(
+            watchdog,
+            handle.call("w", 2, vec![0; 16], Duration::from_secs(60)),
+        )
+        .await
+        .expect("a full ring must not wait for a death");
+        assert!(
+            matches!(
+                stuck,
+                CallOutcome::SendFailed {
+                    too_large: false,
+                    ..
+                }
+            ),
+            "{stuck:?}"
+        );
+        assert_eq!(handle.in_flight(), 0, "the failed calls are not in flight");
+        assert!(
+            send_failure(&LinkError::PeerGone).is_none()
+                && send_failure(&LinkError::HostMisbehaved { reason: "x".into() }).is_none(),
+            "only a gone or cut-off host is a death"
+        );
+        link.peer_died();
+    }
+
+    /// A host answering a call in another worker's name is refused and counted; so is a result
+    /// for a message that is not in flight on it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_in_another_workers_name_are_refused_and_counted() {
+        let ring = wm_shared::ring::RingConfig {
+            ring_bytes: 1 << 16,
+            max_frame: 8192,
+        };
+        let region =
+            Arc::new(wm_shared::ring::Region::create("wm-pool-forge-test", &ring).unwrap());
+        let host_side = Arc::new(
+            wm_shared::ring::Region::open(region.as_fd().try_clone_to_owned().unwrap()).unwrap(),
+        );
+        // A host that answers every Process in the name of worker "mallory".
+        let fake = std::thread::spawn(move || {
+            let (tx, mut rx) = wm_shared::ring::host_channels(host_side);
+            let mut buf = Vec::new();
+            if rx.recv(&mut buf, Some(Duration::from_secs(20))).is_ok()
+                && let Ok(Message::Process(p)) = Message::decode(&buf)
+            {
+                let forged = Message::ProcessResult(ProcessResult {
+                    msg_id: p.msg_id,
+                    worker_id: "mallory".into(),
+                    ..Default::default()
+                });
+                let _ = tx.send(&forged.encode(), Duration::from_secs(5));
+            }
+        });
+        let (link, _frames) = HostLink::new(region);
+        let (_death_tx, death) = watch::channel(None);
+        let handle = HostHandle {
+            host_id: "h".into(),
+            pid: 1,
+            engine: EngineKind::Native,
+            link: link.clone(),
+            layers: layers::HostLayers::default(),
+            in_flight: Mutex::new(HashMap::new()),
+            death,
+            reclaim: Mutex::new(None),
+            violation: Mutex::new(None),
+            kill: tokio::sync::Notify::new(),
+            violations: Arc::new(Violations::default()),
+            gateway_slots: Arc::new(Semaphore::new(1)),
+        };
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(20),
+            handle.call("alice", 7, vec![1, 2, 3], Duration::from_secs(20)),
+        )
+        .await
+        .expect("watchdog");
+        assert!(
+            matches!(&outcome, CallOutcome::Forged(why) if why.contains("mallory") && why.contains("alice")),
+            "{outcome:?}"
+        );
+        assert_eq!(handle.violations(), 1);
+        assert_eq!(handle.in_flight(), 0);
+        let stray = ProcessResult {
+            msg_id: 99,
+            worker_id: "alice".into(),
+            ..Default::default()
+        };
+        assert!(!handle.late_result(&stray), "message 99 is not in flight");
+        lock(&handle.in_flight).insert(99, "alice".into());
+        assert!(handle.late_result(&stray), "a late answer of a real call");
+        link.peer_died();
+        fake.join().unwrap();
     }
 
     #[test]

@@ -11,7 +11,6 @@
 //! the unprivileged `HOST_UID`/`HOST_GID` itself before it drops its capabilities.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +37,8 @@ pub struct SpawnConfig {
     pub ready_timeout: Duration,
     /// Extra arguments (debugging only: `--no-seccomp`, `--no-landlock`).
     pub extra_args: Vec<String>,
+    /// How much of the host's stderr reaches the log.
+    pub stderr: super::stderr::StderrLimits,
     /// The sandbox layers beyond the always-on ones.
     pub sandbox: SandboxSettings,
 }
@@ -365,21 +366,7 @@ impl Spawner {
         let pid = launched.pid;
         let namespaces = launched.namespaces;
 
-        let stderr = std::fs::File::from(launched.stderr);
-        {
-            let host = host_id.to_string();
-            std::thread::Builder::new()
-                .name(format!("host-stderr-{pid}"))
-                .spawn(move || {
-                    for line in BufReader::new(stderr).lines() {
-                        match line {
-                            Ok(l) => tracing::info!(host = %host, pid, "host-runner: {l}"),
-                            Err(_) => break,
-                        }
-                    }
-                })
-                .ok();
-        }
+        super::stderr::forward(host_id, pid, launched.stderr, cfg.stderr);
 
         // SAFETY: `register` requires that the fd stays open and refers to the same file
         // description for the AsyncFd's whole life, and that `as_raw_fd` keeps returning it:

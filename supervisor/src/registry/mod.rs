@@ -140,7 +140,7 @@ pub struct HistoryEntry {
     pub created_at: String,
 }
 
-/// Result of setting one tag.
+/// Result of setting one tag (or one state key: `LimitReached` is `STATE_MAX_KEYS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TagOutcome {
     /// Stored.
@@ -240,8 +240,15 @@ pub trait Store: Send + Sync + 'static {
     fn delete_tag(&self, id: &str, key: &str) -> Result<Option<bool>, RegistryError>;
     /// Per-worker state (the gateway's `state` service): read.
     fn state_get(&self, id: &str, key: &str) -> Result<Option<Vec<u8>>, RegistryError>;
-    /// Per-worker state: write (false if the worker is unknown).
-    fn state_set(&self, id: &str, key: &str, value: &[u8]) -> Result<bool, RegistryError>;
+    /// Per-worker state: write. A new key is refused (nothing written) when the worker already
+    /// has `max_keys` keys (`STATE_MAX_KEYS`); overwriting an existing key always works.
+    fn state_set(
+        &self,
+        id: &str,
+        key: &str,
+        value: &[u8],
+        max_keys: u64,
+    ) -> Result<TagOutcome, RegistryError>;
     /// Per-worker state: delete; true if something was removed.
     fn state_delete(&self, id: &str, key: &str) -> Result<bool, RegistryError>;
 }

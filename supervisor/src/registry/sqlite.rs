@@ -514,10 +514,26 @@ impl Store for SqliteStore {
             .map_err(sql("read state"))
     }
 
-    fn state_set(&self, id: &str, key: &str, value: &[u8]) -> Result<bool, RegistryError> {
+    fn state_set(
+        &self,
+        id: &str,
+        key: &str,
+        value: &[u8],
+        max_keys: u64,
+    ) -> Result<TagOutcome, RegistryError> {
         self.write("write state", |tx| {
             if !exists(tx, id)? {
-                return Ok(false);
+                return Ok(TagOutcome::NotFound);
+            }
+            let (count, present): (i64, i64) = tx
+                .query_row(
+                    "SELECT COUNT(*), COALESCE(SUM(key = ?2), 0) FROM worker_state WHERE worker_id = ?1",
+                    params![id, key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(sql("write state"))?;
+            if present == 0 && u64::try_from(count).unwrap_or(u64::MAX) >= max_keys {
+                return Ok(TagOutcome::LimitReached);
             }
             tx.execute(
                 "INSERT INTO worker_state (worker_id, key, value) VALUES (?1, ?2, ?3)
@@ -525,7 +541,7 @@ impl Store for SqliteStore {
                 params![id, key, value],
             )
             .map_err(sql("write state"))?;
-            Ok(true)
+            Ok(TagOutcome::Set)
         })
     }
 
@@ -598,7 +614,18 @@ mod tests {
                 s.set_status("a", Status::Error, Some(true), Some(&err))
                     .unwrap()
             );
-            assert!(s.state_set("a", "k", b"v").unwrap());
+            assert_eq!(s.state_set("a", "k", b"v", 2).unwrap(), TagOutcome::Set);
+            assert_eq!(s.state_set("a", "k2", b"v", 2).unwrap(), TagOutcome::Set);
+            assert_eq!(
+                s.state_set("a", "k3", b"v", 2).unwrap(),
+                TagOutcome::LimitReached,
+                "STATE_MAX_KEYS counts keys per worker"
+            );
+            assert_eq!(s.state_set("a", "k", b"v", 2).unwrap(), TagOutcome::Set);
+            assert_eq!(
+                s.state_set("zz", "k", b"v", 2).unwrap(),
+                TagOutcome::NotFound
+            );
         }
         let s = SqliteStore::open(&path).unwrap();
         let all = s.list_workers().unwrap();
