@@ -7,6 +7,7 @@ mod bus_http;
 mod bus_store;
 mod c_abi;
 mod chaos;
+mod containment;
 mod dotnet_daemon;
 mod failures;
 mod host_limits;

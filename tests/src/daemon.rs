@@ -479,9 +479,21 @@ pub mod http {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<Response> {
+        request_with_timeout(addr, method, path, headers, body, Duration::from_secs(60))
+    }
+
+    /// Sends one request with the given I/O timeout (each read and write).
+    pub fn request_with_timeout(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> std::io::Result<Response> {
         let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
-        s.set_write_timeout(Some(Duration::from_secs(60)))?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
         exchange(s, &addr.to_string(), method, path, headers, body)
     }
 
