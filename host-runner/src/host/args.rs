@@ -52,7 +52,9 @@ impl Args {
             seccomp: true,
             landlock: true,
             ids: None,
-            tmp_dir: None,
+            // The supervisor passes the private temp folder as TMPDIR (read here, before the
+            // sandbox resets the environment); --tmp-dir overrides it.
+            tmp_dir: std::env::var_os("TMPDIR").map(Into::into),
         };
         let (mut uid, mut gid) = (None, None);
         while let Some(flag) = it.next() {

@@ -146,10 +146,12 @@ pub fn enter(cfg: &SandboxConfig) -> Result<SandboxReport, SandboxError> {
         return Err(SandboxError::NotSingleThreaded(threads));
     }
 
+    let tmp_dir = cfg.tmp_dir.clone();
+
     fds::sanitize(cfg.ring_fd)?;
     report.took("fds");
 
-    env::reset(cfg.tmp_dir.as_deref());
+    env::reset(tmp_dir.as_deref());
     report.took("env");
 
     rlimits::apply(cfg.rlimit_nofile, cfg.rlimit_as)?;
@@ -180,7 +182,7 @@ pub fn enter(cfg: &SandboxConfig) -> Result<SandboxReport, SandboxError> {
     report.took("no_new_privs");
 
     if cfg.landlock {
-        if let Some(abi) = landlock::restrict(cfg.tmp_dir.as_deref()) {
+        if let Some(abi) = landlock::restrict(tmp_dir.as_deref()) {
             report.took(format!("landlock:{abi}"));
         }
     } else {

@@ -221,6 +221,22 @@ impl HostLink {
         reply
     }
 
+    /// Maps a ring error of a send. The to-host ring's reader index is host memory: an
+    /// inconsistent one means the host scribbled it, so the link is cut off as misbehaving
+    /// (the pool then ends the host and names the violation) instead of failing every later
+    /// send to a host that otherwise looks alive.
+    fn send_failed(&self, kind: &'static str, e: RingError) -> LinkError {
+        if let RingError::Corrupt { what } = &e {
+            let why = LinkError::HostMisbehaved {
+                reason: format!("its to-host ring is corrupt: {what}"),
+            };
+            self.inner.region.mark_closed(Side::Host);
+            self.inner.fail_all(why.clone());
+            return why;
+        }
+        send_error(kind, e)
+    }
+
     /// Fire and forget from a plain thread (tests, tools). May block the calling thread for up
     /// to `SEND_TIMEOUT` when the ring is full: never call it from async code; use
     /// [`HostLink::try_send`] or [`HostLink::send_async`] there.
@@ -229,7 +245,7 @@ impl HostLink {
         self.inner
             .tx
             .send(&frame, SEND_TIMEOUT)
-            .map_err(|e| send_error(msg.kind(), e))
+            .map_err(|e| self.send_failed(msg.kind(), e))
     }
 
     /// Sends only if the ring has room right now; never waits (`Send` with the ring's `Full`
@@ -240,7 +256,7 @@ impl HostLink {
         self.inner
             .tx
             .send(&frame, Duration::ZERO)
-            .map_err(|e| send_error(msg.kind(), e))
+            .map_err(|e| self.send_failed(msg.kind(), e))
     }
 
     /// Sends without blocking any thread: a quick attempt, then (ring full) retries on a timer
@@ -258,7 +274,7 @@ impl HostLink {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(20));
                 }
-                Err(e) => return Err(send_error(kind, e)),
+                Err(e) => return Err(self.send_failed(kind, e)),
             }
         }
     }

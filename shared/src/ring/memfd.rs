@@ -117,6 +117,16 @@ fn check_sealed(fd: &OwnedFd) -> Result<(), RingError> {
     Ok(())
 }
 
+/// See [`Region::header_snapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderSnapshot {
+    pub magic_ok: bool,
+    pub ring_bytes: u64,
+    pub max_frame: u64,
+    /// The supervisor's closed flag, which only the supervisor sets (and only on shutdown).
+    pub supervisor_closed: bool,
+}
+
 impl Region {
     /// Supervisor: `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)` + `ftruncate` +
     /// seals (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`) + `mmap(MAP_SHARED)` + header.
@@ -288,6 +298,20 @@ impl Region {
 
     pub(crate) fn max_frame(&self) -> usize {
         self.max_frame
+    }
+
+    /// The header fields a host could rewrite, read once (for naming a violation after the
+    /// host died; nothing here is trusted).
+    pub fn header_snapshot(&self) -> HeaderSnapshot {
+        let h = self.header();
+        HeaderSnapshot {
+            magic_ok: h.magic.load(Ordering::Acquire) == MAGIC
+                && h.layout_version.load(Ordering::Relaxed) == LAYOUT_VERSION
+                && h.protocol_version.load(Ordering::Relaxed) == PROTOCOL_VERSION,
+            ring_bytes: h.ring_bytes.load(Ordering::Relaxed),
+            max_frame: h.max_frame.load(Ordering::Relaxed),
+            supervisor_closed: h.closed[Side::Supervisor as usize].load(Ordering::Acquire) != 0,
+        }
     }
 
     /// The host's lifecycle state as last set by the host (an unknown value reads as `Exited`).

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 pub use layout::CrashSlot;
-pub use memfd::Region;
+pub use memfd::{HeaderSnapshot, Region};
 pub use wait::SpinBudget;
 
 use layout::{CRASH_WORKER_ID_BYTES, FRAME_HEADER};

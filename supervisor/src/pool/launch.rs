@@ -49,6 +49,10 @@ pub struct Namespaces {
     pub net: bool,
     pub ipc: bool,
     pub user: bool,
+    /// A mount namespace in which every file system is read-only but the host's own temp
+    /// folder (so `/tmp`, `/dev/shm`, the data directory and siblings' folders are not
+    /// writable, whatever the uid).
+    pub mount: bool,
 }
 
 impl Namespaces {
@@ -67,6 +71,9 @@ impl Namespaces {
         if self.ipc {
             v.push("ipc");
         }
+        if self.mount {
+            v.push("mnt");
+        }
         v
     }
 }
@@ -80,6 +87,8 @@ pub struct LaunchSpec {
     pub ring_fd: RawFd,
     /// Try to give the child its own PID, network and IPC namespaces.
     pub namespaces: bool,
+    /// The host's private temp folder, the one writable mount in its mount namespace.
+    pub tmp_dir: Option<PathBuf>,
 }
 
 /// A started child.
@@ -155,11 +164,16 @@ pub fn launch(spec: &LaunchSpec) -> io::Result<Launched> {
         err: err_w.as_raw_fd(),
     };
     let user_ids = UserIds::current();
+    let mounts = MountPlan::new(spec.tmp_dir.as_deref());
 
     let attempts: &[(u64, Namespaces)] = if !spec.namespaces {
         &[(0, Namespaces::NONE)]
     } else if may_create_namespaces() {
-        &[(NS_PLAIN, Namespaces::PLAIN), (0, Namespaces::NONE)]
+        &[
+            (NS_PLAIN | libc::CLONE_NEWNS as u64, Namespaces::WITH_MOUNT),
+            (NS_PLAIN, Namespaces::PLAIN),
+            (0, Namespaces::NONE),
+        ]
     } else {
         &[
             (NS_PLAIN | libc::CLONE_NEWUSER as u64, Namespaces::WITH_USER),
@@ -190,8 +204,10 @@ pub fn launch(spec: &LaunchSpec) -> io::Result<Launched> {
         if rc == 0 {
             // SAFETY: we are the child; see `child_after_clone`.
             unsafe {
+                let plan = namespaces.mount.then_some(&mounts);
                 child_after_clone(
                     &fds,
+                    plan,
                     (go_r.as_raw_fd(), go_w.as_raw_fd()),
                     prog.as_ptr(),
                     &argv,
@@ -252,18 +268,22 @@ impl Namespaces {
         net: false,
         ipc: false,
         user: false,
+        mount: false,
     };
     const PLAIN: Namespaces = Namespaces {
         pid: true,
         net: true,
         ipc: true,
         user: false,
+        mount: false,
+    };
+    const WITH_MOUNT: Namespaces = Namespaces {
+        mount: true,
+        ..Namespaces::PLAIN
     };
     const WITH_USER: Namespaces = Namespaces {
-        pid: true,
-        net: true,
-        ipc: true,
         user: true,
+        ..Namespaces::PLAIN
     };
 }
 
@@ -309,6 +329,7 @@ fn write_id_maps(pid: i32, ids: &UserIds) -> io::Result<()> {
 /// are made.
 unsafe fn child_after_clone(
     fds: &ChildFds,
+    mounts: Option<&MountPlan>,
     (go, go_w): (RawFd, RawFd),
     prog: *const libc::c_char,
     argv: &[*const libc::c_char],
@@ -328,6 +349,9 @@ unsafe fn child_after_clone(
             libc::write(fds.err, bytes.as_ptr().cast(), 4);
             libc::_exit(127)
         };
+        if let Some(plan) = mounts {
+            plan.apply();
+        }
         // std ignores SIGPIPE in the daemon; an ignored disposition survives execve.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         let empty: libc::sigset_t = std::mem::zeroed();
@@ -352,6 +376,134 @@ unsafe fn child_after_clone(
     }
 }
 
+/// What the child does in its new mount namespace, prepared (and allocated) by the parent.
+struct MountPlan {
+    /// Every mount point but /proc and /sys, with the flags to remount it read-only with
+    /// (its own nosuid/nodev/noexec/atime flags kept).
+    read_only: Vec<(CString, libc::c_ulong)>,
+    /// The temp folder, bound onto itself (writable) after the rest went read-only.
+    tmp: Option<CString>,
+}
+
+impl MountPlan {
+    fn new(tmp_dir: Option<&std::path::Path>) -> MountPlan {
+        let read_only = std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|t| parse_mountinfo(&t))
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(mp, flags)| CString::new(mp).ok().map(|c| (c, flags)))
+            .collect();
+        let tmp = tmp_dir.and_then(|t| CString::new(t.as_os_str().as_bytes()).ok());
+        MountPlan { read_only, tmp }
+    }
+
+    /// In the child: nothing propagates back, everything read-only, then the temp folder
+    /// bound onto itself as the one writable place. Best effort per mount point (async-signal-safe: mount(2) only).
+    ///
+    /// # Safety
+    /// Only in a child in its own mount namespace, between clone and execve.
+    unsafe fn apply(&self) {
+        // SAFETY: (whole body) mount(2) with NUL-terminated strings prepared by the parent.
+        unsafe {
+            let none = std::ptr::null::<libc::c_char>();
+            if libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                // Without a private tree a change here could reach the daemon's namespace.
+                return;
+            }
+            // The temp folder first, bound onto itself: a mount of its own, which the
+            // read-only remounts below (of the mounts that existed before) leave writable.
+            if let Some(t) = &self.tmp {
+                libc::mount(
+                    t.as_ptr(),
+                    t.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                );
+            }
+            for (mp, flags) in &self.read_only {
+                libc::mount(
+                    none,
+                    mp.as_ptr(),
+                    none,
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | flags,
+                    std::ptr::null(),
+                );
+            }
+            if let Some(t) = &self.tmp {
+                libc::mount(
+                    t.as_ptr(),
+                    t.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                );
+            }
+        }
+    }
+}
+
+/// (mount point, per-mount flags to keep) of each line of /proc/self/mountinfo, without /proc
+/// and /sys (and what is below them).
+fn parse_mountinfo(text: &str) -> Vec<(Vec<u8>, libc::c_ulong)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let (Some(mp), Some(opts)) = (f.get(4), f.get(5)) else {
+            continue;
+        };
+        let mp = unescape_octal(mp);
+        let skip = [b"/proc".as_slice(), b"/sys".as_slice()]
+            .iter()
+            .any(|p| mp == *p || (mp.starts_with(p) && mp.get(p.len()) == Some(&b'/')));
+        if skip {
+            continue;
+        }
+        let mut flags: libc::c_ulong = 0;
+        for o in opts.split(',') {
+            flags |= match o {
+                "nosuid" => libc::MS_NOSUID,
+                "nodev" => libc::MS_NODEV,
+                "noexec" => libc::MS_NOEXEC,
+                "noatime" => libc::MS_NOATIME,
+                "nodiratime" => libc::MS_NODIRATIME,
+                "relatime" => libc::MS_RELATIME,
+                "strictatime" => libc::MS_STRICTATIME,
+                _ => 0,
+            };
+        }
+        out.push((mp, flags));
+    }
+    out
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Reaps `pid` (blocking).
 pub fn reap(pid: i32) -> Option<i32> {
     let mut status = 0;
@@ -373,4 +525,27 @@ pub fn kill_and_reap(pid: i32) {
     // SAFETY: kill with integers only; `pid` is our unreaped child.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     reap(pid);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_give_mount_points_and_kept_flags() {
+        let text = "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                    23 22 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:2 - proc proc rw\n\
+                    24 23 0:22 / /proc/sys/fs/binfmt_misc rw,relatime - autofs a rw\n\
+                    25 22 0:23 / /dev/shm rw,nosuid,nodev shared:3 - tmpfs tmpfs rw\n\
+                    26 22 0:24 / /mnt/with\\040space ro,noexec - ext4 /dev/vdb ro\n";
+        let got = parse_mountinfo(text);
+        assert_eq!(
+            got,
+            vec![
+                (b"/".to_vec(), libc::MS_RELATIME),
+                (b"/dev/shm".to_vec(), libc::MS_NOSUID | libc::MS_NODEV),
+                (b"/mnt/with space".to_vec(), libc::MS_NOEXEC),
+            ]
+        );
+    }
 }

@@ -159,6 +159,7 @@ mod tests {
             net: true,
             ipc: true,
             user: false,
+            mount: false,
         };
         let l = HostLayers::from_ready(
             "fds,env,rlimits,uid:65534:65534,pdeathsig,caps,no_new_privs,landlock:6,seccomp:dotnet",

@@ -828,7 +828,20 @@ impl Pool {
             slot.current.send_replace(None);
             spawned.link.peer_died();
 
-            let crash = spawned.region.crash_slots().iter().find_map(|s| s.read());
+            let in_flight = lock(&handle.in_flight).clone();
+            let records: Vec<CrashRecord> = spawned
+                .region
+                .crash_slots()
+                .iter()
+                .filter_map(|s| s.read())
+                .collect();
+            let placed: Vec<String> = lock(&slot.workers).keys().cloned().collect();
+            let (crash, forged) = attribute(&records, &in_flight, &placed, &status);
+            let mut violation = lock(&handle.violation).clone();
+            if violation.is_none() {
+                violation =
+                    forged.or_else(|| header_violation(&spawned.region, &self.config.spawn));
+            }
             let reclaimed = lock(&handle.reclaim).take();
             let report = Arc::new(DeathReport {
                 host_id: host_id.clone(),
@@ -836,8 +849,8 @@ impl Pool {
                 status: status.clone(),
                 crash,
                 reclaimed,
-                violation: lock(&handle.violation).clone(),
-                in_flight: lock(&handle.in_flight).clone(),
+                violation,
+                in_flight,
             });
             let _ = death_tx.send(Some(report.clone()));
 
@@ -1065,6 +1078,75 @@ impl Pool {
         }
         quarantined
     }
+}
+
+/// Who a dead host's crash slots may blame. The slots are host memory, so a plugin can write
+/// them: a record counts only if its worker is placed on this host and its message was in
+/// flight there (or, with message 0, no call was in flight: a crash while loading). A record
+/// that fails that is forged: it is ignored and named as a protocol violation. With no
+/// usable record, a host killed by a signal while exactly one call was in flight is blamed on
+/// that call (a plugin that blocked the crash handler's signal or removed its alternate stack
+/// still pays for its own crash).
+fn attribute(
+    records: &[CrashRecord],
+    in_flight: &HashMap<u64, String>,
+    placed: &[String],
+    status: &ExitStatus,
+) -> (Option<CrashRecord>, Option<String>) {
+    let mut forged = None;
+    for r in records {
+        let on_host = placed.contains(&r.worker_id);
+        let running = if r.msg_id == 0 {
+            in_flight.is_empty()
+        } else {
+            in_flight.get(&r.msg_id) == Some(&r.worker_id)
+        };
+        if r.worker_id.is_empty() || (on_host && running) {
+            return (Some(r.clone()), None);
+        }
+        forged.get_or_insert_with(|| {
+            format!(
+                "its crash slot names worker '{}' and message {}, which were not running on it (a forged crash report; ignored)",
+                r.worker_id, r.msg_id
+            )
+        });
+    }
+    if let (ExitStatus::Signaled(sig), 1) = (status, in_flight.len())
+        && let Some((msg_id, worker)) = in_flight.iter().next()
+    {
+        return (
+            Some(CrashRecord {
+                signal: *sig,
+                tid: 0,
+                worker_id: worker.clone(),
+                msg_id: *msg_id,
+                fault_addr: 0,
+            }),
+            forged,
+        );
+    }
+    (None, forged)
+}
+
+/// A ring header the host rewrote (sizes, versions, the supervisor's closed flag): the
+/// supervisor never reads those fields back for its own use, so this is only for naming why a
+/// host ended.
+fn header_violation(region: &wm_shared::ring::Region, spawn: &SpawnConfig) -> Option<String> {
+    let got = region.header_snapshot();
+    let want = spawn.ring;
+    if got.ring_bytes != want.ring_bytes as u64 || got.max_frame != want.max_frame as u64 {
+        return Some(format!(
+            "it rewrote the ring header (ring_bytes {} / max_frame {}, written as {} / {})",
+            got.ring_bytes, got.max_frame, want.ring_bytes, want.max_frame
+        ));
+    }
+    if got.magic_ok && got.supervisor_closed {
+        return Some("it set the supervisor's closed flag in the ring header".to_string());
+    }
+    if !got.magic_ok {
+        return Some("it overwrote the ring header's magic and versions".to_string());
+    }
+    None
 }
 
 /// Appends per-host metrics (restarts, crashes, RSS, in-flight) in the Prometheus format.

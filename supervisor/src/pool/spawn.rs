@@ -337,16 +337,22 @@ impl Spawner {
             )?),
             None => None,
         };
-        if let Some(t) = &tmp_dir {
-            args.extend(["--tmp-dir".into(), t.path.display().to_string()]);
-        }
         args.extend(cfg.extra_args.iter().cloned());
         let spec = super::launch::LaunchSpec {
             program: cfg.host_runner.clone(),
             args,
-            env: host_env(cfg.dotnet_root.as_ref()),
+            env: {
+                // By environment, not argument: a sibling could read arguments in
+                // /proc/<pid>/cmdline, and the folder's name is what keeps it private.
+                let mut env = host_env(cfg.dotnet_root.as_ref());
+                if let Some(t) = &tmp_dir {
+                    env.push(("TMPDIR".into(), t.path.clone().into_os_string()));
+                }
+                env
+            },
             ring_fd,
             namespaces: cfg.sandbox.namespaces,
+            tmp_dir: tmp_dir.as_ref().map(|t| t.path.clone()),
         };
 
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -442,8 +448,13 @@ impl TmpDir {
     ) -> std::io::Result<TmpDir> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(root)?;
+        // Traversable, not listable: a host finds its own folder by its unguessable name and
+        // no other (all hosts share HOST_UID; the mount namespace keeps siblings' folders
+        // read-only, the name keeps them unknown).
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711))?;
-        let path = root.join(host_id);
+        let mut nonce = [0u8; 12];
+        getrandom_fill(&mut nonce)?;
+        let path = root.join(format!("{host_id}-{}", hex_of(&nonce)));
         // A leftover of a daemon that was killed: start empty.
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir(&path)?;
@@ -453,6 +464,19 @@ impl TmpDir {
         }
         Ok(TmpDir { path })
     }
+}
+
+fn getrandom_fill(buf: &mut [u8]) -> std::io::Result<()> {
+    // SAFETY: getrandom writes at most buf.len() bytes into the live buffer.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != buf.len() as isize {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl Drop for TmpDir {
