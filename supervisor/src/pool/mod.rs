@@ -243,7 +243,15 @@ impl HostHandle {
         match send_failure(&e) {
             Some(outcome) => {
                 lock(&self.in_flight).remove(&msg_id);
-                tracing::warn!(host = %self.host_id, pid = self.pid, msg_id, "{e}");
+                if let LinkError::Send { .. } = e {
+                    // Its ring stayed full for SEND_TIMEOUT: the host does not read. It is
+                    // killed (and respawned) rather than left to fail every later call.
+                    tracing::error!(host = %self.host_id, pid = self.pid, msg_id, error = %e,
+                        "the host does not read its ring; killing it");
+                    self.kill.notify_one();
+                } else {
+                    tracing::warn!(host = %self.host_id, pid = self.pid, msg_id, error = %e, "call not sent");
+                }
                 outcome
             }
             None => CallOutcome::HostDied(self.died().await),
