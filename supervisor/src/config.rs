@@ -107,7 +107,7 @@ settings! {
     "WORKER_HEARTBEAT_SECONDS" [] = "30", "0 (off) or 1-3600", "how often each started worker's heartbeat is published on workmanager.infra.worker";
     "VIRTUFIN_API_GATEWAY_URL" [] = "", "an http(s) base URL; empty = none", "where plugins' gateway calls for services other than pubsub, state and workmanager are forwarded";
     "STATE_MAX_KEYS" [] = "10000", "1-100000000", "keys one worker may hold in the gateway's state service; a Set of a new key beyond it is refused";
-    "STATE_MAX_VALUE_BYTES" [] = "1048576", "1-16777216", "largest value of one state key; a larger Set is refused";
+    "STATE_MAX_VALUE_BYTES" [] = "1048576", "1-1048576", "largest value of one state key; a larger Set is refused";
     "WORKER_LOG_LINES_PER_SECOND" [] = "200", "1-1000000", "log lines one worker may send per second (also the burst); more are dropped and counted";
     "WORKER_GATEWAY_CALLS_PER_SECOND" [] = "1000", "1-1000000", "gateway calls one worker may make per second (also the burst); more are answered with an error and counted";
     "HOST_GATEWAY_CALLS_IN_FLIGHT" [] = "64", "1-4096", "gateway calls of one host served at once; beyond it the daemon stops reading that host's frames until one finishes";
@@ -697,7 +697,7 @@ impl Config {
             heartbeat: Some(secs("WORKER_HEARTBEAT_SECONDS", 0, 3600)?).filter(|d| !d.is_zero()),
             host_input: HostInputSettings {
                 state_max_keys: int("STATE_MAX_KEYS", 1, 100_000_000)?,
-                state_max_value_bytes: int("STATE_MAX_VALUE_BYTES", 1, 16 << 20)?,
+                state_max_value_bytes: int("STATE_MAX_VALUE_BYTES", 1, 1 << 20)?,
                 log_lines_per_second: u32_in("WORKER_LOG_LINES_PER_SECOND", 1, 1_000_000)?,
                 gateway_calls_per_second: u32_in("WORKER_GATEWAY_CALLS_PER_SECOND", 1, 1_000_000)?,
                 gateway_calls_in_flight: u32_in("HOST_GATEWAY_CALLS_IN_FLIGHT", 1, 4096)?,

@@ -90,6 +90,9 @@ pub struct Gateway {
     backend: Arc<dyn GatewayBackend>,
     forward: Option<Forward>,
     state_limits: StateLimits,
+    /// The largest encoded event a worker's ring carries (`RING_MAX_FRAME_BYTES` less the
+    /// frame overhead): a plugin may not publish what no worker could be sent.
+    max_event_bytes: usize,
 }
 
 struct Forward {
@@ -124,7 +127,14 @@ impl Gateway {
             backend,
             forward,
             state_limits: StateLimits::default(),
+            max_event_bytes: usize::MAX,
         }
+    }
+
+    /// Sets the largest event a plugin may publish (see [`crate::pool::guard::max_event_bytes`]).
+    pub fn with_max_event_bytes(mut self, max: usize) -> Gateway {
+        self.max_event_bytes = max;
+        self
     }
 
     /// Sets the `state` quotas (`STATE_MAX_KEYS`, `STATE_MAX_VALUE_BYTES`).
@@ -190,6 +200,16 @@ impl Gateway {
         } else {
             event_from_metadata(worker_id, req).map_err(|e| (STATUS_BAD_REQUEST, e))?
         };
+        let len = event.to_flatbuffer().len();
+        if len > self.max_event_bytes {
+            return Err((
+                STATUS_REFUSED,
+                format!(
+                    "the event encodes to {len} bytes, over the {} bytes a worker's ring carries (RING_MAX_FRAME_BYTES less the frame overhead)",
+                    self.max_event_bytes
+                ),
+            ));
+        }
         let seqs = self
             .bus
             .publish(topic, vec![event])

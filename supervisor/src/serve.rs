@@ -79,6 +79,7 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
         dispatch,
         gateway_url,
         gateway_timeout,
+        max_event_bytes: crate::pool::guard::max_event_bytes(config.ring_max_frame_bytes),
         state_limits: StateLimits {
             max_keys: config.host_input.state_max_keys,
             max_value_bytes: usize::try_from(config.host_input.state_max_value_bytes)
@@ -217,6 +218,7 @@ struct Parts {
     gateway_url: Option<String>,
     gateway_timeout: Duration,
     state_limits: StateLimits,
+    max_event_bytes: usize,
     engines: Vec<EngineInfo>,
 }
 
@@ -228,7 +230,8 @@ fn build(registry: &Registry, p: Parts) -> anyhow::Result<Built> {
     let status: Arc<dyn StatusSink> = Arc::new(RegistryStatus(registry.clone()));
     let backend: Arc<dyn GatewayBackend> = Arc::new(RegistryGateway(registry.clone()));
     let gateway = Gateway::new(bus_dyn.clone(), backend, p.gateway_url, p.gateway_timeout)
-        .with_state_limits(p.state_limits);
+        .with_state_limits(p.state_limits)
+        .with_max_event_bytes(p.max_event_bytes);
     let runtime = HostRuntime::new(
         p.pool,
         p.dispatch,

@@ -89,6 +89,19 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Honest hosts are never flagged: no identity violation on any host.
+fn assert_no_host_flagged(d: &Daemon) {
+    let hosts = d.get("/v1/hosts").json();
+    for h in hosts["hosts"].as_array().cloned().unwrap_or_default() {
+        assert_eq!(h["identityViolations"], 0, "{h}");
+        assert_eq!(h["flagged"], false, "{h}");
+    }
+    assert!(
+        !d.log().contains("does not carry"),
+        "no identity warning for honest hosts"
+    );
+}
+
 #[test]
 fn an_event_over_the_ring_frame_limit_is_refused_at_publish_and_invoke_with_413() {
     let d = daemon(&[("RING_MAX_FRAME_BYTES", "131072")]);
@@ -155,7 +168,11 @@ fn a_start_beyond_host_pool_max_hosts_fails_with_503_naming_the_setting() {
     // The place comes back when the dedicated host ends.
     let r = d.post(&format!("/v1/workers/{first}/stop"));
     assert!(r.status < 300, "stop: {}", r.text());
-    started(&d, "t.three", json!({}));
+    let third = started(&d, "t.three", json!({}));
+    assert_eq!(invoke(&d, &third, "logs:3"), (200, "logged 3".to_string()));
+    let r = d.post(&format!("/v1/workers/{third}/stop"));
+    assert!(r.status < 300, "stop: {}", r.text());
+    assert_no_host_flagged(&d);
 }
 
 #[test]
@@ -262,6 +279,7 @@ fn log_and_gateway_floods_are_rate_limited_and_counted_while_a_neighbour_answers
         0,
         "the neighbour lost nothing"
     );
+    assert_no_host_flagged(&d);
     let log = d.log();
     let summaries = log
         .lines()

@@ -15,7 +15,7 @@ pub mod layers;
 pub mod spawn;
 pub mod stderr;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -278,7 +278,15 @@ impl HostHandle {
         match send_failure(&e) {
             Some(outcome) => {
                 lock(&self.in_flight).remove(&msg_id);
-                tracing::warn!(host = %self.host_id, pid = self.pid, msg_id, "{e}");
+                if let LinkError::Send { .. } = e {
+                    // Its ring stayed full for SEND_TIMEOUT: the host does not read. It is
+                    // killed (and respawned) rather than left to fail every later call.
+                    tracing::error!(host = %self.host_id, pid = self.pid, msg_id, error = %e,
+                        "the host does not read its ring; killing it");
+                    self.kill.notify_one();
+                } else {
+                    tracing::warn!(host = %self.host_id, pid = self.pid, msg_id, error = %e, "call not sent");
+                }
                 outcome
             }
             None => CallOutcome::HostDied(self.died().await),
@@ -410,7 +418,16 @@ struct Slot {
     crashes: AtomicU64,
     rss: AtomicU64,
     violations: Arc<Violations>,
+    /// Workers being unloaded: their frames are still their host's own.
+    leaving: Mutex<HashSet<String>>,
     closed: CancellationToken,
+}
+
+impl Slot {
+    /// Whether frames naming `worker_id` may come from this slot's host.
+    fn carries(&self, worker_id: &str) -> bool {
+        lock(&self.workers).contains_key(worker_id) || lock(&self.leaving).contains(worker_id)
+    }
 }
 
 /// The pool.
@@ -536,6 +553,10 @@ impl Pool {
         let Some(slot) = slot else {
             return Ok(());
         };
+        lock(&slot.workers).remove(worker_id);
+        // Until the host confirms the unload, what the plugin logs or asks while it is
+        // disposed still comes from a worker of this host.
+        lock(&slot.leaving).insert(worker_id.to_string());
         let host = slot.current.borrow().clone();
         if let Some(host) = host {
             let req = host.link.request(Message::UnloadWorker(UnloadWorker {
@@ -550,8 +571,7 @@ impl Pool {
                 Err(_) => tracing::warn!(worker = worker_id, "unload not confirmed in time"),
             }
         }
-        // Only now: what the plugin logs while it is disposed still names a placed worker.
-        lock(&slot.workers).remove(worker_id);
+        lock(&slot.leaving).remove(worker_id);
         self.guard.forget(worker_id);
         self.retire_if_empty(&slot);
         Ok(())
@@ -710,6 +730,7 @@ impl Pool {
             crashes: AtomicU64::new(0),
             rss: AtomicU64::new(0),
             violations: Arc::new(Violations::default()),
+            leaving: Mutex::new(HashSet::new()),
             closed: self.shutdown.child_token(),
         });
         slots.push(slot.clone());
@@ -988,7 +1009,7 @@ impl Pool {
 
     /// Logs a plugin's line if it names a worker of this host and is within its rate.
     fn screen_log(&self, slot: &Arc<Slot>, handle: &Arc<HostHandle>, log: &Log) {
-        if !lock(&slot.workers).contains_key(&log.worker_id) {
+        if !slot.carries(&log.worker_id) {
             slot.violations.add();
             self.guard.violation(
                 &handle.host_id,
@@ -1011,7 +1032,7 @@ impl Pool {
         call: GatewayCall,
         permit: OwnedSemaphorePermit,
     ) -> Option<PoolEvent> {
-        let refusal = if !lock(&slot.workers).contains_key(&call.worker_id) {
+        let refusal = if !slot.carries(&call.worker_id) {
             slot.violations.add();
             let what = format!("a gateway call of worker '{}'", truncated(&call.worker_id));
             self.guard.violation(&handle.host_id, handle.pid, &what);
