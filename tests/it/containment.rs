@@ -1086,10 +1086,10 @@ fn native_attacks() -> Vec<Attack> {
 
     // Forged frames into the from-host ring.
     v.push(attack(
-        "forge GatewayCall state.Set as the neighbour",
+        "forge GatewayCall state.Set as the dedicated neighbour",
         "forge:{forge_state}",
         check(|run, out| {
-            let r = run.invoke(&run.w.neighbour, "state-get:forged");
+            let r = run.invoke(&run.w.dedicated, "state-get:forged");
             let got = Run::reply_json(&r);
             let value = got
                 .as_ref()
@@ -1099,7 +1099,7 @@ fn native_attacks() -> Vec<Attack> {
             let mut bad = Vec::new();
             if value != Some(Value::Null) {
                 bad.push(format!(
-                    "the neighbour's state was written by the attacker's host: {got:?}"
+                    "the dedicated neighbour's state was written by the attacker's host: {got:?}"
                 ));
             }
             if !identity_flagged(run, out) {
@@ -1424,9 +1424,11 @@ fn forged_frames(run: &Run, data: &str) -> String {
     if !data.contains("{forge_") {
         return data.to_owned();
     }
+    // Identities not placed on the attacker's host. (The shared neighbour is placed there: a
+    // shared host is one trust domain, and what it says for its own workers is believed.)
     let state = Message::GatewayCall(GatewayCall {
         call_id: 0x0F0F_0001,
-        worker_id: run.w.neighbour.clone(),
+        worker_id: run.w.dedicated.clone(),
         msg_id: 0,
         service: "state".into(),
         method: "Set".into(),
@@ -1578,7 +1580,7 @@ fn dotnet_attacks_are_contained_without_landlock() {
 /// (neither the neighbour on its own host nor a worker on a dedicated host), and the worker
 /// whose crashes they are is the one quarantined.
 #[test]
-fn forged_crash_slots_cannot_quarantine_a_worker_on_another_host() {
+fn forged_crash_slots_do_not_get_another_worker_quarantined() {
     let run = Run::start_with(
         Engine::Native,
         true,
