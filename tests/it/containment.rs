@@ -1614,3 +1614,53 @@ fn forged_crash_slots_do_not_get_another_worker_quarantined() {
         "8 crashes of the attacker within the window, CRASH_LOOP_MAX_CRASHES=2: it was never quarantined"
     );
 }
+
+/// Through the bus, a forbidden syscall is reported everywhere a crash is: the dead letter's
+/// `deadlettererror` and the worker's `lifecycle.failed` name the syscall and the worker, as
+/// `host.crashed` and the invoke's error do in the tables above.
+#[test]
+fn a_forbidden_syscall_through_the_bus_is_dead_lettered_and_failed_with_the_syscall_named() {
+    let run = Run::start_with(
+        Engine::Native,
+        true,
+        &[
+            ("CRASH_LOOP_MAX_CRASHES", "1000"),
+            ("WORKER_RETRY_ATTEMPTS", "1"),
+        ],
+    );
+    let dead = Sse::subscribe(&run.d.base_url(), "c.attacker-dead");
+    let life = Sse::subscribe(&run.d.base_url(), "workmanager.lifecycle");
+    let r = run.d.send_json(
+        "POST",
+        "/v1/topics/c.attacker/events",
+        &json!({"specversion": "1.0", "id": "poison", "source": "urn:test:containment",
+                "type": "c.attacker", "datacontenttype": "text/plain", "data": "socket:inet"}),
+    );
+    assert_eq!(r.status, 202, "publish: {}", r.text());
+    let says = format!(
+        "worker '{}' called socket(2), which the sandbox forbids",
+        run.w.attacker
+    );
+    let dl = dead.wait_for(Duration::from_secs(30), "the dead letter", |v| {
+        v["id"] == "poison"
+    });
+    assert_eq!(dl["deadletterreason"], "crash", "{dl:#}");
+    assert!(
+        dl["deadlettererror"]
+            .as_str()
+            .is_some_and(|e| e.contains(&says)),
+        "{dl:#}"
+    );
+    let failed = life.wait_for(Duration::from_secs(30), "lifecycle.failed", |v| {
+        v["type"] == "com.virtufin.workmanager.lifecycle.failed"
+            && v["data"]["worker_id"] == run.w.attacker.as_str()
+    });
+    assert!(
+        failed["data"]["error_message"]
+            .as_str()
+            .is_some_and(|e| e.contains(&says)),
+        "{failed:#}"
+    );
+    run.answers(&run.w.neighbour)
+        .unwrap_or_else(|e| panic!("the shared neighbour {e}"));
+}
