@@ -100,6 +100,8 @@ struct Attack {
     /// The event's data; `{ppid}`, `{sibling}`, `{data}`, ... are filled in by [`Run::fill`].
     data: String,
     expect: Expect,
+    /// Run before the attack (e.g. a neighbour writing a file).
+    before: Option<AfterFn>,
     /// Run after the attack's invoke, before the checks (e.g. a reload).
     after: Option<AfterFn>,
 }
@@ -109,6 +111,7 @@ fn attack(name: &str, data: &str, expect: Expect) -> Attack {
         name: name.to_owned(),
         data: data.to_owned(),
         expect,
+        before: None,
         after: None,
     }
 }
@@ -502,6 +505,11 @@ impl Run {
             if w["status"] != "RUNNING" {
                 self.d.post(&format!("/v1/workers/{id}/start"));
             }
+        }
+        if let Some(before) = &a.before
+            && let Err(e) = before(self)
+        {
+            return (Outcome::default(), Err(format!("before the attack: {e}")));
         }
         let before = data_digest(self.d.data_dir());
         let attacker_host = self.host_of(&self.w.attacker);
@@ -970,7 +978,7 @@ fn native_attacks() -> Vec<Attack> {
             "write:{sibling_tmp}/evil",
         ),
         (
-            "read a sibling host's temp folder",
+            "list a sibling host's temp folder",
             "open:dir:{sibling_tmp}",
         ),
         ("create in /tmp", "write:/tmp/wm-containment-evil"),
@@ -986,6 +994,25 @@ fn native_attacks() -> Vec<Attack> {
             ..attack(label, data, Expect::Refused(WRITE_DENIED))
         });
     }
+    // Landlock lets hosts read everywhere: a file a sibling keeps in its temp folder is
+    // protected by nothing but the uid, which all hosts share.
+    v.push(Attack {
+        before: Some(Box::new(|run: &Run| {
+            let r = run.invoke(&run.w.dedicated, "keep-tmp:secret");
+            match Run::reply_json(&r) {
+                Some(v) if v["rc"].as_i64().is_some_and(|rc| rc >= 0) => Ok(()),
+                _ => Err(format!(
+                    "the dedicated neighbour could not keep a file: {}",
+                    r.text()
+                )),
+            }
+        })),
+        ..attack(
+            "read a file in a sibling host's temp folder",
+            "open:r:{sibling_tmp}/secret",
+            Expect::Refused(PROC_DENIED),
+        )
+    });
     v.push(attack(
         "write in $TMPDIR (control)",
         "write-tmp",
