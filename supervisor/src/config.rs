@@ -17,9 +17,14 @@ use std::time::Duration;
 /// The command line of `workmanager serve`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
-    /// Address the REST API listens on (IP:PORT; port 0 picks a free one).
+    /// Where the REST API listens: IP:PORT (port 0 picks a free one) or unix:/path; repeat
+    /// the flag (or separate with commas) for several listeners.
     #[arg(long, value_name = "ADDR")]
-    pub listen: Option<String>,
+    pub listen: Vec<String>,
+    /// Serve a non-loopback TCP listener even without TLS and authentication (logs a warning
+    /// at every start).
+    #[arg(long)]
+    pub allow_insecure_remote: bool,
     /// Directory for the registry, code blobs and packages.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -51,11 +56,27 @@ macro_rules! settings {
 }
 
 settings! {
-    "WORKMANAGER_LISTEN" [] = "127.0.0.1:25001", "IP:PORT", "address of the REST API (flag --listen)";
+    "WORKMANAGER_LISTEN" [] = "127.0.0.1:25001", "comma-separated IP:PORT or unix:/path", "where the REST API listens (flag --listen, repeatable); a non-loopback IP needs TLS and tokens";
+    "WORKMANAGER_ALLOW_INSECURE_REMOTE" [] = "false", "true|false|1|0|yes|no|on|off", "serve a non-loopback TCP listener without TLS or tokens (flag --allow-insecure-remote); a warning is logged at every start";
+    "WORKMANAGER_UNIX_SOCKET_GROUP" [] = "", "empty (the daemon's group), a group name or a numeric gid", "group of unix:/path sockets (mode 0660)";
+    "WORKMANAGER_UNIX_PEER_SCOPES" [] = "", "empty, or comma-separated UID=SCOPE[ SCOPE...]", "scopes of Unix socket clients by peer uid; empty = every client that can open the socket has every scope";
+    "WORKMANAGER_API_TOKENS" [] = "", "empty, or comma-separated NAME:SHA256HEX:SCOPE[ SCOPE...] (see workmanager token create)", "named bearer tokens, stored as sha256 hashes, with their scopes";
+    "WORKMANAGER_METRICS_PUBLIC" [] = "false", "true|false|1|0|yes|no|on|off", "serve /metrics without a token (otherwise it needs the read scope)";
+    "WORKMANAGER_TLS_CERT_FILE" [] = "", "empty, or a PEM certificate chain file", "TLS certificate of the TCP listeners (reloaded on SIGHUP)";
+    "WORKMANAGER_TLS_KEY_FILE" [] = "", "empty, or a PEM private key file", "TLS private key (reloaded on SIGHUP)";
+    "WORKMANAGER_TLS_CLIENT_CA_FILE" [] = "", "empty, or a PEM file of CA certificates", "CAs whose client certificates (mTLS) are accepted; clients without one may still use a token";
+    "WORKMANAGER_TLS_CLIENT_SCOPES" [] = "", "empty, or comma-separated COMMON_NAME=SCOPE[ SCOPE...]", "scopes of client certificates by subject common name";
+    "WORKMANAGER_ALLOWED_HOSTS" [] = "", "empty, or comma-separated host names", "Host header names accepted besides IP literals, localhost, the machine's host name and the TLS certificate's DNS names (DNS-rebinding guard)";
+    "WORKMANAGER_ALLOWED_ORIGINS" [] = "", "empty, or comma-separated origins such as https://ops.example.com", "browser origins allowed to call the API (and answered with CORS headers); empty = CORS off, every Origin refused";
+    "WORKMANAGER_MAX_CONCURRENT_REQUESTS" [] = "256", "1-65536", "requests served at once; more wait";
+    "WORKMANAGER_RATE_LIMIT_PER_SECOND" [] = "100", "0 (off) or 1-1000000", "requests per second per token, client certificate or peer uid; over it: 429 with Retry-After";
+    "WORKMANAGER_RATE_LIMIT_BURST" [] = "200", "1-1000000", "requests a token may send at once before the rate applies";
+    "WORKMANAGER_MAX_SSE_PER_TOKEN" [] = "16", "1-10000", "open SSE subscriptions per token, client certificate or peer uid";
     "WORKMANAGER_DATA_DIR" [] = "./data", "a directory path", "registry, code blobs and packages (flag --data-dir)";
     "WORKMANAGER_API_TOKEN" [] = "", "empty, or 16-4096 visible ASCII characters", "bearer token required on every endpoint except /health and /health/live";
     "WORKMANAGER_LOG_FORMAT" [] = "text", "text|json", "log line format";
-    "WORKMANAGER_MAX_CODE_BYTES" [] = "67108864", "1024-1073741824", "largest accepted package, bytes";
+    "PACKAGE_MAX_BYTES" ["WORKMANAGER_MAX_CODE_BYTES"] = "67108864", "1024-1073741824", "largest accepted package, bytes (also the body limit of package uploads)";
+    "PACKAGE_TRUSTED_KEYS" [] = "", "empty, or comma-separated minisign ed25519 public keys (base64, or paths to .pub files)", "when set, every package needs a valid minisign signature by one of these keys";
     "WORKMANAGER_REQUEST_TIMEOUT_SECONDS" [] = "120", "1-3600", "longest an API request may take";
     "WORKMANAGER_SHUTDOWN_TIMEOUT_SECONDS" [] = "10", "1-600", "how long shutdown waits for in-flight work";
     "WORKER_RETRY_ATTEMPTS" [] = "3", "0-20", "retries of a failed message before it is dead-lettered";
@@ -187,7 +208,12 @@ impl RawConfig {
         let mut values = BTreeMap::new();
         for s in SETTINGS {
             let flag = match s.name {
-                "WORKMANAGER_LISTEN" => args.listen.clone().map(|v| (v, Origin::Flag("--listen"))),
+                "WORKMANAGER_LISTEN" => Some(args.listen.join(","))
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (v, Origin::Flag("--listen"))),
+                "WORKMANAGER_ALLOW_INSECURE_REMOTE" => args
+                    .allow_insecure_remote
+                    .then(|| ("true".to_owned(), Origin::Flag("--allow-insecure-remote"))),
                 "WORKMANAGER_DATA_DIR" => args
                     .data_dir
                     .as_ref()
@@ -300,11 +326,97 @@ pub struct HostInputSettings {
     pub stderr_lines_per_second: u32,
 }
 
+/// One place the REST API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket path (`unix:/path`).
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl ListenAddr {
+    /// Parses `IP:PORT` or `unix:/path`.
+    pub fn parse(s: &str) -> Option<ListenAddr> {
+        let s = s.trim();
+        if let Some(path) = s.strip_prefix("unix:") {
+            return (!path.is_empty()).then(|| ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse().ok().map(ListenAddr::Tcp)
+    }
+}
+
+/// TLS files of the TCP listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// PEM CA certificates for client certificates (mTLS), if any.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// Who may call the API, from where, how often (docs/security.md, "The control plane").
+#[derive(Debug, Clone, Default)]
+pub struct SecuritySettings {
+    /// Named tokens (the legacy `WORKMANAGER_API_TOKEN` is added as `api-token`, admin).
+    pub tokens: Vec<crate::api::auth::TokenEntry>,
+    /// Scopes of Unix socket peers by uid (empty: every peer has every scope).
+    pub unix_peer_scopes: Vec<(u32, Vec<crate::api::auth::Scope>)>,
+    /// Group of Unix sockets (`None`: the daemon's).
+    pub unix_socket_group: Option<u32>,
+    /// TLS for the TCP listeners.
+    pub tls: Option<TlsSettings>,
+    /// Scopes of client certificates by subject common name.
+    pub client_cert_scopes: Vec<(String, Vec<crate::api::auth::Scope>)>,
+    /// Serve `/metrics` without a token.
+    pub metrics_public: bool,
+    /// Serve non-loopback TCP without TLS or tokens.
+    pub allow_insecure_remote: bool,
+    /// Extra accepted `Host` names (lower-case).
+    pub allowed_hosts: Vec<String>,
+    /// Accepted `Origin`s (and CORS origins).
+    pub allowed_origins: Vec<String>,
+    /// Requests served at once.
+    pub max_concurrent_requests: usize,
+    /// Requests per second per principal (0: off).
+    pub rate_per_second: u32,
+    /// Burst per principal.
+    pub rate_burst: u32,
+    /// SSE subscriptions per principal.
+    pub max_sse_per_principal: usize,
+    /// Trusted minisign public keys; empty = signatures not required.
+    pub trusted_keys: Vec<minisign_verify::PublicKey>,
+}
+
+impl SecuritySettings {
+    /// Whether callers must authenticate (a token or a client CA is configured).
+    pub fn auth_enabled(&self) -> bool {
+        !self.tokens.is_empty()
+            || self
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca_file.is_some())
+    }
+}
+
 /// Stage two: the validated settings.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where the REST API listens.
-    pub listen: SocketAddr,
+    /// Where the REST API listens (at least one).
+    pub listen: Vec<ListenAddr>,
+    /// Tokens, TLS, browser guards, limits.
+    pub security: SecuritySettings,
     /// The data directory.
     pub data_dir: PathBuf,
     /// The bearer token guarding the API, if any.
@@ -418,12 +530,16 @@ impl Config {
         let listen = raw
             .get("WORKMANAGER_LISTEN")
             .0
-            .trim()
-            .parse::<SocketAddr>()
-            .map_err(|_| {
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(ListenAddr::parse)
+            .collect::<Option<Vec<_>>>()
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| {
                 invalid(
                     "WORKMANAGER_LISTEN",
-                    "IP:PORT such as 127.0.0.1:25001 or [::1]:25001",
+                    "IP:PORT such as 127.0.0.1:25001 or [::1]:25001, or unix:/path; comma-separated for several",
                 )
             })?;
         let data_dir = raw.get("WORKMANAGER_DATA_DIR").0.trim();
@@ -457,7 +573,8 @@ impl Config {
             "json" => LogFormat::Json,
             _ => return Err(invalid("WORKMANAGER_LOG_FORMAT", "text|json")),
         };
-        let max_code_bytes = int("WORKMANAGER_MAX_CODE_BYTES", 1024, 1 << 30)?;
+        let max_code_bytes = int("PACKAGE_MAX_BYTES", 1024, 1 << 30)?;
+        let security = security_settings(raw, api_token.as_deref(), &listen, &invalid)?;
         let allowed_hosts = raw
             .get("ALLOWED_CODE_SOURCE_HOSTS")
             .0
@@ -532,6 +649,7 @@ impl Config {
         }
         Ok(Config {
             listen,
+            security,
             data_dir: PathBuf::from(data_dir),
             api_token,
             log_format,
@@ -589,6 +707,17 @@ impl Config {
         })
     }
 
+    /// The TCP listeners that are not loopback addresses.
+    pub fn remote_listeners(&self) -> Vec<SocketAddr> {
+        self.listen
+            .iter()
+            .filter_map(|l| match l {
+                ListenAddr::Tcp(a) if !a.ip().is_loopback() => Some(*a),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Flags, then the process environment, then the file, then defaults; validated.
     pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
         let env = |name: &str| std::env::var(name).ok();
@@ -598,9 +727,9 @@ impl Config {
     /// Defaults only (plus the given data directory): what tests start from.
     pub fn defaults_with_data_dir(data_dir: PathBuf) -> Config {
         let args = ServeArgs {
-            listen: Some("127.0.0.1:0".to_owned()),
+            listen: vec!["127.0.0.1:0".to_owned()],
             data_dir: Some(data_dir),
-            config: None,
+            ..ServeArgs::default()
         };
         let none = |_: &str| None;
         // The built-in defaults are valid by construction; the test below checks it.
@@ -609,6 +738,213 @@ impl Config {
             Err(e) => unreachable!("built-in defaults are invalid: {e}"),
         }
     }
+}
+
+/// The security settings; refuses a non-loopback TCP listener without TLS and tokens unless
+/// `--allow-insecure-remote`.
+fn security_settings(
+    raw: &RawConfig,
+    legacy_token: Option<&str>,
+    listen: &[ListenAddr],
+    invalid: &dyn Fn(&'static str, &str) -> ConfigError,
+) -> Result<SecuritySettings, ConfigError> {
+    use crate::api::auth;
+    let text = |name: &'static str| raw.get(name).0.trim().to_owned();
+    let with_reason = |name: &'static str, reason: String| {
+        let (v, o) = raw.get(name);
+        ConfigError::Invalid {
+            name,
+            value: v.to_owned(),
+            origin: o.clone(),
+            range: reason,
+        }
+    };
+    let boolean = |name: &'static str| {
+        parse_bool(raw.get(name).0).ok_or_else(|| invalid(name, "true|false|1|0|yes|no|on|off"))
+    };
+    let int = |name: &'static str, lo: u64, hi: u64| -> Result<u64, ConfigError> {
+        match raw.get(name).0.trim().parse::<u64>() {
+            Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+            _ => Err(invalid(
+                name,
+                SETTINGS
+                    .iter()
+                    .find(|s| s.name == name)
+                    .map(|s| s.range)
+                    .unwrap_or(""),
+            )),
+        }
+    };
+    let mut tokens = auth::parse_tokens(&text("WORKMANAGER_API_TOKENS")).map_err(|e| {
+        // Never echo the list: it holds hashes an operator may consider secret.
+        let (_, origin) = raw.get("WORKMANAGER_API_TOKENS");
+        ConfigError::Invalid {
+            name: "WORKMANAGER_API_TOKENS",
+            value: "<hidden>".into(),
+            origin: origin.clone(),
+            range: format!("comma-separated NAME:SHA256HEX:SCOPE[ SCOPE...] ({e})"),
+        }
+    })?;
+    if let Some(t) = legacy_token {
+        tokens.push(auth::TokenEntry {
+            name: "api-token".into(),
+            sha256: auth::hash_token(t),
+            scopes: vec![auth::Scope::Admin],
+        });
+    }
+    let unix_peer_scopes = auth::parse_scope_map(&text("WORKMANAGER_UNIX_PEER_SCOPES"))
+        .and_then(|m| {
+            m.into_iter()
+                .map(|(k, v)| {
+                    k.parse::<u32>()
+                        .map(|uid| (uid, v))
+                        .map_err(|_| format!("'{k}' is not a numeric uid"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|e| {
+            with_reason(
+                "WORKMANAGER_UNIX_PEER_SCOPES",
+                format!("comma-separated UID=SCOPE[ SCOPE...] ({e})"),
+            )
+        })?;
+    let client_cert_scopes = auth::parse_scope_map(&text("WORKMANAGER_TLS_CLIENT_SCOPES"))
+        .map_err(|e| {
+            with_reason(
+                "WORKMANAGER_TLS_CLIENT_SCOPES",
+                format!("comma-separated COMMON_NAME=SCOPE[ SCOPE...] ({e})"),
+            )
+        })?;
+    let group = text("WORKMANAGER_UNIX_SOCKET_GROUP");
+    let unix_socket_group = if group.is_empty() {
+        None
+    } else {
+        Some(resolve_group(&group).ok_or_else(|| {
+            with_reason(
+                "WORKMANAGER_UNIX_SOCKET_GROUP",
+                "a group name from /etc/group or a numeric gid".into(),
+            )
+        })?)
+    };
+    let path =
+        |name: &'static str| Some(PathBuf::from(text(name))).filter(|p| !p.as_os_str().is_empty());
+    let tls = match (
+        path("WORKMANAGER_TLS_CERT_FILE"),
+        path("WORKMANAGER_TLS_KEY_FILE"),
+    ) {
+        (Some(cert_file), Some(key_file)) => Some(TlsSettings {
+            cert_file,
+            key_file,
+            client_ca_file: path("WORKMANAGER_TLS_CLIENT_CA_FILE"),
+        }),
+        (None, None) => {
+            if path("WORKMANAGER_TLS_CLIENT_CA_FILE").is_some() {
+                return Err(with_reason(
+                    "WORKMANAGER_TLS_CLIENT_CA_FILE",
+                    "client certificates need TLS: set WORKMANAGER_TLS_CERT_FILE and WORKMANAGER_TLS_KEY_FILE too".into(),
+                ));
+            }
+            None
+        }
+        (Some(_), None) => {
+            return Err(with_reason(
+                "WORKMANAGER_TLS_KEY_FILE",
+                "a PEM private key file (WORKMANAGER_TLS_CERT_FILE is set)".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(with_reason(
+                "WORKMANAGER_TLS_CERT_FILE",
+                "a PEM certificate file (WORKMANAGER_TLS_KEY_FILE is set)".into(),
+            ));
+        }
+    };
+    let list = |name: &'static str| {
+        raw.get(name)
+            .0
+            .split(',')
+            .map(|h| h.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect::<Vec<_>>()
+    };
+    let allowed_origins = list("WORKMANAGER_ALLOWED_ORIGINS");
+    if allowed_origins
+        .iter()
+        .any(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+    {
+        return Err(invalid(
+            "WORKMANAGER_ALLOWED_ORIGINS",
+            "comma-separated origins such as https://ops.example.com",
+        ));
+    }
+    let trusted_keys = raw
+        .get("PACKAGE_TRUSTED_KEYS")
+        .0
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(crate::signature::load_public_key)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| with_reason("PACKAGE_TRUSTED_KEYS", e))?;
+    let s = SecuritySettings {
+        tokens,
+        unix_peer_scopes,
+        unix_socket_group,
+        tls,
+        client_cert_scopes,
+        metrics_public: boolean("WORKMANAGER_METRICS_PUBLIC")?,
+        allow_insecure_remote: boolean("WORKMANAGER_ALLOW_INSECURE_REMOTE")?,
+        allowed_hosts: list("WORKMANAGER_ALLOWED_HOSTS"),
+        allowed_origins,
+        max_concurrent_requests: usize::try_from(int(
+            "WORKMANAGER_MAX_CONCURRENT_REQUESTS",
+            1,
+            65_536,
+        )?)
+        .unwrap_or(256),
+        rate_per_second: u32::try_from(int("WORKMANAGER_RATE_LIMIT_PER_SECOND", 0, 1_000_000)?)
+            .unwrap_or(100),
+        rate_burst: u32::try_from(int("WORKMANAGER_RATE_LIMIT_BURST", 1, 1_000_000)?)
+            .unwrap_or(200),
+        max_sse_per_principal: usize::try_from(int("WORKMANAGER_MAX_SSE_PER_TOKEN", 1, 10_000)?)
+            .unwrap_or(16),
+        trusted_keys,
+    };
+    let remote: Vec<String> = listen
+        .iter()
+        .filter_map(|l| match l {
+            ListenAddr::Tcp(a) if !a.ip().is_loopback() => Some(a.to_string()),
+            _ => None,
+        })
+        .collect();
+    let secure = s.tls.is_some() && s.auth_enabled();
+    if !(remote.is_empty() || secure || s.allow_insecure_remote) {
+        let (v, o) = raw.get("WORKMANAGER_LISTEN");
+        return Err(ConfigError::Invalid {
+            name: "WORKMANAGER_LISTEN",
+            value: v.to_owned(),
+            origin: o.clone(),
+            range: format!(
+                "a loopback address or unix:/path: refusing to serve {} without TLS and authentication; set WORKMANAGER_TLS_CERT_FILE, WORKMANAGER_TLS_KEY_FILE and WORKMANAGER_API_TOKENS (docs/security.md), or put a TLS reverse proxy in front of a loopback listener, or pass --allow-insecure-remote to accept the risk",
+                remote.join(", ")
+            ),
+        });
+    }
+    Ok(s)
+}
+
+/// A group name (from /etc/group) or a numeric gid.
+fn resolve_group(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|line| {
+        let mut f = line.split(':');
+        (f.next() == Some(name))
+            .then(|| f.nth(1).and_then(|g| g.parse().ok()))
+            .flatten()
+    })
 }
 
 #[cfg(test)]
@@ -627,7 +963,10 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_match_the_original() {
         let c = load(ServeArgs::default(), &[]).unwrap();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:25001");
+        assert_eq!(
+            c.listen,
+            vec![ListenAddr::parse("127.0.0.1:25001").unwrap()]
+        );
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert_eq!(c.retry_attempts, 3);
         assert_eq!(c.retry_base_delay, Duration::from_millis(200));
@@ -650,9 +989,9 @@ mod tests {
         )
         .unwrap();
         let args = ServeArgs {
-            listen: Some("127.0.0.1:1".into()),
-            data_dir: None,
+            listen: vec!["127.0.0.1:1".into()],
             config: Some(file.clone()),
+            ..ServeArgs::default()
         };
         let c = load(
             args,
@@ -662,7 +1001,7 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(c.listen.port(), 1);
+        assert_eq!(c.listen, vec![ListenAddr::parse("127.0.0.1:1").unwrap()]);
         assert_eq!(c.retry_attempts, 5);
         assert_eq!(c.code_fetch.timeout, Duration::from_secs(9));
         assert_eq!(c.code_fetch.allowed_hosts, vec!["a.example", "b.example"]);
@@ -672,7 +1011,7 @@ mod tests {
             &[("WORKMANAGER_CONFIG", file.to_str().unwrap())],
         )
         .unwrap();
-        assert_eq!(c.listen.port(), 3);
+        assert_eq!(c.listen, vec![ListenAddr::parse("127.0.0.1:3").unwrap()]);
     }
 
     #[test]
@@ -732,6 +1071,107 @@ mod tests {
                 s.name
             );
         }
+    }
+
+    #[test]
+    fn several_listeners_and_unix_sockets() {
+        let args = ServeArgs {
+            listen: vec!["127.0.0.1:1".into(), "unix:/run/wm.sock".into()],
+            ..ServeArgs::default()
+        };
+        let c = load(args, &[]).unwrap();
+        assert_eq!(
+            c.listen,
+            vec![
+                ListenAddr::parse("127.0.0.1:1").unwrap(),
+                ListenAddr::Unix("/run/wm.sock".into())
+            ]
+        );
+        let c = load(
+            ServeArgs::default(),
+            &[("WORKMANAGER_LISTEN", "[::1]:5, unix:/tmp/a")],
+        )
+        .unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert!(load(ServeArgs::default(), &[("WORKMANAGER_LISTEN", "unix:")]).is_err());
+    }
+
+    #[test]
+    fn remote_listener_needs_tls_and_tokens_or_the_override() {
+        let remote = ServeArgs {
+            listen: vec!["0.0.0.0:25001".into()],
+            ..ServeArgs::default()
+        };
+        let err = load(remote.clone(), &[]).unwrap_err().to_string();
+        assert!(err.contains("--allow-insecure-remote"), "{err}");
+        assert!(err.contains("0.0.0.0:25001"), "{err}");
+        // Tokens alone are not enough: they would travel in clear text.
+        let h = hex::encode(crate::api::auth::hash_token("t"));
+        let tokens = format!("ci:{h}:admin");
+        assert!(load(remote.clone(), &[("WORKMANAGER_API_TOKENS", &tokens)]).is_err());
+        let ok = load(
+            remote.clone(),
+            &[
+                ("WORKMANAGER_API_TOKENS", &tokens),
+                ("WORKMANAGER_TLS_CERT_FILE", "/c.pem"),
+                ("WORKMANAGER_TLS_KEY_FILE", "/k.pem"),
+            ],
+        );
+        assert!(ok.is_ok());
+        let forced = ServeArgs {
+            allow_insecure_remote: true,
+            ..remote
+        };
+        assert!(load(forced, &[]).unwrap().security.allow_insecure_remote);
+    }
+
+    #[test]
+    fn tokens_come_from_the_config_file_as_a_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wm.toml");
+        let a = hex::encode(crate::api::auth::hash_token("token-a"));
+        let b = hex::encode(crate::api::auth::hash_token("token-b"));
+        std::fs::write(
+            &file,
+            format!(
+                "WORKMANAGER_API_TOKENS = [\"deployer:{a}:admin\", \"orders:{b}:publish:orders.* subscribe:orders.*\"]\nWORKMANAGER_LISTEN = [\"127.0.0.1:1\", \"unix:/tmp/wm.sock\"]\n"
+            ),
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        };
+        let c = load(args, &[]).unwrap();
+        let names: Vec<_> = c.security.tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["deployer", "orders"]);
+        assert_eq!(c.security.tokens[1].scopes.len(), 2);
+        assert_eq!(c.listen.len(), 2);
+    }
+
+    #[test]
+    fn token_lists_are_validated_without_echo() {
+        let err = load(
+            ServeArgs::default(),
+            &[("WORKMANAGER_API_TOKENS", "ci:0123:admin")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("64 hex digits"), "{err}");
+        assert!(!err.contains("0123"), "{err}");
+        let c = load(
+            ServeArgs::default(),
+            &[("WORKMANAGER_API_TOKEN", "legacy-token-0123456789")],
+        )
+        .unwrap();
+        assert_eq!(c.security.tokens[0].name, "api-token");
+        assert!(c.security.auth_enabled());
+        let c = load(
+            ServeArgs::default(),
+            &[("WORKMANAGER_MAX_CODE_BYTES", "4096")],
+        )
+        .unwrap();
+        assert_eq!(c.max_code_bytes, 4096, "the old name stays an alias");
     }
 
     #[test]

@@ -39,13 +39,21 @@ pub const MAX_TAG_VALUE: usize = 1024;
 #[derive(Debug, Clone)]
 pub enum CodeInput {
     /// Bytes in the request.
-    Content(Vec<u8>),
+    Content {
+        /// The package.
+        bytes: Vec<u8>,
+        /// Its minisign signature (the `.minisig` text), if given.
+        signature: Option<String>,
+    },
     /// A URL to download, with an optional expected sha256 (hex).
     Url {
         /// The URL.
         url: String,
         /// Expected sha256, lower-case hex.
         sha256: Option<String>,
+        /// Its minisign signature; when signatures are required and this is `None`,
+        /// `<url>.minisig` is downloaded.
+        signature: Option<String>,
     },
 }
 
@@ -72,6 +80,20 @@ pub struct CreateWorker {
     pub message_timeout_seconds: Option<u32>,
     /// Calls at once (default 1).
     pub max_concurrency: u32,
+}
+
+/// A signature as sent: the `.minisig` text, or that text in base64 (headers cannot carry
+/// line breaks).
+pub fn decode_signature_text(s: &str) -> String {
+    use base64::Engine as _;
+    if s.contains("comment:") {
+        return s.to_owned();
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_else(|| s.to_owned())
 }
 
 /// Checks a tag key and value against the limits (400 when over).
@@ -308,9 +330,15 @@ impl Control {
         input: CodeInput,
         engine: EngineKind,
     ) -> Result<(Vec<u8>, CodeRef, PackageInfo), ApiError> {
-        let (bytes, source, url) = match input {
-            CodeInput::Content(bytes) => (bytes, CodeSourceKind::Content, None),
-            CodeInput::Url { url, sha256 } => {
+        let (bytes, source, url, signature) = match input {
+            CodeInput::Content { bytes, signature } => {
+                (bytes, CodeSourceKind::Content, None, signature)
+            }
+            CodeInput::Url {
+                url,
+                sha256,
+                signature,
+            } => {
                 let result = self.fetcher.fetch(&url, sha256.as_deref()).await;
                 self.metrics.code_fetch(match &result {
                     Ok(_) => "ok",
@@ -320,7 +348,7 @@ impl Control {
                     Err(FetchError::Failed { .. }) => "failed",
                 });
                 match result {
-                    Ok(bytes) => (bytes, CodeSourceKind::Url, Some(url)),
+                    Ok(bytes) => (bytes, CodeSourceKind::Url, Some(url), signature),
                     Err(e) => {
                         tracing::warn!(error = %e, "code fetch refused or failed");
                         return Err(e.into());
@@ -331,10 +359,12 @@ impl Control {
         if bytes.is_empty() {
             return Err(ApiError::InvalidArgument("the code is empty".to_owned()));
         }
+        self.check_signature(&bytes, url.as_deref(), signature)
+            .await?;
         let max = self.config.max_code_bytes;
         if bytes.len() as u64 > max {
             return Err(ApiError::TooLarge(format!(
-                "the package has {} bytes; the limit is {max} (WORKMANAGER_MAX_CODE_BYTES)",
+                "the package has {} bytes; the limit is {max} (PACKAGE_MAX_BYTES)",
                 bytes.len()
             )));
         }
@@ -353,6 +383,40 @@ impl Control {
             url,
         };
         Ok((bytes, code, info))
+    }
+
+    /// With `PACKAGE_TRUSTED_KEYS` set: the package needs a minisign signature by one of
+    /// them (given, or `<url>.minisig` next to a URL source); 422 `invalid_signature` if not.
+    async fn check_signature(
+        &self,
+        bytes: &[u8],
+        url: Option<&str>,
+        signature: Option<String>,
+    ) -> Result<(), ApiError> {
+        let keys = &self.config.security.trusted_keys;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let signature = match (signature, url) {
+            (Some(s), _) => Some(s),
+            (None, Some(url)) => {
+                let sig_url = format!("{url}.minisig");
+                match self.fetcher.fetch(&sig_url, None).await {
+                    Ok(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+                    Err(e) => {
+                        return Err(ApiError::InvalidSignature(format!(
+                            "PACKAGE_TRUSTED_KEYS requires a signature and {sig_url} could not be fetched: {e}; publish the .minisig next to the package or send 'signature'"
+                        )));
+                    }
+                }
+            }
+            (None, None) => None,
+        };
+        let text = signature.map(|s| decode_signature_text(&s));
+        crate::signature::verify(keys, bytes, text.as_deref()).map_err(|e| {
+            tracing::warn!(error = %e, "package signature refused");
+            ApiError::InvalidSignature(e.to_string())
+        })
     }
 
     /// Writes the blob and extracts it (both idempotent, content-addressed).

@@ -14,7 +14,6 @@
 //! `Runtime::shutdown`, wait for tracked tasks, close the store.
 
 use std::fs::File;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,8 +23,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::codestore::{CodeStore, CodeStoreError};
-use crate::config::Config;
+use crate::config::{Config, ListenAddr};
 use crate::control::Control;
+use crate::listen::{self, TlsState};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryError, SqliteStore};
 use crate::runtime::Runtime;
@@ -53,11 +53,14 @@ pub enum DaemonError {
     /// The code store failed to open.
     #[error(transparent)]
     CodeStore(#[from] CodeStoreError),
+    /// The TLS files could not be loaded.
+    #[error("{0}")]
+    Tls(String),
     /// Binding the listen address failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The address.
-        addr: SocketAddr,
+        addr: String,
         /// The I/O error.
         #[source]
         source: std::io::Error,
@@ -119,6 +122,17 @@ impl Daemon {
         config: Config,
         make_runtime: impl FnOnce(&Registry) -> Arc<dyn Runtime>,
     ) -> Result<Daemon, DaemonError> {
+        let mut config = config;
+        if let Some(t) = &config.api_token
+            && !config.security.tokens.iter().any(|e| e.name == "api-token")
+        {
+            // Set after parsing (tests, embedders): the legacy token is an admin token.
+            config.security.tokens.push(crate::api::auth::TokenEntry {
+                name: "api-token".into(),
+                sha256: crate::api::auth::hash_token(t),
+                scopes: vec![crate::api::auth::Scope::Admin],
+            });
+        }
         let lock = prepare_data_dir(&config.data_dir)?;
         let store = SqliteStore::open(&config.data_dir.join("registry.db"))?;
         let registry = Registry::new(Arc::new(store));
@@ -126,6 +140,7 @@ impl Daemon {
         codes.sweep_temporaries();
         let runtime = make_runtime(&registry);
         let config = Arc::new(config);
+        let security = Arc::new(api::Security::new(&config.security));
         let control = Arc::new(Control::new(
             registry,
             codes,
@@ -135,7 +150,7 @@ impl Daemon {
         ));
         Ok(Daemon {
             config,
-            state: AppState { control },
+            state: AppState { control, security },
             tracker: TaskTracker::new(),
             extra_routes: Router::new(),
             _lock: lock,
@@ -172,17 +187,57 @@ impl Daemon {
         &self.state.control
     }
 
-    /// Binds, recovers, serves until `shutdown` is cancelled, then drains.
+    /// The audit trail (add sinks to publish its records).
+    pub fn audit(&self) -> &Arc<crate::audit::Audit> {
+        &self.state.security.audit
+    }
+
+    /// Binds every listener, recovers, serves until `shutdown` is cancelled, then drains.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), DaemonError> {
-        let addr = self.config.listen;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| DaemonError::Bind { addr, source })?;
-        let local = listener
-            .local_addr()
-            .map_err(|source| DaemonError::Bind { addr, source })?;
-        tracing::info!(address = %local, data_dir = %self.config.data_dir.display(), "listening");
-        write_listen_addr(&self.config.data_dir, local);
+        let sec = &self.config.security;
+        let tls = match &sec.tls {
+            Some(t) => Some(TlsState::load(t).map_err(DaemonError::Tls)?),
+            None => None,
+        };
+        let remote = self.config.remote_listeners();
+        let secure = tls.is_some() && sec.auth_enabled();
+        if !(remote.is_empty() || secure) {
+            // Only reachable with --allow-insecure-remote (Config refuses it otherwise).
+            tracing::warn!(
+                listeners = ?remote,
+                "--allow-insecure-remote: serving a non-loopback address without TLS and authentication; anyone who reaches it can deploy and run native code"
+            );
+        }
+        if !sec.auth_enabled() {
+            tracing::info!(
+                "no API tokens configured: loopback TCP callers have every scope (see docs/security.md to require tokens)"
+            );
+        }
+        let accept_stop = shutdown.child_token();
+        let mut listeners = Vec::new();
+        let mut shown = Vec::new();
+        for addr in &self.config.listen {
+            let tls_here = match addr {
+                ListenAddr::Tcp(_) => tls.clone(),
+                ListenAddr::Unix(_) => None,
+            };
+            let l = listen::bind(addr, tls_here, sec.unix_socket_group, accept_stop.clone())
+                .await
+                .map_err(|source| DaemonError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            tracing::info!(address = %l.display, tls = matches!(addr, ListenAddr::Tcp(_)) && tls.is_some(), data_dir = %self.config.data_dir.display(), "listening");
+            shown.push(l.display.clone());
+            listeners.push(l);
+        }
+        write_listen_addr(&self.config.data_dir, &shown);
+        if let Some(tls) = tls.clone() {
+            self.state.security.set_tls_names(tls.names());
+            let token = shutdown.clone();
+            self.tracker
+                .spawn(reload_on_sighup(tls, self.state.security.clone(), token));
+        }
 
         let control = self.state.control.clone();
         self.tracker.spawn(async move {
@@ -193,16 +248,27 @@ impl Daemon {
         });
 
         let app = self.router();
-        let server =
-            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let servers = listeners.into_iter().map(|l| {
+            let app = app
+                .clone()
+                .into_make_service_with_connect_info::<listen::Peer>();
+            let token = shutdown.clone();
+            async move {
+                axum::serve(l, app)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await
+            }
+        });
+        let server = futures_util::future::join_all(servers);
         let drain = self.config.shutdown_timeout;
         let result = tokio::select! {
-            r = server => r.map_err(DaemonError::Serve),
+            r = server => r.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ()).map_err(DaemonError::Serve),
             () = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
                 tracing::warn!(seconds = drain.as_secs(), "in-flight requests did not finish in time; closing them");
                 Ok(())
             }
         };
+        accept_stop.cancel();
         tracing::info!("HTTP server stopped; stopping the runtime");
         self.state.control.runtime().shutdown(drain).await;
         self.tracker.close();
@@ -213,18 +279,56 @@ impl Daemon {
             tracing::warn!("background tasks did not finish in time");
         }
         let _ = std::fs::remove_file(self.config.data_dir.join("listen.addr"));
+        let _ = std::fs::remove_file(self.config.data_dir.join("listen.addrs"));
         tracing::info!("stopped");
         result
     }
 }
 
-/// Writes `<data-dir>/listen.addr` atomically (tests wait for it with `--listen 127.0.0.1:0`).
-fn write_listen_addr(dir: &Path, addr: SocketAddr) {
-    let tmp = dir.join(".listen.addr.tmp");
-    let dst = dir.join("listen.addr");
-    let result =
-        std::fs::write(&tmp, format!("{addr}\n")).and_then(|()| std::fs::rename(&tmp, &dst));
-    if let Err(e) = result {
-        tracing::warn!(error = %e, path = %dst.display(), "cannot write the listen address file");
+/// Reloads the TLS certificate, key and client CAs on every SIGHUP until `token` is
+/// cancelled. Open connections keep their session; a failed reload keeps the old files.
+async fn reload_on_sighup(
+    tls: Arc<TlsState>,
+    security: Arc<api::Security>,
+    token: CancellationToken,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler; TLS files will not be reloaded");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            r = hup.recv() => if r.is_none() { return },
+        }
+        match tls.reload() {
+            Ok(()) => {
+                security.set_tls_names(tls.names());
+                tracing::info!("SIGHUP: TLS certificate and key reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS reload failed; the previous certificate stays in use")
+            }
+        }
+    }
+}
+
+/// Writes `<data-dir>/listen.addrs` (every listener, one per line in `--listen` order), then
+/// `<data-dir>/listen.addr` (the first one, as before several listeners existed), each
+/// atomically; tests wait for `listen.addr` with `--listen 127.0.0.1:0`.
+fn write_listen_addr(dir: &Path, addrs: &[String]) {
+    let all: String = addrs.iter().map(|a| format!("{a}\n")).collect();
+    let first = addrs.first().map(|a| format!("{a}\n")).unwrap_or_default();
+    for (name, text) in [("listen.addrs", all), ("listen.addr", first)] {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let dst = dir.join(name);
+        let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &dst));
+        if let Err(e) = result {
+            tracing::warn!(error = %e, path = %dst.display(), "cannot write the listen address file");
+        }
     }
 }

@@ -18,6 +18,7 @@
 //! [`runtime::Runtime`].
 
 pub mod api;
+pub mod audit;
 pub mod bus;
 pub mod codefetch;
 pub mod codestore;
@@ -28,6 +29,7 @@ pub mod dispatcher;
 pub mod events;
 pub mod gateway;
 pub mod host_runtime;
+pub mod listen;
 pub mod metrics;
 pub mod package_guard;
 pub mod pool;
@@ -36,6 +38,7 @@ pub mod runtime;
 pub mod sandbox_plan;
 pub mod serve;
 pub mod shutdown;
+pub mod signature;
 
 pub use config::{Config, ServeArgs};
 pub use daemon::{Daemon, DaemonError};

@@ -23,6 +23,49 @@ struct Cli {
 enum Command {
     /// Run the daemon.
     Serve(ServeArgs),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new random token and the config line that grants it its scopes (the daemon
+    /// stores only the token's sha256).
+    Create {
+        /// The token's name (audit log, rate limits): 1-64 of A-Z a-z 0-9 . _ -
+        #[arg(long)]
+        name: String,
+        /// A scope: `admin`, `invoke`, `read`, `publish:<topic glob>`, `subscribe:<topic glob>`.
+        #[arg(long = "scope", required = true, num_args = 1..)]
+        scopes: Vec<String>,
+    },
+}
+
+/// `workmanager token create`: exit 0 with the token on stdout, 2 on a bad name or scope.
+fn token_create(name: &str, scopes: &[String]) -> ExitCode {
+    use wm_supervisor::api::auth;
+    let scopes = scopes.join(" ");
+    let token = match auth::new_token() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("workmanager: cannot read random bytes: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let entry = format!("{name}:{}:{scopes}", hex::encode(auth::hash_token(&token)));
+    // Validate exactly as the daemon will read it.
+    if let Err(e) = auth::parse_tokens(&entry) {
+        eprintln!("workmanager: {e}");
+        return ExitCode::from(2);
+    }
+    // stdout: the token, then the config line (scripts take the first line); stderr: help.
+    println!("{token}");
+    println!("WORKMANAGER_API_TOKENS = [\"{entry}\"]");
+    eprintln!(
+        "\nThe token (first line) is shown once; the daemon keeps only its sha256. Add the second line to the config file (or append \"{entry}\" to an existing WORKMANAGER_API_TOKENS list, or to the environment variable, comma-separated), then restart. Clients send: Authorization: Bearer <token>"
+    );
+    ExitCode::SUCCESS
 }
 
 fn init_tracing(format: LogFormat) {
@@ -49,6 +92,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Token(TokenCommand::Create { name, scopes }) => token_create(&name, &scopes),
         Command::Serve(args) => {
             let config = match Config::load(&args) {
                 Ok(c) => c,

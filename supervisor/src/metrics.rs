@@ -23,6 +23,8 @@ pub struct Metrics {
     http: Mutex<BTreeMap<(String, u16), u64>>,
     /// `result` -> code downloads.
     code_fetches: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests refused by the control-plane guards, by error code.
+    rejections: Mutex<BTreeMap<&'static str, u64>>,
     /// Workers created since start.
     pub workers_created: AtomicU64,
     /// Workers deleted since start.
@@ -68,6 +70,14 @@ impl Metrics {
         *m.entry((method.to_owned(), status)).or_default() += 1;
     }
 
+    /// Counts one request refused by authentication, scopes, the browser guards or limits
+    /// (`unauthorized`, `forbidden`, `host_not_allowed`, `origin_not_allowed`,
+    /// `rate_limited`, ...).
+    pub fn rejection(&self, code: &'static str) {
+        let mut m = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(code).or_default() += 1;
+    }
+
     /// Counts one code download by outcome (`ok`, `blocked`, `failed`, `too_large`, `sha256_mismatch`).
     pub fn code_fetch(&self, result: &'static str) {
         let mut m = self.code_fetches.lock().unwrap_or_else(|p| p.into_inner());
@@ -85,6 +95,22 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "workmanager_http_requests_total{{method=\"{method}\",status=\"{status}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP workmanager_api_rejections_total Requests refused by authentication, scopes, browser guards or limits, by error code."
+        );
+        let _ = writeln!(out, "# TYPE workmanager_api_rejections_total counter");
+        for (code, n) in self
+            .rejections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "workmanager_api_rejections_total{{code=\"{code}\"}} {n}"
             );
         }
         let _ = writeln!(

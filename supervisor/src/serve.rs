@@ -124,11 +124,32 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
     daemon.add_routes(api::topics::router(
         bus_dyn.clone(),
         api::topics::TopicLimits {
+            max_body_bytes: api::body_limit(
+                &config,
+                api::BodyClass::Event,
+                "/v1/topics/{topic}/events",
+            ),
             max_event_bytes: crate::pool::guard::max_event_bytes(config.ring_max_frame_bytes),
             ..api::topics::TopicLimits::default()
         },
         token.clone(),
     ));
+    {
+        // Audit records go to the bus too (best effort, in order of the changes).
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::audit::AuditRecord>();
+        daemon.audit().add_sink(Box::new(move |r| {
+            let _ = tx.send(r.clone());
+        }));
+        let bus = bus_dyn.clone();
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                let ev = crate::audit::audit_event(&r);
+                if let Err(e) = bus.publish(crate::audit::AUDIT_TOPIC, vec![ev]).await {
+                    tracing::warn!(error = %e, "cannot publish an audit event; it is in the log only");
+                }
+            }
+        });
+    }
     {
         let bus = bus.clone();
         daemon.add_metrics(move |out| bus.render_prometheus(out));

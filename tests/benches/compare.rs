@@ -969,7 +969,7 @@ impl Conn {
         body: &[u8],
     ) -> std::io::Result<(u16, Vec<u8>)> {
         let mut msg = format!(
-            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/cloudevents+json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/cloudevents+json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         )
         .into_bytes();

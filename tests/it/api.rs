@@ -23,14 +23,14 @@ fn noop_so() -> PathBuf {
 }
 
 /// A native package around the no-op worker; `version` makes distinct packages.
-fn package(version: &str) -> Vec<u8> {
+pub(crate) fn package(version: &str) -> Vec<u8> {
     nupkg::Nupkg::new()
         .nuspec("noop", version, "")
         .file_from("runtimes/linux-x64/native/libnoop.so", &noop_so())
         .build()
 }
 
-fn sha256(bytes: &[u8]) -> String {
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
@@ -39,7 +39,7 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn create_body(pkg: &[u8]) -> Value {
+pub(crate) fn create_body(pkg: &[u8]) -> Value {
     json!({
         "mimeType": "application/x-native-dll",
         "topic": "commands.myworker",
@@ -55,14 +55,14 @@ fn create(d: &Daemon, pkg: &[u8]) -> String {
 }
 
 /// A one-thread HTTP server for code downloads: `routes(path) -> (status, headers, body)`.
-struct FileServer {
-    port: u16,
+pub(crate) struct FileServer {
+    pub(crate) port: u16,
     stop: Arc<AtomicBool>,
     hits: Arc<AtomicUsize>,
 }
 
 impl FileServer {
-    fn start(
+    pub(crate) fn start(
         routes: impl Fn(&str) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + 'static,
     ) -> FileServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -13,3 +13,4 @@ mod failures;
 mod host_limits;
 mod runtime;
 mod sandbox_layers;
+mod security;

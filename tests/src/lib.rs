@@ -6,6 +6,7 @@
 
 pub mod daemon;
 pub mod dotnet;
+pub mod minisign;
 pub mod fstree;
 pub mod native;
 pub mod nupkg;

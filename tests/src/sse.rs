@@ -22,15 +22,24 @@ impl Sse {
     /// Subscribes to `topic` on the daemon at `base_url` (`http://127.0.0.1:port`).
     /// Returns once the server answered 200, so events published afterwards are seen.
     pub fn subscribe(base_url: &str, topic: &str) -> Sse {
+        Sse::subscribe_with(base_url, topic, &[])
+    }
+
+    /// [`Sse::subscribe`] with extra request headers (e.g. `authorization`).
+    pub fn subscribe_with(base_url: &str, topic: &str, headers: &[(&str, &str)]) -> Sse {
         let addr = base_url
             .strip_prefix("http://")
             .unwrap_or(base_url)
             .trim_end_matches('/');
         let mut stream = TcpStream::connect(addr)
             .unwrap_or_else(|e| panic!("connecting to {addr} for SSE: {e}"));
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         write!(
             stream,
-            "GET /v1/topics/{topic}/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+            "GET /v1/topics/{topic}/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{extra}\r\n"
         )
         .unwrap_or_else(|e| panic!("sending the SSE request: {e}"));
         let read_half = stream

@@ -8,6 +8,9 @@
 //! | 400 | `invalid_argument` | a malformed or out-of-range field, malformed JSON |
 //! | 400 | `engine_not_found` | no engine for the MIME type |
 //! | 401 | `unauthorized` | missing or wrong bearer token |
+//! | 403 | `forbidden` | the caller lacks the scope the route needs (the message names it) |
+//! | 403 | `host_not_allowed` | a `Host` that is not a name of this daemon (DNS rebinding) |
+//! | 403 | `origin_not_allowed` | a browser request from an origin not in `WORKMANAGER_ALLOWED_ORIGINS` |
 //! | 403 | `url_blocked` | a code URL refused by policy |
 //! | 404 | `not_found` | unknown worker or route |
 //! | 405 | `method_not_allowed` | known route, wrong method |
@@ -16,6 +19,8 @@
 //! | 415 | `unsupported_media_type` | a JSON endpoint called without a JSON content type |
 //! | 422 | `invalid_package` | package validation failed; `details` lists every problem |
 //! | 422 | `load_failed` | the host could not load a valid package |
+//! | 422 | `invalid_signature` | `PACKAGE_TRUSTED_KEYS` is set and the package signature is missing or wrong |
+//! | 429 | `rate_limited` | over the per-token rate or SSE subscription limit; `Retry-After` says when to retry |
 //! | 502 | `code_fetch_failed` | a code download failed |
 //! | 502 | `invoke_failed` | the worker failed a direct invocation; `errorType` says how |
 //! | 503 | `unavailable` | no host pool / shutting down / not ready |
@@ -46,8 +51,30 @@ pub enum ApiError {
     )]
     EngineNotFound(String),
     /// Missing or wrong bearer token.
-    #[error("missing or invalid bearer token")]
+    #[error(
+        "missing or invalid bearer token: send Authorization: Bearer <token> (workmanager token create makes one)"
+    )]
     Unauthorized,
+    /// The caller lacks a scope.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A `Host` that is not ours.
+    #[error("{0}")]
+    HostNotAllowed(String),
+    /// A browser request from an origin not allowed.
+    #[error("{0}")]
+    OriginNotAllowed(String),
+    /// Over a rate or subscription limit.
+    #[error("{message}")]
+    RateLimited {
+        /// What was exceeded and what to do.
+        message: String,
+        /// Seconds until a retry can succeed.
+        retry_after: u64,
+    },
+    /// The package signature is missing or wrong.
+    #[error("{0}")]
+    InvalidSignature(String),
     /// A code URL refused by policy.
     #[error("{0}")]
     UrlBlocked(String),
@@ -93,6 +120,11 @@ impl ApiError {
             ApiError::InvalidArgument(_) => "invalid_argument",
             ApiError::EngineNotFound(_) => "engine_not_found",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::HostNotAllowed(_) => "host_not_allowed",
+            ApiError::OriginNotAllowed(_) => "origin_not_allowed",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::InvalidSignature(_) => "invalid_signature",
             ApiError::UrlBlocked(_) => "url_blocked",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -113,7 +145,12 @@ impl ApiError {
         match self {
             ApiError::InvalidArgument(_) | ApiError::EngineNotFound(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::UrlBlocked(_) => StatusCode::FORBIDDEN,
+            ApiError::UrlBlocked(_)
+            | ApiError::Forbidden(_)
+            | ApiError::HostNotAllowed(_)
+            | ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::InvalidSignature(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -163,6 +200,10 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
             );
+        }
+        if let ApiError::RateLimited { retry_after, .. } = &self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(*retry_after));
         }
         resp
     }

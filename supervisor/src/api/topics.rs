@@ -33,6 +33,20 @@ use wm_shared::cloudevent::CloudEventError;
 
 use crate::bus::{Bus, BusError, is_valid_topic_len};
 
+/// The topic routes with the scope each needs (part of the route table's policies).
+pub const ROUTES: &[(axum::http::Method, &str, super::auth::Need)] = &[
+    (
+        axum::http::Method::POST,
+        "/v1/topics/{topic}/events",
+        super::auth::Need::Publish,
+    ),
+    (
+        axum::http::Method::GET,
+        "/v1/topics/{topic}/events",
+        super::auth::Need::Subscribe,
+    ),
+];
+
 /// The longest topic name the API takes.
 pub const MAX_API_TOPIC_LEN: usize = 200;
 

@@ -32,6 +32,9 @@ pub struct CodeSourceBody {
     /// Expected sha256 of the download (hex).
     #[serde(alias = "contentSha256", alias = "content_sha256")]
     pub sha256: Option<String>,
+    /// The package's minisign signature: the `.minisig` text, or it in base64. Needed when
+    /// `PACKAGE_TRUSTED_KEYS` is set (for a `url`, `<url>.minisig` is tried otherwise).
+    pub signature: Option<String>,
 }
 
 /// `POST /v1/workers`.
@@ -84,6 +87,9 @@ pub struct CodeFromUrlBody {
     /// Expected sha256 (hex).
     #[serde(default, alias = "contentSha256", alias = "content_sha256")]
     pub sha256: Option<String>,
+    /// The package's minisign signature (see [`CodeSourceBody::signature`]).
+    #[serde(default)]
+    pub signature: Option<String>,
 }
 
 /// `PUT /v1/workers/{id}/tags/{key}`: `{"value": "..."}`.
@@ -290,7 +296,7 @@ pub fn code_input(src: CodeSourceBody, max_bytes: u64) -> Result<CodeInput, ApiE
             // Refuse before decoding: base64 is 4/3 of the bytes.
             if (content.len() as u64) / 4 * 3 > max_bytes + 3 {
                 return Err(ApiError::TooLarge(format!(
-                    "the package is larger than the limit of {max_bytes} bytes (WORKMANAGER_MAX_CODE_BYTES)"
+                    "the package is larger than the limit of {max_bytes} bytes (PACKAGE_MAX_BYTES)"
                 )));
             }
             let bytes = base64::engine::general_purpose::STANDARD
@@ -305,11 +311,15 @@ pub fn code_input(src: CodeSourceBody, max_bytes: u64) -> Result<CodeInput, ApiE
                     "codeSource.content is empty".to_owned(),
                 ));
             }
-            Ok(CodeInput::Content(bytes))
+            Ok(CodeInput::Content {
+                bytes,
+                signature: src.signature,
+            })
         }
         (None, Some(url)) => Ok(CodeInput::Url {
             url,
             sha256: src.sha256.as_deref().map(check_sha256).transpose()?,
+            signature: src.signature,
         }),
     }
 }
@@ -479,13 +489,19 @@ pub async fn put_code(
             "PUT .../code takes the raw package (Content-Type: application/octet-stream); use POST .../code for JSON".to_owned(),
         ));
     }
+    // The signature of a raw upload: the `.minisig` text in base64.
+    let signature = req
+        .headers()
+        .get("x-package-signature")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let bytes = Bytes::from_request(req, &state)
         .await
         .map_err(body_rejection)?;
     let max = state.control.config().max_code_bytes;
     if bytes.len() as u64 > max {
         return Err(ApiError::TooLarge(format!(
-            "the package has {} bytes; the limit is {max} (WORKMANAGER_MAX_CODE_BYTES)",
+            "the package has {} bytes; the limit is {max} (PACKAGE_MAX_BYTES)",
             bytes.len()
         )));
     }
@@ -496,7 +512,13 @@ pub async fn put_code(
     }
     let w = state
         .control
-        .load_code(&id, CodeInput::Content(bytes.to_vec()))
+        .load_code(
+            &id,
+            CodeInput::Content {
+                bytes: bytes.to_vec(),
+                signature,
+            },
+        )
         .await?;
     Ok(Json(view(&state, &w)))
 }
@@ -510,6 +532,7 @@ pub async fn code_from_url(
     let input = CodeInput::Url {
         url: body.url,
         sha256: body.sha256.as_deref().map(check_sha256).transpose()?,
+        signature: body.signature,
     };
     let w = state.control.load_code(&id, input).await?;
     Ok(Json(view(&state, &w)))

@@ -2,3 +2,5 @@
 //! a socket (one binary, one module per area).
 
 mod api;
+mod cloudevents_fuzz;
+mod scopes;
