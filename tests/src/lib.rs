@@ -6,8 +6,8 @@
 
 pub mod daemon;
 pub mod dotnet;
-pub mod minisign;
 pub mod fstree;
+pub mod minisign;
 pub mod native;
 pub mod nupkg;
 pub mod procs;
