@@ -21,6 +21,12 @@
 //! result is printed as a table row, and the test fails at the end listing every attack that
 //! failed with why. `WM_CONTAINMENT_ONLY=socket,kill` runs only the attacks whose name contains
 //! one of the words; `WM_CONTAINMENT_STDERR_BYTES` sizes the stderr flood (default 1 GiB).
+//!
+//! A shared host is one trust domain (its plugins share an address space), so forged
+//! identities name a worker *not* placed on the attacker's host. Two single tests follow the
+//! tables: forged crash slots must not get another worker quarantined, and a forbidden syscall
+//! through the bus is named in the dead letter and in `lifecycle.failed`. The observed table
+//! and the open findings are in docs/security.md ("Attacks and what stops them").
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -100,6 +106,8 @@ struct Attack {
     /// The event's data; `{ppid}`, `{sibling}`, `{data}`, ... are filled in by [`Run::fill`].
     data: String,
     expect: Expect,
+    /// Run before the attack (e.g. a neighbour writing a file).
+    before: Option<AfterFn>,
     /// Run after the attack's invoke, before the checks (e.g. a reload).
     after: Option<AfterFn>,
 }
@@ -109,6 +117,7 @@ fn attack(name: &str, data: &str, expect: Expect) -> Attack {
         name: name.to_owned(),
         data: data.to_owned(),
         expect,
+        before: None,
         after: None,
     }
 }
@@ -502,6 +511,11 @@ impl Run {
             if w["status"] != "RUNNING" {
                 self.d.post(&format!("/v1/workers/{id}/start"));
             }
+        }
+        if let Some(before) = &a.before
+            && let Err(e) = before(self)
+        {
+            return (Outcome::default(), Err(format!("before the attack: {e}")));
         }
         let before = data_digest(self.d.data_dir());
         let attacker_host = self.host_of(&self.w.attacker);
@@ -970,7 +984,7 @@ fn native_attacks() -> Vec<Attack> {
             "write:{sibling_tmp}/evil",
         ),
         (
-            "read a sibling host's temp folder",
+            "list a sibling host's temp folder",
             "open:dir:{sibling_tmp}",
         ),
         ("create in /tmp", "write:/tmp/wm-containment-evil"),
@@ -986,6 +1000,32 @@ fn native_attacks() -> Vec<Attack> {
             ..attack(label, data, Expect::Refused(WRITE_DENIED))
         });
     }
+    // Reading another worker's package is not forbidden by the contract (packages are 0444 so
+    // that every host uid can load them): recorded in the table, never failed.
+    v.push(attack(
+        "read another worker's library (recorded only)",
+        "open:r:{other_file}",
+        check(|_, _| Ok(())),
+    ));
+    // Landlock lets hosts read everywhere: a file a sibling keeps in its temp folder is
+    // protected by nothing but the uid, which all hosts share.
+    v.push(Attack {
+        before: Some(Box::new(|run: &Run| {
+            let r = run.invoke(&run.w.dedicated, "keep-tmp:secret");
+            match Run::reply_json(&r) {
+                Some(v) if v["rc"].as_i64().is_some_and(|rc| rc >= 0) => Ok(()),
+                _ => Err(format!(
+                    "the dedicated neighbour could not keep a file: {}",
+                    r.text()
+                )),
+            }
+        })),
+        ..attack(
+            "read a file in a sibling host's temp folder",
+            "open:r:{sibling_tmp}/secret",
+            Expect::Refused(PROC_DENIED),
+        )
+    });
     v.push(attack(
         "write in $TMPDIR (control)",
         "write-tmp",
@@ -1086,10 +1126,10 @@ fn native_attacks() -> Vec<Attack> {
 
     // Forged frames into the from-host ring.
     v.push(attack(
-        "forge GatewayCall state.Set as the neighbour",
+        "forge GatewayCall state.Set as the dedicated neighbour",
         "forge:{forge_state}",
         check(|run, out| {
-            let r = run.invoke(&run.w.neighbour, "state-get:forged");
+            let r = run.invoke(&run.w.dedicated, "state-get:forged");
             let got = Run::reply_json(&r);
             let value = got
                 .as_ref()
@@ -1099,7 +1139,7 @@ fn native_attacks() -> Vec<Attack> {
             let mut bad = Vec::new();
             if value != Some(Value::Null) {
                 bad.push(format!(
-                    "the neighbour's state was written by the attacker's host: {got:?}"
+                    "the dedicated neighbour's state was written by the attacker's host: {got:?}"
                 ));
             }
             if !identity_flagged(run, out) {
@@ -1424,9 +1464,11 @@ fn forged_frames(run: &Run, data: &str) -> String {
     if !data.contains("{forge_") {
         return data.to_owned();
     }
+    // Identities not placed on the attacker's host. (The shared neighbour is placed there: a
+    // shared host is one trust domain, and what it says for its own workers is believed.)
     let state = Message::GatewayCall(GatewayCall {
         call_id: 0x0F0F_0001,
-        worker_id: run.w.neighbour.clone(),
+        worker_id: run.w.dedicated.clone(),
         msg_id: 0,
         service: "state".into(),
         method: "Set".into(),
@@ -1536,7 +1578,13 @@ fn run_suite(engine: Engine, landlock: bool) {
     for (name, ok, observed, ms) in &rows {
         eprintln!(
             "| {name} | {} | {} | {ms} |",
-            if *ok { "contained" } else { "FAILED" },
+            if !*ok {
+                "FAILED"
+            } else if name.contains("(recorded only)") {
+                "recorded"
+            } else {
+                "contained"
+            },
             truncate(&observed.replace('|', "/").replace('\n', " "), 240)
         );
     }
@@ -1578,7 +1626,7 @@ fn dotnet_attacks_are_contained_without_landlock() {
 /// (neither the neighbour on its own host nor a worker on a dedicated host), and the worker
 /// whose crashes they are is the one quarantined.
 #[test]
-fn forged_crash_slots_cannot_quarantine_a_worker_on_another_host() {
+fn forged_crash_slots_do_not_get_another_worker_quarantined() {
     let run = Run::start_with(
         Engine::Native,
         true,
@@ -1611,4 +1659,54 @@ fn forged_crash_slots_cannot_quarantine_a_worker_on_another_host() {
         attacker_quarantined,
         "8 crashes of the attacker within the window, CRASH_LOOP_MAX_CRASHES=2: it was never quarantined"
     );
+}
+
+/// Through the bus, a forbidden syscall is reported everywhere a crash is: the dead letter's
+/// `deadlettererror` and the worker's `lifecycle.failed` name the syscall and the worker, as
+/// `host.crashed` and the invoke's error do in the tables above.
+#[test]
+fn a_forbidden_syscall_through_the_bus_is_dead_lettered_and_failed_with_the_syscall_named() {
+    let run = Run::start_with(
+        Engine::Native,
+        true,
+        &[
+            ("CRASH_LOOP_MAX_CRASHES", "1000"),
+            ("WORKER_RETRY_ATTEMPTS", "1"),
+        ],
+    );
+    let dead = Sse::subscribe(&run.d.base_url(), "c.attacker-dead");
+    let life = Sse::subscribe(&run.d.base_url(), "workmanager.lifecycle");
+    let r = run.d.send_json(
+        "POST",
+        "/v1/topics/c.attacker/events",
+        &json!({"specversion": "1.0", "id": "poison", "source": "urn:test:containment",
+                "type": "c.attacker", "datacontenttype": "text/plain", "data": "socket:inet"}),
+    );
+    assert_eq!(r.status, 202, "publish: {}", r.text());
+    let says = format!(
+        "worker '{}' called socket(2), which the sandbox forbids",
+        run.w.attacker
+    );
+    let dl = dead.wait_for(Duration::from_secs(30), "the dead letter", |v| {
+        v["id"] == "poison"
+    });
+    assert_eq!(dl["deadletterreason"], "crash", "{dl:#}");
+    assert!(
+        dl["deadlettererror"]
+            .as_str()
+            .is_some_and(|e| e.contains(&says)),
+        "{dl:#}"
+    );
+    let failed = life.wait_for(Duration::from_secs(30), "lifecycle.failed", |v| {
+        v["type"] == "com.virtufin.workmanager.lifecycle.failed"
+            && v["data"]["worker_id"] == run.w.attacker.as_str()
+    });
+    assert!(
+        failed["data"]["error_message"]
+            .as_str()
+            .is_some_and(|e| e.contains(&says)),
+        "{failed:#}"
+    );
+    run.answers(&run.w.neighbour)
+        .unwrap_or_else(|e| panic!("the shared neighbour {e}"));
 }
