@@ -748,7 +748,11 @@ fn tail(s: &str, n: usize) -> &str {
     &s[start..]
 }
 
-/// The private temp folder of host process `pid` (its `--tmp-dir` argument).
+/// Where an attacker would look for the private temp folder of host process `pid`: its
+/// command line (the folder used to be passed as `--tmp-dir`). The supervisor now passes it
+/// as `TMPDIR` in the environment (which a sibling cannot read: hosts are non-dumpable) under
+/// an unguessable name in a folder nobody can list, so this finds nothing and the attack
+/// aims at a path that does not exist.
 fn tmp_dir_of(pid: i64) -> Option<PathBuf> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
@@ -756,6 +760,10 @@ fn tmp_dir_of(pid: i64) -> Option<PathBuf> {
     args.get(i + 1)
         .map(|a| PathBuf::from(String::from_utf8_lossy(a).into_owned()))
 }
+
+/// A sibling's temp folder is hidden (ENOENT: its name cannot be learnt) or, were the name
+/// known, read-only in the attacker's mount namespace.
+const HIDDEN_OR_DENIED: &[i64] = &[EACCES, EROFS, EPERM, ENOENT];
 
 fn first_file(dir: &Path) -> PathBuf {
     fn walk(d: &Path) -> Option<PathBuf> {
@@ -990,6 +998,11 @@ fn native_attacks() -> Vec<Attack> {
         ("create in /tmp", "write:/tmp/wm-containment-evil"),
         ("create in /dev/shm", "write:/dev/shm/wm-containment-evil"),
     ] {
+        let denied = if data.contains("{sibling_tmp}") {
+            HIDDEN_OR_DENIED
+        } else {
+            WRITE_DENIED
+        };
         v.push(Attack {
             after: Some(Box::new(|_: &Run| {
                 for f in ["/tmp/wm-containment-evil", "/dev/shm/wm-containment-evil"] {
@@ -997,7 +1010,7 @@ fn native_attacks() -> Vec<Attack> {
                 }
                 Ok(())
             })),
-            ..attack(label, data, Expect::Refused(WRITE_DENIED))
+            ..attack(label, data, Expect::Refused(denied))
         });
     }
     // Reading another worker's package is not forbidden by the contract (packages are 0444 so

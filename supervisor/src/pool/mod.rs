@@ -1132,7 +1132,13 @@ fn attribute(
             )
         });
     }
-    if let (ExitStatus::Signaled(sig), 1) = (status, in_flight.len())
+    // Only a fault the host raised itself; not a kill (the supervisor's own, for a violation
+    // or a reclaim, or anyone else's), and not when a forged record was found.
+    let fault = matches!(
+        status,
+        ExitStatus::Signaled(s) if [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGSYS, libc::SIGABRT].contains(s)
+    );
+    if let (true, ExitStatus::Signaled(sig), 1, None) = (fault, status, in_flight.len(), &forged)
         && let Some((msg_id, worker)) = in_flight.iter().next()
     {
         return (
