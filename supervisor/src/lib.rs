@@ -34,6 +34,7 @@ pub mod registry;
 pub mod runtime;
 pub mod serve;
 pub mod shutdown;
+pub mod sync;
 
 pub use config::{Config, ServeArgs};
 pub use daemon::{Daemon, DaemonError};
