@@ -137,7 +137,7 @@ pub const BUS_DB_FILE: &str = "bus.db";
 
 /// The embedded durable bus. See the module docs.
 pub struct SqliteBus {
-    cmd: mpsc::UnboundedSender<Cmd>,
+    cmd: std::sync::mpsc::Sender<Cmd>,
     /// Back-pressure on publishers: one permit per event not yet committed.
     queue: Arc<Semaphore>,
     max_queued: u32,
@@ -242,10 +242,11 @@ impl SqliteBus {
             retained: HashMap::new(),
             evicted: HashMap::new(),
             last_expiry: std::time::Instant::now(),
+            deferred: Vec::new(),
         };
         writer.recover().map_err(open_err)?;
 
-        let (cmd, rx) = mpsc::unbounded_channel();
+        let (cmd, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("wm-bus-writer".into())
             .spawn(move || writer.run(rx))
@@ -495,7 +496,7 @@ struct Hooks {
     topic: String,
     id: u64,
     starved: Arc<AtomicBool>,
-    cmd: mpsc::UnboundedSender<Cmd>,
+    cmd: std::sync::mpsc::Sender<Cmd>,
 }
 
 impl ConsumerHooks for Hooks {

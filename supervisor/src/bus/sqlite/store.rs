@@ -65,18 +65,22 @@ pub(super) fn to_i64(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
-/// A reply to store with a completion: (topic, blob).
-pub(super) type ReplyRow<'a> = Option<(&'a str, &'a [u8])>;
+/// An event to insert: (topic, blob, ended). An ended row is stored already settled: an event
+/// on a topic nobody consumes or holds, kept only for the replay window.
+pub(super) type Row<'a> = (&'a str, &'a [u8], bool);
 
 /// What a group commit writes, in one transaction.
 #[derive(Default)]
 pub(super) struct WriteBatch<'a> {
-    /// Publishes: per publish, its events as (topic, blob).
-    pub appends: Vec<Vec<(&'a str, &'a [u8])>>,
+    /// Publishes: per publish, its events.
+    pub appends: Vec<Vec<Row<'a>>>,
     /// Settles: the event to mark settled.
     pub settles: Vec<u64>,
     /// Completions: the event to settle and its reply, stored only if the event was open.
-    pub completes: Vec<(u64, ReplyRow<'a>)>,
+    pub completes: Vec<(u64, Option<Row<'a>>)>,
+    /// Deliveries handed out since the last commit: their attempt counts, persisted here
+    /// rather than in a transaction of their own.
+    pub delivered: Vec<u64>,
     /// Topics over their replay window: delete this many of their oldest settled rows.
     pub trims: Vec<(&'a str, u64)>,
 }
@@ -230,7 +234,7 @@ impl Store {
         {
             let mut ins = tx
                 .prepare_cached(
-                    "INSERT INTO events (topic, event, published_ms) VALUES (?1, ?2, ?3) RETURNING seq",
+                    "INSERT INTO events (topic, event, published_ms, settled) VALUES (?1, ?2, ?3, ?4) RETURNING seq",
                 )
                 .map_err(store_err("prepare an insert"))?;
             let mut settle = tx
@@ -240,9 +244,9 @@ impl Store {
                 .map_err(store_err("prepare a settle"))?;
             for events in &b.appends {
                 let mut s = Vec::with_capacity(events.len());
-                for (topic, blob) in events {
+                for (topic, blob, ended) in events {
                     let seq: i64 = ins
-                        .query_row(params![topic, blob, now], |r| r.get(0))
+                        .query_row(params![topic, blob, now, i64::from(*ended)], |r| r.get(0))
                         .map_err(store_err("append an event"))?;
                     s.push(to_u64(seq));
                 }
@@ -261,13 +265,22 @@ impl Store {
                     .optional()
                     .map_err(store_err("settle an event"))?;
                 let reply_seq = match (&topic, reply) {
-                    (Some(_), Some((rtopic, blob))) => Some(to_u64(
-                        ins.query_row(params![rtopic, blob, now], |r| r.get(0))
+                    (Some(_), Some((rtopic, blob, ended))) => Some(to_u64(
+                        ins.query_row(params![rtopic, blob, now, i64::from(*ended)], |r| r.get(0))
                             .map_err(store_err("append a reply"))?,
                     )),
                     _ => None,
                 };
                 out.completed.push((topic, reply_seq));
+            }
+            if !b.delivered.is_empty() {
+                let mut upd = tx
+                    .prepare_cached("UPDATE events SET deliveries = deliveries + 1 WHERE seq = ?1")
+                    .map_err(store_err("prepare a delivery count"))?;
+                for seq in &b.delivered {
+                    upd.execute(params![to_i64(*seq)])
+                        .map_err(store_err("count a delivery"))?;
+                }
             }
             if !b.trims.is_empty() {
                 let mut trim = tx

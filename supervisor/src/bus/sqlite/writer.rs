@@ -54,6 +54,8 @@ pub(super) struct Topic {
 
 /// How often ended events older than `TOPIC_RETENTION_SECONDS` are deleted.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+/// How long delivery counts may wait for a group commit to ride along with.
+const FLUSH_AFTER: Duration = Duration::from_millis(2);
 /// Most rows one expiry or trim deletes (the rest go next time).
 const MAX_DELETE: u64 = 50_000;
 
@@ -70,6 +72,9 @@ pub(super) struct Writer {
     /// The highest sequence number per topic that left the replay window.
     pub evicted: HashMap<String, u64>,
     pub last_expiry: Instant,
+    /// Deliveries handed out whose attempt count is not stored yet: it goes into the next
+    /// group commit, or into a small transaction of its own after [`FLUSH_AFTER`] without one.
+    pub deferred: Vec<u64>,
 }
 
 impl Writer {
@@ -131,9 +136,22 @@ impl Writer {
         Ok(())
     }
 
-    pub fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+    pub fn run(mut self, rx: std::sync::mpsc::Receiver<Cmd>) {
         let max = self.opts.max_batch_events.max(1);
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            let wait = if self.deferred.is_empty() {
+                EXPIRE_EVERY
+            } else {
+                FLUSH_AFTER
+            };
+            let first = match rx.recv_timeout(wait) {
+                Ok(c) => c,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    self.idle();
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let mut weight = cmd_weight(&first);
             let mut batch = vec![first];
             while weight < max {
@@ -149,8 +167,7 @@ impl Writer {
                 break;
             }
         }
-        // Whatever arrives after the shutdown is refused.
-        rx.close();
+        // Whatever arrives after the shutdown is refused (once `rx` is dropped, sends fail).
         while let Ok(cmd) = rx.try_recv() {
             match cmd {
                 Cmd::Append { reply, events, .. } => {
@@ -170,6 +187,30 @@ impl Writer {
                     let _ = reply.send(());
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// Nothing to do: store the delivery counts that waited for a commit, expire old events.
+    fn idle(&mut self) {
+        self.flush_deferred();
+        if self.last_expiry.elapsed() >= EXPIRE_EVERY {
+            self.last_expiry = Instant::now();
+            self.expire();
+        }
+    }
+
+    fn flush_deferred(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        match self.store.record(&self.deferred, &[], &[]) {
+            Ok(_) => {
+                self.deferred.clear();
+                self.shared.metrics.add_commit();
+            }
+            Err(e) => {
+                tracing::warn!(events = self.deferred.len(), error = %e, "bus: cannot store delivery counts; retried with the next commit");
             }
         }
     }
@@ -387,28 +428,50 @@ impl Writer {
                 (rows > window).then(|| (*topic, (rows - window).min(MAX_DELETE)))
             })
             .collect();
+        // Events on a topic nobody consumes or holds are stored as ended at once (kept for the
+        // replay window, counted as dropped): no second statement to drop them.
+        let ended = |w: &Writer, topic: &str| {
+            w.droppable(topic) && w.topics.get(topic).is_none_or(|t| t.consumers.is_empty())
+        };
+        let appends_ended: Vec<Vec<bool>> = appends
+            .iter()
+            .map(|(events, _, _)| events.iter().map(|(t, _, _)| ended(self, t)).collect())
+            .collect();
+        let completes_ended: Vec<bool> = completes
+            .iter()
+            .map(|c| {
+                c.reply_event
+                    .as_ref()
+                    .is_some_and(|(t, _, _)| ended(self, t))
+            })
+            .collect();
+        let delivered = std::mem::take(&mut self.deferred);
         let batch = WriteBatch {
             appends: appends
                 .iter()
-                .map(|(events, _, _)| {
+                .zip(&appends_ended)
+                .map(|((events, _, _), ended)| {
                     events
                         .iter()
-                        .map(|(t, _, blob)| (t.as_str(), blob.as_slice()))
+                        .zip(ended)
+                        .map(|((t, _, blob), e)| (t.as_str(), blob.as_slice(), *e))
                         .collect()
                 })
                 .collect(),
             settles: settles.iter().map(|s| s.0).collect(),
             completes: completes
                 .iter()
-                .map(|c| {
+                .zip(&completes_ended)
+                .map(|(c, e)| {
                     (
                         c.seq,
                         c.reply_event
                             .as_ref()
-                            .map(|(t, _, blob)| (t.as_str(), blob.as_slice())),
+                            .map(|(t, _, blob)| (t.as_str(), blob.as_slice(), *e)),
                     )
                 })
                 .collect(),
+            delivered: delivered.clone(),
             trims: trims.clone(),
         };
         let result = self.store.commit(&batch);
@@ -421,6 +484,7 @@ impl Writer {
         let done = match result {
             Ok(r) => r,
             Err(e) => {
+                self.deferred.extend(delivered);
                 tracing::error!(error = %e, "bus: a group commit failed; its publishes, settles and completions are refused");
                 let shared_err = |e: &BusError| match e {
                     BusError::Store { step, source } => BusError::Store {
@@ -446,15 +510,21 @@ impl Writer {
         for (topic, (n, max)) in trims.into_iter().zip(done.trimmed) {
             self.evicted_rows(&topic, n, max);
         }
-        for ((events, reply, _permit), seqs) in appends.into_iter().zip(done.appended) {
+        for (((events, reply, _permit), seqs), ended) in
+            appends.into_iter().zip(done.appended).zip(appends_ended)
+        {
             // Counters first, so that whoever sees the answer sees them too.
-            for (topic, _, _) in &events {
+            for ((topic, _, _), e) in events.iter().zip(&ended) {
                 self.shared.metrics.add_published(topic, 1);
+                if *e {
+                    self.shared.metrics.add_dropped(topic, 1);
+                } else {
+                    self.shared.metrics.add_stored(1);
+                }
             }
-            self.shared.metrics.add_stored(seqs.len() as i64);
             let _ = reply.send(Ok(seqs.clone()));
-            for ((topic, event, _), seq) in events.into_iter().zip(seqs) {
-                self.published(topic, event, seq, touched);
+            for (((topic, event, _), seq), e) in events.into_iter().zip(seqs).zip(ended) {
+                self.published(topic, event, seq, e, touched);
             }
         }
         for ((seq, outcome, reply), topic) in settles.into_iter().zip(done.settled) {
@@ -463,14 +533,22 @@ impl Writer {
             }
             let _ = reply.send(Ok(()));
         }
-        for (c, (topic, reply_seq)) in completes.into_iter().zip(done.completed) {
+        for ((c, (topic, reply_seq)), e) in completes
+            .into_iter()
+            .zip(done.completed)
+            .zip(completes_ended)
+        {
             if let Some(topic) = topic {
                 self.settled(c.seq, &topic, &c.outcome);
             }
             if let (Some(seq), Some((rtopic, event, _))) = (reply_seq, c.reply_event) {
                 self.shared.metrics.add_published(&rtopic, 1);
-                self.shared.metrics.add_stored(1);
-                self.published(rtopic, event, seq, touched);
+                if e {
+                    self.shared.metrics.add_dropped(&rtopic, 1);
+                } else {
+                    self.shared.metrics.add_stored(1);
+                }
+                self.published(rtopic, event, seq, e, touched);
             }
             let _ = c.answer.send(Ok(()));
         }
@@ -514,6 +592,7 @@ impl Writer {
         topic: String,
         event: CloudEvent,
         seq: u64,
+        ended: bool,
         touched: &mut HashSet<String>,
     ) {
         let window = self.opts.memory_window.max(1);
@@ -529,6 +608,18 @@ impl Writer {
                 event: event.clone(),
             }));
         }
+        if let Some(w) = watcher
+            && w.receiver_count() == 0
+        {
+            let mut map = super::lock(&self.shared.watchers);
+            if map.get(&topic).is_some_and(|w| w.receiver_count() == 0) {
+                map.remove(&topic);
+            }
+        }
+        if ended {
+            // Already settled as dropped: nothing to hand out.
+            return;
+        }
         let t = self.topics.entry(topic.clone()).or_default();
         t.stored += 1;
         if t.spilled_from.is_none() {
@@ -542,14 +633,6 @@ impl Writer {
                         deliveries: 0,
                     },
                 );
-            }
-        }
-        if let Some(w) = watcher
-            && w.receiver_count() == 0
-        {
-            let mut map = super::lock(&self.shared.watchers);
-            if map.get(&topic).is_some_and(|w| w.receiver_count() == 0) {
-                map.remove(&topic);
             }
         }
         touched.insert(topic);
@@ -666,12 +749,20 @@ impl Writer {
         Some(plan)
     }
 
-    /// Counts the planned deliveries and settles the planned drops.
+    /// Counts the planned deliveries (deferred to the next group commit when there is
+    /// nothing else to write) and settles the planned drops.
     fn record(&mut self, plans: &mut [Plan]) -> Result<(), rusqlite::Error> {
         let delivered: Vec<u64> = plans
             .iter()
             .flat_map(|p| p.deliver.iter().map(|(s, _)| *s))
             .collect();
+        if plans
+            .iter()
+            .all(|p| p.drop.is_empty() && p.drop_spilled_from.is_none())
+        {
+            self.deferred.extend(delivered);
+            return Ok(());
+        }
         let dropped: Vec<u64> = plans.iter().flat_map(|p| p.drop.iter().copied()).collect();
         let from: Vec<(&str, u64)> = plans
             .iter()
@@ -741,6 +832,7 @@ impl Writer {
     }
 
     fn shutdown(&mut self) {
+        self.flush_deferred();
         self.shared.closed.store(true, Ordering::Release);
         super::lock(&self.shared.watchers).clear();
         // Dropping the senders ends every consumer's `recv`.
