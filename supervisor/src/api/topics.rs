@@ -508,6 +508,39 @@ mod tests {
     }
 
     #[test]
+    fn where_a_subscription_starts() {
+        let q = |after: Option<&str>, from: Option<&str>| SubscribeQuery {
+            after: after.map(str::to_string),
+            from: from.map(str::to_string),
+        };
+        let none = HeaderMap::new();
+        let mut last = HeaderMap::new();
+        last.insert("last-event-id", "42".parse().unwrap());
+        assert_eq!(start_at(&none, &q(None, None)).unwrap(), StartAt::Live);
+        assert_eq!(
+            start_at(&none, &q(Some("7"), None)).unwrap(),
+            StartAt::After(7)
+        );
+        assert_eq!(
+            start_at(&none, &q(None, Some("earliest"))).unwrap(),
+            StartAt::Earliest
+        );
+        // A reconnect's Last-Event-ID wins over the URL it reconnects to.
+        assert_eq!(
+            start_at(&last, &q(Some("7"), Some("earliest"))).unwrap(),
+            StartAt::After(42)
+        );
+        for bad in [
+            q(Some("x"), None),
+            q(Some("-1"), None),
+            q(None, Some("yesterday")),
+        ] {
+            let e = start_at(&none, &bad).unwrap_err();
+            assert_eq!((e.code(), e.status().as_u16()), ("invalid_argument", 400));
+        }
+    }
+
+    #[test]
     fn errors_map_to_codes() {
         let e = TopicsError::BodyTooLarge { limit: 10 };
         assert_eq!((e.code(), e.status().as_u16()), ("too_large", 413));
