@@ -302,38 +302,22 @@ impl Dispatcher {
     async fn handle(
         &self,
         spec: &WorkerSpec,
-        mut d: Delivery,
+        d: Delivery,
         cancel: &CancellationToken,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
-        match self.handle_inner(spec, &d, cancel).await {
-            Step::Complete { outcome, publish } => {
-                let dead = matches!(outcome, Outcome::DeadLettered { .. });
-                // Queued now: completions of one lane commit in the order the calls ended.
-                let committed = self.bus.complete(d.seq, outcome, publish);
-                drop(permit);
-                match committed.await {
-                    Ok(()) if dead => self.metrics.dead_lettered(&spec.id, &spec.topic),
-                    Ok(()) => {}
-                    Err(e) => {
-                        // Not stored: give the input back (after a pause, so a failing store is
-                        // not hammered); it is handled again, and completed exactly once.
-                        tracing::error!(error = %e, "completing the event failed; it is delivered again");
-                        tokio::select! {
-                            _ = tokio::time::sleep(self.config.retry_base_delay) => {}
-                            _ = cancel.cancelled() => {}
-                        }
-                        self.bus.release(vec![d]);
-                    }
-                }
-            }
-            Step::Unsettled { attempted } => {
-                if !attempted {
-                    d.deliveries = d.deliveries.saturating_sub(1);
-                }
-                self.bus.release(vec![d]);
-                drop(permit);
-            }
+        let step = self.handle_inner(spec, &d, cancel).await;
+        let done = finish(
+            self.bus.as_ref(),
+            d,
+            step,
+            permit,
+            self.config.retry_base_delay,
+            cancel,
+        )
+        .await;
+        if done == Finished::DeadLettered {
+            self.metrics.dead_lettered(&spec.id, &spec.topic);
         }
     }
 
@@ -661,10 +645,194 @@ impl Dispatcher {
     }
 }
 
+/// How [`finish`] ended a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finished {
+    Replied,
+    DeadLettered,
+    /// Given back to the bus (on purpose, or because its completion did not commit).
+    Released,
+}
+
+/// Ends a delivery as `step` says. A completion is queued at once (a lane's completions
+/// commit in order) and the lane's `permit` given back before it is durable; one that fails
+/// to commit — a reply or a dead letter that could not be stored, or the settle — gives the
+/// input back after `pause`, so it is handled again rather than stuck until a restart.
+async fn finish(
+    bus: &dyn Bus,
+    mut d: Delivery,
+    step: Step,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    pause: Duration,
+    cancel: &CancellationToken,
+) -> Finished {
+    match step {
+        Step::Complete { outcome, publish } => {
+            let dead = matches!(outcome, Outcome::DeadLettered { .. });
+            let committed = bus.complete(d.seq, outcome, publish);
+            drop(permit);
+            match committed.await {
+                Ok(()) if dead => Finished::DeadLettered,
+                Ok(()) => Finished::Replied,
+                Err(e) => {
+                    tracing::error!(error = %e, dead_letter = dead, "completing the event failed; it is delivered again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                    bus.release(vec![d]);
+                    Finished::Released
+                }
+            }
+        }
+        Step::Unsettled { attempted } => {
+            if !attempted {
+                d.deliveries = d.deliveries.saturating_sub(1);
+            }
+            bus.release(vec![d]);
+            drop(permit);
+            Finished::Released
+        }
+    }
+}
+
 fn worker_ref(spec: &WorkerSpec) -> WorkerRef<'_> {
     WorkerRef {
         id: &spec.id,
         group: spec.group.as_deref(),
         topic: &spec.topic,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{BoxFuture, BusError, ReplayPage};
+    use tokio::sync::broadcast;
+
+    /// A bus whose completions fail; it records what is given back.
+    #[derive(Default)]
+    struct FailingBus {
+        released: Mutex<Vec<Delivery>>,
+    }
+
+    impl Bus for FailingBus {
+        fn publish(
+            &self,
+            _: &str,
+            _: Vec<CloudEvent>,
+        ) -> BoxFuture<'_, Result<Vec<u64>, BusError>> {
+            Box::pin(async { Err(BusError::Closed) })
+        }
+        fn watch(&self, _: &str) -> broadcast::Receiver<Arc<crate::bus::Published>> {
+            broadcast::channel(1).1
+        }
+        fn consume(&self, topic: &str, _: &str) -> Consumer {
+            struct NoHooks;
+            impl crate::bus::ConsumerHooks for NoHooks {
+                fn received(&self) {}
+                fn unsubscribed(&self, _: tokio::sync::mpsc::Receiver<Delivery>) {}
+            }
+            Consumer::new(
+                topic.into(),
+                tokio::sync::mpsc::channel(1).1,
+                Box::new(NoHooks),
+            )
+        }
+        fn settle(&self, _: u64, _: Outcome) -> BoxFuture<'_, Result<(), BusError>> {
+            Box::pin(async { Err(BusError::Closed) })
+        }
+        fn complete(
+            &self,
+            _: u64,
+            _: Outcome,
+            _: Option<(String, CloudEvent)>,
+        ) -> BoxFuture<'_, Result<(), BusError>> {
+            Box::pin(async { Err(BusError::Closed) })
+        }
+        fn replay(&self, _: &str, _: u64, _: usize) -> BoxFuture<'_, Result<ReplayPage, BusError>> {
+            Box::pin(async { Err(BusError::Closed) })
+        }
+        fn hold(&self, _: &str, _: Option<&str>) {}
+        fn release(&self, deliveries: Vec<Delivery>) {
+            lock(&self.released).extend(deliveries);
+        }
+        fn set_ready(&self) {}
+        fn close(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+        fn render_prometheus(&self, _: &mut String) {}
+    }
+
+    fn delivery(deliveries: u32) -> Delivery {
+        Delivery {
+            seq: 7,
+            topic: "t".into(),
+            event: CloudEvent::new("e-1", "t", "urn:test"),
+            deliveries,
+        }
+    }
+
+    async fn permit() -> tokio::sync::OwnedSemaphorePermit {
+        Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_that_cannot_be_stored_gives_the_event_back_for_a_retry() {
+        let bus = FailingBus::default();
+        let d = delivery(2);
+        let reason = DeadLetterReason {
+            error_type: ErrorType::Crash,
+            message: "signal 11".into(),
+            attempts: 2,
+            worker_id: Some("w".into()),
+        };
+        let step = Step::Complete {
+            outcome: Outcome::DeadLettered {
+                reason: "crash".into(),
+            },
+            publish: Some((
+                dead_letter_topic("t"),
+                dead_letter_event("t", &d.event, &reason),
+            )),
+        };
+        let cancel = CancellationToken::new();
+        let done = finish(&bus, d, step, permit().await, Duration::ZERO, &cancel).await;
+        assert_eq!(done, Finished::Released, "not reported as dead-lettered");
+        let released = lock(&bus.released).clone();
+        assert_eq!(released.len(), 1);
+        assert_eq!(
+            (released[0].seq, released[0].deliveries),
+            (7, 2),
+            "the attempt counts"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_delivery_given_back_untried_is_not_charged_an_attempt() {
+        let bus = FailingBus::default();
+        let cancel = CancellationToken::new();
+        let step = Step::Unsettled { attempted: false };
+        finish(
+            &bus,
+            delivery(3),
+            step,
+            permit().await,
+            Duration::ZERO,
+            &cancel,
+        )
+        .await;
+        let step = Step::Unsettled { attempted: true };
+        finish(
+            &bus,
+            delivery(3),
+            step,
+            permit().await,
+            Duration::ZERO,
+            &cancel,
+        )
+        .await;
+        let counts: Vec<u32> = lock(&bus.released).iter().map(|d| d.deliveries).collect();
+        assert_eq!(counts, [2, 3]);
     }
 }
