@@ -20,6 +20,12 @@ pub(super) fn init(conn: &Connection) -> Result<(), rusqlite::Error> {
         "PRAGMA locking_mode=EXCLUSIVE;
          PRAGMA journal_mode=WAL;
          PRAGMA synchronous=FULL;
+         -- Fewer, larger checkpoints (hot index pages are copied once per checkpoint, not once
+         -- per 1,000 pages written), a page cache that holds the indexes of the replay window,
+         -- and a WAL file cut back after each checkpoint.
+         PRAGMA wal_autocheckpoint=8000;
+         PRAGMA cache_size=-8192;
+         PRAGMA journal_size_limit=67108864;
          CREATE TABLE IF NOT EXISTS events (
              seq INTEGER PRIMARY KEY AUTOINCREMENT,
              topic TEXT NOT NULL,
