@@ -414,8 +414,9 @@ impl Stream {
                 let gap = report_gap && page.evicted_through > self.last;
                 self.page.extend(page.events);
                 if gap {
+                    // What the page holds (open events older than the eviction point too)
+                    // follows the comment.
                     let missed_from = self.last + 1;
-                    self.last = page.evicted_through;
                     return Some(Event::default().comment(format!(
                         "lagged: events {missed_from}..={} left the replay window (TOPIC_RETENTION_EVENTS, TOPIC_RETENTION_SECONDS) before they were sent",
                         page.evicted_through

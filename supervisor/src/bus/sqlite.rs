@@ -3,9 +3,10 @@
 //! The writer thread owns the connection and every piece of routing state, so ordering is
 //! simple: it takes whatever commands are queued (publishes, settles, completions,
 //! subscriptions), runs them in one transaction (group commit: one fsync for many concurrent
-//! publishers and workers), answers them, and then hands events to consumers in a second,
-//! fsync-free transaction that counts the delivery (`deliveries`) before the event leaves, so
-//! a redelivery after a crash is always visible as such.
+//! publishers and workers), answers them, and then hands events to consumers. The attempt
+//! count of each hand-out (`deliveries`) is written with the next group commit (or in a small
+//! transaction of its own after 2 ms without one), so a redelivery after a crash shows every
+//! attempt but those of the last moments before it.
 //!
 //! One job per module: `store` (every SQL statement), `writer` (the command loop and routing
 //! state), `flow` (which consumer's bounded buffer gets the next event), `overflow` (bounded

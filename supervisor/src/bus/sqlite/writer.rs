@@ -3,8 +3,8 @@
 //!
 //! Per batch: (1) the group commit (publishes, settles, completions, replay-window trims in
 //! one transaction, one fsync), then the answers and the watchers; (2) the pump: flow control
-//! hands pending events to consumers' bounded buffers ([`super::flow`]), counting each
-//! delivery in the store first, and drops the events of topics nobody consumes or holds.
+//! hands pending events to consumers' bounded buffers ([`super::flow`]), their attempt counts
+//! queued for the next group commit, and drops the events of topics nobody consumes or holds.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -660,7 +660,7 @@ impl Writer {
         super::overflow::evict_dead_letters(self);
     }
 
-    /// Phase 2: hands pending events to consumers (counting each delivery in the store first)
+    /// Phase 2: hands pending events to consumers (their attempt counts queued for the next commit)
     /// and, once ready, drops the events of topics nobody consumes or holds.
     fn pump(&mut self, mut topics: HashSet<String>) {
         // Bounded rounds so that one huge backlog cannot starve the command queue.
