@@ -54,7 +54,11 @@ pub(super) struct Topic {
 
 /// How often ended events older than `TOPIC_RETENTION_SECONDS` are deleted.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
-/// How long delivery counts may wait for a group commit to ride along with.
+/// How long a delivery count waits before it is stored: most deliveries are completed within
+/// it, and the count of a settled event need not be stored at all. Idle, counts are stored
+/// after [`FLUSH_AFTER`].
+const COUNT_GRACE: Duration = Duration::from_millis(10);
+/// How long delivery counts wait, with nothing else to do, before a transaction of their own.
 const FLUSH_AFTER: Duration = Duration::from_millis(2);
 /// Most rows one expiry or trim deletes (the rest go next time).
 const MAX_DELETE: u64 = 50_000;
@@ -74,7 +78,7 @@ pub(super) struct Writer {
     pub last_expiry: Instant,
     /// Deliveries handed out whose attempt count is not stored yet: it goes into the next
     /// group commit, or into a small transaction of its own after [`FLUSH_AFTER`] without one.
-    pub deferred: Vec<u64>,
+    pub deferred: Vec<(u64, Instant)>,
 }
 
 impl Writer {
@@ -204,7 +208,8 @@ impl Writer {
         if self.deferred.is_empty() {
             return;
         }
-        match self.store.record(&self.deferred, &[], &[]) {
+        let seqs: Vec<u64> = self.deferred.iter().map(|(s, _)| *s).collect();
+        match self.store.record(&seqs, &[], &[]) {
             Ok(_) => {
                 self.deferred.clear();
                 self.shared.metrics.add_commit();
@@ -445,7 +450,19 @@ impl Writer {
                     .is_some_and(|(t, _, _)| ended(self, t))
             })
             .collect();
-        let delivered = std::mem::take(&mut self.deferred);
+        // Delivery counts: those of events settled by this commit are moot; the rest is stored
+        // once older than COUNT_GRACE.
+        let ending: HashSet<u64> = settles
+            .iter()
+            .map(|s| s.0)
+            .chain(completes.iter().map(|c| c.seq))
+            .collect();
+        self.deferred.retain(|(seq, _)| !ending.contains(seq));
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|(_, at)| at.elapsed() >= COUNT_GRACE);
+        self.deferred = waiting;
+        let delivered: Vec<u64> = due.iter().map(|(s, _)| *s).collect();
         let batch = WriteBatch {
             appends: appends
                 .iter()
@@ -484,7 +501,7 @@ impl Writer {
         let done = match result {
             Ok(r) => r,
             Err(e) => {
-                self.deferred.extend(delivered);
+                self.deferred.extend(due);
                 tracing::error!(error = %e, "bus: a group commit failed; its publishes, settles and completions are refused");
                 let shared_err = |e: &BusError| match e {
                     BusError::Store { step, source } => BusError::Store {
@@ -601,11 +618,17 @@ impl Writer {
             let map = super::lock(&self.shared.watchers);
             map.get(&topic).cloned()
         };
-        if let Some(w) = &watcher {
+        // An ended event is not kept in memory: the watchers get it without a copy.
+        let (for_watchers, event) = if ended {
+            (Some(event), None)
+        } else {
+            (watcher.as_ref().map(|_| event.clone()), Some(event))
+        };
+        if let (Some(w), Some(e)) = (&watcher, for_watchers) {
             let _ = w.send(Arc::new(Published {
                 seq,
                 topic: topic.clone(),
-                event: event.clone(),
+                event: e,
             }));
         }
         if let Some(w) = watcher
@@ -616,10 +639,10 @@ impl Writer {
                 map.remove(&topic);
             }
         }
-        if ended {
+        let Some(event) = event else {
             // Already settled as dropped: nothing to hand out.
             return;
-        }
+        };
         let t = self.topics.entry(topic.clone()).or_default();
         t.stored += 1;
         if t.spilled_from.is_none() {
@@ -760,7 +783,9 @@ impl Writer {
             .iter()
             .all(|p| p.drop.is_empty() && p.drop_spilled_from.is_none())
         {
-            self.deferred.extend(delivered);
+            let now = Instant::now();
+            self.deferred
+                .extend(delivered.into_iter().map(|s| (s, now)));
             return Ok(());
         }
         let dropped: Vec<u64> = plans.iter().flat_map(|p| p.drop.iter().copied()).collect();
