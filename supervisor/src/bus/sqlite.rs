@@ -4,9 +4,10 @@
 //! simple: it takes whatever commands are queued (publishes, settles, completions,
 //! subscriptions), runs them in one transaction (group commit: one fsync for many concurrent
 //! publishers and workers), answers them, and then hands events to consumers. The attempt
-//! count of each hand-out (`deliveries`) is written with the next group commit (or in a small
-//! transaction of its own after 2 ms without one), so a redelivery after a crash shows every
-//! attempt but those of the last moments before it.
+//! count of each hand-out (`deliveries`) is written with a group commit once it is 10 ms old
+//! (not at all if the event was settled by then; in a small transaction of its own when the
+//! writer is idle), so a redelivery after a crash shows every attempt but those of the last
+//! ~10 ms before it.
 //!
 //! One job per module: `store` (every SQL statement), `writer` (the command loop and routing
 //! state), `flow` (which consumer's bounded buffer gets the next event), `overflow` (bounded
