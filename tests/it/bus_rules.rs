@@ -237,3 +237,40 @@ fn a_contended_group_lock_is_retried_per_its_settings_then_dead_lettered_as_lock
         v["data"] == "free"
     });
 }
+
+#[test]
+fn a_hot_reload_keeps_the_backlog() {
+    let d = Daemon::start(options(&[]));
+    let id = chaos_worker(&d, "reload.t", json!({}));
+    let replies = Sse::subscribe(&d.base_url(), "reload.t.reply");
+    let keys: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
+    for k in &keys {
+        let ev = json!({
+            "specversion": "1.0", "id": k, "source": "urn:test", "type": "reload.t",
+            "datacontenttype": "text/plain", "data": "sleep:40", "correlationid": k,
+        });
+        let r = d.send_json("POST", "/v1/topics/reload.t/events", &ev);
+        assert_eq!(r.status, 202, "publish: {}", r.text());
+    }
+    // Mid-backlog: new code for the running worker (its consumer is replaced).
+    std::thread::sleep(Duration::from_millis(150));
+    let r = d.send_json(
+        "POST",
+        &format!("/v1/workers/{id}/code"),
+        &json!({"codeSource": {"content": base64::engine::general_purpose::STANDARD.encode(chaos_package())}}),
+    );
+    assert_eq!(r.status, 200, "reload: {}", r.text());
+    let mut missing: Vec<String> = keys.clone();
+    let deadline = Instant::now() + WAIT;
+    while !missing.is_empty() {
+        let v = replies
+            .next(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|| panic!("replies to {missing:?} never came"));
+        let k = v["correlationid"].as_str().unwrap_or_default().to_string();
+        missing.retain(|m| *m != k);
+    }
+    assert_eq!(
+        metric(&d, "workmanager_bus_dropped_total{topic=\"reload.t\"}"),
+        0.0
+    );
+}
