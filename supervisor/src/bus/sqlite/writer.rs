@@ -18,7 +18,7 @@ use super::super::{BusError, Delivery, Outcome, Published, ReplayPage, is_dead_l
 use super::flow::{Plan, place};
 use super::overflow::route_overflow;
 use super::store::{Store, WriteBatch, now_ms, store_err};
-use super::{Append, Cmd, Complete, Shared, SqliteBusOptions};
+use super::{Append, Cmd, Complete, RoutedAppend, Shared, SqliteBusOptions};
 
 /// A settle waiting for the next commit, with its caller's answer.
 type Settle = (u64, Outcome, oneshot::Sender<Result<(), BusError>>);
@@ -255,21 +255,8 @@ impl Writer {
                     limit,
                     reply,
                 } => replays.push((topic, after, limit, reply)),
-                Cmd::Hold { worker, topic } => {
-                    let before = self.held.len();
-                    match topic {
-                        Some(t) => {
-                            self.held.insert(worker, t);
-                        }
-                        None => {
-                            if self.held.remove(&worker).is_some() {
-                                // Its topic may have nobody left: let the pump decide.
-                                pump_all = true;
-                            }
-                        }
-                    }
-                    tracing::debug!(held = self.held.len(), before, "bus: held topics changed");
-                }
+                // A deleted worker's topic may have nobody left: let the pump decide.
+                Cmd::Hold { worker, topic } => pump_all |= self.hold(worker, topic),
                 Cmd::Subscribe {
                     topic,
                     name,
@@ -278,39 +265,18 @@ impl Writer {
                     starved,
                 } => {
                     tracing::debug!(topic, consumer = name, "bus: consumer subscribed");
-                    self.topics
-                        .entry(topic.clone())
-                        .or_default()
-                        .consumers
-                        .push(Slot {
-                            id,
-                            name,
-                            tx,
-                            starved,
-                        });
+                    let slot = Slot {
+                        id,
+                        name,
+                        tx,
+                        starved,
+                    };
+                    let t = self.topics.entry(topic.clone()).or_default();
+                    t.consumers.push(slot);
                     touched.insert(topic);
                 }
-                Cmd::Unsubscribe { topic, id, mut rx } => {
-                    let t = self.topics.entry(topic.clone()).or_default();
-                    if let Some(pos) = t.consumers.iter().position(|s| s.id == id) {
-                        let slot = t.consumers.remove(pos);
-                        tracing::debug!(topic, consumer = slot.name, "bus: consumer left");
-                    }
-                    // Handed out but never returned to the application: back in line, and
-                    // not counted as an attempt. On this thread no permit into `rx` is
-                    // outstanding, so this drains it all.
-                    rx.close();
-                    while let Ok(d) = rx.try_recv() {
-                        let deliveries = d.deliveries.saturating_sub(1);
-                        recount.push((d.seq, deliveries));
-                        t.pending.insert(
-                            d.seq,
-                            Entry {
-                                event: d.event,
-                                deliveries,
-                            },
-                        );
-                    }
+                Cmd::Unsubscribe { topic, id, rx } => {
+                    self.unsubscribe(&topic, id, rx, &mut recount);
                     touched.insert(topic);
                 }
                 Cmd::Pump { topic } => {
@@ -353,6 +319,46 @@ impl Writer {
             return false;
         }
         true
+    }
+
+    /// Worker `worker` holds `topic` (`Some`), or no longer exists; true if a hold was lifted.
+    fn hold(&mut self, worker: String, topic: Option<String>) -> bool {
+        let lifted = match topic {
+            Some(t) => {
+                self.held.insert(worker, t);
+                false
+            }
+            None => self.held.remove(&worker).is_some(),
+        };
+        tracing::debug!(held = self.held.len(), lifted, "bus: held topics changed");
+        lifted
+    }
+
+    /// Consumer `id` leaves `topic`. What it had buffered but never returned goes back in
+    /// line, not counted as an attempt (`recount` collects the counts to store).
+    fn unsubscribe(
+        &mut self,
+        topic: &str,
+        id: u64,
+        mut rx: mpsc::Receiver<Delivery>,
+        recount: &mut Vec<(u64, u32)>,
+    ) {
+        let t = self.topics.entry(topic.to_string()).or_default();
+        if let Some(pos) = t.consumers.iter().position(|s| s.id == id) {
+            let slot = t.consumers.remove(pos);
+            tracing::debug!(topic, consumer = slot.name, "bus: consumer left");
+        }
+        // On this thread no permit into `rx` is outstanding, so this drains it all.
+        rx.close();
+        while let Ok(d) = rx.try_recv() {
+            let deliveries = d.deliveries.saturating_sub(1);
+            recount.push((d.seq, deliveries));
+            let entry = Entry {
+                event: d.event,
+                deliveries,
+            };
+            t.pending.insert(d.seq, entry);
+        }
     }
 
     /// Puts deliveries given back into line again (with the attempt count they carry), unless
@@ -413,56 +419,20 @@ impl Writer {
         touched: &mut HashSet<String>,
     ) {
         let appends = route_overflow(self, appends);
-        // Topics that will be over their replay window once this commits.
-        let window = self.window_events();
-        let mut adding: HashMap<&str, u64> = HashMap::new();
-        for (events, _, _) in &appends {
-            for (topic, _, _) in events {
-                *adding.entry(topic.as_str()).or_default() += 1;
-            }
-        }
-        for c in &completes {
-            if let Some((topic, _, _)) = &c.reply_event {
-                *adding.entry(topic.as_str()).or_default() += 1;
-            }
-        }
-        let trims: Vec<(&str, u64)> = adding
-            .iter()
-            .filter_map(|(topic, n)| {
-                let rows = self.retained.get(*topic).copied().unwrap_or(0) + n;
-                (rows > window).then(|| (*topic, (rows - window).min(MAX_DELETE)))
-            })
-            .collect();
-        // Events on a topic nobody consumes or holds are stored as ended at once (kept for the
-        // replay window, counted as dropped): no second statement to drop them.
-        let ended = |w: &Writer, topic: &str| {
-            w.droppable(topic) && w.topics.get(topic).is_none_or(|t| t.consumers.is_empty())
-        };
+        let trims = self.trims(&appends, &completes);
         let appends_ended: Vec<Vec<bool>> = appends
             .iter()
-            .map(|(events, _, _)| events.iter().map(|(t, _, _)| ended(self, t)).collect())
+            .map(|(events, _, _)| events.iter().map(|(t, _, _)| self.ended(t)).collect())
             .collect();
         let completes_ended: Vec<bool> = completes
             .iter()
             .map(|c| {
                 c.reply_event
                     .as_ref()
-                    .is_some_and(|(t, _, _)| ended(self, t))
+                    .is_some_and(|(t, _, _)| self.ended(t))
             })
             .collect();
-        // Delivery counts: those of events settled by this commit are moot; the rest is stored
-        // once older than COUNT_GRACE.
-        let ending: HashSet<u64> = settles
-            .iter()
-            .map(|s| s.0)
-            .chain(completes.iter().map(|c| c.seq))
-            .collect();
-        self.deferred.retain(|(seq, _)| !ending.contains(seq));
-        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
-            .into_iter()
-            .partition(|(_, at)| at.elapsed() >= COUNT_GRACE);
-        self.deferred = waiting;
-        let delivered: Vec<u64> = due.iter().map(|(s, _)| *s).collect();
+        let due = self.due_counts(&settles, &completes);
         let batch = WriteBatch {
             appends: appends
                 .iter()
@@ -480,51 +450,32 @@ impl Writer {
                 .iter()
                 .zip(&completes_ended)
                 .map(|(c, e)| {
+                    let reply = c.reply_event.as_ref();
                     (
                         c.seq,
-                        c.reply_event
-                            .as_ref()
-                            .map(|(t, _, blob)| (t.as_str(), blob.as_slice(), *e)),
+                        reply.map(|(t, _, blob)| (t.as_str(), blob.as_slice(), *e)),
                     )
                 })
                 .collect(),
-            delivered: delivered.clone(),
-            trims: trims.clone(),
+            delivered: due.iter().map(|(s, _)| *s).collect(),
+            trims: trims.iter().map(|(t, n)| (t.as_str(), *n)).collect(),
         };
         let result = self.store.commit(&batch);
-        let trims: Vec<String> = trims.into_iter().map(|(t, _)| t.to_string()).collect();
         drop(batch);
-
-        let metrics = &self.shared.metrics;
         let queued: i64 = appends.iter().map(|a| a.0.len() as i64).sum();
-        metrics.add_queued(-queued);
+        self.shared.metrics.add_queued(-queued);
         let done = match result {
             Ok(r) => r,
             Err(e) => {
                 self.deferred.extend(due);
                 tracing::error!(error = %e, "bus: a group commit failed; its publishes, settles and completions are refused");
-                let shared_err = |e: &BusError| match e {
-                    BusError::Store { step, source } => BusError::Store {
-                        step,
-                        source: source.clone(),
-                    },
-                    _ => BusError::Closed,
-                };
-                for (_, reply, _) in appends {
-                    let _ = reply.send(Err(shared_err(&e)));
-                }
-                for (_, _, reply) in settles {
-                    let _ = reply.send(Err(shared_err(&e)));
-                }
-                for c in completes {
-                    let _ = c.answer.send(Err(shared_err(&e)));
-                }
+                refuse(&e, appends, settles, completes);
                 return;
             }
         };
-        metrics.add_commit();
+        self.shared.metrics.add_commit();
 
-        for (topic, (n, max)) in trims.into_iter().zip(done.trimmed) {
+        for ((topic, _), (n, max)) in trims.into_iter().zip(done.trimmed) {
             self.evicted_rows(&topic, n, max);
         }
         for (((events, reply, _permit), seqs), ended) in
@@ -532,12 +483,7 @@ impl Writer {
         {
             // Counters first, so that whoever sees the answer sees them too.
             for ((topic, _, _), e) in events.iter().zip(&ended) {
-                self.shared.metrics.add_published(topic, 1);
-                if *e {
-                    self.shared.metrics.add_dropped(topic, 1);
-                } else {
-                    self.shared.metrics.add_stored(1);
-                }
+                self.count_stored(topic, *e);
             }
             let _ = reply.send(Ok(seqs.clone()));
             for (((topic, event, _), seq), e) in events.into_iter().zip(seqs).zip(ended) {
@@ -550,24 +496,75 @@ impl Writer {
             }
             let _ = reply.send(Ok(()));
         }
-        for ((c, (topic, reply_seq)), e) in completes
-            .into_iter()
-            .zip(done.completed)
-            .zip(completes_ended)
-        {
+        let completed = completes.into_iter().zip(done.completed);
+        for ((c, (topic, reply_seq)), e) in completed.zip(completes_ended) {
             if let Some(topic) = topic {
                 self.settled(c.seq, &topic, &c.outcome);
             }
             if let (Some(seq), Some((rtopic, event, _))) = (reply_seq, c.reply_event) {
-                self.shared.metrics.add_published(&rtopic, 1);
-                if e {
-                    self.shared.metrics.add_dropped(&rtopic, 1);
-                } else {
-                    self.shared.metrics.add_stored(1);
-                }
+                self.count_stored(&rtopic, e);
                 self.published(rtopic, event, seq, e, touched);
             }
             let _ = c.answer.send(Ok(()));
+        }
+    }
+
+    /// Topics that will be over their replay window once this commit is in, with how many of
+    /// their oldest ended rows to delete.
+    fn trims(&self, appends: &[RoutedAppend], completes: &[Complete]) -> Vec<(String, u64)> {
+        let window = self.window_events();
+        let mut adding: HashMap<&str, u64> = HashMap::new();
+        let appended = appends.iter().flat_map(|(events, _, _)| events.iter());
+        for (topic, _, _) in appended {
+            *adding.entry(topic.as_str()).or_default() += 1;
+        }
+        for (topic, _, _) in completes.iter().filter_map(|c| c.reply_event.as_ref()) {
+            *adding.entry(topic.as_str()).or_default() += 1;
+        }
+        adding
+            .into_iter()
+            .filter_map(|(topic, n)| {
+                let rows = self.retained.get(topic).copied().unwrap_or(0) + n;
+                (rows > window).then(|| (topic.to_string(), (rows - window).min(MAX_DELETE)))
+            })
+            .collect()
+    }
+
+    /// Whether an event published on `topic` now is stored already ended: nobody consumes or
+    /// holds the topic, so it is kept only for the replay window and counted as dropped (no
+    /// second statement to drop it).
+    fn ended(&self, topic: &str) -> bool {
+        self.droppable(topic)
+            && self
+                .topics
+                .get(topic)
+                .is_none_or(|t| t.consumers.is_empty())
+    }
+
+    /// The delivery counts to store with this commit: those older than [`COUNT_GRACE`]. The
+    /// counts of events this commit settles are forgotten (moot once settled).
+    fn due_counts(&mut self, settles: &[Settle], completes: &[Complete]) -> Vec<(u64, Instant)> {
+        let ending: HashSet<u64> = settles
+            .iter()
+            .map(|s| s.0)
+            .chain(completes.iter().map(|c| c.seq))
+            .collect();
+        self.deferred.retain(|(seq, _)| !ending.contains(seq));
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|(_, at)| at.elapsed() >= COUNT_GRACE);
+        self.deferred = waiting;
+        due
+    }
+
+    /// Counts one stored event of `topic` (ended: as dropped).
+    fn count_stored(&self, topic: &str, ended: bool) {
+        let metrics = &self.shared.metrics;
+        metrics.add_published(topic, 1);
+        if ended {
+            metrics.add_dropped(topic, 1);
+        } else {
+            metrics.add_stored(1);
         }
     }
 
@@ -863,6 +860,31 @@ impl Writer {
         // Dropping the senders ends every consumer's `recv`.
         self.topics.clear();
         self.store.close();
+    }
+}
+
+/// Answers everyone of a group commit that failed with its error.
+fn refuse(
+    e: &BusError,
+    appends: Vec<RoutedAppend>,
+    settles: Vec<Settle>,
+    completes: Vec<Complete>,
+) {
+    let err = || match e {
+        BusError::Store { step, source } => BusError::Store {
+            step,
+            source: source.clone(),
+        },
+        _ => BusError::Closed,
+    };
+    for (_, reply, _) in appends {
+        let _ = reply.send(Err(err()));
+    }
+    for (_, _, reply) in settles {
+        let _ = reply.send(Err(err()));
+    }
+    for c in completes {
+        let _ = c.answer.send(Err(err()));
     }
 }
 
