@@ -104,6 +104,9 @@ settings! {
     "HOST_RLIMIT_AS_BYTES" [] = "0", "0 (no limit) or 67108864-1099511627776", "address-space limit (RLIMIT_AS) of each host process";
     "BUS_DURABILITY" [] = "fsync", "fsync|os", "fsync: a publish is acknowledged after an fsync'd commit (survives power loss); os: after the write reaches the OS (survives a daemon crash or kill -9, not a power cut; ~4x the publish rate)";
     "TOPIC_MAX_BACKLOG_EVENTS" [] = "100000", "0 (no limit) or 1-100000000", "events one topic may hold waiting for its workers; more are dead-lettered with reason overflow";
+    "TOPIC_RETENTION_EVENTS" [] = "100000", "0 (no replay window) or 1-100000000", "replay window: events per topic kept after their outcome, for SSE resume (Last-Event-ID, ?after=, ?from=earliest)";
+    "TOPIC_RETENTION_SECONDS" [] = "3600", "0 (no replay window) or 1-31536000", "replay window: how long an event is kept after it was published, once it reached its outcome";
+    "DEAD_LETTER_MAX_EVENTS" [] = "100000", "1-100000000", "dead letters one <topic>-dead topic keeps for a consumer; beyond it the oldest are evicted and counted";
     "WORKER_HEARTBEAT_SECONDS" [] = "30", "0 (off) or 1-3600", "how often each started worker's heartbeat is published on workmanager.infra.worker";
     "VIRTUFIN_API_GATEWAY_URL" [] = "", "an http(s) base URL; empty = none", "where plugins' gateway calls for services other than pubsub, state and workmanager are forwarded";
     "STATE_MAX_KEYS" [] = "10000", "1-100000000", "keys one worker may hold in the gateway's state service; a Set of a new key beyond it is refused";
@@ -475,6 +478,12 @@ pub struct Config {
     pub bus_fsync: bool,
     /// Events one topic may hold before publishes overflow into `<topic>-dead` (0: no limit).
     pub topic_max_backlog: u64,
+    /// Replay window: events per topic kept after their outcome (0: none).
+    pub topic_retention_events: u64,
+    /// Replay window: how long (0: none).
+    pub topic_retention: Duration,
+    /// Dead letters a `-dead` topic keeps before the oldest are evicted.
+    pub dead_letter_max_events: u64,
     /// Worker heartbeat period (`None`: off).
     pub heartbeat: Option<Duration>,
     /// Limits on what hosts may send.
@@ -694,6 +703,9 @@ impl Config {
                 _ => return Err(invalid("BUS_DURABILITY", "fsync|os")),
             },
             topic_max_backlog: int("TOPIC_MAX_BACKLOG_EVENTS", 0, 100_000_000)?,
+            topic_retention_events: int("TOPIC_RETENTION_EVENTS", 0, 100_000_000)?,
+            topic_retention: secs("TOPIC_RETENTION_SECONDS", 0, 31_536_000)?,
+            dead_letter_max_events: int("DEAD_LETTER_MAX_EVENTS", 1, 100_000_000)?,
             heartbeat: Some(secs("WORKER_HEARTBEAT_SECONDS", 0, 3600)?).filter(|d| !d.is_zero()),
             host_input: HostInputSettings {
                 state_max_keys: int("STATE_MAX_KEYS", 1, 100_000_000)?,

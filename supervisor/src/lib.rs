@@ -39,6 +39,7 @@ pub mod sandbox_plan;
 pub mod serve;
 pub mod shutdown;
 pub mod signature;
+pub mod sync;
 
 pub use config::{Config, ServeArgs};
 pub use daemon::{Daemon, DaemonError};

@@ -141,6 +141,8 @@ pub enum ErrorType {
     LoadFailed,
     /// The worker's queue overflowed.
     Overflow,
+    /// The worker's group lock stayed taken through `GROUP_LOCK_MAX_RETRIES` attempts.
+    LockContention,
 }
 
 impl ErrorType {
@@ -155,6 +157,7 @@ impl ErrorType {
             ErrorType::Timeout => "timeout",
             ErrorType::LoadFailed => "load_failed",
             ErrorType::Overflow => "overflow",
+            ErrorType::LockContention => "lock_contention",
         }
     }
 
@@ -169,6 +172,7 @@ impl ErrorType {
             "timeout" => ErrorType::Timeout,
             "load_failed" => ErrorType::LoadFailed,
             "overflow" => ErrorType::Overflow,
+            "lock_contention" => ErrorType::LockContention,
             _ => return None,
         })
     }

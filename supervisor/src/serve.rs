@@ -26,6 +26,7 @@ use crate::pool::stderr::StderrLimits;
 use crate::pool::{PoolConfig, SpawnConfig};
 use crate::registry::{LastError, Registry, Status};
 use crate::runtime::{EngineInfo, Runtime, language};
+use crate::sync::lock;
 use crate::{Daemon, api};
 
 /// Runs the daemon until `token` is cancelled (SIGTERM/SIGINT).
@@ -60,6 +61,8 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
         retry_base_delay: config.retry_base_delay,
         timeout_grace: config.timeout_reclaim_grace,
         heartbeat: config.heartbeat,
+        group_lock_max_retries: config.group_lock_max_retries,
+        group_lock_retry_base_delay: config.group_lock_retry_base_delay,
     };
     let engines = engines(&host_runner);
     let gateway_url = config.gateway_url.clone();
@@ -73,6 +76,9 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
                 Durability::Os
             },
             max_topic_backlog: config.topic_max_backlog,
+            retention_events: config.topic_retention_events,
+            retention: config.topic_retention,
+            dead_letter_max_events: config.dead_letter_max_events,
             ..SqliteBusOptions::default()
         },
         pool,
@@ -115,12 +121,14 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
     let Some(Built {
         bus,
         events,
+        registry,
         runtime: _,
     }) = lock(&built).take()
     else {
         anyhow::bail!("the runtime was not built (Daemon::new did not call make_runtime)");
     };
     let bus_dyn: Arc<dyn Bus> = bus.clone();
+    hold_registered_topics(&registry, bus_dyn.as_ref())?;
 
     daemon.add_routes(api::topics::router(
         bus_dyn.clone(),
@@ -176,9 +184,17 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
     }
 
     let listener_events = events.clone();
+    let listener_bus = bus_dyn.clone();
     daemon
         .control()
         .add_listener(Box::new(move |ev: &ControlEvent| {
+            // Called right after the registry changed, before the API answers: a topic is
+            // held from the moment its worker exists until it is deleted.
+            match ev.kind {
+                ControlEventKind::Registered => listener_bus.hold(&ev.worker_id, Some(&ev.topic)),
+                ControlEventKind::Deleted => listener_bus.hold(&ev.worker_id, None),
+                _ => {}
+            }
             if let ControlEventKind::Registered = ev.kind {
                 let events = listener_events.clone();
                 let ev = ev.clone();
@@ -198,15 +214,26 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
     result.map_err(Into::into)
 }
 
+/// Tells the bus which topics have a registered worker (whatever its status): their events
+/// wait for it across `stop`, `ERROR` and restarts (also with `WORKER_RECOVERY_ON_START`
+/// off) instead of being dropped for want of a consumer.
+fn hold_registered_topics(registry: &Registry, bus: &dyn Bus) -> anyhow::Result<()> {
+    let workers = registry
+        .store()
+        .list_workers()
+        .context("listing the registered workers for the bus")?;
+    for w in &workers {
+        bus.hold(&w.id, Some(&w.topic));
+    }
+    Ok(())
+}
+
 /// What `make_runtime` builds besides the runtime itself.
 struct Built {
     bus: Arc<SqliteBus>,
     events: Arc<Events>,
+    registry: Registry,
     runtime: Arc<HostRuntime>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What `build` turns into the runtime, collected from the config before `Daemon::new`.
@@ -245,6 +272,7 @@ fn build(registry: &Registry, p: Parts) -> anyhow::Result<Built> {
     Ok(Built {
         bus,
         events,
+        registry: registry.clone(),
         runtime,
     })
 }

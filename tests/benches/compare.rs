@@ -563,7 +563,7 @@ fn restore_affinity(set: &libc::cpu_set_t) {
 }
 
 /// The ring alone; with `pin`, this thread on vCPU 0 and the echo child on vCPU 1.
-fn ring_alone(label: &str, frame: &[u8], pin: bool) {
+fn ring_alone(label: &str, frame: &[u8], pin: bool) -> Lat {
     let saved = pin_current_thread(pin.then_some(0));
     let region = Arc::new(Region::create("bench-ring", &RingConfig::default()).expect("region"));
     let fd = region.as_fd().as_raw_fd();
@@ -608,6 +608,7 @@ fn ring_alone(label: &str, frame: &[u8], pin: bool) {
         v.push(t.elapsed());
     }
     let per = |a: u64, b: u64| (a - b) as f64 / 100_000.0;
+    let l = lat(v);
     report(
         &format!(
             "ring alone, {} B frame, back to back, {}{label}",
@@ -616,7 +617,7 @@ fn ring_alone(label: &str, frame: &[u8], pin: bool) {
         ),
         format!(
             "{}; voluntary switches per round trip: child {:.3}, parent {:.3}",
-            lat(v),
+            l,
             per(voluntary_switches(child.id()), sw.0),
             per(voluntary_switches(me), sw.1)
         ),
@@ -624,6 +625,7 @@ fn ring_alone(label: &str, frame: &[u8], pin: bool) {
     region.mark_closed(Side::Supervisor);
     let _ = child.wait();
     restore_affinity(&saved);
+    l
 }
 
 /// Back-to-back round trips to worker w0; the latency and the host's voluntary context
@@ -968,8 +970,18 @@ impl Conn {
         path: &str,
         body: &[u8],
     ) -> std::io::Result<(u16, Vec<u8>)> {
+        self.request_typed(method, path, "application/cloudevents+json", body)
+    }
+
+    fn request_typed(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         let mut msg = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/cloudevents+json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
             body.len()
         )
         .into_bytes();
@@ -1556,6 +1568,202 @@ fn load_test(so: &Path) {
     );
 }
 
+/// What the event-path figures are compared with, from the same run.
+#[derive(Debug, Clone, Copy)]
+struct Baselines {
+    /// Path A, 1 worker: in-process calls per second.
+    a: f64,
+    /// The ring alone, back to back.
+    ring: Lat,
+}
+
+impl Baselines {
+    /// "x events/s = 1/n of A, 1/m of the ring".
+    fn rate(&self, per_s: f64) -> String {
+        let ring = 1e6 / self.ring.p50.max(0.001);
+        format!(
+            "{per_s:.0} events/s = A/{:.0}, ring/{:.0}",
+            self.a / per_s.max(1.0),
+            ring / per_s.max(1.0)
+        )
+    }
+
+    /// "p50 x us = n x A's call, m x the ring's round trip".
+    fn latency(&self, l: Lat) -> String {
+        let a_us = 1e6 / self.a.max(1.0);
+        format!(
+            "{l}; p50 = {:.0} x A's call, {:.0} x the ring's round trip",
+            l.p50 / a_us,
+            l.p50 / self.ring.p50.max(0.001)
+        )
+    }
+}
+
+/// Issue 12's figures: the event path end to end (HTTP publish -> bus -> native echo worker
+/// -> reply stored -> reply seen on SSE), single and batch publishes, one at a time (fsync and
+/// os), `POST /invoke`, and the daemon's RSS meanwhile.
+fn event_path(so: &Path, base: Baselines) {
+    section("issue 12: the event path (ratios to path A, 1 worker, and to the ring alone)");
+    let pkg = chaos_package("Chaos.Worker", so);
+    for durability in ["fsync", "os"] {
+        let d = daemon(false, &[("BUS_DURABILITY", durability)]);
+        let w = worker(&d, NATIVE, "one.in", &pkg, json!({}));
+        let replies = Sse::subscribe(&d.base_url(), "one.in.reply");
+        let mut c = Conn::new(d.addr());
+        let mut one = |id: &str| {
+            let b = serde_json::to_vec(&event_json(id, "one.in")).unwrap();
+            let t = Instant::now();
+            let (s, r) = c
+                .request("POST", "/v1/topics/one.in/events", &b)
+                .expect("publish");
+            assert_eq!(s, 202, "{}", String::from_utf8_lossy(&r));
+            loop {
+                let v = replies
+                    .next(Duration::from_secs(30))
+                    .unwrap_or_else(|| panic!("no reply to {id}"));
+                if v["id"] == id {
+                    return t.elapsed();
+                }
+            }
+        };
+        for n in 0..200 {
+            one(&format!("w{n}"));
+        }
+        let lats: Vec<Duration> = (0..2000).map(|n| one(&format!("b{n}"))).collect();
+        report(
+            &format!("bus -> plugin -> reply on SSE, one at a time, BUS_DURABILITY={durability}"),
+            base.latency(lat(lats)),
+        );
+        if durability == "fsync" {
+            let body = serde_json::to_vec(&event_json("inv-1", "one.in")).unwrap();
+            for _ in 0..500 {
+                assert!(invoke_ok(&mut c, &w, &body));
+            }
+            let lats: Vec<Duration> = (0..3000)
+                .map(|_| {
+                    let t = Instant::now();
+                    assert!(invoke_ok(&mut c, &w, &body));
+                    t.elapsed()
+                })
+                .collect();
+            report("POST /invoke, back to back", base.latency(lat(lats)));
+        }
+    }
+
+    // 16 publishers, one event a request, one worker with maxConcurrency 4.
+    {
+        let d = daemon(false, &[]);
+        worker(&d, NATIVE, "e2e.in", &pkg, json!({"maxConcurrency": 4}));
+        let (published, seen, rss) = sustained(&d, "e2e.in", 16, 1, Duration::from_secs(6));
+        report(
+            "end to end, 16 publishers, single events, 1 worker x 4",
+            format!(
+                "{}; {published:.0} publishes/s accepted; RSS max {:.1} MiB",
+                base.rate(seen),
+                rss.iter().cloned().fold(0.0, f64::max)
+            ),
+        );
+    }
+    // Batches of 100 events a request, four workers (4 threads each) on the topic.
+    {
+        let d = daemon(false, &[]);
+        for _ in 0..4 {
+            worker(&d, NATIVE, "batch.in", &pkg, json!({"maxConcurrency": 4}));
+        }
+        let (published, seen, rss) = sustained(&d, "batch.in", 4, 100, Duration::from_secs(6));
+        report(
+            "end to end, 4 publishers x 100-event batches, 4 workers x 4",
+            format!(
+                "{}; {published:.0} events/s accepted; RSS max {:.1} MiB",
+                base.rate(seen),
+                rss.iter().cloned().fold(0.0, f64::max)
+            ),
+        );
+    }
+}
+
+/// `publishers` keep-alive connections publishing `batch` events a request to `topic` for
+/// `for_`, while an SSE subscription counts the replies. Returns (events accepted per second,
+/// replies seen per second over the same window, RSS samples).
+fn sustained(
+    d: &Daemon,
+    topic: &str,
+    publishers: usize,
+    batch: usize,
+    for_: Duration,
+) -> (f64, f64, Vec<f64>) {
+    let replies = Sse::subscribe(&d.base_url(), &format!("{topic}.reply"));
+    let seen = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = {
+        let (seen, stop) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if replies.next(Duration::from_millis(200)).is_some() {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let accepted = Arc::new(AtomicU64::new(0));
+    let hs: Vec<_> = (0..publishers)
+        .map(|p| {
+            let (stop, accepted, addr, topic) =
+                (stop.clone(), accepted.clone(), d.addr(), topic.to_string());
+            std::thread::spawn(move || {
+                let mut c = Conn::new(addr);
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let events: Vec<Value> = (0..batch)
+                        .map(|i| {
+                            let mut ev = event_json(&format!("s{p}-{n}-{i}"), &topic);
+                            ev["datacontenttype"] = json!("text/plain");
+                            ev["data"] = json!("hello");
+                            ev
+                        })
+                        .collect();
+                    let path = format!("/v1/topics/{topic}/events");
+                    let (s, r) = if batch == 1 {
+                        let b = serde_json::to_vec(&events[0]).unwrap();
+                        c.request("POST", &path, &b).expect("publish")
+                    } else {
+                        let b = serde_json::to_vec(&events).unwrap();
+                        c.request_typed("POST", &path, "application/cloudevents-batch+json", &b)
+                            .expect("publish")
+                    };
+                    assert_eq!(s, 202, "{}", String::from_utf8_lossy(&r));
+                    accepted.fetch_add(batch as u64, Ordering::Relaxed);
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    // Warm-up second, then the measured window.
+    std::thread::sleep(Duration::from_secs(1));
+    let (a0, s0) = (
+        accepted.load(Ordering::Relaxed),
+        seen.load(Ordering::Relaxed),
+    );
+    let pid = d.pid().expect("pid");
+    let mut rss = Vec::new();
+    let t = Instant::now();
+    while t.elapsed() < for_ {
+        std::thread::sleep(Duration::from_millis(250));
+        rss.push(rss_mib(pid));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let (a1, s1) = (
+        accepted.load(Ordering::Relaxed),
+        seen.load(Ordering::Relaxed),
+    );
+    stop.store(true, Ordering::Relaxed);
+    for h in hs {
+        h.join().unwrap();
+    }
+    let _ = counter.join();
+    ((a1 - a0) as f64 / secs, (s1 - s0) as f64 / secs, rss)
+}
+
 // ---------------------------------------------------------------------------------------------
 
 fn main() {
@@ -1596,8 +1804,21 @@ fn main() {
 
     let frame = Host::process_frame(1, "w0", &ev);
     section("the ring alone (this process <-> an echo child)");
-    ring_alone("run 1 (start)", &frame, false);
+    let ring = ring_alone("run 1 (start)", &frame, false);
     ring_alone("run 1 (start)", &frame, true);
+
+    if std::env::var("WM_COMPARE_ONLY").as_deref() == Ok("events") {
+        // Issue 12's figures alone (a few minutes): path A and the ring as the baselines, then
+        // the event path through the daemon.
+        let a = path_a(&so, &ev);
+        event_path(&so, Baselines { a: a[0], ring });
+        println!("\nload average at the end: {}", load_average());
+        println!("\n| figure | measured |\n|---|---|");
+        for (f, v) in SUMMARY.lock().unwrap().iter() {
+            println!("| {f} | {v} |");
+        }
+        return;
+    }
 
     if std::env::var_os("WM_COMPARE_ONLY_RING").is_some() {
         // The key ring figures alone (ring, then ring + host-runner), to repeat them quickly.
@@ -1626,6 +1847,7 @@ fn main() {
         );
     }
     e2e_latency(&so);
+    event_path(&so, Baselines { a: a[0], ring });
     respawn(&so, dotnet.as_deref());
     memory_and_idle_cpu(&so, dotnet.as_deref());
     load_test(&so);

@@ -275,7 +275,7 @@ async fn a_backlog_larger_than_the_memory_window_is_delivered_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_that_leaves_gives_back_what_it_had_buffered() {
+async fn a_consumer_that_leaves_gives_back_what_it_had_buffered_without_charging_an_attempt() {
     let dir = tempfile::tempdir().unwrap();
     let opts = SqliteBusOptions {
         consumer_prefetch: 4,
@@ -292,9 +292,24 @@ async fn a_consumer_that_leaves_gives_back_what_it_had_buffered() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(first);
     let mut second = bus.consume("t", "second");
-    for seq in seqs {
+    // Never returned by `recv`, so never tried: `deliveries` counts attempts, not hand-outs.
+    for seq in &seqs {
         let d = recv(&mut second).await;
-        assert_eq!((d.seq, d.deliveries), (seq, 2));
+        assert_eq!((d.seq, d.deliveries), (*seq, 1));
+    }
+    drop(second);
+    // The count given back is also what the store keeps across a restart.
+    bus.close().await;
+    drop(bus);
+    let bus = open(dir.path());
+    let mut third = bus.consume("t", "third");
+    for seq in seqs {
+        let d = recv(&mut third).await;
+        assert_eq!(
+            (d.seq, d.deliveries),
+            (seq, 2),
+            "one hand-out was returned by recv"
+        );
     }
 }
 
@@ -514,4 +529,150 @@ async fn publishers_outrunning_a_topic_overflow_into_dead_letters_not_into_memor
         seen.push(recv(&mut dead).await.event.id);
     }
     assert!(seen.contains(&"id-6".to_string()), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_stores_the_reply_and_settles_in_one_transaction_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path());
+    let mut c = bus.consume("in", "w");
+    let mut replies = bus.watch("in.reply");
+    bus.publish("in", vec![event(1)]).await.unwrap();
+    let d = recv(&mut c).await;
+    let mut reply = event(100);
+    reply.ty = "in.reply".into();
+    bus.complete(
+        d.seq,
+        Outcome::Replied,
+        Some(("in.reply".into(), reply.clone())),
+    )
+    .await
+    .unwrap();
+    let p = tokio::time::timeout(WAIT, replies.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.event.id, "id-100");
+    // A second completion of the same delivery stores nothing: one reply per completion.
+    bus.complete(d.seq, Outcome::Replied, Some(("in.reply".into(), reply)))
+        .await
+        .unwrap();
+    assert_eq!(bus.metrics().published("in.reply"), 1);
+    assert_eq!(bus.metrics().settled("replied"), 1);
+    assert_eq!(
+        bus.metrics().stored(),
+        1,
+        "only the reply is open (no consumer yet)"
+    );
+    // Completions are atomic across a restart too: the input is gone, the reply is there.
+    bus.close().await;
+    drop(bus);
+    let bus = open(dir.path());
+    let mut c = bus.consume("in", "w");
+    assert_quiet(&mut c).await;
+    let mut r = bus.consume("in.reply", "r");
+    assert_eq!(recv(&mut r).await.event.id, "id-100");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_window_keeps_ended_events_and_reports_what_left_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SqliteBusOptions {
+        retention_events: 5,
+        ..SqliteBusOptions::default()
+    };
+    let bus = SqliteBus::open(dir.path(), opts.clone()).unwrap();
+    bus.set_ready();
+    // Nobody consumes "obs": each event is dropped (counted) but stays readable.
+    let first = bus
+        .publish("obs", (0..3).map(event).collect())
+        .await
+        .unwrap();
+    wait_until("the drops", || bus.metrics().dropped("obs") == 3).await;
+    let page = bus.replay("obs", 0, 100).await.unwrap();
+    let seqs: Vec<u64> = page.events.iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, first);
+    assert_eq!(page.evicted_through, 0);
+    let page = bus.replay("obs", first[0], 100).await.unwrap();
+    assert_eq!(
+        page.events.len(),
+        2,
+        "strictly after the given sequence number"
+    );
+    assert_eq!(page.events[0].event.id, "id-1");
+
+    // Beyond 5 events the oldest ended ones leave the window, and the reader is told so.
+    let more = bus
+        .publish("obs", (3..9).map(event).collect())
+        .await
+        .unwrap();
+    wait_until("the drops", || bus.metrics().dropped("obs") == 9).await;
+    bus.publish("obs", vec![event(9)]).await.unwrap();
+    let page = bus.replay("obs", 0, 100).await.unwrap();
+    assert!(page.events.len() <= 6, "{} events kept", page.events.len());
+    assert!(page.evicted_through >= first[2], "{page:?}");
+    assert!(page.events.iter().all(|p| p.seq > page.evicted_through));
+    assert_eq!(page.events.last().unwrap().event.id, "id-9");
+    // The window and what left it survive a restart.
+    bus.close().await;
+    drop(bus);
+    let bus = SqliteBus::open(dir.path(), opts).unwrap();
+    let again = bus.replay("obs", more[0], 100).await.unwrap();
+    assert_eq!(again.evicted_through, page.evicted_through);
+    assert_eq!(again.events.last().unwrap().event.id, "id-9");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_topics_wait_for_their_worker_and_dead_letters_are_kept_then_evicted_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SqliteBusOptions {
+        dead_letter_max_events: 3,
+        ..SqliteBusOptions::default()
+    };
+    let bus = SqliteBus::open(dir.path(), opts).unwrap();
+    bus.hold("w1", Some("orders"));
+    bus.set_ready();
+    bus.publish("orders", (0..4).map(event).collect())
+        .await
+        .unwrap();
+    bus.publish("orders-dead", (0..5).map(event).collect())
+        .await
+        .unwrap();
+    // Neither is dropped for want of a consumer: a registered (stopped) worker holds "orders",
+    // and dead letters wait for whoever reads them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bus.metrics().dropped("orders"), 0);
+    assert_eq!(bus.metrics().dropped("orders-dead"), 0);
+    // Over DEAD_LETTER_MAX_EVENTS: the oldest are evicted (checked every second), counted.
+    bus.publish("tick", vec![event(0)]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    bus.publish("tick", vec![event(1)]).await.unwrap();
+    wait_until("the eviction", || bus.metrics().evicted("orders-dead") == 2).await;
+    let mut text = String::new();
+    bus.render_prometheus(&mut text);
+    assert!(text.contains("workmanager_bus_dead_letters_evicted_total{topic=\"orders-dead\"} 2\n"));
+    let mut dead = bus.consume("orders-dead", "reader");
+    let ids: Vec<String> = [
+        recv(&mut dead).await,
+        recv(&mut dead).await,
+        recv(&mut dead).await,
+    ]
+    .into_iter()
+    .map(|d| d.event.id)
+    .collect();
+    assert_eq!(ids, ["id-2", "id-3", "id-4"]);
+    assert_quiet(&mut dead).await;
+    // The worker comes back: it gets the whole backlog.
+    let mut w = bus.consume("orders", "w1");
+    for i in 0..4 {
+        assert_eq!(recv(&mut w).await.event.id, format!("id-{i}"));
+    }
+    drop(w);
+    // Once the worker is deleted, its topic is an ordinary one again: dropped and counted.
+    bus.hold("w1", None);
+    bus.publish("orders", vec![event(9)]).await.unwrap();
+    wait_until("the released topic to be dropped", || {
+        bus.metrics().dropped("orders") == 1
+    })
+    .await;
 }

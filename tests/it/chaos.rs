@@ -1200,3 +1200,185 @@ fn publish_to(addr: std::net::SocketAddr, ledger: &Ledger, worker: &'static str,
     .unwrap_or_else(|e| panic!("publishing {key}: {e}"));
     assert_eq!(r.status, 202, "publish {key}: {}", r.text());
 }
+
+/// Issue 12: the daemon is SIGKILLed at a random moment of a free-running stream (publishers
+/// never pause) and the observer resumes with `Last-Event-ID`. A reply is stored in the same
+/// transaction that settles its input (`Bus::complete`), so a call whose completion had not
+/// committed leaves no reply behind and is simply handled again: every accepted event ends with
+/// exactly one reply on the observer's stream, across the crash. Publishes cut by the kill are
+/// counted as uncertain (at most one reply each).
+#[test]
+fn chaos_sigkill_mid_free_running_stream_observers_resume_with_last_event_id() {
+    let so = Build::plugin("chaos", Lang::C, &["chaos.c"]).build();
+    let pkg = nupkg::native(
+        "Chaos.Worker",
+        "chaos",
+        &so,
+        "<virtufinLibrary>chaos</virtufinLibrary>",
+    );
+    let data = tempfile::tempdir().expect("tempdir");
+    let opts = || {
+        DaemonOptions::default()
+            .data_dir(data.path())
+            .env("WORKER_RETRY_BASE_DELAY_MS", "10")
+    };
+    let mut d = Daemon::start(opts());
+    let body = json!({
+        "mimeType": "application/x-native-dll", "topic": "free", "maxConcurrency": 4,
+        "codeSource": {"content": b64(&pkg)},
+    });
+    let r = d.send_json("POST", "/v1/workers", &body);
+    assert_eq!(r.status, 201, "create: {}", r.text());
+    let id = r.json()["id"].as_str().expect("id").to_string();
+    let r = d.post(&format!("/v1/workers/{id}/start"));
+    assert!(r.status < 300, "start: {}", r.text());
+
+    let addr = Arc::new(Mutex::new(d.addr()));
+    let accepted: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let uncertain: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishers: Vec<_> = (0..4)
+        .map(|t| {
+            let (addr, accepted, uncertain, stop) = (
+                addr.clone(),
+                accepted.clone(),
+                uncertain.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let key = format!("f{t}-{n}");
+                    let ev = json!({
+                        "specversion": "1.0", "id": key, "source": "urn:test:free", "type": "free",
+                        "datacontenttype": "text/plain", "data": key,
+                    });
+                    let to = *lock(&addr);
+                    let r = wm_testkit::daemon::http::request(
+                        to,
+                        "POST",
+                        "/v1/topics/free/events",
+                        &[("content-type", "application/json")],
+                        ev.to_string().as_bytes(),
+                    );
+                    match r {
+                        Ok(r) if r.status == 202 => {
+                            lock(&accepted).insert(key);
+                        }
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(_) => {
+                            lock(&uncertain).insert(key);
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // The observer, and the random moment of the kill.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let kill_after = Duration::from_millis(800 + u64::from(nanos % 1_700));
+    let mut replies: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut ids_seen: Vec<u64> = Vec::new();
+    let observer = Sse::subscribe(&d.base_url(), "free.reply");
+    record(&observer, kill_after, &mut replies, &mut ids_seen);
+    let accepted_before_kill = lock(&accepted).len();
+    d.kill9();
+    record(
+        &observer,
+        Duration::from_millis(200),
+        &mut replies,
+        &mut ids_seen,
+    );
+    let last = observer.last_id().expect("replies before the kill");
+    drop(observer);
+
+    let d = Daemon::start(opts());
+    *lock(&addr) = d.addr();
+    let resumed = Sse::resume(&d.base_url(), "free.reply", "", Some(last));
+    record(
+        &resumed,
+        Duration::from_millis(1_500),
+        &mut replies,
+        &mut ids_seen,
+    );
+    stop.store(true, Ordering::SeqCst);
+    for p in publishers {
+        p.join().expect("publisher");
+    }
+    let accepted = lock(&accepted).clone();
+    let uncertain = lock(&uncertain).clone();
+    let deadline = Instant::now() + WAIT;
+    while accepted.iter().any(|k| !replies.contains_key(k)) && Instant::now() < deadline {
+        record(
+            &resumed,
+            Duration::from_millis(200),
+            &mut replies,
+            &mut ids_seen,
+        );
+    }
+    record(
+        &resumed,
+        Duration::from_millis(300),
+        &mut replies,
+        &mut ids_seen,
+    );
+
+    let missing: Vec<&String> = accepted
+        .iter()
+        .filter(|k| !replies.contains_key(*k))
+        .collect();
+    let duplicated: Vec<(&String, &Vec<u64>)> =
+        replies.iter().filter(|(_, s)| s.len() > 1).collect();
+    let unknown: Vec<&String> = replies
+        .keys()
+        .filter(|k| !accepted.contains(*k) && !uncertain.contains(*k))
+        .collect();
+    let increasing = ids_seen.windows(2).all(|w| w[0] < w[1]);
+    eprintln!(
+        "free-running kill at {kill_after:?}: accepted {} ({accepted_before_kill} before the kill), uncertain {}, \
+         replies seen {}, missing {}, duplicated {}, unknown {}, ids increasing {increasing}",
+        accepted.len(),
+        uncertain.len(),
+        ids_seen.len(),
+        missing.len(),
+        duplicated.len(),
+        unknown.len(),
+    );
+    assert!(
+        accepted_before_kill > 0,
+        "the stream was running at the kill"
+    );
+    assert!(
+        missing.is_empty(),
+        "accepted events without a reply: {missing:?}"
+    );
+    assert!(duplicated.is_empty(), "replies seen twice: {duplicated:?}");
+    assert!(
+        unknown.is_empty(),
+        "replies to events never published: {unknown:?}"
+    );
+    assert!(increasing, "the resumed stream repeats or reorders ids");
+}
+
+/// Reads `sse` for `window`: each reply's data (the input's key) with its SSE id.
+fn record(
+    sse: &Sse,
+    window: Duration,
+    replies: &mut HashMap<String, Vec<u64>>,
+    ids_seen: &mut Vec<u64>,
+) {
+    let until = Instant::now() + window;
+    while let Some((seq, v)) = sse.next_with_id(until.saturating_duration_since(Instant::now())) {
+        let key = v["data"].as_str().unwrap_or_default().to_string();
+        replies.entry(key).or_default().push(seq);
+        ids_seen.push(seq);
+    }
+}

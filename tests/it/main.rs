@@ -4,6 +4,8 @@
 mod api;
 mod bus_crash;
 mod bus_http;
+mod bus_resume;
+mod bus_rules;
 mod bus_store;
 mod c_abi;
 mod chaos;

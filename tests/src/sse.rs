@@ -1,6 +1,7 @@
 //! A blocking Server-Sent-Events client for the tests: subscribes to
-//! `GET /v1/topics/{topic}/events` and hands each event's `data` (a structured CloudEvent) to
-//! the test through a channel. A reader thread decodes HTTP/1.1 chunked framing and SSE lines.
+//! `GET /v1/topics/{topic}/events` (from now on, or resuming: [`Sse::resume`]) and hands each
+//! event's `data` (a structured CloudEvent) and `id` (its bus sequence number) to the test
+//! through a channel. A reader thread decodes HTTP/1.1 chunked framing and SSE lines.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -11,7 +12,8 @@ use std::time::{Duration, Instant};
 
 /// A live subscription; dropping it closes the connection.
 pub struct Sse {
-    rx: mpsc::Receiver<serde_json::Value>,
+    rx: mpsc::Receiver<(Option<u64>, serde_json::Value)>,
+    last_id: std::cell::Cell<Option<u64>>,
     stream: TcpStream,
     topic: String,
     seen: std::cell::RefCell<Vec<serde_json::Value>>,
@@ -22,11 +24,43 @@ impl Sse {
     /// Subscribes to `topic` on the daemon at `base_url` (`http://127.0.0.1:port`).
     /// Returns once the server answered 200, so events published afterwards are seen.
     pub fn subscribe(base_url: &str, topic: &str) -> Sse {
-        Sse::subscribe_with(base_url, topic, &[])
+        Sse::resume(base_url, topic, "", None)
     }
 
     /// [`Sse::subscribe`] with extra request headers (e.g. `authorization`).
     pub fn subscribe_with(base_url: &str, topic: &str, headers: &[(&str, &str)]) -> Sse {
+        match Sse::open(base_url, topic, "", None, headers) {
+            Ok(s) => s,
+            Err(status) => panic!("SSE subscription to {topic} refused: {status}"),
+        }
+    }
+
+    /// Subscribes with a query (`after=5`, `from=earliest`; empty for none) and an optional
+    /// `Last-Event-ID` header. Panics unless the server answers 200.
+    pub fn resume(base_url: &str, topic: &str, query: &str, last_event_id: Option<u64>) -> Sse {
+        match Sse::try_resume(base_url, topic, query, last_event_id) {
+            Ok(s) => s,
+            Err(status) => panic!("SSE subscription to {topic} refused: {status}"),
+        }
+    }
+
+    /// Like [`Sse::resume`], but returns the status line when the server refuses.
+    pub fn try_resume(
+        base_url: &str,
+        topic: &str,
+        query: &str,
+        last_event_id: Option<u64>,
+    ) -> Result<Sse, String> {
+        Sse::open(base_url, topic, query, last_event_id, &[])
+    }
+
+    fn open(
+        base_url: &str,
+        topic: &str,
+        query: &str,
+        last_event_id: Option<u64>,
+        headers: &[(&str, &str)],
+    ) -> Result<Sse, String> {
         let addr = base_url
             .strip_prefix("http://")
             .unwrap_or(base_url)
@@ -37,9 +71,15 @@ impl Sse {
             .iter()
             .map(|(k, v)| format!("{k}: {v}\r\n"))
             .collect();
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        let last = last_event_id.map_or_else(String::new, |id| format!("Last-Event-ID: {id}\r\n"));
         write!(
             stream,
-            "GET /v1/topics/{topic}/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{extra}\r\n"
+            "GET /v1/topics/{topic}/events{query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{last}{extra}\r\n"
         )
         .unwrap_or_else(|e| panic!("sending the SSE request: {e}"));
         let read_half = stream
@@ -50,10 +90,9 @@ impl Sse {
         reader
             .read_line(&mut status)
             .unwrap_or_else(|e| panic!("reading the SSE status line: {e}"));
-        assert!(
-            status.contains(" 200"),
-            "SSE subscription to {topic} refused: {status}"
-        );
+        if !status.contains(" 200") {
+            return Err(status.trim().to_string());
+        }
         let mut chunked = false;
         loop {
             let mut line = String::new();
@@ -72,13 +111,25 @@ impl Sse {
         let lagged = Arc::new(AtomicU64::new(0));
         let l = lagged.clone();
         std::thread::spawn(move || read_events(reader, chunked, tx, l));
-        Sse {
+        Ok(Sse {
             rx,
+            last_id: std::cell::Cell::new(None),
             stream,
             topic: topic.to_string(),
             seen: Default::default(),
             lagged,
-        }
+        })
+    }
+
+    /// The `id:` (bus sequence number) of the event [`Sse::next`] returned last.
+    pub fn last_id(&self) -> Option<u64> {
+        self.last_id.get()
+    }
+
+    /// The next event and its `id:` within `timeout`.
+    pub fn next_with_id(&self, timeout: Duration) -> Option<(u64, serde_json::Value)> {
+        let v = self.next(timeout)?;
+        Some((self.last_id.get().unwrap_or(0), v))
     }
 
     /// The topic subscribed to.
@@ -94,7 +145,8 @@ impl Sse {
 
     /// The next event within `timeout`.
     pub fn next(&self, timeout: Duration) -> Option<serde_json::Value> {
-        let v = self.rx.recv_timeout(timeout).ok()?;
+        let (id, v) = self.rx.recv_timeout(timeout).ok()?;
+        self.last_id.set(id);
         self.seen.borrow_mut().push(v.clone());
         Some(v)
     }
@@ -142,11 +194,12 @@ impl Drop for Sse {
 fn read_events(
     mut reader: BufReader<TcpStream>,
     chunked: bool,
-    tx: mpsc::Sender<serde_json::Value>,
+    tx: mpsc::Sender<(Option<u64>, serde_json::Value)>,
     lagged: Arc<AtomicU64>,
 ) {
     let mut body: Vec<u8> = Vec::new();
     let mut data = String::new();
+    let mut id: Option<u64> = None;
     loop {
         // Pull the next piece of the body (one chunk, or whatever is there).
         let piece = if chunked {
@@ -190,6 +243,8 @@ fn read_events(
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(1);
                 lagged.fetch_add(n.max(1), Ordering::SeqCst);
+            } else if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse().ok();
             } else if let Some(d) = line.strip_prefix("data:") {
                 if !data.is_empty() {
                     data.push('\n');
@@ -197,7 +252,7 @@ fn read_events(
                 data.push_str(d.strip_prefix(' ').unwrap_or(d));
             } else if line.is_empty() && !data.is_empty() {
                 if let Ok(v) = serde_json::from_str(&data)
-                    && tx.send(v).is_err()
+                    && tx.send((id.take(), v)).is_err()
                 {
                     return;
                 }

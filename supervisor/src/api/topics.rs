@@ -9,29 +9,37 @@
 //! `application/json` without `ce-specversion` is read as structured mode. The answer,
 //! `202 {"accepted": n, "seqs": [...]}`, comes once the events are durable.
 //!
-//! The SSE stream sends each event published from now on as `event: <type>`, `id: <seq>`,
+//! The SSE stream sends each event as `event: <type>`, `id: <bus sequence number>`,
 //! `data: <structured JSON>`, with keep-alive comments, and ends when the daemon shuts down.
+//! It starts from now on, or resumes: `Last-Event-ID: <seq>` (what `EventSource` sends when it
+//! reconnects) or `?after=<seq>` replays every event of the topic after that one from the
+//! store, then goes live without a gap or a duplicate; `?from=earliest` starts at the oldest
+//! event of the replay window (`TOPIC_RETENTION_EVENTS`, `TOPIC_RETENTION_SECONDS`). Events
+//! survive daemon restarts, so a client that reconnects after a crash misses nothing inside
+//! the window. Only when what it asked for has left the window does it get a
+//! `: lagged: ...` comment (a reader too slow for the live feed catches up from the store).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use futures_util::Stream;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use wm_shared::CloudEvent;
 use wm_shared::cloudevent::CloudEventError;
 
-use crate::bus::{Bus, BusError, is_valid_topic_len};
+use crate::bus::{Bus, BusError, Published, is_valid_topic_len};
 
 /// The topic routes with the scope each needs (part of the route table's policies).
 pub const ROUTES: &[(axum::http::Method, &str, super::auth::Need)] = &[
@@ -115,6 +123,8 @@ pub enum TopicsError {
         "content type '{0}' is not a CloudEvents mode: send application/cloudevents+json, application/cloudevents-batch+json, or the attributes as ce-* headers (binary mode)"
     )]
     ContentType(String),
+    #[error("cannot resume the subscription: {0}")]
+    Resume(String),
     #[error("the event bus is not available: {0}")]
     Bus(#[source] BusError),
 }
@@ -354,32 +364,167 @@ pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Where a subscription starts: `Last-Event-ID` (a reconnecting client) wins over `?after=`,
+/// which wins over `?from=earliest`; none of them means "from now on".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// Only what is published from now on.
+    Live,
+    /// Everything after this bus sequence number (inside the replay window), then live.
+    After(u64),
+    /// The oldest event of the replay window on, then live.
+    Earliest,
+}
+
+/// The query of `GET /v1/topics/{topic}/events`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct SubscribeQuery {
+    pub after: Option<String>,
+    pub from: Option<String>,
+}
+
+/// Reads where a subscription starts from its `Last-Event-ID` header and query.
+pub fn start_at(headers: &HeaderMap, q: &SubscribeQuery) -> Result<StartAt, TopicsError> {
+    let seq = |what: &str, v: &str| {
+        v.trim().parse::<u64>().map_err(|_| {
+            TopicsError::Resume(format!(
+                "{what} '{v}' is not a bus sequence number (the `id:` of an SSE event)"
+            ))
+        })
+    };
+    if let Some(v) = headers.get("last-event-id") {
+        let v = v
+            .to_str()
+            .map_err(|_| TopicsError::Header("last-event-id".into()))?;
+        if !v.trim().is_empty() {
+            return Ok(StartAt::After(seq("Last-Event-ID", v)?));
+        }
+    }
+    if let Some(v) = &q.after {
+        return Ok(StartAt::After(seq("after", v)?));
+    }
+    match q.from.as_deref() {
+        None | Some("latest" | "now") => Ok(StartAt::Live),
+        Some("earliest") => Ok(StartAt::Earliest),
+        Some(other) => Err(TopicsError::Resume(format!(
+            "from '{other}' is not understood: use from=earliest, or after=<seq>"
+        ))),
+    }
+}
+
+/// Events read from the store per page while catching up.
+const REPLAY_PAGE: usize = 512;
+
+/// The state of one SSE stream.
+struct Stream {
+    bus: Arc<dyn Bus>,
+    topic: String,
+    rx: broadcast::Receiver<Arc<Published>>,
+    token: CancellationToken,
+    /// The highest sequence number sent (or the resume point).
+    last: u64,
+    /// Catching up from the store (`Some(report_gap)`), or live (`None`). `report_gap`: a
+    /// gap between `last` and the window is news to the client (not for `from=earliest`).
+    catching_up: Option<bool>,
+    /// Read from the store, not yet sent.
+    page: VecDeque<Arc<Published>>,
+}
+
+impl Stream {
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(p) = self.page.pop_front() {
+                if p.seq > self.last {
+                    self.last = p.seq;
+                    return Some(sse_event(&p));
+                }
+                continue;
+            }
+            if let Some(report_gap) = self.catching_up {
+                let page = tokio::select! {
+                    _ = self.token.cancelled() => return None,
+                    r = self.bus.replay(&self.topic, self.last, REPLAY_PAGE) => r,
+                };
+                let page = match page {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(topic = %self.topic, error = %e, "SSE: cannot read the topic's history; the stream ends");
+                        return None;
+                    }
+                };
+                self.catching_up = (page.events.len() >= REPLAY_PAGE).then_some(false);
+                let gap = report_gap && page.evicted_through > self.last;
+                self.page.extend(page.events);
+                if gap {
+                    // What the page holds (open events older than the eviction point too)
+                    // follows the comment.
+                    let missed_from = self.last + 1;
+                    return Some(Event::default().comment(format!(
+                        "lagged: events {missed_from}..={} left the replay window (TOPIC_RETENTION_EVENTS, TOPIC_RETENTION_SECONDS) before they were sent",
+                        page.evicted_through
+                    )));
+                }
+                continue;
+            }
+            let item = tokio::select! {
+                _ = self.token.cancelled() => return None,
+                r = self.rx.recv() => r,
+            };
+            match item {
+                Ok(p) if p.seq > self.last => {
+                    self.last = p.seq;
+                    return Some(sse_event(&p));
+                }
+                Ok(_) => {}
+                // Nothing sent yet on a live-only stream: there is no position to resume from.
+                Err(RecvError::Lagged(n)) if self.last == 0 => {
+                    return Some(Event::default().comment(format!("lagged: {n} events skipped")));
+                }
+                // Fell behind the live feed: catch up from the store; `lagged` only if the
+                // replay window no longer has what was skipped.
+                Err(RecvError::Lagged(_)) => self.catching_up = Some(true),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+fn sse_event(p: &Published) -> Event {
+    Event::default()
+        .event(sse_safe(&p.event.ty))
+        .id(p.seq.to_string())
+        .data(p.event.to_json_value().to_string())
+}
+
 async fn subscribe(
     State(s): State<TopicsState>,
     Path(topic): Path<String>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, TopicsError> {
+    Query(q): Query<SubscribeQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, TopicsError> {
     check_topic(&topic)?;
-    // Subscribed before the response goes out: a client that has the headers sees every
-    // event published after that.
+    let start = start_at(&headers, &q)?;
+    // Subscribed before the response goes out (and before the history is read): a client
+    // that has the headers sees every event published after that, once, in order.
     let rx = s.bus.watch(&topic);
-    let stream =
-        futures_util::stream::unfold((rx, s.shutdown.clone()), |(mut rx, token)| async move {
-            let item = tokio::select! {
-                _ = token.cancelled() => return None,
-                r = rx.recv() => r,
-            };
-            let ev = match item {
-                Ok(p) => Event::default()
-                    .event(sse_safe(&p.event.ty))
-                    .id(p.seq.to_string())
-                    .data(p.event.to_json_value().to_string()),
-                Err(RecvError::Lagged(n)) => {
-                    Event::default().comment(format!("lagged: {n} events skipped"))
-                }
-                Err(RecvError::Closed) => return None,
-            };
-            Some((Ok(ev), (rx, token)))
-        });
+    let (last, catching_up) = match start {
+        StartAt::Live => (0, None),
+        StartAt::After(seq) => (seq, Some(true)),
+        StartAt::Earliest => (0, Some(false)),
+    };
+    let state = Stream {
+        bus: s.bus.clone(),
+        topic,
+        rx,
+        token: s.shutdown.clone(),
+        last,
+        catching_up,
+        page: VecDeque::new(),
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        let ev = st.next().await?;
+        Some((Ok(ev), st))
+    });
     Ok(Sse::new(stream).keep_alive(
         KeepAlive::new()
             .interval(s.limits.sse_keep_alive)
@@ -403,6 +548,39 @@ mod tests {
         assert_eq!(percent_decode("bad%2"), None);
         assert_eq!(percent_decode("bad%zz"), None);
         assert_eq!(percent_decode("%FF"), None);
+    }
+
+    #[test]
+    fn where_a_subscription_starts() {
+        let q = |after: Option<&str>, from: Option<&str>| SubscribeQuery {
+            after: after.map(str::to_string),
+            from: from.map(str::to_string),
+        };
+        let none = HeaderMap::new();
+        let mut last = HeaderMap::new();
+        last.insert("last-event-id", "42".parse().unwrap());
+        assert_eq!(start_at(&none, &q(None, None)).unwrap(), StartAt::Live);
+        assert_eq!(
+            start_at(&none, &q(Some("7"), None)).unwrap(),
+            StartAt::After(7)
+        );
+        assert_eq!(
+            start_at(&none, &q(None, Some("earliest"))).unwrap(),
+            StartAt::Earliest
+        );
+        // A reconnect's Last-Event-ID wins over the URL it reconnects to.
+        assert_eq!(
+            start_at(&last, &q(Some("7"), Some("earliest"))).unwrap(),
+            StartAt::After(42)
+        );
+        for bad in [
+            q(Some("x"), None),
+            q(Some("-1"), None),
+            q(None, Some("yesterday")),
+        ] {
+            let e = start_at(&none, &bad).unwrap_err();
+            assert_eq!((e.code(), e.status().as_u16()), ("invalid_argument", 400));
+        }
     }
 
     #[test]

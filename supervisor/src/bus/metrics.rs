@@ -11,6 +11,7 @@ struct TopicCounts {
     published: u64,
     dropped: u64,
     overflowed: u64,
+    evicted: u64,
 }
 
 /// Counters of one bus. Updated by the bus writer once per batch, read by `/metrics`.
@@ -45,6 +46,16 @@ impl BusMetrics {
     /// `<topic>-dead` with reason `overflow`).
     pub(crate) fn add_overflowed(&self, topic: &str, n: u64) {
         self.with_topic(topic, |c| c.overflowed += n);
+    }
+
+    /// Counts `n` dead letters of `topic` evicted because it held more than its limit.
+    pub(crate) fn add_evicted(&self, topic: &str, n: u64) {
+        self.with_topic(topic, |c| c.evicted += n);
+    }
+
+    /// Dead letters of `topic` evicted (oldest first) beyond `DEAD_LETTER_MAX_EVENTS`.
+    pub fn evicted(&self, topic: &str) -> u64 {
+        self.topic_counts(topic).evicted
     }
 
     fn with_topic(&self, topic: &str, f: impl FnOnce(&mut TopicCounts)) {
@@ -180,6 +191,20 @@ impl BusMetrics {
                 "workmanager_bus_overflowed_total{{topic=\"{}\"}} {}",
                 escape(t),
                 c.overflowed
+            );
+        }
+        header(
+            out,
+            "workmanager_bus_dead_letters_evicted_total",
+            "counter",
+            "Dead letters evicted, oldest first, from a dead-letter topic over DEAD_LETTER_MAX_EVENTS, per topic.",
+        );
+        for (t, c) in topics.iter().filter(|(_, c)| c.evicted > 0) {
+            let _ = writeln!(
+                out,
+                "workmanager_bus_dead_letters_evicted_total{{topic=\"{}\"}} {}",
+                escape(t),
+                c.evicted
             );
         }
         header(

@@ -9,10 +9,13 @@
 //! - `publish` returns only once the events are durable; each gets a sequence number.
 //! - An event stays stored until [`Bus::settle`] records its outcome; unsettled events (also
 //!   those left over from before a crash) are delivered again, with [`Delivery::deliveries`]
-//!   counting every hand-out (at-least-once).
+//!   counting attempts (at-least-once; a hand-out given back untried is not counted).
 //! - Consumers of one topic compete: each event goes to one of them.
-//! - Once [`Bus::set_ready`] was called, an event on a topic nobody consumes is settled
-//!   [`Outcome::Dropped`] and counted; before that, events wait for their workers.
+//! - Once [`Bus::set_ready`] was called, an event on a topic nobody consumes and no registered
+//!   worker holds ([`Bus::hold`]) is settled [`Outcome::Dropped`] and counted; before that,
+//!   events wait for their workers. Dead-letter topics are never dropped that way: they keep
+//!   their newest `dead_letter_max_events`, evicting (and counting) the oldest.
+//! - Every event stays readable for a replay window after its outcome ([`Bus::replay`]).
 //! - Watchers ([`Bus::watch`], the SSE stream) see every published event whatever its outcome.
 
 mod dead_letter;
@@ -32,6 +35,11 @@ pub use dead_letter::{
 };
 pub use metrics::BusMetrics;
 pub use sqlite::{Durability, SqliteBus, SqliteBusOptions};
+
+/// True for a dead-letter topic (`<topic>-dead`).
+pub fn is_dead_letter_topic(topic: &str) -> bool {
+    topic.ends_with(DEAD_LETTER_SUFFIX)
+}
 
 /// A boxed future, so that [`Bus`] stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -58,6 +66,16 @@ pub struct Published {
     pub seq: u64,
     pub topic: String,
     pub event: CloudEvent,
+}
+
+/// A page of a topic's history, oldest first (see [`Bus::replay`]).
+#[derive(Debug, Clone, Default)]
+pub struct ReplayPage {
+    /// Events of the topic with a sequence number above the one asked for, at most `limit`.
+    pub events: Vec<Arc<Published>>,
+    /// The highest sequence number of this topic that has left the replay window (0: none
+    /// yet). A reader resuming after a smaller sequence number has missed events.
+    pub evicted_through: u64,
 }
 
 /// How an event ended; recorded by [`Bus::settle`].
@@ -161,9 +179,37 @@ pub trait Bus: Send + Sync + 'static {
     /// twice is not an error.
     fn settle(&self, seq: u64, outcome: Outcome) -> BoxFuture<'_, Result<(), BusError>>;
 
+    /// Completes a delivery atomically: publishes `reply` (topic, event) if given and records
+    /// the outcome of event `seq`, in one transaction. The reply is stored only if `seq` was
+    /// still unsettled, so a completed delivery publishes its reply exactly once. The command
+    /// is queued when this is called (not when the future is first polled), so completions
+    /// sent one after the other commit in that order.
+    fn complete(
+        &self,
+        seq: u64,
+        outcome: Outcome,
+        reply: Option<(String, CloudEvent)>,
+    ) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// Up to `limit` events of `topic` with a sequence number above `after`, whatever their
+    /// outcome, as long as they are inside the replay window (`TOPIC_RETENTION_*`).
+    fn replay(
+        &self,
+        topic: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<ReplayPage, BusError>>;
+
+    /// Worker `worker` is registered on `topic` (`Some`), or no longer exists (`None`). The
+    /// events of a topic with a registered worker wait for it, whatever its status (stopped,
+    /// ERROR, not recovered), instead of being dropped for want of a consumer.
+    fn hold(&self, worker: &str, topic: Option<&str>);
+
     /// Gives deliveries that were received but not processed back to their topics, for the
     /// next consumer (JetStream: nak); e.g. the queue of a worker that stops. Deliveries that
-    /// were settled meanwhile are ignored.
+    /// were settled meanwhile are ignored. `Delivery::deliveries` is stored as the event's
+    /// attempt count: a caller that gives back an event it never tried passes one less than
+    /// it received, so `deliveries` counts attempts, not hand-outs.
     fn release(&self, deliveries: Vec<Delivery>);
 
     /// Recovery is done: from now on, events on topics without a consumer are dropped (and

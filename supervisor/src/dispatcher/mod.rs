@@ -1,13 +1,22 @@
 //! The dispatcher: moves events from the bus through a worker's host and settles each one.
 //!
 //! One task per running worker consumes its topic; `maxConcurrency` calls run at once (one
-//! keeps per-worker order). For each event: stamp the worker's config, take the group lock,
-//! call the host with the worker's deadline, then publish the reply, retry, or dead-letter as
-//! `rules::classify` and the pool's [`crate::pool::Verdict`] say.
+//! keeps per-worker order). For each event: stamp the worker's config, take the group lock
+//! (bounded: `GROUP_LOCK_MAX_RETRIES`), call the host with the worker's deadline, then
+//! complete it (reply or dead letter stored and the input settled in one transaction,
+//! [`Bus::complete`]), or retry, as `rules::classify` and the pool's [`crate::pool::Verdict`]
+//! say.
 //!
-//! **Invariant:** every delivery ends settled (replied, dead-lettered) or is left unsettled on
-//! purpose (worker stopped or quarantined, daemon shutting down) so the bus delivers it again.
-//! Nothing is dropped here.
+//! Lanes are pipelined: a call's permit is given back as soon as the plugin answered and its
+//! completion is queued, before that completion is durable, so the next call overlaps the
+//! group commit. Completions are queued in the order the calls finished and commit in that
+//! order; the input stays stored until its completion commits (at-least-once); a completion
+//! that fails to commit gives its delivery back to the bus, which hands it out again.
+//!
+//! **Invariant:** every delivery ends completed (replied, dead-lettered) or is given back to
+//! the bus on purpose (worker stopped or quarantined, daemon shutting down, a failed commit)
+//! so the bus delivers it again. Nothing is dropped here. `deliveries` counts attempts: a
+//! delivery given back without a call is given back with its count lowered again.
 
 pub mod metrics;
 pub mod rules;
@@ -22,10 +31,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wm_shared::CloudEvent;
 
-use crate::bus::{Bus, Consumer, DeadLetterReason, Delivery, Outcome, dead_letter};
+use crate::bus::{
+    Bus, Consumer, DeadLetterReason, Delivery, Outcome, dead_letter_event, dead_letter_topic,
+};
 use crate::events::{ErrorType, Events, Lifecycle, WorkerRef};
-use crate::pool::{CallOutcome, Pool, Verdict, next_request_id};
+use crate::pool::{CallOutcome, HostHandle, Pool, Verdict, next_request_id};
 use crate::runtime::{InvokeError, WorkerSpec};
+use crate::sync::lock;
 pub use metrics::DispatchMetrics;
 use rules::{Classified, classify, retry_delay, route_reply, stamp_config};
 
@@ -40,6 +52,11 @@ pub struct DispatchConfig {
     pub timeout_grace: Duration,
     /// How often each started worker's heartbeat is published (`None`: never).
     pub heartbeat: Option<Duration>,
+    /// Retries to take a taken group lock (`GROUP_LOCK_MAX_RETRIES`) before the attempt fails
+    /// with `lock_contention` (then retried, finally dead-lettered, like any failure).
+    pub group_lock_max_retries: u32,
+    /// `GROUP_LOCK_RETRY_BASE_DELAY_MS`: the wait before retry n is base·2^n.
+    pub group_lock_retry_base_delay: Duration,
 }
 
 /// Where the dispatcher reports a worker's fall into ERROR (the registry, in the daemon).
@@ -62,12 +79,19 @@ struct GroupLocks {
 
 impl GroupLocks {
     fn get(&self, group: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self
-            .locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry(group.to_string()).or_default().clone()
+        lock(&self.locks)
+            .entry(group.to_string())
+            .or_default()
+            .clone()
     }
+}
+
+/// Why a group lock was not taken.
+enum LockWait {
+    /// Still taken after every retry.
+    Contended(String),
+    /// The worker is stopping.
+    Cancelled,
 }
 
 /// The dispatcher.
@@ -83,12 +107,22 @@ pub struct Dispatcher {
     /// their topic's events stay queued (not dropped as "no worker listens") until `start`.
     parked: Mutex<HashMap<String, Consumer>>,
     groups: GroupLocks,
+    /// Calls that timed out and may still run in their host, by worker: `start` reclaims
+    /// them before the worker gets another call.
+    hung: Mutex<HashMap<String, (Arc<HostHandle>, u64)>>,
 }
 
+/// How the handling of one delivery ends.
+#[allow(clippy::large_enum_variant)] // one per delivery, moved once
 enum Step {
-    Settled,
-    /// Left for the bus to deliver again (stop, quarantine, shutdown).
-    Unsettled,
+    /// Complete it: record `outcome` and store `publish` (a reply or a dead letter) with it.
+    Complete {
+        outcome: Outcome,
+        publish: Option<(String, CloudEvent)>,
+    },
+    /// Give it back for the bus to deliver again (stop, quarantine, shutdown); `attempted`:
+    /// the plugin was called (or the attempt was charged) this time.
+    Unsettled { attempted: bool },
 }
 
 impl Dispatcher {
@@ -109,19 +143,16 @@ impl Dispatcher {
             running: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
             groups: GroupLocks::default(),
+            hung: Mutex::new(HashMap::new()),
         })
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunningWorker>> {
-        self.running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.running)
     }
 
     fn parked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Consumer>> {
-        self.parked
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.parked)
     }
 
     /// Starts consuming the worker's topic (replacing an earlier consumer of the same worker,
@@ -142,10 +173,43 @@ impl Dispatcher {
         }
         let parked = self.parked().remove(&spec.id);
         let consumer = parked.unwrap_or_else(|| self.bus.consume(&spec.topic, &spec.id));
+        let hung = lock(&self.hung).remove(&spec.id);
         let this = Arc::clone(self);
         let spec = Arc::new(spec);
         let t = tasks.clone();
-        tasks.spawn(async move { this.consume(spec, consumer, cancel, park, t).await });
+        tasks.spawn(async move {
+            if let Some((host, msg_id)) = hung {
+                this.reclaim_hung(&spec.id, &host, msg_id, &cancel).await;
+            }
+            this.consume(spec, consumer, cancel, park, t).await
+        });
+    }
+
+    /// A worker that timed out is started again: its hung call must not keep its lane (the
+    /// next call would queue behind it and time out too), so the host is reclaimed now rather
+    /// than after `TIMEOUT_RECLAIM_GRACE_SECONDS`, and calls wait until it is gone.
+    async fn reclaim_hung(
+        &self,
+        worker_id: &str,
+        host: &Arc<HostHandle>,
+        msg_id: u64,
+        cancel: &CancellationToken,
+    ) {
+        if !host.is_running(msg_id) {
+            return;
+        }
+        tracing::warn!(worker = %worker_id, host = %host.host_id, msg_id, "start: the call that timed out still runs; reclaiming its host first");
+        host.reclaim_after(Duration::ZERO, worker_id, msg_id);
+        tokio::select! {
+            _ = host.died() => {}
+            _ = cancel.cancelled() => {}
+            // The call may also end by itself meanwhile.
+            _ = async {
+                while host.is_running(msg_id) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            } => {}
+        }
     }
 
     /// The worker goes to ERROR: stop calling it but keep its consumer, so events for it stay
@@ -227,20 +291,66 @@ impl Dispatcher {
             let cancel = cancel.clone();
             tasks.spawn(async move {
                 let span = tracing::info_span!("message", worker = %spec.id, seq = delivery.seq, id = %delivery.event.id);
-                let _ = tracing::Instrument::instrument(this.handle(&spec, delivery, &cancel), span).await;
-                drop(permit);
+                tracing::Instrument::instrument(this.handle(&spec, delivery, &cancel, permit), span).await;
             });
         }
     }
 
-    /// Handles one delivery; what is deliberately left unsettled goes back to the bus at once,
-    /// so the next consumer of the topic (or this worker after `start`) gets it.
-    async fn handle(&self, spec: &WorkerSpec, d: Delivery, cancel: &CancellationToken) -> Step {
+    /// Handles one delivery and completes it; what is deliberately left unsettled goes back
+    /// to the bus at once, so the next consumer of the topic (or this worker after `start`)
+    /// gets it. The lane's `permit` is given back as soon as the completion is queued.
+    async fn handle(
+        &self,
+        spec: &WorkerSpec,
+        d: Delivery,
+        cancel: &CancellationToken,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let step = self.handle_inner(spec, &d, cancel).await;
-        if let Step::Unsettled = step {
-            self.bus.release(vec![d]);
+        let done = finish(
+            self.bus.as_ref(),
+            d,
+            step,
+            permit,
+            self.config.retry_base_delay,
+            cancel,
+        )
+        .await;
+        if done == Finished::DeadLettered {
+            self.metrics.dead_lettered(&spec.id, &spec.topic);
         }
-        step
+    }
+
+    /// Takes the group lock: at once, or after up to `GROUP_LOCK_MAX_RETRIES` waits of
+    /// `GROUP_LOCK_RETRY_BASE_DELAY_MS`·2^n (each contended attempt counted per group).
+    async fn group_lock(
+        &self,
+        group: &str,
+        cancel: &CancellationToken,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, LockWait> {
+        let lock = self.groups.get(group);
+        if let Ok(g) = lock.clone().try_lock_owned() {
+            return Ok(g);
+        }
+        self.metrics.lock_contended(group);
+        let retries = self.config.group_lock_max_retries;
+        for n in 0..retries {
+            let delay = self
+                .config
+                .group_lock_retry_base_delay
+                .saturating_mul(1u32 << n.min(16));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cancel.cancelled() => return Err(LockWait::Cancelled),
+            }
+            if let Ok(g) = lock.clone().try_lock_owned() {
+                return Ok(g);
+            }
+            self.metrics.lock_contended(group);
+        }
+        Err(LockWait::Contended(format!(
+            "group lock '{group}' was still taken after {retries} retries (GROUP_LOCK_MAX_RETRIES, GROUP_LOCK_RETRY_BASE_DELAY_MS)"
+        )))
     }
 
     async fn handle_inner(
@@ -257,130 +367,114 @@ impl Dispatcher {
         let bytes = event.to_flatbuffer();
         // Attempts survive redelivery: an event left unsettled by a quarantine or a daemon
         // crash comes back with `deliveries` counted by the bus, so a poison message cannot
-        // loop forever across restarts (each earlier hand-out counts as one charged attempt).
+        // loop forever across restarts (each earlier attempt counts as one charged attempt).
         let mut charged: u32 = d.deliveries.saturating_sub(1);
+        let mut attempted = false;
         loop {
             if cancel.is_cancelled() {
-                return Step::Unsettled;
+                return Step::Unsettled { attempted };
             }
             let Some(host) = self.pool.host_for(&spec.id).await else {
-                return Step::Unsettled;
+                return Step::Unsettled { attempted };
             };
             let group_lock = match &spec.group {
-                Some(g) => {
-                    let lock = self.groups.get(g);
-                    if lock.try_lock().is_err() {
-                        self.metrics.lock_contended(g);
-                    }
-                    Some(lock.lock_owned().await)
-                }
-                None => None,
-            };
-            let msg_id = next_request_id();
-            let started = Instant::now();
-            let outcome = host
-                .call(&spec.id, msg_id, bytes.clone(), spec.message_timeout)
-                .await;
-            drop(group_lock);
-            let failure = match outcome {
-                CallOutcome::Done(result) => {
-                    self.metrics
-                        .observe(&spec.id, &spec.topic, started.elapsed());
-                    match classify(&result) {
-                        Classified::Success { reply, surfaced } => {
-                            if let Some(err) = surfaced {
-                                self.failed(spec, ErrorType::WorkerError, &err).await;
-                            }
-                            match reply {
-                                None => {}
-                                Some(mut reply) => {
-                                    match route_reply(&event, &mut reply, &spec.id, || {
-                                        uuid::Uuid::new_v4().to_string()
-                                    }) {
-                                        Ok(topic) => {
-                                            if let Err(e) =
-                                                self.bus.publish(&topic, vec![reply]).await
-                                            {
-                                                // The reply could not be stored: leave the input
-                                                // unsettled so it is processed again, rather
-                                                // than lose the answer.
-                                                tracing::error!(topic = %topic, "publishing the reply failed: {e}");
-                                                return Step::Unsettled;
-                                            }
-                                        }
-                                        Err(why) => {
-                                            self.failed(spec, ErrorType::InvalidResponse, &why)
-                                                .await;
-                                            self.metrics.failed(&spec.id, &spec.topic);
-                                            self.settle(d.seq, Outcome::Replied).await;
-                                            return Step::Settled;
-                                        }
-                                    }
-                                }
-                            }
-                            self.metrics.processed(&spec.id, &spec.topic);
-                            self.settle(d.seq, Outcome::Replied).await;
-                            return Step::Settled;
-                        }
-                        Classified::Failure {
-                            error_type,
-                            message,
-                        } => (error_type, message),
-                    }
-                }
-                CallOutcome::TimedOut => {
-                    let msg = format!(
-                        "message {} did not complete within {:?} (MESSAGE_HANDLING_TIMEOUT_SECONDS)",
-                        d.event.id, spec.message_timeout
-                    );
-                    host.reclaim_after(self.config.timeout_grace, &spec.id, msg_id);
-                    self.timed_out(spec, &msg).await;
-                    self.dead_letter(spec, d, ErrorType::Timeout, &msg, charged + 1)
-                        .await;
-                    return Step::Settled;
-                }
-                CallOutcome::HostDied(report) => match report.verdict(msg_id) {
-                    Verdict::Bystander => {
-                        tracing::info!(host = %report.host_id, "host died under another worker's call; requeued without charge");
-                        continue;
-                    }
-                    Verdict::Culprit | Verdict::Unattributed => (ErrorType::Crash, report.cause()),
+                Some(g) => match self.group_lock(g, cancel).await {
+                    Ok(guard) => Ok(Some(guard)),
+                    Err(LockWait::Cancelled) => return Step::Unsettled { attempted },
+                    Err(LockWait::Contended(why)) => Err(why),
                 },
-                CallOutcome::SendFailed {
-                    reason,
-                    too_large: true,
-                } => {
-                    // No retry can ever carry it: dead-letter at once, the worker goes on.
-                    let msg = format!(
-                        "event {} cannot be sent to the worker: {reason}",
-                        d.event.id
-                    );
-                    self.metrics.failed(&spec.id, &spec.topic);
-                    self.failed(spec, ErrorType::ProcessFailed, &msg).await;
-                    self.dead_letter(spec, d, ErrorType::ProcessFailed, &msg, charged + 1)
+                None => Ok(None),
+            };
+            attempted = true;
+            let failure = match group_lock {
+                Err(why) => (ErrorType::LockContention, why),
+                Ok(group_lock) => {
+                    let msg_id = next_request_id();
+                    let started = Instant::now();
+                    let outcome = host
+                        .call(&spec.id, msg_id, bytes.clone(), spec.message_timeout)
                         .await;
-                    return Step::Settled;
+                    drop(group_lock);
+                    match outcome {
+                        CallOutcome::Done(result) => {
+                            self.metrics
+                                .observe(&spec.id, &spec.topic, started.elapsed());
+                            match classify(&result) {
+                                Classified::Success { reply, surfaced } => {
+                                    if let Some(err) = surfaced {
+                                        self.failed(spec, ErrorType::WorkerError, &err).await;
+                                    }
+                                    return self.replied(spec, &event, reply).await;
+                                }
+                                Classified::Failure {
+                                    error_type,
+                                    message,
+                                } => (error_type, message),
+                            }
+                        }
+                        CallOutcome::TimedOut => {
+                            let msg = format!(
+                                "message {} did not complete within {:?} (MESSAGE_HANDLING_TIMEOUT_SECONDS)",
+                                d.event.id, spec.message_timeout
+                            );
+                            self.hung_call(spec, &host, msg_id);
+                            self.timed_out(spec, &msg).await;
+                            return self.dead_letter(
+                                spec,
+                                d,
+                                ErrorType::Timeout,
+                                &msg,
+                                charged + 1,
+                            );
+                        }
+                        CallOutcome::SendFailed {
+                            reason,
+                            too_large: true,
+                        } => {
+                            // No retry can ever carry it: dead-letter at once, the worker goes on.
+                            let msg = format!(
+                                "event {} cannot be sent to the worker: {reason}",
+                                d.event.id
+                            );
+                            self.metrics.failed(&spec.id, &spec.topic);
+                            self.failed(spec, ErrorType::ProcessFailed, &msg).await;
+                            return self.dead_letter(
+                                spec,
+                                d,
+                                ErrorType::ProcessFailed,
+                                &msg,
+                                charged + 1,
+                            );
+                        }
+                        CallOutcome::SendFailed {
+                            reason,
+                            too_large: false,
+                        } => (
+                            ErrorType::ProcessFailed,
+                            format!(
+                                "event {} was not delivered to the host: {reason}",
+                                d.event.id
+                            ),
+                        ),
+                        CallOutcome::Forged(why) => (ErrorType::InvalidResponse, why),
+                        CallOutcome::HostDied(report) => match report.verdict(msg_id) {
+                            Verdict::Bystander => {
+                                tracing::info!(host = %report.host_id, "host died under another worker's call; requeued without charge");
+                                continue;
+                            }
+                            Verdict::Culprit | Verdict::Unattributed => {
+                                (ErrorType::Crash, report.cause())
+                            }
+                        },
+                    }
                 }
-                CallOutcome::SendFailed {
-                    reason,
-                    too_large: false,
-                } => (
-                    ErrorType::ProcessFailed,
-                    format!(
-                        "event {} was not delivered to the host: {reason}",
-                        d.event.id
-                    ),
-                ),
-                CallOutcome::Forged(why) => (ErrorType::InvalidResponse, why),
             };
             let (error_type, message) = failure;
             charged += 1;
             self.metrics.failed(&spec.id, &spec.topic);
             self.failed(spec, error_type, &message).await;
             if charged > self.config.retry_attempts {
-                self.dead_letter(spec, d, error_type, &message, charged)
-                    .await;
-                return Step::Settled;
+                return self.dead_letter(spec, d, error_type, &message, charged);
             }
             let delay = retry_delay(self.config.retry_base_delay, charged);
             tracing::info!(
@@ -390,9 +484,48 @@ impl Dispatcher {
             );
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = cancel.cancelled() => return Step::Unsettled,
+                _ = cancel.cancelled() => return Step::Unsettled { attempted },
             }
         }
+    }
+
+    /// The plugin answered: complete with its reply routed (`replytopic`, else its type).
+    async fn replied(
+        &self,
+        spec: &WorkerSpec,
+        event: &CloudEvent,
+        reply: Option<CloudEvent>,
+    ) -> Step {
+        let publish = match reply {
+            None => None,
+            Some(mut reply) => {
+                match route_reply(event, &mut reply, &spec.id, || {
+                    uuid::Uuid::new_v4().to_string()
+                }) {
+                    Ok(topic) => Some((topic, reply)),
+                    Err(why) => {
+                        self.failed(spec, ErrorType::InvalidResponse, &why).await;
+                        self.metrics.failed(&spec.id, &spec.topic);
+                        return Step::Complete {
+                            outcome: Outcome::Replied,
+                            publish: None,
+                        };
+                    }
+                }
+            }
+        };
+        self.metrics.processed(&spec.id, &spec.topic);
+        Step::Complete {
+            outcome: Outcome::Replied,
+            publish,
+        }
+    }
+
+    /// Remembers a call that timed out and may still run, and reclaims its host after the
+    /// grace (or at the worker's next `start`, whichever comes first).
+    fn hung_call(&self, spec: &WorkerSpec, host: &Arc<HostHandle>, msg_id: u64) {
+        host.reclaim_after(self.config.timeout_grace, &spec.id, msg_id);
+        lock(&self.hung).insert(spec.id.clone(), (Arc::clone(host), msg_id));
     }
 
     /// Runs one event through a worker once: no retries, no dead letter (`POST .../invoke`).
@@ -415,7 +548,21 @@ impl Dispatcher {
         let started = Instant::now();
         let outcome = {
             let _group = match &spec.group {
-                Some(g) => Some(self.groups.get(g).lock_owned().await),
+                Some(g) => match self.group_lock(g, &CancellationToken::new()).await {
+                    Ok(guard) => Some(guard),
+                    Err(LockWait::Contended(message)) => {
+                        return Err(InvokeError {
+                            error_type: ErrorType::LockContention,
+                            message,
+                        });
+                    }
+                    Err(LockWait::Cancelled) => {
+                        return Err(InvokeError {
+                            error_type: ErrorType::LockContention,
+                            message: format!("the group lock '{g}' was not taken"),
+                        });
+                    }
+                },
                 None => None,
             };
             host.call(
@@ -470,7 +617,7 @@ impl Dispatcher {
                     "the call did not complete within {:?}",
                     spec.message_timeout
                 );
-                host.reclaim_after(self.config.timeout_grace, &spec.id, msg_id);
+                self.hung_call(spec, &host, msg_id);
                 self.timed_out(spec, &message).await;
                 Err(InvokeError {
                     error_type: ErrorType::Timeout,
@@ -511,44 +658,78 @@ impl Dispatcher {
         self.park_worker(&spec.id);
     }
 
-    async fn dead_letter(
+    /// Completes `d` as a dead letter on `<topic>-dead`.
+    fn dead_letter(
         &self,
         spec: &WorkerSpec,
         d: &Delivery,
         error_type: ErrorType,
         message: &str,
         attempts: u32,
-    ) {
+    ) -> Step {
         let reason = DeadLetterReason {
             error_type,
             message: message.to_string(),
             attempts,
             worker_id: Some(spec.id.clone()),
         };
-        match dead_letter(self.bus.as_ref(), &d.topic, &d.event, &reason).await {
-            Ok(_) => {
-                self.metrics.dead_lettered(&spec.id, &spec.topic);
-                self.settle(
-                    d.seq,
-                    Outcome::DeadLettered {
-                        reason: format!("{error_type:?}: {message}"),
-                    },
-                )
-                .await;
-            }
-            Err(e) => {
-                // Could not store the dead letter: keep the original rather than lose it.
-                tracing::error!("dead-lettering failed, the event stays queued: {e}");
-            }
+        let dead = dead_letter_event(&d.topic, &d.event, &reason);
+        Step::Complete {
+            outcome: Outcome::DeadLettered {
+                reason: format!("{error_type:?}: {message}"),
+            },
+            publish: Some((dead_letter_topic(&d.topic), dead)),
         }
     }
+}
 
-    async fn settle(&self, seq: u64, outcome: Outcome) {
-        if let Err(e) = self.bus.settle(seq, outcome).await {
-            tracing::error!(
-                seq,
-                "settling failed (the event will be delivered again): {e}"
-            );
+/// How [`finish`] ended a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finished {
+    Replied,
+    DeadLettered,
+    /// Given back to the bus (on purpose, or because its completion did not commit).
+    Released,
+}
+
+/// Ends a delivery as `step` says. A completion is queued at once (a lane's completions
+/// commit in order) and the lane's `permit` given back before it is durable; one that fails
+/// to commit — a reply or a dead letter that could not be stored, or the settle — gives the
+/// input back after `pause`, so it is handled again rather than stuck until a restart.
+async fn finish(
+    bus: &dyn Bus,
+    mut d: Delivery,
+    step: Step,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    pause: Duration,
+    cancel: &CancellationToken,
+) -> Finished {
+    match step {
+        Step::Complete { outcome, publish } => {
+            let dead = matches!(outcome, Outcome::DeadLettered { .. });
+            let committed = bus.complete(d.seq, outcome, publish);
+            drop(permit);
+            match committed.await {
+                Ok(()) if dead => Finished::DeadLettered,
+                Ok(()) => Finished::Replied,
+                Err(e) => {
+                    tracing::error!(error = %e, dead_letter = dead, "completing the event failed; it is delivered again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                    bus.release(vec![d]);
+                    Finished::Released
+                }
+            }
+        }
+        Step::Unsettled { attempted } => {
+            if !attempted {
+                d.deliveries = d.deliveries.saturating_sub(1);
+            }
+            bus.release(vec![d]);
+            drop(permit);
+            Finished::Released
         }
     }
 }
@@ -558,5 +739,138 @@ fn worker_ref(spec: &WorkerSpec) -> WorkerRef<'_> {
         id: &spec.id,
         group: spec.group.as_deref(),
         topic: &spec.topic,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{BoxFuture, BusError, ReplayPage};
+    use tokio::sync::broadcast;
+
+    /// A bus whose completions fail; it records what is given back.
+    #[derive(Default)]
+    struct FailingBus {
+        released: Mutex<Vec<Delivery>>,
+    }
+
+    impl Bus for FailingBus {
+        fn publish(
+            &self,
+            _: &str,
+            _: Vec<CloudEvent>,
+        ) -> BoxFuture<'_, Result<Vec<u64>, BusError>> {
+            Box::pin(async { Err(BusError::Closed) })
+        }
+        fn watch(&self, _: &str) -> broadcast::Receiver<Arc<crate::bus::Published>> {
+            broadcast::channel(1).1
+        }
+        fn consume(&self, topic: &str, _: &str) -> Consumer {
+            struct NoHooks;
+            impl crate::bus::ConsumerHooks for NoHooks {
+                fn received(&self) {}
+                fn unsubscribed(&self, _: tokio::sync::mpsc::Receiver<Delivery>) {}
+            }
+            Consumer::new(
+                topic.into(),
+                tokio::sync::mpsc::channel(1).1,
+                Box::new(NoHooks),
+            )
+        }
+        fn settle(&self, _: u64, _: Outcome) -> BoxFuture<'_, Result<(), BusError>> {
+            Box::pin(async { Err(BusError::Closed) })
+        }
+        fn complete(
+            &self,
+            _: u64,
+            _: Outcome,
+            _: Option<(String, CloudEvent)>,
+        ) -> BoxFuture<'_, Result<(), BusError>> {
+            Box::pin(async { Err(BusError::Closed) })
+        }
+        fn replay(&self, _: &str, _: u64, _: usize) -> BoxFuture<'_, Result<ReplayPage, BusError>> {
+            Box::pin(async { Err(BusError::Closed) })
+        }
+        fn hold(&self, _: &str, _: Option<&str>) {}
+        fn release(&self, deliveries: Vec<Delivery>) {
+            lock(&self.released).extend(deliveries);
+        }
+        fn set_ready(&self) {}
+        fn close(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+        fn render_prometheus(&self, _: &mut String) {}
+    }
+
+    fn delivery(deliveries: u32) -> Delivery {
+        Delivery {
+            seq: 7,
+            topic: "t".into(),
+            event: CloudEvent::new("e-1", "t", "urn:test"),
+            deliveries,
+        }
+    }
+
+    async fn permit() -> tokio::sync::OwnedSemaphorePermit {
+        Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_that_cannot_be_stored_gives_the_event_back_for_a_retry() {
+        let bus = FailingBus::default();
+        let d = delivery(2);
+        let reason = DeadLetterReason {
+            error_type: ErrorType::Crash,
+            message: "signal 11".into(),
+            attempts: 2,
+            worker_id: Some("w".into()),
+        };
+        let step = Step::Complete {
+            outcome: Outcome::DeadLettered {
+                reason: "crash".into(),
+            },
+            publish: Some((
+                dead_letter_topic("t"),
+                dead_letter_event("t", &d.event, &reason),
+            )),
+        };
+        let cancel = CancellationToken::new();
+        let done = finish(&bus, d, step, permit().await, Duration::ZERO, &cancel).await;
+        assert_eq!(done, Finished::Released, "not reported as dead-lettered");
+        let released = lock(&bus.released).clone();
+        assert_eq!(released.len(), 1);
+        assert_eq!(
+            (released[0].seq, released[0].deliveries),
+            (7, 2),
+            "the attempt counts"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_delivery_given_back_untried_is_not_charged_an_attempt() {
+        let bus = FailingBus::default();
+        let cancel = CancellationToken::new();
+        let step = Step::Unsettled { attempted: false };
+        finish(
+            &bus,
+            delivery(3),
+            step,
+            permit().await,
+            Duration::ZERO,
+            &cancel,
+        )
+        .await;
+        let step = Step::Unsettled { attempted: true };
+        finish(
+            &bus,
+            delivery(3),
+            step,
+            permit().await,
+            Duration::ZERO,
+            &cancel,
+        )
+        .await;
+        let counts: Vec<u32> = lock(&bus.released).iter().map(|d| d.deliveries).collect();
+        assert_eq!(counts, [2, 3]);
     }
 }

@@ -357,6 +357,11 @@ impl HostHandle {
         self.kill.notify_one();
     }
 
+    /// Whether call `msg_id` is still running in this host (e.g. one that timed out).
+    pub fn is_running(&self, msg_id: u64) -> bool {
+        lock(&self.in_flight).contains_key(&msg_id)
+    }
+
     /// Calls in flight right now.
     pub fn in_flight(&self) -> usize {
         lock(&self.in_flight).len()

@@ -1,0 +1,897 @@
+//! The writer thread: owns the [`Store`] and all routing state, and runs every command in
+//! arrival order, a batch at a time.
+//!
+//! Per batch: (1) the group commit (publishes, settles, completions, replay-window trims in
+//! one transaction, one fsync), then the answers and the watchers; (2) the pump: flow control
+//! hands pending events to consumers' bounded buffers ([`super::flow`]), their attempt counts
+//! queued for the next group commit, and drops the events of topics nobody consumes or holds.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use wm_shared::CloudEvent;
+
+use super::super::{BusError, Delivery, Outcome, Published, ReplayPage, is_dead_letter_topic};
+use super::flow::{Plan, place};
+use super::overflow::route_overflow;
+use super::store::{Store, WriteBatch, now_ms, store_err};
+use super::{Append, Cmd, Complete, RoutedAppend, Shared, SqliteBusOptions};
+
+/// A settle waiting for the next commit, with its caller's answer.
+type Settle = (u64, Outcome, oneshot::Sender<Result<(), BusError>>);
+
+/// An undelivered event held in memory.
+pub(super) struct Entry {
+    pub event: CloudEvent,
+    /// Attempts so far (what the next hand-out adds one to).
+    pub deliveries: u32,
+}
+
+pub(super) struct Slot {
+    pub id: u64,
+    pub name: String,
+    pub tx: mpsc::Sender<Delivery>,
+    pub starved: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+pub(super) struct Topic {
+    /// Undelivered events in memory, by sequence number.
+    pub pending: BTreeMap<u64, Entry>,
+    /// Set while the store holds undelivered events of this topic that are not in `pending`:
+    /// every stored, undelivered event with `seq >= spilled_from`.
+    pub spilled_from: Option<u64>,
+    pub consumers: Vec<Slot>,
+    /// Round-robin position among `consumers`.
+    pub next: usize,
+    /// Open events of this topic in the store: pending, spilled, or delivered and not yet
+    /// settled (what `max_topic_backlog` limits).
+    pub stored: u64,
+}
+
+/// How often ended events older than `TOPIC_RETENTION_SECONDS` are deleted.
+const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+/// How long a delivery count waits before it is stored: most deliveries are completed within
+/// it, and the count of a settled event need not be stored at all. Idle, counts are stored
+/// after [`FLUSH_AFTER`].
+const COUNT_GRACE: Duration = Duration::from_millis(10);
+/// How long delivery counts wait, with nothing else to do, before a transaction of their own.
+const FLUSH_AFTER: Duration = Duration::from_millis(2);
+/// Most rows one expiry or trim deletes (the rest go next time).
+const MAX_DELETE: u64 = 50_000;
+
+pub(super) struct Writer {
+    pub store: Store,
+    pub topics: HashMap<String, Topic>,
+    pub ready: bool,
+    pub shared: Arc<Shared>,
+    pub opts: SqliteBusOptions,
+    /// Registered workers and their topics: these topics' events wait, never dropped.
+    pub held: HashMap<String, String>,
+    /// Rows per topic in the store (open, and ended inside the replay window).
+    pub retained: HashMap<String, u64>,
+    /// The highest sequence number per topic that left the replay window.
+    pub evicted: HashMap<String, u64>,
+    pub last_expiry: Instant,
+    /// Deliveries handed out whose attempt count is not stored yet: it goes into the next
+    /// group commit, or into a small transaction of its own after [`FLUSH_AFTER`] without one.
+    pub deferred: Vec<(u64, Instant)>,
+}
+
+impl Writer {
+    /// Loads what an earlier run left open, up to the memory window per topic.
+    pub fn recover(&mut self) -> Result<(), rusqlite::Error> {
+        let census = self.store.census()?;
+        let stored: u64 = census.open.iter().map(|(_, n)| n).sum();
+        self.shared
+            .metrics
+            .set_stored(i64::try_from(stored).unwrap_or(i64::MAX));
+        self.retained = census.rows.into_iter().collect();
+        self.evicted = census.evicted;
+        for (t, n) in census.open {
+            let topic = self.topics.entry(t.clone()).or_default();
+            topic.spilled_from = Some(0);
+            topic.stored = n;
+            self.reload(&t)?;
+        }
+        if stored > 0 {
+            tracing::info!(
+                events = stored,
+                "bus: unsettled events from an earlier run will be delivered again"
+            );
+        }
+        Ok(())
+    }
+
+    /// Refills `pending` of a spilled topic from the store.
+    fn reload(&mut self, name: &str) -> Result<(), rusqlite::Error> {
+        let window = self.opts.memory_window.max(1);
+        let Some(topic) = self.topics.get(name) else {
+            return Ok(());
+        };
+        let Some(from) = topic.spilled_from else {
+            return Ok(());
+        };
+        let room = window.saturating_sub(topic.pending.len());
+        if room == 0 {
+            return Ok(());
+        }
+        let rows = self.store.load_open(name, from, room)?;
+        let topic = self.topics.entry(name.to_string()).or_default();
+        topic.spilled_from = if rows.len() < room {
+            None
+        } else {
+            rows.last().map(|(s, _, _)| *s + 1)
+        };
+        for (seq, blob, deliveries) in rows {
+            match CloudEvent::from_flatbuffer(&blob) {
+                Ok(event) => {
+                    topic.pending.insert(seq, Entry { event, deliveries });
+                }
+                // Only a damaged disk gets here; the row stays for an operator to inspect.
+                Err(e) => {
+                    tracing::error!(seq, topic = name, error = %e, "bus: stored event is corrupt and is skipped")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn run(mut self, rx: std::sync::mpsc::Receiver<Cmd>) {
+        let max = self.opts.max_batch_events.max(1);
+        loop {
+            let wait = if self.deferred.is_empty() {
+                EXPIRE_EVERY
+            } else {
+                FLUSH_AFTER
+            };
+            let first = match rx.recv_timeout(wait) {
+                Ok(c) => c,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    self.idle();
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut weight = cmd_weight(&first);
+            let mut batch = vec![first];
+            while weight < max {
+                match rx.try_recv() {
+                    Ok(c) => {
+                        weight += cmd_weight(&c);
+                        batch.push(c);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !self.process(batch) {
+                break;
+            }
+        }
+        // Whatever arrives after the shutdown is refused (once `rx` is dropped, sends fail).
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Cmd::Append { reply, events, .. } => {
+                    self.shared.metrics.add_queued(-(events.len() as i64));
+                    let _ = reply.send(Err(BusError::Closed));
+                }
+                Cmd::Settle { reply, .. } => {
+                    let _ = reply.send(Err(BusError::Closed));
+                }
+                Cmd::Complete(c) => {
+                    let _ = c.answer.send(Err(BusError::Closed));
+                }
+                Cmd::Replay { reply, .. } => {
+                    let _ = reply.send(Err(BusError::Closed));
+                }
+                Cmd::Shutdown { reply } => {
+                    let _ = reply.send(());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Nothing to do: store the delivery counts that waited for a commit, expire old events.
+    fn idle(&mut self) {
+        self.flush_deferred();
+        if self.last_expiry.elapsed() >= EXPIRE_EVERY {
+            self.last_expiry = Instant::now();
+            self.expire();
+        }
+    }
+
+    fn flush_deferred(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let seqs: Vec<u64> = self.deferred.iter().map(|(s, _)| *s).collect();
+        match self.store.record(&seqs, &[], &[]) {
+            Ok(_) => {
+                self.deferred.clear();
+                self.shared.metrics.add_commit();
+            }
+            Err(e) => {
+                tracing::warn!(events = self.deferred.len(), error = %e, "bus: cannot store delivery counts; retried with the next commit");
+            }
+        }
+    }
+
+    /// Runs one batch; false once shut down.
+    fn process(&mut self, batch: Vec<Cmd>) -> bool {
+        if self.last_expiry.elapsed() >= EXPIRE_EVERY {
+            self.last_expiry = Instant::now();
+            self.expire();
+        }
+        let mut appends = Vec::new();
+        let mut settles = Vec::new();
+        let mut completes = Vec::new();
+        let mut replays = Vec::new();
+        let mut touched: HashSet<String> = HashSet::new();
+        let mut shutdown = Vec::new();
+        let mut pump_all = false;
+        let mut given_back: Vec<Delivery> = Vec::new();
+        let mut recount: Vec<(u64, u32)> = Vec::new();
+        for cmd in batch {
+            match cmd {
+                Cmd::Append {
+                    topic,
+                    events,
+                    reply,
+                    _permit,
+                } => appends.push((topic, events, reply, _permit)),
+                Cmd::Settle {
+                    seq,
+                    outcome,
+                    reply,
+                } => settles.push((seq, outcome, reply)),
+                Cmd::Complete(c) => completes.push(*c),
+                Cmd::Replay {
+                    topic,
+                    after,
+                    limit,
+                    reply,
+                } => replays.push((topic, after, limit, reply)),
+                // A deleted worker's topic may have nobody left: let the pump decide.
+                Cmd::Hold { worker, topic } => pump_all |= self.hold(worker, topic),
+                Cmd::Subscribe {
+                    topic,
+                    name,
+                    id,
+                    tx,
+                    starved,
+                } => {
+                    tracing::debug!(topic, consumer = name, "bus: consumer subscribed");
+                    let slot = Slot {
+                        id,
+                        name,
+                        tx,
+                        starved,
+                    };
+                    let t = self.topics.entry(topic.clone()).or_default();
+                    t.consumers.push(slot);
+                    touched.insert(topic);
+                }
+                Cmd::Unsubscribe { topic, id, rx } => {
+                    self.unsubscribe(&topic, id, rx, &mut recount);
+                    touched.insert(topic);
+                }
+                Cmd::Pump { topic } => {
+                    touched.insert(topic);
+                }
+                Cmd::Release { deliveries } => given_back.extend(deliveries),
+                Cmd::Ready => {
+                    self.ready = true;
+                    pump_all = true;
+                }
+                Cmd::Shutdown { reply } => shutdown.push(reply),
+            }
+        }
+
+        if !recount.is_empty()
+            && let Err(e) = self.store.set_deliveries(&recount)
+        {
+            tracing::warn!(error = %e, "bus: cannot store the attempt count of events given back");
+        }
+        if !given_back.is_empty() {
+            self.release(given_back, &mut touched);
+        }
+        if !appends.is_empty() || !settles.is_empty() || !completes.is_empty() {
+            self.commit_writes(appends, settles, completes, &mut touched);
+        }
+        for (topic, after, limit, reply) in replays {
+            let _ = reply.send(self.replay(&topic, after, limit));
+        }
+        if pump_all {
+            touched.extend(self.topics.keys().cloned());
+        }
+        if !touched.is_empty() {
+            self.pump(touched);
+        }
+        if !shutdown.is_empty() {
+            self.shutdown();
+            for reply in shutdown {
+                let _ = reply.send(());
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Worker `worker` holds `topic` (`Some`), or no longer exists; true if a hold was lifted.
+    fn hold(&mut self, worker: String, topic: Option<String>) -> bool {
+        let lifted = match topic {
+            Some(t) => {
+                self.held.insert(worker, t);
+                false
+            }
+            None => self.held.remove(&worker).is_some(),
+        };
+        tracing::debug!(held = self.held.len(), lifted, "bus: held topics changed");
+        lifted
+    }
+
+    /// Consumer `id` leaves `topic`. What it had buffered but never returned goes back in
+    /// line, not counted as an attempt (`recount` collects the counts to store).
+    fn unsubscribe(
+        &mut self,
+        topic: &str,
+        id: u64,
+        mut rx: mpsc::Receiver<Delivery>,
+        recount: &mut Vec<(u64, u32)>,
+    ) {
+        let t = self.topics.entry(topic.to_string()).or_default();
+        if let Some(pos) = t.consumers.iter().position(|s| s.id == id) {
+            let slot = t.consumers.remove(pos);
+            tracing::debug!(topic, consumer = slot.name, "bus: consumer left");
+        }
+        // On this thread no permit into `rx` is outstanding, so this drains it all.
+        rx.close();
+        while let Ok(d) = rx.try_recv() {
+            let deliveries = d.deliveries.saturating_sub(1);
+            recount.push((d.seq, deliveries));
+            let entry = Entry {
+                event: d.event,
+                deliveries,
+            };
+            t.pending.insert(d.seq, entry);
+        }
+    }
+
+    /// Puts deliveries given back into line again (with the attempt count they carry), unless
+    /// they were settled meanwhile.
+    fn release(&mut self, deliveries: Vec<Delivery>, touched: &mut HashSet<String>) {
+        let counts: Vec<(u64, u32)> = deliveries.iter().map(|d| (d.seq, d.deliveries)).collect();
+        match self.store.set_deliveries(&counts) {
+            Ok(open) => {
+                for (d, open) in deliveries.into_iter().zip(open) {
+                    if open {
+                        touched.insert(d.topic.clone());
+                        self.topics.entry(d.topic).or_default().pending.insert(
+                            d.seq,
+                            Entry {
+                                event: d.event,
+                                deliveries: d.deliveries,
+                            },
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(events = counts.len(), error = %e, "bus: cannot release events; they are delivered again after a restart")
+            }
+        }
+    }
+
+    fn replay(&mut self, topic: &str, after: u64, limit: usize) -> Result<ReplayPage, BusError> {
+        let rows = self
+            .store
+            .replay(topic, after, limit)
+            .map_err(store_err("read a topic's history"))?;
+        let mut events = Vec::with_capacity(rows.len());
+        for (seq, blob) in rows {
+            match CloudEvent::from_flatbuffer(&blob) {
+                Ok(event) => events.push(Arc::new(Published {
+                    seq,
+                    topic: topic.to_string(),
+                    event,
+                })),
+                Err(e) => {
+                    tracing::error!(seq, topic, error = %e, "bus: stored event is corrupt and is not replayed")
+                }
+            }
+        }
+        Ok(ReplayPage {
+            events,
+            evicted_through: self.evicted.get(topic).copied().unwrap_or(0),
+        })
+    }
+
+    /// Phase 1: appends, settles and completions in one transaction, then the answers.
+    fn commit_writes(
+        &mut self,
+        appends: Vec<Append>,
+        settles: Vec<Settle>,
+        completes: Vec<Complete>,
+        touched: &mut HashSet<String>,
+    ) {
+        let appends = route_overflow(self, appends);
+        let trims = self.trims(&appends, &completes);
+        let appends_ended: Vec<Vec<bool>> = appends
+            .iter()
+            .map(|(events, _, _)| events.iter().map(|(t, _, _)| self.ended(t)).collect())
+            .collect();
+        let completes_ended: Vec<bool> = completes
+            .iter()
+            .map(|c| {
+                c.reply_event
+                    .as_ref()
+                    .is_some_and(|(t, _, _)| self.ended(t))
+            })
+            .collect();
+        let due = self.due_counts(&settles, &completes);
+        let batch = WriteBatch {
+            appends: appends
+                .iter()
+                .zip(&appends_ended)
+                .map(|((events, _, _), ended)| {
+                    events
+                        .iter()
+                        .zip(ended)
+                        .map(|((t, _, blob), e)| (t.as_str(), blob.as_slice(), *e))
+                        .collect()
+                })
+                .collect(),
+            settles: settles.iter().map(|s| s.0).collect(),
+            completes: completes
+                .iter()
+                .zip(&completes_ended)
+                .map(|(c, e)| {
+                    let reply = c.reply_event.as_ref();
+                    (
+                        c.seq,
+                        reply.map(|(t, _, blob)| (t.as_str(), blob.as_slice(), *e)),
+                    )
+                })
+                .collect(),
+            delivered: due.iter().map(|(s, _)| *s).collect(),
+            trims: trims.iter().map(|(t, n)| (t.as_str(), *n)).collect(),
+        };
+        let result = self.store.commit(&batch);
+        drop(batch);
+        let queued: i64 = appends.iter().map(|a| a.0.len() as i64).sum();
+        self.shared.metrics.add_queued(-queued);
+        let done = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.deferred.extend(due);
+                tracing::error!(error = %e, "bus: a group commit failed; its publishes, settles and completions are refused");
+                refuse(&e, appends, settles, completes);
+                return;
+            }
+        };
+        self.shared.metrics.add_commit();
+
+        for ((topic, _), (n, max)) in trims.into_iter().zip(done.trimmed) {
+            self.evicted_rows(&topic, n, max);
+        }
+        for (((events, reply, _permit), seqs), ended) in
+            appends.into_iter().zip(done.appended).zip(appends_ended)
+        {
+            // Counters first, so that whoever sees the answer sees them too.
+            for ((topic, _, _), e) in events.iter().zip(&ended) {
+                self.count_stored(topic, *e);
+            }
+            let _ = reply.send(Ok(seqs.clone()));
+            for (((topic, event, _), seq), e) in events.into_iter().zip(seqs).zip(ended) {
+                self.published(topic, event, seq, e, touched);
+            }
+        }
+        for ((seq, outcome, reply), topic) in settles.into_iter().zip(done.settled) {
+            if let Some(topic) = topic {
+                self.settled(seq, &topic, &outcome);
+            }
+            let _ = reply.send(Ok(()));
+        }
+        let completed = completes.into_iter().zip(done.completed);
+        for ((c, (topic, reply_seq)), e) in completed.zip(completes_ended) {
+            if let Some(topic) = topic {
+                self.settled(c.seq, &topic, &c.outcome);
+            }
+            if let (Some(seq), Some((rtopic, event, _))) = (reply_seq, c.reply_event) {
+                self.count_stored(&rtopic, e);
+                self.published(rtopic, event, seq, e, touched);
+            }
+            let _ = c.answer.send(Ok(()));
+        }
+    }
+
+    /// Topics that will be over their replay window once this commit is in, with how many of
+    /// their oldest ended rows to delete.
+    fn trims(&self, appends: &[RoutedAppend], completes: &[Complete]) -> Vec<(String, u64)> {
+        let window = self.window_events();
+        let mut adding: HashMap<&str, u64> = HashMap::new();
+        let appended = appends.iter().flat_map(|(events, _, _)| events.iter());
+        for (topic, _, _) in appended {
+            *adding.entry(topic.as_str()).or_default() += 1;
+        }
+        for (topic, _, _) in completes.iter().filter_map(|c| c.reply_event.as_ref()) {
+            *adding.entry(topic.as_str()).or_default() += 1;
+        }
+        adding
+            .into_iter()
+            .filter_map(|(topic, n)| {
+                let rows = self.retained.get(topic).copied().unwrap_or(0) + n;
+                (rows > window).then(|| (topic.to_string(), (rows - window).min(MAX_DELETE)))
+            })
+            .collect()
+    }
+
+    /// Whether an event published on `topic` now is stored already ended: nobody consumes or
+    /// holds the topic, so it is kept only for the replay window and counted as dropped (no
+    /// second statement to drop it).
+    fn ended(&self, topic: &str) -> bool {
+        self.droppable(topic)
+            && self
+                .topics
+                .get(topic)
+                .is_none_or(|t| t.consumers.is_empty())
+    }
+
+    /// The delivery counts to store with this commit: those older than [`COUNT_GRACE`]. The
+    /// counts of events this commit settles are forgotten (moot once settled).
+    fn due_counts(&mut self, settles: &[Settle], completes: &[Complete]) -> Vec<(u64, Instant)> {
+        let ending: HashSet<u64> = settles
+            .iter()
+            .map(|s| s.0)
+            .chain(completes.iter().map(|c| c.seq))
+            .collect();
+        self.deferred.retain(|(seq, _)| !ending.contains(seq));
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|(_, at)| at.elapsed() >= COUNT_GRACE);
+        self.deferred = waiting;
+        due
+    }
+
+    /// Counts one stored event of `topic` (ended: as dropped).
+    fn count_stored(&self, topic: &str, ended: bool) {
+        let metrics = &self.shared.metrics;
+        metrics.add_published(topic, 1);
+        if ended {
+            metrics.add_dropped(topic, 1);
+        } else {
+            metrics.add_stored(1);
+        }
+    }
+
+    /// The replay window in events (0 when either retention setting is 0).
+    fn window_events(&self) -> u64 {
+        if self.opts.retention.is_zero() {
+            0
+        } else {
+            self.opts.retention_events
+        }
+    }
+
+    /// After a commit: event `seq` of `topic` ended.
+    fn settled(&mut self, seq: u64, topic: &str, outcome: &Outcome) {
+        self.shared.metrics.add_stored(-1);
+        self.shared.metrics.add_settled(outcome.label());
+        if let Some(t) = self.topics.get_mut(topic) {
+            t.pending.remove(&seq);
+            t.stored = t.stored.saturating_sub(1);
+        }
+        tracing::trace!(seq, topic, outcome = outcome.label(), "bus: event settled");
+    }
+
+    /// After a commit: `n` rows of `topic` up to `max` left the replay window.
+    fn evicted_rows(&mut self, topic: &str, n: u64, max: u64) {
+        if let Some(r) = self.retained.get_mut(topic) {
+            *r = r.saturating_sub(n);
+        }
+        if max > 0 {
+            let e = self.evicted.entry(topic.to_string()).or_default();
+            *e = (*e).max(max);
+        }
+    }
+
+    /// After a commit: event `seq` was stored on `topic`; watchers see it, and it joins the
+    /// topic's line (in memory if the window has room, else on disk).
+    fn published(
+        &mut self,
+        topic: String,
+        event: CloudEvent,
+        seq: u64,
+        ended: bool,
+        touched: &mut HashSet<String>,
+    ) {
+        let window = self.opts.memory_window.max(1);
+        *self.retained.entry(topic.clone()).or_default() += 1;
+        let watcher = {
+            let map = super::lock(&self.shared.watchers);
+            map.get(&topic).cloned()
+        };
+        // An ended event is not kept in memory: the watchers get it without a copy.
+        let (for_watchers, event) = if ended {
+            (Some(event), None)
+        } else {
+            (watcher.as_ref().map(|_| event.clone()), Some(event))
+        };
+        if let (Some(w), Some(e)) = (&watcher, for_watchers) {
+            let _ = w.send(Arc::new(Published {
+                seq,
+                topic: topic.clone(),
+                event: e,
+            }));
+        }
+        if let Some(w) = watcher
+            && w.receiver_count() == 0
+        {
+            let mut map = super::lock(&self.shared.watchers);
+            if map.get(&topic).is_some_and(|w| w.receiver_count() == 0) {
+                map.remove(&topic);
+            }
+        }
+        let Some(event) = event else {
+            // Already settled as dropped: nothing to hand out.
+            return;
+        };
+        let t = self.topics.entry(topic.clone()).or_default();
+        t.stored += 1;
+        if t.spilled_from.is_none() {
+            if t.pending.len() >= window {
+                t.spilled_from = Some(seq);
+            } else {
+                t.pending.insert(
+                    seq,
+                    Entry {
+                        event,
+                        deliveries: 0,
+                    },
+                );
+            }
+        }
+        touched.insert(topic);
+    }
+
+    /// Deletes ended events older than the replay window, and evicts the oldest dead letters
+    /// of dead-letter topics over their limit.
+    fn expire(&mut self) {
+        let age = i64::try_from(self.opts.retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = if self.opts.retention_events == 0 {
+            i64::MAX
+        } else {
+            now_ms().saturating_sub(age)
+        };
+        match self.store.expire(cutoff, MAX_DELETE) {
+            Ok(gone) => {
+                for (topic, (n, max)) in gone {
+                    self.evicted_rows(&topic, n, max);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "bus: cannot expire old events; retried in a second")
+            }
+        }
+        super::overflow::evict_dead_letters(self);
+    }
+
+    /// Phase 2: hands pending events to consumers (their attempt counts queued for the next commit)
+    /// and, once ready, drops the events of topics nobody consumes or holds.
+    fn pump(&mut self, mut topics: HashSet<String>) {
+        // Bounded rounds so that one huge backlog cannot starve the command queue.
+        for _ in 0..16 {
+            if topics.is_empty() {
+                return;
+            }
+            let mut again = HashSet::new();
+            for name in &topics {
+                let needs_reload = self.topics.get(name).is_some_and(|t| {
+                    t.spilled_from.is_some()
+                        && t.pending.len() < self.opts.memory_window.max(1) / 2 + 1
+                });
+                if needs_reload && let Err(e) = self.reload(name) {
+                    tracing::error!(topic = name, error = %e, "bus: cannot read stored events");
+                }
+            }
+            let mut plans = Vec::new();
+            for name in &topics {
+                if let Some(plan) = self.plan(name) {
+                    if plan.more {
+                        again.insert(name.clone());
+                    }
+                    plans.push(plan);
+                }
+            }
+            if plans.iter().all(Plan::is_empty) {
+                return;
+            }
+            if let Err(e) = self.record(&mut plans) {
+                tracing::error!(error = %e, "bus: cannot record deliveries; they are retried on the next event");
+                return;
+            }
+            self.apply(plans);
+            topics = again;
+        }
+        // Still more to do: come back after the queued commands.
+        for name in topics {
+            if let Some(slot) = self.topics.get(&name).and_then(|t| t.consumers.first()) {
+                slot.starved.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Whether the events of `topic` may be dropped when nobody consumes it: only once ready,
+    /// never for a topic a registered worker holds, never for a dead-letter topic.
+    fn droppable(&self, topic: &str) -> bool {
+        self.ready && !is_dead_letter_topic(topic) && !self.held.values().any(|t| t == topic)
+    }
+
+    /// Picks consumers for pending events of topic `name` (without changing anything yet).
+    fn plan(&mut self, name: &str) -> Option<Plan> {
+        const MAX_PER_ROUND: usize = 4_096;
+        let droppable = self.droppable(name);
+        let t = self.topics.get_mut(name)?;
+        t.consumers.retain(|s| !s.tx.is_closed());
+        let mut plan = Plan {
+            topic: name.to_string(),
+            deliver: Vec::new(),
+            drop: Vec::new(),
+            drop_spilled_from: None,
+            spilled_dropped: 0,
+            more: false,
+        };
+        if t.consumers.is_empty() {
+            if droppable {
+                plan.drop = t.pending.keys().copied().collect();
+                plan.drop_spilled_from = t.spilled_from;
+            }
+            return Some(plan);
+        }
+        let candidates: Vec<u64> = t.pending.keys().take(MAX_PER_ROUND + 1).copied().collect();
+        for seq in candidates {
+            if plan.deliver.len() >= MAX_PER_ROUND {
+                plan.more = true;
+                break;
+            }
+            match place(t) {
+                Some(permit) => plan.deliver.push((seq, permit)),
+                None => break,
+            }
+        }
+        if plan.deliver.len() == t.pending.len() && t.spilled_from.is_some() {
+            plan.more = true;
+        }
+        Some(plan)
+    }
+
+    /// Counts the planned deliveries (deferred to the next group commit when there is
+    /// nothing else to write) and settles the planned drops.
+    fn record(&mut self, plans: &mut [Plan]) -> Result<(), rusqlite::Error> {
+        let delivered: Vec<u64> = plans
+            .iter()
+            .flat_map(|p| p.deliver.iter().map(|(s, _)| *s))
+            .collect();
+        if plans
+            .iter()
+            .all(|p| p.drop.is_empty() && p.drop_spilled_from.is_none())
+        {
+            let now = Instant::now();
+            self.deferred
+                .extend(delivered.into_iter().map(|s| (s, now)));
+            return Ok(());
+        }
+        let dropped: Vec<u64> = plans.iter().flat_map(|p| p.drop.iter().copied()).collect();
+        let from: Vec<(&str, u64)> = plans
+            .iter()
+            .filter_map(|p| p.drop_spilled_from.map(|f| (p.topic.as_str(), f)))
+            .collect();
+        let counts = self.store.record(&delivered, &dropped, &from)?;
+        let mut counts = counts.into_iter();
+        for p in plans.iter_mut() {
+            if p.drop_spilled_from.is_some() {
+                p.spilled_dropped = counts.next().unwrap_or(0);
+            }
+        }
+        self.shared.metrics.add_commit();
+        Ok(())
+    }
+
+    /// After [`Writer::record`] committed: sends the deliveries, forgets the drops.
+    fn apply(&mut self, plans: Vec<Plan>) {
+        let metrics = &self.shared.metrics;
+        for p in plans {
+            let Some(t) = self.topics.get_mut(&p.topic) else {
+                continue;
+            };
+            let mut redelivered = 0;
+            for (seq, permit) in p.deliver {
+                let Some(entry) = t.pending.remove(&seq) else {
+                    continue;
+                };
+                let deliveries = entry.deliveries.saturating_add(1);
+                if deliveries > 1 {
+                    redelivered += 1;
+                }
+                permit.send(Delivery {
+                    seq,
+                    topic: p.topic.clone(),
+                    event: entry.event,
+                    deliveries,
+                });
+            }
+            metrics.add_redelivered(redelivered);
+            let mut dropped = p.drop.len() as u64;
+            for seq in &p.drop {
+                t.pending.remove(seq);
+            }
+            if p.drop_spilled_from.is_some() {
+                t.spilled_from = None;
+                dropped += p.spilled_dropped;
+            }
+            if dropped > 0 {
+                tracing::debug!(
+                    topic = p.topic,
+                    dropped,
+                    "bus: events dropped, no worker consumes the topic"
+                );
+                metrics.add_stored(-(dropped as i64));
+                metrics.add_dropped(&p.topic, dropped);
+                t.stored = t.stored.saturating_sub(dropped);
+            }
+            if t.consumers.is_empty()
+                && t.pending.is_empty()
+                && t.spilled_from.is_none()
+                && t.stored == 0
+            {
+                self.topics.remove(&p.topic);
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.flush_deferred();
+        self.shared.closed.store(true, Ordering::Release);
+        super::lock(&self.shared.watchers).clear();
+        // Dropping the senders ends every consumer's `recv`.
+        self.topics.clear();
+        self.store.close();
+    }
+}
+
+/// Answers everyone of a group commit that failed with its error.
+fn refuse(
+    e: &BusError,
+    appends: Vec<RoutedAppend>,
+    settles: Vec<Settle>,
+    completes: Vec<Complete>,
+) {
+    let err = || match e {
+        BusError::Store { step, source } => BusError::Store {
+            step,
+            source: source.clone(),
+        },
+        _ => BusError::Closed,
+    };
+    for (_, reply, _) in appends {
+        let _ = reply.send(Err(err()));
+    }
+    for (_, _, reply) in settles {
+        let _ = reply.send(Err(err()));
+    }
+    for c in completes {
+        let _ = c.answer.send(Err(err()));
+    }
+}
+
+/// How much of the batch limit a command uses.
+fn cmd_weight(c: &Cmd) -> usize {
+    match c {
+        Cmd::Append { events, .. } => events.len().max(1),
+        _ => 1,
+    }
+}
