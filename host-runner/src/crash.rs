@@ -210,14 +210,18 @@ extern "C" fn on_fatal_signal(
         let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
         libc::syscall(libc::SYS_tgkill, pid, tid, signal);
     }
-    // Still here: the host is pid 1 of its PID namespace, where a signal it sends itself
-    // with the default action is ignored. A hardware fault re-faults on return and the
+    // When the host is pid 1 of its PID namespace, a signal it sends itself with the default
+    // action is ignored. A hardware fault re-faults on return and the
     // kernel's forced signal kills us with the real signal; a sent signal (abort()'s
     // SIGABRT, a raise()) or a seccomp SIGSYS would not come back (the forbidden syscall
     // would just return), so end the process here with the shell's code for the signal.
+    // Elsewhere the re-raised signal is pending (blocked while this handler runs) and kills
+    // us as we return, so this applies to pid 1 only.
     // SAFETY: reads si_code from the kernel's siginfo (valid for an SA_SIGINFO handler).
     let sent = info.is_null() || unsafe { (*info).si_code } <= 0;
-    if sent || matches!(signal, libc::SIGSYS | libc::SIGABRT) {
+    // SAFETY: getpid has no preconditions.
+    let init = unsafe { libc::getpid() } == 1;
+    if init && (sent || matches!(signal, libc::SIGSYS | libc::SIGABRT)) {
         // SAFETY: exit_group takes an integer and does not return.
         unsafe { libc::syscall(libc::SYS_exit_group, 128 + signal) };
     }
