@@ -116,6 +116,13 @@ fn hosts_run_in_their_own_pid_namespace_as_the_host_uid_with_every_layer() {
         metrics.contains("workmanager_sandbox_layer{layer=\"seccomp\"} 1"),
         "{metrics}"
     );
+    // Where the kernel has Landlock, the host says it took effect, with its ABI.
+    if metrics.contains("workmanager_sandbox_layer{layer=\"landlock\"} 1") {
+        assert!(
+            sandbox["landlockAbi"].as_u64().is_some_and(|v| v >= 1),
+            "{h}"
+        );
+    }
     // The worker answers from inside all of that.
     let r = d.send_json(
         "POST",
