@@ -118,9 +118,11 @@ fn hosts_run_in_their_own_pid_namespace_as_the_host_uid_with_every_layer() {
     );
     // Where the kernel has Landlock, the host says it took effect, with its ABI.
     if metrics.contains("workmanager_sandbox_layer{layer=\"landlock\"} 1") {
+        let log = d.log();
+        let said: Vec<&str> = log.lines().filter(|l| l.contains("landlock")).collect();
         assert!(
             sandbox["landlockAbi"].as_u64().is_some_and(|v| v >= 1),
-            "{h}"
+            "{h}\n{said:#?}"
         );
     }
     // The worker answers from inside all of that.

@@ -30,7 +30,7 @@ pub fn restrict(tmp_dir: Option<&std::path::Path>) -> Option<u32> {
         .and_then(|r| r.scope(Scope::from_all(ABI_TARGET)))
         .and_then(|r| r.create())
         .and_then(|r| match tmp_dir.map(PathFd::new) {
-            Some(Ok(fd)) => r.add_rule(PathBeneath::new(fd, AccessFs::from_all(ABI_TARGET))),
+            Some(Ok(fd)) => r.add_rule(PathBeneath::new(fd, AccessFs::from_write(ABI_TARGET))),
             Some(Err(e)) => {
                 log(&format!(
                     "the private temp folder cannot be opened ({e}); it stays read-only"

@@ -125,6 +125,8 @@ pub struct HeaderSnapshot {
     pub max_frame: u64,
     /// The supervisor's closed flag, which only the supervisor sets (and only on shutdown).
     pub supervisor_closed: bool,
+    /// Whether both rings' reader and writer indices are consistent with each other.
+    pub indices_ok: bool,
 }
 
 impl Region {
@@ -311,6 +313,16 @@ impl Region {
             ring_bytes: h.ring_bytes.load(Ordering::Relaxed),
             max_frame: h.max_frame.load(Ordering::Relaxed),
             supervisor_closed: h.closed[Side::Supervisor as usize].load(Ordering::Acquire) != 0,
+            indices_ok: (0..2).all(|dir| {
+                let c = self.ctl(dir);
+                let (head, tail) = (
+                    c.head.load(Ordering::Acquire),
+                    c.tail.load(Ordering::Acquire),
+                );
+                tail.wrapping_sub(head) <= self.ring_bytes as u64
+                    && head.is_multiple_of(8)
+                    && tail.is_multiple_of(8)
+            }),
         }
     }
 

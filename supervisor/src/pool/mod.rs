@@ -1178,6 +1178,9 @@ fn header_violation(region: &wm_shared::ring::Region, spawn: &SpawnConfig) -> Op
     if !got.magic_ok {
         return Some("it overwrote the ring header's magic and versions".to_string());
     }
+    if !got.indices_ok {
+        return Some("it scribbled the ring indices (reader and writer disagree)".to_string());
+    }
     None
 }
 
