@@ -25,12 +25,12 @@ const ABI_TARGET: ABI = ABI::V6;
 pub fn restrict(tmp_dir: Option<&std::path::Path>) -> Option<u32> {
     let result = landlock::Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
-        .handle_access(AccessFs::from_write(ABI_TARGET))
+        .handle_access(write_rights())
         .and_then(|r| r.handle_access(AccessNet::from_all(ABI_TARGET)))
         .and_then(|r| r.scope(Scope::from_all(ABI_TARGET)))
         .and_then(|r| r.create())
         .and_then(|r| match tmp_dir.map(PathFd::new) {
-            Some(Ok(fd)) => r.add_rule(PathBeneath::new(fd, AccessFs::from_write(ABI_TARGET))),
+            Some(Ok(fd)) => r.add_rule(PathBeneath::new(fd, write_rights())),
             Some(Err(e)) => {
                 log(&format!(
                     "the private temp folder cannot be opened ({e}); it stays read-only"
@@ -60,6 +60,14 @@ pub fn restrict(tmp_dir: Option<&std::path::Path>) -> Option<u32> {
             None
         }
     }
+}
+
+/// The write rights handled (and so denied outside the temp folder): every one of the target
+/// ABI but `IoctlDev` (ABI 5), which CoreCLR needs when it loads some assemblies (loading one
+/// that P/Invokes libc failed with 0x8007054F without it); seccomp keeps `TIOCSTI` and
+/// `TIOCLINUX` away from any device.
+fn write_rights() -> landlock::BitFlags<AccessFs> {
+    AccessFs::from_write(ABI_TARGET) & !AccessFs::IoctlDev
 }
 
 /// The kernel's Landlock ABI version (`landlock_create_ruleset(NULL, 0, VERSION)`).
