@@ -62,12 +62,9 @@ pub fn restrict(tmp_dir: Option<&std::path::Path>) -> Option<u32> {
     }
 }
 
-/// The write rights handled (and so denied outside the temp folder): every one of the target
-/// ABI but `IoctlDev` (ABI 5), which CoreCLR needs when it loads some assemblies (loading one
-/// that P/Invokes libc failed with 0x8007054F without it); seccomp keeps `TIOCSTI` and
-/// `TIOCLINUX` away from any device.
+/// The write rights handled, and so denied outside the temp folder.
 fn write_rights() -> landlock::BitFlags<AccessFs> {
-    AccessFs::from_write(ABI_TARGET) & !AccessFs::IoctlDev
+    AccessFs::from_write(ABI_TARGET)
 }
 
 /// The kernel's Landlock ABI version (`landlock_create_ruleset(NULL, 0, VERSION)`).
