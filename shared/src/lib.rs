@@ -16,6 +16,7 @@
 pub mod cloudevent;
 pub mod dotnet;
 pub mod generated;
+pub mod kernel;
 pub mod package;
 pub mod protocol;
 pub mod ring;

@@ -26,21 +26,7 @@ pub struct SandboxPlan {
     pub warnings: Vec<String>,
 }
 
-/// The Landlock ABI of the running kernel, if it has Landlock.
-pub fn landlock_abi() -> Option<u32> {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_ulong = 1;
-    // SAFETY: landlock_create_ruleset(NULL, 0, VERSION) only returns the ABI version (or an
-    // error); it reads no memory.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    u32::try_from(rc).ok().filter(|v| *v > 0)
-}
+pub use wm_shared::kernel::landlock_abi;
 
 /// Whether unprivileged user namespaces are enabled (for a non-root daemon's PID namespace).
 fn user_namespaces_enabled() -> bool {

@@ -43,12 +43,12 @@ pub fn restrict(tmp_dir: Option<&std::path::Path>) -> Option<u32> {
         .and_then(|r| r.no_new_privs(true).restrict_self());
     match result {
         Ok(status) => match status.ruleset {
-            RulesetStatus::FullyEnforced => Some(kernel_abi().unwrap_or(6)),
+            RulesetStatus::FullyEnforced => Some(wm_shared::kernel::landlock_abi().unwrap_or(6)),
             RulesetStatus::PartiallyEnforced => {
                 log(
                     "landlock partially enforced (older kernel ABI): filesystem writes denied where supported",
                 );
-                Some(kernel_abi().unwrap_or(1))
+                Some(wm_shared::kernel::landlock_abi().unwrap_or(1))
             }
             RulesetStatus::NotEnforced => {
                 log("landlock skipped (best effort): the kernel does not support it");
@@ -65,20 +65,4 @@ pub fn restrict(tmp_dir: Option<&std::path::Path>) -> Option<u32> {
 /// The write rights handled, and so denied outside the temp folder.
 fn write_rights() -> landlock::BitFlags<AccessFs> {
     AccessFs::from_write(ABI_TARGET)
-}
-
-/// The kernel's Landlock ABI version (`landlock_create_ruleset(NULL, 0, VERSION)`).
-fn kernel_abi() -> Option<u32> {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_ulong = 1;
-    // SAFETY: with a NULL attribute and size 0 the call only returns the ABI version; it
-    // reads no memory.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    u32::try_from(rc).ok().filter(|v| *v > 0)
 }
