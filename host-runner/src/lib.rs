@@ -9,7 +9,7 @@
 //! - [`crash`]: the fatal-signal handler that records the culprit in a crash slot.
 //! - [`exit`]: the documented exit codes.
 //! - [`host`]: start-up order and the frame loop; [`worker`]: per-worker threads and queues,
-//!   hot reload. Frames are `wm_shared::protocol` messages.
+//!   hot reload; [`handoff`]: the spin-then-park queue between them. Frames are `wm_shared::protocol` messages.
 //!
 //! The binary (`src/main.rs`) parses arguments, maps the ring, enters the sandbox and runs
 //! the frame loop. Nothing here listens on the network or touches the registry.
@@ -18,6 +18,7 @@ pub mod crash;
 pub mod engine;
 pub mod exit;
 pub mod ffi;
+pub mod handoff;
 pub mod host;
 pub mod sandbox;
 pub mod worker;

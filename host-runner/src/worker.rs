@@ -1,7 +1,9 @@
 //! Per-worker threads and queues, hot reload, unload.
 //!
 //! Each worker owns a FIFO queue and `max_concurrency` threads pulling from it (one thread
-//! keeps the worker's order; a hung plugin blocks only its own worker). The loaded library
+//! keeps the worker's order; a hung plugin blocks only its own worker). The queue is a
+//! [`Handoff`]: a thread waiting for work spins briefly before it sleeps, so back-to-back
+//! calls pass from the frame loop to the worker thread without a futex wake-up. The loaded library
 //! sits behind an `Arc` swapped on hot reload: a call clones the `Arc` when it starts, so an
 //! in-flight call finishes on the old library, which is unloaded when its last call ends.
 //!
@@ -13,13 +15,16 @@
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use wm_shared::ring::SpinBudget;
+
 use crate::crash;
 use crate::engine::{Engine, LoadSpec, ProcessOutcome, ResultStatus, error_chain};
+use crate::handoff::Handoff;
 
 /// Where a worker's results go.
 pub trait Outbox: Send + Sync + 'static {
@@ -74,7 +79,7 @@ struct Job {
 }
 
 struct Handle<E: Engine> {
-    tx: Sender<Job>,
+    queue: Arc<Handoff<Job>>,
     slot: Arc<Slot<E>>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -123,7 +128,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
             });
             return;
         }
-        let (tx, rx) = channel();
+        let queue = Arc::new(Handoff::default());
         let slot = Arc::new(Slot {
             current: RwLock::new(None),
             closed: AtomicBool::new(false),
@@ -132,7 +137,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         map.insert(
             spec.worker_id.clone(),
             Handle {
-                tx,
+                queue: queue.clone(),
                 slot: slot.clone(),
                 threads: threads.clone(),
             },
@@ -143,7 +148,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         let list = threads.clone();
         let spawned = std::thread::Builder::new()
             .name(name)
-            .spawn(move || this.first_thread(request_id, spec, slot, rx, list));
+            .spawn(move || this.first_thread(request_id, spec, slot, queue, list));
         match spawned {
             // Unload joins it with the others; it is pushed before this frame handler returns,
             // so before any UnloadWorker for this worker is handled.
@@ -158,7 +163,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         request_id: u64,
         spec: LoadSpec,
         slot: Arc<Slot<E>>,
-        rx: Receiver<Job>,
+        queue: Arc<Handoff<Job>>,
         threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     ) {
         let _alt = crash::AltStack::install();
@@ -188,15 +193,14 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
                     drop(stale);
                 }
                 self.outbox.load_result(request_id, &worker_id, Ok(()));
-                let rx = Arc::new(Mutex::new(rx));
                 for i in 1..spec.max_concurrency.max(1) {
                     let this = self.clone();
-                    let (slot, rx, id) = (slot.clone(), rx.clone(), worker_id.clone());
+                    let (slot, queue, id) = (slot.clone(), queue.clone(), worker_id.clone());
                     match std::thread::Builder::new()
                         .name(thread_name(&worker_id, i))
                         .spawn(move || {
                             let _alt = crash::AltStack::install();
-                            this.serve(&id, &slot, &rx)
+                            this.serve(&id, &slot, &queue)
                         }) {
                         Ok(t) => threads.lock().unwrap_or_else(|p| p.into_inner()).push(t),
                         Err(e) => crate::sandbox::log(&format!(
@@ -204,18 +208,20 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
                         )),
                     }
                 }
-                self.serve(&worker_id, &slot, &rx);
+                self.serve(&worker_id, &slot, &queue);
             }
             Err(e) => {
-                // Remove the entry first: from then on no Process reaches this queue, so
-                // draining it below answers every message that did.
+                // Remove the entry first (pushes happen under the map lock): from then on no
+                // Process reaches this queue, so draining it below answers every message that
+                // did.
                 self.map
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&worker_id);
+                queue.close();
                 self.outbox
                     .load_result(request_id, &worker_id, Err(error_chain(&e)));
-                while let Ok(job) = rx.recv() {
+                while let Some(job) = queue.try_pop() {
                     self.answer_unknown(job.msg_id, &worker_id);
                 }
             }
@@ -223,15 +229,9 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
     }
 
     /// A worker thread's loop: until the queue is closed (unload, shutdown).
-    fn serve(&self, worker_id: &str, slot: &Slot<E>, rx: &Mutex<Receiver<Job>>) {
-        loop {
-            let job = {
-                let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-                rx.recv()
-            };
-            let Ok(job) = job else {
-                return;
-            };
+    fn serve(&self, worker_id: &str, slot: &Slot<E>, queue: &Handoff<Job>) {
+        let mut spin = SpinBudget::default();
+        while let Some(job) = queue.pop(&mut spin) {
             let lib = slot
                 .current
                 .read()
@@ -324,7 +324,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let sent = match map.get(worker_id) {
-            Some(h) => h.tx.send(Job { msg_id, event }).is_ok(),
+            Some(h) => h.queue.push(Job { msg_id, event }).is_ok(),
             None => false,
         };
         drop(map);
@@ -358,9 +358,13 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
     }
 
     fn finish(&self, handle: Handle<E>) -> Result<(), String> {
-        let Handle { tx, slot, threads } = handle;
+        let Handle {
+            queue,
+            slot,
+            threads,
+        } = handle;
         slot.closed.store(true, Ordering::Release);
-        drop(tx);
+        queue.close();
         // Thread 0 may still be starting the others: take the list only once it is complete,
         // i.e. join until it stays empty.
         loop {

@@ -2,7 +2,8 @@
 //!
 //! `main.rs` calls [`main`]; everything it does is here so that the order of the start-up
 //! steps reads top-down. The command line is `args.rs`; what worker threads and plugins
-//! send through the ring (results, logs, gateway calls) is `services.rs`.
+//! send through the ring (results, logs, gateway calls) is `services.rs`, with results going
+//! out through the lock-free batching lane of `replies.rs`.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const RESULT_OVERHEAD: usize = 64 * 1024;
 
 mod args;
+mod replies;
 mod services;
 
 pub use args::{Args, ArgsError};
@@ -150,7 +152,7 @@ pub fn start_engine<E: Engine>(
     let services = Arc::new(RingServices::new(tx.clone()));
     let max_response = region.config().max_frame.saturating_sub(RESULT_OVERHEAD);
     let engine = Arc::new(make(services.clone(), max_response));
-    let outbox = Arc::new(RingOutbox { tx: tx.clone() });
+    let outbox = Arc::new(RingOutbox::new(tx.clone()));
     let workers = Workers::new(engine, outbox);
 
     region.set_host_state(HostState::Ready);

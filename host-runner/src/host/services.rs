@@ -1,5 +1,6 @@
 //! What plugins and worker threads reach through the ring: results to the supervisor
-//! ([`RingOutbox`]) and the host services of the C ABI (log, gateway calls: [`RingServices`]).
+//! ([`RingOutbox`], over the lock-free [`ReplyLane`]) and the host services of the C ABI (log,
+//! gateway calls: [`RingServices`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,15 +11,43 @@ use std::time::Duration;
 use wm_shared::protocol::{self, Message};
 use wm_shared::ring::{FrameSender, RingError};
 
+use super::replies::ReplyLane;
 use super::{SEND_TIMEOUT, send};
 use crate::engine::ProcessOutcome;
 use crate::ffi::callbacks::{GatewayFailure, HostServices};
 use crate::sandbox::log;
 use crate::worker::Outbox;
 
-/// Results to the supervisor.
+/// Results to the supervisor. Load, unload and call results share one [`ReplyLane`], so a
+/// worker's `UnloadResult` never overtakes the results of its last calls.
 pub(super) struct RingOutbox {
-    pub(super) tx: FrameSender,
+    lane: ReplyLane,
+}
+
+impl RingOutbox {
+    pub(super) fn new(tx: FrameSender) -> RingOutbox {
+        RingOutbox {
+            lane: ReplyLane::new(tx),
+        }
+    }
+
+    /// Posts `m`, unless its frame is over the ring's limit (then it is logged and dropped:
+    /// the supervisor's load timeout reports the missing answer).
+    fn post(&self, m: &Message) {
+        let frame = m.encode();
+        if frame.len() > self.lane.max_frame() {
+            log(&format!(
+                "cannot send {}: {}",
+                m.kind(),
+                RingError::TooLarge {
+                    len: frame.len(),
+                    max: self.lane.max_frame()
+                }
+            ));
+            return;
+        }
+        self.lane.post(frame);
+    }
 }
 
 impl Outbox for RingOutbox {
@@ -27,15 +56,12 @@ impl Outbox for RingOutbox {
             Ok(()) => (true, String::new()),
             Err(e) => (false, e),
         };
-        send(
-            &self.tx,
-            &Message::LoadResult(protocol::LoadResult {
-                request_id,
-                worker_id: worker_id.into(),
-                ok,
-                error,
-            }),
-        );
+        self.post(&Message::LoadResult(protocol::LoadResult {
+            request_id,
+            worker_id: worker_id.into(),
+            ok,
+            error,
+        }));
     }
 
     fn unload_result(&self, request_id: u64, worker_id: &str, result: Result<(), String>) {
@@ -43,15 +69,12 @@ impl Outbox for RingOutbox {
             Ok(()) => (true, String::new()),
             Err(e) => (false, e),
         };
-        send(
-            &self.tx,
-            &Message::UnloadResult(protocol::UnloadResult {
-                request_id,
-                worker_id: worker_id.into(),
-                ok,
-                error,
-            }),
-        );
+        self.post(&Message::UnloadResult(protocol::UnloadResult {
+            request_id,
+            worker_id: worker_id.into(),
+            ok,
+            error,
+        }));
     }
 
     fn process_result(&self, msg_id: u64, worker_id: &str, o: ProcessOutcome) {
@@ -65,22 +88,20 @@ impl Outbox for RingOutbox {
             error: o.error,
             elapsed_ns: o.elapsed_ns,
         });
-        match self.tx.send(&frame.encode(), SEND_TIMEOUT) {
-            Ok(()) => {}
+        let encoded = frame.encode();
+        if encoded.len() <= self.lane.max_frame() {
+            self.lane.post(encoded);
+        } else {
             // The response was checked against the frame limit, but a long error text or worker
             // id could still push the frame over: answer without the payload.
-            Err(RingError::TooLarge { .. }) => send(
-                &self.tx,
-                &Message::ProcessResult(protocol::ProcessResult {
-                    msg_id,
-                    worker_id: worker_id.into(),
-                    status: protocol::ResultStatus::InvalidResponse,
-                    error: "the reply frame exceeds the ring's frame limit".into(),
-                    elapsed_ns: o.elapsed_ns,
-                    ..Default::default()
-                }),
-            ),
-            Err(e) => log(&format!("cannot send the result of message {msg_id}: {e}")),
+            self.post(&Message::ProcessResult(protocol::ProcessResult {
+                msg_id,
+                worker_id: worker_id.into(),
+                status: protocol::ResultStatus::InvalidResponse,
+                error: "the reply frame exceeds the ring's frame limit".into(),
+                elapsed_ns: o.elapsed_ns,
+                ..Default::default()
+            }));
         }
     }
 }

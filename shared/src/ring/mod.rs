@@ -357,6 +357,19 @@ impl FrameSender {
         w.send(&self.region, frame, timeout)
     }
 
+    /// Copies several frames into the ring and publishes them together: one `tail` store and
+    /// at most one wake-up of the reader for the whole batch (when it all fits; otherwise each
+    /// part is published before waiting for room). Errors as [`FrameSender::send`]; a frame
+    /// over the limit fails the batch before anything is written.
+    pub fn send_batch<F: AsRef<[u8]>>(
+        &self,
+        frames: &[F],
+        timeout: Duration,
+    ) -> Result<(), RingError> {
+        let mut w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        w.send_batch(&self.region, frames, timeout)
+    }
+
     /// The region this sender writes into.
     pub fn region(&self) -> &Arc<Region> {
         &self.region

@@ -5,7 +5,8 @@
 //! publishes a `KIND_SKIP` header covering the rest of the array and writes the frame at offset 0.
 //!
 //! Index protocol (modelled in `ring::loom`): the writer copies the payload, stores the header,
-//! then `tail.store(Release)`; the reader `tail.load(Acquire)`s, copies the frame out, then
+//! then `tail.store(Release)` (once per batch: a batch's frames are all written before the one
+//! store that publishes them, and published early only when the writer must wait for room); the reader `tail.load(Acquire)`s, copies the frame out, then
 //! `head.store(Release)`. Sleeping uses a Dekker pair per direction: the sleeper stores its
 //! `*_waiting` flag, `fence(SeqCst)`, re-checks the index; the other side stores the index,
 //! `fence(SeqCst)`, reads the flag and only then bumps the futex word and calls `futex_wake`.
@@ -40,14 +41,15 @@ fn header_word(region: &Region, dir: usize, off: usize) -> &AtomicU64 {
 #[derive(Debug)]
 pub(crate) struct Writer {
     pub(crate) dir: usize,
-    /// Our own copy of `tail` (the peer could overwrite the shared one).
-    tail: u64,
+    /// Our own copy of `tail` (the peer could overwrite the shared one): what the reader may
+    /// read. Frames of a batch are written past it and published together.
+    published: u64,
 }
 
 impl Writer {
     pub(crate) fn new(region: &Region, dir: usize) -> Writer {
-        let tail = region.ctl(dir).tail.load(Ordering::Acquire) & !7;
-        Writer { dir, tail }
+        let published = region.ctl(dir).tail.load(Ordering::Acquire) & !7;
+        Writer { dir, published }
     }
 
     /// Copies one frame in, waiting up to `timeout` for room.
@@ -57,47 +59,84 @@ impl Writer {
         frame: &[u8],
         timeout: Duration,
     ) -> Result<(), RingError> {
+        self.send_batch(region, &[frame], timeout)
+    }
+
+    /// Copies several frames in and publishes them with one `tail` store (and at most one
+    /// wake-up) when they fit; a batch that does not fit is published in parts, each before
+    /// the writer waits for room. No frame is written if any is over the limit.
+    pub(crate) fn send_batch<F: AsRef<[u8]>>(
+        &mut self,
+        region: &Region,
+        frames: &[F],
+        timeout: Duration,
+    ) -> Result<(), RingError> {
         let max = region.max_frame();
-        if frame.len() > max {
+        if let Some(f) = frames.iter().find(|f| f.as_ref().len() > max) {
             return Err(RingError::TooLarge {
-                len: frame.len(),
+                len: f.as_ref().len(),
                 max,
             });
         }
+        let start = Instant::now();
+        let mut staged = self.published;
+        for frame in frames {
+            let r = self.stage(region, frame.as_ref(), start, timeout, &mut staged);
+            if let Err(e) = r {
+                // What was staged before the failure is complete: let the reader have it.
+                self.publish(region, staged);
+                return Err(e);
+            }
+        }
+        self.publish(region, staged);
+        Ok(())
+    }
+
+    /// Writes one frame after `*staged` without publishing it (publishing what is staged
+    /// before waiting for room, so the reader can make some).
+    fn stage(
+        &mut self,
+        region: &Region,
+        frame: &[u8],
+        start: Instant,
+        timeout: Duration,
+        staged: &mut u64,
+    ) -> Result<(), RingError> {
         let cap = region.ring_bytes();
         let total = align8(FRAME_HEADER + frame.len());
-        let start = Instant::now();
         loop {
             if region.any_closed() {
                 return Err(RingError::PeerGone);
             }
             let ctl = region.ctl(self.dir);
             let head = ctl.head.load(Ordering::Acquire);
-            let used = self.tail.wrapping_sub(head);
+            let used = staged.wrapping_sub(head);
             if used > cap as u64 || !head.is_multiple_of(8) {
                 return Err(RingError::Corrupt {
                     what: format!(
                         "reader index {head} is inconsistent with writer index {} (capacity {cap})",
-                        self.tail
+                        *staged
                     ),
                 });
             }
             let free = cap - used as usize;
-            let off = (self.tail as usize) & (cap - 1);
+            let off = (*staged as usize) & (cap - 1);
             let contiguous = cap - off;
             if total <= contiguous {
                 if free >= total {
                     self.write_frame(region, off, frame);
-                    self.publish(region, total as u64);
+                    *staged = staged.wrapping_add(total as u64);
                     return Ok(());
                 }
             } else if free >= contiguous {
                 // The frame would wrap: skip to the start of the array and try again there.
                 header_word(region, self.dir, off)
                     .store(u64::from(KIND_SKIP) << 32, Ordering::Relaxed);
-                self.publish(region, contiguous as u64);
+                *staged = staged.wrapping_add(contiguous as u64);
                 continue;
             }
+            // No room: the reader can only make room from what it can see.
+            self.publish(region, *staged);
             self.wait_for_room(region, start, timeout, head)?;
         }
     }
@@ -118,10 +157,15 @@ impl Writer {
         header_word(region, self.dir, off).store(word, Ordering::Relaxed);
     }
 
-    fn publish(&mut self, region: &Region, bytes: u64) {
+    /// Makes everything written up to `tail` visible to the reader (one `tail` store), and
+    /// wakes it if it announced it is going to sleep. Nothing to do when nothing is staged.
+    fn publish(&mut self, region: &Region, tail: u64) {
+        if tail == self.published {
+            return;
+        }
         let ctl = region.ctl(self.dir);
-        self.tail = self.tail.wrapping_add(bytes);
-        ctl.tail.store(self.tail, Ordering::Release);
+        self.published = tail;
+        ctl.tail.store(self.published, Ordering::Release);
         fence(Ordering::SeqCst);
         if ctl.reader_waiting.load(Ordering::Relaxed) != 0 {
             ctl.data_seq.fetch_add(1, Ordering::Release);
@@ -343,7 +387,7 @@ impl Reader {
 /// bytes of them (which may be fewer than written, or a lie). Bypasses every check.
 pub(crate) fn write_raw(w: &mut Writer, region: &Region, bytes: &[u8], publish: u64) {
     let cap = region.ring_bytes();
-    let off = (w.tail as usize) & (cap - 1);
+    let off = (w.published as usize) & (cap - 1);
     let n = bytes.len().min(cap - off);
     // SAFETY: [off, off + n) lies inside the data array (n <= cap - off); `bytes` is a separate
     // Rust slice.
@@ -351,6 +395,6 @@ pub(crate) fn write_raw(w: &mut Writer, region: &Region, bytes: &[u8], publish: 
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), region.data(w.dir).add(off), n);
     }
     if publish > 0 {
-        w.publish(region, publish);
+        w.publish(region, w.published.wrapping_add(publish));
     }
 }

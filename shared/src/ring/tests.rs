@@ -162,6 +162,65 @@ fn a_blocked_writer_resumes_when_the_reader_makes_room() {
     });
 }
 
+/// A batch that fits is published at once (all of it readable without waiting); one that does
+/// not fit is published in parts while a slow reader drains it; order and contents hold.
+#[test]
+fn batches_arrive_whole_and_in_order_even_when_larger_than_the_ring() {
+    with_watchdog(|| {
+        let sup = region(&small());
+        let host = reopen(&sup);
+        let (tx, _srx) = supervisor_channels(sup);
+        let (_htx, mut rx) = host_channels(host);
+        let mut buf = Vec::new();
+
+        let fits: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
+        tx.send_batch(&fits, Duration::ZERO).unwrap();
+        for f in &fits {
+            assert!(
+                rx.try_recv(&mut buf).unwrap(),
+                "the whole batch is published"
+            );
+            assert_eq!(&buf, f);
+        }
+        assert!(!rx.try_recv(&mut buf).unwrap());
+
+        // 40 frames of ~900 bytes through a 4 KiB ring: the writer must publish what it has
+        // and wait for room several times within one batch.
+        let big: Vec<Vec<u8>> = (0..40u32)
+            .map(|i| vec![i as u8; 880 + (i as usize % 40)])
+            .collect();
+        let expect = big.clone();
+        let writer = thread::spawn(move || tx.send_batch(&big, Duration::from_secs(10)));
+        for f in &expect {
+            rx.recv(&mut buf, Some(Duration::from_secs(10))).unwrap();
+            assert_eq!(&buf, f);
+        }
+        writer.join().unwrap().unwrap();
+    });
+}
+
+/// One frame over the limit fails the batch before anything is written.
+#[test]
+fn a_batch_with_an_oversized_frame_writes_nothing() {
+    let sup = region(&small());
+    let host = reopen(&sup);
+    let (tx, _srx) = supervisor_channels(sup);
+    let (_htx, mut rx) = host_channels(host);
+    let frames = vec![vec![1u8; 10], vec![2u8; 4000]];
+    match tx.send_batch(&frames, Duration::ZERO) {
+        Err(RingError::TooLarge {
+            len: 4000,
+            max: 2048,
+        }) => {}
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let mut buf = Vec::new();
+    assert!(!rx.try_recv(&mut buf).unwrap());
+    tx.send_batch(&[vec![3u8; 10]], Duration::ZERO).unwrap();
+    assert!(rx.try_recv(&mut buf).unwrap());
+    assert_eq!(buf, vec![3u8; 10]);
+}
+
 #[test]
 fn recv_times_out_after_at_least_the_timeout() {
     let (_tx, mut rx) = supervisor_channels(region(&small()));
