@@ -96,12 +96,14 @@ settings! {
     "RING_MAX_FRAME_BYTES" [] = "262144", "1024 to RING_BYTES/2", "largest frame a ring carries";
     "TIMEOUT_RECLAIM_GRACE_SECONDS" [] = "5", "0-3600", "how long a timed-out call may keep running before its host is killed and respawned";
     "HOST_RESPAWN_BACKOFF_MS" [] = "100", "1-60000", "first delay before a crashed host is respawned; doubles per consecutive death no call is charged with, up to 30 s";
+    "HOST_STANDBY" [] = "1", "1|0 (also true|false|yes|no|on|off)", "keep one pre-spawned, sandboxed, idle host per engine that a respawn adopts (a .NET one has CoreCLR started); 0 turns it off";
     "HOST_RUNNER_PATH" [] = "", "a file path; empty = next to the workmanager binary", "the host-runner binary";
     "HOST_UID" [] = "65534", "1-4294967294, not the daemon's own uid", "uid the host processes run as when the daemon runs as root (hosts of a non-root daemon keep its uid, and /v1/hosts shows the layer missing)";
     "HOST_GID" [] = "65534", "1-4294967294", "gid the host processes run as when the daemon runs as root";
     "SANDBOX_LANDLOCK" [] = "on", "on|off", "apply Landlock to hosts where the kernel has it; off leaves the other layers to contain them (to prove they do)";
     "SANDBOX_REQUIRE" [] = "", "comma-separated layers from seccomp, landlock, pidns, netns, uid; empty = none", "sandbox layers without which no host may run: the daemon refuses to start when one is unavailable, and stops any host that comes up without it";
-    "HOST_RLIMIT_AS_BYTES" [] = "0", "0 (no limit) or 67108864-1099511627776", "address-space limit (RLIMIT_AS) of each host process";
+    "HOST_RLIMIT_AS_BYTES" [] = "0", "0 (no limit) or 67108864-1099511627776", "address-space limit (RLIMIT_AS) of each native host process (.NET hosts are bounded by HOST_DOTNET_GC_HEAP_HARD_LIMIT_BYTES instead)";
+    "HOST_DOTNET_GC_HEAP_HARD_LIMIT_BYTES" [] = "0", "0 (no limit) or 16777216-1099511627776", "GC heap hard limit (GCHeapHardLimit) of each .NET host process, its memory bound in place of RLIMIT_AS; an allocation over it throws OutOfMemoryException in the worker";
     "BUS_DURABILITY" [] = "fsync", "fsync|os", "fsync: a publish is acknowledged after an fsync'd commit (survives power loss); os: after the write reaches the OS (survives a daemon crash or kill -9, not a power cut; ~4x the publish rate)";
     "TOPIC_MAX_BACKLOG_EVENTS" [] = "100000", "0 (no limit) or 1-100000000", "events one topic may hold waiting for its workers; more are dead-lettered with reason overflow";
     "TOPIC_RETENTION_EVENTS" [] = "100000", "0 (no replay window) or 1-100000000", "replay window: events per topic kept after their outcome, for SSE resume (Last-Event-ID, ?after=, ?from=earliest)";
@@ -462,10 +464,14 @@ pub struct Config {
     pub timeout_reclaim_grace: Duration,
     /// First respawn delay of a crashed host.
     pub host_respawn_backoff: Duration,
+    /// `HOST_STANDBY`: keep a warm idle host per engine for respawns.
+    pub host_standby: bool,
     /// The host-runner binary (`None`: next to the running `workmanager`).
     pub host_runner_path: Option<PathBuf>,
-    /// RLIMIT_AS of each host, if any.
+    /// RLIMIT_AS of each native host, if any.
     pub host_rlimit_as: Option<u64>,
+    /// GCHeapHardLimit of each .NET host, if any.
+    pub host_dotnet_gc_heap_hard_limit: Option<u64>,
     /// The uid and gid hosts switch to when the daemon runs as root.
     pub host_ids: (u32, u32),
     /// Apply Landlock to hosts (`SANDBOX_LANDLOCK`).
@@ -621,6 +627,17 @@ impl Config {
             }
             n => Some(n),
         };
+        let host_dotnet_gc_heap_hard_limit =
+            match int("HOST_DOTNET_GC_HEAP_HARD_LIMIT_BYTES", 0, 1 << 40)? {
+                0 => None,
+                n if n < 16 << 20 => {
+                    return Err(invalid(
+                        "HOST_DOTNET_GC_HEAP_HARD_LIMIT_BYTES",
+                        range_of("HOST_DOTNET_GC_HEAP_HARD_LIMIT_BYTES"),
+                    ));
+                }
+                n => Some(n),
+            };
         let host_runner_path = Some(raw.get("HOST_RUNNER_PATH").0.trim().to_string())
             .filter(|p| !p.is_empty())
             .map(PathBuf::from);
@@ -685,8 +702,10 @@ impl Config {
             ring_max_frame_bytes,
             timeout_reclaim_grace: secs("TIMEOUT_RECLAIM_GRACE_SECONDS", 0, 3600)?,
             host_respawn_backoff: millis("HOST_RESPAWN_BACKOFF_MS", 1, 60_000)?,
+            host_standby: boolean("HOST_STANDBY")?,
             host_runner_path,
             host_rlimit_as,
+            host_dotnet_gc_heap_hard_limit,
             host_ids: (host_uid, host_gid),
             sandbox_landlock,
             sandbox_require,

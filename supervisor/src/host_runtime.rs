@@ -301,6 +301,10 @@ impl Runtime for HostRuntime {
         self.pool.hosts()
     }
 
+    fn standby_hosts(&self) -> Vec<crate::pool::standby::StandbyInfo> {
+        self.pool.standby_hosts()
+    }
+
     fn engines(&self) -> Vec<EngineInfo> {
         self.engines.clone()
     }

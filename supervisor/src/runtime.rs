@@ -262,6 +262,10 @@ pub trait Runtime: Send + Sync + 'static {
     fn worker_info(&self, worker_id: &str) -> Option<WorkerRuntimeInfo>;
     /// The host processes of the pool.
     fn hosts(&self) -> Vec<HostInfo>;
+    /// The idle warm standby hosts (`HOST_STANDBY`), one per engine in use.
+    fn standby_hosts(&self) -> Vec<crate::pool::standby::StandbyInfo> {
+        Vec::new()
+    }
     /// The engines and whether they can run here.
     fn engines(&self) -> Vec<EngineInfo>;
     /// Stop every host, letting in-flight calls finish until `deadline`.

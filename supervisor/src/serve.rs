@@ -304,6 +304,7 @@ fn pool_config(
                 max_frame,
             },
             rlimit_as: config.host_rlimit_as,
+            gc_heap_hard_limit: config.host_dotnet_gc_heap_hard_limit,
             rlimit_nofile: 1024,
             dotnet_root: std::env::var_os("DOTNET_ROOT").map(PathBuf::from),
             ready_timeout: Duration::from_secs(20),
@@ -328,6 +329,7 @@ fn pool_config(
             gateway_in_flight_per_host: config.host_input.gateway_calls_in_flight as usize,
             max_hosts: config.max_hosts as usize,
         },
+        standby: config.host_standby,
     }
 }
 

@@ -367,9 +367,14 @@ struct Host {
 impl Host {
     /// Spawns and waits for `Ready`; returns the host and the time to `Ready`.
     fn spawn(engine: &str, name: &str) -> (Host, Duration) {
+        Host::spawn_bin(&host_runner_bin(), engine, name)
+    }
+
+    /// As [`Host::spawn`], with the host-runner binary `bin` (a baseline build).
+    fn spawn_bin(bin: &Path, engine: &str, name: &str) -> (Host, Duration) {
         let region = Arc::new(Region::create(name, &RingConfig::default()).expect("ring region"));
         let fd = region.as_fd().as_raw_fd();
-        let mut cmd = Command::new(host_runner_bin());
+        let mut cmd = Command::new(bin);
         cmd.args(["--ring-fd", "3", "--engine", engine, "--host-id", name])
             .env_clear()
             .env("DOTNET_ROOT", dn::dotnet_root())
@@ -644,10 +649,17 @@ fn ring_busy(h: &mut Host, ev: &[u8]) -> (Lat, f64) {
 
 /// Path B. Returns the 1/4/16-worker throughput and the first busy latency.
 fn path_b(so: &Path, ev: &[u8]) -> ([f64; 3], Lat) {
-    section("B: host-runner over the shared-memory ring (Process frame -> ProcessResult)");
+    path_b_with(&host_runner_bin(), "", so, ev)
+}
+
+/// Path B with the host-runner binary `bin`; `tag` prefixes the figures ("baseline ").
+fn path_b_with(bin: &Path, tag: &str, so: &Path, ev: &[u8]) -> ([f64; 3], Lat) {
+    section(&format!(
+        "{tag}B: host-runner over the shared-memory ring (Process frame -> ProcessResult)"
+    ));
     let dir = so.parent().expect("fixture dir");
     let lib = so.file_name().expect("file").to_string_lossy().into_owned();
-    let (mut h, _) = Host::spawn("native", "bench-b");
+    let (mut h, _) = Host::spawn_bin(bin, "native", "bench-b");
     for i in 0..16 {
         h.load(&format!("w{i}"), EngineKind::Native, dir, &lib);
     }
@@ -656,7 +668,7 @@ fn path_b(so: &Path, ev: &[u8]) -> ([f64; 3], Lat) {
     }
     let (busy, switches) = ring_busy(&mut h, ev);
     report(
-        "B busy (back to back), run 1",
+        &format!("{tag}B busy (back to back), run 1"),
         format!("{busy}; host voluntary switches per call {switches:.2}"),
     );
     let mut idle = Vec::new();
@@ -666,13 +678,16 @@ fn path_b(so: &Path, ev: &[u8]) -> ([f64; 3], Lat) {
         h.round_trip(n, "w0", ev);
         idle.push(t.elapsed());
     }
-    report(&format!("B after {IDLE_GAP:?} idle"), lat(idle).to_string());
+    report(
+        &format!("{tag}B after {IDLE_GAP:?} idle"),
+        lat(idle).to_string(),
+    );
     let mut rates = [0.0; 3];
     for (i, n) in [1usize, 4, 16].into_iter().enumerate() {
         let ws: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
         rates[i] = h.throughput(&ws, ev);
         report(
-            &format!("B throughput, {n} workers in one host ({WINDOW} in flight)"),
+            &format!("{tag}B throughput, {n} workers in one host ({WINDOW} in flight)"),
             format!("{:.0} msgs/s", rates[i]),
         );
     }
@@ -684,7 +699,7 @@ fn path_b(so: &Path, ev: &[u8]) -> ([f64; 3], Lat) {
         let per_host = n / 4;
         let hosts: Vec<Host> = (0..4)
             .map(|k| {
-                let (mut h, _) = Host::spawn("native", &format!("bench-b-{n}-{k}"));
+                let (mut h, _) = Host::spawn_bin(bin, "native", &format!("bench-b-{n}-{k}"));
                 for i in 0..per_host {
                     h.load(&format!("w{i}"), EngineKind::Native, dir, &lib);
                 }
@@ -705,7 +720,7 @@ fn path_b(so: &Path, ev: &[u8]) -> ([f64; 3], Lat) {
             .collect();
         let total: f64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
         report(
-            &format!("B throughput, {n} workers over 4 hosts ({WINDOW} in flight)"),
+            &format!("{tag}B throughput, {n} workers over 4 hosts ({WINDOW} in flight)"),
             format!("{total:.0} msgs/s"),
         );
     }
@@ -1821,8 +1836,30 @@ fn main() {
     }
 
     if std::env::var_os("WM_COMPARE_ONLY_RING").is_some() {
-        // The key ring figures alone (ring, then ring + host-runner), to repeat them quickly.
-        path_b(&so, &ev);
+        // The key ring figures alone (ring, then ring + host-runner), to repeat them quickly;
+        // with WM_COMPARE_BASELINE_BIN (a directory holding an older host-runner), that build's
+        // path B first, in the same run, for before/after ratios.
+        let a = path_a(&so, &ev);
+        if let Some(dir) = std::env::var_os("WM_COMPARE_BASELINE_BIN") {
+            let base = path_b_with(&Path::new(&dir).join("host-runner"), "baseline ", &so, &ev);
+            let (now, _) = path_b(&so, &ev);
+            section("path B now / baseline (same run)");
+            for (i, n) in [1, 4, 16].into_iter().enumerate() {
+                report(
+                    &format!("{n} workers: A / baseline B / B"),
+                    format!(
+                        "{:.0} / {:.0} / {:.0} msgs/s; B = {:.2}x baseline, {:.3} of A",
+                        a[i],
+                        base.0[i],
+                        now[i],
+                        now[i] / base.0[i],
+                        now[i] / a[i]
+                    ),
+                );
+            }
+        } else {
+            path_b(&so, &ev);
+        }
         ring_alone("run 2", &frame, false);
         ring_alone("run 2", &frame, true);
         return;

@@ -347,16 +347,15 @@ fn host_pid_of(d: &Daemon, worker_id: &str) -> Option<i32> {
     })
 }
 
+/// The daemon's host processes: those carrying workers and the idle standby ones.
 fn host_pids(d: &Daemon) -> BTreeSet<i32> {
     let hosts = d.get("/v1/hosts").json();
-    hosts["hosts"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|h| h["pid"].as_i64().and_then(|p| i32::try_from(p).ok()))
-                .collect()
-        })
-        .unwrap_or_default()
+    ["hosts", "standby"]
+        .iter()
+        .filter_map(|k| hosts[*k].as_array())
+        .flatten()
+        .filter_map(|h| h["pid"].as_i64().and_then(|p| i32::try_from(p).ok()))
+        .collect()
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {

@@ -1,5 +1,5 @@
-//! The runtime's own behaviour through the real daemon: heartbeats, group locks, and no host
-//! left behind after a graceful stop.
+//! The runtime's own behaviour through the real daemon: heartbeats, group locks, warm standby
+//! hosts, and no host left behind after a graceful stop.
 
 use std::time::{Duration, Instant};
 
@@ -94,7 +94,7 @@ fn a_graceful_stop_leaves_no_host_process_behind() {
     chaos_worker(&d, "t.s1", json!({}));
     chaos_worker(&d, "t.s2", json!({"isolation": "dedicated"}));
     let hosts = d.get("/v1/hosts").json();
-    let pids: Vec<i64> = hosts["hosts"]
+    let mut pids: Vec<i64> = hosts["hosts"]
         .as_array()
         .map(|a| a.iter().filter_map(|h| h["pid"].as_i64()).collect())
         .unwrap_or_default();
@@ -103,6 +103,8 @@ fn a_graceful_stop_leaves_no_host_process_behind() {
         2,
         "one shared and one dedicated host: {hosts:#}"
     );
+    // The warm standby host (HOST_STANDBY) is stopped with the others.
+    pids.push(wait_standby(&d, None).0);
     let status = d.stop();
     assert!(
         status.success(),
@@ -111,4 +113,90 @@ fn a_graceful_stop_leaves_no_host_process_behind() {
     for pid in pids {
         assert!(!alive(pid), "host {pid} outlived its daemon");
     }
+}
+
+/// (pid, rssBytes) of the idle native standby host, once there is one other than `not`.
+fn wait_standby(d: &Daemon, not: Option<i64>) -> (i64, u64) {
+    let t = Instant::now();
+    loop {
+        let hosts = d.get("/v1/hosts").json();
+        let found = hosts["standby"].as_array().and_then(|a| {
+            a.iter().find_map(|h| {
+                let pid = h["pid"].as_i64()?;
+                (h["mimeType"] == "application/x-native-dll" && Some(pid) != not)
+                    .then(|| (pid, h["rssBytes"].as_u64().unwrap_or(0)))
+            })
+        });
+        if let Some(f) = found {
+            return f;
+        }
+        assert!(t.elapsed() < WAIT, "no native standby host: {hosts:#}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn host_of(d: &Daemon, worker: &str) -> Option<i64> {
+    let hosts = d.get("/v1/hosts").json();
+    hosts["hosts"].as_array()?.iter().find_map(|h| {
+        let has = h["workers"].as_array()?.iter().any(|w| w == worker);
+        if has { h["pid"].as_i64() } else { None }
+    })
+}
+
+fn invoke_ok(d: &Daemon, worker: &str) -> bool {
+    let ev = json!({"specversion": "1.0", "id": "sb", "source": "urn:test", "type": "t.sb",
+                    "datacontenttype": "text/plain", "data": "x"});
+    d.send_json("POST", &format!("/v1/workers/{worker}/invoke"), &ev)
+        .status
+        == 200
+}
+
+#[test]
+fn a_crash_adopts_the_warm_standby_which_is_replaced_and_none_outlives_the_daemon() {
+    let mut d = Daemon::start(DaemonOptions::default().env("HOST_RESPAWN_BACKOFF_MS", "1"));
+    let id = chaos_worker(&d, "t.sb", json!({}));
+    assert!(invoke_ok(&d, &id));
+    let (standby, rss) = wait_standby(&d, None);
+    assert!(rss > 0, "the standby's memory is reported");
+    assert!(alive(standby));
+    let host = host_of(&d, &id).expect("the worker's host");
+    assert_ne!(host, standby);
+
+    // SAFETY: kill(2) has no memory preconditions; `host` is a live host of this daemon.
+    unsafe { libc::kill(host as libc::pid_t, libc::SIGKILL) };
+    let t = Instant::now();
+    while host_of(&d, &id).is_none_or(|p| p == host) || !invoke_ok(&d, &id) {
+        assert!(t.elapsed() < WAIT, "the worker never answered again");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        host_of(&d, &id),
+        Some(standby),
+        "the respawn adopted the standby host"
+    );
+    let (next, _) = wait_standby(&d, Some(standby));
+    assert!(alive(next), "a new standby replaced the adopted one");
+
+    // The daemon dies without a shutdown: its hosts, the standby included, die with it.
+    d.kill9();
+    let t = Instant::now();
+    while alive(next) || alive(standby) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "a host outlived its daemon (standby {next} alive: {}, adopted {standby} alive: {})",
+            alive(next),
+            alive(standby)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn host_standby_0_keeps_no_standby() {
+    let d = Daemon::start(DaemonOptions::default().env("HOST_STANDBY", "0"));
+    let id = chaos_worker(&d, "t.nosb", json!({}));
+    assert!(invoke_ok(&d, &id));
+    std::thread::sleep(Duration::from_millis(300));
+    let hosts = d.get("/v1/hosts").json();
+    assert_eq!(hosts["standby"], json!([]), "{hosts:#}");
 }

@@ -599,13 +599,16 @@ impl Engine for DotNetEngine {
 
     fn load(&self, spec: &LoadSpec) -> Result<DotNetWorker, DotNetError> {
         let first = !DotNetEngine::runtime_started();
-        let w = DotNetEngine::load(
-            self,
-            &spec.worker_id,
-            &spec.package_dir,
-            &spec.library_path,
-            Duration::from_millis(u64::from(spec.timeout_ms.max(1))),
-        )?;
+        // The worker's static initialisers and constructor run inside this call.
+        let w = super::env::with_worker_env(spec, || {
+            DotNetEngine::load(
+                self,
+                &spec.worker_id,
+                &spec.package_dir,
+                &spec.library_path,
+                Duration::from_millis(u64::from(spec.timeout_ms.max(1))),
+            )
+        })?;
         if first && let Ok((rt, took)) = self.start() {
             crate::sandbox::log(&format!(
                 "started .NET {} from {} ({}) in {} ms",

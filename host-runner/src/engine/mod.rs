@@ -7,6 +7,7 @@
 //! `crate::worker`, not in the engines.
 
 pub mod dotnet;
+pub mod env;
 pub mod native;
 
 use std::path::PathBuf;

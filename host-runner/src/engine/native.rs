@@ -27,12 +27,13 @@ use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libloading::os::unix::Library;
 use wm_shared::generated::worker_api::virtufin::worker::flat_buffers as wfb;
 
+use super::env::with_worker_env;
 use super::{Engine, LoadSpec, ProcessOutcome, ResultStatus};
 use crate::ffi::abi::{FreeResultFn, ProcessFn};
 use crate::ffi::callbacks::{HostServices, RegisteredHost};
@@ -43,10 +44,6 @@ pub const MAX_LIBRARY_BYTES: u64 = 512 * 1024 * 1024;
 /// Default entry point and free-result names (the nuspec defaults).
 pub const DEFAULT_ENTRY_POINT: &str = "Process";
 pub const DEFAULT_FREE_RESULT: &str = "FreeResult";
-
-/// Serialises the environment changes around `dlopen`: setenv is not thread-safe, and two
-/// loads must not see each other's worker id.
-static ENV_LOCK: Mutex<()> = Mutex::new(());
 
 /// Errors of the native engine; each names the worker and the step.
 #[derive(Debug, thiserror::Error)]
@@ -276,32 +273,6 @@ fn copy_to_memfd(worker: &str, path: &Path) -> Result<OwnedFd, NativeError> {
     Ok(OwnedFd::from(dst))
 }
 
-/// Sets `vars` for the duration of `f`, then restores the previous values.
-fn with_env<T>(vars: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
-    let _lock = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let saved: Vec<_> = vars
-        .iter()
-        .map(|(k, _)| (*k, std::env::var_os(k)))
-        .collect();
-    for (k, v) in vars {
-        // SAFETY: setenv races with concurrent getenv in other threads. Loads are serialised
-        // by ENV_LOCK; a plugin reading the environment from another worker's thread at this
-        // very moment is the same hazard the original engine has (it sets these variables
-        // the same way), and the values only change during a load.
-        unsafe { std::env::set_var(k, v) };
-    }
-    let out = f();
-    for (k, v) in saved {
-        match v {
-            // SAFETY: as above.
-            Some(v) => unsafe { std::env::set_var(k, v) },
-            // SAFETY: as above.
-            None => unsafe { std::env::remove_var(k) },
-        }
-    }
-    out
-}
-
 impl Engine for NativeEngine {
     type Worker = NativeWorker;
     type Error = NativeError;
@@ -312,22 +283,14 @@ impl Engine for NativeEngine {
         let image = copy_to_memfd(worker, &path)?;
         let image_path = format!("/proc/self/fd/{}", image.as_raw_fd());
 
-        let library = with_env(
-            &[
-                ("VIRTUFIN_WORKER_ID", worker),
-                ("VIRTUFIN_WORKER_TOPIC", spec.topic.as_str()),
-            ],
-            || {
-                // SAFETY: dlopen runs the library's constructors: plugin code, which is the
-                // point of this process. It runs under the seccomp filter and with this thread
-                // marked for the crash handler (see worker.rs), which is all the safety a host
-                // of untrusted code can give. RTLD_LOCAL keeps its symbols from interposing on
-                // other workers' libraries.
-                unsafe {
-                    Library::open(Some(image_path.as_str()), libc::RTLD_NOW | libc::RTLD_LOCAL)
-                }
-            },
-        )
+        let library = with_worker_env(spec, || {
+            // SAFETY: dlopen runs the library's constructors: plugin code, which is the
+            // point of this process. It runs under the seccomp filter and with this thread
+            // marked for the crash handler (see worker.rs), which is all the safety a host
+            // of untrusted code can give. RTLD_LOCAL keeps its symbols from interposing on
+            // other workers' libraries.
+            unsafe { Library::open(Some(image_path.as_str()), libc::RTLD_NOW | libc::RTLD_LOCAL) }
+        })
         .map_err(|source| NativeError::Open {
             worker: worker.to_string(),
             path: path.clone(),

@@ -5,8 +5,8 @@ use std::os::fd::RawFd;
 use crate::sandbox;
 
 /// The command line: `host-runner --ring-fd 3 --engine native|dotnet --host-id <id>
-/// [--rlimit-as <bytes>] [--rlimit-nofile <n>] [--uid <uid> --gid <gid>] [--tmp-dir <dir>] [--no-seccomp]
-/// [--no-landlock]`.
+/// [--rlimit-as <bytes>] [--gc-heap-hard-limit <bytes>] [--rlimit-nofile <n>] [--uid <uid> --gid <gid>]
+/// [--tmp-dir <dir>] [--no-seccomp] [--no-landlock] [--prestart]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
     pub ring_fd: RawFd,
@@ -21,6 +21,12 @@ pub struct Args {
     pub ids: Option<(u32, u32)>,
     /// The private temp folder the supervisor made for this host.
     pub tmp_dir: Option<std::path::PathBuf>,
+    /// Start the engine's runtime before `Ready` (a .NET standby host: CoreCLR and the bridge
+    /// are up before any worker is loaded).
+    pub prestart: bool,
+    /// .NET: the GC heap hard limit (`GCHeapHardLimit`), the .NET hosts' memory bound in
+    /// place of `RLIMIT_AS` (CoreCLR reserves far more address space than it uses).
+    pub gc_heap_hard_limit: Option<u64>,
 }
 
 /// A command line the host cannot run with.
@@ -55,6 +61,8 @@ impl Args {
             // The supervisor passes the private temp folder as TMPDIR (read here, before the
             // sandbox resets the environment); --tmp-dir overrides it.
             tmp_dir: std::env::var_os("TMPDIR").map(Into::into),
+            prestart: false,
+            gc_heap_hard_limit: None,
         };
         let (mut uid, mut gid) = (None, None);
         while let Some(flag) = it.next() {
@@ -95,6 +103,11 @@ impl Args {
                 "--tmp-dir" => a.tmp_dir = Some(value(&flag)?.into()),
                 "--no-seccomp" => a.seccomp = false,
                 "--no-landlock" => a.landlock = false,
+                "--prestart" => a.prestart = true,
+                "--gc-heap-hard-limit" => {
+                    let v = value(&flag)?;
+                    a.gc_heap_hard_limit = Some(number(&flag, v)?);
+                }
                 _ => return Err(ArgsError::Unknown(flag)),
             }
         }

@@ -128,9 +128,26 @@ pub fn main() -> u8 {
                 // checked this process has a single thread, and nothing since started one.
                 unsafe { std::env::set_var(k, v) };
             }
+            if let Some(limit) = args.gc_heap_hard_limit {
+                // CoreCLR reads COMPlus_ settings as hexadecimal.
+                // SAFETY: as above (still one thread).
+                unsafe { std::env::set_var("COMPlus_GCHeapHardLimit", format!("{limit:x}")) };
+            }
             let config = DotNetConfig::from_env();
-            start_engine(&region, &report, kind, |services, max_response| {
-                DotNetEngine::new(config, services, max_response)
+            let prestart = args.prestart;
+            start_engine(&region, &report, kind, move |services, max_response| {
+                let engine = DotNetEngine::new(config, services, max_response);
+                if prestart {
+                    // A standby host: CoreCLR and the bridge start now, off the respawn's
+                    // critical path. A failure is only logged: the first load reports it.
+                    match engine.start() {
+                        Ok((_, took)) => {
+                            log(&format!("prestarted .NET in {} ms", took.as_millis()))
+                        }
+                        Err(e) => log(&format!("cannot prestart .NET: {e}")),
+                    }
+                }
+                engine
             })
         }
     };

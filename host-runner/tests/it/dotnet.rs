@@ -87,6 +87,14 @@ fn dotnet_workers_run_in_the_sandboxed_host() {
         res.error
     );
 
+    // VIRTUFIN_WORKER_ID/TOPIC are set while the worker loads (its constructor sees them)
+    // and restored afterwards (a call does not), as in the native engine.
+    let env = package("workerenv", &["WorkerEnv.cs"], &[], &[]);
+    assert!(load(&mut h, "workerenv", &env).ok);
+    let res = h.call(3, "workerenv", "x", b"");
+    assert_eq!(res.status, ResultStatus::Ok, "{res:?}");
+    assert_eq!(text(&res), "workerenv|topic.workerenv|(unset)");
+
     // Load errors come back in LoadResult with every loader error.
     let missing = dn::build_library("MissingLib", &["MissingLib.cs"], &[]);
     let bad = package("missingref", &["MissingRef.cs"], &[&missing], &[]);

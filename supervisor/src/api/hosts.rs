@@ -40,7 +40,23 @@ pub async fn hosts(State(state): State<AppState>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({ "hosts": hosts }))
+    // Warm standby hosts (HOST_STANDBY): idle, no workers, adopted by the next respawn.
+    let standby: Vec<Value> = state
+        .control
+        .runtime()
+        .standby_hosts()
+        .into_iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "pid": s.pid,
+                "mimeType": s.engine.mime(),
+                "language": crate::runtime::language(s.engine),
+                "rssBytes": s.rss_bytes,
+            })
+        })
+        .collect();
+    Json(json!({ "hosts": hosts, "standby": standby }))
 }
 
 /// `GET /v1/engines`.

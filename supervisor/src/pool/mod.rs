@@ -13,6 +13,7 @@ pub mod guard;
 pub mod launch;
 pub mod layers;
 pub mod spawn;
+pub mod standby;
 pub mod stderr;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -55,6 +56,8 @@ pub struct PoolConfig {
     pub stats_interval: Duration,
     /// What hosts may send unasked, and how many hosts may run.
     pub limits: HostLimits,
+    /// `HOST_STANDBY`: keep one warm idle host per engine for respawns to adopt.
+    pub standby: bool,
 }
 
 /// Room in the channel of [`PoolEvent`]s; a full channel makes the hosts' frame loops wait
@@ -446,6 +449,7 @@ pub struct Pool {
     events: Arc<Events>,
     notify: mpsc::Sender<PoolEvent>,
     guard: Guard,
+    standbys: Arc<standby::Standbys>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -480,6 +484,15 @@ impl Pool {
         let spawner = Spawner::new(config.spawn.clone())?;
         let (notify, rx) = mpsc::channel(POOL_EVENTS_CAPACITY);
         let guard = Guard::new(&config.limits);
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let standbys = Arc::new(standby::Standbys::new(
+            config.standby,
+            spawner.clone(),
+            config.respawn_backoff_base,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
         Ok((
             Arc::new(Pool {
                 config,
@@ -491,8 +504,9 @@ impl Pool {
                 events,
                 notify,
                 guard,
-                shutdown: CancellationToken::new(),
-                tasks: TaskTracker::new(),
+                standbys,
+                shutdown,
+                tasks,
             }),
             rx,
         ))
@@ -640,6 +654,11 @@ impl Pool {
             .collect()
     }
 
+    /// The idle standby hosts (`HOST_STANDBY`), with their memory.
+    pub fn standby_hosts(&self) -> Vec<standby::StandbyInfo> {
+        self.standbys.list()
+    }
+
     /// Stops every host: `Shutdown` with a deadline, then SIGKILL for stragglers.
     pub async fn shutdown(&self, deadline: Duration) {
         self.shutdown.cancel();
@@ -740,6 +759,9 @@ impl Pool {
         });
         slots.push(slot.clone());
         drop(slots);
+        // From the first slot of an engine on, a standby host of that engine waits for the
+        // first respawn.
+        self.standbys.ensure(engine);
         let pool = Arc::clone(self);
         let s = slot.clone();
         self.tasks.spawn(async move { pool.run_slot(s).await });
@@ -775,7 +797,7 @@ impl Pool {
             generation += 1;
             let host_id = format!("{}.{generation}", slot.id);
             let spawned = tokio::select! {
-                r = self.spawner.spawn(&host_id, slot.engine) => r,
+                r = self.adopt_or_spawn(&host_id, slot.engine) => r,
                 _ = slot.closed.cancelled() => break,
             };
             let mut spawned = match spawned {
@@ -935,6 +957,20 @@ impl Pool {
             }
         }
         lock(&self.slots).retain(|s| !Arc::ptr_eq(s, &slot));
+    }
+
+    /// The engine's warm standby host if one is idle (then a new standby is spawned in the
+    /// background), else a new host.
+    async fn adopt_or_spawn(
+        &self,
+        host_id: &str,
+        engine: EngineKind,
+    ) -> Result<spawn::SpawnedHost, SpawnError> {
+        if let Some(h) = self.standbys.adopt(engine).await {
+            tracing::info!(host = %host_id, pid = h.pid, "adopted the standby host");
+            return Ok(h);
+        }
+        self.spawner.spawn(host_id, engine).await
     }
 
     /// Serves one host until its process exits; returns how it ended.

@@ -28,8 +28,12 @@ pub struct SpawnConfig {
     /// Path of the `host-runner` binary.
     pub host_runner: PathBuf,
     pub ring: RingConfig,
-    /// `RLIMIT_AS` for each host, if set.
+    /// `RLIMIT_AS` of each native host, if set (`HOST_RLIMIT_AS_BYTES`). .NET hosts never get
+    /// one: CoreCLR reserves gigabytes of address space it does not use (docs/chaos.md).
     pub rlimit_as: Option<u64>,
+    /// The GC heap hard limit of each .NET host, if set
+    /// (`HOST_DOTNET_GC_HEAP_HARD_LIMIT_BYTES`): their memory bound in place of `RLIMIT_AS`.
+    pub gc_heap_hard_limit: Option<u64>,
     pub rlimit_nofile: u64,
     /// Where the .NET runtime lives (passed as `DOTNET_ROOT`).
     pub dotnet_root: Option<PathBuf>,
@@ -314,8 +318,20 @@ impl Spawner {
             "--rlimit-nofile".into(),
             cfg.rlimit_nofile.to_string(),
         ];
-        if let Some(limit) = cfg.rlimit_as {
-            args.extend(["--rlimit-as".into(), limit.to_string()]);
+        match engine {
+            EngineKind::DotNet => {
+                if let Some(limit) = cfg.gc_heap_hard_limit {
+                    args.extend(["--gc-heap-hard-limit".into(), limit.to_string()]);
+                }
+                // CoreCLR and the bridge start before Ready: a standby host is warm, and a
+                // fresh host's first load does not pay for them.
+                args.push("--prestart".into());
+            }
+            _ => {
+                if let Some(limit) = cfg.rlimit_as {
+                    args.extend(["--rlimit-as".into(), limit.to_string()]);
+                }
+            }
         }
         if let Some((uid, gid)) = cfg.sandbox.host_ids {
             args.extend([
