@@ -9,6 +9,7 @@ using System.Collections.Concurrent;
 using System.Collections.Generic;
 using System.IO;
 using System.Reflection;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Loader;
 using System.Text;
@@ -44,6 +45,8 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
         public IntPtr PackageDir;
         public long PackageDirLen;
         public long Handle; // out
+        public IntPtr Topic;
+        public long TopicLen;
     }
 
     [StructLayout(LayoutKind.Sequential)]
@@ -117,6 +120,7 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
                 string id = Utf8(a->WorkerId, a->WorkerIdLen);
                 string dll = Utf8(a->DllPath, a->DllPathLen);
                 string packageDir = Utf8(a->PackageDir, a->PackageDirLen);
+                string topic = Utf8(a->Topic, a->TopicLen);
                 if (!Path.IsPathRooted(dll)) dll = Path.Combine(packageDir, dll);
                 dll = Path.GetFullPath(dll);
                 alc = new WorkerLoadContext(id, Path.GetDirectoryName(dll), typeof(Bridge).Assembly);
@@ -132,9 +136,23 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
                 Type workerType = FindWorkerType(asm);
                 var ctx = WorkerHost.Enter(id, a->Ctx);
                 IWorker instance;
+                // VIRTUFIN_WORKER_ID/TOPIC while the worker's static initialisers and
+                // constructor run, as the original sets them (the runtime keeps its own copy of
+                // the environment, so the host's setenv would not reach managed code). Loads
+                // are serialised by the host (engine/env.rs), so no two loads see each other's
+                // values.
+                string prevId = Environment.GetEnvironmentVariable("VIRTUFIN_WORKER_ID");
+                string prevTopic = Environment.GetEnvironmentVariable("VIRTUFIN_WORKER_TOPIC");
+                Environment.SetEnvironmentVariable("VIRTUFIN_WORKER_ID", id);
+                Environment.SetEnvironmentVariable("VIRTUFIN_WORKER_TOPIC", topic);
                 try
                 {
+                    RuntimeHelpers.RunClassConstructor(workerType.TypeHandle);
                     instance = (IWorker)Activator.CreateInstance(workerType);
+                }
+                catch (TypeInitializationException e)
+                {
+                    throw new InvalidWorkerException("The static constructor of " + workerType.FullName + " threw: " + (e.InnerException ?? e), e);
                 }
                 catch (TargetInvocationException e)
                 {
@@ -142,6 +160,8 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
                 }
                 finally
                 {
+                    Environment.SetEnvironmentVariable("VIRTUFIN_WORKER_ID", prevId);
+                    Environment.SetEnvironmentVariable("VIRTUFIN_WORKER_TOPIC", prevTopic);
                     WorkerHost.Exit(ctx);
                 }
                 long handle = Interlocked.Increment(ref s_nextHandle);

@@ -93,6 +93,9 @@ struct LoadArgs {
     package_dir: *const u8,
     package_dir_len: i64,
     handle: i64,
+    /// The worker's topic (`VIRTUFIN_WORKER_TOPIC` while it loads).
+    topic: *const u8,
+    topic_len: i64,
 }
 
 #[repr(C)]
@@ -458,6 +461,20 @@ impl DotNetEngine {
         library_path: &str,
         gateway_timeout: Duration,
     ) -> Result<DotNetWorker, DotNetError> {
+        self.load_with_topic(worker_id, package_dir, library_path, "", gateway_timeout)
+    }
+
+    /// [`DotNetEngine::load`] with the worker's `topic`: the bridge sets `VIRTUFIN_WORKER_ID`
+    /// and `VIRTUFIN_WORKER_TOPIC` in the managed environment while the worker's constructors
+    /// run (CoreCLR keeps its own copy of the environment: a native setenv does not reach it).
+    pub fn load_with_topic(
+        &self,
+        worker_id: &str,
+        package_dir: &Path,
+        library_path: &str,
+        topic: &str,
+        gateway_timeout: Duration,
+    ) -> Result<DotNetWorker, DotNetError> {
         let b = self.bridge()?;
         let ctx = CallCtx {
             worker_id,
@@ -476,8 +493,10 @@ impl DotNetEngine {
             package_dir: dir.as_ptr(),
             package_dir_len: len_i64(dir.len()),
             handle: 0,
+            topic: topic.as_ptr(),
+            topic_len: len_i64(topic.len()),
         };
-        // SAFETY: `load` is the bridge's Load entry point, which takes LoadArgs. The three
+        // SAFETY: `load` is the bridge's Load entry point, which takes LoadArgs. The four
         // strings are borrowed for the call with their exact lengths; `ctx` outlives the call
         // and the bridge uses it only during the call (WorkerHost.Exit waits for callbacks).
         let st = unsafe { call(b.load, &mut a) };
@@ -599,13 +618,19 @@ impl Engine for DotNetEngine {
 
     fn load(&self, spec: &LoadSpec) -> Result<DotNetWorker, DotNetError> {
         let first = !DotNetEngine::runtime_started();
-        // The worker's static initialisers and constructor run inside this call.
+        // CoreCLR copies the process environment when it starts: start it before the worker's
+        // variables are set, or the first worker's id would stay in every later lookup.
+        self.bridge()?;
+        // The worker's static initialisers and constructor run inside this call; the bridge
+        // sets the variables in the managed environment, the native ones are for libraries
+        // the worker P/Invokes (and ENV_LOCK serialises loads).
         let w = super::env::with_worker_env(spec, || {
-            DotNetEngine::load(
+            DotNetEngine::load_with_topic(
                 self,
                 &spec.worker_id,
                 &spec.package_dir,
                 &spec.library_path,
+                &spec.topic,
                 Duration::from_millis(u64::from(spec.timeout_ms.max(1))),
             )
         })?;
