@@ -20,6 +20,24 @@ use std::time::Instant;
 use wm_shared::ring::SpinBudget;
 use wm_shared::ring::wait::{SAFETY_NET, futex_wait, futex_wake};
 
+/// Set by `--no-spin` (measurement only: the callgrind guard counts the instructions of the
+/// work, not of waits whose length depends on timing).
+static NO_SPIN: AtomicBool = AtomicBool::new(false);
+
+/// Makes every later [`spin_budget`] a budget that never spins.
+pub fn disable_spinning() {
+    NO_SPIN.store(true, Ordering::Relaxed);
+}
+
+/// The spin budget of the host's waits: the ring's adaptive default, or none (`--no-spin`).
+pub fn spin_budget() -> SpinBudget {
+    if NO_SPIN.load(Ordering::Relaxed) {
+        SpinBudget::new(std::time::Duration::ZERO, std::time::Duration::ZERO)
+    } else {
+        SpinBudget::default()
+    }
+}
+
 /// A multi-consumer FIFO with spin-then-park waiting.
 #[derive(Debug)]
 pub struct Handoff<T> {

@@ -20,8 +20,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use wm_shared::ring::SpinBudget;
-
 use crate::crash;
 use crate::engine::{Engine, LoadSpec, ProcessOutcome, ResultStatus, error_chain};
 use crate::handoff::Handoff;
@@ -230,7 +228,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
 
     /// A worker thread's loop: until the queue is closed (unload, shutdown).
     fn serve(&self, worker_id: &str, slot: &Slot<E>, queue: &Handoff<Job>) {
-        let mut spin = SpinBudget::default();
+        let mut spin = crate::handoff::spin_budget();
         while let Some(job) = queue.pop(&mut spin) {
             let lib = slot
                 .current

@@ -6,7 +6,7 @@ use crate::sandbox;
 
 /// The command line: `host-runner --ring-fd 3 --engine native|dotnet --host-id <id>
 /// [--rlimit-as <bytes>] [--gc-heap-hard-limit <bytes>] [--rlimit-nofile <n>] [--uid <uid> --gid <gid>]
-/// [--tmp-dir <dir>] [--no-seccomp] [--no-landlock] [--prestart]`.
+/// [--tmp-dir <dir>] [--no-seccomp] [--no-landlock] [--prestart] [--no-spin]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
     pub ring_fd: RawFd,
@@ -27,6 +27,8 @@ pub struct Args {
     /// .NET: the GC heap hard limit (`GCHeapHardLimit`), the .NET hosts' memory bound in
     /// place of `RLIMIT_AS` (CoreCLR reserves far more address space than it uses).
     pub gc_heap_hard_limit: Option<u64>,
+    /// Never spin while waiting (measurement only: the callgrind guard test).
+    pub no_spin: bool,
 }
 
 /// A command line the host cannot run with.
@@ -63,6 +65,7 @@ impl Args {
             tmp_dir: std::env::var_os("TMPDIR").map(Into::into),
             prestart: false,
             gc_heap_hard_limit: None,
+            no_spin: false,
         };
         let (mut uid, mut gid) = (None, None);
         while let Some(flag) = it.next() {
@@ -104,6 +107,7 @@ impl Args {
                 "--no-seccomp" => a.seccomp = false,
                 "--no-landlock" => a.landlock = false,
                 "--prestart" => a.prestart = true,
+                "--no-spin" => a.no_spin = true,
                 "--gc-heap-hard-limit" => {
                     let v = value(&flag)?;
                     a.gc_heap_hard_limit = Some(number(&flag, v)?);

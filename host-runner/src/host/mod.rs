@@ -50,6 +50,9 @@ pub fn main() -> u8 {
             return exit::USAGE;
         }
     };
+    if args.no_spin {
+        crate::handoff::disable_spinning();
+    }
     let kind = match args.engine.as_str() {
         "native" => protocol::EngineKind::Native,
         "dotnet" => protocol::EngineKind::DotNet,
@@ -193,6 +196,7 @@ fn serve<E: Engine>(
     workers: &Arc<Workers<E, RingOutbox>>,
     region: &Region,
 ) -> u8 {
+    rx.set_spin(crate::handoff::spin_budget());
     let mut buf = Vec::new();
     loop {
         match rx.recv(&mut buf, None) {

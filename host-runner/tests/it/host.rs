@@ -43,6 +43,17 @@ impl Host {
 
     /// As [`Host::spawn`] with another engine and extra environment variables.
     pub fn spawn_engine(engine: &str, extra: &[&str], envs: &[(&str, &str)]) -> Host {
+        Host::spawn_wrapped(&[], engine, extra, envs)
+    }
+
+    /// As [`Host::spawn_engine`], run through `wrapper` (a program and its arguments, such as
+    /// `valgrind --tool=callgrind`; empty: the binary itself).
+    pub fn spawn_wrapped(
+        wrapper: &[&str],
+        engine: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Host {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let region = Arc::new(
             Region::create(
@@ -55,7 +66,15 @@ impl Host {
             .expect("region"),
         );
         let ring_fd = region.as_fd().as_raw_fd();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_host-runner"));
+        let bin = env!("CARGO_BIN_EXE_host-runner");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args(["--ring-fd", "3", "--engine", engine, "--host-id"])
             .arg(format!("h{n}"))
             .args(extra)

@@ -3,6 +3,7 @@
 //! They live in the host-runner crate (not the workspace `tests/` crate) so that
 //! `env!("CARGO_BIN_EXE_host-runner")` names a binary cargo has just built for them.
 
+mod callgrind;
 mod dotnet;
 mod engine;
 mod host;

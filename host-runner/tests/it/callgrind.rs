@@ -1,0 +1,101 @@
+//! A regression guard that does not depend on the machine's noise: the instructions the host
+//! executes per call (Process frame in -> frame loop -> hand-off -> plugin -> reply lane ->
+//! ProcessResult frame out), counted by callgrind.
+//!
+//! The host runs under `valgrind --tool=callgrind` with `--no-spin` (waits sleep at once, so
+//! no instruction is spent waiting: their number depends on timing, not on the code) and
+//! `--no-seccomp` (valgrind makes system calls of its own). Two runs, with `FEW` and `MANY`
+//! back-to-back calls; their difference divided by `MANY - FEW` is the per-call count, free of
+//! start-up and shutdown. The recorded counts are in docs/benchmarks.md ("Callgrind guard");
+//! the test fails when the count grows by more than 20%. Skipped, saying so, when valgrind is
+//! not installed (scripts/install-deps.sh installs it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use wm_shared::protocol::{Message, ResultStatus};
+
+use crate::host::Host;
+use crate::util::*;
+
+const FEW: u64 = 50;
+const MANY: u64 = 550;
+
+/// Instructions per call recorded for the unoptimised (test) build (283.9-284.0k over three
+/// runs), and for `--release` (0: not recorded, the guard only reports).
+/// Re-measure with `WM_CALLGRIND_PRINT=1 cargo test -p workmanager-host-runner --test it
+/// callgrind -- --nocapture` when the path changes on purpose, and update docs/benchmarks.md.
+const RECORDED_DEBUG: u64 = 284_000;
+const RECORDED_RELEASE: u64 = 0;
+/// Growth that fails the guard.
+const TOLERANCE: f64 = 0.20;
+
+fn valgrind() -> Option<PathBuf> {
+    let out = Command::new("valgrind").arg("--version").output().ok()?;
+    out.status.success().then(|| PathBuf::from("valgrind"))
+}
+
+/// Total instructions (`Ir`) the host executed for `calls` echo calls.
+fn instructions(dir: &Path, calls: u64) -> u64 {
+    let out_file = dir.join(format!("callgrind.{calls}.out"));
+    let out_arg = format!("--callgrind-out-file={}", out_file.display());
+    let mut h = Host::spawn_wrapped(
+        &["valgrind", "--tool=callgrind", "--quiet", &out_arg],
+        "native",
+        // Valgrind refuses any RLIMIT_NOFILE whose hard limit differs from its own (it keeps
+        // some descriptors for itself); a huge value is lowered to exactly that by the host.
+        &["--no-seccomp", "--no-spin", "--rlimit-nofile", "1048576"],
+        &[],
+    );
+    let r = h.load("echo", &worker_c());
+    assert!(r.ok, "{r:?}");
+    for n in 1..=calls {
+        let res = h.call(n, "echo", "echo", b"ping");
+        assert_eq!(res.status, ResultStatus::Ok, "{res:?}");
+    }
+    h.send(Message::Shutdown { deadline_ms: 5000 });
+    let status = h.wait_exit();
+    assert!(status.success(), "host under valgrind: {status:?}");
+    let text = std::fs::read_to_string(&out_file)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", out_file.display()));
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary:"))
+        .or_else(|| text.lines().find_map(|l| l.strip_prefix("totals:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no summary line in {}", out_file.display()))
+}
+
+#[test]
+fn callgrind_instructions_per_call_stay_within_20_percent_of_the_record() {
+    if valgrind().is_none() {
+        eprintln!(
+            "SKIPPED: valgrind is not installed (scripts/install-deps.sh installs it); the \
+             callgrind guard of the host's per-call path did not run"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let few = instructions(dir.path(), FEW);
+    let many = instructions(dir.path(), MANY);
+    let per_call = many.saturating_sub(few) / (MANY - FEW);
+    let (profile, recorded) = if cfg!(debug_assertions) {
+        ("debug", RECORDED_DEBUG)
+    } else {
+        ("release", RECORDED_RELEASE)
+    };
+    println!("callgrind: {per_call} instructions per call ({profile} build; recorded {recorded})");
+    assert!(per_call > 0, "{few} then {many} instructions");
+    if recorded == 0 {
+        println!("callgrind: no count recorded for the {profile} build; nothing to compare");
+        return;
+    }
+    let limit = recorded as f64 * (1.0 + TOLERANCE);
+    assert!(
+        per_call as f64 <= limit,
+        "the host's per-call path grew: {per_call} instructions per call, recorded {recorded} \
+         ({profile} build), limit +{:.0}%; find what was added to the path (callgrind_annotate \
+         on a run of this test), or re-record in this file and docs/benchmarks.md if the \
+         growth is intended",
+        TOLERANCE * 100.0
+    );
+}
