@@ -246,3 +246,29 @@ fn unbounded_recursion_kills_only_the_host_and_names_the_culprit() {
     assert_eq!(rec.worker_id, "hostile");
     assert_eq!(rec.msg_id, 12);
 }
+
+/// A .NET host's memory bound is the GC heap hard limit (`--gc-heap-hard-limit`, from
+/// `HOST_DOTNET_GC_HEAP_HARD_LIMIT_BYTES`), not RLIMIT_AS: CoreCLR starts under a 64 MiB
+/// limit, a worker allocating past it gets an OutOfMemoryException (a WorkerException), and the
+/// host lives on.
+#[test]
+fn the_gc_heap_hard_limit_bounds_a_dotnet_host_without_breaking_coreclr() {
+    const LIMIT: u64 = 64 << 20;
+    let mut h = spawn(&["--gc-heap-hard-limit", &LIMIT.to_string()]);
+    let hog = package("hog", &["Hog.cs"], &[], &[]);
+    let r = load(&mut h, "hog", &hog);
+    assert!(r.ok, "{r:?}\n{:?}", h.stderr.lock().unwrap());
+    let res = h.call(1, "hog", "x", b"limit");
+    assert_eq!(res.status, ResultStatus::Ok, "{res:?}");
+    let seen: u64 = text(&res).parse().expect("a number");
+    assert!(
+        seen <= LIMIT,
+        "the GC sees {seen} bytes available, over the {LIMIT}-byte limit"
+    );
+    let res = h.call(2, "hog", "x", b"alloc:256");
+    assert_eq!(res.status, ResultStatus::WorkerException, "{res:?}");
+    assert!(res.error.contains("OutOfMemory"), "{}", res.error);
+    let res = h.call(3, "hog", "x", b"alloc:8");
+    assert_eq!(res.status, ResultStatus::Ok, "{res:?}");
+    assert_eq!(text(&res), "allocated 8 MiB");
+}

@@ -304,46 +304,7 @@ impl Spawner {
         let region = Arc::new(region);
         let ring_fd: RawFd = region.as_fd().as_raw_fd();
 
-        let mut args: Vec<String> = vec![
-            "--ring-fd".into(),
-            "3".into(),
-            "--engine".into(),
-            match engine {
-                EngineKind::DotNet => "dotnet",
-                _ => "native",
-            }
-            .into(),
-            "--host-id".into(),
-            host_id.into(),
-            "--rlimit-nofile".into(),
-            cfg.rlimit_nofile.to_string(),
-        ];
-        match engine {
-            EngineKind::DotNet => {
-                if let Some(limit) = cfg.gc_heap_hard_limit {
-                    args.extend(["--gc-heap-hard-limit".into(), limit.to_string()]);
-                }
-                // CoreCLR and the bridge start before Ready: a standby host is warm, and a
-                // fresh host's first load does not pay for them.
-                args.push("--prestart".into());
-            }
-            _ => {
-                if let Some(limit) = cfg.rlimit_as {
-                    args.extend(["--rlimit-as".into(), limit.to_string()]);
-                }
-            }
-        }
-        if let Some((uid, gid)) = cfg.sandbox.host_ids {
-            args.extend([
-                "--uid".into(),
-                uid.to_string(),
-                "--gid".into(),
-                gid.to_string(),
-            ]);
-        }
-        if !cfg.sandbox.landlock {
-            args.push("--no-landlock".into());
-        }
+        let mut args = host_args(cfg, host_id, engine);
         let tmp_dir = match &cfg.sandbox.tmp_root {
             Some(root) => Some(TmpDir::create(root, host_id, cfg.sandbox.host_ids).map_err(
                 |source| SpawnError::Exec {
@@ -449,6 +410,53 @@ impl Spawner {
     }
 }
 
+/// The host-runner's command line for a host of `engine` (without the extra debugging
+/// arguments). Memory limits are per engine: `RLIMIT_AS` for native hosts, the GC heap hard
+/// limit for .NET hosts (which also prestart CoreCLR).
+fn host_args(cfg: &SpawnConfig, host_id: &str, engine: EngineKind) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--ring-fd".into(),
+        "3".into(),
+        "--engine".into(),
+        match engine {
+            EngineKind::DotNet => "dotnet",
+            _ => "native",
+        }
+        .into(),
+        "--host-id".into(),
+        host_id.into(),
+        "--rlimit-nofile".into(),
+        cfg.rlimit_nofile.to_string(),
+    ];
+    match engine {
+        EngineKind::DotNet => {
+            if let Some(limit) = cfg.gc_heap_hard_limit {
+                args.extend(["--gc-heap-hard-limit".into(), limit.to_string()]);
+            }
+            // CoreCLR and the bridge start before Ready: a standby host is warm, and a
+            // fresh host's first load does not pay for them.
+            args.push("--prestart".into());
+        }
+        _ => {
+            if let Some(limit) = cfg.rlimit_as {
+                args.extend(["--rlimit-as".into(), limit.to_string()]);
+            }
+        }
+    }
+    if let Some((uid, gid)) = cfg.sandbox.host_ids {
+        args.extend([
+            "--uid".into(),
+            uid.to_string(),
+            "--gid".into(),
+            gid.to_string(),
+        ]);
+    }
+    if !cfg.sandbox.landlock {
+        args.push("--no-landlock".into());
+    }
+    args
+}
+
 /// A host's private temp folder: owned by the host's uid, 0700, removed on drop (after the
 /// host is gone).
 #[derive(Debug)]
@@ -531,4 +539,48 @@ fn host_env(dotnet_root: Option<&PathBuf>) -> Vec<(OsString, OsString)> {
         env.push((k.into(), v.into()));
     }
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> SpawnConfig {
+        SpawnConfig {
+            host_runner: PathBuf::from("/nonexistent/host-runner"),
+            ring: RingConfig::default(),
+            rlimit_as: Some(256 << 20),
+            gc_heap_hard_limit: Some(64 << 20),
+            rlimit_nofile: 1024,
+            dotnet_root: None,
+            ready_timeout: Duration::from_secs(1),
+            extra_args: Vec::new(),
+            stderr: super::super::stderr::StderrLimits {
+                line_max_bytes: 4096,
+                lines_per_second: 200,
+            },
+            sandbox: SandboxSettings::default(),
+        }
+    }
+
+    fn value_of<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+        let i = args.iter().position(|a| a == flag)?;
+        args.get(i + 1).map(String::as_str)
+    }
+
+    /// Memory limits are per engine: a tight RLIMIT_AS for native plugins never reaches a
+    /// .NET host (CoreCLR needs gigabytes of address space), which gets its GC heap limit.
+    #[test]
+    fn native_hosts_get_rlimit_as_and_dotnet_hosts_the_gc_heap_hard_limit() {
+        let cfg = config();
+        let native = host_args(&cfg, "n.1", EngineKind::Native);
+        assert_eq!(value_of(&native, "--rlimit-as"), Some("268435456"));
+        assert_eq!(value_of(&native, "--gc-heap-hard-limit"), None);
+        assert!(!native.iter().any(|a| a == "--prestart"));
+
+        let dotnet = host_args(&cfg, "d.1", EngineKind::DotNet);
+        assert_eq!(value_of(&dotnet, "--rlimit-as"), None);
+        assert_eq!(value_of(&dotnet, "--gc-heap-hard-limit"), Some("67108864"));
+        assert!(dotnet.iter().any(|a| a == "--prestart"));
+    }
 }
