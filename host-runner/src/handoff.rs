@@ -110,18 +110,40 @@ impl<T> Handoff<T> {
         item
     }
 
+    /// Moves up to `max` queued items into `out` without waiting; how many.
+    fn take(&self, max: usize, out: &mut VecDeque<T>) -> usize {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        let mut q = self.lock();
+        let n = q.len().min(max.max(1));
+        out.extend(q.drain(..n));
+        self.len.fetch_sub(n, Ordering::Relaxed);
+        n
+    }
+
     /// Waits for the next item: spins within `spin` (adapting it), then sleeps. `None` once
     /// the queue is closed and empty.
     pub fn pop(&self, spin: &mut SpinBudget) -> Option<T> {
+        let mut one = VecDeque::with_capacity(1);
+        self.pop_batch(spin, 1, &mut one).then(|| one.pop_front())?
+    }
+
+    /// Waits as [`Handoff::pop`], then moves whatever is queued, up to `max` items, into
+    /// `out` (a batch is what is ready, never a wait for more). `false` once the queue is
+    /// closed and empty.
+    pub fn pop_batch(&self, spin: &mut SpinBudget, max: usize, out: &mut VecDeque<T>) -> bool {
         loop {
-            if let Some(item) = self.try_pop() {
-                return Some(item);
+            if self.take(max, out) > 0 {
+                return true;
             }
             if self.closed.load(Ordering::Acquire) {
                 // Closed under the lock: every push happened before, and is visible now.
-                return self.lock().pop_front().inspect(|_| {
-                    self.len.fetch_sub(1, Ordering::Relaxed);
-                });
+                let mut q = self.lock();
+                let n = q.len().min(max.max(1));
+                out.extend(q.drain(..n));
+                self.len.fetch_sub(n, Ordering::Relaxed);
+                return n > 0;
             }
             let start = Instant::now();
             let ready =
@@ -160,6 +182,29 @@ mod tests {
         let mut spin = SpinBudget::default();
         let got: Vec<i32> = std::iter::from_fn(|| h.pop(&mut spin)).collect();
         assert_eq!(got, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_batch_is_whatever_is_queued_up_to_the_maximum() {
+        let h = Handoff::default();
+        let mut spin = SpinBudget::default();
+        let mut out = VecDeque::new();
+        h.push(1).unwrap();
+        assert!(h.pop_batch(&mut spin, 8, &mut out));
+        assert_eq!(
+            out.drain(..).collect::<Vec<_>>(),
+            vec![1],
+            "no wait for more"
+        );
+        for i in 2..=6 {
+            h.push(i).unwrap();
+        }
+        assert!(h.pop_batch(&mut spin, 3, &mut out));
+        assert_eq!(out.drain(..).collect::<Vec<_>>(), vec![2, 3, 4]);
+        h.close();
+        assert!(h.pop_batch(&mut spin, 8, &mut out));
+        assert_eq!(out.drain(..).collect::<Vec<_>>(), vec![5, 6]);
+        assert!(!h.pop_batch(&mut spin, 8, &mut out));
     }
 
     /// Many pushes against several consumers that sleep and spin in turn: every item arrives

@@ -12,7 +12,7 @@
 //!
 //! Results leave through an [`Outbox`] (the ring, in the binary).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::channel;
@@ -30,6 +30,9 @@ pub trait Outbox: Send + Sync + 'static {
     fn unload_result(&self, request_id: u64, worker_id: &str, result: Result<(), String>);
     fn process_result(&self, msg_id: u64, worker_id: &str, outcome: ProcessOutcome);
 }
+
+/// Most queued calls a single-threaded worker takes per wake-up.
+const BATCH: usize = 64;
 
 /// A loaded worker; unloaded (under a crash mark) when the last reference drops.
 struct Loaded<E: Engine> {
@@ -198,7 +201,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
                         .name(thread_name(&worker_id, i))
                         .spawn(move || {
                             let _alt = crash::AltStack::install();
-                            this.serve(&id, &slot, &queue)
+                            this.serve(&id, &slot, &queue, 1)
                         }) {
                         Ok(t) => threads.lock().unwrap_or_else(|p| p.into_inner()).push(t),
                         Err(e) => crate::sandbox::log(&format!(
@@ -206,7 +209,10 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
                         )),
                     }
                 }
-                self.serve(&worker_id, &slot, &queue);
+                // One thread takes whatever is queued at each wake-up; several threads take
+                // one call each, so that they share the work.
+                let batch = if spec.max_concurrency <= 1 { BATCH } else { 1 };
+                self.serve(&worker_id, &slot, &queue, batch);
             }
             Err(e) => {
                 // Remove the entry first (pushes happen under the map lock): from then on no
@@ -227,40 +233,53 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
     }
 
     /// A worker thread's loop: until the queue is closed (unload, shutdown).
-    fn serve(&self, worker_id: &str, slot: &Slot<E>, queue: &Handoff<Job>) {
+    ///
+    /// Takes up to `batch` queued calls per wake-up (one lock instead of one per call) and
+    /// runs them in order; each call still carries its own crash mark, so a crash names the
+    /// call it happened in and the rest of the batch (in flight at the supervisor) are
+    /// bystanders.
+    fn serve(&self, worker_id: &str, slot: &Slot<E>, queue: &Handoff<Job>, batch: usize) {
         let mut spin = crate::handoff::spin_budget();
-        while let Some(job) = queue.pop(&mut spin) {
-            let lib = slot
-                .current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let outcome = match lib.as_ref().and_then(|l| l.worker.as_ref().map(|w| (l, w))) {
-                Some((_, w)) => {
-                    let _mark = crash::enter_call(worker_id, job.msg_id);
-                    // Engines do not panic on plugin misbehaviour; this only keeps a host bug
-                    // from silently killing the worker's thread and its queue with it.
-                    catch_unwind(AssertUnwindSafe(|| {
-                        self.engine.process(w, job.msg_id, &job.event)
-                    }))
-                    .unwrap_or_else(|_| {
-                        ProcessOutcome::failed(
-                            ResultStatus::ProcessFailed,
-                            "host-runner bug: the engine panicked during this call",
-                        )
-                    })
-                }
-                None => ProcessOutcome::failed(
-                    ResultStatus::UnknownWorker,
-                    format!("worker {worker_id} is not loaded"),
-                ),
-            };
-            // Releasing the library may unload a replaced version (hot reload): do it before
-            // answering, so the supervisor never sees the reply before the old code is gone.
-            drop(lib);
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
-            self.outbox.process_result(job.msg_id, worker_id, outcome);
+        let mut jobs = VecDeque::new();
+        while queue.pop_batch(&mut spin, batch, &mut jobs) {
+            while let Some(job) = jobs.pop_front() {
+                self.run(worker_id, slot, job);
+            }
         }
+    }
+
+    /// One call: run it under its crash mark, then answer.
+    fn run(&self, worker_id: &str, slot: &Slot<E>, job: Job) {
+        let lib = slot
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let outcome = match lib.as_ref().and_then(|l| l.worker.as_ref().map(|w| (l, w))) {
+            Some((_, w)) => {
+                let _mark = crash::enter_call(worker_id, job.msg_id);
+                // Engines do not panic on plugin misbehaviour; this only keeps a host bug
+                // from silently killing the worker's thread and its queue with it.
+                catch_unwind(AssertUnwindSafe(|| {
+                    self.engine.process(w, job.msg_id, &job.event)
+                }))
+                .unwrap_or_else(|_| {
+                    ProcessOutcome::failed(
+                        ResultStatus::ProcessFailed,
+                        "host-runner bug: the engine panicked during this call",
+                    )
+                })
+            }
+            None => ProcessOutcome::failed(
+                ResultStatus::UnknownWorker,
+                format!("worker {worker_id} is not loaded"),
+            ),
+        };
+        // Releasing the library may unload a replaced version (hot reload): do it before
+        // answering, so the supervisor never sees the reply before the old code is gone.
+        drop(lib);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.outbox.process_result(job.msg_id, worker_id, outcome);
     }
 
     fn answer_unknown(&self, msg_id: u64, worker_id: &str) {

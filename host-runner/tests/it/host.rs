@@ -560,6 +560,38 @@ fn crash_with(ty: &str, extra: &[&str]) -> (ExitStatus, Option<CrashRecord>, Hos
     (st, rec, h)
 }
 
+/// Calls queued behind a slow one reach the worker thread as one batch; a crash in the middle
+/// of the batch is recorded for its own message, the calls before it were answered, and the
+/// ones after it never ran (the supervisor requeues them as bystanders).
+#[test]
+fn a_crash_mid_batch_names_its_own_message_and_the_rest_never_ran() {
+    let mut h = Host::spawn(&[]);
+    assert!(h.load("victim", &worker_c()).ok);
+    h.process(10, "victim", "sleep", b"200");
+    h.process(11, "victim", "echo", b"");
+    h.process(12, "victim", "segfault", b"");
+    h.process(13, "victim", "echo", b"");
+    h.process(14, "victim", "echo", b"");
+    let st = h.wait_exit();
+    assert_eq!(st.signal(), Some(libc::SIGSEGV), "{st:?}");
+    let rec = h.crash().expect("crash slot written");
+    assert_eq!((rec.worker_id.as_str(), rec.msg_id), ("victim", 12));
+    let mut answered: Vec<u64> = h
+        .backlog
+        .drain(..)
+        .filter_map(|m| match m {
+            Message::ProcessResult(r) => Some(r.msg_id),
+            _ => None,
+        })
+        .collect();
+    while let Some(m) = h.recv_raw(Instant::now() + Duration::from_millis(200)) {
+        if let Message::ProcessResult(r) = m {
+            answered.push(r.msg_id);
+        }
+    }
+    assert_eq!(answered, [10, 11], "answered before the crash");
+}
+
 #[test]
 fn a_segfault_kills_the_host_with_sigsegv_and_names_the_culprit() {
     let (st, rec, h) = crash_with("segfault", &[]);
