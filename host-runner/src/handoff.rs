@@ -18,7 +18,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use wm_shared::ring::SpinBudget;
-use wm_shared::ring::wait::{SAFETY_NET, futex_wait, futex_wake};
+use wm_shared::ring::wait::{futex_wait, futex_wake};
+
+/// Longest single sleep of an idle worker thread. Both ends live in this process (no peer can
+/// die between two stores), so the Dekker pair alone prevents lost wake-ups; the bound only
+/// keeps an idle host's threads from waking ten times a second as the ring's 100 ms net would.
+const NAP: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Set by `--no-spin` (measurement only: the callgrind guard counts the instructions of the
 /// work, not of waits whose length depends on timing).
@@ -156,8 +161,7 @@ impl<T> Handoff<T> {
             self.sleepers.fetch_add(1, Ordering::Relaxed);
             fence(Ordering::SeqCst);
             if !ready() {
-                // SAFETY_NET bounds each sleep, as in the ring: a re-check at least that often.
-                futex_wait(&self.seq, seq, SAFETY_NET);
+                futex_wait(&self.seq, seq, NAP);
             }
             self.sleepers.fetch_sub(1, Ordering::Relaxed);
             spin.slept(start.elapsed());
@@ -208,8 +212,8 @@ mod tests {
     }
 
     /// Many pushes against several consumers that sleep and spin in turn: every item arrives
-    /// exactly once (a lost wake-up would hang the test until the 100 ms safety net, many times
-    /// over; the bound below catches that).
+    /// exactly once (a lost wake-up would stall a consumer for the 10 s nap; the bound below
+    /// catches that).
     #[test]
     fn no_item_is_lost_or_duplicated_across_sleeping_consumers() {
         let h = Arc::new(Handoff::default());

@@ -1279,13 +1279,38 @@ fn respawn_once(d: &Daemon, mime: &str, worker_id: &str, body: &[u8]) -> Duratio
     }
 }
 
-/// Respawn through the daemon: fresh daemon per sample (the backoff doubles per crash).
+/// Waits until the daemon has an idle standby host of `mime` (`HOST_STANDBY`).
+fn wait_standby(d: &Daemon, mime: &str) {
+    let t = Instant::now();
+    while !d.get("/v1/hosts").json()["standby"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|h| h["mimeType"] == mime))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no {mime} standby host"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Respawn through the daemon, without and with warm standby hosts (`HOST_STANDBY` 0 and 1,
+/// the before and after of issue 13, in the same run).
 fn respawn(so: &Path, dotnet: Option<&Path>) {
-    section("daemon: kill -9 a host, time until the worker answers an invoke again");
+    for standby in ["0", "1"] {
+        respawn_with(so, dotnet, standby);
+    }
+}
+
+/// Respawn through the daemon: fresh daemon per sample (the backoff doubles per crash).
+fn respawn_with(so: &Path, dotnet: Option<&Path>, standby: &str) {
+    section(&format!(
+        "daemon (HOST_STANDBY={standby}): kill -9 a host, time until the worker answers an invoke again"
+    ));
     let body = serde_json::to_vec(&event_json("r-1", "bench.request")).unwrap();
     let (mut native, mut managed) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        let d = daemon(dotnet.is_some(), &[]);
+        let d = daemon(dotnet.is_some(), &[("HOST_STANDBY", standby)]);
         let w = worker(
             &d,
             NATIVE,
@@ -1293,6 +1318,9 @@ fn respawn(so: &Path, dotnet: Option<&Path>) {
             &chaos_package("Chaos.Worker", so),
             json!({}),
         );
+        if standby == "1" {
+            wait_standby(&d, NATIVE);
+        }
         native.push(respawn_once(&d, NATIVE, &w, &body));
         if let Some(dll) = dotnet {
             let w = worker(
@@ -1302,6 +1330,9 @@ fn respawn(so: &Path, dotnet: Option<&Path>) {
                 &dn::worker_nupkg("Echo", dll, &[]),
                 json!({}),
             );
+            if standby == "1" {
+                wait_standby(&d, DOTNET);
+            }
             managed.push(respawn_once(&d, DOTNET, &w, &body));
         }
     }
@@ -1312,12 +1343,14 @@ fn respawn(so: &Path, dotnet: Option<&Path>) {
             .join(", ")
     };
     report(
-        "native host respawn + reload -> answered (5 kills, ms)",
+        &format!("HOST_STANDBY={standby}: native host respawn + reload -> answered (5 kills, ms)"),
         format!("{} ms; {}", ms(&native), lat(native.clone())),
     );
     if dotnet.is_some() {
         report(
-            ".NET host respawn -> first managed call answered (5 kills, ms)",
+            &format!(
+                "HOST_STANDBY={standby}: .NET host respawn -> first managed call answered (5 kills, ms)"
+            ),
             format!("{} ms; {}", ms(&managed), lat(managed.clone())),
         );
     }
@@ -1832,6 +1865,13 @@ fn main() {
         for (f, v) in SUMMARY.lock().unwrap().iter() {
             println!("| {f} | {v} |");
         }
+        return;
+    }
+
+    if std::env::var("WM_COMPARE_ONLY").as_deref() == Ok("respawn") {
+        // Issue 13's respawn figures alone: through the daemon, HOST_STANDBY 0 then 1.
+        respawn(&so, dotnet.as_deref());
+        println!("\nload average at the end: {}", load_average());
         return;
     }
 
