@@ -23,6 +23,10 @@ use super::{backoff, engine_name, from_protocol_engine, lock, stop_host};
 
 /// How long an adopter waits for the keeper to hand over its host before spawning instead.
 const HANDOVER_WAIT: Duration = Duration::from_millis(200);
+/// How long after a handover the next standby is spawned: the adopter is reloading its workers
+/// and answering its first calls now, and on a small machine a spawn (exec, sandbox, for .NET
+/// CoreCLR) beside it doubled the native respawn time (compare bench, docs/benchmarks.md).
+const REPLACE_AFTER: Duration = Duration::from_millis(250);
 
 /// A standby host as `/v1/hosts` shows it.
 #[derive(Debug, Clone)]
@@ -177,6 +181,10 @@ impl Standbys {
                             Ok(()) => {
                                 tracing::debug!(host = %id, "standby host adopted");
                                 failures = 0;
+                                tokio::select! {
+                                    _ = tokio::time::sleep(REPLACE_AFTER) => {}
+                                    _ = self.shutdown.cancelled() => return,
+                                }
                                 break;
                             }
                             // The adopter gave up waiting: keep it.
