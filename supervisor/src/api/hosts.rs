@@ -40,7 +40,8 @@ pub async fn hosts(State(state): State<AppState>) -> Json<Value> {
             })
         })
         .collect();
-    // Warm standby hosts (HOST_STANDBY): idle, no workers, adopted by the next respawn.
+    // Warm standby hosts (HOST_STANDBY): idle, no workers, adopted by the next respawn. The key
+    // is left out while there is none, so the answer without standby hosts stays as it was.
     let standby: Vec<Value> = state
         .control
         .runtime()
@@ -56,6 +57,9 @@ pub async fn hosts(State(state): State<AppState>) -> Json<Value> {
             })
         })
         .collect();
+    if standby.is_empty() {
+        return Json(json!({ "hosts": hosts }));
+    }
     Json(json!({ "hosts": hosts, "standby": standby }))
 }
 
