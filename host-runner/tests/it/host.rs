@@ -1069,3 +1069,47 @@ fn unload_lets_queued_calls_finish_first_and_stats_count_them_in_flight() {
     });
     assert_eq!((s.in_flight, s.workers), (0, 0), "{s:?}");
 }
+
+/// Clock ticks (utime + stime, all threads) the process has used.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name, which ends at the last ')'.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Worker threads and the frame loop spin only right after work: once calls stop, an idle host
+/// (here with 4 workers, one of 4 threads) uses no CPU. A spin that never ends would burn a
+/// whole vCPU: 100 ticks per second.
+#[test]
+fn an_idle_host_uses_no_cpu_after_busy_calls() {
+    let mut h = Host::spawn(&[]);
+    for w in ["i1", "i2", "i3"] {
+        assert!(h.load(w, &worker_c()).ok);
+    }
+    let s = spec("i4", &worker_c());
+    let r = h.load_with(protocol::LoadWorker {
+        request_id: NEXT.fetch_add(1, Ordering::Relaxed),
+        worker_id: s.worker_id,
+        package_dir: s.package_dir.to_string_lossy().into_owned(),
+        library_path: s.library_path,
+        entry_point: s.entry_point,
+        free_result: s.free_result,
+        topic: s.topic,
+        max_concurrency: 4,
+        timeout_ms: 2000,
+        ..Default::default()
+    });
+    assert!(r.ok, "{r:?}");
+    for n in 0..400u64 {
+        let w = ["i1", "i2", "i3", "i4"][n as usize % 4];
+        assert_eq!(h.call(n, w, "echo", b"x").status, ResultStatus::Ok);
+    }
+    // Let the spin budgets run out, then measure a quiet window.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(h.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(h.pid()) - before;
+    assert!(used <= 2, "the idle host used {used} clock ticks in 2 s");
+}
