@@ -92,8 +92,13 @@ struct LoadArgs {
     dll_path_len: i64,
     package_dir: *const u8,
     package_dir_len: i64,
+    /// `LOAD_VALIDATE_ONLY`: compile (C# source) / load and find the entry, create nothing.
+    flags: i64,
     handle: i64,
 }
+
+/// Load flag (Bridge.cs `LoadFlagValidateOnly`).
+const LOAD_VALIDATE_ONLY: i64 = 1;
 
 #[repr(C)]
 struct ProcessArgs {
@@ -458,6 +463,20 @@ impl DotNetEngine {
         library_path: &str,
         gateway_timeout: Duration,
     ) -> Result<DotNetWorker, DotNetError> {
+        self.load_with(worker_id, package_dir, library_path, gateway_timeout, false)
+    }
+
+    /// As [`DotNetEngine::load`]; with `validate_only` the bridge compiles (C# source) and loads
+    /// the assembly and finds its entry but creates no instance: the supervisor's check of new C#
+    /// source, which runs no worker code. The returned worker only unloads.
+    pub fn load_with(
+        &self,
+        worker_id: &str,
+        package_dir: &Path,
+        library_path: &str,
+        gateway_timeout: Duration,
+        validate_only: bool,
+    ) -> Result<DotNetWorker, DotNetError> {
         let b = self.bridge()?;
         let ctx = CallCtx {
             worker_id,
@@ -475,6 +494,7 @@ impl DotNetEngine {
             dll_path_len: len_i64(library_path.len()),
             package_dir: dir.as_ptr(),
             package_dir_len: len_i64(dir.len()),
+            flags: if validate_only { LOAD_VALIDATE_ONLY } else { 0 },
             handle: 0,
         };
         // SAFETY: `load` is the bridge's Load entry point, which takes LoadArgs. The three
@@ -599,12 +619,13 @@ impl Engine for DotNetEngine {
 
     fn load(&self, spec: &LoadSpec) -> Result<DotNetWorker, DotNetError> {
         let first = !DotNetEngine::runtime_started();
-        let w = DotNetEngine::load(
+        let w = DotNetEngine::load_with(
             self,
             &spec.worker_id,
             &spec.package_dir,
             &spec.library_path,
             Duration::from_millis(u64::from(spec.timeout_ms.max(1))),
+            spec.entry_point == wm_shared::package::csharp_source::VALIDATE_ONLY_ENTRY,
         )?;
         if first && let Ok((rt, took)) = self.start() {
             crate::sandbox::log(&format!(
