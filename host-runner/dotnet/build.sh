@@ -53,6 +53,10 @@ build devkit -out:"$tmp/Virtufin.Worker.DevKit.dll" -doc:"$tmp/Virtufin.Worker.D
   -r:"$tmp/CloudNative.CloudEvents.dll" "$here"/devkit/*.cs
 build devkit-v1 -out:"$tmp/devkit-v1/Virtufin.Worker.DevKit.dll" -doc:"$tmp/devkit-v1/Virtufin.Worker.DevKit.xml" "${refs[@]}" "$here"/devkit-v1/*.cs
 cp "$roslyn"/Microsoft.CodeAnalysis.dll "$roslyn"/Microsoft.CodeAnalysis.CSharp.dll "$tmp/"
+# The C# source engine compiles against the netcoreapp3.1 reference assemblies (4 MB), which a
+# runtime-only install lacks: they go next to the bridge.
+mkdir -p "$tmp/ref"
+cp "$ref"/*.dll "$tmp/ref/"
 build bridge -out:"$tmp/Virtufin.WorkManager.Engine.DotNetDll.Bridge.dll" "${refs[@]}" \
   -r:"$tmp/CloudNative.CloudEvents.dll" -r:"$tmp/Virtufin.Worker.DevKit.dll" \
   -r:"$tmp/Microsoft.CodeAnalysis.dll" -r:"$tmp/Microsoft.CodeAnalysis.CSharp.dll" "$here"/bridge/*.cs
@@ -70,6 +74,7 @@ cat > "$tmp/Virtufin.WorkManager.Engine.DotNetDll.Bridge.runtimeconfig.json" <<'
 }
 JSON
 mkdir -p "$out/devkit-v1"
+rm -rf "$out/ref" && mv "$tmp/ref" "$out/ref"
 for f in CloudNative.CloudEvents.dll CloudNative.CloudEvents.xml Virtufin.Worker.DevKit.dll Virtufin.Worker.DevKit.xml \
   devkit-v1/Virtufin.Worker.DevKit.dll devkit-v1/Virtufin.Worker.DevKit.xml Microsoft.CodeAnalysis.dll Microsoft.CodeAnalysis.CSharp.dll \
   Virtufin.WorkManager.Engine.DotNetDll.Bridge.dll Virtufin.WorkManager.Engine.DotNetDll.Bridge.runtimeconfig.json; do

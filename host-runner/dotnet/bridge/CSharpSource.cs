@@ -14,11 +14,15 @@ using System.Collections.Generic;
 using System.Globalization;
 using System.IO;
 using System.Linq;
-using System.Security.Cryptography;
 using System.Text;
+using System.Reflection.Metadata;
+using System.Reflection.Metadata.Ecma335;
+using System.Reflection.PortableExecutable;
 using System.Diagnostics;
+using System.Security.Cryptography;
 using Microsoft.CodeAnalysis;
 using Microsoft.CodeAnalysis.CSharp;
+using Microsoft.CodeAnalysis.Emit;
 using Virtufin.Worker.DevKit;
 
 namespace Virtufin.WorkManager.Engine.DotNetDll
@@ -85,12 +89,16 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
             var tree = CSharpSyntaxTree.ParseText(text, new CSharpParseOptions(LanguageVersion.Latest), "worker.cs");
             var options = new CSharpCompilationOptions(OutputKind.DynamicallyLinkedLibrary)
                 .WithOptimizationLevel(OptimizationLevel.Release)
-                .WithDeterministic(true)
+                // Not deterministic: that hashes the output with SHA-256, which in .NET Core 3.1
+                // on Linux means OpenSSL 1.1, which Debian 12 lacks (CoreCLR aborts).
+                .WithDeterministic(false)
                 .WithConcurrentBuild(false);
             var compilation = CSharpCompilation.Create(assemblyName, new[] { tree }, References(), options);
             using (var ms = new MemoryStream())
             {
-                var result = compilation.Emit(ms);
+                // No PDB, so no PDB checksum: validating the default (SHA-256) would touch OpenSSL.
+                var emit = new EmitOptions().WithPdbChecksumAlgorithm(default(HashAlgorithmName));
+                var result = compilation.Emit(ms, options: emit);
                 if (!result.Success)
                 {
                     var errors = result.Diagnostics.Where(d => d.Severity == DiagnosticSeverity.Error).ToList();
@@ -118,31 +126,68 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
             return sb.ToString();
         }
 
-        /// <summary>The BCL (the running framework's assemblies), CloudNative.CloudEvents and the DevKit.</summary>
+        /// <summary>
+        /// The reference assemblies of netcoreapp3.1 (copied next to the bridge into ref/ by
+        /// build.sh), CloudNative.CloudEvents and the DevKit, all without public keys: Roslyn
+        /// computes a strong-named reference's public key token with SHA-1, which in .NET Core 3.1
+        /// on Linux is OpenSSL 1.1, absent on Debian 12 (CoreCLR aborts the process). Without keys
+        /// the compiled worker refers to the framework by name and version, which is how its
+        /// load context binds it anyway.
+        /// </summary>
         private static List<MetadataReference> References()
         {
             lock (s_lock)
             {
                 if (s_references != null) return s_references;
+                var dir = Path.Combine(Path.GetDirectoryName(typeof(CSharpSource).Assembly.Location), "ref");
+                if (!Directory.Exists(dir))
+                    throw new InvalidWorkerException("the C# source engine's reference assemblies are missing at " + dir + " (run host-runner/dotnet/build.sh)", null);
                 var refs = new List<MetadataReference>();
-                var seen = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
-                var tpa = AppContext.GetData("TRUSTED_PLATFORM_ASSEMBLIES") as string ?? string.Empty;
-                foreach (var path in tpa.Split(Path.PathSeparator))
-                {
-                    if (path.Length == 0 || !path.EndsWith(".dll", StringComparison.OrdinalIgnoreCase)) continue;
-                    var name = Path.GetFileNameWithoutExtension(path);
-                    // Only the framework: names the workers see anyway. Roslyn's own and the
-                    // host's assemblies are not in the TPA list.
-                    if (!(name.StartsWith("System", StringComparison.Ordinal) || name.StartsWith("Microsoft.", StringComparison.Ordinal)
-                        || name == "netstandard" || name == "mscorlib")) continue;
-                    if (name.StartsWith("Microsoft.CodeAnalysis", StringComparison.Ordinal)) continue;
-                    if (seen.Add(name)) refs.Add(MetadataReference.CreateFromFile(path));
-                }
-                refs.Add(MetadataReference.CreateFromFile(typeof(CloudNative.CloudEvents.CloudEvent).Assembly.Location));
-                refs.Add(MetadataReference.CreateFromFile(typeof(IWorker).Assembly.Location));
+                foreach (var path in Directory.GetFiles(dir, "*.dll").OrderBy(p => p, StringComparer.Ordinal))
+                    refs.Add(MetadataReference.CreateFromImage(WithoutPublicKeys(File.ReadAllBytes(path))));
+                refs.Add(MetadataReference.CreateFromImage(WithoutPublicKeys(File.ReadAllBytes(typeof(CloudNative.CloudEvents.CloudEvent).Assembly.Location))));
+                refs.Add(MetadataReference.CreateFromImage(WithoutPublicKeys(File.ReadAllBytes(typeof(IWorker).Assembly.Location))));
                 s_references = refs;
                 return refs;
             }
+        }
+
+        /// <summary>
+        /// The image with the public key of its Assembly row and the keys/tokens of its
+        /// AssemblyRef rows removed (blob index 0, PublicKey flag cleared), in place.
+        /// </summary>
+        internal static byte[] WithoutPublicKeys(byte[] image)
+        {
+            const int PublicKeyFlag = 0x0001;
+            using (var pe = new PEReader(new MemoryStream(image, false)))
+            {
+                var md = pe.GetMetadataReader();
+                int start = pe.PEHeaders.MetadataStartOffset;
+                int blobSize = md.GetHeapSize(HeapIndex.Blob) < 0x10000 ? 2 : 4;
+                if (md.GetTableRowCount(TableIndex.Assembly) == 1)
+                {
+                    // HashAlgId(4) Major Minor Build Revision(2 each) Flags(4) PublicKey(blob) Name Culture
+                    int row = start + md.GetTableMetadataOffset(TableIndex.Assembly);
+                    ClearKey(image, row + 12, row + 16, blobSize, PublicKeyFlag);
+                }
+                int refs = md.GetTableRowCount(TableIndex.AssemblyRef);
+                int refSize = md.GetTableRowSize(TableIndex.AssemblyRef);
+                int refStart = start + md.GetTableMetadataOffset(TableIndex.AssemblyRef);
+                for (int i = 0; i < refs; i++)
+                {
+                    // Major Minor Build Revision(2 each) Flags(4) PublicKeyOrToken(blob) Name Culture HashValue
+                    int row = refStart + i * refSize;
+                    ClearKey(image, row + 8, row + 12, blobSize, PublicKeyFlag);
+                }
+            }
+            return image;
+        }
+
+        private static void ClearKey(byte[] image, int flagsAt, int keyAt, int keySize, int flag)
+        {
+            if (flagsAt < 0 || keyAt + keySize > image.Length) throw new BadImageFormatException("metadata row outside the image");
+            image[flagsAt] = (byte)(image[flagsAt] & ~flag);
+            for (int i = 0; i < keySize; i++) image[keyAt + i] = 0;
         }
 
         /// <summary>Roslyn's, the DevKit's and CloudNative.CloudEvents' module versions, hashed.</summary>
@@ -158,9 +203,10 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
             return k;
         }
 
+        /// <summary>SHA-256 in managed code: System.Security.Cryptography needs OpenSSL 1.1 here.</summary>
         private static byte[] Sha256(byte[] b)
         {
-            using (var h = SHA256.Create()) return h.ComputeHash(b);
+            return ManagedSha256.Hash(b);
         }
 
         private static string Hex(byte[] b)
