@@ -133,6 +133,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .mode(0o444)
         .open(&tmp)?;
     f.write_all(bytes)?;
+    // Explicitly: the daemon runs with umask 077, and hosts (another uid) must read it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o444))?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }

@@ -68,7 +68,9 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
                 Directory.CreateDirectory(dir);
                 var partial = output + ".partial";
                 File.WriteAllBytes(partial, image);
-                File.Move(partial, output);
+                // overwrite: true is rename(2). Without it .NET moves with link(2)+unlink(2),
+                // and the host's seccomp filter has no link(2): the host would die of SIGSYS.
+                File.Move(partial, output, true);
                 Log("C# source " + key.Substring(0, 12) + ": compiled in " + sw.ElapsedMilliseconds + " ms (" + image.Length + " bytes)");
                 return output;
             }
