@@ -77,7 +77,10 @@ fn load_child() {
     let w = e.load("bench", &dir, &lib, Duration::from_secs(5)).unwrap();
     let took = t.elapsed();
     let ev = CloudEvent::new("x", "t", "urn:b");
-    assert!(matches!(e.process(&w, 1, &ev.to_flatbuffer()), Outcome::Reply(_)));
+    assert!(matches!(
+        e.process(&w, 1, &ev.to_flatbuffer()),
+        Outcome::Reply(_)
+    ));
     println!("{}", took.as_micros());
 }
 
@@ -89,7 +92,11 @@ fn load_in_child(dir: &Path, lib: &str, tmpdir: &Path) -> u64 {
         .env("TMPDIR", tmpdir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
@@ -160,11 +167,15 @@ fn main() {
     // Per message, in this process: the same worker as a DLL and as compiled source.
     let e = engine();
     e.start().unwrap();
-    let w_dll = e.load("dll", &dll_dir, &dll_lib, Duration::from_secs(5)).unwrap();
+    let w_dll = e
+        .load("dll", &dll_dir, &dll_lib, Duration::from_secs(5))
+        .unwrap();
     let src = source_dir(root.path(), "src-msg");
     // SAFETY: the engine's threads do not read TMPDIR concurrently with this write (no call runs).
     unsafe { std::env::set_var("TMPDIR", root.path()) };
-    let w_src = e.load("src", &src, "worker.cs", Duration::from_secs(5)).unwrap();
+    let w_src = e
+        .load("src", &src, "worker.cs", Duration::from_secs(5))
+        .unwrap();
     let mut ev = CloudEvent::new("m", "t", "urn:b");
     ev.datacontenttype = Some("text/plain".into());
     ev.data = Some(b"hello".to_vec());

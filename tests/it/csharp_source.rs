@@ -223,6 +223,15 @@ fn csharp_source_compiles_in_a_host_reports_errors_caches_and_is_contained() {
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     assert_eq!(details.len(), 3, "{v:#}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("the C# source does not compile (3 errors): error CS0103: "),
+        "{v:#}"
+    );
+    assert!(
+        details.iter().all(|d| message.contains(d)),
+        "the message lists them too: {v:#}"
+    );
     assert_eq!(
         details[0],
         "error CS0103: The name 'undefinedName' does not exist in the current context (line 8, col 17)"

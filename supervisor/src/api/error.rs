@@ -100,8 +100,9 @@ pub enum ApiError {
     /// The host could not load the package.
     #[error("{0}")]
     LoadFailed(String),
-    /// Source code the engine's compiler refused: the headline, then every diagnostic.
-    #[error("{0}")]
+    /// Source code the engine's compiler refused: the headline, then every diagnostic (in the
+    /// message too, so a client that shows only the message shows them all).
+    #[error("{}: {}", .0, .1.join("; "))]
     CompileFailed(String, Vec<String>),
     /// A code download failed.
     #[error("{0}")]
