@@ -504,6 +504,10 @@ const TESTS: &[Test] = &[
         devkit2::csharp_source_exceptions_are_worker_exceptions,
     ),
     (
+        "cryptography_without_openssl_1_is_an_exception_not_an_abort",
+        devkit2::cryptography_without_openssl_1_is_an_exception_not_an_abort,
+    ),
+    (
         "echo_round_trips_every_attribute",
         echo_round_trips_every_attribute,
     ),

@@ -110,6 +110,7 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
                 // worker asks for them (the canonical-assembly rule aliases what is loaded).
                 GC.KeepAlive(typeof(IWorker));
                 GC.KeepAlive(typeof(CloudEvent));
+                OpenSslGuard.Install();
                 return Ok;
             }
             catch (Exception)

@@ -238,3 +238,39 @@ pub fn csharp_source_exceptions_are_worker_exceptions(env: &Env) {
     }
     env.engine.unload(w).unwrap();
 }
+
+/// .NET Core 3.1's cryptography needs OpenSSL 1.x; without it (Debian 12) its shim would abort
+/// the whole host. The bridge's guard turns that into an exception for the calling worker.
+pub fn cryptography_without_openssl_1_is_an_exception_not_an_abort(env: &Env) {
+    let dir = source_dir(env, "Hashes.cs");
+    let w = load_source(env, "hasher", &dir).unwrap();
+    let have_openssl1 = [
+        "libssl.so.1.1",
+        "libssl.so.1.0.2",
+        "libssl.so.1.0.0",
+        "libssl.so.10",
+    ]
+    .iter()
+    .any(|n| {
+        let c = std::ffi::CString::new(*n).unwrap();
+        // SAFETY: dlopen with a NUL-terminated name; the handle is closed right away.
+        unsafe {
+            let h = libc::dlopen(c.as_ptr(), libc::RTLD_LAZY);
+            if !h.is_null() {
+                libc::dlclose(h);
+            }
+            !h.is_null()
+        }
+    });
+    for msg in 1..=2 {
+        match env.call(&w, msg, &event("h1", "abc")) {
+            Outcome::Reply(_) => assert!(have_openssl1, "a reply without OpenSSL 1.x?"),
+            Outcome::WorkerException(t) => {
+                assert!(!have_openssl1, "{t}");
+                assert!(t.contains("needs OpenSSL 1.x"), "{t}");
+            }
+            other => panic!("expected a reply or a worker exception, got {other:?}"),
+        }
+    }
+    env.engine.unload(w).unwrap();
+}
