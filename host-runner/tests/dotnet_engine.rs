@@ -492,6 +492,10 @@ const TESTS: &[Test] = &[
         devkit2::a_static_process_async_is_a_worker,
     ),
     (
+        "an_api_command_worker_calls_through_the_gateway",
+        devkit2::an_api_command_worker_calls_through_the_gateway,
+    ),
+    (
         "csharp_source_compiles_runs_and_reuses_its_image",
         devkit2::csharp_source_compiles_runs_and_reuses_its_image,
     ),

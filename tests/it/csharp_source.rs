@@ -310,6 +310,21 @@ fn csharp_source_compiles_in_a_host_reports_errors_caches_and_is_contained() {
         "the start loaded the cached image:\n{log}"
     );
 
+    // A reload with code that does not compile is refused the same way; the old code runs on.
+    let r = d.send_json(
+        "POST",
+        &format!("/v1/workers/{greeter}/code"),
+        &json!({"codeSource": {"content": b64(&source("ThreeErrors.cs"))}}),
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "compile_failed", "{}", r.text());
+    let (status, reply) = invoke(&d, &greeter, "g1b", "text/plain", json!("still"));
+    assert_eq!(
+        (status, reply["data"].as_str()),
+        (200, Some("hello still #2")),
+        "{reply:#}"
+    );
+
     // Throws: a worker error with the exception's text; the worker stays usable.
     let thrower = create_started(
         &d,
@@ -367,7 +382,7 @@ fn csharp_source_compiles_in_a_host_reports_errors_caches_and_is_contained() {
     let (status, reply) = invoke(&d, &greeter, "g2", "text/plain", json!("again"));
     assert_eq!(
         (status, reply["data"].as_str()),
-        (200, Some("hello again #2")),
+        (200, Some("hello again #3")),
         "{reply:#}"
     );
 

@@ -274,3 +274,33 @@ pub fn cryptography_without_openssl_1_is_an_exception_not_an_abort(env: &Env) {
     }
     env.engine.unload(w).unwrap();
 }
+
+pub fn an_api_command_worker_calls_through_the_gateway(env: &Env) {
+    let dll = dn::build_library_v2("ApiOrders", &["ApiOrders.cs"], &[]);
+    let w = env.load("api-orders", &dll, &[]).unwrap();
+    let r = env.reply(
+        &w,
+        7,
+        &json_event(
+            "a1",
+            r#"{"command":"lookup","id":"o-9","api_host":"gw.local"}"#,
+        ),
+    );
+    let v = payload(&r);
+    assert_eq!(v["success"], true, "{v}");
+    assert_eq!(v["id"], "gw.local:5002", "{v}");
+    assert_eq!(v["message"], r#"gw:{"id":"o-9"}"#, "{v}");
+    let calls = env.rec.gateway.lock().unwrap();
+    assert!(
+        calls
+            .iter()
+            .any(|(wid, msg, svc, method, body)| wid == "api-orders"
+                && *msg == 7
+                && svc == "echo-service"
+                && method == "lookup"
+                && body == br#"{"id":"o-9"}"#),
+        "the call went through gateway_call of message 7"
+    );
+    drop(calls);
+    env.engine.unload(w).unwrap();
+}
