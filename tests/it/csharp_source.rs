@@ -335,6 +335,7 @@ fn csharp_source_compiles_in_a_host_reports_errors_caches_and_is_contained() {
     );
     let (status, v) = invoke(&d, &thrower, "t1", "text/plain", json!("x"));
     assert_eq!(status, 502, "{v:#}");
+    assert_eq!(v["error"]["errorType"], "worker_error", "{v:#}");
     assert!(
         v["error"]["message"]
             .as_str()
