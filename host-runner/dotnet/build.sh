@@ -3,7 +3,8 @@
 # Virtufin.Worker.DevKit.dll (2.x, over CloudNative.CloudEvents), the 1.x DevKit for workers built
 # against it (devkit-v1/Virtufin.Worker.DevKit.dll), the engine bridge
 # Virtufin.WorkManager.Engine.DotNetDll.Bridge.dll (+ its runtimeconfig.json), and Roslyn
-# (Microsoft.CodeAnalysis*.dll, for the C# source engine) copied from the SDK in DOTNET_ROOT.
+# (Microsoft.CodeAnalysis*.dll, for the C# source engine) copied from the SDK in DOTNET_ROOT;
+# without Roslyn the bridge is built without the source engine (DLL workers are unaffected).
 #
 #   host-runner/dotnet/build.sh [OUT_DIR]      (default: target/debug/dotnet)
 #
@@ -27,9 +28,15 @@ roslyn=${ROSLYN_DIR:-$(ls -d "$dotnet_root"/sdk/*/Roslyn/bincore 2>/dev/null | s
 
 command -v mcs >/dev/null || { echo "dotnet/build.sh: mcs not found: install mono-mcs (scripts/install-deps.sh)" >&2; exit 1; }
 [ -d "$ref" ] || { echo "dotnet/build.sh: no .NET reference pack at $ref: run scripts/install-deps.sh or set DOTNET_ROOT" >&2; exit 1; }
-[ -n "$roslyn" ] && [ -f "$roslyn/Microsoft.CodeAnalysis.CSharp.dll" ] || { echo "dotnet/build.sh: no Roslyn (Microsoft.CodeAnalysis.CSharp.dll) under $dotnet_root/sdk/*/Roslyn/bincore: run scripts/install-deps.sh or set ROSLYN_DIR" >&2; exit 1; }
+if [ -z "$roslyn" ] || [ ! -f "$roslyn/Microsoft.CodeAnalysis.CSharp.dll" ]; then
+  # DLL workers do not need it: build without the C# source engine (it refuses source, and
+  # /v1/engines shows text/x-csharp unavailable).
+  echo "dotnet/build.sh: no Roslyn (Microsoft.CodeAnalysis.CSharp.dll) under $dotnet_root/sdk/*/Roslyn/bincore: building without the C# source engine (run scripts/install-deps.sh or set ROSLYN_DIR)" >&2
+  roslyn=""
+fi
 
-key=$( (cat "$0" "$here"/cloudevents/*.cs "$here"/devkit/*.cs "$here"/devkit-v1/*.cs "$here"/bridge/*.cs; mcs --version; ls "$ref"; sha256sum "$roslyn"/Microsoft.CodeAnalysis*.dll) | sha256sum | cut -c1-24)
+key=$( (cat "$0" "$here"/cloudevents/*.cs "$here"/devkit/*.cs "$here"/devkit-v1/*.cs "$here"/bridge/*.cs; mcs --version; ls "$ref"
+  if [ -n "$roslyn" ]; then sha256sum "$roslyn"/Microsoft.CodeAnalysis*.dll; else echo no-roslyn; fi) | sha256sum | cut -c1-24)
 if [ -f "$out/.build-key" ] && [ "$(cat "$out/.build-key")" = "$key" ] \
   && [ -f "$out/Virtufin.Worker.DevKit.dll" ] && [ -f "$out/Virtufin.WorkManager.Engine.DotNetDll.Bridge.dll" ]; then
   exit 0
@@ -52,14 +59,18 @@ build cloudevents -out:"$tmp/CloudNative.CloudEvents.dll" -doc:"$tmp/CloudNative
 build devkit -out:"$tmp/Virtufin.Worker.DevKit.dll" -doc:"$tmp/Virtufin.Worker.DevKit.xml" "${refs[@]}" \
   -r:"$tmp/CloudNative.CloudEvents.dll" "$here"/devkit/*.cs
 build devkit-v1 -out:"$tmp/devkit-v1/Virtufin.Worker.DevKit.dll" -doc:"$tmp/devkit-v1/Virtufin.Worker.DevKit.xml" "${refs[@]}" "$here"/devkit-v1/*.cs
-cp "$roslyn"/Microsoft.CodeAnalysis.dll "$roslyn"/Microsoft.CodeAnalysis.CSharp.dll "$tmp/"
+roslyn_refs=(-define:NO_ROSLYN)
+if [ -n "$roslyn" ]; then
+  cp "$roslyn"/Microsoft.CodeAnalysis.dll "$roslyn"/Microsoft.CodeAnalysis.CSharp.dll "$tmp/"
+  roslyn_refs=(-r:"$tmp/Microsoft.CodeAnalysis.dll" -r:"$tmp/Microsoft.CodeAnalysis.CSharp.dll")
+fi
 # The C# source engine compiles against the netcoreapp3.1 reference assemblies (4 MB), which a
 # runtime-only install lacks: they go next to the bridge.
 mkdir -p "$tmp/ref"
 cp "$ref"/*.dll "$tmp/ref/"
 build bridge -out:"$tmp/Virtufin.WorkManager.Engine.DotNetDll.Bridge.dll" "${refs[@]}" \
   -r:"$tmp/CloudNative.CloudEvents.dll" -r:"$tmp/Virtufin.Worker.DevKit.dll" \
-  -r:"$tmp/Microsoft.CodeAnalysis.dll" -r:"$tmp/Microsoft.CodeAnalysis.CSharp.dll" "$here"/bridge/*.cs
+  "${roslyn_refs[@]}" "$here"/bridge/*.cs
 cat > "$tmp/Virtufin.WorkManager.Engine.DotNetDll.Bridge.runtimeconfig.json" <<'JSON'
 {
   "runtimeOptions": {
@@ -75,9 +86,10 @@ cat > "$tmp/Virtufin.WorkManager.Engine.DotNetDll.Bridge.runtimeconfig.json" <<'
 JSON
 mkdir -p "$out/devkit-v1"
 rm -rf "$out/ref" && mv "$tmp/ref" "$out/ref"
+rm -f "$out/Microsoft.CodeAnalysis.dll" "$out/Microsoft.CodeAnalysis.CSharp.dll"
 for f in CloudNative.CloudEvents.dll CloudNative.CloudEvents.xml Virtufin.Worker.DevKit.dll Virtufin.Worker.DevKit.xml \
   devkit-v1/Virtufin.Worker.DevKit.dll devkit-v1/Virtufin.Worker.DevKit.xml Microsoft.CodeAnalysis.dll Microsoft.CodeAnalysis.CSharp.dll \
   Virtufin.WorkManager.Engine.DotNetDll.Bridge.dll Virtufin.WorkManager.Engine.DotNetDll.Bridge.runtimeconfig.json; do
-  mv -f "$tmp/$f" "$out/$f"
+  [ -f "$tmp/$f" ] && mv -f "$tmp/$f" "$out/$f"
 done
 echo "$key" > "$out/.build-key"

@@ -88,7 +88,10 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
             var dir = Path.GetDirectoryName(typeof(CSharpSource).Assembly.Location);
             var parts = new StringBuilder();
             foreach (var name in new[] { "Microsoft.CodeAnalysis.dll", "Microsoft.CodeAnalysis.CSharp.dll" })
-                parts.Append(name).Append(':').Append(new FileInfo(Path.Combine(dir, name)).Length).Append('/');
+            {
+                var f = new FileInfo(Path.Combine(dir, name));
+                parts.Append(name).Append(':').Append(f.Exists ? f.Length : -1).Append('/');
+            }
             parts.Append(typeof(IWorker).Assembly.ManifestModule.ModuleVersionId).Append('/')
                 .Append(typeof(CloudNative.CloudEvents.CloudEvent).Assembly.ManifestModule.ModuleVersionId);
             k = Hex(Sha256(Encoding.UTF8.GetBytes(parts.ToString()))).Substring(0, 16);

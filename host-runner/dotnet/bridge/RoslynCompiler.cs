@@ -1,5 +1,8 @@
 // Roslyn for the C# source engine (CSharpSource.cs). Kept apart so that nothing else in the
-// bridge loads Roslyn: a host maps Microsoft.CodeAnalysis*.dll only when it compiles.
+// bridge loads Roslyn: a host maps Microsoft.CodeAnalysis*.dll only when it compiles. Built
+// with NO_ROSLYN (build.sh, when the SDK's Roslyn is missing) the engine refuses source with
+// a message that says so, and DLL workers are unaffected.
+#if !NO_ROSLYN
 using System;
 using System.Collections.Generic;
 using System.Globalization;
@@ -140,3 +143,16 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
 
     }
 }
+#else
+namespace Virtufin.WorkManager.Engine.DotNetDll
+{
+    internal static class RoslynCompiler
+    {
+        internal static byte[] Compile(byte[] utf8, string assemblyName)
+        {
+            throw new InvalidWorkerException("this host-runner's bridge was built without Roslyn, so it cannot compile C# source: "
+                + "run scripts/install-deps.sh, then host-runner/dotnet/build.sh", null);
+        }
+    }
+}
+#endif
