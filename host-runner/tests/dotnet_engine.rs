@@ -511,6 +511,7 @@ const TESTS: &[Test] = &[
         "cryptography_without_openssl_1_is_an_exception_not_an_abort",
         devkit2::cryptography_without_openssl_1_is_an_exception_not_an_abort,
     ),
+    (devkit2::CRYPTO_CHILD, devkit2::crypto_child_guarded_call),
     (
         "echo_round_trips_every_attribute",
         echo_round_trips_every_attribute,
@@ -596,9 +597,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let child = std::env::var_os(devkit2::CRYPTO_CHILD_ENV).is_some();
     let selected: Vec<&Test> = TESTS
         .iter()
         .filter(|(n, _)| filters.is_empty() || filters.iter().any(|f| n.contains(f.as_str())))
+        // The crypto child runs only as the child of its parent test.
+        .filter(|(n, _)| (*n == devkit2::CRYPTO_CHILD) == child)
         .collect();
     println!(
         "\nrunning {} tests (one CoreCLR, in this process)",

@@ -4,6 +4,8 @@
 // worker in it. This guard answers the shim's load with a DllNotFoundException instead, so the
 // worker gets an exception (a worker error for that call) and the host lives on. Where OpenSSL
 // 1.x is present, or CLR_OPENSSL_VERSION_OVERRIDE is set, it does nothing.
+// Known cost: a worker that hit it stays in memory after it is unloaded (the runtime keeps the
+// failed type initializer's exception, whose stack trace refers to the worker's code).
 using System;
 using System.Reflection;
 using System.Runtime.InteropServices;

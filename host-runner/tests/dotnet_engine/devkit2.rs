@@ -239,9 +239,30 @@ pub fn csharp_source_exceptions_are_worker_exceptions(env: &Env) {
     env.engine.unload(w).unwrap();
 }
 
+/// In a child process of its own: a worker that hit the guard is not collected after unload
+/// (see OpenSslGuard.cs), which `unloaded_workers_are_collected` would count.
+pub fn cryptography_without_openssl_1_is_an_exception_not_an_abort(_env: &Env) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg(CRYPTO_CHILD)
+        .env(CRYPTO_CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("test {CRYPTO_CHILD} ... ok")),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The child's test name and the variable that lets it run.
+pub const CRYPTO_CHILD: &str = "crypto_child_guarded_call";
+pub const CRYPTO_CHILD_ENV: &str = "WM_DOTNET_ENGINE_CRYPTO_CHILD";
+
 /// .NET Core 3.1's cryptography needs OpenSSL 1.x; without it (Debian 12) its shim would abort
-/// the whole host. The bridge's guard turns that into an exception for the calling worker.
-pub fn cryptography_without_openssl_1_is_an_exception_not_an_abort(env: &Env) {
+/// the whole host. The bridge's guard turns that into an exception for the calling worker, and
+/// the process (this test binary) lives on.
+pub fn crypto_child_guarded_call(env: &Env) {
     let dir = source_dir(env, "Hashes.cs");
     let w = load_source(env, "hasher", &dir).unwrap();
     let have_openssl1 = [
