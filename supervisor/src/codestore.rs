@@ -135,6 +135,13 @@ impl CodeStore {
         info: &PackageInfo,
         limits: &Limits,
     ) -> Result<PathBuf, CodeStoreError> {
+        if info.engine == package::EngineKind::CSharpSource {
+            return crate::csharp_source::store(
+                &crate::csharp_source::root(&self.packages),
+                bytes,
+                info,
+            );
+        }
         let dir = self.package_dir(&info.sha256);
         match package_guard::check(&dir) {
             package_guard::Check::Intact => return Ok(dir),

@@ -438,7 +438,8 @@ impl Control {
     /// Validates, stores and registers a new worker (status `STOPPED`).
     pub async fn create(&self, cmd: CreateWorker) -> Result<WorkerRecord, ApiError> {
         let (bytes, code, info) = self.obtain_code(cmd.code, cmd.engine).await?;
-        self.store_code(bytes, info).await?;
+        let dir = self.store_code(bytes, info.clone()).await?;
+        self.validate_code(dir, info, cmd.isolation).await?;
         let now = now_rfc3339();
         let timeout = cmd.message_timeout_seconds.unwrap_or_else(|| {
             u32::try_from(self.config.message_timeout.as_secs()).unwrap_or(u32::MAX)
@@ -468,6 +469,32 @@ impl Control {
         tracing::info!(worker = %record.id, mime = %record.mime_type, topic = %record.topic,
             sha256 = %record.code.sha256, "worker created");
         Ok(record)
+    }
+
+    /// Code whose check needs an engine (C# source: a compile in a host) is checked here,
+    /// before anything refers to it; 422 `compile_failed` with every diagnostic if it fails.
+    async fn validate_code(
+        &self,
+        package_dir: std::path::PathBuf,
+        package: PackageInfo,
+        isolation: crate::runtime::Isolation,
+    ) -> Result<(), ApiError> {
+        if package.engine != EngineKind::CSharpSource {
+            return Ok(());
+        }
+        let spec = WorkerSpec {
+            id: format!("validate-{}", uuid::Uuid::new_v4()),
+            engine: package.engine,
+            topic: String::new(),
+            group: None,
+            config: Vec::new(),
+            isolation,
+            message_timeout: self.config.message_timeout,
+            max_concurrency: 1,
+            package_dir,
+            package,
+        };
+        self.runtime.validate(spec).await.map_err(ApiError::from)
     }
 
     /// What the runtime needs to load `w` (re-validates the stored package).
@@ -604,7 +631,8 @@ impl Control {
         let engine = EngineKind::from_mime(&w.mime_type)
             .ok_or_else(|| ApiError::EngineNotFound(w.mime_type.clone()))?;
         let (bytes, code, info) = self.obtain_code(input, engine).await?;
-        self.store_code(bytes, info).await?;
+        let dir = self.store_code(bytes, info.clone()).await?;
+        self.validate_code(dir, info, w.isolation).await?;
         let lock = self.lock_for(id);
         let _guard = lock.lock().await;
         let mut w = self.get(id).await?;

@@ -309,6 +309,23 @@ impl Runtime for HostRuntime {
         self.engines.clone()
     }
 
+    fn validate(&self, mut spec: WorkerSpec) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            if spec.engine != wm_shared::package::EngineKind::CSharpSource {
+                return Ok(());
+            }
+            // A validate-only load: the host compiles and finds the entry, creates nothing.
+            spec.package.entry_point =
+                wm_shared::package::csharp_source::VALIDATE_ONLY_ENTRY.to_owned();
+            let id = spec.id.clone();
+            let result = self.pool.load(spec).await.map_err(to_runtime_error);
+            if let Err(e) = self.pool.unload(&id).await {
+                tracing::warn!(worker = %id, "unloading a validation load: {e}");
+            }
+            result
+        })
+    }
+
     fn render_metrics(&self, out: &mut String) {
         self.dispatcher.metrics.render_prometheus(out);
         crate::pool::render_prometheus(&self.pool.hosts(), out);

@@ -24,6 +24,7 @@ pub mod codefetch;
 pub mod codestore;
 pub mod config;
 pub mod control;
+pub mod csharp_source;
 pub mod daemon;
 pub mod dispatcher;
 pub mod events;

@@ -23,13 +23,19 @@ use wm_shared::CloudEvent;
 pub use wm_shared::package::{EngineKind, PackageInfo};
 
 /// Every engine, in the order `/v1/engines` lists them.
-pub const ENGINES: [EngineKind; 2] = [EngineKind::Native, EngineKind::DotNet];
+pub const ENGINES: [EngineKind; 3] = [
+    EngineKind::Native,
+    EngineKind::DotNet,
+    EngineKind::CSharpSource,
+];
 
 /// The language name the API shows for an engine (the original's registered names).
 pub fn language(engine: EngineKind) -> &'static str {
     match engine {
         EngineKind::Native => "Native",
         EngineKind::DotNet => "C#",
+        // The original's registered name for CSharpSourceEngine.
+        EngineKind::CSharpSource => "C#",
     }
 }
 
@@ -270,6 +276,13 @@ pub trait Runtime: Send + Sync + 'static {
     fn engines(&self) -> Vec<EngineInfo>;
     /// Stop every host, letting in-flight calls finish until `deadline`.
     fn shutdown(&self, deadline: Duration) -> BoxFuture<'_, ()>;
+    /// Checks code before the control plane accepts it, where that takes an engine: C# source
+    /// is compiled in a host (no instance is created, no worker code runs) and the compiled
+    /// image cached. `spec.id` is a throwaway id. A runtime that cannot check accepts: the
+    /// code is then checked when the worker starts.
+    fn validate(&self, _spec: WorkerSpec) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Appends the runtime's own Prometheus metrics (text format) to `out`.
     fn render_metrics(&self, out: &mut String) {
         let _ = out;

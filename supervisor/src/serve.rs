@@ -343,12 +343,14 @@ fn engines(host_runner: &std::path::Path) -> Vec<EngineInfo> {
             host_runner.display()
         ))
     };
-    [EngineKind::Native, EngineKind::DotNet]
+    crate::runtime::ENGINES
         .into_iter()
         .map(|engine| {
             let reason = runner.clone().or_else(|| match engine {
                 EngineKind::Native => None,
                 EngineKind::DotNet => dotnet_unavailable(host_runner),
+                EngineKind::CSharpSource => dotnet_unavailable(host_runner)
+                    .or_else(|| crate::csharp_source::roslyn_unavailable(host_runner)),
             });
             EngineInfo {
                 mime: engine.mime().to_string(),

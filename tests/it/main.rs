@@ -10,6 +10,7 @@ mod bus_store;
 mod c_abi;
 mod chaos;
 mod containment;
+mod csharp_source;
 mod dotnet_daemon;
 mod failures;
 mod host_limits;

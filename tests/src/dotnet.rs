@@ -49,27 +49,44 @@ pub fn engine_dir() -> PathBuf {
     .clone()
 }
 
-/// The host's `Virtufin.Worker.DevKit.dll` (fixtures compile against it).
+/// The 1.x DevKit (`devkit-v1/Virtufin.Worker.DevKit.dll`, its own `CloudEvent` type), which
+/// the fixtures built by [`build_library`] compile against: they are the workers written before
+/// the 2.x DevKit, and prove the host still runs them.
 pub fn devkit_dll() -> PathBuf {
-    engine_dir().join("Virtufin.Worker.DevKit.dll")
+    engine_dir().join("devkit-v1/Virtufin.Worker.DevKit.dll")
+}
+
+/// The 2.x DevKit and `CloudNative.CloudEvents` (the original's worker surface).
+pub fn devkit2_dlls() -> [PathBuf; 2] {
+    let dir = engine_dir();
+    [
+        dir.join("CloudNative.CloudEvents.dll"),
+        dir.join("Virtufin.Worker.DevKit.dll"),
+    ]
 }
 
 /// Compiles `sources` (relative to `tests/fixtures/dotnet/`) into `<name>.dll` referencing the
-/// reference pack, the host's DevKit and `refs`; cached by content. Returns the dll path.
+/// reference pack, the 1.x DevKit and `refs`; cached by content. Returns the dll path.
 pub fn build_library(name: &str, sources: &[&str], refs: &[&Path]) -> PathBuf {
-    build(name, sources, refs, true)
+    build(name, sources, refs, Some(&[devkit_dll()]))
+}
+
+/// As [`build_library`] against the 2.x DevKit and `CloudNative.CloudEvents` (a worker
+/// written from the original DevKit's documentation).
+pub fn build_library_v2(name: &str, sources: &[&str], refs: &[&Path]) -> PathBuf {
+    build(name, sources, refs, Some(&devkit2_dlls()))
 }
 
 /// As [`build_library`] but without the DevKit reference (for assemblies that stand in for it).
 pub fn build_library_without_devkit(name: &str, sources: &[&str], refs: &[&Path]) -> PathBuf {
-    build(name, sources, refs, false)
+    build(name, sources, refs, None)
 }
 
-fn build(name: &str, sources: &[&str], refs: &[&Path], with_devkit: bool) -> PathBuf {
+fn build(name: &str, sources: &[&str], refs: &[&Path], devkit: Option<&[PathBuf]>) -> PathBuf {
     let src_dir = fixtures_src("dotnet");
     let mut all_refs: Vec<PathBuf> = refs.iter().map(|p| p.to_path_buf()).collect();
-    if with_devkit {
-        all_refs.push(devkit_dll());
+    if let Some(devkit) = devkit {
+        all_refs.extend(devkit.iter().cloned());
     }
     // Bump the tag when the way fixtures are built changes.
     let mut parts: Vec<Vec<u8>> = vec![b"mcs-v2".to_vec(), name.as_bytes().to_vec()];

@@ -14,6 +14,7 @@ using System.Runtime.InteropServices;
 using System.Runtime.Loader;
 using System.Text;
 using System.Threading;
+using CloudNative.CloudEvents;
 using Virtufin.Worker.DevKit;
 
 namespace Virtufin.WorkManager.Engine.DotNetDll
@@ -44,6 +45,7 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
         public long DllPathLen;
         public IntPtr PackageDir;
         public long PackageDirLen;
+        public long Flags;  // LoadFlagValidateOnly: compile/load and find the entry, create nothing
         public long Handle; // out
         public IntPtr Topic;
         public long TopicLen;
@@ -72,7 +74,7 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
     public static class Bridge
     {
         /// <summary>Status codes returned to the host (mirrored in dotnet.rs).</summary>
-        private const int Ok = 0, NoReply = 1, Failed = 2, WorkerException = 4, UnknownWorker = 5, BadArguments = 7;
+        internal const int Ok = 0, NoReply = 1, Failed = 2, WorkerException = 4, UnknownWorker = 5, BadArguments = 7;
         /// <summary>What a deliver call carries.</summary>
         private const int KindResponse = 0, KindText = 1;
 
@@ -82,12 +84,17 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
         private static readonly List<WeakReference> s_unloading = new List<WeakReference>();
         [ThreadStatic] private static FbWriter t_writer;
 
+        /// <summary>Load flag: validate only (the supervisor's check before it accepts C# source).</summary>
+        private const long LoadFlagValidateOnly = 1;
+
         private sealed class WorkerSlot
         {
             public string Id;
-            public IWorker Worker;
+            public WorkerRunner Runner; // null for a validate-only load
             public WorkerLoadContext Context;
         }
+
+        private static IntPtr s_log, s_gateway, s_free;
 
         /// <summary>Installs the native callbacks. Must be the first call.</summary>
         public static unsafe int Init(IntPtr arg, int size)
@@ -99,8 +106,14 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
                 if (a->Deliver == IntPtr.Zero) return BadArguments;
                 s_deliver = Marshal.GetDelegateForFunctionPointer<DeliverCallback>(a->Deliver);
                 WorkerHost.SetCallbacks(a->Log, a->Gateway, a->Free);
-                // Make sure the host's DevKit is loaded before any worker asks for it.
+                s_log = a->Log;
+                s_gateway = a->Gateway;
+                s_free = a->Free;
+                // Make sure the host's DevKit and CloudNative.CloudEvents are loaded before any
+                // worker asks for them (the canonical-assembly rule aliases what is loaded).
                 GC.KeepAlive(typeof(IWorker));
+                GC.KeepAlive(typeof(CloudEvent));
+                OpenSslGuard.Install();
                 return Ok;
             }
             catch (Exception)
@@ -109,7 +122,10 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
             }
         }
 
-        /// <summary>Loads a worker into its own collectible context and creates its instance.</summary>
+        /// <summary>
+        /// Loads a worker into its own collectible context and creates its instance. A path ending
+        /// in ".cs" is C# source, compiled first (or taken from the compile cache).
+        /// </summary>
         public static unsafe int Load(IntPtr arg, int size)
         {
             if (arg == IntPtr.Zero || size != sizeof(LoadArgs)) return BadArguments;
@@ -121,8 +137,22 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
                 string dll = Utf8(a->DllPath, a->DllPathLen);
                 string packageDir = Utf8(a->PackageDir, a->PackageDirLen);
                 string topic = Utf8(a->Topic, a->TopicLen);
+                bool validateOnly = (a->Flags & LoadFlagValidateOnly) != 0;
                 if (!Path.IsPathRooted(dll)) dll = Path.Combine(packageDir, dll);
                 dll = Path.GetFullPath(dll);
+                bool source = dll.EndsWith(".cs", StringComparison.OrdinalIgnoreCase);
+                if (source)
+                {
+                    var logCtx = WorkerHost.Enter(id, a->Ctx);
+                    try
+                    {
+                        dll = CSharpSource.Compiled(dll, packageDir);
+                    }
+                    finally
+                    {
+                        WorkerHost.Exit(logCtx);
+                    }
+                }
                 alc = new WorkerLoadContext(id, Path.GetDirectoryName(dll), typeof(Bridge).Assembly);
                 Assembly asm;
                 try
@@ -133,39 +163,36 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
                 {
                     throw new InvalidWorkerException("Worker assembly '" + dll + "' could not be loaded: " + e.Message, e);
                 }
-                Type workerType = FindWorkerType(asm);
-                var ctx = WorkerHost.Enter(id, a->Ctx);
-                IWorker instance;
-                // VIRTUFIN_WORKER_ID/TOPIC while the worker's static initialisers and
-                // constructor run, as the original sets them (the runtime keeps its own copy of
-                // the environment, so the host's setenv would not reach managed code). Loads
-                // are serialised by the host (engine/env.rs), so no two loads see each other's
-                // values.
+                alc.Legacy = LegacyDevKit.Wants(asm);
+                // VIRTUFIN_WORKER_ID/TOPIC while the worker's constructor runs, as the original
+                // sets them (the runtime keeps its own copy of the environment, so the host's
+                // setenv would not reach managed code). Loads are serialised by the host
+                // (engine/env.rs), so no two loads see each other's values.
                 string prevId = Environment.GetEnvironmentVariable("VIRTUFIN_WORKER_ID");
                 string prevTopic = Environment.GetEnvironmentVariable("VIRTUFIN_WORKER_TOPIC");
                 Environment.SetEnvironmentVariable("VIRTUFIN_WORKER_ID", id);
                 Environment.SetEnvironmentVariable("VIRTUFIN_WORKER_TOPIC", topic);
+                WorkerRunner runner;
                 try
                 {
-                    RuntimeHelpers.RunClassConstructor(workerType.TypeHandle);
-                    instance = (IWorker)Activator.CreateInstance(workerType);
+                    runner = Runners.Find(asm, alc, id, a->Ctx, source, validateOnly);
                 }
                 catch (TypeInitializationException e)
                 {
-                    throw new InvalidWorkerException("The static constructor of " + workerType.FullName + " threw: " + (e.InnerException ?? e), e);
-                }
-                catch (TargetInvocationException e)
-                {
-                    throw new InvalidWorkerException("The constructor of " + workerType.FullName + " threw: " + (e.InnerException ?? e), e);
+                    throw new InvalidWorkerException("A static constructor of the worker threw: " + (e.InnerException ?? e), e);
                 }
                 finally
                 {
                     Environment.SetEnvironmentVariable("VIRTUFIN_WORKER_ID", prevId);
                     Environment.SetEnvironmentVariable("VIRTUFIN_WORKER_TOPIC", prevTopic);
-                    WorkerHost.Exit(ctx);
+                }
+                if (validateOnly)
+                {
+                    Unloading(alc);
+                    alc = null;
                 }
                 long handle = Interlocked.Increment(ref s_nextHandle);
-                s_workers[handle] = new WorkerSlot { Id = id, Worker = instance, Context = alc };
+                s_workers[handle] = new WorkerSlot { Id = id, Runner = runner, Context = alc };
                 a->Handle = handle;
                 return Ok;
             }
@@ -177,13 +204,20 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
             }
         }
 
-        /// <summary>The worker type: a public, non-abstract class implementing the host's IWorker.</summary>
-        private static Type FindWorkerType(Assembly asm)
+        /// <summary>The native callbacks, for the 1.x DevKit's WorkerContext.</summary>
+        internal static void Callbacks(out IntPtr log, out IntPtr gateway, out IntPtr free)
         {
-            Type[] types;
+            log = s_log;
+            gateway = s_gateway;
+            free = s_free;
+        }
+
+        /// <summary>Every distinct loader error of a worker assembly, as InvalidWorkerException.</summary>
+        internal static Type[] TypesOf(Assembly asm)
+        {
             try
             {
-                types = asm.GetTypes();
+                return asm.GetTypes();
             }
             catch (ReflectionTypeLoadException e)
             {
@@ -198,18 +232,6 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
                 if (seen.Count == 0) sb.Append("\n  - ").Append(e.Message);
                 throw new InvalidWorkerException(sb.ToString(), e);
             }
-            Type found = null;
-            foreach (var t in types)
-            {
-                if (t.IsClass && !t.IsAbstract && t.IsVisible && typeof(IWorker).IsAssignableFrom(t)
-                    && t.GetConstructor(Type.EmptyTypes) != null)
-                {
-                    if (found == null || string.CompareOrdinal(t.FullName, found.FullName) < 0) found = t;
-                }
-            }
-            if (found == null)
-                throw new InvalidOperationException("No IWorker implementation found in the worker assembly. Implement Virtufin.Worker.DevKit.IWorker on a public, non-abstract class.");
-            return found;
         }
 
         /// <summary>Runs one message: FlatBuffer CloudEvent in, WorkerResponse out through deliver.</summary>
@@ -222,47 +244,34 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
                 WorkerSlot slot;
                 if (!s_workers.TryGetValue(a->Handle, out slot)) return UnknownWorker;
                 if (a->InputLen < 0 || a->InputLen > int.MaxValue) return BadArguments;
-                CloudEvent input;
-                try
+                if (slot.Runner == null)
                 {
-                    input = CloudEventCodec.DecodeCloudEvent((byte*)a->Input, (int)a->InputLen);
-                }
-                catch (Exception e)
-                {
-                    DeliverText(a->Ctx, "the input is not a valid CloudEvent FlatBuffer: " + e.Message);
+                    DeliverText(a->Ctx, "worker " + slot.Id + " was loaded for validation only");
                     return Failed;
                 }
-                CloudEvent reply;
-                var ctx = WorkerHost.Enter(slot.Id, a->Ctx);
-                try
-                {
-                    var task = slot.Worker.ProcessAsync(input);
-                    reply = task == null ? null : task.GetAwaiter().GetResult();
-                }
-                catch (Exception e)
-                {
-                    DeliverText(a->Ctx, e.ToString());
-                    return WorkerException;
-                }
-                finally
-                {
-                    WorkerHost.Exit(ctx);
-                }
-                if (reply == null) return NoReply;
                 var w = t_writer ?? (t_writer = new FbWriter());
                 w.Reset();
-                try
+                string error;
+                byte[] bytes;
+                int status = slot.Runner.Run(a->Ctx, a->Input, (int)a->InputLen, w, out bytes, out error);
+                if (status != Ok)
                 {
-                    CloudEventCodec.EncodeWorkerResponse(w, reply, null);
+                    if (error != null) DeliverText(a->Ctx, error);
+                    return status;
                 }
-                catch (Exception e)
+                if (bytes != null)
                 {
-                    DeliverText(a->Ctx, "the worker's reply cannot be encoded: " + e);
-                    return WorkerException;
+                    fixed (byte* p = bytes)
+                    {
+                        s_deliver(a->Ctx, KindResponse, (IntPtr)p, bytes.Length);
+                    }
                 }
-                fixed (byte* p = w.Buffer)
+                else
                 {
-                    s_deliver(a->Ctx, KindResponse, (IntPtr)p, w.Length);
+                    fixed (byte* p = w.Buffer)
+                    {
+                        s_deliver(a->Ctx, KindResponse, (IntPtr)p, w.Length);
+                    }
                 }
                 return Ok;
             }
@@ -283,9 +292,9 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
                 WorkerSlot slot;
                 if (!s_workers.TryRemove(a->Handle, out slot)) return UnknownWorker;
                 var alc = slot.Context;
-                slot.Worker = null;
+                slot.Runner = null;
                 slot.Context = null;
-                Unloading(alc);
+                if (alc != null) Unloading(alc);
                 return Ok;
             }
             catch (Exception)
@@ -374,10 +383,14 @@ namespace Virtufin.WorkManager.Engine.DotNetDll
             _host = GetLoadContext(hostAssembly) ?? Default;
         }
 
+        /// <summary>A worker built against the 1.x DevKit: its DevKit reference goes to the 1.x copy.</summary>
+        public bool Legacy { get; set; }
+
         protected override Assembly Load(AssemblyName name)
         {
             var simple = name.Name;
             if (string.IsNullOrEmpty(simple)) return null;
+            if (Legacy && string.Equals(simple, LegacyDevKit.Name, StringComparison.OrdinalIgnoreCase)) return LegacyDevKit.Assembly;
             foreach (var a in _host.Assemblies)
             {
                 if (string.Equals(a.GetName().Name, simple, StringComparison.OrdinalIgnoreCase)) return a;

@@ -6,6 +6,7 @@ using System.Collections.Generic;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using CloudNative.CloudEvents;
 
 namespace Virtufin.Worker.DevKit
 {
@@ -111,7 +112,10 @@ namespace Virtufin.Worker.DevKit
                 int ext = r.VectorTable(t, SlotExtensions, i);
                 string name = r.String(ext, 0);
                 string value = r.String(ext, 1);
-                if (!string.IsNullOrEmpty(name) && value != null) ev[name] = value;
+                // Extensions are strings on the wire; a name CloudEvents does not allow is dropped
+                // rather than failing the whole event (the supervisor already checked them).
+                if (string.IsNullOrEmpty(name) || value == null || ev.SpecVersion.GetAttributeByName(name) != null) continue;
+                try { ev[name] = value; } catch (ArgumentException) { }
             }
             return ev;
         }
@@ -119,16 +123,16 @@ namespace Virtufin.Worker.DevKit
         private static int WriteCloudEvent(FbWriter w, CloudEvent ev)
         {
             var exts = new List<KeyValuePair<string, string>>();
-            foreach (var kv in ev.ExtensionAttributes)
+            foreach (var kv in ev.GetPopulatedAttributes())
             {
-                if (kv.Value != null) exts.Add(new KeyValuePair<string, string>(kv.Key, ExtensionToString(kv.Value)));
+                if (kv.Key.IsExtension) exts.Add(new KeyValuePair<string, string>(kv.Key.Name, ExtensionToString(kv.Value)));
             }
             byte[] data = DataToBytes(ev.Data);
             string[] strings = new string[8];
             strings[SlotId] = ev.Id;
             strings[SlotType] = ev.Type;
             strings[SlotSource] = ev.Source == null ? null : ev.Source.OriginalString;
-            strings[SlotSpecVersion] = ev.SpecVersion;
+            strings[SlotSpecVersion] = ev.SpecVersion.VersionId;
             strings[SlotDataContentType] = ev.DataContentType;
             strings[SlotDataSchema] = ev.DataSchema == null ? null : ev.DataSchema.OriginalString;
             strings[SlotSubject] = ev.Subject;

@@ -1,9 +1,9 @@
-// Typed workers on top of IWorker: payload codec, response building, error envelopes and the
-// JSON command pattern, as in the original Virtufin.Worker.DevKit.
+// Typed workers on top of IWorker: payload codecs, response building and error envelopes, as in
+// the original Virtufin.Worker.DevKit (spec 5.4).
 using System;
-using System.Text;
 using System.Text.Json;
 using System.Threading.Tasks;
+using CloudNative.CloudEvents;
 
 namespace Virtufin.Worker.DevKit
 {
@@ -23,7 +23,9 @@ namespace Virtufin.Worker.DevKit
     /// <summary>The default codec: JSON via System.Text.Json (property names case-insensitive on input).</summary>
     public sealed class JsonCloudEventCodec<TInput, TOutput> : ICloudEventCodec<TInput, TOutput>
     {
-        private static readonly JsonSerializerOptions s_options = new JsonSerializerOptions { PropertyNameCaseInsensitive = true };
+        // Fresh options per codec instance: options cache type metadata, and a process-wide
+        // instance would keep a collectible worker's types alive after it is unloaded.
+        private readonly JsonSerializerOptions _options = new JsonSerializerOptions { PropertyNameCaseInsensitive = true };
 
         /// <summary>application/json</summary>
         public string ContentType { get { return WorkerConstants.DataContentTypeJson; } }
@@ -31,15 +33,15 @@ namespace Virtufin.Worker.DevKit
         /// <summary>Deserializes the payload (string or UTF-8 bytes); default(TInput) for no payload.</summary>
         public TInput DecodePayload(CloudEvent input)
         {
-            var bytes = input == null ? null : input.DataAsBytes();
+            var bytes = input.DataAsBytes();
             if (bytes == null || bytes.Length == 0) return default(TInput);
-            return JsonSerializer.Deserialize<TInput>(bytes, s_options);
+            return JsonSerializer.Deserialize<TInput>(bytes, _options);
         }
 
         /// <summary>Serializes the output as a JSON string payload.</summary>
         public void EncodeResponse(TOutput output, out object data, out string contentType)
         {
-            data = JsonSerializer.Serialize(output, typeof(TOutput), s_options);
+            data = output == null ? "null" : JsonSerializer.Serialize(output, output.GetType(), _options);
             contentType = ContentType;
         }
 
@@ -51,6 +53,53 @@ namespace Virtufin.Worker.DevKit
     }
 
     /// <summary>
+    /// The untyped JSON codec: the payload as a <see cref="JsonElement"/> (a parse failure
+    /// throws), any object out as JSON (a string is taken as JSON text already).
+    /// </summary>
+    public sealed class JsonCloudEventCodec : ICloudEventCodec<JsonElement, object>
+    {
+        /// <summary>application/json</summary>
+        public string ContentType { get { return WorkerConstants.DataContentTypeJson; } }
+
+        /// <summary>Parses the payload; an empty or malformed payload throws JsonException.</summary>
+        public JsonElement DecodePayload(CloudEvent input)
+        {
+            var bytes = input.DataAsBytes() ?? new byte[0];
+            using (var doc = JsonDocument.Parse(bytes))
+            {
+                return doc.RootElement.Clone();
+            }
+        }
+
+        /// <summary>A string is JSON text as is; a JsonElement its raw text; anything else serialized.</summary>
+        public void EncodeResponse(object output, out object data, out string contentType)
+        {
+            contentType = ContentType;
+            if (output == null) { data = "null"; return; }
+            var raw = output as RawJson;
+            if (raw != null) { data = raw.Json; return; }
+            var s = output as string;
+            if (s != null) { data = s; return; }
+            if (output is JsonElement) { data = ((JsonElement)output).GetRawText(); return; }
+            data = UnloadableJson.Serialize(output);
+        }
+
+        /// <summary><c>{"command":"error","success":false,"message":"..."}</c></summary>
+        public object EncodeError(string message)
+        {
+            return WorkerConstants.ErrorJson(message);
+        }
+    }
+
+    /// <summary>JSON text a handler already built (what Response and ErrorPayload return).</summary>
+    internal sealed class RawJson
+    {
+        public readonly string Json;
+        public RawJson(string json) { Json = json; }
+        public override string ToString() { return Json; }
+    }
+
+    /// <summary>
     /// JSON for objects of any type without rooting a collectible worker's types: System.Text.Json
     /// caches type metadata in the options object, so a worker's own types get a fresh options
     /// object (garbage with the worker) instead of the process-wide default.
@@ -59,18 +108,22 @@ namespace Virtufin.Worker.DevKit
     {
         public static string Serialize(object value)
         {
+            var raw = value as RawJson;
+            if (raw != null) return raw.Json;
             var t = value.GetType();
             return t.Assembly.IsCollectible ? JsonSerializer.Serialize(value, t, new JsonSerializerOptions()) : JsonSerializer.Serialize(value, t);
         }
 
         public static byte[] SerializeToUtf8Bytes(object value)
         {
+            var raw = value as RawJson;
+            if (raw != null) return System.Text.Encoding.UTF8.GetBytes(raw.Json);
             var t = value.GetType();
             return t.Assembly.IsCollectible ? JsonSerializer.SerializeToUtf8Bytes(value, t, new JsonSerializerOptions()) : JsonSerializer.SerializeToUtf8Bytes(value, t);
         }
     }
 
-    /// <summary>Attribute names and content types shared by the worker base classes.</summary>
+    /// <summary>Attribute names, content types and error texts shared by the worker base classes.</summary>
     public static class WorkerConstants
     {
         /// <summary>Extension copied from request to response.</summary>
@@ -81,6 +134,16 @@ namespace Virtufin.Worker.DevKit
         public const string FieldError = "error";
         /// <summary>application/json</summary>
         public const string DataContentTypeJson = "application/json";
+        /// <summary>The command field of the JSON command pattern.</summary>
+        public const string FieldCommand = "command";
+        /// <summary>Error text: the payload is not JSON.</summary>
+        public const string ErrorFailedToParse = "Failed to parse command JSON";
+        /// <summary>Error text: no string "command" field.</summary>
+        public const string ErrorMissingCommand = "Missing 'command' field";
+        /// <summary>Error text prefix: the command is not a value of the enum (followed by the command).</summary>
+        public const string ErrorUnknownCommandPrefix = "Unknown command: ";
+        /// <summary>Error text prefix: the handler threw (followed by the exception's message).</summary>
+        public const string ErrorInternalPrefix = "Internal error: ";
 
         internal static string ErrorJson(string message)
         {
@@ -117,14 +180,21 @@ namespace Virtufin.Worker.DevKit
             if (responseEventType == null) throw new ArgumentNullException("responseEventType");
             Source = source;
             ResponseEventType = responseEventType;
-            Codec = codec ?? new JsonCloudEventCodec<TInput, TOutput>();
+            Codec = codec ?? DefaultCodec();
+        }
+
+        private static ICloudEventCodec<TInput, TOutput> DefaultCodec()
+        {
+            if (typeof(TInput) == typeof(JsonElement) && typeof(TOutput) == typeof(object))
+                return (ICloudEventCodec<TInput, TOutput>)(object)new JsonCloudEventCodec();
+            return new JsonCloudEventCodec<TInput, TOutput>();
         }
 
         /// <summary>Handles one typed input; default(TOutput) (null) means no reply.</summary>
         protected abstract Task<TOutput> ProcessAsync(CloudEvent input, TInput payload);
 
         /// <summary>IWorker entry: decode, handle, encode; handler failures become an error envelope.</summary>
-        public async Task<CloudEvent> ProcessAsync(CloudEvent input)
+        public virtual async Task<CloudEvent> ProcessAsync(CloudEvent input)
         {
             TOutput output;
             try
@@ -134,13 +204,25 @@ namespace Virtufin.Worker.DevKit
             }
             catch (Exception e)
             {
-                return BuildResponse(input, Codec.EncodeError(e.Message), Codec.ContentType);
+                return ErrorResponse(input, e.Message);
             }
+            return Respond(input, output);
+        }
+
+        /// <summary>The reply for a handler's output: null for no reply, else the encoded output.</summary>
+        protected CloudEvent Respond(CloudEvent input, TOutput output)
+        {
             if (output == null) return null;
             object data;
             string contentType;
             Codec.EncodeResponse(output, out data, out contentType);
             return BuildResponse(input, data, contentType);
+        }
+
+        /// <summary>A reply carrying the codec's error envelope for <paramref name="message"/>.</summary>
+        protected CloudEvent ErrorResponse(CloudEvent input, string message)
+        {
+            return BuildResponse(input, Codec.EncodeError(message), Codec.ContentType);
         }
 
         /// <summary>
@@ -149,118 +231,18 @@ namespace Virtufin.Worker.DevKit
         /// </summary>
         protected CloudEvent BuildResponse(CloudEvent input, object data, string contentType)
         {
-            var ev = new CloudEvent
+            var ev = new CloudEvent(CloudEventsSpecVersion.V1_0)
             {
                 Id = Guid.NewGuid().ToString(),
                 Source = Source,
                 Type = ResponseEventType,
                 Time = DateTimeOffset.UtcNow,
                 DataContentType = contentType,
-                Data = data,
+                Data = data is RawJson ? ((RawJson)data).Json : data,
             };
             var correlation = input == null ? null : input[CorrelationIdAttribute];
             if (correlation != null) ev[CorrelationIdAttribute] = correlation;
             return ev;
-        }
-    }
-
-    /// <summary>
-    /// The JSON command pattern: payload <c>{"command":"&lt;name&gt;", ...}</c> with the command
-    /// parsed case-insensitively into <typeparamref name="TCommand"/>; a null handler result means no reply.
-    /// </summary>
-    public abstract class CommandWorker<TCommand> : IWorker where TCommand : struct
-    {
-        /// <summary>Source of response events.</summary>
-        protected Uri Source { get; private set; }
-        /// <summary>Type of response events.</summary>
-        protected string ResponseEventType { get; private set; }
-
-        /// <summary>Creates the worker.</summary>
-        protected CommandWorker(Uri source, string responseEventType)
-        {
-            if (source == null) throw new ArgumentNullException("source");
-            if (responseEventType == null) throw new ArgumentNullException("responseEventType");
-            Source = source;
-            ResponseEventType = responseEventType;
-        }
-
-        /// <summary>Handles one command; returns the response payload (serialized as JSON) or null for no reply.</summary>
-        protected abstract Task<object> HandleCommandAsync(CloudEvent input, TCommand command, JsonElement root);
-
-        /// <summary>IWorker entry.</summary>
-        public async Task<CloudEvent> ProcessAsync(CloudEvent input)
-        {
-            JsonDocument doc;
-            try
-            {
-                var bytes = input.DataAsBytes() ?? new byte[0];
-                doc = JsonDocument.Parse(bytes);
-            }
-            catch (Exception)
-            {
-                return Reply(input, ErrorPayload("Failed to parse command JSON"));
-            }
-            using (doc)
-            {
-                JsonElement commandElement;
-                if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("command", out commandElement)
-                    || commandElement.ValueKind != JsonValueKind.String)
-                    return Reply(input, ErrorPayload("Missing 'command' field"));
-                string name = commandElement.GetString();
-                TCommand command;
-                if (!Enum.TryParse<TCommand>(name, true, out command) || !Enum.IsDefined(typeof(TCommand), command))
-                    return Reply(input, ErrorPayload("Unknown command: " + name));
-                object payload;
-                try
-                {
-                    payload = await HandleCommandAsync(input, command, doc.RootElement.Clone()).ConfigureAwait(false);
-                }
-                catch (Exception e)
-                {
-                    return Reply(input, ErrorPayload("Internal error: " + e.Message));
-                }
-                return payload == null ? null : Reply(input, payload);
-            }
-        }
-
-        /// <summary><c>{command, success, id?, message?}</c></summary>
-        protected static object Response(CloudEvent input, string command, bool success, string id = null, string message = null)
-        {
-            var sb = new StringBuilder();
-            sb.Append("{\"command\":").Append(JsonSerializer.Serialize(command)).Append(",\"success\":").Append(success ? "true" : "false");
-            if (id != null) sb.Append(",\"id\":").Append(JsonSerializer.Serialize(id));
-            if (message != null) sb.Append(",\"message\":").Append(JsonSerializer.Serialize(message));
-            sb.Append('}');
-            return new RawJson(sb.ToString());
-        }
-
-        /// <summary>The error envelope <c>{"command":"error","success":false,"message":...}</c>.</summary>
-        protected static object ErrorPayload(string message)
-        {
-            return new RawJson(WorkerConstants.ErrorJson(message));
-        }
-
-        private CloudEvent Reply(CloudEvent input, object payload)
-        {
-            var raw = payload as RawJson;
-            var ev = new CloudEvent
-            {
-                Id = Guid.NewGuid().ToString(),
-                Source = Source,
-                Type = ResponseEventType,
-                Time = DateTimeOffset.UtcNow,
-                DataContentType = WorkerConstants.DataContentTypeJson,
-                Data = raw != null ? raw.Json : (payload as string ?? UnloadableJson.Serialize(payload)),
-            };
-            var correlation = input[WorkerConstants.CorrelationIdAttribute];
-            if (correlation != null) ev[WorkerConstants.CorrelationIdAttribute] = correlation;
-            return ev;
-        }
-
-        private sealed class RawJson
-        {
-            public readonly string Json;
-            public RawJson(string json) { Json = json; }
         }
     }
 }

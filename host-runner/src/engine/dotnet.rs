@@ -92,11 +92,16 @@ struct LoadArgs {
     dll_path_len: i64,
     package_dir: *const u8,
     package_dir_len: i64,
+    /// `LOAD_VALIDATE_ONLY`: compile (C# source) / load and find the entry, create nothing.
+    flags: i64,
     handle: i64,
     /// The worker's topic (`VIRTUFIN_WORKER_TOPIC` while it loads).
     topic: *const u8,
     topic_len: i64,
 }
+
+/// Load flag (Bridge.cs `LoadFlagValidateOnly`).
+const LOAD_VALIDATE_ONLY: i64 = 1;
 
 #[repr(C)]
 struct ProcessArgs {
@@ -461,7 +466,7 @@ impl DotNetEngine {
         library_path: &str,
         gateway_timeout: Duration,
     ) -> Result<DotNetWorker, DotNetError> {
-        self.load_with_topic(worker_id, package_dir, library_path, "", gateway_timeout)
+        self.load_with(worker_id, package_dir, library_path, "", gateway_timeout, false)
     }
 
     /// [`DotNetEngine::load`] with the worker's `topic`: the bridge sets `VIRTUFIN_WORKER_ID`
@@ -474,6 +479,22 @@ impl DotNetEngine {
         library_path: &str,
         topic: &str,
         gateway_timeout: Duration,
+    ) -> Result<DotNetWorker, DotNetError> {
+        self.load_with(worker_id, package_dir, library_path, topic, gateway_timeout, false)
+    }
+
+    /// As [`DotNetEngine::load_with_topic`]; with `validate_only` the bridge compiles (C#
+    /// source) and loads the assembly and finds its entry but creates no instance: the
+    /// supervisor's check of new C# source, which runs no worker code. The returned worker only
+    /// unloads.
+    pub fn load_with(
+        &self,
+        worker_id: &str,
+        package_dir: &Path,
+        library_path: &str,
+        topic: &str,
+        gateway_timeout: Duration,
+        validate_only: bool,
     ) -> Result<DotNetWorker, DotNetError> {
         let b = self.bridge()?;
         let ctx = CallCtx {
@@ -492,6 +513,7 @@ impl DotNetEngine {
             dll_path_len: len_i64(library_path.len()),
             package_dir: dir.as_ptr(),
             package_dir_len: len_i64(dir.len()),
+            flags: if validate_only { LOAD_VALIDATE_ONLY } else { 0 },
             handle: 0,
             topic: topic.as_ptr(),
             topic_len: len_i64(topic.len()),
@@ -625,13 +647,14 @@ impl Engine for DotNetEngine {
         // sets the variables in the managed environment, the native ones are for libraries
         // the worker P/Invokes (and ENV_LOCK serialises loads).
         let w = super::env::with_worker_env(spec, || {
-            DotNetEngine::load_with_topic(
+            DotNetEngine::load_with(
                 self,
                 &spec.worker_id,
                 &spec.package_dir,
                 &spec.library_path,
                 &spec.topic,
                 Duration::from_millis(u64::from(spec.timeout_ms.max(1))),
+                spec.entry_point == wm_shared::package::csharp_source::VALIDATE_ONLY_ENTRY,
             )
         })?;
         if first && let Ok((rt, took)) = self.start() {

@@ -100,6 +100,8 @@ fn wanted_entries(
             || match info.engine {
                 EngineKind::Native => path == info.library_path,
                 EngineKind::DotNet => path.starts_with(library_dir) && !library_dir.is_empty(),
+                // Source is not a package (`csharp_source`); nothing here is taken.
+                EngineKind::CSharpSource => false,
             };
         if !take {
             continue;

@@ -25,6 +25,7 @@
 //! # let _ = library; Ok(()) }
 //! ```
 
+pub mod csharp_source;
 mod extract;
 mod nupkg;
 mod nuspec;
@@ -50,6 +51,8 @@ pub enum EngineKind {
     Native,
     /// `application/x-dotnet-dll`: a .NET assembly in `lib/<tfm>/`.
     DotNet,
+    /// `text/x-csharp`: one UTF-8 C# source file, compiled by a .NET host ([`csharp_source`]).
+    CSharpSource,
 }
 
 impl EngineKind {
@@ -60,6 +63,8 @@ impl EngineKind {
             Some(EngineKind::Native)
         } else if mime.eq_ignore_ascii_case("application/x-dotnet-dll") {
             Some(EngineKind::DotNet)
+        } else if mime.eq_ignore_ascii_case("text/x-csharp") {
+            Some(EngineKind::CSharpSource)
         } else {
             None
         }
@@ -70,6 +75,7 @@ impl EngineKind {
         match self {
             EngineKind::Native => "application/x-native-dll",
             EngineKind::DotNet => "application/x-dotnet-dll",
+            EngineKind::CSharpSource => "text/x-csharp",
         }
     }
 }
@@ -329,6 +335,9 @@ pub enum Problem {
     /// The package is over [`Limits::max_package_bytes`].
     #[error("package is {size} bytes, over the limit of {limit} bytes")]
     PackageTooLarge { size: u64, limit: u64 },
+    /// Source code (not a package) that cannot be used as text.
+    #[error("{reason}")]
+    Source { reason: String },
     /// Not a zip file (or a damaged one).
     #[error("package is not a readable zip archive ({reason}); a .nupkg must be a zip file")]
     NotZip { reason: String },
@@ -557,6 +566,9 @@ pub fn inspect(
     target: &Target,
     limits: &Limits,
 ) -> Result<PackageInfo, PackageError> {
+    if engine == EngineKind::CSharpSource {
+        return csharp_source::inspect(bytes, limits);
+    }
     let size = bytes.len() as u64;
     if size > limits.max_package_bytes {
         return Err(PackageError::Invalid {
@@ -605,7 +617,11 @@ mod tests {
 
     #[test]
     fn engines_map_to_and_from_mime_types() {
-        for engine in [EngineKind::Native, EngineKind::DotNet] {
+        for engine in [
+            EngineKind::Native,
+            EngineKind::DotNet,
+            EngineKind::CSharpSource,
+        ] {
             assert_eq!(EngineKind::from_mime(engine.mime()), Some(engine));
         }
         assert_eq!(

@@ -308,7 +308,9 @@ pub(crate) fn apply_rules(
     let version = required(raw.version, "version", problems);
 
     let (abi_version, entry_point, free_result) = match engine {
-        EngineKind::DotNet => (1, "Process".to_string(), "FreeResult".to_string()),
+        EngineKind::DotNet | EngineKind::CSharpSource => {
+            (1, "Process".to_string(), "FreeResult".to_string())
+        }
         EngineKind::Native => {
             let abi = match raw.abi_version.as_deref().map(str::trim) {
                 None => 1,

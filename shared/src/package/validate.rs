@@ -33,6 +33,9 @@ pub(crate) fn layout(
     let found = match engine {
         EngineKind::Native => native(&files, &target.rid, library),
         EngineKind::DotNet => dotnet(&files, target.dotnet_major, library),
+        EngineKind::CSharpSource => Err(Problem::Source {
+            reason: "text/x-csharp code is one C# source file, not a package".to_owned(),
+        }),
     };
     match found {
         Ok(layout) => Some(layout),

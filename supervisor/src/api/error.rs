@@ -19,6 +19,7 @@
 //! | 415 | `unsupported_media_type` | a JSON endpoint called without a JSON content type |
 //! | 422 | `invalid_package` | package validation failed; `details` lists every problem |
 //! | 422 | `load_failed` | the host could not load a valid package |
+//! | 422 | `compile_failed` | `text/x-csharp` source does not compile; `details` lists every diagnostic with its line and column |
 //! | 422 | `invalid_signature` | `PACKAGE_TRUSTED_KEYS` is set and the package signature is missing or wrong |
 //! | 429 | `rate_limited` | over the per-token rate or SSE subscription limit; `Retry-After` says when to retry |
 //! | 502 | `code_fetch_failed` | a code download failed |
@@ -47,7 +48,7 @@ pub enum ApiError {
     InvalidArgument(String),
     /// No engine for the MIME type.
     #[error(
-        "no engine for MIME type '{0}'; use application/x-native-dll or application/x-dotnet-dll"
+        "no engine for MIME type '{0}'; use application/x-native-dll, application/x-dotnet-dll or text/x-csharp"
     )]
     EngineNotFound(String),
     /// Missing or wrong bearer token.
@@ -99,6 +100,10 @@ pub enum ApiError {
     /// The host could not load the package.
     #[error("{0}")]
     LoadFailed(String),
+    /// Source code the engine's compiler refused: the headline, then every diagnostic (in the
+    /// message too, so a client that shows only the message shows them all).
+    #[error("{}: {}", .0, .1.join("; "))]
+    CompileFailed(String, Vec<String>),
     /// A code download failed.
     #[error("{0}")]
     CodeFetchFailed(String),
@@ -133,6 +138,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::InvalidPackage(_) => "invalid_package",
             ApiError::LoadFailed(_) => "load_failed",
+            ApiError::CompileFailed(..) => "compile_failed",
             ApiError::CodeFetchFailed(_) => "code_fetch_failed",
             ApiError::InvokeFailed(_) => "invoke_failed",
             ApiError::Unavailable(_) => "unavailable",
@@ -156,7 +162,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::InvalidPackage(_) | ApiError::LoadFailed(_) => {
+            ApiError::InvalidPackage(_) | ApiError::LoadFailed(_) | ApiError::CompileFailed(..) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::CodeFetchFailed(_) | ApiError::InvokeFailed(_) => StatusCode::BAD_GATEWAY,
@@ -191,6 +197,7 @@ impl IntoResponse for ApiError {
         let mut error = json!({ "code": self.code(), "message": message });
         match &self {
             ApiError::InvalidPackage(problems) => error["details"] = json!(problems),
+            ApiError::CompileFailed(_, diagnostics) => error["details"] = json!(diagnostics),
             ApiError::InvokeFailed(e) => error["errorType"] = json!(e.error_type.as_str()),
             _ => {}
         }
@@ -238,7 +245,12 @@ impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
         match e {
             RuntimeError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
-            RuntimeError::LoadFailed { .. } => ApiError::LoadFailed(e.to_string()),
+            RuntimeError::LoadFailed { ref message, .. } => {
+                match crate::csharp_source::diagnostics(message) {
+                    Some((headline, details)) => ApiError::CompileFailed(headline, details),
+                    None => ApiError::LoadFailed(e.to_string()),
+                }
+            }
             RuntimeError::NotLoaded(_) => ApiError::Conflict(e.to_string()),
             RuntimeError::Internal { .. } => ApiError::Internal(e.to_string()),
         }
@@ -343,6 +355,11 @@ mod tests {
             (ApiError::Conflict("x".into()), 409, "conflict"),
             (ApiError::TooLarge("x".into()), 413, "too_large"),
             (ApiError::InvalidPackage(vec![]), 422, "invalid_package"),
+            (
+                ApiError::CompileFailed(String::new(), vec![]),
+                422,
+                "compile_failed",
+            ),
             (ApiError::UrlBlocked("x".into()), 403, "url_blocked"),
             (
                 ApiError::CodeFetchFailed("x".into()),

@@ -232,6 +232,8 @@ pub struct HostHandle {
     violations: Arc<Violations>,
     /// Places for gateway calls being served (`HOST_GATEWAY_CALLS_IN_FLIGHT`).
     gateway_slots: Arc<Semaphore>,
+    /// The host's private temp folder (where it leaves compiled C# source), if it has one.
+    tmp_dir: Option<std::path::PathBuf>,
 }
 
 impl HostHandle {
@@ -536,7 +538,18 @@ impl Pool {
         let host = self.wait_current(slot).await?;
         let msg = load_message(spec, self.config.load_timeout);
         match tokio::time::timeout(self.config.load_timeout, host.link.request(msg)).await {
-            Ok(Ok(Message::LoadResult(r))) if r.ok => Ok(()),
+            Ok(Ok(Message::LoadResult(r))) if r.ok => {
+                if spec.engine == wm_shared::package::EngineKind::CSharpSource
+                    && let Some(tmp) = host.tmp_dir.clone()
+                {
+                    let dir = spec.package_dir.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        crate::csharp_source::harvest(&tmp, &dir)
+                    })
+                    .await;
+                }
+                Ok(())
+            }
             Ok(Ok(Message::LoadResult(r))) => Err(PoolError::Load {
                 worker_id: spec.id.clone(),
                 message: r.error,
@@ -833,6 +846,7 @@ impl Pool {
                 gateway_slots: Arc::new(Semaphore::new(
                     self.config.limits.gateway_in_flight_per_host.max(1),
                 )),
+                tmp_dir: spawned.tmp_dir.as_ref().map(|t| t.path.clone()),
             });
             tracing::info!(host = %host_id, pid = spawned.pid, sandbox = %spawned.ready.sandbox, "host ready");
             if generation > 1 {
@@ -1342,7 +1356,10 @@ fn load_message(spec: &WorkerSpec, timeout: Duration) -> Message {
 fn to_protocol_engine(e: wm_shared::package::EngineKind) -> EngineKind {
     match e {
         wm_shared::package::EngineKind::Native => EngineKind::Native,
-        wm_shared::package::EngineKind::DotNet => EngineKind::DotNet,
+        // C# source runs in the .NET hosts: the bridge compiles it with Roslyn.
+        wm_shared::package::EngineKind::DotNet | wm_shared::package::EngineKind::CSharpSource => {
+            EngineKind::DotNet
+        }
     }
 }
 
@@ -1451,6 +1468,7 @@ mod tests {
             kill: tokio::sync::Notify::new(),
             violations: Arc::new(Violations::default()),
             gateway_slots: Arc::new(Semaphore::new(1)),
+            tmp_dir: None,
         };
         let watchdog = Duration::from_secs(30);
         let big = tokio::time::timeout(
@@ -1533,6 +1551,7 @@ mod tests {
             kill: tokio::sync::Notify::new(),
             violations: Arc::new(Violations::default()),
             gateway_slots: Arc::new(Semaphore::new(1)),
+            tmp_dir: None,
         };
         let outcome = tokio::time::timeout(
             Duration::from_secs(20),
