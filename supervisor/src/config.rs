@@ -116,6 +116,7 @@ settings! {
     "HOST_GATEWAY_CALLS_IN_FLIGHT" [] = "64", "1-4096", "gateway calls of one host served at once; beyond it the daemon stops reading that host's frames until one finishes";
     "HOST_STDERR_LINE_MAX_BYTES" [] = "4096", "256-1048576", "longest host stderr line logged; longer lines are cut and the rest skipped";
     "HOST_STDERR_LINES_PER_SECOND" [] = "200", "1-1000000", "host stderr lines logged per host per second; more are dropped and counted";
+    "PYTHON_BLOCKED_MODULES" [] = "subprocess,os,socket,requests,shutil,multiprocessing,pty,pathlib,urllib,http,ftplib,smtplib,poplib,imaplib,telnetlib,ssl,select,selectors,signal,mmap,fcntl,resource,posix", "comma-separated module names (a name covers its submodules); empty = none", "modules text/x-python workers may not import: checked with Python's ast at create (422 naming module and line) and by an import hook at run time";
 }
 
 /// Where a value came from (for error messages).
@@ -488,6 +489,30 @@ pub struct Config {
     pub heartbeat: Option<Duration>,
     /// Limits on what hosts may send.
     pub host_input: HostInputSettings,
+    /// `PYTHON_BLOCKED_MODULES`: the Python engine's import policy.
+    pub python_blocked_modules: Vec<String>,
+}
+
+/// A comma-separated list of dotted module names (`os`, `asyncio.subprocess`).
+fn python_modules(text: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for m in text.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        let ok = m.split('.').all(|part| {
+            let mut c = part.chars();
+            c.next()
+                .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+                && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        });
+        if !ok {
+            return Err(format!(
+                "comma-separated dotted module names such as os,subprocess; {m:?} is not one"
+            ));
+        }
+        if !out.iter().any(|o| o == m) {
+            out.push(m.to_string());
+        }
+    }
+    Ok(out)
 }
 
 /// Parses `true/false/1/0/yes/no/on/off` (any case), as the original does.
@@ -716,6 +741,8 @@ impl Config {
                 stderr_line_max_bytes: u32_in("HOST_STDERR_LINE_MAX_BYTES", 256, 1 << 20)?,
                 stderr_lines_per_second: u32_in("HOST_STDERR_LINES_PER_SECOND", 1, 1_000_000)?,
             },
+            python_blocked_modules: python_modules(raw.get("PYTHON_BLOCKED_MODULES").0)
+                .map_err(|e| invalid("PYTHON_BLOCKED_MODULES", &e))?,
         })
     }
 

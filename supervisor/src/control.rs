@@ -376,6 +376,9 @@ impl Control {
         .await
         .map_err(|e| ApiError::Internal(format!("package check task failed: {e}")))?;
         let info = info.map_err(package_error)?;
+        if engine == EngineKind::Python {
+            self.check_python_imports(&bytes).await?;
+        }
         let code = CodeRef {
             sha256: crate::codestore::sha256_hex(&bytes),
             size: bytes.len() as u64,
@@ -383,6 +386,20 @@ impl Control {
             url,
         };
         Ok((bytes, code, info))
+    }
+
+    /// `text/x-python`: 422 naming each blocked import and its line (`PYTHON_BLOCKED_MODULES`).
+    async fn check_python_imports(&self, source: &[u8]) -> Result<(), ApiError> {
+        match crate::python_policy::check(source, &self.config.python_blocked_modules).await {
+            Ok(problems) if problems.is_empty() => Ok(()),
+            Ok(problems) => Err(ApiError::InvalidPackage(problems)),
+            Err(e) => {
+                tracing::error!(error = %e, "python import check failed");
+                Err(ApiError::Unavailable(format!(
+                    "the Python import check could not run on this server: {e}"
+                )))
+            }
+        }
     }
 
     /// With `PACKAGE_TRUSTED_KEYS` set: the package needs a minisign signature by one of

@@ -23,13 +23,14 @@ use wm_shared::CloudEvent;
 pub use wm_shared::package::{EngineKind, PackageInfo};
 
 /// Every engine, in the order `/v1/engines` lists them.
-pub const ENGINES: [EngineKind; 2] = [EngineKind::Native, EngineKind::DotNet];
+pub const ENGINES: [EngineKind; 3] = [EngineKind::Native, EngineKind::DotNet, EngineKind::Python];
 
 /// The language name the API shows for an engine (the original's registered names).
 pub fn language(engine: EngineKind) -> &'static str {
     match engine {
         EngineKind::Native => "Native",
         EngineKind::DotNet => "C#",
+        EngineKind::Python => "Python",
     }
 }
 

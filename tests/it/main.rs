@@ -13,6 +13,7 @@ mod containment;
 mod dotnet_daemon;
 mod failures;
 mod host_limits;
+mod python;
 mod runtime;
 mod sandbox_layers;
 mod security;

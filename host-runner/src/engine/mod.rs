@@ -8,6 +8,8 @@
 
 pub mod dotnet;
 pub mod native;
+#[cfg(feature = "python")]
+pub mod python;
 
 use std::path::PathBuf;
 

@@ -4,9 +4,9 @@ use std::os::fd::RawFd;
 
 use crate::sandbox;
 
-/// The command line: `host-runner --ring-fd 3 --engine native|dotnet --host-id <id>
+/// The command line: `host-runner --ring-fd 3 --engine native|dotnet|python --host-id <id>
 /// [--rlimit-as <bytes>] [--rlimit-nofile <n>] [--uid <uid> --gid <gid>] [--tmp-dir <dir>] [--no-seccomp]
-/// [--no-landlock]`.
+/// [--no-landlock] [--python-blocked-modules <a,b,...>]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
     pub ring_fd: RawFd,
@@ -21,13 +21,15 @@ pub struct Args {
     pub ids: Option<(u32, u32)>,
     /// The private temp folder the supervisor made for this host.
     pub tmp_dir: Option<std::path::PathBuf>,
+    /// The python engine's import policy (`PYTHON_BLOCKED_MODULES`), comma-separated.
+    pub python_blocked_modules: Vec<String>,
 }
 
 /// A command line the host cannot run with.
 #[derive(Debug, thiserror::Error)]
 pub enum ArgsError {
     #[error(
-        "missing {0}; the supervisor starts host-runner with --ring-fd 3 --engine <native|dotnet> --host-id <id>"
+        "missing {0}; the supervisor starts host-runner with --ring-fd 3 --engine <native|dotnet|python> --host-id <id>"
     )]
     Missing(&'static str),
     #[error("{flag} needs a value")]
@@ -55,6 +57,7 @@ impl Args {
             // The supervisor passes the private temp folder as TMPDIR (read here, before the
             // sandbox resets the environment); --tmp-dir overrides it.
             tmp_dir: std::env::var_os("TMPDIR").map(Into::into),
+            python_blocked_modules: Vec::new(),
         };
         let (mut uid, mut gid) = (None, None);
         while let Some(flag) = it.next() {
@@ -93,6 +96,14 @@ impl Args {
                     gid = Some(number(&flag, v)?);
                 }
                 "--tmp-dir" => a.tmp_dir = Some(value(&flag)?.into()),
+                "--python-blocked-modules" => {
+                    a.python_blocked_modules = value(&flag)?
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|m| !m.is_empty())
+                        .map(String::from)
+                        .collect();
+                }
                 "--no-seccomp" => a.seccomp = false,
                 "--no-landlock" => a.landlock = false,
                 _ => return Err(ArgsError::Unknown(flag)),
@@ -140,6 +151,12 @@ mod tests {
         assert_eq!(a.host_id, "h1");
         assert_eq!(a.rlimit_as, Some(1000));
         assert!(a.seccomp && !a.landlock);
+        assert!(a.python_blocked_modules.is_empty());
+        let p = parse(
+            "--ring-fd 3 --engine python --host-id h --python-blocked-modules os,,subprocess",
+        )
+        .expect("parses");
+        assert_eq!(p.python_blocked_modules, ["os", "subprocess"]);
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub fn extract(
             actual,
         });
     }
+    if info.engine == EngineKind::Python {
+        return super::python_source::extract(bytes, info, root);
+    }
     let sha = info.sha256.as_str();
     let io_err = |path: &Path, step: &'static str| {
         let path = path.to_path_buf();
@@ -100,6 +103,8 @@ fn wanted_entries(
             || match info.engine {
                 EngineKind::Native => path == info.library_path,
                 EngineKind::DotNet => path.starts_with(library_dir) && !library_dir.is_empty(),
+                // Not an archive: extract() hands Python source to python_source first.
+                EngineKind::Python => false,
             };
         if !take {
             continue;

@@ -28,6 +28,7 @@
 mod extract;
 mod nupkg;
 mod nuspec;
+pub mod python_source;
 mod validate;
 
 use std::fmt;
@@ -50,6 +51,9 @@ pub enum EngineKind {
     Native,
     /// `application/x-dotnet-dll`: a .NET assembly in `lib/<tfm>/`.
     DotNet,
+    /// `text/x-python`: Python source with a module-level `Process(event)`, run by the
+    /// host-runner's embedded CPython (see [`python_source`]).
+    Python,
 }
 
 impl EngineKind {
@@ -60,6 +64,8 @@ impl EngineKind {
             Some(EngineKind::Native)
         } else if mime.eq_ignore_ascii_case("application/x-dotnet-dll") {
             Some(EngineKind::DotNet)
+        } else if mime.eq_ignore_ascii_case("text/x-python") {
+            Some(EngineKind::Python)
         } else {
             None
         }
@@ -70,6 +76,7 @@ impl EngineKind {
         match self {
             EngineKind::Native => "application/x-native-dll",
             EngineKind::DotNet => "application/x-dotnet-dll",
+            EngineKind::Python => "text/x-python",
         }
     }
 }
@@ -479,6 +486,11 @@ pub enum Problem {
         library: String,
         dlls: Vec<String>,
     },
+
+    // ---- Python source (`text/x-python`) ----
+    /// The source breaks a rule (encoding, NUL byte, no `Process`); the text says which.
+    #[error("{0}")]
+    PythonSource(String),
 }
 
 fn quoted(names: &[String]) -> String {
@@ -557,6 +569,9 @@ pub fn inspect(
     target: &Target,
     limits: &Limits,
 ) -> Result<PackageInfo, PackageError> {
+    if engine == EngineKind::Python {
+        return python_source::inspect(bytes, limits);
+    }
     let size = bytes.len() as u64;
     if size > limits.max_package_bytes {
         return Err(PackageError::Invalid {
@@ -605,14 +620,14 @@ mod tests {
 
     #[test]
     fn engines_map_to_and_from_mime_types() {
-        for engine in [EngineKind::Native, EngineKind::DotNet] {
+        for engine in [EngineKind::Native, EngineKind::DotNet, EngineKind::Python] {
             assert_eq!(EngineKind::from_mime(engine.mime()), Some(engine));
         }
         assert_eq!(
             EngineKind::from_mime(" Application/X-Native-DLL "),
             Some(EngineKind::Native)
         );
-        assert_eq!(EngineKind::from_mime("text/x-python"), None);
+        assert_eq!(EngineKind::from_mime("text/x-ruby"), None);
         assert_eq!(EngineKind::DotNet.to_string(), "application/x-dotnet-dll");
     }
 

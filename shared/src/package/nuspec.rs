@@ -308,7 +308,10 @@ pub(crate) fn apply_rules(
     let version = required(raw.version, "version", problems);
 
     let (abi_version, entry_point, free_result) = match engine {
-        EngineKind::DotNet => (1, "Process".to_string(), "FreeResult".to_string()),
+        // Python source never reaches the nuspec rules (inspect() hands it to python_source).
+        EngineKind::DotNet | EngineKind::Python => {
+            (1, "Process".to_string(), "FreeResult".to_string())
+        }
         EngineKind::Native => {
             let abi = match raw.abi_version.as_deref().map(str::trim) {
                 None => 1,

@@ -33,6 +33,10 @@ pub(crate) fn layout(
     let found = match engine {
         EngineKind::Native => native(&files, &target.rid, library),
         EngineKind::DotNet => dotnet(&files, target.dotnet_major, library),
+        // Not an archive: inspect() hands Python source to python_source first.
+        EngineKind::Python => Err(Problem::PythonSource(
+            "Python source is not a package archive".into(),
+        )),
     };
     match found {
         Ok(layout) => Some(layout),

@@ -10,6 +10,12 @@ fn samples() -> Vec<Message> {
             version: "0.1.0".into(),
             sandbox: "seccomp,no_new_privs".into(),
         }),
+        Message::Ready(Ready {
+            pid: 4243,
+            engine: EngineKind::Python,
+            version: "0.1.0".into(),
+            sandbox: "seccomp:python".into(),
+        }),
         Message::LoadWorker(LoadWorker {
             request_id: 7,
             worker_id: "w-1".into(),

@@ -374,6 +374,9 @@ pub fn create_command(body: CreateWorkerBody, state: &AppState) -> Result<Create
     }
     crate::control::check_tags(&body.tags)?;
     let isolation = match body.isolation.as_deref() {
+        // A Python host serves one worker unless asked (one interpreter, one GIL: workers
+        // sharing it would take turns).
+        None if engine == wm_shared::package::EngineKind::Python => Isolation::Dedicated,
         None => Isolation::Shared,
         Some(s) => Isolation::parse(&s.to_ascii_lowercase()).ok_or_else(|| {
             ApiError::InvalidArgument(format!(

@@ -1307,12 +1307,14 @@ fn to_protocol_engine(e: wm_shared::package::EngineKind) -> EngineKind {
     match e {
         wm_shared::package::EngineKind::Native => EngineKind::Native,
         wm_shared::package::EngineKind::DotNet => EngineKind::DotNet,
+        wm_shared::package::EngineKind::Python => EngineKind::Python,
     }
 }
 
 fn from_protocol_engine(e: EngineKind) -> wm_shared::package::EngineKind {
     match e {
         EngineKind::DotNet => wm_shared::package::EngineKind::DotNet,
+        EngineKind::Python => wm_shared::package::EngineKind::Python,
         _ => wm_shared::package::EngineKind::Native,
     }
 }
@@ -1320,6 +1322,7 @@ fn from_protocol_engine(e: EngineKind) -> wm_shared::package::EngineKind {
 fn engine_name(e: EngineKind) -> &'static str {
     match e {
         EngineKind::DotNet => "dotnet",
+        EngineKind::Python => "python",
         _ => "native",
     }
 }

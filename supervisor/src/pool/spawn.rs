@@ -41,6 +41,8 @@ pub struct SpawnConfig {
     pub stderr: super::stderr::StderrLimits,
     /// The sandbox layers beyond the always-on ones.
     pub sandbox: SandboxSettings,
+    /// `PYTHON_BLOCKED_MODULES`, for python hosts' import hook.
+    pub python_blocked_modules: Vec<String>,
 }
 
 /// How hosts are sandboxed, from `SANDBOX_*` and `HOST_UID`/`HOST_GID`.
@@ -306,6 +308,7 @@ impl Spawner {
             "--engine".into(),
             match engine {
                 EngineKind::DotNet => "dotnet",
+                EngineKind::Python => "python",
                 _ => "native",
             }
             .into(),
@@ -327,6 +330,12 @@ impl Spawner {
         }
         if !cfg.sandbox.landlock {
             args.push("--no-landlock".into());
+        }
+        if engine == EngineKind::Python {
+            args.extend([
+                "--python-blocked-modules".into(),
+                cfg.python_blocked_modules.join(","),
+            ]);
         }
         let tmp_dir = match &cfg.sandbox.tmp_root {
             Some(root) => Some(TmpDir::create(root, host_id, cfg.sandbox.host_ids).map_err(
