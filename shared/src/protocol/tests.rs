@@ -10,16 +10,11 @@ fn samples() -> Vec<Message> {
             version: "0.1.0".into(),
             sandbox: "seccomp,no_new_privs".into(),
         }),
-        Message::Ready(Ready {
-            pid: 4243,
-            engine: EngineKind::Python,
-            version: "0.1.0".into(),
-            sandbox: "seccomp:python".into(),
-        }),
         Message::LoadWorker(LoadWorker {
             request_id: 7,
             worker_id: "w-1".into(),
-            engine: EngineKind::Native,
+            // Native is the schema default (schema_defaults_survive_a_round_trip).
+            engine: EngineKind::Python,
             package_dir: "/var/lib/wm/pkgs/w-1".into(),
             library_path: "lib/libecho.so".into(),
             entry_point: "process".into(),
