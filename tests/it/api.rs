@@ -151,7 +151,11 @@ fn seed_walkthrough_and_lifecycle() {
     assert_eq!(r.json()["status"], "STOPPED");
 
     let engines = d.get("/v1/engines").json();
-    assert_eq!(engines["engines"].as_array().unwrap().len(), 3, "native, dotnet, python");
+    assert_eq!(
+        engines["engines"].as_array().unwrap().len(),
+        3,
+        "native, dotnet, python"
+    );
     assert_eq!(d.get("/v1/hosts").status, 200);
     let metrics = d.get("/metrics");
     assert!(
