@@ -379,6 +379,9 @@ impl Control {
         if engine == EngineKind::Python {
             self.check_python_imports(&bytes).await?;
         }
+        if engine == EngineKind::PythonWheel {
+            self.install_python_deps(&bytes, &info).await?;
+        }
         let code = CodeRef {
             sha256: crate::codestore::sha256_hex(&bytes),
             size: bytes.len() as u64,
@@ -398,6 +401,35 @@ impl Control {
                 Err(ApiError::Unavailable(format!(
                     "the Python import check could not run on this server: {e}"
                 )))
+            }
+        }
+    }
+
+    /// `application/x-python`: the wheel's `Requires-Dist` installed next to where it will be
+    /// extracted; 422 naming the dependency and pip's words when that fails.
+    async fn install_python_deps(&self, bytes: &[u8], info: &PackageInfo) -> Result<(), ApiError> {
+        let meta =
+            package::python_wheel::read_metadata(bytes, &self.limits).map_err(package_error)?;
+        let target = package::python_wheel::deps_dir(&self.codes.package_dir(&info.sha256));
+        let started = std::time::Instant::now();
+        match crate::python_deps::install(&meta.requires_dist, &target, &self.config.python_deps)
+            .await
+        {
+            Ok(done) => {
+                tracing::info!(
+                    wheel = %meta.name,
+                    sha256 = %info.sha256,
+                    requires = ?meta.requires_dist,
+                    installed = ?done.projects,
+                    reused = done.reused,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "python wheel dependencies ready"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(wheel = %meta.name, error = %e, "python wheel dependencies refused");
+                Err(ApiError::InvalidPackage(vec![e.to_string()]))
             }
         }
     }

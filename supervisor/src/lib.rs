@@ -33,6 +33,7 @@ pub mod listen;
 pub mod metrics;
 pub mod package_guard;
 pub mod pool;
+pub mod python_deps;
 pub mod python_policy;
 pub mod registry;
 pub mod runtime;

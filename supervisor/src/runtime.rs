@@ -23,7 +23,12 @@ use wm_shared::CloudEvent;
 pub use wm_shared::package::{EngineKind, PackageInfo};
 
 /// Every engine, in the order `/v1/engines` lists them.
-pub const ENGINES: [EngineKind; 3] = [EngineKind::Native, EngineKind::DotNet, EngineKind::Python];
+pub const ENGINES: [EngineKind; 4] = [
+    EngineKind::Native,
+    EngineKind::DotNet,
+    EngineKind::Python,
+    EngineKind::PythonWheel,
+];
 
 /// The language name the API shows for an engine (the original's registered names).
 pub fn language(engine: EngineKind) -> &'static str {
@@ -31,6 +36,7 @@ pub fn language(engine: EngineKind) -> &'static str {
         EngineKind::Native => "Native",
         EngineKind::DotNet => "C#",
         EngineKind::Python => "Python",
+        EngineKind::PythonWheel => "Python Bundle",
     }
 }
 

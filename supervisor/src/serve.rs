@@ -348,7 +348,7 @@ fn engines(host_runner: &std::path::Path) -> Vec<EngineInfo> {
             let reason = runner.clone().or_else(|| match engine {
                 EngineKind::Native => None,
                 EngineKind::DotNet => dotnet_unavailable(host_runner),
-                EngineKind::Python => python_unavailable(host_runner),
+                EngineKind::Python | EngineKind::PythonWheel => python_unavailable(host_runner),
             });
             EngineInfo {
                 mime: engine.mime().to_string(),

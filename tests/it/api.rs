@@ -153,8 +153,8 @@ fn seed_walkthrough_and_lifecycle() {
     let engines = d.get("/v1/engines").json();
     assert_eq!(
         engines["engines"].as_array().unwrap().len(),
-        3,
-        "native, dotnet, python"
+        4,
+        "native, dotnet, python, python wheel"
     );
     assert_eq!(d.get("/v1/hosts").status, 200);
     let metrics = d.get("/metrics");

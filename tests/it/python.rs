@@ -413,3 +413,123 @@ fn python_failures_stay_contained() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+const WHEEL_WORKER: &str = r#"
+import tinydep
+from helper import greet
+
+def Process(event):
+    return {"type": "py.wheel", "data": {"doubled": tinydep.double(event["data"]["n"]),
+                                         "greeting": greet("wheel")}}
+"#;
+
+fn create_wheel(d: &Daemon, topic: &str, wheel: &[u8]) -> wm_testkit::daemon::http::Response {
+    d.send_json(
+        "POST",
+        "/v1/workers",
+        &json!({
+            "mimeType": "application/x-python",
+            "topic": topic,
+            "codeSource": {"content": base64::engine::general_purpose::STANDARD.encode(wheel)},
+        }),
+    )
+}
+
+#[test]
+fn python_wheels_get_their_dependencies_from_a_local_index() {
+    use wm_testkit::wheel;
+    // The local package folder: a small pure-Python project the test writes and builds, and
+    // one the allow-list does not name.
+    let links = tempfile::tempdir().expect("tempdir");
+    for (name, body) in [
+        ("tinydep", "def double(x):\n    return 2 * x\n"),
+        ("otherdep", "VALUE = 1\n"),
+    ] {
+        let w = wheel::build(
+            name,
+            "1.0",
+            &[],
+            &[(&format!("{name}/__init__.py"), body.as_bytes())],
+        );
+        std::fs::write(links.path().join(wheel::file_name(name, "1.0")), w).expect("write");
+    }
+    let d = Daemon::start(
+        DaemonOptions::default()
+            .env("PYTHON_DEFAULT_INDEX_URL", "none")
+            .env("PYTHON_FIND_LINKS", links.path().to_str().expect("utf-8"))
+            .env("PYTHON_ALLOWED_PACKAGES", "tinydep,nosuchdep"),
+    );
+
+    // A wheel with a vendored module and a dependency installed by the daemon.
+    let good = wheel::build(
+        "my-worker",
+        "1.0",
+        &["tinydep (>=1.0)"],
+        &[
+            ("worker.py", WHEEL_WORKER.as_bytes()),
+            ("helper.py", b"def greet(who):\n    return 'hello ' + who\n"),
+        ],
+    );
+    let r = create_wheel(&d, "py.wheel", &good);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().expect("id").to_string();
+    let r = d.post(&format!("/v1/workers/{id}/start"));
+    assert!(r.status < 300, "start: {}", r.text());
+    let r = invoke(&d, &id, event("w-1", json!({"n": 21})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["data"],
+        json!({"doubled": 42, "greeting": "hello wheel"})
+    );
+
+    // A dependency no index has.
+    let missing = wheel::build(
+        "missing-dep",
+        "1.0",
+        &["nosuchdep"],
+        &[("worker.py", b"def Process(e):\n    return None\n")],
+    );
+    let r = create_wheel(&d, "py.missing", &missing);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("nosuchdep"), "{}", r.text());
+
+    // A dependency the allow-list does not name.
+    let disallowed = wheel::build(
+        "disallowed-dep",
+        "1.0",
+        &["otherdep"],
+        &[("worker.py", b"def Process(e):\n    return None\n")],
+    );
+    let r = create_wheel(&d, "py.other", &disallowed);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(
+        r.text().contains("otherdep") && r.text().contains("PYTHON_ALLOWED_PACKAGES"),
+        "{}",
+        r.text()
+    );
+
+    // Hostile wheels: zip-slip, a decompression bomb, no worker.py.
+    let slip = wm_testkit::nupkg::Nupkg::new()
+        .file("worker.py", "def Process(e):\n    return None\n")
+        .file("../escape.py", "print('out')\n")
+        .file("x-1.0.dist-info/METADATA", "Name: x\nVersion: 1.0\n")
+        .build();
+    let r = create_wheel(&d, "py.slip", &slip);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("escape.py"), "{}", r.text());
+    let bomb = wm_testkit::nupkg::Nupkg::new()
+        .file("worker.py", "def Process(e):\n    return None\n")
+        .file("zeros.bin", vec![0u8; 64 << 20])
+        .file("x-1.0.dist-info/METADATA", "Name: x\nVersion: 1.0\n")
+        .build();
+    let r = create_wheel(&d, "py.bomb", &bomb);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("zeros.bin"), "{}", r.text());
+    let r = create_wheel(
+        &d,
+        "py.noworker",
+        &wheel::build("noworker", "1.0", &[], &[("other.py", b"x = 1\n")]),
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("worker.py"), "{}", r.text());
+}

@@ -105,6 +105,8 @@ fn wanted_entries(
                 EngineKind::DotNet => path.starts_with(library_dir) && !library_dir.is_empty(),
                 // Not an archive: extract() hands Python source to python_source first.
                 EngineKind::Python => false,
+                // The whole wheel: worker.py, the modules it vendors, its dist-info.
+                EngineKind::PythonWheel => true,
             };
         if !take {
             continue;

@@ -29,6 +29,7 @@ mod extract;
 mod nupkg;
 mod nuspec;
 pub mod python_source;
+pub mod python_wheel;
 mod validate;
 
 use std::fmt;
@@ -54,6 +55,9 @@ pub enum EngineKind {
     /// `text/x-python`: Python source with a module-level `Process(event)`, run by the
     /// host-runner's embedded CPython (see [`python_source`]).
     Python,
+    /// `application/x-python`: a wheel with `worker.py` and its `Requires-Dist` (see
+    /// [`python_wheel`]); runs on the same python hosts.
+    PythonWheel,
 }
 
 impl EngineKind {
@@ -66,6 +70,8 @@ impl EngineKind {
             Some(EngineKind::DotNet)
         } else if mime.eq_ignore_ascii_case("text/x-python") {
             Some(EngineKind::Python)
+        } else if mime.eq_ignore_ascii_case("application/x-python") {
+            Some(EngineKind::PythonWheel)
         } else {
             None
         }
@@ -77,6 +83,7 @@ impl EngineKind {
             EngineKind::Native => "application/x-native-dll",
             EngineKind::DotNet => "application/x-dotnet-dll",
             EngineKind::Python => "text/x-python",
+            EngineKind::PythonWheel => "application/x-python",
         }
     }
 }
@@ -572,6 +579,9 @@ pub fn inspect(
     if engine == EngineKind::Python {
         return python_source::inspect(bytes, limits);
     }
+    if engine == EngineKind::PythonWheel {
+        return python_wheel::inspect(bytes, limits);
+    }
     let size = bytes.len() as u64;
     if size > limits.max_package_bytes {
         return Err(PackageError::Invalid {
@@ -620,7 +630,12 @@ mod tests {
 
     #[test]
     fn engines_map_to_and_from_mime_types() {
-        for engine in [EngineKind::Native, EngineKind::DotNet, EngineKind::Python] {
+        for engine in [
+            EngineKind::Native,
+            EngineKind::DotNet,
+            EngineKind::Python,
+            EngineKind::PythonWheel,
+        ] {
             assert_eq!(EngineKind::from_mime(engine.mime()), Some(engine));
         }
         assert_eq!(

@@ -309,7 +309,7 @@ pub(crate) fn apply_rules(
 
     let (abi_version, entry_point, free_result) = match engine {
         // Python source never reaches the nuspec rules (inspect() hands it to python_source).
-        EngineKind::DotNet | EngineKind::Python => {
+        EngineKind::DotNet | EngineKind::Python | EngineKind::PythonWheel => {
             (1, "Process".to_string(), "FreeResult".to_string())
         }
         EngineKind::Native => {

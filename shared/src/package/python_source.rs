@@ -103,8 +103,9 @@ pub fn extract(bytes: &[u8], info: &PackageInfo, root: &Path) -> Result<PathBuf,
         return Ok(target);
     }
     fs::create_dir_all(root).map_err(io_err(root, "creating the extraction root"))?;
+    // `.tmp-*`, like package::extract's folders: the daemon sweeps them at start.
     let temp = root.join(format!(
-        ".{sha}.py.{}.{}",
+        ".tmp-py-{sha}-{}-{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

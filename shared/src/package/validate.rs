@@ -34,8 +34,8 @@ pub(crate) fn layout(
         EngineKind::Native => native(&files, &target.rid, library),
         EngineKind::DotNet => dotnet(&files, target.dotnet_major, library),
         // Not an archive: inspect() hands Python source to python_source first.
-        EngineKind::Python => Err(Problem::PythonSource(
-            "Python source is not a package archive".into(),
+        EngineKind::Python | EngineKind::PythonWheel => Err(Problem::PythonSource(
+            "python code is not checked by the nupkg layout rules".into(),
         )),
     };
     match found {

@@ -1307,7 +1307,9 @@ fn to_protocol_engine(e: wm_shared::package::EngineKind) -> EngineKind {
     match e {
         wm_shared::package::EngineKind::Native => EngineKind::Native,
         wm_shared::package::EngineKind::DotNet => EngineKind::DotNet,
-        wm_shared::package::EngineKind::Python => EngineKind::Python,
+        wm_shared::package::EngineKind::Python | wm_shared::package::EngineKind::PythonWheel => {
+            EngineKind::Python
+        }
     }
 }
 

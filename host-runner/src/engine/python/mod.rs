@@ -235,8 +235,13 @@ impl Engine for PythonEngine {
             services: self.services.clone(),
         });
         // The package folder is on sys.path for a wheel's vendored modules (the folder holds
-        // only the package's own files).
-        let extra: Vec<String> = vec![spec.package_dir.to_string_lossy().into_owned()];
+        // only the package's own files), then the dependencies the supervisor installed.
+        let mut extra: Vec<String> = Vec::new();
+        let deps = wm_shared::package::python_wheel::deps_dir(&spec.package_dir);
+        if deps.is_dir() {
+            extra.push(deps.to_string_lossy().into_owned());
+        }
+        extra.push(spec.package_dir.to_string_lossy().into_owned());
         let _current = native::enter(&ctx, 0);
         Python::attach(|py| {
             let out = rt
