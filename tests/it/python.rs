@@ -75,6 +75,10 @@ def Process(event):
         return {"data": "no type or source"}
     if kind == "text":
         return {"type": "py.text", "data": event["data"]}
+    if kind == "sleep":
+        import time
+        time.sleep(0.6)  # releases the GIL
+        return {"type": "py.slept", "data": event["id"]}
     if kind == "dynamic-import":
         import importlib
         importlib.import_module("o" + "s")
@@ -279,6 +283,20 @@ fn python_workers_follow_the_documented_contract() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // maxConcurrency 2: two calls that release the GIL (time.sleep) overlap.
+    let t0 = std::time::Instant::now();
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| call("sleep", json!(null)).status);
+        let b = s.spawn(|| call("sleep", json!(null)).status);
+        (a.join().unwrap_or(0), b.join().unwrap_or(0))
+    });
+    assert_eq!((a, b), (200, 200));
+    assert!(
+        t0.elapsed() < Duration::from_millis(1100),
+        "two 0.6 s sleeps took {:?}: they did not overlap",
+        t0.elapsed()
+    );
 
     // async def Process is awaited.
     let a = worker(&d, "py.async", ASYNC, json!({}));
