@@ -343,6 +343,18 @@ def Process(event):
     return {"type": "py.segv.ok", "data": "fine"}
 "#;
 
+const ESCAPE: &str = r#"
+def Process(event):
+    what = event.get("subject")
+    if what == "write":
+        with open("/etc/wm-python-escape", "w") as f:
+            f.write("x")
+    if what == "socket":
+        import _socket  # not on the blocked list: the sandbox is the boundary
+        _socket.socket()
+    return {"type": "py.escape.ok", "data": what}
+"#;
+
 const NEIGHBOUR: &str = r#"
 def Process(event):
     return {"type": "py.neighbour", "data": event["data"]}
@@ -385,6 +397,32 @@ fn python_failures_stay_contained() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // The sandbox, not the import policy, is the boundary: a write outside the temp folder
+    // fails (read-only mount namespace); a socket ends the host by SIGSYS, named in the error.
+    let esc = worker(&d, "py.escape", ESCAPE, json!({}));
+    let mut ev = event("x-1", json!(null));
+    ev["subject"] = json!("write");
+    let r = invoke(&d, &esc, ev);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(
+        r.json()["error"]["errorType"],
+        "worker_error",
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.text().contains("Read-only file system") || r.text().contains("Permission denied"),
+        "{}",
+        r.text()
+    );
+    assert!(!std::path::Path::new("/etc/wm-python-escape").exists());
+    let mut ev = event("x-2", json!(null));
+    ev["subject"] = json!("socket");
+    let r = invoke(&d, &esc, ev);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["error"]["errorType"], "crash", "{}", r.text());
+    assert!(r.text().contains("socket(2)"), "{}", r.text());
 
     // A memory bomb meets the host's RLIMIT_AS as a MemoryError; the host lives on.
     let c = worker(&d, "py.mem", CONTRACT, json!({}));
