@@ -21,6 +21,7 @@
 //! the GIL (waiting in `gateway_call`, `time.sleep`, C extensions that release it).
 
 mod native;
+mod reply;
 
 use std::ffi::CString;
 use std::path::{Component, Path, PathBuf};
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
+use reply::{Reply, reply};
 use wm_shared::{CloudEvent, WorkerResponse};
 
 use super::{Engine, LoadSpec, ProcessOutcome, ResultStatus};
@@ -388,54 +390,5 @@ impl PythonEngine {
             }
             Err(e) => ProcessOutcome::failed(ResultStatus::InvalidResponse, e),
         }
-    }
-}
-
-enum Reply {
-    None,
-    Error(String),
-    Event(Box<CloudEvent>),
-}
-
-/// `_virtufin_host.process`'s answer: `("none",)`, `("error", tb)` or `("ok", fields...)`.
-fn reply(py: Python<'_>, out: &Bound<'_, PyAny>) -> Result<Reply, String> {
-    let _ = py;
-    let t = out.cast::<PyTuple>().map_err(|e| e.to_string())?;
-    let item = |i: usize| t.get_item(i).map_err(|e| e.to_string());
-    let text = |i: usize| -> Result<String, String> {
-        item(i)?.extract::<String>().map_err(|e| e.to_string())
-    };
-    let opt = |i: usize| -> Result<Option<String>, String> {
-        item(i)?
-            .extract::<Option<String>>()
-            .map_err(|e| e.to_string())
-    };
-    match text(0)?.as_str() {
-        "none" => Ok(Reply::None),
-        "error" => Ok(Reply::Error(text(1)?)),
-        "ok" => {
-            let mut ev = CloudEvent::new(text(1)?, text(2)?, text(3)?);
-            ev.specversion = text(4)?;
-            ev.datacontenttype = opt(5)?;
-            ev.dataschema = opt(6)?;
-            ev.subject = opt(7)?;
-            ev.time = opt(8)?;
-            let exts = item(9)?
-                .extract::<Vec<(String, String)>>()
-                .map_err(|e| e.to_string())?;
-            for (k, v) in exts {
-                ev.set_extension(k.clone(), v)
-                    .map_err(|e| format!("reply attribute {k:?}: {e}"))?;
-            }
-            let data = item(10)?;
-            if !data.is_none() {
-                let b = data.cast::<PyBytes>().map_err(|e| e.to_string())?;
-                ev.data = Some(b.as_bytes().to_vec());
-            }
-            Ok(Reply::Event(Box::new(ev)))
-        }
-        other => Err(format!(
-            "unexpected answer {other:?} from the host's bootstrap"
-        )),
     }
 }
