@@ -307,6 +307,42 @@ fn python_workers_follow_the_documented_contract() {
     let r = invoke(&d, &a, event("a-2", json!({"n": 2})));
     assert_eq!(r.json()["data"]["doubled"], 4, "{}", r.text());
 
+    // Hot reload: the new version replaces the old one in the running host; its module stays
+    // importable by name (pickle looks classes up in sys.modules) after the old one unloads.
+    let v2 = "import dataclasses, pickle\n\n@dataclasses.dataclass\nclass Box:\n    n: int\n\n\
+              def Process(event):\n    return {\"type\": \"py.v2\", \
+              \"data\": pickle.loads(pickle.dumps(Box(7))).n}\n";
+    let r = d.send_json(
+        "POST",
+        &format!("/v1/workers/{echo}/code"),
+        &json!({"codeSource": {"content": base64::engine::general_purpose::STANDARD.encode(v2)}}),
+    );
+    assert_eq!(r.status, 200, "reload: {}", r.text());
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let r = invoke(&d, &echo, event("v2-1", json!(null)));
+        assert_eq!(r.status, 200, "{}", r.text());
+        if r.json()["type"] == "py.v2" {
+            assert_eq!(r.json()["data"], 7);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reload never took: {}",
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let r = invoke(&d, &echo, event("v2-2", json!(null)));
+    assert_eq!(
+        r.status,
+        200,
+        "after the old version unloaded: {}",
+        r.text()
+    );
+    assert_eq!(r.json()["data"], 7);
+
     // Python hosts are dedicated by default and show their engine and the python seccomp layer.
     let hosts = d.get("/v1/hosts").json();
     let py_hosts: Vec<&Value> = hosts["hosts"]

@@ -76,11 +76,19 @@ def _guarded_import_module(name, package=None):
     return _REAL_IMPORT_MODULE(name, package)
 
 
+_loads = 0
+
+
 def load(worker_id, source, filename, extra_paths):
     for p in extra_paths:
         if p not in sys.path:
             sys.path.insert(0, p)
+    # One name per load: a hot reload loads the new version beside the old one, and the old
+    # one's unload must not take the new one's sys.modules entry with it.
+    global _loads
+    _loads += 1
     name = "virtufin_worker_" + "".join(c if c.isalnum() else "_" for c in worker_id)
+    name += f"_v{_loads}"
     module = types.ModuleType(name)
     module.__file__ = filename
     module.__dict__[_WORKER_MARK] = worker_id
