@@ -270,7 +270,7 @@ fn malformed_and_oversized_input() {
         (415, "unsupported_media_type")
     );
     let mut body = create_body(b"x");
-    body["mimeType"] = json!("application/x-python");
+    body["mimeType"] = json!("application/x-ruby");
     let r = d.send_json("POST", "/v1/workers", &body);
     assert_eq!(
         (r.status, r.error_code().as_str()),
