@@ -118,6 +118,11 @@ settings! {
     "HOST_GATEWAY_CALLS_IN_FLIGHT" [] = "64", "1-4096", "gateway calls of one host served at once; beyond it the daemon stops reading that host's frames until one finishes";
     "HOST_STDERR_LINE_MAX_BYTES" [] = "4096", "256-1048576", "longest host stderr line logged; longer lines are cut and the rest skipped";
     "HOST_STDERR_LINES_PER_SECOND" [] = "200", "1-1000000", "host stderr lines logged per host per second; more are dropped and counted";
+    "PYTHON_BLOCKED_MODULES" [] = "subprocess,os,socket,requests,shutil,multiprocessing,pty,pathlib,urllib,http,ftplib,smtplib,poplib,imaplib,telnetlib,ssl,select,selectors,signal,mmap,fcntl,resource,posix", "comma-separated module names (a name covers its submodules); empty = none", "modules text/x-python workers may not import: checked with Python's ast at create (422 naming module and line) and by an import hook at run time";
+    "PYTHON_DEFAULT_INDEX_URL" [] = "", "a package index URL (PEP 503 simple API, http(s) or file:); empty = pip's default index; none = no index (PYTHON_FIND_LINKS only)", "where the dependencies of application/x-python wheels (Requires-Dist) are installed from, by the daemon with pip";
+    "PYTHON_FIND_LINKS" [] = "", "comma-separated folders or URLs of wheels; empty = none", "extra places pip looks for wheel dependencies (pip --find-links)";
+    "PYTHON_ALLOWED_PACKAGES" [] = "", "comma-separated project names; empty = any", "the only projects a wheel's dependencies (direct and transitive) may be; anything else refuses the create with 422";
+    "PYTHON_DEPENDENCY_INSTALL_TIMEOUT_SECONDS" [] = "60", "1-3600", "how long installing one wheel's dependencies may take; longer refuses the create with 422";
 }
 
 /// Where a value came from (for error messages).
@@ -494,6 +499,32 @@ pub struct Config {
     pub heartbeat: Option<Duration>,
     /// Limits on what hosts may send.
     pub host_input: HostInputSettings,
+    /// `PYTHON_BLOCKED_MODULES`: the Python engine's import policy.
+    pub python_blocked_modules: Vec<String>,
+    /// How wheel dependencies are installed (`PYTHON_DEFAULT_INDEX_URL` and friends).
+    pub python_deps: crate::python_deps::DepsSettings,
+}
+
+/// A comma-separated list of dotted module names (`os`, `asyncio.subprocess`).
+fn python_modules(text: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for m in text.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        let ok = m.split('.').all(|part| {
+            let mut c = part.chars();
+            c.next()
+                .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+                && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        });
+        if !ok {
+            return Err(format!(
+                "comma-separated dotted module names such as os,subprocess; {m:?} is not one"
+            ));
+        }
+        if !out.iter().any(|o| o == m) {
+            out.push(m.to_string());
+        }
+    }
+    Ok(out)
 }
 
 /// Parses `true/false/1/0/yes/no/on/off` (any case), as the original does.
@@ -734,6 +765,28 @@ impl Config {
                 gateway_calls_in_flight: u32_in("HOST_GATEWAY_CALLS_IN_FLIGHT", 1, 4096)?,
                 stderr_line_max_bytes: u32_in("HOST_STDERR_LINE_MAX_BYTES", 256, 1 << 20)?,
                 stderr_lines_per_second: u32_in("HOST_STDERR_LINES_PER_SECOND", 1, 1_000_000)?,
+            },
+            python_blocked_modules: python_modules(raw.get("PYTHON_BLOCKED_MODULES").0)
+                .map_err(|e| invalid("PYTHON_BLOCKED_MODULES", &e))?,
+            python_deps: crate::python_deps::DepsSettings {
+                index_url: raw.get("PYTHON_DEFAULT_INDEX_URL").0.trim().to_string(),
+                find_links: raw
+                    .get("PYTHON_FIND_LINKS")
+                    .0
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+                allowed: raw
+                    .get("PYTHON_ALLOWED_PACKAGES")
+                    .0
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(wm_shared::package::python_wheel::normalize_name)
+                    .collect(),
+                timeout: secs("PYTHON_DEPENDENCY_INSTALL_TIMEOUT_SECONDS", 1, 3600)?,
             },
         })
     }

@@ -376,6 +376,12 @@ impl Control {
         .await
         .map_err(|e| ApiError::Internal(format!("package check task failed: {e}")))?;
         let info = info.map_err(package_error)?;
+        if engine == EngineKind::Python {
+            self.check_python_imports(&bytes).await?;
+        }
+        if engine == EngineKind::PythonWheel {
+            self.install_python_deps(&bytes, &info).await?;
+        }
         let code = CodeRef {
             sha256: crate::codestore::sha256_hex(&bytes),
             size: bytes.len() as u64,
@@ -383,6 +389,49 @@ impl Control {
             url,
         };
         Ok((bytes, code, info))
+    }
+
+    /// `text/x-python`: 422 naming each blocked import and its line (`PYTHON_BLOCKED_MODULES`).
+    async fn check_python_imports(&self, source: &[u8]) -> Result<(), ApiError> {
+        match crate::python_policy::check(source, &self.config.python_blocked_modules).await {
+            Ok(problems) if problems.is_empty() => Ok(()),
+            Ok(problems) => Err(ApiError::InvalidPackage(problems)),
+            Err(e) => {
+                tracing::error!(error = %e, "python import check failed");
+                Err(ApiError::Unavailable(format!(
+                    "the Python import check could not run on this server: {e}"
+                )))
+            }
+        }
+    }
+
+    /// `application/x-python`: the wheel's `Requires-Dist` installed next to where it will be
+    /// extracted; 422 naming the dependency and pip's words when that fails.
+    async fn install_python_deps(&self, bytes: &[u8], info: &PackageInfo) -> Result<(), ApiError> {
+        let meta =
+            package::python_wheel::read_metadata(bytes, &self.limits).map_err(package_error)?;
+        let target = package::python_wheel::deps_dir(&self.codes.package_dir(&info.sha256));
+        let started = std::time::Instant::now();
+        match crate::python_deps::install(&meta.requires_dist, &target, &self.config.python_deps)
+            .await
+        {
+            Ok(done) => {
+                tracing::info!(
+                    wheel = %meta.name,
+                    sha256 = %info.sha256,
+                    requires = ?meta.requires_dist,
+                    installed = ?done.projects,
+                    reused = done.reused,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "python wheel dependencies ready"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(wheel = %meta.name, error = %e, "python wheel dependencies refused");
+                Err(ApiError::InvalidPackage(vec![e.to_string()]))
+            }
+        }
     }
 
     /// With `PACKAGE_TRUSTED_KEYS` set: the package needs a minisign signature by one of

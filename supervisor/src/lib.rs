@@ -34,6 +34,8 @@ pub mod listen;
 pub mod metrics;
 pub mod package_guard;
 pub mod pool;
+pub mod python_deps;
+pub mod python_policy;
 pub mod registry;
 pub mod runtime;
 pub mod sandbox_plan;

@@ -23,10 +23,12 @@ use wm_shared::CloudEvent;
 pub use wm_shared::package::{EngineKind, PackageInfo};
 
 /// Every engine, in the order `/v1/engines` lists them.
-pub const ENGINES: [EngineKind; 3] = [
+pub const ENGINES: [EngineKind; 5] = [
     EngineKind::Native,
     EngineKind::DotNet,
     EngineKind::CSharpSource,
+    EngineKind::Python,
+    EngineKind::PythonWheel,
 ];
 
 /// The language name the API shows for an engine (the original's registered names).
@@ -36,6 +38,8 @@ pub fn language(engine: EngineKind) -> &'static str {
         EngineKind::DotNet => "C#",
         // The original's registered name for CSharpSourceEngine.
         EngineKind::CSharpSource => "C#",
+        EngineKind::Python => "Python",
+        EngineKind::PythonWheel => "Python Bundle",
     }
 }
 

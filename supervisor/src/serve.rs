@@ -314,6 +314,7 @@ fn pool_config(
                 line_max_bytes: config.host_input.stderr_line_max_bytes as usize,
                 lines_per_second: config.host_input.stderr_lines_per_second,
             },
+            python_blocked_modules: config.python_blocked_modules.clone(),
         },
         shared_hosts_per_engine: config.shared_hosts_per_engine as usize,
         respawn_backoff_base: config.host_respawn_backoff,
@@ -351,6 +352,7 @@ fn engines(host_runner: &std::path::Path) -> Vec<EngineInfo> {
                 EngineKind::DotNet => dotnet_unavailable(host_runner),
                 EngineKind::CSharpSource => dotnet_unavailable(host_runner)
                     .or_else(|| crate::csharp_source::roslyn_unavailable(host_runner)),
+                EngineKind::Python | EngineKind::PythonWheel => python_unavailable(host_runner),
             });
             EngineInfo {
                 mime: engine.mime().to_string(),
@@ -360,6 +362,35 @@ fn engines(host_runner: &std::path::Path) -> Vec<EngineInfo> {
             }
         })
         .collect()
+}
+
+/// Why the Python engine cannot run here, if it cannot: a host-runner built without the
+/// `python` feature (it says which engines it has: `host-runner --engines`), or no python3
+/// for the import check at create.
+fn python_unavailable(host_runner: &std::path::Path) -> Option<String> {
+    let out = match std::process::Command::new(host_runner)
+        .arg("--engines")
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            return Some(format!(
+                "cannot run {} --engines: {e}",
+                host_runner.display()
+            ));
+        }
+    };
+    let engines = String::from_utf8_lossy(&out.stdout);
+    if !engines.lines().any(|l| l.trim() == "python") {
+        return Some(format!(
+            "this host-runner ({}) was built without the python engine (cargo feature `python`, \
+             which links libpython3.11: apt-get install python3-dev, then rebuild); it has: {}",
+            host_runner.display(),
+            engines.split_whitespace().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    None
 }
 
 /// Why the .NET engine cannot run here, if it cannot: no runtime (every path searched is

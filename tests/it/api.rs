@@ -161,6 +161,8 @@ fn seed_walkthrough_and_lifecycle() {
         "application/x-native-dll",
         "application/x-dotnet-dll",
         "text/x-csharp",
+        "text/x-python",
+        "application/x-python",
     ] {
         assert!(mimes.contains(&mime), "{mime} in {engines:#}");
     }
@@ -278,7 +280,7 @@ fn malformed_and_oversized_input() {
         (415, "unsupported_media_type")
     );
     let mut body = create_body(b"x");
-    body["mimeType"] = json!("application/x-python");
+    body["mimeType"] = json!("application/x-ruby");
     let r = d.send_json("POST", "/v1/workers", &body);
     assert_eq!(
         (r.status, r.error_code().as_str()),

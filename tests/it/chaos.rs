@@ -101,6 +101,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct W {
     name: &'static str,
     dotnet: bool,
+    /// A `text/x-python` worker (CHAOS_PY): `dotnet` is false then.
+    python: bool,
     dedicated: bool,
     hostile: bool,
     /// Topic its replies go to.
@@ -112,6 +114,7 @@ fn workers() -> Vec<W> {
     let w = |name, dotnet, dedicated, hostile, reply_topic, extra| W {
         name,
         dotnet,
+        python: false,
         dedicated,
         hostile,
         reply_topic,
@@ -143,8 +146,30 @@ fn workers() -> Vec<W> {
         // The shared .NET host: Echo (healthy) next to Hostile.
         w("dn.ok", true, false, false, "echo.reply", json!({})),
         w("dn.bad", true, false, true, "hostile.ok", json!({})),
+        // One shared python host (one interpreter): a healthy echo next to a hostile worker.
+        W {
+            python: true,
+            ..w("py.ok", false, false, false, "py.ok.reply", json!({}))
+        },
+        W {
+            python: true,
+            ..w("py.bad", false, false, true, "py.bad.reply", json!({}))
+        },
     ]
 }
+
+/// The python workers' source: echo, or on request an exception or a segfault through ctypes.
+const CHAOS_PY: &str = r#"
+import ctypes
+
+def Process(event):
+    data = event["data"]
+    if data == "segv":
+        ctypes.string_at(0)
+    if data == "error":
+        raise RuntimeError("asked to fail")
+    return {"type": event["type"] + ".reply", "data": data}
+"#;
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -152,6 +177,7 @@ fn b64(bytes: &[u8]) -> String {
 
 fn create_worker(d: &Daemon, w: &W, native_pkg: &[u8], echo: &[u8], hostile: &[u8]) -> String {
     let (mime, pkg) = match (w.dotnet, w.hostile) {
+        _ if w.python => ("text/x-python", CHAOS_PY.as_bytes()),
         (false, _) => ("application/x-native-dll", native_pkg),
         (true, false) => ("application/x-dotnet-dll", echo),
         (true, true) => ("application/x-dotnet-dll", hostile),
@@ -392,16 +418,19 @@ const CYCLE: &[Fault] = &[
     Fault::Poison("dn.bad", "failfast"),
     Fault::Poison("n.bad", "error"),
     Fault::Kill("n.ok1"),
+    Fault::Poison("py.bad", "segv"),
     Fault::Poison("d.bad", "oom"),
     Fault::Poison("n.bad", "fail"),
     Fault::Kill("dn.ok"),
     Fault::Poison("n.bad", "exit"),
     Fault::Kill("d.bad"),
     Fault::Poison("dn.bad", "recurse"),
+    Fault::Kill("py.ok"),
     Fault::Hang,
     Fault::Poison("n.bad", "stack"),
     Fault::Poison("d.bad", "stack"),
     Fault::Poison("d.bad", "error"),
+    Fault::Poison("py.bad", "error"),
     Fault::Kill("n.ok1"),
 ];
 
@@ -472,6 +501,8 @@ fn inject(d: &Daemon, ledger: &Ledger, run: &mut Run, fault: Fault) {
     let neighbour_of = |w: &str| {
         if w.starts_with("dn.") {
             "dn.ok"
+        } else if w.starts_with("py.") {
+            "py.ok"
         } else {
             "n.ok1"
         }

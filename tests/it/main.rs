@@ -14,6 +14,7 @@ mod csharp_source;
 mod dotnet_daemon;
 mod failures;
 mod host_limits;
+mod python;
 mod runtime;
 mod sandbox_layers;
 mod security;

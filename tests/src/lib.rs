@@ -12,6 +12,7 @@ pub mod native;
 pub mod nupkg;
 pub mod procs;
 pub mod sse;
+pub mod wheel;
 
 use std::path::{Path, PathBuf};
 

@@ -9,6 +9,8 @@
 pub mod dotnet;
 pub mod env;
 pub mod native;
+#[cfg(feature = "python")]
+pub mod python;
 
 use std::path::PathBuf;
 

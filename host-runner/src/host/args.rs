@@ -4,9 +4,10 @@ use std::os::fd::RawFd;
 
 use crate::sandbox;
 
-/// The command line: `host-runner --ring-fd 3 --engine native|dotnet --host-id <id>
+/// The command line: `host-runner --ring-fd 3 --engine native|dotnet|python --host-id <id>
 /// [--rlimit-as <bytes>] [--gc-heap-hard-limit <bytes>] [--rlimit-nofile <n>] [--uid <uid> --gid <gid>]
-/// [--tmp-dir <dir>] [--no-seccomp] [--no-landlock] [--prestart] [--no-spin]`.
+/// [--tmp-dir <dir>] [--no-seccomp] [--no-landlock] [--prestart] [--no-spin]
+/// [--python-blocked-modules <a,b,...>]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
     pub ring_fd: RawFd,
@@ -29,13 +30,15 @@ pub struct Args {
     pub gc_heap_hard_limit: Option<u64>,
     /// Never spin while waiting (measurement only: the callgrind guard test).
     pub no_spin: bool,
+    /// The python engine's import policy (`PYTHON_BLOCKED_MODULES`), comma-separated.
+    pub python_blocked_modules: Vec<String>,
 }
 
 /// A command line the host cannot run with.
 #[derive(Debug, thiserror::Error)]
 pub enum ArgsError {
     #[error(
-        "missing {0}; the supervisor starts host-runner with --ring-fd 3 --engine <native|dotnet> --host-id <id>"
+        "missing {0}; the supervisor starts host-runner with --ring-fd 3 --engine <native|dotnet|python> --host-id <id>"
     )]
     Missing(&'static str),
     #[error("{flag} needs a value")]
@@ -66,6 +69,7 @@ impl Args {
             prestart: false,
             gc_heap_hard_limit: None,
             no_spin: false,
+            python_blocked_modules: Vec::new(),
         };
         let (mut uid, mut gid) = (None, None);
         while let Some(flag) = it.next() {
@@ -104,6 +108,14 @@ impl Args {
                     gid = Some(number(&flag, v)?);
                 }
                 "--tmp-dir" => a.tmp_dir = Some(value(&flag)?.into()),
+                "--python-blocked-modules" => {
+                    a.python_blocked_modules = value(&flag)?
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|m| !m.is_empty())
+                        .map(String::from)
+                        .collect();
+                }
                 "--no-seccomp" => a.seccomp = false,
                 "--no-landlock" => a.landlock = false,
                 "--prestart" => a.prestart = true,
@@ -157,6 +169,12 @@ mod tests {
         assert_eq!(a.host_id, "h1");
         assert_eq!(a.rlimit_as, Some(1000));
         assert!(a.seccomp && !a.landlock);
+        assert!(a.python_blocked_modules.is_empty());
+        let p = parse(
+            "--ring-fd 3 --engine python --host-id h --python-blocked-modules os,,subprocess",
+        )
+        .expect("parses");
+        assert_eq!(p.python_blocked_modules, ["os", "subprocess"]);
     }
 
     #[test]

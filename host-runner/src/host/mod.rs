@@ -23,6 +23,13 @@ use wm_shared::protocol::{self, Message};
 
 /// How long a frame send may wait for room in the ring before giving up.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The engines this build can run (`--engine`).
+pub const SUPPORTED_ENGINES: &[&str] = &[
+    "native",
+    "dotnet",
+    #[cfg(feature = "python")]
+    "python",
+];
 /// Bytes of a `ProcessResult` frame besides the response (ids, strings, FlatBuffer overhead).
 const RESULT_OVERHEAD: usize = 64 * 1024;
 
@@ -43,6 +50,11 @@ pub fn main() -> u8 {
         println!("host-runner {}", env!("CARGO_PKG_VERSION"));
         return exit::OK;
     }
+    // The supervisor asks which engines this build has (/v1/engines).
+    if argv.first().map(String::as_str) == Some("--engines") {
+        println!("{}", SUPPORTED_ENGINES.join("\n"));
+        return exit::OK;
+    }
     let args = match Args::parse(argv) {
         Ok(a) => a,
         Err(e) => {
@@ -56,9 +68,13 @@ pub fn main() -> u8 {
     let kind = match args.engine.as_str() {
         "native" => protocol::EngineKind::Native,
         "dotnet" => protocol::EngineKind::DotNet,
+        #[cfg(feature = "python")]
+        "python" => protocol::EngineKind::Python,
         other => {
             log(&format!(
-                "engine {other:?} is not built into this host-runner (supported: native, dotnet)"
+                "engine {other:?} is not built into this host-runner (supported: {}); the \
+                 python engine needs a build with the `python` feature (libpython3.11)",
+                SUPPORTED_ENGINES.join(", ")
             ));
             return exit::USAGE;
         }
@@ -99,6 +115,7 @@ pub fn main() -> u8 {
         seccomp: args.seccomp,
         profile: match kind {
             protocol::EngineKind::DotNet => sandbox::seccomp::Profile::DotNet,
+            protocol::EngineKind::Python => sandbox::seccomp::Profile::Python,
             _ => sandbox::seccomp::Profile::Native,
         },
         landlock: args.landlock,
@@ -153,6 +170,17 @@ pub fn main() -> u8 {
                 engine
             })
         }
+        #[cfg(feature = "python")]
+        protocol::EngineKind::Python => {
+            let config = crate::engine::python::PythonConfig {
+                blocked_modules: args.python_blocked_modules.clone(),
+            };
+            start_engine(&region, &report, kind, |services, max_response| {
+                crate::engine::python::PythonEngine::new(config, services, max_response)
+            })
+        }
+        #[cfg(not(feature = "python"))]
+        protocol::EngineKind::Python => exit::USAGE,
     };
     region.set_host_state(HostState::Exited);
     region.mark_closed(Side::Host);

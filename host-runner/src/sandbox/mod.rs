@@ -205,6 +205,7 @@ pub fn enter(cfg: &SandboxConfig) -> Result<SandboxReport, SandboxError> {
         report.took(match cfg.profile {
             seccomp::Profile::Native => "seccomp:native",
             seccomp::Profile::DotNet => "seccomp:dotnet",
+            seccomp::Profile::Python => "seccomp:python",
         });
     } else {
         log("seccomp disabled by --no-seccomp (debugging only)");

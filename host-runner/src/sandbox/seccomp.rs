@@ -69,6 +69,10 @@ const TARGET: TargetArch = TargetArch::aarch64;
 pub enum Profile {
     /// Native `.so` plugins: glibc, libstdc++ and the host-runner itself.
     Native,
+    /// CPython (the `python` engine): the native set plus `socketpair(AF_UNIX)`, the self-pipe
+    /// of an asyncio event loop (`async def Process`), and I/O on such a pair (send, recv,
+    /// get/setsockopt, getsockname, shutdown); never `socket`, `connect`, `bind` or `accept`.
+    Python,
     /// CoreCLR with its JIT and GC on top of the native set.
     DotNet,
 }
@@ -79,6 +83,7 @@ impl Profile {
         match self {
             Profile::Native => "native",
             Profile::DotNet => "dotnet",
+            Profile::Python => "python",
         }
     }
 }
@@ -165,7 +170,7 @@ fn prelude(profile: Profile) -> BpfProgram {
         jump(BPF_JMP_JEQ_K, libc::SYS_clone3 as u32, 0, 1),
         stmt(BPF_RET_K, enosys),
     ];
-    if profile == Profile::Native {
+    if profile != Profile::DotNet {
         // if nr != rt_sigaction: allow
         // if signum not in GUARDED_SIGNALS: allow
         // if act == NULL (both halves zero): allow (a read of the current action)
@@ -404,6 +409,19 @@ const PRCTL_ALLOWED: [libc::c_int; 14] = [
     0x53564d41, // PR_SET_VMA: glibc names its anonymous mappings
 ];
 
+/// Calls on an existing socket the python profile allows (see `allow_list`).
+const PYTHON_SOCKET_IO: [libc::c_long; 9] = [
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
+    libc::SYS_shutdown,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+];
+
 /// Namespace flags `clone` must not carry even with CLONE_THREAD.
 const CLONE_NAMESPACES: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWUTS
@@ -450,7 +468,18 @@ fn allow_list(profile: Profile, own_pid: i32) -> Result<BpfProgram, SandboxError
     rules.insert(libc::SYS_prlimit64, any_of(0, &[0, own])?);
     #[cfg(target_arch = "x86_64")]
     rules.insert(libc::SYS_setrlimit, Vec::new());
-    if profile == Profile::Native {
+    if profile == Profile::Python {
+        // asyncio's event loop wakes itself through socket.socketpair(): an anonymous pair
+        // of Unix sockets inside the process, which reaches nothing outside it.
+        rules.insert(libc::SYS_socketpair, any_of(0, &[libc::AF_UNIX as u64])?);
+        // Python's socket objects query and use that pair. With socket, connect, bind,
+        // listen and accept forbidden, and every inherited fd closed at step 1, such a pair
+        // is the only socket these calls can ever reach.
+        for nr in PYTHON_SOCKET_IO {
+            rules.insert(nr, Vec::new());
+        }
+    }
+    if profile != Profile::DotNet {
         for nr in [
             libc::SYS_sched_setaffinity,
             libc::SYS_sched_setscheduler,
@@ -540,6 +569,10 @@ pub fn is_listed(profile: Profile, nr: libc::c_long) -> bool {
     ];
     #[cfg(target_arch = "x86_64")]
     conditional.extend([libc::SYS_dup2, libc::SYS_setrlimit]);
+    if profile == Profile::Python {
+        conditional.push(libc::SYS_socketpair);
+        conditional.extend(PYTHON_SOCKET_IO);
+    }
     unconditional(profile).contains(&nr) || conditional.contains(&nr)
 }
 
@@ -629,7 +662,7 @@ mod tests {
 
     #[test]
     fn what_the_engines_need_is_allowed() {
-        for profile in [Profile::Native, Profile::DotNet] {
+        for profile in [Profile::Native, Profile::DotNet, Profile::Python] {
             let (status, out) = in_filtered_child(profile, |report| {
                 // SAFETY: (whole probe) each call passes integers or pointers to live locals.
                 unsafe {
@@ -702,7 +735,7 @@ mod tests {
             }
             // Only the native profile guards the crash handler (CoreCLR installs its own).
             let want = match profile {
-                Profile::Native => -(libc::EPERM as i64),
+                Profile::Native | Profile::Python => -(libc::EPERM as i64),
                 Profile::DotNet => 0,
             };
             assert_eq!(
@@ -838,8 +871,13 @@ mod tests {
 
     #[test]
     fn every_forbidden_call_ends_the_process_with_sigsys() {
-        for profile in [Profile::Native, Profile::DotNet] {
+        for profile in [Profile::Native, Profile::DotNet, Profile::Python] {
             for name in FORBIDDEN {
+                // asyncio's self-pipe: the one socket call the Python profile allows
+                // (`python_allows_only_a_unix_socketpair` checks the other families).
+                if profile == Profile::Python && *name == "socketpair" {
+                    continue;
+                }
                 // A fn pointer cannot capture; pass the name through a static slot (the
                 // forked child sees the parent's value).
                 static CALL: std::sync::Mutex<&str> = std::sync::Mutex::new("");
@@ -880,8 +918,31 @@ mod tests {
     #[test]
     fn the_lists_name_what_the_filters_allow() {
         assert!(is_listed(Profile::Native, libc::SYS_futex));
+        assert!(!is_listed(Profile::Python, libc::SYS_socket));
+        assert!(is_listed(Profile::Python, libc::SYS_socketpair));
+        assert!(!is_listed(Profile::Native, libc::SYS_socketpair));
         assert!(!is_listed(Profile::Native, libc::SYS_socket));
         assert!(!is_listed(Profile::DotNet, libc::SYS_execve));
         assert!(is_listed(Profile::DotNet, libc::SYS_membarrier));
+    }
+
+    #[test]
+    fn python_allows_only_a_unix_socketpair() {
+        let (status, out) = in_filtered_child(Profile::Python, |report| {
+            let mut f = [0; 2];
+            // SAFETY: socketpair writes two ints into the live local array.
+            let unix =
+                unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, f.as_mut_ptr()) };
+            report("unix", errno_of(unix as i64));
+            // SAFETY: as above; the filter traps this call before the kernel sees it.
+            let inet =
+                unsafe { libc::socketpair(libc::AF_INET, libc::SOCK_STREAM, 0, f.as_mut_ptr()) };
+            report("inet", errno_of(inet as i64));
+        });
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "an AF_INET socketpair must end the host with SIGSYS (status {status:#x}): {out}"
+        );
+        assert!(out.contains("unix=0") && !out.contains("inet"), "{out}");
     }
 }

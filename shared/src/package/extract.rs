@@ -38,6 +38,9 @@ pub fn extract(
             actual,
         });
     }
+    if info.engine == EngineKind::Python {
+        return super::python_source::extract(bytes, info, root);
+    }
     let sha = info.sha256.as_str();
     let io_err = |path: &Path, step: &'static str| {
         let path = path.to_path_buf();
@@ -102,6 +105,10 @@ fn wanted_entries(
                 EngineKind::DotNet => path.starts_with(library_dir) && !library_dir.is_empty(),
                 // Source is not a package (`csharp_source`); nothing here is taken.
                 EngineKind::CSharpSource => false,
+                // Not an archive: extract() hands Python source to python_source first.
+                EngineKind::Python => false,
+                // The whole wheel: worker.py, the modules it vendors, its dist-info.
+                EngineKind::PythonWheel => true,
             };
         if !take {
             continue;

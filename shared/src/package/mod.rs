@@ -29,6 +29,8 @@ pub mod csharp_source;
 mod extract;
 mod nupkg;
 mod nuspec;
+pub mod python_source;
+pub mod python_wheel;
 mod validate;
 
 use std::fmt;
@@ -53,6 +55,12 @@ pub enum EngineKind {
     DotNet,
     /// `text/x-csharp`: one UTF-8 C# source file, compiled by a .NET host ([`csharp_source`]).
     CSharpSource,
+    /// `text/x-python`: Python source with a module-level `Process(event)`, run by the
+    /// host-runner's embedded CPython (see [`python_source`]).
+    Python,
+    /// `application/x-python`: a wheel with `worker.py` and its `Requires-Dist` (see
+    /// [`python_wheel`]); runs on the same python hosts.
+    PythonWheel,
 }
 
 impl EngineKind {
@@ -65,6 +73,10 @@ impl EngineKind {
             Some(EngineKind::DotNet)
         } else if mime.eq_ignore_ascii_case("text/x-csharp") {
             Some(EngineKind::CSharpSource)
+        } else if mime.eq_ignore_ascii_case("text/x-python") {
+            Some(EngineKind::Python)
+        } else if mime.eq_ignore_ascii_case("application/x-python") {
+            Some(EngineKind::PythonWheel)
         } else {
             None
         }
@@ -76,6 +88,8 @@ impl EngineKind {
             EngineKind::Native => "application/x-native-dll",
             EngineKind::DotNet => "application/x-dotnet-dll",
             EngineKind::CSharpSource => "text/x-csharp",
+            EngineKind::Python => "text/x-python",
+            EngineKind::PythonWheel => "application/x-python",
         }
     }
 }
@@ -488,6 +502,11 @@ pub enum Problem {
         library: String,
         dlls: Vec<String>,
     },
+
+    // ---- Python source (`text/x-python`) ----
+    /// The source breaks a rule (encoding, NUL byte, no `Process`); the text says which.
+    #[error("{0}")]
+    PythonSource(String),
 }
 
 fn quoted(names: &[String]) -> String {
@@ -569,6 +588,12 @@ pub fn inspect(
     if engine == EngineKind::CSharpSource {
         return csharp_source::inspect(bytes, limits);
     }
+    if engine == EngineKind::Python {
+        return python_source::inspect(bytes, limits);
+    }
+    if engine == EngineKind::PythonWheel {
+        return python_wheel::inspect(bytes, limits);
+    }
     let size = bytes.len() as u64;
     if size > limits.max_package_bytes {
         return Err(PackageError::Invalid {
@@ -621,6 +646,8 @@ mod tests {
             EngineKind::Native,
             EngineKind::DotNet,
             EngineKind::CSharpSource,
+            EngineKind::Python,
+            EngineKind::PythonWheel,
         ] {
             assert_eq!(EngineKind::from_mime(engine.mime()), Some(engine));
         }
@@ -628,7 +655,7 @@ mod tests {
             EngineKind::from_mime(" Application/X-Native-DLL "),
             Some(EngineKind::Native)
         );
-        assert_eq!(EngineKind::from_mime("text/x-python"), None);
+        assert_eq!(EngineKind::from_mime("text/x-ruby"), None);
         assert_eq!(EngineKind::DotNet.to_string(), "application/x-dotnet-dll");
     }
 

@@ -308,7 +308,11 @@ pub(crate) fn apply_rules(
     let version = required(raw.version, "version", problems);
 
     let (abi_version, entry_point, free_result) = match engine {
-        EngineKind::DotNet | EngineKind::CSharpSource => {
+        // Source engines never reach the nuspec rules (inspect() hands them on first).
+        EngineKind::DotNet
+        | EngineKind::CSharpSource
+        | EngineKind::Python
+        | EngineKind::PythonWheel => {
             (1, "Process".to_string(), "FreeResult".to_string())
         }
         EngineKind::Native => {

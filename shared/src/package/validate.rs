@@ -36,6 +36,10 @@ pub(crate) fn layout(
         EngineKind::CSharpSource => Err(Problem::Source {
             reason: "text/x-csharp code is one C# source file, not a package".to_owned(),
         }),
+        // Not an archive: inspect() hands Python source to python_source first.
+        EngineKind::Python | EngineKind::PythonWheel => Err(Problem::PythonSource(
+            "python code is not checked by the nupkg layout rules".into(),
+        )),
     };
     match found {
         Ok(layout) => Some(layout),

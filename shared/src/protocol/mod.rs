@@ -60,6 +60,8 @@ pub enum EngineKind {
     Native,
     /// A .NET assembly.
     DotNet,
+    /// Python source run by CPython embedded in the host.
+    Python,
 }
 
 /// Outcome of one `Process` call, as the host saw it (see the schema for each meaning).
@@ -294,6 +296,7 @@ fn engine_to_fb(e: EngineKind) -> fb::EngineKind {
     match e {
         EngineKind::Native => fb::EngineKind::Native,
         EngineKind::DotNet => fb::EngineKind::DotNet,
+        EngineKind::Python => fb::EngineKind::Python,
     }
 }
 
@@ -301,6 +304,7 @@ fn engine_from_fb(e: fb::EngineKind, message: &'static str) -> Result<EngineKind
     match e {
         fb::EngineKind::Native => Ok(EngineKind::Native),
         fb::EngineKind::DotNet => Ok(EngineKind::DotNet),
+        fb::EngineKind::Python => Ok(EngineKind::Python),
         other => Err(ProtocolError::UnknownEnum {
             message,
             field: "engine",

@@ -13,7 +13,8 @@ fn samples() -> Vec<Message> {
         Message::LoadWorker(LoadWorker {
             request_id: 7,
             worker_id: "w-1".into(),
-            engine: EngineKind::Native,
+            // Native is the schema default (schema_defaults_survive_a_round_trip).
+            engine: EngineKind::Python,
             package_dir: "/var/lib/wm/pkgs/w-1".into(),
             library_path: "lib/libecho.so".into(),
             entry_point: "process".into(),

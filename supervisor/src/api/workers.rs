@@ -374,6 +374,15 @@ pub fn create_command(body: CreateWorkerBody, state: &AppState) -> Result<Create
     }
     crate::control::check_tags(&body.tags)?;
     let isolation = match body.isolation.as_deref() {
+        // A Python host serves one worker unless asked (one interpreter, one GIL: workers
+        // sharing it would take turns).
+        None if matches!(
+            engine,
+            wm_shared::package::EngineKind::Python | wm_shared::package::EngineKind::PythonWheel
+        ) =>
+        {
+            Isolation::Dedicated
+        }
         None => Isolation::Shared,
         Some(s) => Isolation::parse(&s.to_ascii_lowercase()).ok_or_else(|| {
             ApiError::InvalidArgument(format!(

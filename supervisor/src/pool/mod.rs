@@ -1360,12 +1360,16 @@ fn to_protocol_engine(e: wm_shared::package::EngineKind) -> EngineKind {
         wm_shared::package::EngineKind::DotNet | wm_shared::package::EngineKind::CSharpSource => {
             EngineKind::DotNet
         }
+        wm_shared::package::EngineKind::Python | wm_shared::package::EngineKind::PythonWheel => {
+            EngineKind::Python
+        }
     }
 }
 
 fn from_protocol_engine(e: EngineKind) -> wm_shared::package::EngineKind {
     match e {
         EngineKind::DotNet => wm_shared::package::EngineKind::DotNet,
+        EngineKind::Python => wm_shared::package::EngineKind::Python,
         _ => wm_shared::package::EngineKind::Native,
     }
 }
@@ -1373,6 +1377,7 @@ fn from_protocol_engine(e: EngineKind) -> wm_shared::package::EngineKind {
 fn engine_name(e: EngineKind) -> &'static str {
     match e {
         EngineKind::DotNet => "dotnet",
+        EngineKind::Python => "python",
         _ => "native",
     }
 }

@@ -45,6 +45,8 @@ pub struct SpawnConfig {
     pub stderr: super::stderr::StderrLimits,
     /// The sandbox layers beyond the always-on ones.
     pub sandbox: SandboxSettings,
+    /// `PYTHON_BLOCKED_MODULES`, for python hosts' import hook.
+    pub python_blocked_modules: Vec<String>,
 }
 
 /// How hosts are sandboxed, from `SANDBOX_*` and `HOST_UID`/`HOST_GID`.
@@ -420,6 +422,7 @@ fn host_args(cfg: &SpawnConfig, host_id: &str, engine: EngineKind) -> Vec<String
         "--engine".into(),
         match engine {
             EngineKind::DotNet => "dotnet",
+            EngineKind::Python => "python",
             _ => "native",
         }
         .into(),
@@ -453,6 +456,12 @@ fn host_args(cfg: &SpawnConfig, host_id: &str, engine: EngineKind) -> Vec<String
     }
     if !cfg.sandbox.landlock {
         args.push("--no-landlock".into());
+    }
+    if engine == EngineKind::Python {
+        args.extend([
+            "--python-blocked-modules".into(),
+            cfg.python_blocked_modules.join(","),
+        ]);
     }
     args
 }
@@ -560,6 +569,7 @@ mod tests {
                 lines_per_second: 200,
             },
             sandbox: SandboxSettings::default(),
+            python_blocked_modules: vec!["subprocess".into()],
         }
     }
 
