@@ -12,6 +12,7 @@ mod chaos;
 mod containment;
 mod dotnet_daemon;
 mod failures;
+mod grpc;
 mod host_limits;
 mod runtime;
 mod sandbox_layers;
