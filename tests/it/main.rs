@@ -17,3 +17,4 @@ mod host_limits;
 mod runtime;
 mod sandbox_layers;
 mod security;
+mod traces;

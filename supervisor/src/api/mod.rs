@@ -765,7 +765,15 @@ fn reject(e: ApiError) -> Response {
 
 async fn count(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().as_str().to_owned();
-    let resp = next.run(req).await;
+    // The request's span (OpenTelemetry's HTTP server span when traces are exported), named
+    // by the route template, continuing a `traceparent` header.
+    let route = find_policy(&state.security.policies, req.method(), req.uri().path())
+        .map_or("unknown route", |(p, _)| p.path);
+    let span = tracing::info_span!("http.request", otel.name = %format!("{method} {route}"), otel.kind = "server",
+        http.request.method = %method, http.route = route, http.response.status_code = tracing::field::Empty);
+    crate::telemetry::continue_from_headers(&span, req.headers());
+    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    span.record("http.response.status_code", resp.status().as_u16());
     if let Some(Rejected(code)) = resp.extensions().get::<Rejected>() {
         state.control.metrics().rejection(code);
     }

@@ -1,0 +1,166 @@
+//! Traces (issue 16): a daemon exporting to an in-process OTLP receiver (a tonic server of the
+//! OTLP trace collector service from `opentelemetry-proto`). One event published with a W3C
+//! `traceparent` gives one trace: publish -> dispatch -> the host call (with the host's pid
+//! and the worker id) -> the reply's publish, and the reply event carries `traceparent` in
+//! that trace.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use serde_json::json;
+use wm_testkit::daemon::{Daemon, DaemonOptions};
+use wm_testkit::native::{Build, Lang};
+use wm_testkit::nupkg;
+use wm_testkit::sse::Sse;
+
+/// Collects every span exported to it.
+#[derive(Clone, Default)]
+struct Receiver(Arc<Mutex<Vec<Span>>>);
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().unwrap();
+        for rs in req.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+fn attr<'a>(s: &'a Span, key: &str) -> Option<&'a AnyValue> {
+    s.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+#[test]
+fn one_trace_from_publish_to_reply_with_the_host_call_in_it() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let receiver = Receiver::default();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let otlp = listener.local_addr().unwrap();
+    let incoming = futures_util::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| s);
+        Some((r, l))
+    });
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(receiver.clone()))
+        .serve_with_incoming(incoming);
+    rt.spawn(server);
+
+    let d = Daemon::start(
+        DaemonOptions::default()
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{otlp}"))
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    );
+    assert!(
+        d.log().contains("exporting traces over OTLP/gRPC"),
+        "{}",
+        d.log()
+    );
+    let so = Build::plugin("chaos", Lang::C, &["chaos.c"]).build();
+    let pkg = nupkg::native(
+        "Chaos.Worker",
+        "chaos",
+        &so,
+        "<virtufinLibrary>chaos</virtufinLibrary>",
+    );
+    let r = d.send_json(
+        "POST",
+        "/v1/workers",
+        &json!({"mimeType": "application/x-native-dll", "topic": "t.trace",
+                "codeSource": {"content": base64::engine::general_purpose::STANDARD.encode(pkg)}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(d.post(&format!("/v1/workers/{id}/start")).status, 200);
+    let replies = Sse::subscribe(&d.base_url(), "t.trace.reply");
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let ev = json!({"specversion": "1.0", "id": "tr-1", "source": "urn:test", "type": "t.trace",
+                    "datacontenttype": "text/plain", "data": "hello",
+                    "traceparent": format!("00-{trace_id}-{caller_span}-01"),
+                    "tracestate": "test=1"});
+    let r = d.send_json("POST", "/v1/topics/t.trace/events", &ev);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let reply = replies
+        .next(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no reply:\n{}", d.log()));
+    let tp = reply["traceparent"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the reply has no traceparent: {reply}"));
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    assert_eq!(
+        parts[1], trace_id,
+        "the reply continues the publisher's trace: {tp}"
+    );
+    assert_ne!(parts[2], caller_span, "the reply names its own span: {tp}");
+    assert_eq!(reply["tracestate"], "test=1", "{reply}");
+
+    // The spans arrive in batches (OTEL_BSP_SCHEDULE_DELAY=100 ms).
+    let want = hex::decode(trace_id).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let find = |spans: &[Span], name: &str| spans.iter().find(|s| s.name == name).cloned();
+    let (publish, dispatch, call, reply_span) = loop {
+        let spans: Vec<Span> = receiver
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.trace_id == want)
+            .cloned()
+            .collect();
+        if let (Some(p), Some(di), Some(c), Some(rp)) = (
+            find(&spans, "publish t.trace"),
+            find(&spans, "dispatch t.trace"),
+            find(&spans, "host.call"),
+            find(&spans, "reply.publish"),
+        ) {
+            break (p, di, c, rp);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans of the trace so far: {:?}\n{}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // publish <- dispatch <- host call, and dispatch <- reply publish: one tree.
+    assert_eq!(publish.parent_span_id, hex::decode(caller_span).unwrap());
+    assert_eq!(dispatch.parent_span_id, publish.span_id);
+    assert_eq!(call.parent_span_id, dispatch.span_id);
+    assert_eq!(reply_span.parent_span_id, dispatch.span_id);
+    assert_eq!(hex::encode(&reply_span.span_id), parts[2]);
+    match attr(&call, "host.pid") {
+        Some(AnyValue::IntValue(pid)) => assert!(*pid > 1, "{pid}"),
+        other => panic!("host.pid: {other:?}"),
+    }
+    match attr(&call, "worker.id") {
+        Some(AnyValue::StringValue(w)) => assert_eq!(*w, id),
+        other => panic!("worker.id: {other:?}"),
+    }
+}
