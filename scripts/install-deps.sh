@@ -64,7 +64,14 @@ gp_dir="$root/.tools/grpc-python"
 if ! "$gp_dir/bin/python" -c 'import grpc, grpc_tools, grpc_reflection, grpc_health' 2>/dev/null; then
   echo "install-deps: installing grpcio and grpcio-tools from PyPI into $gp_dir..." >&2
   rm -rf "$gp_dir"
-  python3 -m venv "$gp_dir"
+  if ! python3 -m venv "$gp_dir" 2>/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    rm -rf "$gp_dir"
+    python3 -m venv "$gp_dir"
+  fi
   "$gp_dir/bin/pip" install --quiet --disable-pip-version-check \
     "grpcio>=1.60,<2" "grpcio-tools>=1.60,<2" "grpcio-reflection>=1.60,<2" "grpcio-health-checking>=1.60,<2"
 fi

@@ -589,11 +589,16 @@ impl Dispatcher {
                 },
                 None => None,
             };
-            host.call(
-                &spec.id,
-                msg_id,
-                event.to_flatbuffer(),
-                spec.message_timeout,
+            let call_span = tracing::info_span!("host.call", otel.kind = "client",
+                host.pid = host.pid, host.id = %host.host_id, worker.id = %spec.id, msg_id);
+            tracing::Instrument::instrument(
+                host.call(
+                    &spec.id,
+                    msg_id,
+                    event.to_flatbuffer(),
+                    spec.message_timeout,
+                ),
+                call_span,
             )
             .await
         };
