@@ -96,6 +96,16 @@ fn one_trace_from_publish_to_reply_with_the_host_call_in_it() {
     let id = r.json()["id"].as_str().unwrap().to_owned();
     assert_eq!(d.post(&format!("/v1/workers/{id}/start")).status, 200);
     let replies = Sse::subscribe(&d.base_url(), "t.trace.reply");
+    // A REST request with a `traceparent` header continues that trace.
+    let rest_trace = "0af7651916cd43dd8448eb211c80319c";
+    let tp_header = format!("00-{rest_trace}-b7ad6b7169203331-01");
+    let r = d.request(
+        "GET",
+        "/v1/workers",
+        &[("traceparent", tp_header.as_str())],
+        b"",
+    );
+    assert_eq!(r.status, 200);
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
@@ -149,6 +159,32 @@ fn one_trace_from_publish_to_reply_with_the_host_call_in_it() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
+    let rest_span = loop {
+        let found = receiver
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.trace_id == hex::decode(rest_trace).unwrap())
+            .cloned();
+        if let Some(s) = found {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no span of the REST request in the caller's trace"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(rest_span.name, "GET /v1/workers");
+    assert_eq!(
+        rest_span.parent_span_id,
+        hex::decode("b7ad6b7169203331").unwrap()
+    );
+    match attr(&rest_span, "http.response.status_code") {
+        Some(AnyValue::IntValue(200)) => {}
+        other => panic!("http.response.status_code: {other:?}"),
+    }
     // publish <- dispatch <- host call, and dispatch <- reply publish: one tree.
     assert_eq!(publish.parent_span_id, hex::decode(caller_span).unwrap());
     assert_eq!(dispatch.parent_span_id, publish.span_id);

@@ -773,7 +773,10 @@ async fn count(State(state): State<AppState>, req: Request, next: Next) -> Respo
         http.request.method = %method, http.route = route, http.response.status_code = tracing::field::Empty);
     crate::telemetry::continue_from_headers(&span, req.headers());
     let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    span.record("http.response.status_code", resp.status().as_u16());
+    span.record(
+        "http.response.status_code",
+        i64::from(resp.status().as_u16()),
+    );
     if let Some(Rejected(code)) = resp.extensions().get::<Rejected>() {
         state.control.metrics().rejection(code);
     }
