@@ -61,7 +61,7 @@ macro_rules! settings {
 settings! {
     "WORKMANAGER_LISTEN" [] = "127.0.0.1:25001", "comma-separated IP:PORT or unix:/path", "where the REST API listens (flag --listen, repeatable); a non-loopback IP needs TLS and tokens";
     "WORKMANAGER_GRPC_LISTEN" [] = "127.0.0.1:25002", "off, or comma-separated IP:PORT or unix:/path", "where the gRPC API listens (flag --grpc-listen, repeatable); same rules, TLS and tokens as WORKMANAGER_LISTEN";
-    "OTEL_EXPORTER_OTLP_ENDPOINT" [] = "", "empty (no export), or an http(s) URL such as http://127.0.0.1:4317", "where OpenTelemetry traces go, over OTLP/gRPC; the other standard OTEL_* variables (OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_HEADERS, OTEL_TRACES_SAMPLER, ...) apply too";
+    "OTEL_EXPORTER_OTLP_ENDPOINT" [] = "", "empty (no export), or an http(s) URL such as http://127.0.0.1:4317", "where OpenTelemetry traces go, over OTLP (gRPC, or OTLP/HTTP with OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf); the other standard OTEL_* variables (OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_HEADERS, ...) apply too";
     "WORKMANAGER_ALLOW_INSECURE_REMOTE" [] = "false", "true|false|1|0|yes|no|on|off", "serve a non-loopback TCP listener without TLS or tokens (flag --allow-insecure-remote); a warning is logged at every start";
     "WORKMANAGER_UNIX_SOCKET_GROUP" [] = "", "empty (the daemon's group), a group name or a numeric gid", "group of unix:/path sockets (mode 0660)";
     "WORKMANAGER_UNIX_PEER_SCOPES" [] = "", "empty, or comma-separated UID=SCOPE[ SCOPE...]", "scopes of Unix socket clients by peer uid; empty = every client that can open the socket has every scope";

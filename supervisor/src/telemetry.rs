@@ -1,5 +1,5 @@
 //! Logs and traces: the `tracing` subscriber (text or JSON lines on stderr) and, when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OpenTelemetry spans exported over OTLP/gRPC
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OpenTelemetry spans exported over OTLP (gRPC or HTTP)
 //! (`opentelemetry-otlp`, which also reads the other standard `OTEL_*` variables) through
 //! `tracing-opentelemetry`: every `tracing` span becomes an OpenTelemetry span.
 //!
@@ -89,18 +89,62 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Telemetry {
     if let Some(e) = error {
         tracing::error!(error = %e, "OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter could not be built; traces are not exported");
     } else if let Some(e) = otlp_endpoint {
-        tracing::info!(endpoint = %e, "exporting traces over OTLP/gRPC");
+        let protocol = [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ]
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
+        .unwrap_or_else(|| "grpc".to_owned());
+        tracing::info!(endpoint = %e, %protocol, "exporting traces over OTLP");
     }
     Telemetry { provider }
 }
 
-fn provider(endpoint: &str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
+/// The OTLP exporter the standard variables ask for: `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`, `grpc` (the default) or `http/protobuf`. When the endpoint
+/// comes from the environment the exporter resolves it itself (so
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` and the `/v1/traces` suffix of OTLP/HTTP work as
+/// specified); from the config file it is passed on.
+fn exporter(endpoint: &str) -> Result<opentelemetry_otlp::SpanExporter, String> {
     use opentelemetry_otlp::WithExportConfig as _;
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let var = |n: &str| std::env::var(n).ok().filter(|v| !v.trim().is_empty());
+    let from_env = var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
+    let protocol = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .unwrap_or_else(|| "grpc".to_owned());
+    let built = match protocol.trim() {
+        "grpc" => {
+            let b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if from_env {
+                b.build()
+            } else {
+                b.with_endpoint(endpoint).build()
+            }
+        }
+        "http/protobuf" => {
+            let b = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+            if from_env {
+                b.build()
+            } else {
+                b.with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+                    .build()
+            }
+        }
+        other => {
+            return Err(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL '{other}' is not supported: use grpc or http/protobuf"
+            ));
+        }
+    };
+    built.map_err(|e| e.to_string())
+}
+
+fn provider(endpoint: &str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
+    let exporter = exporter(endpoint)?;
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(
             std::env::var("OTEL_SERVICE_NAME")

@@ -75,7 +75,8 @@ fn one_trace_from_publish_to_reply_with_the_host_call_in_it() {
             .env("OTEL_BSP_SCHEDULE_DELAY", "100"),
     );
     assert!(
-        d.log().contains("exporting traces over OTLP/gRPC"),
+        d.log().contains("exporting traces over OTLP endpoint=")
+            && d.log().contains("protocol=grpc"),
         "{}",
         d.log()
     );
@@ -198,5 +199,67 @@ fn one_trace_from_publish_to_reply_with_the_host_call_in_it() {
     match attr(&call, "worker.id") {
         Some(AnyValue::StringValue(w)) => assert_eq!(*w, id),
         other => panic!("worker.id: {other:?}"),
+    }
+}
+
+#[test]
+fn otlp_over_http_protobuf_when_the_protocol_variable_asks_for_it() {
+    use axum::body::Bytes;
+    use prost::Message as _;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let receiver = Receiver::default();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let otlp = listener.local_addr().unwrap();
+    let sink = receiver.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: Bytes| {
+            let sink = sink.clone();
+            async move {
+                let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                let mut spans = sink.0.lock().unwrap();
+                for rs in req.resource_spans {
+                    for ss in rs.scope_spans {
+                        spans.extend(ss.spans);
+                    }
+                }
+                ExportTraceServiceResponse::default().encode_to_vec()
+            }
+        }),
+    );
+    rt.spawn(async move { axum::serve(listener, app).await });
+
+    let d = Daemon::start(
+        DaemonOptions::default()
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{otlp}"))
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    );
+    let trace = "1af7651916cd43dd8448eb211c80319c";
+    let tp = format!("00-{trace}-c7ad6b7169203331-01");
+    assert_eq!(
+        d.request("GET", "/v1/hosts", &[("traceparent", tp.as_str())], b"")
+            .status,
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = receiver
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.trace_id == hex::decode(trace).unwrap() && s.name == "GET /v1/hosts");
+        if found {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no span over OTLP/HTTP:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
