@@ -1194,6 +1194,63 @@ mod tests {
     }
 
     #[test]
+    fn grpc_listens_on_25002_by_default_follows_the_listener_rules_and_can_be_off() {
+        let c = load(ServeArgs::default(), &[]).unwrap();
+        assert_eq!(
+            c.grpc_listen,
+            vec![ListenAddr::parse("127.0.0.1:25002").unwrap()]
+        );
+        assert_eq!(c.otlp_endpoint, None);
+        let flag = ServeArgs {
+            grpc_listen: vec!["127.0.0.1:7".into(), "unix:/run/g.sock".into()],
+            ..ServeArgs::default()
+        };
+        let c = load(flag, &[("WORKMANAGER_GRPC_LISTEN", "127.0.0.1:9")]).unwrap();
+        assert_eq!(c.grpc_listen.len(), 2, "the flag wins over the environment");
+        let off = load(ServeArgs::default(), &[("WORKMANAGER_GRPC_LISTEN", "off")]).unwrap();
+        assert!(off.grpc_listen.is_empty());
+        let err = load(
+            ServeArgs::default(),
+            &[("WORKMANAGER_GRPC_LISTEN", "nowhere")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("WORKMANAGER_GRPC_LISTEN"), "{err}");
+        // A remote gRPC address needs TLS and tokens, as a remote REST one does.
+        let err = load(
+            ServeArgs::default(),
+            &[("WORKMANAGER_GRPC_LISTEN", "0.0.0.0:25002")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--allow-insecure-remote"), "{err}");
+        let h = hex::encode(crate::api::auth::hash_token("t"));
+        let secure = load(
+            ServeArgs::default(),
+            &[
+                ("WORKMANAGER_GRPC_LISTEN", "0.0.0.0:25002"),
+                ("WORKMANAGER_API_TOKENS", &format!("ci:{h}:admin")),
+                ("WORKMANAGER_TLS_CERT_FILE", "/c.pem"),
+                ("WORKMANAGER_TLS_KEY_FILE", "/k.pem"),
+            ],
+        );
+        assert!(secure.is_ok());
+        let otlp = load(
+            ServeArgs::default(),
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")],
+        )
+        .unwrap();
+        assert_eq!(otlp.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+        assert!(
+            load(
+                ServeArgs::default(),
+                &[("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4317")]
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn tokens_come_from_the_config_file_as_a_list() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("wm.toml");
