@@ -72,7 +72,9 @@ fn one_trace_from_publish_to_reply_with_the_host_call_in_it() {
     let d = Daemon::start(
         DaemonOptions::default()
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{otlp}"))
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("WORKER_RETRY_ATTEMPTS", "1")
+            .env("WORKER_RETRY_BASE_DELAY_MS", "10"),
     );
     assert!(
         d.log().contains("exporting traces over OTLP endpoint=")
@@ -97,6 +99,7 @@ fn one_trace_from_publish_to_reply_with_the_host_call_in_it() {
     let id = r.json()["id"].as_str().unwrap().to_owned();
     assert_eq!(d.post(&format!("/v1/workers/{id}/start")).status, 200);
     let replies = Sse::subscribe(&d.base_url(), "t.trace.reply");
+    let dead = Sse::subscribe(&d.base_url(), "t.trace-dead");
     // A REST request with a `traceparent` header continues that trace.
     let rest_trace = "0af7651916cd43dd8448eb211c80319c";
     let tp_header = format!("00-{rest_trace}-b7ad6b7169203331-01");
@@ -192,6 +195,56 @@ fn one_trace_from_publish_to_reply_with_the_host_call_in_it() {
     assert_eq!(call.parent_span_id, dispatch.span_id);
     assert_eq!(reply_span.parent_span_id, dispatch.span_id);
     assert_eq!(hex::encode(&reply_span.span_id), parts[2]);
+    // A failing event: a retry, then a dead letter, both in the publisher's trace.
+    let fail_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let ev = json!({"specversion": "1.0", "id": "tr-2", "source": "urn:test", "type": "t.trace",
+                    "datacontenttype": "text/plain", "data": "fail",
+                    "traceparent": format!("00-{fail_trace}-{caller_span}-01")});
+    let r = d.send_json("POST", "/v1/topics/t.trace/events", &ev);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let letter = dead
+        .next(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no dead letter:\n{}", d.log()));
+    let dtp = letter["traceparent"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(dtp.starts_with(&format!("00-{fail_trace}-")), "{letter}");
+    let want = hex::decode(fail_trace).unwrap();
+    let (retry, dead_span, dispatch2) = loop {
+        let spans: Vec<Span> = receiver
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.trace_id == want)
+            .cloned()
+            .collect();
+        if let (Some(r), Some(dl), Some(di)) = (
+            find(&spans, "retry"),
+            find(&spans, "dead_letter"),
+            find(&spans, "dispatch t.trace"),
+        ) {
+            assert_eq!(
+                spans.iter().filter(|s| s.name == "host.call").count(),
+                2,
+                "one call and one retry"
+            );
+            break (r, dl, di);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans of the failing trace so far: {:?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(retry.parent_span_id, dispatch2.span_id);
+    assert_eq!(dead_span.parent_span_id, dispatch2.span_id);
+    assert_eq!(
+        hex::encode(&dead_span.span_id),
+        dtp.split('-').nth(2).unwrap()
+    );
     match attr(&call, "host.pid") {
         Some(AnyValue::IntValue(pid)) => assert!(*pid > 1, "{pid}"),
         other => panic!("host.pid: {other:?}"),
