@@ -157,6 +157,11 @@ pub async fn serve(
     let all = futures_util::stream::select_all(streams);
     tonic::transport::Server::builder()
         .timeout(config.request_timeout)
+        // WORKMANAGER_MAX_CONCURRENT_REQUESTS bounds gRPC calls as it bounds REST requests
+        // (a separate budget of the same size); more wait.
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            config.security.max_concurrent_requests,
+        ))
         .add_service(health)
         .add_service(tonic::service::interceptor::InterceptedService::new(
             reflection_v1,
