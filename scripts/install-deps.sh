@@ -67,5 +67,23 @@ if ! "$st_dir/bin/st" --version 2>/dev/null | grep -q ' 4\.'; then
   "$st_dir/bin/pip" install --quiet --disable-pip-version-check "schemathesis>=4.32,<5"
 fi
 
+# grpcio + grpcio-tools (PyPI) in .tools/grpc-python: the gRPC client of tests/it/grpc.rs,
+# generated from schemas/workmanager.proto at test time (another language's view of the contract).
+gp_dir="$root/.tools/grpc-python"
+if ! "$gp_dir/bin/python" -c 'import grpc, grpc_tools, grpc_reflection, grpc_health' 2>/dev/null; then
+  echo "install-deps: installing grpcio and grpcio-tools from PyPI into $gp_dir..." >&2
+  rm -rf "$gp_dir"
+  if ! python3 -m venv "$gp_dir" 2>/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    rm -rf "$gp_dir"
+    python3 -m venv "$gp_dir"
+  fi
+  "$gp_dir/bin/pip" install --quiet --disable-pip-version-check \
+    "grpcio>=1.60,<2" "grpcio-tools>=1.60,<2" "grpcio-reflection>=1.60,<2" "grpcio-health-checking>=1.60,<2"
+fi
+
 echo "install-deps: ok (.NET runtime and Roslyn in .tools/dotnet)" >&2
 

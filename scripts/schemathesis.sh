@@ -32,7 +32,7 @@ WORKMANAGER_API_TOKENS="schemathesis:$hash:admin" \
 WORKMANAGER_RATE_LIMIT_PER_SECOND=0 \
 ALLOWED_CODE_SOURCE_HOSTS=packages.invalid \
 WORKMANAGER_LOG=warn \
-  "$bin" serve --listen 127.0.0.1:0 --data-dir "$tmp/data" 2>"$tmp/daemon.log" &
+  "$bin" serve --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 --data-dir "$tmp/data" 2>"$tmp/daemon.log" &
 pid=$!
 for _ in $(seq 1 300); do
   [ -s "$tmp/data/listen.addr" ] && break

@@ -21,6 +21,9 @@ pub struct ServeArgs {
     /// the flag (or separate with commas) for several listeners.
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<String>,
+    /// Where the gRPC API listens: IP:PORT or unix:/path, repeatable, or `off`.
+    #[arg(long, value_name = "ADDR")]
+    pub grpc_listen: Vec<String>,
     /// Serve a non-loopback TCP listener even without TLS and authentication (logs a warning
     /// at every start).
     #[arg(long)]
@@ -57,6 +60,8 @@ macro_rules! settings {
 
 settings! {
     "WORKMANAGER_LISTEN" [] = "127.0.0.1:25001", "comma-separated IP:PORT or unix:/path", "where the REST API listens (flag --listen, repeatable); a non-loopback IP needs TLS and tokens";
+    "WORKMANAGER_GRPC_LISTEN" [] = "127.0.0.1:25002", "off, or comma-separated IP:PORT or unix:/path", "where the gRPC API listens (flag --grpc-listen, repeatable); same rules, TLS and tokens as WORKMANAGER_LISTEN";
+    "OTEL_EXPORTER_OTLP_ENDPOINT" [] = "", "empty (no export), or an http(s) URL such as http://127.0.0.1:4317", "where OpenTelemetry traces go, over OTLP (gRPC, or OTLP/HTTP with OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf); the other standard OTEL_* variables (OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_HEADERS, ...) apply too";
     "WORKMANAGER_ALLOW_INSECURE_REMOTE" [] = "false", "true|false|1|0|yes|no|on|off", "serve a non-loopback TCP listener without TLS or tokens (flag --allow-insecure-remote); a warning is logged at every start";
     "WORKMANAGER_UNIX_SOCKET_GROUP" [] = "", "empty (the daemon's group), a group name or a numeric gid", "group of unix:/path sockets (mode 0660)";
     "WORKMANAGER_UNIX_PEER_SCOPES" [] = "", "empty, or comma-separated UID=SCOPE[ SCOPE...]", "scopes of Unix socket clients by peer uid; empty = every client that can open the socket has every scope";
@@ -221,6 +226,9 @@ impl RawConfig {
                 "WORKMANAGER_LISTEN" => Some(args.listen.join(","))
                     .filter(|v| !v.is_empty())
                     .map(|v| (v, Origin::Flag("--listen"))),
+                "WORKMANAGER_GRPC_LISTEN" => Some(args.grpc_listen.join(","))
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (v, Origin::Flag("--grpc-listen"))),
                 "WORKMANAGER_ALLOW_INSECURE_REMOTE" => args
                     .allow_insecure_remote
                     .then(|| ("true".to_owned(), Origin::Flag("--allow-insecure-remote"))),
@@ -425,6 +433,10 @@ impl SecuritySettings {
 pub struct Config {
     /// Where the REST API listens (at least one).
     pub listen: Vec<ListenAddr>,
+    /// Where the gRPC API listens (empty: `off`).
+    pub grpc_listen: Vec<ListenAddr>,
+    /// Where traces are exported (`OTEL_EXPORTER_OTLP_ENDPOINT`), if anywhere.
+    pub otlp_endpoint: Option<String>,
     /// Tokens, TLS, browser guards, limits.
     pub security: SecuritySettings,
     /// The data directory.
@@ -588,6 +600,34 @@ impl Config {
                     "IP:PORT such as 127.0.0.1:25001 or [::1]:25001, or unix:/path; comma-separated for several",
                 )
             })?;
+        let grpc_raw = raw.get("WORKMANAGER_GRPC_LISTEN").0.trim();
+        let grpc_listen = if grpc_raw.eq_ignore_ascii_case("off") {
+            Vec::new()
+        } else {
+            grpc_raw
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(ListenAddr::parse)
+                .collect::<Option<Vec<_>>>()
+                .filter(|l| !l.is_empty())
+                .ok_or_else(|| {
+                    invalid(
+                        "WORKMANAGER_GRPC_LISTEN",
+                        "off, or IP:PORT such as 127.0.0.1:25002, or unix:/path; comma-separated for several",
+                    )
+                })?
+        };
+        let otlp_endpoint = Some(raw.get("OTEL_EXPORTER_OTLP_ENDPOINT").0.trim().to_owned())
+            .filter(|e| !e.is_empty());
+        if let Some(e) = &otlp_endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(invalid(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                range_of("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            ));
+        }
         let data_dir = raw.get("WORKMANAGER_DATA_DIR").0.trim();
         if data_dir.is_empty() {
             return Err(invalid("WORKMANAGER_DATA_DIR", "a directory path"));
@@ -621,6 +661,19 @@ impl Config {
         };
         let max_code_bytes = int("PACKAGE_MAX_BYTES", 1024, 1 << 30)?;
         let security = security_settings(raw, api_token.as_deref(), &listen, &invalid)?;
+        if let Some(remote) = grpc_listen.iter().find_map(|l| match l {
+            ListenAddr::Tcp(a) if !a.ip().is_loopback() => Some(a),
+            _ => None,
+        }) && !((security.tls.is_some() && security.auth_enabled())
+            || security.allow_insecure_remote)
+        {
+            return Err(invalid(
+                "WORKMANAGER_GRPC_LISTEN",
+                &format!(
+                    "a loopback address, unix:/path or off: refusing to serve gRPC on {remote} without TLS and authentication; set WORKMANAGER_TLS_CERT_FILE, WORKMANAGER_TLS_KEY_FILE and WORKMANAGER_API_TOKENS (docs/security.md), or pass --allow-insecure-remote to accept the risk"
+                ),
+            ));
+        }
         let allowed_hosts = raw
             .get("ALLOWED_CODE_SOURCE_HOSTS")
             .0
@@ -706,6 +759,8 @@ impl Config {
         }
         Ok(Config {
             listen,
+            grpc_listen,
+            otlp_endpoint,
             security,
             data_dir: PathBuf::from(data_dir),
             api_token,
@@ -812,6 +867,7 @@ impl Config {
     pub fn defaults_with_data_dir(data_dir: PathBuf) -> Config {
         let args = ServeArgs {
             listen: vec!["127.0.0.1:0".to_owned()],
+            grpc_listen: vec!["127.0.0.1:0".to_owned()],
             data_dir: Some(data_dir),
             ..ServeArgs::default()
         };
@@ -1207,6 +1263,63 @@ mod tests {
             ..remote
         };
         assert!(load(forced, &[]).unwrap().security.allow_insecure_remote);
+    }
+
+    #[test]
+    fn grpc_listens_on_25002_by_default_follows_the_listener_rules_and_can_be_off() {
+        let c = load(ServeArgs::default(), &[]).unwrap();
+        assert_eq!(
+            c.grpc_listen,
+            vec![ListenAddr::parse("127.0.0.1:25002").unwrap()]
+        );
+        assert_eq!(c.otlp_endpoint, None);
+        let flag = ServeArgs {
+            grpc_listen: vec!["127.0.0.1:7".into(), "unix:/run/g.sock".into()],
+            ..ServeArgs::default()
+        };
+        let c = load(flag, &[("WORKMANAGER_GRPC_LISTEN", "127.0.0.1:9")]).unwrap();
+        assert_eq!(c.grpc_listen.len(), 2, "the flag wins over the environment");
+        let off = load(ServeArgs::default(), &[("WORKMANAGER_GRPC_LISTEN", "off")]).unwrap();
+        assert!(off.grpc_listen.is_empty());
+        let err = load(
+            ServeArgs::default(),
+            &[("WORKMANAGER_GRPC_LISTEN", "nowhere")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("WORKMANAGER_GRPC_LISTEN"), "{err}");
+        // A remote gRPC address needs TLS and tokens, as a remote REST one does.
+        let err = load(
+            ServeArgs::default(),
+            &[("WORKMANAGER_GRPC_LISTEN", "0.0.0.0:25002")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--allow-insecure-remote"), "{err}");
+        let h = hex::encode(crate::api::auth::hash_token("t"));
+        let secure = load(
+            ServeArgs::default(),
+            &[
+                ("WORKMANAGER_GRPC_LISTEN", "0.0.0.0:25002"),
+                ("WORKMANAGER_API_TOKENS", &format!("ci:{h}:admin")),
+                ("WORKMANAGER_TLS_CERT_FILE", "/c.pem"),
+                ("WORKMANAGER_TLS_KEY_FILE", "/k.pem"),
+            ],
+        );
+        assert!(secure.is_ok());
+        let otlp = load(
+            ServeArgs::default(),
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")],
+        )
+        .unwrap();
+        assert_eq!(otlp.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+        assert!(
+            load(
+                ServeArgs::default(),
+                &[("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4317")]
+            )
+            .is_err()
+        );
     }
 
     #[test]

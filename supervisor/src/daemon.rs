@@ -231,6 +231,8 @@ impl Daemon {
             shown.push(l.display.clone());
             listeners.push(l);
         }
+        let grpc_listeners =
+            crate::grpc::server::bind_all(&self.config, tls.clone(), accept_stop.clone()).await?;
         write_listen_addr(&self.config.data_dir, &shown);
         if let Some(tls) = tls.clone() {
             self.state.security.set_tls_names(tls.names());
@@ -260,6 +262,14 @@ impl Daemon {
             }
         });
         let server = futures_util::future::join_all(servers);
+        let grpc = crate::grpc::server::serve(grpc_listeners, self.state.clone(), shutdown.clone());
+        let server = async move {
+            let (rest, grpc) = tokio::join!(server, grpc);
+            if let Err(e) = grpc {
+                tracing::error!(error = %e, "the gRPC server failed");
+            }
+            rest
+        };
         let drain = self.config.shutdown_timeout;
         let result = tokio::select! {
             r = server => r.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ()).map_err(DaemonError::Serve),
@@ -280,6 +290,7 @@ impl Daemon {
         }
         let _ = std::fs::remove_file(self.config.data_dir.join("listen.addr"));
         let _ = std::fs::remove_file(self.config.data_dir.join("listen.addrs"));
+        let _ = std::fs::remove_file(self.config.data_dir.join("grpc.addr"));
         tracing::info!("stopped");
         result
     }

@@ -12,6 +12,8 @@
 //! - [`host_runtime`]: the real [`runtime::Runtime`]: [`pool`] (host processes) +
 //!   [`dispatcher`] (events through workers) + [`gateway`] (plugins' `gateway_call`).
 //! - [`serve`]: `workmanager serve`, everything put together.
+//! - [`grpc`]: the gRPC API (the original's `WorkManager` service) over the same operations.
+//! - [`telemetry`]: logs, OpenTelemetry traces (OTLP), trace context on events.
 //! - [`metrics`], [`shutdown`].
 //!
 //! **Invariant:** nothing in this crate loads plugin code; it talks to hosts only through
@@ -29,6 +31,7 @@ pub mod daemon;
 pub mod dispatcher;
 pub mod events;
 pub mod gateway;
+pub mod grpc;
 pub mod host_runtime;
 pub mod listen;
 pub mod metrics;
@@ -43,6 +46,7 @@ pub mod serve;
 pub mod shutdown;
 pub mod signature;
 pub mod sync;
+pub mod telemetry;
 
 pub use config::{Config, ServeArgs};
 pub use daemon::{Daemon, DaemonError};

@@ -139,13 +139,21 @@ impl TlsState {
         self.names.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(
-            self.current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+    fn acceptor(&self, alpn: Alpn) -> tokio_rustls::TlsAcceptor {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match alpn {
+            Alpn::Http1 => tokio_rustls::TlsAcceptor::from(current),
+            Alpn::H2 => {
+                // The same certificate, key and client CAs; only the protocol differs.
+                let mut config = (*current).clone();
+                config.alpn_protocols = vec![b"h2".to_vec()];
+                tokio_rustls::TlsAcceptor::from(Arc::new(config))
+            }
+        }
     }
 }
 
@@ -203,6 +211,26 @@ pub async fn bind(
     unix_group: Option<u32>,
     shutdown: CancellationToken,
 ) -> io::Result<ApiListener> {
+    bind_with_alpn(addr, tls, unix_group, shutdown, Alpn::Http1).await
+}
+
+/// The protocol a TLS listener offers in ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// `http/1.1`: the REST API.
+    Http1,
+    /// `h2`: the gRPC API (gRPC clients refuse a TLS server that does not select `h2`).
+    H2,
+}
+
+/// [`bind`] with the ALPN protocol its TLS connections negotiate.
+pub async fn bind_with_alpn(
+    addr: &ListenAddr,
+    tls: Option<Arc<TlsState>>,
+    unix_group: Option<u32>,
+    shutdown: CancellationToken,
+    alpn: Alpn,
+) -> io::Result<ApiListener> {
     let (tx, rx) = mpsc::channel::<(Box<dyn Conn>, Peer)>(64);
     match addr {
         ListenAddr::Tcp(a) => {
@@ -213,7 +241,7 @@ pub async fn bind(
             } else {
                 ListenerKind::Tcp
             };
-            tokio::spawn(accept_tcp(listener, tls, tx, shutdown));
+            tokio::spawn(accept_tcp(listener, tls, alpn, tx, shutdown));
             Ok(ApiListener {
                 rx,
                 local: Peer {
@@ -292,6 +320,7 @@ async fn accept_error(e: &io::Error) {
 async fn accept_tcp(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<TlsState>>,
+    alpn: Alpn,
     tx: mpsc::Sender<(Box<dyn Conn>, Peer)>,
     shutdown: CancellationToken,
 ) {
@@ -317,7 +346,7 @@ async fn accept_tcp(
                 }
             }
             Some(tls) => {
-                let acceptor = tls.acceptor();
+                let acceptor = tls.acceptor(alpn);
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let s = match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream))

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use wm_supervisor::config::LogFormat;
 use wm_supervisor::{Config, ServeArgs};
 
 #[derive(Parser)]
@@ -68,21 +67,6 @@ fn token_create(name: &str, scopes: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WORKMANAGER_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal as _;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 async fn serve(config: Config) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     wm_supervisor::shutdown::cancel_on_signals(token.clone());
@@ -101,7 +85,6 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            init_tracing(config.log_format);
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -112,14 +95,23 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match rt.block_on(serve(config)) {
+            // Inside the runtime: the OTLP exporter's connection lives on it.
+            let telemetry = {
+                let _enter = rt.enter();
+                wm_supervisor::telemetry::init(config.log_format, config.otlp_endpoint.as_deref())
+            };
+            let code = match rt.block_on(serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
                     eprintln!("workmanager: {e:#}");
                     ExitCode::from(1)
                 }
-            }
+            };
+            // Flush the last spans while the runtime still runs the exporter.
+            let _enter = rt.enter();
+            telemetry.shutdown();
+            code
         }
     }
 }

@@ -163,6 +163,7 @@ impl Daemon {
         // A kill -9'd predecessor leaves its address files behind.
         let _ = std::fs::remove_file(data_dir.join("listen.addr"));
         let _ = std::fs::remove_file(data_dir.join("listen.addrs"));
+        let _ = std::fs::remove_file(data_dir.join("grpc.addr"));
         let log_path = temp.path().join("daemon.log");
         let log = std::fs::File::create(&log_path).expect("creating the daemon log");
         let mut cmd = Command::new(workmanager_bin());
@@ -172,6 +173,13 @@ impl Daemon {
         }
         for l in &opts.listen {
             cmd.arg("--listen").arg(l);
+        }
+        // gRPC on a free port too (the default 25002 would clash between parallel tests),
+        // unless the test chose (flag or setting).
+        if !opts.args.iter().any(|a| a.starts_with("--grpc-listen"))
+            && !opts.env.iter().any(|(k, _)| k == "WORKMANAGER_GRPC_LISTEN")
+        {
+            cmd.arg("--grpc-listen").arg("127.0.0.1:0");
         }
         cmd.arg("--data-dir")
             .arg(&data_dir)
@@ -295,6 +303,15 @@ impl Daemon {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr.expect("the daemon has no address yet")
+    }
+
+    /// The first address the gRPC API listens on (`<data-dir>/grpc.addr`, written before
+    /// `listen.addr`), e.g. `127.0.0.1:40123` or `unix:/path`; `None` with `--grpc-listen off`.
+    pub fn grpc_addr(&self) -> Option<String> {
+        std::fs::read_to_string(self.data_dir.join("grpc.addr"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
     }
 
     /// The Unix socket it listens on, if any.

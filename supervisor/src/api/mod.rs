@@ -17,6 +17,7 @@ pub mod error;
 pub mod guard;
 pub mod health;
 pub mod hosts;
+pub mod invoke_json;
 pub mod topics;
 pub mod workers;
 
@@ -225,6 +226,13 @@ pub fn route_table() -> Vec<Route> {
             Invoke,
             Event,
             post(workers::invoke),
+        ),
+        r(
+            Method::POST,
+            "/v1/gateway/invoke-json",
+            Read,
+            PackageJson,
+            post(invoke_json::invoke_json),
         ),
         r(Method::GET, "/v1/hosts", Read, Small, get(hosts::hosts)),
         r(Method::GET, "/v1/engines", Read, Small, get(hosts::engines)),
@@ -566,6 +574,61 @@ fn identify(
     }
 }
 
+/// Authorizes a call that does not come through the REST router (the gRPC API): the caller
+/// is identified by the REST rules ([`identify`]: bearer token, client certificate, Unix peer,
+/// anonymous on loopback), must hold the scope `need` names, and counts against its rate limit.
+/// `what` names the call in the 403 message.
+pub fn authorize_call(
+    state: &AppState,
+    peer: Option<&Peer>,
+    headers: &axum::http::HeaderMap,
+    need: Need,
+    what: &str,
+) -> Result<Principal, ApiError> {
+    let sec = &state.control.config().security;
+    if need == Need::Public {
+        return Ok(Principal::anonymous());
+    }
+    let principal = match identify(sec, peer, headers) {
+        Ok(Some(p)) => p,
+        Ok(None) | Err(_) => {
+            tracing::warn!(call = %what, "call refused: no valid credentials");
+            return Err(ApiError::Unauthorized);
+        }
+    };
+    if !auth::allows(&principal.scopes, need, None, sec.metrics_public) {
+        let scope = need.scope_name(None);
+        tracing::warn!(who = %principal.who, call = %what, scope = %scope, "call refused: missing scope");
+        return Err(ApiError::Forbidden(format!(
+            "{} lacks the scope '{scope}' that {what} needs; use a token that has it (workmanager token create --scope {scope})",
+            principal.who
+        )));
+    }
+    check_rate(state, &principal)?;
+    Ok(principal)
+}
+
+/// The per-principal rate limit (`WORKMANAGER_RATE_LIMIT_PER_SECOND`) for non-REST calls.
+fn check_rate(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
+    let sec = &state.control.config().security;
+    if principal.limited
+        && let Some(limiter) = &state.security.limiter
+        && let Err(not_until) = limiter.check_key(&principal.who)
+    {
+        use governor::clock::Clock as _;
+        let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+        let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return Err(ApiError::RateLimited {
+            message: format!(
+                "{} is over its rate limit of {} requests per second (WORKMANAGER_RATE_LIMIT_PER_SECOND); retry after {retry_after} s",
+                principal.who, sec.rate_per_second
+            ),
+            retry_after: retry_after.max(1),
+        });
+    }
+    Ok(())
+}
+
 /// Authentication, the route's scope, the per-principal rate limit and SSE cap, the audit.
 async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let control = state.control.clone();
@@ -702,7 +765,18 @@ fn reject(e: ApiError) -> Response {
 
 async fn count(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().as_str().to_owned();
-    let resp = next.run(req).await;
+    // The request's span (OpenTelemetry's HTTP server span when traces are exported), named
+    // by the route template, continuing a `traceparent` header.
+    let route = find_policy(&state.security.policies, req.method(), req.uri().path())
+        .map_or("unknown route", |(p, _)| p.path);
+    let span = tracing::info_span!("http.request", otel.name = %format!("{method} {route}"), otel.kind = "server",
+        http.request.method = %method, http.route = route, http.response.status_code = tracing::field::Empty);
+    crate::telemetry::continue_from_headers(&span, req.headers());
+    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    span.record(
+        "http.response.status_code",
+        i64::from(resp.status().as_u16()),
+    );
     if let Some(Rejected(code)) = resp.extensions().get::<Rejected>() {
         state.control.metrics().rejection(code);
     }

@@ -234,11 +234,24 @@ async fn publish(
             });
         }
     }
+    // One span per event, continuing the trace the event carries (`traceparent`) or else
+    // the request's; the stored event carries the span's context on to dispatch and replies.
+    let mut events = events;
+    let spans: Vec<tracing::Span> = events
+        .iter_mut()
+        .map(|ev| {
+            let span = tracing::info_span!("publish", otel.name = %format!("publish {topic}"), otel.kind = "producer", topic = %topic, id = %ev.id);
+            crate::telemetry::continue_from_event(&span, ev);
+            crate::telemetry::inject_into_event(&span, ev);
+            span
+        })
+        .collect();
     let seqs = s
         .bus
         .publish(&topic, events)
         .await
         .map_err(TopicsError::Bus)?;
+    drop(spans);
     let body = json!({"accepted": seqs.len(), "seqs": seqs});
     Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }

@@ -326,6 +326,20 @@ pub fn code_input(src: CodeSourceBody, max_bytes: u64) -> Result<CodeInput, ApiE
 
 /// Validates a create body into a command.
 pub fn create_command(body: CreateWorkerBody, state: &AppState) -> Result<CreateWorker, ApiError> {
+    let code = code_input(
+        body.code_source.clone(),
+        state.control.config().max_code_bytes,
+    );
+    create_command_with_code(body, code)
+}
+
+/// [`create_command`] with the code already turned into [`CodeInput`] (or the error doing so
+/// gave), for callers whose code source is not JSON (the gRPC API). `body.code_source` is
+/// ignored. The code's error is reported after the other fields' errors.
+pub fn create_command_with_code(
+    body: CreateWorkerBody,
+    code: Result<CodeInput, ApiError>,
+) -> Result<CreateWorker, ApiError> {
     let mime = body.mime_type.trim().to_owned();
     if mime.is_empty() {
         return Err(ApiError::InvalidArgument("mimeType is required".to_owned()));
@@ -408,7 +422,7 @@ pub fn create_command(body: CreateWorkerBody, state: &AppState) -> Result<Create
         mime_type: mime,
         topic: body.topic,
         group,
-        code: code_input(body.code_source, state.control.config().max_code_bytes)?,
+        code: code?,
         config: body.config.into_iter().collect(),
         tags: body.tags,
         isolation,

@@ -290,7 +290,10 @@ impl Dispatcher {
             let spec = Arc::clone(spec);
             let cancel = cancel.clone();
             tasks.spawn(async move {
-                let span = tracing::info_span!("message", worker = %spec.id, seq = delivery.seq, id = %delivery.event.id);
+                let span = tracing::info_span!("message", worker = %spec.id, seq = delivery.seq, id = %delivery.event.id,
+                    otel.name = %format!("dispatch {}", delivery.topic), otel.kind = "consumer");
+                // The dispatch continues the trace the event carries (`traceparent`).
+                crate::telemetry::continue_from_event(&span, &delivery.event);
                 tracing::Instrument::instrument(this.handle(&spec, delivery, &cancel, permit), span).await;
             });
         }
@@ -391,9 +394,13 @@ impl Dispatcher {
                 Ok(group_lock) => {
                     let msg_id = next_request_id();
                     let started = Instant::now();
-                    let outcome = host
-                        .call(&spec.id, msg_id, bytes.clone(), spec.message_timeout)
-                        .await;
+                    let call_span = tracing::info_span!("host.call", otel.kind = "client",
+                        host.pid = host.pid, host.id = %host.host_id, worker.id = %spec.id, msg_id);
+                    let outcome = tracing::Instrument::instrument(
+                        host.call(&spec.id, msg_id, bytes.clone(), spec.message_timeout),
+                        call_span,
+                    )
+                    .await;
                     drop(group_lock);
                     match outcome {
                         CallOutcome::Done(result) => {
@@ -482,9 +489,19 @@ impl Dispatcher {
                 ?delay,
                 "retrying after {error_type:?}: {message}"
             );
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = cancel.cancelled() => return Step::Unsettled { attempted },
+            let retry_span = tracing::info_span!("retry", attempt = charged, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), error_type = ?error_type);
+            let cancelled = tracing::Instrument::instrument(
+                async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => false,
+                        _ = cancel.cancelled() => true,
+                    }
+                },
+                retry_span,
+            )
+            .await;
+            if cancelled {
+                return Step::Unsettled { attempted };
             }
         }
     }
@@ -502,7 +519,14 @@ impl Dispatcher {
                 match route_reply(event, &mut reply, &spec.id, || {
                     uuid::Uuid::new_v4().to_string()
                 }) {
-                    Ok(topic) => Some((topic, reply)),
+                    Ok(topic) => {
+                        // The reply continues the input's trace (docs/grpc.md, "Traces").
+                        let span = tracing::info_span!("reply.publish", otel.kind = "producer", topic = %topic, id = %reply.id);
+                        if !crate::telemetry::inject_into_event(&span, &mut reply) {
+                            crate::telemetry::copy_trace_context(event, &mut reply);
+                        }
+                        Some((topic, reply))
+                    }
                     Err(why) => {
                         self.failed(spec, ErrorType::InvalidResponse, &why).await;
                         self.metrics.failed(&spec.id, &spec.topic);
@@ -565,11 +589,16 @@ impl Dispatcher {
                 },
                 None => None,
             };
-            host.call(
-                &spec.id,
-                msg_id,
-                event.to_flatbuffer(),
-                spec.message_timeout,
+            let call_span = tracing::info_span!("host.call", otel.kind = "client",
+                host.pid = host.pid, host.id = %host.host_id, worker.id = %spec.id, msg_id);
+            tracing::Instrument::instrument(
+                host.call(
+                    &spec.id,
+                    msg_id,
+                    event.to_flatbuffer(),
+                    spec.message_timeout,
+                ),
+                call_span,
             )
             .await
         };
@@ -673,7 +702,11 @@ impl Dispatcher {
             attempts,
             worker_id: Some(spec.id.clone()),
         };
-        let dead = dead_letter_event(&d.topic, &d.event, &reason);
+        let mut dead = dead_letter_event(&d.topic, &d.event, &reason);
+        let span = tracing::info_span!("dead_letter", otel.kind = "producer", topic = %dead_letter_topic(&d.topic), error_type = ?error_type, attempts);
+        if !crate::telemetry::inject_into_event(&span, &mut dead) {
+            crate::telemetry::copy_trace_context(&d.event, &mut dead);
+        }
         Step::Complete {
             outcome: Outcome::DeadLettered {
                 reason: format!("{error_type:?}: {message}"),
