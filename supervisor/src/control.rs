@@ -437,7 +437,20 @@ impl Control {
 
     /// Validates, stores and registers a new worker (status `STOPPED`).
     pub async fn create(&self, cmd: CreateWorker) -> Result<WorkerRecord, ApiError> {
+        self.create_with_warnings(cmd).await.map(|(w, _)| w)
+    }
+
+    /// [`Control::create`], also returning the package's accepted deviations
+    /// (`PackageInfo::warnings`, e.g. the seed's layout), which are logged too.
+    pub async fn create_with_warnings(
+        &self,
+        cmd: CreateWorker,
+    ) -> Result<(WorkerRecord, Vec<String>), ApiError> {
         let (bytes, code, info) = self.obtain_code(cmd.code, cmd.engine).await?;
+        let warnings = info.warnings.clone();
+        for w in &warnings {
+            tracing::warn!(sha256 = %code.sha256, "package accepted with a warning: {w}");
+        }
         self.store_code(bytes, info).await?;
         let now = now_rfc3339();
         let timeout = cmd.message_timeout_seconds.unwrap_or_else(|| {
@@ -467,7 +480,7 @@ impl Control {
         self.notify(ControlEventKind::Registered, &record);
         tracing::info!(worker = %record.id, mime = %record.mime_type, topic = %record.topic,
             sha256 = %record.code.sha256, "worker created");
-        Ok(record)
+        Ok((record, warnings))
     }
 
     /// What the runtime needs to load `w` (re-validates the stored package).

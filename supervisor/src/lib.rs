@@ -12,6 +12,7 @@
 //! - [`host_runtime`]: the real [`runtime::Runtime`]: [`pool`] (host processes) +
 //!   [`dispatcher`] (events through workers) + [`gateway`] (plugins' `gateway_call`).
 //! - [`serve`]: `workmanager serve`, everything put together.
+//! - [`cli`]: the command-line client (`workmanager workers ...`, `pack`, `inspect`).
 //! - [`metrics`], [`shutdown`].
 //!
 //! **Invariant:** nothing in this crate loads plugin code; it talks to hosts only through
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod audit;
 pub mod bus;
+pub mod cli;
 pub mod codefetch;
 pub mod codestore;
 pub mod config;

@@ -144,6 +144,12 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
         token.clone(),
     ));
     {
+        // Dead-letter list and requeue (docs/operations.md, "Dead letters").
+        let requeues = Arc::new(api::dead_letters::RequeueMetrics::default());
+        daemon.add_routes(api::dead_letters::router(bus_dyn.clone(), requeues.clone()));
+        daemon.add_metrics(move |out| requeues.render_prometheus(out));
+    }
+    {
         // Audit records go to the bus too (best effort, in order of the changes).
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::audit::AuditRecord>();
         daemon.audit().add_sink(Box::new(move |r| {

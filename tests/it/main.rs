@@ -9,6 +9,8 @@ mod bus_rules;
 mod bus_store;
 mod c_abi;
 mod chaos;
+/// The `workmanager` command-line client (issue 18).
+mod cli;
 mod containment;
 mod dotnet_daemon;
 mod failures;

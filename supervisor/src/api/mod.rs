@@ -13,6 +13,7 @@
 //! control plane", is the operator's view.
 
 pub mod auth;
+pub mod dead_letters;
 pub mod error;
 pub mod guard;
 pub mod health;
@@ -281,6 +282,12 @@ pub fn route_policies() -> Vec<RoutePolicy> {
             path: p,
             need: *need,
             body: BodyClass::Event,
+        }))
+        .chain(dead_letters::ROUTES.iter().map(|(m, p, need)| RoutePolicy {
+            method: m.clone(),
+            path: p,
+            need: *need,
+            body: BodyClass::Small,
         }))
         .collect()
 }
@@ -668,8 +675,10 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
         .await
         .unwrap_or_default();
     let view: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    // The first parameter names a worker only on worker routes (dead-letter routes: a topic).
     let worker_id = params
         .first()
+        .filter(|_| policy.path.starts_with("/v1/workers"))
         .cloned()
         .or_else(|| view["id"].as_str().map(str::to_owned));
     let package_sha256 = view["code"]["sha256"].as_str().map(str::to_owned);

@@ -1,0 +1,532 @@
+//! The `workmanager` command-line client against a real daemon (issue 18): every client
+//! subcommand with table and JSON output, the exit codes of its failures, the token and the
+//! Unix socket; `pack` -> `workers create` -> invoke round trips; dead-letter list and
+//! requeue (counted and audited); the seed's quick-start layout accepted with a warning.
+//!
+//! One daemon serves most of this module (started once, shared through a `OnceLock`), so the
+//! module adds a few seconds, not a daemon per check.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wm_testkit::daemon::{Daemon, DaemonOptions, workmanager_bin};
+use wm_testkit::native::{Build, Lang};
+use wm_testkit::nupkg::Nupkg;
+
+const WAIT: Duration = Duration::from_secs(40);
+
+/// What a CLI run gave.
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+
+    fn ok(self) -> Out {
+        assert_eq!(
+            self.code, 0,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `workmanager ARGS` with only the given `WORKMANAGER_*` variables.
+fn wm(args: &[&str], env: &[(&str, &str)]) -> Out {
+    let mut cmd = Command::new(workmanager_bin());
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WORKMANAGER_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("running workmanager");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The shared daemon: tokens on (so the client must send one), metrics public (for the
+/// harness's own checks), a TCP and a Unix listener, fast retries.
+struct Shared {
+    d: Daemon,
+    token: String,
+    sock: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn shared() -> &'static Shared {
+    static S: OnceLock<Shared> = OnceLock::new();
+    S.get_or_init(|| {
+        let created = wm(
+            &["token", "create", "--name", "cli", "--scope", "admin"],
+            &[],
+        )
+        .ok();
+        let mut lines = created.stdout.lines();
+        let token = lines.next().expect("token line").to_owned();
+        let entry = lines
+            .next()
+            .and_then(|l| l.split('"').nth(1))
+            .expect("config line")
+            .to_owned();
+        let dir = tempfile::tempdir().unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        }
+        let sock = dir.path().join("api.sock");
+        let d = Daemon::start(
+            DaemonOptions::default()
+                .listen("127.0.0.1:0")
+                .listen(&format!("unix:{}", sock.display()))
+                .env("WORKMANAGER_API_TOKENS", &entry)
+                .env("WORKMANAGER_METRICS_PUBLIC", "true")
+                .env("WORKER_RETRY_ATTEMPTS", "1")
+                .env("WORKER_RETRY_BASE_DELAY_MS", "10"),
+        );
+        Shared {
+            d,
+            token,
+            sock,
+            _dir: dir,
+        }
+    })
+}
+
+impl Shared {
+    fn addr(&self) -> String {
+        self.d.addr().to_string()
+    }
+
+    /// Runs the CLI against the shared daemon over TCP with the token.
+    fn wm(&self, args: &[&str]) -> Out {
+        wm(
+            args,
+            &[
+                ("WORKMANAGER_ADDR", &self.addr()),
+                ("WORKMANAGER_TOKEN", &self.token),
+            ],
+        )
+    }
+}
+
+fn chaos_so() -> PathBuf {
+    Build::plugin("chaos", Lang::C, &["chaos.c"]).build()
+}
+
+/// `workmanager pack` of the chaos fixture into `dir`.
+fn pack_chaos(dir: &Path) -> PathBuf {
+    let out = dir.join("chaos.nupkg");
+    let so = chaos_so();
+    let r = wm(
+        &[
+            "pack",
+            "--id",
+            "Chaos.Worker",
+            "--native",
+            so.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+        &[],
+    )
+    .ok();
+    let v = r.json();
+    assert_eq!(v["library"], "chaos", "{v}");
+    assert_eq!(v["libraryPath"], "runtimes/linux-x64/native/libchaos.so");
+    out
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn workers_subcommands_drive_a_daemon_in_tables_and_json() {
+    let s = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = pack_chaos(dir.path());
+    let pkg = pkg.to_str().unwrap();
+
+    let created = s
+        .wm(&[
+            "workers", "create", "-p", pkg, "-t", "t.cli", "--tag", "team=a", "--start", "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["status"], "RUNNING", "{created}");
+    assert_eq!(created["tags"]["team"], "a");
+
+    // Tables for people: a header and the worker's row.
+    let ls = s.wm(&["workers", "ls"]).ok();
+    let mut lines = ls.stdout.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.starts_with("ID") && header.contains("STATUS") && header.contains("TOPIC"),
+        "{header}"
+    );
+    let row = lines
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{}", ls.stdout));
+    assert!(row.contains("RUNNING") && row.contains("t.cli"), "{row}");
+    // JSON for scripts: the daemon's own shape.
+    let ls = s.wm(&["workers", "ls", "-o", "json"]).ok().json();
+    assert!(
+        ls["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["id"] == id.as_str())
+    );
+    let get = s.wm(&["workers", "get", &id]).ok();
+    assert!(
+        get.stdout.contains("status") && get.stdout.contains("RUNNING"),
+        "{}",
+        get.stdout
+    );
+
+    // invoke: the reply on stdout.
+    let reply = s
+        .wm(&[
+            "workers",
+            "invoke",
+            &id,
+            "--data",
+            "\"hello\"",
+            "--type",
+            "t.cli",
+        ])
+        .ok()
+        .json();
+    assert_eq!(reply["type"], "t.cli.reply", "{reply}");
+
+    // tags: set, delete, list.
+    let tags = s
+        .wm(&[
+            "workers", "tags", &id, "env=prod", "--rm", "team", "-o", "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(tags["tags"], serde_json::json!({"env": "prod"}));
+    let tags = s.wm(&["workers", "tags", &id]).ok();
+    assert!(
+        tags.stdout.contains("env") && tags.stdout.contains("prod"),
+        "{}",
+        tags.stdout
+    );
+
+    // reload: a new upload, two history entries.
+    s.wm(&["workers", "reload", &id, "-p", pkg]).ok();
+    let h = s.wm(&["workers", "history", &id, "-o", "json"]).ok().json();
+    assert!(!h["entries"].as_array().unwrap().is_empty(), "{h}");
+
+    // hosts and engines.
+    let hosts = s.wm(&["hosts"]).ok();
+    assert!(
+        hosts.stdout.starts_with("ID") && hosts.stdout.contains("native"),
+        "{}",
+        hosts.stdout
+    );
+    let engines = s.wm(&["engines", "-o", "json"]).ok().json();
+    assert!(
+        engines["engines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["mimeType"] == "application/x-native-dll")
+    );
+
+    // topics: publish and watch (replayed from the store, then it exits after -n events).
+    let p = s
+        .wm(&[
+            "topics",
+            "publish",
+            "t.cli.notes",
+            "--data",
+            "{\"n\":1}",
+            "--id",
+            "note-1",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(p["accepted"], 1);
+    let w = s
+        .wm(&[
+            "topics",
+            "watch",
+            "t.cli.notes",
+            "--from-earliest",
+            "-n",
+            "1",
+            "-o",
+            "json",
+        ])
+        .ok();
+    let line: Value = serde_json::from_str(w.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(line["event"]["id"], "note-1", "{line}");
+    assert_eq!(line["seq"], p["seqs"][0]);
+
+    // stop, rm; then the worker is gone: exit 3 and the daemon's words.
+    let stop = s.wm(&["workers", "stop", &id]).ok();
+    assert!(stop.stdout.contains("STOPPED"), "{}", stop.stdout);
+    s.wm(&["workers", "rm", &id]).ok();
+    let gone = s.wm(&["workers", "get", &id]);
+    assert_eq!(gone.code, 3, "{gone:?}");
+    assert!(gone.stderr.contains("not_found"), "{}", gone.stderr);
+}
+
+#[test]
+fn errors_have_exit_codes_and_say_what_to_do() {
+    let s = shared();
+    // No token: 4, and the hint names WORKMANAGER_TOKEN.
+    let r = wm(&["workers", "ls"], &[("WORKMANAGER_ADDR", &s.addr())]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("WORKMANAGER_TOKEN"), "{}", r.stderr);
+    let r = wm(
+        &["hosts", "--server", &s.addr()],
+        &[("WORKMANAGER_TOKEN", "not-a-known-token-0123")],
+    );
+    assert_eq!(r.code, 4, "{r:?}");
+    // Nobody listening: 5.
+    let r = wm(&["engines", "--server", "127.0.0.1:1"], &[]);
+    assert_eq!(r.code, 5, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("cannot reach the daemon at http://127.0.0.1:1"),
+        "{}",
+        r.stderr
+    );
+    // Bad address: usage, 2.
+    let r = wm(&["engines", "--server", "unix:"], &[]);
+    assert_eq!(r.code, 2, "{r:?}");
+    // An invalid package: 6 with every problem listed.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.nupkg");
+    std::fs::write(&bad, Nupkg::new().file("readme.txt", "x").build()).unwrap();
+    let r = s.wm(&[
+        "workers",
+        "create",
+        "-p",
+        bad.to_str().unwrap(),
+        "-t",
+        "t.bad",
+        "--mime-type",
+        "application/x-native-dll",
+    ]);
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.stderr.contains("invalid_package"), "{}", r.stderr);
+    let r = wm(&["inspect", bad.to_str().unwrap()], &[]);
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.stderr.contains("nuspec"), "{}", r.stderr);
+    // The Unix socket: the peer is the local admin, no token needed.
+    let sock = format!("unix:{}", s.sock.display());
+    let r = wm(&["hosts", "-o", "json"], &[("WORKMANAGER_ADDR", &sock)]).ok();
+    assert!(r.json()["hosts"].is_array());
+}
+
+#[test]
+fn dead_letters_are_listed_and_requeued_counted_and_audited() {
+    let s = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = pack_chaos(dir.path());
+    let id = s
+        .wm(&[
+            "workers",
+            "create",
+            "-p",
+            pkg.to_str().unwrap(),
+            "-t",
+            "t.dl",
+            "--start",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // "error" makes the chaos worker fail: 1 call + 1 retry, then a dead letter.
+    let ev = dir.path().join("ev.json");
+    std::fs::write(
+        &ev,
+        r#"{"specversion":"1.0","id":"poison-1","source":"urn:t","type":"t.dl","datacontenttype":"text/plain","data":"error"}"#,
+    )
+    .unwrap();
+    s.wm(&["topics", "publish", "t.dl", "--event", ev.to_str().unwrap()])
+        .ok();
+    let mut listed = Value::Null;
+    wait_until("the dead letter", || {
+        listed = s
+            .wm(&["dead-letters", "ls", "t.dl", "-o", "json"])
+            .ok()
+            .json();
+        !listed["deadLetters"].as_array().unwrap().is_empty()
+    });
+    let dl = &listed["deadLetters"][0];
+    assert_eq!(listed["topic"], "t.dl-dead");
+    assert_eq!(dl["id"], "poison-1", "{dl}");
+    assert_eq!(dl["originalTopic"], "t.dl");
+    assert_eq!(dl["reason"], "worker_error", "{dl}");
+    assert_eq!(dl["worker"], id.as_str());
+    let seq = dl["seq"].as_u64().unwrap().to_string();
+    let table = s.wm(&["dead-letters", "ls", "t.dl-dead"]).ok();
+    assert!(
+        table.stdout.contains("poison-1") && table.stdout.contains("worker_error"),
+        "{}",
+        table.stdout
+    );
+
+    // "Fix the worker" = stop it here, so the requeued event stays on its topic to be seen.
+    s.wm(&["workers", "stop", &id]).ok();
+    let r = s
+        .wm(&[
+            "dead-letters",
+            "requeue",
+            "t.dl",
+            &seq,
+            "999999",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(r["requeued"], 1, "{r}");
+    assert_eq!(r["notFound"], serde_json::json!([999999]));
+    let new_seq = r["events"][0]["newSeq"].as_u64().unwrap();
+    let after = (new_seq - 1).to_string();
+    let w = s
+        .wm(&[
+            "topics", "watch", "t.dl", "--after", &after, "-n", "1", "-o", "json",
+        ])
+        .ok();
+    let line: Value = serde_json::from_str(w.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(line["event"]["id"], "poison-1");
+    assert_eq!(line["event"]["data"], "error");
+    assert!(
+        line["event"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| !k.starts_with("deadletter")),
+        "the requeued event has no dead-letter extensions: {line}"
+    );
+    // Counted and audited.
+    let m = s.d.get("/metrics").text();
+    assert!(
+        m.contains("workmanager_dead_letters_requeued_total{topic=\"t.dl\"} 1"),
+        "{m}"
+    );
+    wait_until("the audit record", || {
+        s.d.log()
+            .lines()
+            .any(|l| l.contains("action=\"requeue\"") || l.contains("action=requeue"))
+    });
+    // A topic name the daemon refuses: its 400, exit 1.
+    let r = s.wm(&["dead-letters", "ls", "bad topic"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("invalid_argument"), "{}", r.stderr);
+    s.wm(&["workers", "rm", &id]).ok();
+}
+
+#[test]
+fn the_seeds_quick_start_layout_is_accepted_with_a_warning() {
+    let s = shared();
+    // What the seed's script makes: the nuspec at the root, then `<rid>/native/lib<name>.so`.
+    let pkg = Nupkg::new()
+        .nuspec(
+            "Seed.Worker",
+            "1.0.0",
+            "<virtufinLibrary>chaos</virtufinLibrary>",
+        )
+        .file_from("linux-x64/native/libchaos.so", &chaos_so())
+        .build();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("worker.nupkg");
+    std::fs::write(&path, &pkg).unwrap();
+    let r = s
+        .wm(&[
+            "workers",
+            "create",
+            "-p",
+            path.to_str().unwrap(),
+            "-t",
+            "t.seed",
+            "--start",
+            "-o",
+            "json",
+        ])
+        .ok();
+    assert!(
+        r.stderr.contains("warning") && r.stderr.contains("runtimes/linux-x64/native/libchaos.so"),
+        "{}",
+        r.stderr
+    );
+    let v = r.json();
+    assert_eq!(v["status"], "RUNNING", "{v}");
+    assert!(
+        v["warnings"][0].as_str().unwrap().contains("runtimes/"),
+        "{v}"
+    );
+    let id = v["id"].as_str().unwrap().to_owned();
+    let reply = s
+        .wm(&[
+            "workers", "invoke", &id, "--data", "\"x\"", "--type", "t.seed",
+        ])
+        .ok()
+        .json();
+    assert_eq!(reply["type"], "t.seed.reply");
+    assert!(
+        s.d.log().contains("without the runtimes/ prefix"),
+        "the log names the expected layout"
+    );
+    s.wm(&["workers", "rm", &id]).ok();
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_clap_definitions() {
+    let bash = wm(&["completions", "bash"], &[]).ok();
+    assert!(
+        bash.stdout.contains("dead-letters") && bash.stdout.contains("--server"),
+        "bash"
+    );
+    let man = wm(&["man"], &[]).ok();
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH workmanager"),
+        "{}",
+        &man.stdout[..200.min(man.stdout.len())]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    wm(&["man", "--dir", dir.path().to_str().unwrap()], &[]).ok();
+    assert!(dir.path().join("workmanager-workers.1").exists());
+}
