@@ -283,7 +283,7 @@ fn build(registry: &Registry, p: Parts) -> anyhow::Result<Built> {
     })
 }
 
-fn host_runner_path(config: &Config) -> anyhow::Result<PathBuf> {
+pub(crate) fn host_runner_path(config: &Config) -> anyhow::Result<PathBuf> {
     if let Some(p) = &config.host_runner_path {
         return Ok(p.clone());
     }
@@ -295,7 +295,7 @@ fn host_runner_path(config: &Config) -> anyhow::Result<PathBuf> {
     Ok(dir.join("host-runner"))
 }
 
-fn pool_config(
+pub(crate) fn pool_config(
     config: &Config,
     host_runner: PathBuf,
     sandbox: crate::pool::spawn::SandboxSettings,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use wm_testkit::daemon::{Daemon, DaemonOptions, workmanager_bin};
+use wm_testkit::dotnet as dn;
 use wm_testkit::native::{Build, Lang};
 use wm_testkit::nupkg::Nupkg;
 
@@ -92,8 +93,12 @@ fn shared() -> &'static Shared {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         }
         let sock = dir.path().join("api.sock");
+        // The .NET engine's bridge next to host-runner, for the C# round trip.
+        dn::engine_dir();
+        let root = dn::dotnet_root();
         let d = Daemon::start(
             DaemonOptions::default()
+                .env("DOTNET_ROOT", root.to_str().expect("utf-8 path"))
                 .listen("127.0.0.1:0")
                 .listen(&format!("unix:{}", sock.display()))
                 .env("WORKMANAGER_API_TOKENS", &entry)
@@ -529,4 +534,181 @@ fn completions_and_man_page_come_from_the_clap_definitions() {
     let dir = tempfile::tempdir().unwrap();
     wm(&["man", "--dir", dir.path().to_str().unwrap()], &[]).ok();
     assert!(dir.path().join("workmanager-workers.1").exists());
+}
+
+/// `pack` -> `workers create --start` -> `workers invoke` for a package built by `pack`.
+fn round_trip(s: &Shared, pack_args: &[&str], dir: &Path, topic: &str) -> Value {
+    let out = dir.join(format!("{topic}.nupkg"));
+    let mut args = vec!["pack"];
+    args.extend_from_slice(pack_args);
+    args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+    wm(&args, &[]).ok();
+    let id = s
+        .wm(&[
+            "workers",
+            "create",
+            "-p",
+            out.to_str().unwrap(),
+            "-t",
+            topic,
+            "--start",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ev = dir.join("ev.json");
+    std::fs::write(
+        &ev,
+        format!(r#"{{"specversion":"1.0","id":"rt-1","source":"urn:t","type":"{topic}","datacontenttype":"text/plain","data":"round trip","correlationid":"c-7"}}"#),
+    )
+    .unwrap();
+    let reply = s
+        .wm(&["workers", "invoke", &id, "--event", ev.to_str().unwrap()])
+        .ok()
+        .json();
+    s.wm(&["workers", "rm", &id]).ok();
+    reply
+}
+
+#[test]
+fn pack_deploy_invoke_round_trips_for_cpp_and_csharp() {
+    let s = shared();
+    let dir = tempfile::tempdir().unwrap();
+    // C++ (C is covered by the chaos worker above).
+    let so = Build::plugin("echo", Lang::Cpp, &["echo.cpp"]).build();
+    let reply = round_trip(
+        s,
+        &["--id", "Echo.Cpp", "--native", so.to_str().unwrap()],
+        dir.path(),
+        "t.rt.cpp",
+    );
+    assert_eq!(reply["type"], "echo.reply", "{reply}");
+    assert_eq!(reply["data"], "round trip");
+    // C#: a build output folder becomes lib/netcoreapp3.1/.
+    let dll = dn::build_library("Echo", &["Echo.cs"], &[]);
+    let out = dir.path().join("bin");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(&dll, out.join("Echo.dll")).unwrap();
+    let reply = round_trip(
+        s,
+        &["--id", "Echo", "--dotnet", out.to_str().unwrap()],
+        dir.path(),
+        "t.rt.cs",
+    );
+    assert_eq!(reply["type"], "echo.reply", "{reply}");
+    assert_eq!(reply["data"], "round trip");
+    assert_eq!(reply["correlationid"], "c-7");
+}
+
+#[test]
+fn pack_refuses_what_the_daemon_would_and_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let so = chaos_so();
+    // A library name that is not what the file holds, an entry point that is no C identifier.
+    let r = wm(
+        &[
+            "pack",
+            "--id",
+            "Bad",
+            "--native",
+            so.to_str().unwrap(),
+            "--library",
+            "a/b",
+            "--entry-point",
+            "not valid",
+            "--out",
+            dir.path().join("bad.nupkg").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 6, "{r:?}");
+    let problems = r
+        .stderr
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- "))
+        .count();
+    assert!(problems >= 2, "every problem at once: {}", r.stderr);
+    assert!(!dir.path().join("bad.nupkg").exists(), "nothing is written");
+    // inspect of a good package: what the daemon would load.
+    let good = pack_chaos(dir.path());
+    let v = wm(&["inspect", good.to_str().unwrap(), "-o", "json"], &[])
+        .ok()
+        .json();
+    assert_eq!(v["entryPoint"], "Process");
+    assert_eq!(v["mimeType"], "application/x-native-dll");
+}
+
+#[test]
+fn run_calls_a_package_once_in_a_sandboxed_host_and_names_the_crash() {
+    // `run` needs no daemon: the host-runner next to the binary is enough.
+    let _ = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = pack_chaos(dir.path());
+    let ev = |name: &str, data: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(
+            &p,
+            format!(r#"{{"specversion":"1.0","id":"{name}","source":"urn:t","type":"t.run","datacontenttype":"text/plain","data":"{data}"}}"#),
+        )
+        .unwrap();
+        p
+    };
+    let ok = ev("ok.json", "hello");
+    let r = wm(
+        &[
+            "run",
+            pkg.to_str().unwrap(),
+            "--event",
+            ok.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .ok();
+    let reply: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(reply["data"], "hello", "{}", r.stdout);
+    assert_eq!(reply["type"], "t.run.reply");
+    // A crash: exit 7, the signal, and this call named as the culprit.
+    let segv = ev("segv.json", "segv");
+    let r = wm(
+        &[
+            "run",
+            pkg.to_str().unwrap(),
+            "--event",
+            segv.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 7, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["crash"]["signal"], "SIGSEGV", "{v}");
+    assert_eq!(v["crash"]["culprit"], true, "{v}");
+    // A worker error: exit 7 with the worker's words.
+    let err = ev("err.json", "error");
+    let r = wm(
+        &[
+            "run",
+            pkg.to_str().unwrap(),
+            "--event",
+            err.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 7, "{r:?}");
+    assert!(r.stderr.contains("worker_error"), "{}", r.stderr);
+    // As root (as the daemon runs here), `run` gets every layer the daemon gives its hosts.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(
+            !r.stderr.contains("sandbox layer missing"),
+            "run gets the daemon's sandbox: {}",
+            r.stderr
+        );
+    }
 }

@@ -1,12 +1,14 @@
 //! The client half of the `workmanager` binary: subcommands that talk to a daemon over its
 //! REST API (`workers`, `topics`, `hosts`, `engines`, `dead-letters`), and the worker
-//! author's tools that need no daemon (`pack`, `inspect`). docs/cli.md is the user's guide.
+//! author's tools that need no daemon (`pack`, `inspect`, `run`). docs/cli.md is the user's
+//! guide.
 //!
 //! Each subcommand prints a table for people or the daemon's JSON with `-o json`, and exits
 //! with a code from [`client::exit`] that says what kind of failure it was.
 //!
 //! **Invariant:** nothing here loads plugin code or opens the daemon's data directory; the
-//! client sees the daemon only through its API.
+//! client sees the daemon only through its API. `run` loads plugin code only in a sandboxed
+//! host-runner, through the same `pool` the daemon uses.
 
 pub mod admin;
 pub mod client;
@@ -14,6 +16,7 @@ pub mod docs;
 pub mod output;
 pub mod pack;
 pub mod progress;
+pub mod run;
 pub mod topics;
 pub mod workers;
 
@@ -59,6 +62,8 @@ pub enum ClientCommand {
     Pack(pack::PackArgs),
     /// Print what the daemon would load from a package, or every problem it has.
     Inspect(pack::InspectArgs),
+    /// Run a package once on one event in a real sandboxed host, without a daemon.
+    Run(run::RunArgs),
 }
 
 /// Runs a client subcommand; prints errors to stderr and returns the exit code.
@@ -66,6 +71,7 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
     let result = match cmd {
         ClientCommand::Pack(args) => pack::pack(args),
         ClientCommand::Inspect(args) => pack::inspect(args),
+        ClientCommand::Run(args) => run::run(args),
         ClientCommand::Workers { conn, cmd } => {
             with_client(&conn, |c| Box::pin(workers::run(c, cmd)))
         }

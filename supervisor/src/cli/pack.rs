@@ -314,7 +314,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
 }
 
 /// A validation failure with every problem listed.
-fn invalid(e: package::PackageError) -> CliError {
+pub fn invalid(e: package::PackageError) -> CliError {
     let problems: Vec<String> = e.problems().iter().map(ToString::to_string).collect();
     if problems.is_empty() {
         return CliError::new(exit::INVALID_PACKAGE, e.to_string());
