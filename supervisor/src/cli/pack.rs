@@ -280,10 +280,11 @@ pub fn pack(a: PackArgs) -> Result<(), CliError> {
             out.display(),
             bytes.len()
         );
-        print_info(info);
+        let mut fields = info_fields(info);
         if !rids.is_empty() {
-            print_fields(&[("rids", rids.join(", "))]);
+            fields.push(("rids", rids.join(", ")));
         }
+        print_fields(&fields);
     }
     Ok(())
 }
@@ -347,7 +348,7 @@ fn info_json(i: &PackageInfo) -> serde_json::Value {
     })
 }
 
-fn print_info(i: &PackageInfo) {
+fn info_fields(i: &PackageInfo) -> Vec<(&'static str, String)> {
     let mut fields = vec![
         ("id", i.id.clone()),
         ("version", i.version.clone()),
@@ -362,7 +363,11 @@ fn print_info(i: &PackageInfo) {
     }
     fields.push(("sha256", i.sha256.clone()));
     fields.push(("size", i.size.to_string()));
-    print_fields(&fields);
+    fields
+}
+
+fn print_info(i: &PackageInfo) {
+    print_fields(&info_fields(i));
 }
 
 /// Runs `workmanager inspect`.
