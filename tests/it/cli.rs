@@ -712,3 +712,90 @@ fn run_calls_a_package_once_in_a_sandboxed_host_and_names_the_crash() {
         );
     }
 }
+
+/// The `workmanager_*` series named in a text (PromQL in JSON or YAML), histogram suffixes
+/// folded into their family.
+fn series_in(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("workmanager_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        out.insert(family.to_owned());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn deploy_files_use_only_series_the_daemon_exports() {
+    let s = shared();
+    // Every family the daemon can export announces itself with `# TYPE` (also while empty),
+    // once a worker has run; the other tests of this module may not have yet.
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = pack_chaos(dir.path());
+    let id = s
+        .wm(&[
+            "workers",
+            "create",
+            "-p",
+            pkg.to_str().unwrap(),
+            "-t",
+            "t.deploy",
+            "--start",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.wm(&["workers", "invoke", &id, "--data", "1"]).ok();
+    let metrics = s.d.get("/metrics").text();
+    s.wm(&["workers", "rm", &id]).ok();
+    let exported: std::collections::BTreeSet<String> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let root = wm_testkit::workspace_root().join("deploy");
+    let dashboard = std::fs::read_to_string(root.join("grafana/workmanager.json")).unwrap();
+    let parsed: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 8));
+    let alerts = std::fs::read_to_string(root.join("prometheus/alerts.yml")).unwrap();
+    for (file, text) in [
+        ("grafana/workmanager.json", &dashboard),
+        ("prometheus/alerts.yml", &alerts),
+    ] {
+        let used = series_in(text);
+        assert!(!used.is_empty(), "{file}");
+        let missing: Vec<&String> = used.difference(&exported).collect();
+        assert!(
+            missing.is_empty(),
+            "deploy/{file} uses series the daemon does not export: {missing:?}"
+        );
+    }
+    for alert in [
+        "CrashLoop",
+        "DeadLetterRate",
+        "BacklogGrowth",
+        "HostRespawnRate",
+    ] {
+        assert!(
+            alerts.contains(
+                &format!("alert: Workmanager{}", alert)
+                    .replace("WorkmanagerCrashLoop", "WorkmanagerHostCrashLoop")
+            ),
+            "{alert}"
+        );
+    }
+}
