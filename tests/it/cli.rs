@@ -793,3 +793,88 @@ fn deploy_files_use_only_series_the_daemon_exports() {
         assert!(alerts.contains(&format!("alert: {alert}")), "{alert}");
     }
 }
+
+#[test]
+fn new_projects_build_pack_and_pass_their_own_tests() {
+    // The C# project finds the DevKit next to host-runner, where the engine's build puts it.
+    dn::engine_dir();
+    let bin = workmanager_bin();
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let test = |project: &Path| {
+        Command::new("bash")
+            .arg(project.join("test.sh"))
+            .env("PATH", &path)
+            .env("WORKMANAGER", &bin)
+            .env("DOTNET_ROOT", dn::dotnet_root())
+            .output()
+            .expect("running test.sh")
+    };
+    for lang in ["c", "cpp", "csharp"] {
+        let name = format!("hello-{lang}");
+        wm(
+            &[
+                "new",
+                "--lang",
+                lang,
+                &name,
+                "--dir",
+                dir.path().to_str().unwrap(),
+            ],
+            &[],
+        )
+        .ok();
+        let project = dir.path().join(&name);
+        assert!(
+            project.join("README.md").is_file() && project.join("events/sample.json").is_file()
+        );
+        let out = test(&project);
+        assert!(
+            out.status.success(),
+            "{lang}: the generated project's test failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("ok   events/sample.json"));
+        assert!(project.join(format!("build/{name}.nupkg")).is_file());
+    }
+    // The generated test can fail: a worker that replies with another type is caught.
+    let src = dir.path().join("hello-c/src/worker.c");
+    let text = std::fs::read_to_string(&src).unwrap();
+    std::fs::write(&src, text.replace("\"hello-c.reply\"", "\"other.reply\"")).unwrap();
+    let out = test(&dir.path().join("hello-c"));
+    assert!(
+        !out.status.success(),
+        "a wrong reply type must fail the project's test"
+    );
+    // An existing folder is not overwritten; python waits for its engine.
+    let r = wm(
+        &[
+            "new",
+            "--lang",
+            "c",
+            "hello-c",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    let r = wm(
+        &[
+            "new",
+            "--lang",
+            "python",
+            "p",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("issue 17"), "{}", r.stderr);
+}

@@ -1,6 +1,6 @@
 //! The client half of the `workmanager` binary: subcommands that talk to a daemon over its
 //! REST API (`workers`, `topics`, `hosts`, `engines`, `dead-letters`), and the worker
-//! author's tools that need no daemon (`pack`, `inspect`, `run`). docs/cli.md is the user's
+//! author's tools that need no daemon (`pack`, `inspect`, `run`, `new`). docs/cli.md is the user's
 //! guide.
 //!
 //! Each subcommand prints a table for people or the daemon's JSON with `-o json`, and exits
@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod client;
 pub mod docs;
+pub mod new;
 pub mod output;
 pub mod pack;
 pub mod progress;
@@ -64,6 +65,8 @@ pub enum ClientCommand {
     Inspect(pack::InspectArgs),
     /// Run a package once on one event in a real sandboxed host, without a daemon.
     Run(run::RunArgs),
+    /// Create a worker project: source, header or DevKit reference, build and test scripts.
+    New(new::NewArgs),
 }
 
 /// Runs a client subcommand; prints errors to stderr and returns the exit code.
@@ -72,6 +75,7 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
         ClientCommand::Pack(args) => pack::pack(args),
         ClientCommand::Inspect(args) => pack::inspect(args),
         ClientCommand::Run(args) => run::run(args),
+        ClientCommand::New(args) => new::new(args),
         ClientCommand::Workers { conn, cmd } => {
             with_client(&conn, |c| Box::pin(workers::run(c, cmd)))
         }
