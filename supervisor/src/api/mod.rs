@@ -19,6 +19,7 @@ pub mod guard;
 pub mod health;
 pub mod hosts;
 pub mod topics;
+pub mod ui;
 pub mod workers;
 
 use std::sync::Arc;
@@ -289,6 +290,12 @@ pub fn route_policies() -> Vec<RoutePolicy> {
             need: *need,
             body: BodyClass::Small,
         }))
+        .chain(ui::ROUTES.iter().map(|(m, p, need)| RoutePolicy {
+            method: m.clone(),
+            path: p,
+            need: *need,
+            body: BodyClass::Small,
+        }))
         .collect()
 }
 
@@ -359,6 +366,7 @@ pub fn router_with(state: AppState, extra: Router) -> Router {
     let sec = &config.security;
     let mut app = app
         .with_state(state.clone())
+        .merge(ui::router())
         .merge(extra)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

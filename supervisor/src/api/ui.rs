@@ -1,0 +1,65 @@
+//! The dashboard at `/ui`: plain HTML, CSS and JavaScript compiled into the binary (no
+//! front-end build step, no third-party assets). The three files are public, like the health
+//! probes, because they hold no data: everything the page shows comes from the REST API with
+//! the caller's token, under the same scopes as any client (docs/cli.md, "Dashboard").
+//!
+//! The page is served with a strict Content-Security-Policy (scripts and styles only from
+//! `/ui/`, no inline code, no framing), so a plugin's text shown in it cannot run as script.
+
+use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::auth::Need;
+
+/// The dashboard routes and their scope (part of the route table's policies).
+pub const ROUTES: &[(axum::http::Method, &str, Need)] = &[
+    (axum::http::Method::GET, "/ui", Need::Public),
+    (axum::http::Method::GET, "/ui/app.js", Need::Public),
+    (axum::http::Method::GET, "/ui/app.css", Need::Public),
+];
+
+const INDEX: &str = include_str!("ui/index.html");
+const APP_JS: &str = include_str!("ui/app.js");
+const APP_CSS: &str = include_str!("ui/app.css");
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// The dashboard's routes; merged into the API router.
+pub fn router() -> Router {
+    Router::new()
+        .route(
+            "/ui",
+            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
+        )
+        .route(
+            "/ui/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/ui/app.css",
+            get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
+        )
+}
