@@ -18,3 +18,5 @@ mod host_limits;
 mod runtime;
 mod sandbox_layers;
 mod security;
+/// The /ui dashboard in headless Chromium (issue 18).
+mod ui;
