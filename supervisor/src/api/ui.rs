@@ -47,19 +47,13 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     r
 }
 
-/// The dashboard's routes; merged into the API router.
+/// The dashboard's routes; merged into the API router. Other methods get the API's 405 body.
 pub fn router() -> Router {
+    let page = |ct: &'static str, body: &'static str| {
+        get(move || async move { asset(ct, body) }).fallback(super::method_not_allowed)
+    };
     Router::new()
-        .route(
-            "/ui",
-            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
-        )
-        .route(
-            "/ui/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
-        )
-        .route(
-            "/ui/app.css",
-            get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
-        )
+        .route("/ui", page("text/html; charset=utf-8", INDEX))
+        .route("/ui/app.js", page("text/javascript; charset=utf-8", APP_JS))
+        .route("/ui/app.css", page("text/css; charset=utf-8", APP_CSS))
 }
