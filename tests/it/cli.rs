@@ -878,3 +878,146 @@ fn new_projects_build_pack_and_pass_their_own_tests() {
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("issue 17"), "{}", r.stderr);
 }
+
+#[test]
+fn watch_resumes_after_a_daemon_restart_without_losing_events() {
+    // A fixed port, so that the restarted daemon is where the tail reconnects.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = tempfile::tempdir().unwrap();
+    let opts = || {
+        DaemonOptions::default()
+            .listen(&format!("127.0.0.1:{port}"))
+            .data_dir(&data.path().join("data"))
+    };
+    let mut d = Daemon::start(opts());
+    let addr = format!("127.0.0.1:{port}");
+    let env = [("WORKMANAGER_ADDR", addr.as_str())];
+    wm(
+        &[
+            "topics", "publish", "t.resume", "--data", "1", "--id", "r-1",
+        ],
+        &env,
+    )
+    .ok();
+    let mut watch = Command::new(workmanager_bin())
+        .args([
+            "topics",
+            "watch",
+            "t.resume",
+            "--from-earliest",
+            "-n",
+            "3",
+            "-o",
+            "json",
+        ])
+        .env("WORKMANAGER_ADDR", &addr)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first event is replayed; then the daemon goes away and comes back.
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let first: Value =
+        serde_json::from_str(&rx.recv_timeout(WAIT).expect("the first event")).unwrap();
+    assert_eq!(first["event"]["id"], "r-1");
+    assert!(d.stop().success());
+    let d2 = Daemon::start(opts());
+    // The tail reconnects with ?after=<the last seq it printed>, so whether these land before
+    // or after it is back (that race is not controlled here), it gets each once, in order.
+    wm(
+        &[
+            "topics", "publish", "t.resume", "--data", "2", "--id", "r-2",
+        ],
+        &env,
+    )
+    .ok();
+    wm(
+        &[
+            "topics", "publish", "t.resume", "--data", "3", "--id", "r-3",
+        ],
+        &env,
+    )
+    .ok();
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            let l: Value =
+                serde_json::from_str(&rx.recv_timeout(WAIT).expect("an event after the restart"))
+                    .unwrap();
+            l["event"]["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids, ["r-2", "r-3"]);
+    let status = watch.wait().unwrap();
+    assert!(status.success(), "watch exits 0 after -n 3");
+    drop(d2);
+}
+
+#[test]
+fn uploads_show_progress_on_a_terminal() {
+    let s = shared();
+    let dir = tempfile::tempdir().unwrap();
+    // A package over 1 MiB: the chaos library plus incompressible padding.
+    let mut pad = vec![0u8; 3 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in pad.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let pkg = Nupkg::new()
+        .nuspec(
+            "Big.Worker",
+            "1.0.0",
+            "<virtufinLibrary>chaos</virtufinLibrary>",
+        )
+        .file_from("runtimes/linux-x64/native/libchaos.so", &chaos_so())
+        .file("runtimes/linux-x64/native/padding.bin", pad)
+        .build();
+    let path = dir.path().join("big.nupkg");
+    std::fs::write(&path, &pkg).unwrap();
+    // `script` gives the command a terminal; stderr goes to it.
+    let cmd = format!(
+        "{} workers create -p {} -t t.big -o json",
+        workmanager_bin().display(),
+        path.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("WORKMANAGER_ADDR", s.addr())
+        .env("WORKMANAGER_TOKEN", &s.token)
+        .output()
+        .expect("running script(1)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("uploading") && text.contains("(100%)"),
+        "{text}"
+    );
+    // Off a terminal: no progress.
+    let r = s
+        .wm(&[
+            "workers",
+            "create",
+            "-p",
+            path.to_str().unwrap(),
+            "-t",
+            "t.big2",
+        ])
+        .ok();
+    assert!(!r.stderr.contains("uploading"), "{}", r.stderr);
+}
