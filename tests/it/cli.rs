@@ -1021,3 +1021,114 @@ fn uploads_show_progress_on_a_terminal() {
         .ok();
     assert!(!r.stderr.contains("uploading"), "{}", r.stderr);
 }
+
+#[test]
+fn pack_signs_with_a_minisign_key_that_minisign_and_the_daemon_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pubkey, seckey) = (dir.path().join("k.pub"), dir.path().join("k.sec"));
+    let made = Command::new("minisign")
+        .args([
+            "-G",
+            "-W",
+            "-p",
+            pubkey.to_str().unwrap(),
+            "-s",
+            seckey.to_str().unwrap(),
+        ])
+        .output()
+        .expect("minisign (scripts/install-deps.sh installs it)");
+    assert!(made.status.success(), "{made:?}");
+    let out = dir.path().join("signed.nupkg");
+    let so = chaos_so();
+    wm(
+        &[
+            "pack",
+            "--id",
+            "Signed.Worker",
+            "--native",
+            so.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--sign-key",
+            seckey.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .ok();
+    let sig = dir.path().join("signed.nupkg.minisig");
+    // minisign itself verifies it.
+    let v = Command::new("minisign")
+        .args([
+            "-V",
+            "-m",
+            out.to_str().unwrap(),
+            "-p",
+            pubkey.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{v:?}");
+    // A daemon that requires signatures takes it with the signature, and refuses it without.
+    let d = Daemon::start(
+        DaemonOptions::default().env("PACKAGE_TRUSTED_KEYS", pubkey.to_str().unwrap()),
+    );
+    let addr = d.addr().to_string();
+    let env = [("WORKMANAGER_ADDR", addr.as_str())];
+    let r = wm(
+        &[
+            "workers",
+            "create",
+            "-p",
+            out.to_str().unwrap(),
+            "-t",
+            "t.signed",
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("invalid_signature"), "{}", r.stderr);
+    wm(
+        &[
+            "workers",
+            "create",
+            "-p",
+            out.to_str().unwrap(),
+            "-t",
+            "t.signed",
+            "--signature",
+            sig.to_str().unwrap(),
+        ],
+        &env,
+    )
+    .ok();
+    // A password-protected key is refused before anything is written.
+    let protected = dir.path().join("p.sec");
+    let mut text = std::fs::read_to_string(&seckey).unwrap();
+    let line = text.lines().nth(1).unwrap().to_owned();
+    let mut raw =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &line).unwrap();
+    raw[2..4].copy_from_slice(b"Sc");
+    text = text.replace(
+        &line,
+        &base64::Engine::encode(&base64::engine::general_purpose::STANDARD, raw),
+    );
+    std::fs::write(&protected, text).unwrap();
+    let other = dir.path().join("other.nupkg");
+    let r = wm(
+        &[
+            "pack",
+            "--id",
+            "S",
+            "--native",
+            so.to_str().unwrap(),
+            "--out",
+            other.to_str().unwrap(),
+            "--sign-key",
+            protected.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("minisign -G -W"), "{}", r.stderr);
+    assert!(!other.exists());
+}

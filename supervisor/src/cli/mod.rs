@@ -18,6 +18,7 @@ pub mod output;
 pub mod pack;
 pub mod progress;
 pub mod run;
+pub mod sign;
 pub mod topics;
 pub mod workers;
 

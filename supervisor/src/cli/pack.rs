@@ -57,6 +57,10 @@ pub struct PackArgs {
     /// Where to write the package (default `<id>.<version>.nupkg`).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Sign the package with this minisign secret key (made by `minisign -G -W`): writes
+    /// `<out>.minisig` next to it, for daemons with PACKAGE_TRUSTED_KEYS.
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
     /// `json` prints the package summary as JSON.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -267,10 +271,40 @@ pub fn pack(a: PackArgs) -> Result<(), CliError> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{id}.{}.nupkg", a.version)));
+    // The key is read before anything is written: a bad key leaves no unsigned package.
+    let key = match &a.sign_key {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                CliError::usage(format!("cannot read the key {}: {e}", path.display()))
+            })?;
+            Some(super::sign::SigningKey::parse(
+                &text,
+                &path.display().to_string(),
+            )?)
+        }
+        None => None,
+    };
     write_atomic(&out, &bytes)?;
+    let signature_path = match &key {
+        Some(key) => {
+            let name = out
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let mut sig_path = out.clone().into_os_string();
+            sig_path.push(".minisig");
+            let sig_path = PathBuf::from(sig_path);
+            std::fs::write(&sig_path, key.sign(&bytes, &name)).map_err(|e| {
+                CliError::usage(format!("cannot write {}: {e}", sig_path.display()))
+            })?;
+            Some(sig_path)
+        }
+        None => None,
+    };
     let info = &infos[0];
     if a.output == Output::Json {
         let mut v = info_json(info);
+        v["signature"] = json!(signature_path.as_ref().map(|p| p.display().to_string()));
         v["path"] = json!(out.display().to_string());
         v["rids"] = json!(rids);
         print_json(&v);
@@ -283,6 +317,9 @@ pub fn pack(a: PackArgs) -> Result<(), CliError> {
         let mut fields = info_fields(info);
         if !rids.is_empty() {
             fields.push(("rids", rids.join(", ")));
+        }
+        if let Some(p) = &signature_path {
+            fields.push(("signature", p.display().to_string()));
         }
         print_fields(&fields);
     }
