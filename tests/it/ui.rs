@@ -1,5 +1,6 @@
 //! The `/ui` dashboard in headless Chromium (Debian's `chromium`, driven over the DevTools
-//! protocol): it needs the API's token like any client, shows workers and hosts, updates from
+//! protocol): it needs the API's token like any client (HTTP Basic, the token as password,
+//! which is what the browser sends after its login prompt), shows workers and hosts, updates from
 //! SSE while a worker crashes its host and the host respawns (no reload), tails a topic, and
 //! requeues a dead letter. Screenshots of each view go to `target/ui-screenshots/`, and to
 //! `docs/ui/` with `WM_UI_SCREENSHOTS=docs`.
@@ -127,17 +128,25 @@ fn the_dashboard_follows_a_crash_and_respawn_live_and_requeues_a_dead_letter() {
         &token,
     );
 
-    let mut b = Browser::open(&format!("{}/ui", d.base_url()));
-    // Without the token the page gets the API's 401, like any client.
-    b.wait_for(
-        "the 401",
-        WAIT,
-        "document.getElementById('error').textContent.includes('unauthorized')",
+    // The page needs the API's credentials: without them, 401 and a Basic challenge (the
+    // browser's login prompt: any user name, the token as password).
+    let r = d.get("/ui");
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|h| h.starts_with("Basic "))
     );
-    b.eval(&format!(
-        "document.getElementById('token').value = {}; document.getElementById('auth').requestSubmit(); true",
-        Value::from(token.clone())
-    ));
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("ops:{token}")
+        )
+    );
+    let mut b = Browser::open_with_headers(
+        &format!("{}/ui", d.base_url()),
+        &[("Authorization", &basic)],
+    );
     b.wait_for(
         "the worker row",
         WAIT,

@@ -48,6 +48,12 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 impl Browser {
     /// Starts Chromium (1280x900 window) and opens `url` in its page.
     pub fn open(url: &str) -> Browser {
+        Browser::open_with_headers(url, &[])
+    }
+
+    /// [`Browser::open`], sending `headers` with every request of the page (what a browser
+    /// does with credentials after a login prompt, which headless Chromium cannot answer).
+    pub fn open_with_headers(url: &str, headers: &[(&str, &str)]) -> Browser {
         use std::os::fd::AsRawFd;
         let profile = tempfile::tempdir().expect("a Chromium profile directory");
         // commands: we write `cmd_w`, Chromium reads fd 3; answers: Chromium writes fd 4.
@@ -147,6 +153,14 @@ impl Browser {
             .expect("a session")
             .to_owned();
         b.page("Page.enable", json!({}));
+        if !headers.is_empty() {
+            let map: serde_json::Map<String, Value> = headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), json!(v)))
+                .collect();
+            b.page("Network.enable", json!({}));
+            b.page("Network.setExtraHTTPHeaders", json!({"headers": map}));
+        }
         b.page("Page.navigate", json!({"url": url}));
         b
     }

@@ -519,14 +519,20 @@ fn identify(
     peer: Option<&Peer>,
     headers: &axum::http::HeaderMap,
 ) -> Result<Option<Principal>, ApiError> {
-    let bearer = headers
+    let authorization = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.to_str().ok());
+    let bearer = authorization
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim);
+        .map(str::trim)
+        .map(str::to_owned)
+        // HTTP Basic with the token as the password (any user name): what a browser sends
+        // after its login prompt, so the dashboard (`/ui`) takes the same tokens.
+        .or_else(|| authorization.and_then(auth::basic_password));
+    let bearer = bearer.as_deref();
     if let Some(b) = bearer
         && !sec.tokens.is_empty()
     {
@@ -603,7 +609,17 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
         Ok(Some(p)) => p,
         Ok(None) | Err(_) => {
             tracing::warn!(method = %method, path = %path, "request refused: no valid credentials");
-            return reject(ApiError::Unauthorized);
+            let mut resp = reject(ApiError::Unauthorized);
+            if path == "/ui" || path.starts_with("/ui/") {
+                // The browser asks for the token (as the password) and sends it from then on.
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static(
+                        "Basic realm=\"workmanager: any user name, the API token as password\", charset=\"UTF-8\"",
+                    ),
+                );
+            }
+            return resp;
         }
     };
     let Some((policy, params)) = found else {

@@ -1,7 +1,9 @@
 //! The dashboard at `/ui`: plain HTML, CSS and JavaScript compiled into the binary (no
-//! front-end build step, no third-party assets). The three files are public, like the health
-//! probes, because they hold no data: everything the page shows comes from the REST API with
-//! the caller's token, under the same scopes as any client (docs/cli.md, "Dashboard").
+//! front-end build step, no third-party assets). Same authentication as the API: the files
+//! need `read`; with tokens configured, an unauthenticated request gets a 401 with a Basic
+//! challenge, the browser asks for a user name (any) and password (the API token), and sends
+//! them on every later request, the page's API calls included, which then have that token's
+//! scopes (docs/cli.md, "Dashboard").
 //!
 //! The page is served with a strict Content-Security-Policy (scripts and styles only from
 //! `/ui/`, no inline code, no framing), so a plugin's text shown in it cannot run as script.
@@ -15,9 +17,9 @@ use super::auth::Need;
 
 /// The dashboard routes and their scope (part of the route table's policies).
 pub const ROUTES: &[(axum::http::Method, &str, Need)] = &[
-    (axum::http::Method::GET, "/ui", Need::Public),
-    (axum::http::Method::GET, "/ui/app.js", Need::Public),
-    (axum::http::Method::GET, "/ui/app.css", Need::Public),
+    (axum::http::Method::GET, "/ui", Need::Read),
+    (axum::http::Method::GET, "/ui/app.js", Need::Read),
+    (axum::http::Method::GET, "/ui/app.css", Need::Read),
 ];
 
 const INDEX: &str = include_str!("ui/index.html");
