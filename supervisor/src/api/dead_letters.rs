@@ -84,8 +84,14 @@ struct DeadLettersState {
 /// The dead-letter routes, with their own state; merge them into the API router.
 pub fn router(bus: Arc<dyn Bus>, metrics: Arc<RequeueMetrics>) -> Router {
     Router::new()
-        .route("/v1/dead-letters/{topic}", get(list))
-        .route("/v1/dead-letters/{topic}/requeue", post(requeue))
+        .route(
+            "/v1/dead-letters/{topic}",
+            get(list).fallback(super::method_not_allowed),
+        )
+        .route(
+            "/v1/dead-letters/{topic}/requeue",
+            post(requeue).fallback(super::method_not_allowed),
+        )
         .with_state(DeadLettersState { bus, metrics })
 }
 
