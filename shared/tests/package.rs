@@ -250,6 +250,7 @@ fn native_package_is_inspected_and_extracted_for_both_rids() {
                 tfm: None,
                 sha256: package::sha256_hex(&bytes),
                 size: bytes.len() as u64,
+                warnings: Vec::new(),
             }
         );
         let dir = package::extract(&bytes, &info, &sandbox.root(), &Limits::default()).unwrap();

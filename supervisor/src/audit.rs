@@ -18,7 +18,7 @@ pub const AUDIT_TOPIC: &str = "workmanager.audit";
 pub struct AuditRecord {
     /// `token:<name>`, `cert:CN=<cn>`, `uid:<n>` or `anonymous`.
     pub who: String,
-    /// `create`, `code`, `delete`, `start`, `stop`, `recover` or `tags`.
+    /// `create`, `code`, `delete`, `start`, `stop`, `recover`, `tags` or `requeue`.
     pub action: &'static str,
     /// Method and path as sent.
     pub request: String,
@@ -83,6 +83,7 @@ pub fn action_of(method: &str, path_template: &str) -> Option<&'static str> {
         ("POST", _, "recover") => "recover",
         ("DELETE", "/v1/workers/{id}", _) => "delete",
         ("POST", _, "start") => "start",
+        ("POST", "/v1/dead-letters/{topic}/requeue", _) => "requeue",
         ("POST", _, "stop") => "stop",
         (_, _, "code" | "code-from-url") => "code",
         ("PUT" | "DELETE", p, _) if p.contains("/tags") => "tags",
@@ -130,5 +131,10 @@ mod tests {
         );
         assert_eq!(action_of("GET", "/v1/workers/{id}/tags"), None);
         assert_eq!(action_of("POST", "/v1/workers/{id}/invoke"), None);
+        assert_eq!(
+            action_of("POST", "/v1/dead-letters/{topic}/requeue"),
+            Some("requeue")
+        );
+        assert_eq!(action_of("GET", "/v1/dead-letters/{topic}"), None);
     }
 }

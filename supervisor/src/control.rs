@@ -486,7 +486,20 @@ impl Control {
 
     /// Validates, stores and registers a new worker (status `STOPPED`).
     pub async fn create(&self, cmd: CreateWorker) -> Result<WorkerRecord, ApiError> {
+        self.create_with_warnings(cmd).await.map(|(w, _)| w)
+    }
+
+    /// [`Control::create`], also returning the package's accepted deviations
+    /// (`PackageInfo::warnings`, e.g. the seed's layout), which are logged too.
+    pub async fn create_with_warnings(
+        &self,
+        cmd: CreateWorker,
+    ) -> Result<(WorkerRecord, Vec<String>), ApiError> {
         let (bytes, code, info) = self.obtain_code(cmd.code, cmd.engine).await?;
+        let warnings = info.warnings.clone();
+        for w in &warnings {
+            tracing::warn!(sha256 = %code.sha256, "package accepted with a warning: {w}");
+        }
         let dir = self.store_code(bytes, info.clone()).await?;
         self.validate_code(dir, info, cmd.isolation).await?;
         let now = now_rfc3339();
@@ -517,7 +530,7 @@ impl Control {
         self.notify(ControlEventKind::Registered, &record);
         tracing::info!(worker = %record.id, mime = %record.mime_type, topic = %record.topic,
             sha256 = %record.code.sha256, "worker created");
-        Ok(record)
+        Ok((record, warnings))
     }
 
     /// Code whose check needs an engine (C# source: a compile in a host) is checked here,

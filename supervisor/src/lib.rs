@@ -14,6 +14,7 @@
 //! - [`serve`]: `workmanager serve`, everything put together.
 //! - [`grpc`]: the gRPC API (the original's `WorkManager` service) over the same operations.
 //! - [`telemetry`]: logs, OpenTelemetry traces (OTLP), trace context on events.
+//! - [`cli`]: the command-line client (`workmanager workers ...`, `pack`, `inspect`).
 //! - [`metrics`], [`shutdown`].
 //!
 //! **Invariant:** nothing in this crate loads plugin code; it talks to hosts only through
@@ -22,6 +23,7 @@
 pub mod api;
 pub mod audit;
 pub mod bus;
+pub mod cli;
 pub mod codefetch;
 pub mod codestore;
 pub mod config;

@@ -1,9 +1,12 @@
-//! `workmanager`: the supervisor daemon. Exit codes: 0 after a clean shutdown, 1 when
-//! start-up fails (bad settings, data directory in use, address taken), 2 for usage errors.
+//! `workmanager`: the supervisor daemon (`serve`) and its command-line client (`workers`,
+//! `topics`, `hosts`, `engines`, `dead-letters`, `pack`, `inspect`: `wm_supervisor::cli`,
+//! docs/cli.md). `serve` exits 0 after a clean shutdown, 1 when start-up fails (bad settings,
+//! data directory in use, address taken), 2 for usage errors; the client's codes are in
+//! `wm_supervisor::cli::client::exit`.
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use wm_supervisor::{Config, ServeArgs};
 
@@ -25,6 +28,19 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    #[command(flatten)]
+    Client(Box<wm_supervisor::cli::ClientCommand>),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per subcommand into --dir.
+    Man {
+        /// Write `workmanager.1`, `workmanager-workers.1`, ... into this folder.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -77,6 +93,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Token(TokenCommand::Create { name, scopes }) => token_create(&name, &scopes),
+        Command::Client(cmd) => wm_supervisor::cli::run(*cmd),
+        Command::Completions { shell } => {
+            wm_supervisor::cli::docs::completions(Cli::command(), shell);
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => match wm_supervisor::cli::docs::man(Cli::command(), dir.as_deref())
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("workmanager: cannot write the man page: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Serve(args) => {
             let config = match Config::load(&args) {
                 Ok(c) => c,

@@ -144,6 +144,12 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
         token.clone(),
     ));
     {
+        // Dead-letter list and requeue (docs/operations.md, "Dead letters").
+        let requeues = Arc::new(api::dead_letters::RequeueMetrics::default());
+        daemon.add_routes(api::dead_letters::router(bus_dyn.clone(), requeues.clone()));
+        daemon.add_metrics(move |out| requeues.render_prometheus(out));
+    }
+    {
         // Audit records go to the bus too (best effort, in order of the changes).
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::audit::AuditRecord>();
         daemon.audit().add_sink(Box::new(move |r| {
@@ -277,7 +283,7 @@ fn build(registry: &Registry, p: Parts) -> anyhow::Result<Built> {
     })
 }
 
-fn host_runner_path(config: &Config) -> anyhow::Result<PathBuf> {
+pub(crate) fn host_runner_path(config: &Config) -> anyhow::Result<PathBuf> {
     if let Some(p) = &config.host_runner_path {
         return Ok(p.clone());
     }
@@ -289,7 +295,7 @@ fn host_runner_path(config: &Config) -> anyhow::Result<PathBuf> {
     Ok(dir.join("host-runner"))
 }
 
-fn pool_config(
+pub(crate) fn pool_config(
     config: &Config,
     host_runner: PathBuf,
     sandbox: crate::pool::spawn::SandboxSettings,

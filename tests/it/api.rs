@@ -642,8 +642,9 @@ fn kill9_in_the_middle_of_writes_loses_nothing_acknowledged() {
     assert!(workers.len() >= acked.len());
 }
 
-/// The README's walkthrough, run verbatim with bash, curl and jq against a real daemon (only
-/// the address and the package path are substituted).
+/// The README's walkthrough, run verbatim with bash, the `workmanager` command line and jq
+/// against a real daemon (the address comes from `WORKMANAGER_ADDR`; the library the walkthrough
+/// packs is the chaos fixture, which echoes).
 #[test]
 fn readme_walkthrough_runs_verbatim() {
     let readme = std::fs::read_to_string(wm_testkit::workspace_root().join("README.md")).unwrap();
@@ -667,17 +668,28 @@ fn readme_walkthrough_runs_verbatim() {
         }
     }
     assert!(
-        script.contains("/start"),
+        script.contains("workers start"),
         "walkthrough not found:\n{script}"
     );
     let d = Daemon::start(DaemonOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("worker.nupkg"), package("1.0.0")).unwrap();
-    let script = script.replace("http://localhost:25001", &d.base_url());
+    let native = dir.path().join("runtimes/linux-x64/native");
+    std::fs::create_dir_all(&native).unwrap();
+    let so = Build::plugin("chaos", Lang::C, &["chaos.c"]).build();
+    std::fs::copy(&so, native.join("libmyworker.so")).unwrap();
+    let bin = wm_testkit::daemon::workmanager_bin();
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let out = std::process::Command::new("bash")
         .arg("-c")
         .arg(&script)
         .current_dir(dir.path())
+        .env("PATH", path)
+        .env("WORKMANAGER_ADDR", d.addr().to_string())
+        .env_remove("WORKMANAGER_TOKEN")
         .output()
         .expect("running bash");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -686,9 +698,10 @@ fn readme_walkthrough_runs_verbatim() {
         "the README walkthrough failed:\n{script}\nstdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // It created one worker, stopped it ("STOPPED" printed) and deleted it (204).
-    assert!(stdout.contains("\"STOPPED\""), "{stdout}");
-    assert!(stdout.trim_end().ends_with("204"), "{stdout}");
+    // It created one worker, invoked it (the echo), stopped it and deleted it.
+    assert!(stdout.contains(r#"\"hello\":\"world\""#), "{stdout}");
+    assert!(stdout.contains(": STOPPED"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("deleted"), "{stdout}");
     assert_eq!(d.get("/v1/workers").json(), json!({"workers": []}));
     assert!(
         d.log().contains("worker created") && d.log().contains("worker deleted"),

@@ -9,6 +9,8 @@ mod bus_rules;
 mod bus_store;
 mod c_abi;
 mod chaos;
+/// The `workmanager` command-line client (issue 18).
+mod cli;
 mod containment;
 mod csharp_source;
 mod dotnet_daemon;
@@ -20,3 +22,5 @@ mod runtime;
 mod sandbox_layers;
 mod security;
 mod traces;
+/// The /ui dashboard in headless Chromium (issue 18).
+mod ui;

@@ -4,6 +4,7 @@
 //! Fixtures are compiled into `target/fixtures/`, keyed by a hash of their sources, headers and
 //! flags, under a file lock: parallel test binaries and repeated runs build each one once.
 
+pub mod chromium;
 pub mod daemon;
 pub mod dotnet;
 pub mod fstree;

@@ -219,6 +219,9 @@ pub struct PackageInfo {
     pub sha256: String,
     /// Package size in bytes.
     pub size: u64,
+    /// Deviations that were accepted but should be fixed (e.g. the seed's native layout
+    /// without `runtimes/`); the daemon logs them and returns them from create.
+    pub warnings: Vec<String>,
 }
 
 /// The package could not be used. `Invalid` lists every problem found in one go.
@@ -626,6 +629,7 @@ pub fn inspect(
             tfm: layout.tfm,
             sha256: sha256_hex(bytes),
             size,
+            warnings: layout.warnings,
         }),
         _ => Err(PackageError::Invalid { problems }),
     }

@@ -59,6 +59,7 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<PackageInfo, PackageErro
         rid: None,
         tfm: None,
         sha256: sha256_hex(bytes),
+        warnings: Vec::new(),
         size,
     })
 }

@@ -14,6 +14,8 @@ pub(crate) struct Layout {
     pub library_path: String,
     pub rid: Option<String>,
     pub tfm: Option<String>,
+    /// Accepted deviations from the layout, for the author (e.g. the seed's layout).
+    pub warnings: Vec<String>,
 }
 
 /// Finds the library for `engine`; pushes a problem and returns `None` when it is not there.
@@ -60,6 +62,20 @@ fn native(files: &[&str], rid: &str, library: &str) -> Result<Layout, Problem> {
     if files.contains(&expected.as_str()) {
         return Ok(Layout {
             library_path: expected,
+            rid: Some(rid.to_string()),
+            tfm: None,
+            warnings: Vec::new(),
+        });
+    }
+    // The seed's quick-start script zips from inside `runtimes/`, which drops that prefix.
+    // Accepted so the walkthrough works verbatim, with a warning naming the right layout.
+    let seed = format!("{rid}/native/lib{library}.so");
+    if files.contains(&seed.as_str()) {
+        return Ok(Layout {
+            warnings: vec![format!(
+                "the package has \"{seed}\" without the runtimes/ prefix (the seed's quick-start script drops it); it is accepted, but the expected layout is \"{expected}\" (workmanager pack builds it)"
+            )],
+            library_path: seed,
             rid: Some(rid.to_string()),
             tfm: None,
         });
@@ -172,6 +188,7 @@ fn dotnet(files: &[&str], runtime_major: Option<u32>, library: &str) -> Result<L
             library_path: expected,
             rid: None,
             tfm: Some(tfm.to_string()),
+            warnings: Vec::new(),
         });
     }
     let mut dlls: Vec<String> = files
@@ -282,6 +299,25 @@ mod tests {
         );
         // The basename must match exactly.
         assert!(pick(&["lib/net8.0/w.dll"], Some(8), "W").is_err());
+    }
+
+    #[test]
+    fn the_seed_layout_is_accepted_with_a_warning() {
+        let l = native(
+            &["x.nuspec", "linux-x64/native/libecho.so"],
+            "linux-x64",
+            "echo",
+        )
+        .unwrap();
+        assert_eq!(l.library_path, "linux-x64/native/libecho.so");
+        assert_eq!(l.warnings.len(), 1);
+        assert!(
+            l.warnings[0].contains("\"runtimes/linux-x64/native/libecho.so\""),
+            "{:?}",
+            l.warnings
+        );
+        // Another RID's seed folder is no substitute.
+        assert!(native(&["linux-arm64/native/libecho.so"], "linux-x64", "echo").is_err());
     }
 
     #[test]

@@ -312,9 +312,41 @@ pub fn new_token() -> std::io::Result<String> {
     ))
 }
 
+/// The password of an HTTP Basic `Authorization` value (`Basic base64(user:password)`), which
+/// the dashboard's users type the API token into; `None` for anything else.
+pub fn basic_password(value: &str) -> Option<String> {
+    use base64::Engine as _;
+    let b64 = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (_, password) = text.split_once(':')?;
+    (!password.is_empty()).then(|| password.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn basic_credentials_carry_the_token_as_password() {
+        use base64::Engine as _;
+        let b = |s: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(s)
+            )
+        };
+        assert_eq!(basic_password(&b("ops:tok-1")).as_deref(), Some("tok-1"));
+        assert_eq!(basic_password(&b(":a:b")).as_deref(), Some("a:b"));
+        assert_eq!(basic_password(&b("ops:")), None);
+        assert_eq!(basic_password(&b("no-colon")), None);
+        assert_eq!(basic_password("Bearer x"), None);
+        assert_eq!(basic_password("Basic !!!"), None);
+    }
 
     #[test]
     fn globs() {

@@ -124,9 +124,19 @@ pub fn check(
             .trim_end_matches('/')
             .to_ascii_lowercase()
     });
+    // The dashboard (`/ui`) calls the API from its own origin. A same-origin request names
+    // our own Host (already checked above against DNS rebinding), so it is no cross-site one.
+    let host = authority.or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()));
+    let same_origin = |o: &str| {
+        over_tcp
+            && host.is_some_and(|h| {
+                let h = h.trim().to_ascii_lowercase();
+                o == format!("http://{h}") || o == format!("https://{h}")
+            })
+    };
     let origin_allowed = match &origin {
         None => false,
-        Some(o) => sec.allowed_origins.iter().any(|a| a == o),
+        Some(o) => sec.allowed_origins.iter().any(|a| a == o) || same_origin(o),
     };
     if let Some(o) = &origin
         && !origin_allowed
@@ -226,6 +236,27 @@ mod tests {
             ("content-length", "3"),
         ]);
         assert!(check(&sec, &[], None, &post, None, &json).is_ok());
+        // The dashboard's own requests: Origin is this daemon's Host.
+        let own = headers(&[
+            ("host", "127.0.0.1:25001"),
+            ("origin", "http://127.0.0.1:25001"),
+            ("sec-fetch-site", "same-origin"),
+            ("content-type", "application/json"),
+            ("content-length", "3"),
+        ]);
+        assert!(check(&sec, &[], None, &post, None, &own).is_ok());
+        let other_port = headers(&[
+            ("host", "127.0.0.1:25001"),
+            ("origin", "http://127.0.0.1:8080"),
+            ("content-type", "application/json"),
+            ("content-length", "3"),
+        ]);
+        assert_eq!(
+            check(&sec, &[], None, &post, None, &other_port)
+                .unwrap_err()
+                .code(),
+            "origin_not_allowed"
+        );
         let rebinding = headers(&[("host", "attacker.example:25001")]);
         assert_eq!(
             check(&sec, &[], None, &Method::GET, None, &rebinding)

@@ -22,6 +22,7 @@ pub async fn hosts(State(state): State<AppState>) -> Json<Value> {
                 "isolation": h.isolation.as_str(),
                 "workers": h.workers,
                 "restarts": h.restarts,
+                "crashes": h.crashes,
                 "rssBytes": h.rss_bytes,
                 "sandbox": h.sandbox.as_ref().map(|l| json!({
                     "seccomp": l.seccomp,

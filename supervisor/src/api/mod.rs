@@ -13,12 +13,14 @@
 //! control plane", is the operator's view.
 
 pub mod auth;
+pub mod dead_letters;
 pub mod error;
 pub mod guard;
 pub mod health;
 pub mod hosts;
 pub mod invoke_json;
 pub mod topics;
+pub mod ui;
 pub mod workers;
 
 use std::sync::Arc;
@@ -290,6 +292,18 @@ pub fn route_policies() -> Vec<RoutePolicy> {
             need: *need,
             body: BodyClass::Event,
         }))
+        .chain(dead_letters::ROUTES.iter().map(|(m, p, need)| RoutePolicy {
+            method: m.clone(),
+            path: p,
+            need: *need,
+            body: BodyClass::Small,
+        }))
+        .chain(ui::ROUTES.iter().map(|(m, p, need)| RoutePolicy {
+            method: m.clone(),
+            path: p,
+            need: *need,
+            body: BodyClass::Small,
+        }))
         .collect()
 }
 
@@ -360,6 +374,7 @@ pub fn router_with(state: AppState, extra: Router) -> Router {
     let sec = &config.security;
     let mut app = app
         .with_state(state.clone())
+        .merge(ui::router())
         .merge(extra)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
@@ -512,14 +527,20 @@ fn identify(
     peer: Option<&Peer>,
     headers: &axum::http::HeaderMap,
 ) -> Result<Option<Principal>, ApiError> {
-    let bearer = headers
+    let authorization = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.to_str().ok());
+    let bearer = authorization
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim);
+        .map(str::trim)
+        .map(str::to_owned)
+        // HTTP Basic with the token as the password (any user name): what a browser sends
+        // after its login prompt, so the dashboard (`/ui`) takes the same tokens.
+        .or_else(|| authorization.and_then(auth::basic_password));
+    let bearer = bearer.as_deref();
     if let Some(b) = bearer
         && !sec.tokens.is_empty()
     {
@@ -651,7 +672,17 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
         Ok(Some(p)) => p,
         Ok(None) | Err(_) => {
             tracing::warn!(method = %method, path = %path, "request refused: no valid credentials");
-            return reject(ApiError::Unauthorized);
+            let mut resp = reject(ApiError::Unauthorized);
+            if path == "/ui" || path.starts_with("/ui/") {
+                // The browser asks for the token (as the password) and sends it from then on.
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static(
+                        "Basic realm=\"workmanager: any user name, the API token as password\", charset=\"UTF-8\"",
+                    ),
+                );
+            }
+            return resp;
         }
     };
     let Some((policy, params)) = found else {
@@ -731,8 +762,10 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
         .await
         .unwrap_or_default();
     let view: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    // The first parameter names a worker only on worker routes (dead-letter routes: a topic).
     let worker_id = params
         .first()
+        .filter(|_| policy.path.starts_with("/v1/workers"))
         .cloned()
         .or_else(|| view["id"].as_str().map(str::to_owned));
     let package_sha256 = view["code"]["sha256"].as_str().map(str::to_owned);

@@ -437,12 +437,18 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateWorkerBody>,
 ) -> Result<Response, ApiError> {
     let cmd = create_command(body, &state)?;
-    let w = state.control.create(cmd).await?;
+    let (w, warnings) = state.control.create_with_warnings(cmd).await?;
     let location = format!("/v1/workers/{}", w.id);
+    let mut body = serde_json::to_value(view(&state, &w))
+        .map_err(|e| ApiError::Internal(format!("cannot encode the worker: {e}")))?;
+    // Accepted deviations of the package (e.g. the seed's layout), for the author to fix.
+    if !warnings.is_empty() {
+        body["warnings"] = serde_json::json!(warnings);
+    }
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(view(&state, &w)),
+        Json(body),
     )
         .into_response())
 }

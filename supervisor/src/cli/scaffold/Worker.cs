@@ -1,0 +1,23 @@
+// __NAME__: a workmanager .NET worker. Replies with the input's data, type "__NAME__.reply",
+// and its correlationid. The DevKit API: docs/dotnet.md.
+using System;
+using System.Threading.Tasks;
+using Virtufin.Worker.DevKit;
+
+public class Worker : IWorker
+{
+    public Task<CloudEvent> ProcessAsync(CloudEvent input)
+    {
+        var reply = new CloudEvent
+        {
+            Id = "reply-" + input.Id,
+            Type = "__NAME__.reply",
+            Source = new Uri("urn:workmanager:__NAME__"),
+            Subject = input.Subject,
+            DataContentType = input.DataContentType,
+            Data = input.Data,
+        };
+        reply["correlationid"] = input["correlationid"];
+        return Task.FromResult(reply);
+    }
+}
