@@ -20,6 +20,7 @@
 pub mod api;
 pub mod audit;
 pub mod bus;
+pub mod cluster;
 pub mod codefetch;
 pub mod codestore;
 pub mod config;

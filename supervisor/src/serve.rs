@@ -67,7 +67,16 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
     let engines = engines(&host_runner);
     let gateway_url = config.gateway_url.clone();
     let gateway_timeout = config.message_timeout;
+    // Cluster mode: the bus is on NATS JetStream, connected before anything else starts.
+    let (shared_bus, nats) = match config.cluster.bus {
+        crate::cluster::Backend::Embedded => (None, None),
+        crate::cluster::Backend::JetStream => {
+            let (bus, conn) = crate::cluster::open_bus(&config).await?;
+            (Some(bus), Some(conn))
+        }
+    };
     let parts = Parts {
+        shared_bus,
         data_dir: config.data_dir.clone(),
         bus_options: SqliteBusOptions {
             durability: if config.bus_fsync {
@@ -129,6 +138,18 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
     };
     let bus_dyn: Arc<dyn Bus> = bus.clone();
     hold_registered_topics(&registry, bus_dyn.as_ref())?;
+    if let Some(conn) = nats {
+        daemon.control().add_health_check(
+            "nats",
+            Box::new(move || {
+                if conn.is_connected() {
+                    Ok("connected to NATS".to_owned())
+                } else {
+                    Err("not connected to NATS; reconnecting (events wait in JetStream)".to_owned())
+                }
+            }),
+        );
+    }
 
     daemon.add_routes(api::topics::router(
         bus_dyn.clone(),
@@ -230,7 +251,7 @@ fn hold_registered_topics(registry: &Registry, bus: &dyn Bus) -> anyhow::Result<
 
 /// What `make_runtime` builds besides the runtime itself.
 struct Built {
-    bus: Arc<SqliteBus>,
+    bus: Arc<dyn Bus>,
     events: Arc<Events>,
     registry: Registry,
     runtime: Arc<HostRuntime>,
@@ -238,6 +259,8 @@ struct Built {
 
 /// What `build` turns into the runtime, collected from the config before `Daemon::new`.
 struct Parts {
+    /// The JetStream bus in cluster mode; `None`: the embedded bus in the data directory.
+    shared_bus: Option<Arc<dyn Bus>>,
     data_dir: PathBuf,
     bus_options: SqliteBusOptions,
     pool: PoolConfig,
@@ -250,8 +273,11 @@ struct Parts {
 }
 
 fn build(registry: &Registry, p: Parts) -> anyhow::Result<Built> {
-    let bus = SqliteBus::open(&p.data_dir, p.bus_options)
-        .with_context(|| format!("opening the bus in {}", p.data_dir.display()))?;
+    let bus: Arc<dyn Bus> = match p.shared_bus {
+        Some(bus) => bus,
+        None => SqliteBus::open(&p.data_dir, p.bus_options)
+            .with_context(|| format!("opening the bus in {}", p.data_dir.display()))?,
+    };
     let bus_dyn: Arc<dyn Bus> = bus.clone();
     let events = Arc::new(Events::new(bus_dyn.clone()));
     let status: Arc<dyn StatusSink> = Arc::new(RegistryStatus(registry.clone()));

@@ -19,6 +19,7 @@
 //! - Watchers ([`Bus::watch`], the SSE stream) see every published event whatever its outcome.
 
 mod dead_letter;
+pub mod jetstream;
 mod metrics;
 mod sqlite;
 
@@ -34,6 +35,7 @@ pub use dead_letter::{
     dead_letter_event, dead_letter_topic,
 };
 pub use metrics::BusMetrics;
+pub use jetstream::{JetStreamBus, JetStreamBusOptions};
 pub use sqlite::{Durability, SqliteBus, SqliteBusOptions};
 
 /// True for a dead-letter topic (`<topic>-dead`).
@@ -140,6 +142,11 @@ pub enum BusError {
     Spawn(#[source] std::io::Error),
     #[error("the bus is shut down and takes no more events")]
     Closed,
+    #[error("NATS JetStream failed to {step}: {message} (check NATS_URL, the NATS servers and the daemon log)")]
+    Nats {
+        step: &'static str,
+        message: String,
+    },
 }
 
 /// True for a topic name the bus takes: 1 to [`MAX_TOPIC_LEN`] of `[A-Za-z0-9._-]`.
