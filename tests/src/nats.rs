@@ -147,14 +147,29 @@ impl NatsCluster {
     pub fn start() -> NatsCluster {
         let cports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let servers = (0..3)
-            .map(|i| NatsServer::spawn(&format!("n{}", i + 1), free_port(), Some((cports[i], &cports))))
+            .map(|i| {
+                NatsServer::spawn(
+                    &format!("n{}", i + 1),
+                    free_port(),
+                    Some((cports[i], &cports)),
+                )
+            })
             .collect();
         let c = NatsCluster { servers };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !c.servers.iter().any(|s| s.log().contains("JetStream cluster new metadata leader"))
-            && !c.servers.iter().any(|s| s.log().contains("Self is new JetStream cluster metadata leader"))
+        while !c
+            .servers
+            .iter()
+            .any(|s| s.log().contains("JetStream cluster new metadata leader"))
+            && !c.servers.iter().any(|s| {
+                s.log()
+                    .contains("Self is new JetStream cluster metadata leader")
+            })
         {
-            assert!(Instant::now() < deadline, "the NATS cluster elected no JetStream leader within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "the NATS cluster elected no JetStream leader within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         c
@@ -162,6 +177,10 @@ impl NatsCluster {
 
     /// Every server's URL, comma-separated (`NATS_URL`).
     pub fn urls(&self) -> String {
-        self.servers.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
+        self.servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }

@@ -39,13 +39,14 @@ pub async fn health(State(state): State<AppState>) -> Response {
     };
     let extra = state.control.run_health_checks();
     let extra_unhealthy = extra.iter().any(|(_, ok, _)| !ok);
-    let overall = if recovery_status == "Unhealthy" || registry_status == "Unhealthy" || extra_unhealthy {
-        "Unhealthy"
-    } else if recovery_status == "Degraded" {
-        "Degraded"
-    } else {
-        "Healthy"
-    };
+    let overall =
+        if recovery_status == "Unhealthy" || registry_status == "Unhealthy" || extra_unhealthy {
+            "Unhealthy"
+        } else if recovery_status == "Degraded" {
+            "Degraded"
+        } else {
+            "Healthy"
+        };
     let code = if overall == "Healthy" {
         StatusCode::OK
     } else {

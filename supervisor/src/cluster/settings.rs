@@ -88,7 +88,11 @@ impl ClusterSettings {
             }
         };
         let text = |name: &'static str| raw.get(name).0.trim().to_owned();
-        let path = |name: &'static str| Some(text(name)).filter(|s| !s.is_empty()).map(PathBuf::from);
+        let path = |name: &'static str| {
+            Some(text(name))
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        };
         let int = |name: &'static str, lo: u64, hi: u64| -> Result<u64, ConfigError> {
             text(name)
                 .parse::<u64>()
@@ -96,17 +100,18 @@ impl ClusterSettings {
                 .filter(|n| (lo..=hi).contains(n))
                 .ok_or_else(|| invalid(name, &format!("an integer {lo}-{hi}")))
         };
-        let backend = |name: &'static str, jetstream_ok: bool| {
-            match text(name).to_ascii_lowercase().as_str() {
-                "embedded" => Ok(Backend::Embedded),
-                "jetstream" if jetstream_ok => Ok(Backend::JetStream),
-                "jetstream" => Err(invalid(
-                    name,
-                    "embedded (the JetStream KV registry is not built yet; BUS_BACKEND=jetstream works with the embedded registry, see docs/cluster.md)",
-                )),
-                _ if jetstream_ok => Err(invalid(name, "embedded|jetstream")),
-                _ => Err(invalid(name, "embedded")),
-            }
+        let backend = |name: &'static str, jetstream_ok: bool| match text(name)
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "embedded" => Ok(Backend::Embedded),
+            "jetstream" if jetstream_ok => Ok(Backend::JetStream),
+            "jetstream" => Err(invalid(
+                name,
+                "embedded (the JetStream KV registry is not built yet; BUS_BACKEND=jetstream works with the embedded registry, see docs/cluster.md)",
+            )),
+            _ if jetstream_ok => Err(invalid(name, "embedded|jetstream")),
+            _ => Err(invalid(name, "embedded")),
         };
         let bus = backend("BUS_BACKEND", true)?;
         let registry = backend("REGISTRY_BACKEND", false)?;
@@ -129,7 +134,8 @@ impl ClusterSettings {
             ));
         }
 
-        let secret = |name: &'static str| Some(raw.get(name).0.to_owned()).filter(|s| !s.is_empty());
+        let secret =
+            |name: &'static str| Some(raw.get(name).0.to_owned()).filter(|s| !s.is_empty());
         let user = Some(text("NATS_USER")).filter(|s| !s.is_empty());
         let mut ways = Vec::new();
         if let Some(p) = path("NATS_CREDS_FILE") {
@@ -147,8 +153,15 @@ impl ClusterSettings {
                 },
             )),
             (None, None) => {}
-            (Some(_), None) => return Err(invalid("NATS_PASSWORD", "a password when NATS_USER is set")),
-            (None, Some(_)) => return Err(invalid("NATS_USER", "a user name when NATS_PASSWORD is set")),
+            (Some(_), None) => {
+                return Err(invalid("NATS_PASSWORD", "a password when NATS_USER is set"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "NATS_USER",
+                    "a user name when NATS_PASSWORD is set",
+                ));
+            }
         }
         if let Some(t) = secret("NATS_TOKEN") {
             ways.push(("NATS_TOKEN", NatsAuth::Token(Secret(t))));
@@ -171,10 +184,16 @@ impl ClusterSettings {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
             (Some(_), None) => {
-                return Err(invalid("NATS_TLS_KEY_FILE", "the key of NATS_TLS_CERT_FILE (both or neither)"));
+                return Err(invalid(
+                    "NATS_TLS_KEY_FILE",
+                    "the key of NATS_TLS_CERT_FILE (both or neither)",
+                ));
             }
             (None, Some(_)) => {
-                return Err(invalid("NATS_TLS_CERT_FILE", "the certificate of NATS_TLS_KEY_FILE (both or neither)"));
+                return Err(invalid(
+                    "NATS_TLS_CERT_FILE",
+                    "the certificate of NATS_TLS_KEY_FILE (both or neither)",
+                ));
             }
         };
         let prefix = text("NATS_STREAM_PREFIX");
@@ -198,7 +217,11 @@ impl ClusterSettings {
                 prefix,
                 replicas: usize::try_from(int("NATS_STREAM_REPLICAS", 1, 5)?).unwrap_or(1),
                 ack_wait: Duration::from_secs(int("NATS_ACK_WAIT_SECONDS", 2, 3600)?),
-                duplicate_window: Duration::from_secs(int("NATS_DUPLICATE_WINDOW_SECONDS", 1, 86_400)?),
+                duplicate_window: Duration::from_secs(int(
+                    "NATS_DUPLICATE_WINDOW_SECONDS",
+                    1,
+                    86_400,
+                )?),
                 connect_timeout: Duration::from_secs(int("NATS_CONNECT_TIMEOUT_SECONDS", 1, 600)?),
             },
         })

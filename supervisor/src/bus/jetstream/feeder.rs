@@ -15,8 +15,12 @@ use super::inflight::Entry;
 use crate::bus::{Consumer, ConsumerHooks, Delivery};
 use crate::sync::lock;
 
-/// How long one pull waits for events before it is renewed.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// How long one pull waits for events before it is renewed: at most 5 s and under half the
+/// ack wait, so that a pull left behind by a consumer that went away has expired before an
+/// event it gave back is due again (see [`give_back`]).
+pub fn pull_expires(ack_wait: Duration) -> Duration {
+    (ack_wait / 2).min(Duration::from_secs(5))
+}
 
 /// A consumer of `topic` on this daemon.
 pub fn consume(s: Arc<Shared>, topic: &str) -> Consumer {
@@ -63,9 +67,11 @@ impl ConsumerHooks for Hooks {
                 let _ = t.await;
             }
             rx.close();
-            while let Ok(d) = rx.try_recv() {
+            let mut left: Vec<Delivery> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+            left.sort_by_key(|d| d.seq);
+            for d in left {
                 if let Some(entry) = s.inflight.take(d.seq) {
-                    give_back(&s, d.seq, &entry, true).await;
+                    give_back(&s, d.seq, &entry, true, true).await;
                 }
             }
         });
@@ -73,17 +79,26 @@ impl ConsumerHooks for Hooks {
 }
 
 /// Naks a delivery for the next consumer; an untried one is recorded so that its next
-/// delivery does not count this hand-out as an attempt.
-pub async fn give_back(s: &Shared, seq: u64, entry: &Entry, untried: bool) {
+/// delivery does not count this hand-out as an attempt. `leaving`: the consumer that had it
+/// is gone, and its last pull may still be open on the server, which would take the event
+/// back at once and lose it for an ack wait; so the nak asks for redelivery only after that
+/// pull has expired.
+pub async fn give_back(s: &Shared, seq: u64, entry: &Entry, untried: bool, leaving: bool) {
     if untried {
         s.attempts.add_untried(seq, entry.untried).await;
     }
-    if let Err(e) = entry.acker(&s.conn).ack_with(AckKind::Nak(None)).await {
+    let delay = leaving.then(|| pull_expires(s.settings.ack_wait) + Duration::from_millis(200));
+    if let Err(e) = entry.acker(&s.conn).ack_with(AckKind::Nak(delay)).await {
         tracing::debug!(seq, error = %e, "nak failed; JetStream redelivers after the ack wait");
     }
 }
 
-async fn feed(s: Arc<Shared>, topic: String, tx: mpsc::Sender<Delivery>, cancel: CancellationToken) {
+async fn feed(
+    s: Arc<Shared>,
+    topic: String,
+    tx: mpsc::Sender<Delivery>,
+    cancel: CancellationToken,
+) {
     let consumer = loop {
         match s.durable(&topic).await {
             Ok(c) => break c,
@@ -128,15 +143,16 @@ async fn pull(
     let mut batch = consumer
         .batch()
         .max_messages(room)
-        .expires(PULL_EXPIRES)
+        .expires(pull_expires(s.settings.ack_wait))
         .messages()
         .await?;
     loop {
-        let next = tokio::select! {
-            m = batch.next() => m,
-            _ = cancel.cancelled() => None,
+        // Read the pull to its end even once cancelled: whatever the server hands to an open
+        // pull is then given back here, instead of being lost in a dropped subscription until
+        // the ack wait (which would also count a hand-out nobody saw).
+        let Some(m) = batch.next().await else {
+            return Ok(());
         };
-        let Some(m) = next else { return Ok(()) };
         let m = m?;
         let Some(d) = delivery(s, topic, m).await else {
             continue;
@@ -144,7 +160,7 @@ async fn pull(
         if cancel.is_cancelled() {
             // Stopped while pulling: never handed out, so never tried.
             if let Some(entry) = s.inflight.take(d.seq) {
-                give_back(s, d.seq, &entry, true).await;
+                give_back(s, d.seq, &entry, true, true).await;
             }
             continue;
         }
@@ -154,7 +170,7 @@ async fn pull(
                 mpsc::error::TrySendError::Full(d) | mpsc::error::TrySendError::Closed(d) => d,
             };
             if let Some(entry) = s.inflight.take(d.seq) {
-                give_back(s, d.seq, &entry, true).await;
+                give_back(s, d.seq, &entry, true, false).await;
             }
         }
     }

@@ -162,17 +162,14 @@ impl JetStreamBus {
                 .await
                 .map_err(|e| nats_err("create the events stream", e))?,
         };
-        let kv = js
-            .create_key_value(kv::Config {
-                bucket: names.attempts_bucket.clone(),
-                history: 1,
-                max_age: Duration::from_secs(86_400),
-                storage: stream::StorageType::File,
-                num_replicas: settings.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| nats_err("create the attempts bucket", e))?;
+        let kv = open_kv(
+            js,
+            &names.attempts_bucket,
+            settings.replicas,
+            Duration::from_secs(86_400),
+        )
+        .await
+        .map_err(|e| nats_err("create the attempts bucket", e))?;
         let (completions, completion_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             conn,
@@ -244,6 +241,35 @@ impl JetStreamBus {
     }
 }
 
+/// Creates (if missing) and opens a KV bucket.
+///
+/// `create_key_value` of async-nats 0.51 first reads the account info, whose reply from
+/// nats-server 2.9 (Debian 12's) it cannot parse; so the bucket's stream is created here with
+/// the configuration the client would give it (the KV conventions of ADR-8), and opened with
+/// `get_key_value`, which works on 2.9.
+pub(crate) async fn open_kv(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+    max_age: Duration,
+) -> Result<kv::Store, async_nats::Error> {
+    let config = stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: replicas,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config).await?;
+    Ok(js.get_key_value(bucket).await?)
+}
+
 /// Publishes in order, pipelined: every message is sent before the first ack is awaited.
 async fn publish_events(
     s: &Shared,
@@ -295,10 +321,7 @@ impl Shared {
     /// The durable consumer of `topic`, created if missing. Created before recovery is done,
     /// it starts at the oldest stored event (events wait for their workers); created after,
     /// at new events (older ones were dropped for want of a consumer).
-    pub(crate) async fn durable(
-        &self,
-        topic: &str,
-    ) -> Result<consumer::PullConsumer, BusError> {
+    pub(crate) async fn durable(&self, topic: &str) -> Result<consumer::PullConsumer, BusError> {
         let name = self.names.durable(topic);
         let deliver_policy = if self.ready.load(Ordering::Acquire) {
             consumer::DeliverPolicy::New
@@ -330,7 +353,12 @@ impl Shared {
         Ok(c)
     }
 
-    async fn ack(&self, seq: u64, entry: &inflight::Entry, outcome: &Outcome) -> Result<(), BusError> {
+    async fn ack(
+        &self,
+        seq: u64,
+        entry: &inflight::Entry,
+        outcome: &Outcome,
+    ) -> Result<(), BusError> {
         let kind = match outcome {
             Outcome::Replied => jetstream::AckKind::Ack,
             Outcome::DeadLettered { .. } | Outcome::Dropped { .. } => jetstream::AckKind::Term,
@@ -482,7 +510,7 @@ impl Bus for JetStreamBus {
         }
         tokio::spawn(async move {
             for (d, entry) in taken {
-                feeder::give_back(&s, d.seq, &entry, d.deliveries < entry.reported).await;
+                feeder::give_back(&s, d.seq, &entry, d.deliveries < entry.reported, false).await;
             }
         });
     }
@@ -498,8 +526,10 @@ impl Bus for JetStreamBus {
             s.cancel.cancel();
             // Give what is still in flight back at once (as attempted: it was handed out),
             // rather than let it wait for the ack wait: another daemon takes it now.
-            for (seq, entry) in s.inflight.drain() {
-                feeder::give_back(s, seq, &entry, false).await;
+            let mut left = s.inflight.drain();
+            left.sort_by_key(|(seq, _)| *seq);
+            for (seq, entry) in left {
+                feeder::give_back(s, seq, &entry, false, true).await;
             }
             lock(&s.watchers).clear();
             if let Err(e) = s.conn.client.flush().await {

@@ -41,7 +41,9 @@ impl Names {
 
     /// The topic of a subject of this stream, if it is one.
     pub fn topic_of(&self, subject: &str) -> Option<String> {
-        let tok = subject.strip_prefix(&self.subject_root)?.strip_prefix('.')?;
+        let tok = subject
+            .strip_prefix(&self.subject_root)?
+            .strip_prefix('.')?;
         (!tok.is_empty() && !tok.contains('.')).then(|| tok.replace('~', "."))
     }
 

@@ -36,7 +36,9 @@ pub async fn start(s: Arc<Shared>) -> Result<(), async_nats::Error> {
             };
             match next {
                 None => {
-                    tracing::error!("the watch consumer ended; SSE streams of this daemon see no new events until it restarts");
+                    tracing::error!(
+                        "the watch consumer ended; SSE streams of this daemon see no new events until it restarts"
+                    );
                     return;
                 }
                 // The ordered consumer recreates itself after gaps and reconnects.
@@ -68,7 +70,9 @@ fn fan_out(s: &Shared, m: &async_nats::jetstream::Message) {
                 event,
             }));
         }
-        Err(e) => tracing::warn!(topic, error = %e, "skipped a message that is not a workmanager event"),
+        Err(e) => {
+            tracing::warn!(topic, error = %e, "skipped a message that is not a workmanager event")
+        }
     }
 }
 
