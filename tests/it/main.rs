@@ -10,6 +10,7 @@ mod bus_rules;
 mod bus_store;
 mod c_abi;
 mod chaos;
+mod cluster;
 mod containment;
 mod dotnet_daemon;
 mod failures;

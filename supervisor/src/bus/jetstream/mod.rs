@@ -64,7 +64,9 @@ impl Default for JetStreamBusOptions {
         JetStreamBusOptions {
             retention_events: 100_000,
             retention: Duration::from_secs(3600),
-            consumer_prefetch: 64,
+            // Small: what one daemon buffers, the others cannot take (the dispatcher asks for
+            // events only as its worker has a free lane).
+            consumer_prefetch: 4,
             watch_capacity: 1_024,
         }
     }

@@ -1,0 +1,269 @@
+//! Cluster mode end to end: real `workmanager serve` daemons with `BUS_BACKEND=jetstream` on
+//! real `nats-server` processes (one server, and a three-server JetStream cluster), started
+//! on free loopback ports with temporary stores.
+//!
+//! Every daemon here has its own (embedded) registry, so each test creates the worker on each
+//! daemon, on one topic: they share that topic's durable consumer, so the daemons compete for
+//! its events (docs/cluster.md).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::json;
+use wm_supervisor::bus::{Bus, JetStreamBus, JetStreamBusOptions};
+use wm_supervisor::cluster::{NatsSettings, connect};
+use wm_testkit::daemon::{Daemon, DaemonOptions};
+use wm_testkit::nats::{NatsCluster, NatsServer};
+use wm_testkit::native::{Build, Lang};
+use wm_testkit::nupkg;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn cluster_daemon(nats_urls: &str, extra: &[(&str, &str)]) -> Daemon {
+    let mut o = DaemonOptions::default()
+        .env("BUS_BACKEND", "jetstream")
+        .env("NATS_URL", nats_urls)
+        // A dead daemon's in-flight events go to the others after this.
+        .env("NATS_ACK_WAIT_SECONDS", "3");
+    for (k, v) in extra {
+        o = o.env(k, v);
+    }
+    Daemon::start(o)
+}
+
+/// The chaos fixture worker on `topic` (`sleep:<ms>` sleeps then echoes with the same id).
+fn worker(d: &Daemon, topic: &str) -> String {
+    let so = Build::plugin("chaos", Lang::C, &["chaos.c"]).build();
+    let pkg = nupkg::native(
+        "Chaos.Worker",
+        "chaos",
+        &so,
+        "<virtufinLibrary>chaos</virtufinLibrary>",
+    );
+    let body = json!({
+        "mimeType": "application/x-native-dll",
+        "topic": topic,
+        "maxConcurrency": 2,
+        "codeSource": {"content": base64::engine::general_purpose::STANDARD.encode(pkg)},
+    });
+    let r = d.send_json("POST", "/v1/workers", &body);
+    assert_eq!(r.status, 201, "create: {}", r.text());
+    let id = r.json()["id"].as_str().expect("id").to_string();
+    let r = d.post(&format!("/v1/workers/{id}/start"));
+    assert!(r.status < 300, "start: {}", r.text());
+    id
+}
+
+/// Publishes one event; retried (same id: JetStream drops the duplicate) while the daemon
+/// answers 503, which it does while NATS fails over.
+fn publish(d: &Daemon, topic: &str, id: &str, data: &str) {
+    let ev = json!({"specversion": "1.0", "id": id, "source": "urn:test", "type": topic,
+                    "datacontenttype": "text/plain", "data": data});
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = d.send_json("POST", &format!("/v1/topics/{topic}/events"), &ev);
+        if r.status == 202 {
+            return;
+        }
+        assert!(
+            r.status == 503 && Instant::now() < deadline,
+            "publish {id}: {} {}",
+            r.status,
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Reads the stream the way a client of any daemon would see it: ids of `topic`'s events,
+/// with how many times each is stored.
+struct Reader {
+    rt: tokio::runtime::Runtime,
+    bus: Arc<JetStreamBus>,
+}
+
+impl Reader {
+    fn new(url: &str) -> Reader {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let bus = rt.block_on(async {
+            let s = NatsSettings::for_url(url);
+            let conn = connect(&s, "cluster-test-reader").await.unwrap();
+            JetStreamBus::open(conn, s, JetStreamBusOptions::default())
+                .await
+                .unwrap()
+        });
+        Reader { rt, bus }
+    }
+
+    fn ids(&self, topic: &str) -> BTreeMap<String, usize> {
+        self.rt.block_on(async {
+            let mut out = BTreeMap::new();
+            let mut after = 0;
+            loop {
+                let page = self.bus.replay(topic, after, 1000).await.unwrap();
+                let Some(last) = page.events.last() else { break };
+                after = last.seq;
+                for p in &page.events {
+                    *out.entry(p.event.id.clone()).or_default() += 1;
+                }
+            }
+            out
+        })
+    }
+
+    fn wait_ids(&self, topic: &str, want: usize, what: &str) -> BTreeMap<String, usize> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let ids = self.ids(topic);
+            if ids.len() >= want {
+                return ids;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} of {want} on {topic} within {WAIT:?}",
+                ids.len()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn processed(d: &Daemon) -> u64 {
+    d.get("/metrics")
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("workmanager_messages_processed_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn health(d: &Daemon) -> (u16, serde_json::Value) {
+    let r = d.get("/health");
+    (r.status, r.json())
+}
+
+#[test]
+fn three_daemons_share_a_topic_and_a_sigkilled_one_loses_nothing() {
+    let nats = NatsServer::start();
+    let mut daemons: Vec<Daemon> = (0..3).map(|_| cluster_daemon(&nats.url(), &[])).collect();
+    for d in &daemons {
+        worker(d, "cl.in");
+        let (code, h) = health(d);
+        assert_eq!(code, 200, "{h:#}");
+        assert_eq!(h["entries"]["nats"]["status"], "Healthy", "{h:#}");
+    }
+    let reader = Reader::new(&nats.url());
+    const N: usize = 90;
+    for i in 0..N {
+        publish(&daemons[i % 3], "cl.in", &format!("e{i}"), "sleep:60");
+    }
+    // Mid-stream: some replies are out, calls are running on every daemon.
+    reader.wait_ids("cl.in.reply", 20, "replies before the kill");
+    let before: Vec<u64> = daemons.iter().map(processed).collect();
+    daemons[1].kill9();
+    // The survivors carry on, also with new events.
+    for i in N..N + 10 {
+        publish(&daemons[if i % 2 == 0 { 0 } else { 2 }], "cl.in", &format!("e{i}"), "x");
+    }
+    let replies = reader.wait_ids("cl.in.reply", N + 10, "every accepted event's reply");
+    let dead = reader.ids("cl.in-dead");
+    let missing: Vec<String> = (0..N + 10)
+        .map(|i| format!("e{i}"))
+        .filter(|id| !replies.contains_key(id))
+        .collect();
+    assert!(missing.is_empty(), "no outcome for {missing:?}");
+    assert!(dead.is_empty(), "dead letters: {dead:?}");
+    // Replies of calls that were in flight at the kill are published again by the survivor
+    // that redoes them; JetStream stores them once (same Nats-Msg-Id).
+    let dups: Vec<(&String, &usize)> = replies.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "replies stored more than once: {dups:?}");
+    let after: Vec<u64> = [0, 2].iter().map(|i| processed(&daemons[*i])).collect();
+    eprintln!("processed per daemon before the kill {before:?}; survivors at the end {after:?}");
+    assert!(before.iter().all(|n| *n > 0), "every daemon served: {before:?}");
+    assert!(
+        after[0] + after[1] + before[1] >= (N + 10) as u64,
+        "the survivors did the rest: {after:?} + {}",
+        before[1]
+    );
+}
+
+#[test]
+fn a_daemon_that_loses_nats_stays_live_reports_not_ready_and_resumes() {
+    let mut nats = NatsServer::start();
+    let d = cluster_daemon(&nats.url(), &[]);
+    worker(&d, "out.in");
+    publish(&d, "out.in", "before", "x");
+    let reader = Reader::new(&nats.url());
+    reader.wait_ids("out.in.reply", 1, "the reply before the outage");
+    drop(reader);
+
+    nats.kill();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, h) = health(&d);
+        if code == 503 && h["entries"]["nats"]["status"] == "Unhealthy" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still ready without NATS: {h:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(d.get("/health/live").status, 200);
+    let ev = json!({"specversion": "1.0", "id": "during", "source": "urn:test", "type": "out.in",
+                    "datacontenttype": "text/plain", "data": "x"});
+    let r = d.send_json("POST", "/v1/topics/out.in/events", &ev);
+    assert_eq!(r.status, 503, "a publish without NATS is refused, not lost: {}", r.text());
+
+    nats.restart();
+    let deadline = Instant::now() + WAIT;
+    while health(&d).0 != 200 {
+        assert!(Instant::now() < deadline, "not ready again after NATS came back: {:#}", health(&d).1);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    publish(&d, "out.in", "after", "x");
+    let reader = Reader::new(&nats.url());
+    let ids = reader.wait_ids("out.in.reply", 2, "replies after NATS came back");
+    assert_eq!(ids.keys().collect::<Vec<_>>(), ["after", "before"]);
+}
+
+#[test]
+fn a_three_server_nats_cluster_loses_a_server_mid_stream_and_nothing_is_lost() {
+    let mut cluster = NatsCluster::start();
+    let urls = cluster.urls();
+    let daemons: Vec<Daemon> = (0..2)
+        .map(|_| cluster_daemon(&urls, &[("NATS_STREAM_REPLICAS", "3")]))
+        .collect();
+    for d in &daemons {
+        worker(d, "r3.in");
+    }
+    let reader = Reader::new(&cluster.servers[0].url());
+    const N: usize = 60;
+    for i in 0..N / 2 {
+        publish(&daemons[i % 2], "r3.in", &format!("e{i}"), "sleep:20");
+    }
+    reader.wait_ids("r3.in.reply", 5, "replies before the server dies");
+    drop(reader);
+    cluster.servers[1].kill();
+    for i in N / 2..N {
+        publish(&daemons[i % 2], "r3.in", &format!("e{i}"), "x");
+    }
+    let reader = Reader::new(&cluster.servers[0].url());
+    let replies = reader.wait_ids("r3.in.reply", N, "every event's reply after a server died");
+    let missing: Vec<String> = (0..N)
+        .map(|i| format!("e{i}"))
+        .filter(|id| !replies.contains_key(id))
+        .collect();
+    assert!(missing.is_empty(), "lost: {missing:?}");
+    for d in &daemons {
+        let deadline = Instant::now() + WAIT;
+        while health(d).0 != 200 {
+            assert!(Instant::now() < deadline, "daemon not ready: {:#}", health(d).1);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
