@@ -15,8 +15,8 @@ use serde_json::json;
 use wm_supervisor::bus::{Bus, JetStreamBus, JetStreamBusOptions};
 use wm_supervisor::cluster::{NatsSettings, connect};
 use wm_testkit::daemon::{Daemon, DaemonOptions};
-use wm_testkit::nats::{NatsCluster, NatsServer};
 use wm_testkit::native::{Build, Lang};
+use wm_testkit::nats::{NatsCluster, NatsServer};
 use wm_testkit::nupkg;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -69,12 +69,18 @@ fn publish(d: &Daemon, topic: &str, id: &str, data: &str) {
         }
         assert!(
             r.status == 503 && Instant::now() < deadline,
-            "publish {id}: {} {}",
+            "publish {id}: {} {}\ndaemon log:\n{}",
             r.status,
-            r.text()
+            r.text(),
+            tail(&d.log())
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// Reads the stream the way a client of any daemon would see it: ids of `topic`'s events,
@@ -85,18 +91,31 @@ struct Reader {
 }
 
 impl Reader {
-    fn new(url: &str) -> Reader {
+    /// `replicas`: as the daemons have it (opening the bus applies its stream settings).
+    fn new(url: &str, replicas: usize) -> Reader {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
         let bus = rt.block_on(async {
-            let s = NatsSettings::for_url(url);
+            let mut s = NatsSettings::for_url(url);
+            s.replicas = replicas;
             let conn = connect(&s, "cluster-test-reader").await.unwrap();
-            JetStreamBus::open(conn, s, JetStreamBusOptions::default())
-                .await
-                .unwrap()
+            // Retried: right after a server died, its streams elect new leaders.
+            let deadline = Instant::now() + WAIT;
+            loop {
+                match JetStreamBus::open(conn.clone(), s.clone(), JetStreamBusOptions::default())
+                    .await
+                {
+                    Ok(bus) => break bus,
+                    Err(e) if Instant::now() < deadline => {
+                        eprintln!("reader: {e}; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => panic!("cannot open the bus: {e}"),
+                }
+            }
         });
         Reader { rt, bus }
     }
@@ -106,8 +125,17 @@ impl Reader {
             let mut out = BTreeMap::new();
             let mut after = 0;
             loop {
-                let page = self.bus.replay(topic, after, 1000).await.unwrap();
-                let Some(last) = page.events.last() else { break };
+                let page = match self.bus.replay(topic, after, 1000).await {
+                    Ok(p) => p,
+                    // A leader election under way: the caller polls again.
+                    Err(e) => {
+                        eprintln!("replay: {e}");
+                        break;
+                    }
+                };
+                let Some(last) = page.events.last() else {
+                    break;
+                };
                 after = last.seq;
                 for p in &page.events {
                     *out.entry(p.event.id.clone()).or_default() += 1;
@@ -158,7 +186,7 @@ fn three_daemons_share_a_topic_and_a_sigkilled_one_loses_nothing() {
         assert_eq!(code, 200, "{h:#}");
         assert_eq!(h["entries"]["nats"]["status"], "Healthy", "{h:#}");
     }
-    let reader = Reader::new(&nats.url());
+    let reader = Reader::new(&nats.url(), 1);
     const N: usize = 90;
     for i in 0..N {
         publish(&daemons[i % 3], "cl.in", &format!("e{i}"), "sleep:60");
@@ -169,7 +197,12 @@ fn three_daemons_share_a_topic_and_a_sigkilled_one_loses_nothing() {
     daemons[1].kill9();
     // The survivors carry on, also with new events.
     for i in N..N + 10 {
-        publish(&daemons[if i % 2 == 0 { 0 } else { 2 }], "cl.in", &format!("e{i}"), "x");
+        publish(
+            &daemons[if i % 2 == 0 { 0 } else { 2 }],
+            "cl.in",
+            &format!("e{i}"),
+            "x",
+        );
     }
     let replies = reader.wait_ids("cl.in.reply", N + 10, "every accepted event's reply");
     let dead = reader.ids("cl.in-dead");
@@ -185,7 +218,10 @@ fn three_daemons_share_a_topic_and_a_sigkilled_one_loses_nothing() {
     assert!(dups.is_empty(), "replies stored more than once: {dups:?}");
     let after: Vec<u64> = [0, 2].iter().map(|i| processed(&daemons[*i])).collect();
     eprintln!("processed per daemon before the kill {before:?}; survivors at the end {after:?}");
-    assert!(before.iter().all(|n| *n > 0), "every daemon served: {before:?}");
+    assert!(
+        before.iter().all(|n| *n > 0),
+        "every daemon served: {before:?}"
+    );
     assert!(
         after[0] + after[1] + before[1] >= (N + 10) as u64,
         "the survivors did the rest: {after:?} + {}",
@@ -199,7 +235,7 @@ fn a_daemon_that_loses_nats_stays_live_reports_not_ready_and_resumes() {
     let d = cluster_daemon(&nats.url(), &[]);
     worker(&d, "out.in");
     publish(&d, "out.in", "before", "x");
-    let reader = Reader::new(&nats.url());
+    let reader = Reader::new(&nats.url(), 1);
     reader.wait_ids("out.in.reply", 1, "the reply before the outage");
     drop(reader);
 
@@ -217,16 +253,25 @@ fn a_daemon_that_loses_nats_stays_live_reports_not_ready_and_resumes() {
     let ev = json!({"specversion": "1.0", "id": "during", "source": "urn:test", "type": "out.in",
                     "datacontenttype": "text/plain", "data": "x"});
     let r = d.send_json("POST", "/v1/topics/out.in/events", &ev);
-    assert_eq!(r.status, 503, "a publish without NATS is refused, not lost: {}", r.text());
+    assert_eq!(
+        r.status,
+        503,
+        "a publish without NATS is refused, not lost: {}",
+        r.text()
+    );
 
     nats.restart();
     let deadline = Instant::now() + WAIT;
     while health(&d).0 != 200 {
-        assert!(Instant::now() < deadline, "not ready again after NATS came back: {:#}", health(&d).1);
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after NATS came back: {:#}",
+            health(&d).1
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     publish(&d, "out.in", "after", "x");
-    let reader = Reader::new(&nats.url());
+    let reader = Reader::new(&nats.url(), 1);
     let ids = reader.wait_ids("out.in.reply", 2, "replies after NATS came back");
     assert_eq!(ids.keys().collect::<Vec<_>>(), ["after", "before"]);
 }
@@ -241,7 +286,7 @@ fn a_three_server_nats_cluster_loses_a_server_mid_stream_and_nothing_is_lost() {
     for d in &daemons {
         worker(d, "r3.in");
     }
-    let reader = Reader::new(&cluster.servers[0].url());
+    let reader = Reader::new(&cluster.servers[0].url(), 3);
     const N: usize = 60;
     for i in 0..N / 2 {
         publish(&daemons[i % 2], "r3.in", &format!("e{i}"), "sleep:20");
@@ -252,7 +297,7 @@ fn a_three_server_nats_cluster_loses_a_server_mid_stream_and_nothing_is_lost() {
     for i in N / 2..N {
         publish(&daemons[i % 2], "r3.in", &format!("e{i}"), "x");
     }
-    let reader = Reader::new(&cluster.servers[0].url());
+    let reader = Reader::new(&cluster.servers[0].url(), 3);
     let replies = reader.wait_ids("r3.in.reply", N, "every event's reply after a server died");
     let missing: Vec<String> = (0..N)
         .map(|i| format!("e{i}"))
@@ -262,7 +307,11 @@ fn a_three_server_nats_cluster_loses_a_server_mid_stream_and_nothing_is_lost() {
     for d in &daemons {
         let deadline = Instant::now() + WAIT;
         while health(d).0 != 200 {
-            assert!(Instant::now() < deadline, "daemon not ready: {:#}", health(d).1);
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready: {:#}",
+                health(d).1
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

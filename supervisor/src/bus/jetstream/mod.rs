@@ -231,6 +231,14 @@ impl JetStreamBus {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        // Refused at once while disconnected: the client would otherwise buffer the publish,
+        // answer "failed" after its ack timeout, and still store the event on reconnect.
+        if !s.conn.is_connected() {
+            return Err(nats_err(
+                "publish",
+                "not connected to NATS (reconnecting); retry with the same event id, duplicates are dropped",
+            ));
+        }
         let seqs = publish_events(s, topic, &events).await?;
         s.metrics.add_published(topic, seqs.len() as u64);
         // Once ready, an event on a topic nobody will ever consume is dropped (counted); it
