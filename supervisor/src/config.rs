@@ -133,6 +133,7 @@ settings! {
     "NATS_ACK_WAIT_SECONDS" [] = "30", "2-3600", "how long JetStream waits for a daemon's answer before it hands a delivery to another daemon; daemons send AckProgress every third of it during long calls, so this is how long a dead daemon's in-flight events wait";
     "NATS_DUPLICATE_WINDOW_SECONDS" [] = "120", "1-86400", "how long JetStream remembers a Nats-Msg-Id (the CloudEvent's source and id) to drop a duplicate publish";
     "NATS_CONNECT_TIMEOUT_SECONDS" [] = "10", "1-600", "how long start-up waits for the first connection to NATS before it fails";
+    "NATS_LOCK_LEASE_SECONDS" [] = "15", "3-3600", "lease of a group lock across daemons: the holder renews it every third of this; the lease of a daemon that died is free after this";
 }
 
 /// Where a value came from (for error messages).

@@ -56,7 +56,16 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
         )
     })?;
     let pool = pool_config(&config, host_runner.clone(), plan.settings.clone());
+    // Cluster mode: the bus is on NATS JetStream, connected before anything else starts.
+    let (shared_bus, nats, cluster_locks) = match config.cluster.bus {
+        crate::cluster::Backend::Embedded => (None, None, None),
+        crate::cluster::Backend::JetStream => {
+            let (bus, conn, locks) = crate::cluster::open_bus(&config).await?;
+            (Some(bus), Some(conn), Some(locks))
+        }
+    };
     let dispatch = DispatchConfig {
+        cluster_locks,
         retry_attempts: config.retry_attempts,
         retry_base_delay: config.retry_base_delay,
         timeout_grace: config.timeout_reclaim_grace,
@@ -67,14 +76,6 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
     let engines = engines(&host_runner);
     let gateway_url = config.gateway_url.clone();
     let gateway_timeout = config.message_timeout;
-    // Cluster mode: the bus is on NATS JetStream, connected before anything else starts.
-    let (shared_bus, nats) = match config.cluster.bus {
-        crate::cluster::Backend::Embedded => (None, None),
-        crate::cluster::Backend::JetStream => {
-            let (bus, conn) = crate::cluster::open_bus(&config).await?;
-            (Some(bus), Some(conn))
-        }
-    };
     let parts = Parts {
         shared_bus,
         data_dir: config.data_dir.clone(),

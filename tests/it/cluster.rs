@@ -317,3 +317,76 @@ fn a_three_server_nats_cluster_loses_a_server_mid_stream_and_nothing_is_lost() {
         }
     }
 }
+
+/// Waits for a reply with `id` on `topic`; returns when it was seen.
+fn wait_reply(reader: &Reader, topic: &str, id: &str) -> Instant {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if reader.ids(topic).contains_key(id) {
+            return Instant::now();
+        }
+        assert!(Instant::now() < deadline, "no reply {id} on {topic}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn group_worker(d: &Daemon, topic: &str, group: &str) {
+    let so = Build::plugin("chaos", Lang::C, &["chaos.c"]).build();
+    let pkg = nupkg::native(
+        "Chaos.Worker",
+        "chaos",
+        &so,
+        "<virtufinLibrary>chaos</virtufinLibrary>",
+    );
+    let body = json!({
+        "mimeType": "application/x-native-dll",
+        "topic": topic,
+        "group": group,
+        "codeSource": {"content": base64::engine::general_purpose::STANDARD.encode(pkg)},
+    });
+    let r = d.send_json("POST", "/v1/workers", &body);
+    assert_eq!(r.status, 201, "create: {}", r.text());
+    let id = r.json()["id"].as_str().expect("id").to_string();
+    let r = d.post(&format!("/v1/workers/{id}/start"));
+    assert!(r.status < 300, "start: {}", r.text());
+}
+
+#[test]
+fn group_locks_exclude_across_daemons_and_a_dead_holders_lease_expires() {
+    let nats = NatsServer::start();
+    let settings = [
+        ("NATS_LOCK_LEASE_SECONDS", "3"),
+        ("GROUP_LOCK_MAX_RETRIES", "8"),
+        ("GROUP_LOCK_RETRY_BASE_DELAY_MS", "100"),
+    ];
+    let mut a = cluster_daemon(&nats.url(), &settings);
+    let b = cluster_daemon(&nats.url(), &settings);
+    group_worker(&a, "g.one", "g");
+    group_worker(&b, "g.two", "g");
+    let reader = Reader::new(&nats.url(), 1);
+    // Two 600 ms calls of one group on two daemons: the second waits for the first.
+    let started = Instant::now();
+    publish(&a, "g.one", "p1", "sleep:600");
+    publish(&b, "g.two", "p2", "sleep:600");
+    let t1 = wait_reply(&reader, "g.one.reply", "p1");
+    let t2 = wait_reply(&reader, "g.two.reply", "p2");
+    let both = t1.max(t2) - started;
+    assert!(
+        both >= Duration::from_millis(1200),
+        "calls of one group on two daemons overlapped: both done after {both:?}"
+    );
+
+    // The holder dies mid-call: the lease is free once it ages out, not before.
+    publish(&a, "g.one", "long", "sleep:60000");
+    std::thread::sleep(Duration::from_millis(1500));
+    a.kill9();
+    let killed = Instant::now();
+    publish(&b, "g.two", "after", "x");
+    let t = wait_reply(&reader, "g.two.reply", "after");
+    let waited = t - killed;
+    eprintln!("the dead holder's lease freed the group after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "the group was taken while the dead holder's lease was still valid ({waited:?})"
+    );
+}

@@ -4,12 +4,16 @@
 //! - [`connect`]: one NATS connection per daemon from those settings (credentials, TLS,
 //!   several URLs, reconnect forever); readiness follows its state.
 //!
+//! - [`locks`]: group locks across daemons, leases in a KV bucket.
+//!
 //! The bus itself is `crate::bus::JetStreamBus`.
 
 pub mod connect;
+pub mod locks;
 pub mod settings;
 
 pub use connect::{NatsConnection, connect};
+pub use locks::{ClusterLocks, Lease};
 pub use settings::{Backend, ClusterSettings, NatsAuth, NatsSettings, Secret};
 
 use std::sync::Arc;
@@ -27,8 +31,10 @@ pub fn instance_id() -> String {
     format!("workmanager@{host}:{}", std::process::id())
 }
 
-/// `BUS_BACKEND=jetstream`: connects to NATS and opens the bus there.
-pub async fn open_bus(config: &Config) -> anyhow::Result<(Arc<dyn Bus>, NatsConnection)> {
+/// `BUS_BACKEND=jetstream`: connects to NATS and opens the bus and the group lease bucket there.
+pub async fn open_bus(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn Bus>, NatsConnection, Arc<ClusterLocks>)> {
     let s = &config.cluster.nats;
     let conn = connect(s, &instance_id()).await?;
     let bus = JetStreamBus::open(
@@ -42,6 +48,14 @@ pub async fn open_bus(config: &Config) -> anyhow::Result<(Arc<dyn Bus>, NatsConn
     )
     .await
     .with_context(|| format!("opening the bus on NATS JetStream at {}", s.urls.join(",")))?;
+    let locks = ClusterLocks::open(&conn, &s.prefix, s.replicas, s.lock_lease, instance_id())
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "opening the group lease bucket {}_LOCKS on NATS: {e}",
+                s.prefix
+            )
+        })?;
     tracing::info!(urls = %s.urls.join(","), stream = %format!("{}_EVENTS", s.prefix), "bus on NATS JetStream");
-    Ok((bus, conn))
+    Ok((bus, conn, Arc::new(locks)))
 }

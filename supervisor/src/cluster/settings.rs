@@ -62,6 +62,8 @@ pub struct NatsSettings {
     pub duplicate_window: Duration,
     /// How long start-up waits for NATS.
     pub connect_timeout: Duration,
+    /// Lease time of group locks (the lock bucket's max age).
+    pub lock_lease: Duration,
 }
 
 /// The validated cluster settings.
@@ -223,6 +225,7 @@ impl ClusterSettings {
                     86_400,
                 )?),
                 connect_timeout: Duration::from_secs(int("NATS_CONNECT_TIMEOUT_SECONDS", 1, 600)?),
+                lock_lease: Duration::from_secs(int("NATS_LOCK_LEASE_SECONDS", 3, 3600)?),
             },
         })
     }
@@ -242,6 +245,7 @@ impl NatsSettings {
             ack_wait: Duration::from_secs(30),
             duplicate_window: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(10),
+            lock_lease: Duration::from_secs(15),
         }
     }
 }
