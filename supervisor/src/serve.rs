@@ -274,13 +274,19 @@ struct Parts {
 }
 
 fn build(registry: &Registry, p: Parts) -> anyhow::Result<Built> {
+    let cluster_mode = p.shared_bus.is_some();
     let bus: Arc<dyn Bus> = match p.shared_bus {
         Some(bus) => bus,
         None => SqliteBus::open(&p.data_dir, p.bus_options)
             .with_context(|| format!("opening the bus in {}", p.data_dir.display()))?,
     };
     let bus_dyn: Arc<dyn Bus> = bus.clone();
-    let events = Arc::new(Events::new(bus_dyn.clone()));
+    let events = Events::new(bus_dyn.clone());
+    let events = Arc::new(if cluster_mode {
+        events.with_instance(crate::cluster::instance_id())
+    } else {
+        events
+    });
     let status: Arc<dyn StatusSink> = Arc::new(RegistryStatus(registry.clone()));
     let backend: Arc<dyn GatewayBackend> = Arc::new(RegistryGateway(registry.clone()));
     let gateway = Gateway::new(bus_dyn.clone(), backend, p.gateway_url, p.gateway_timeout)

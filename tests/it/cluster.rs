@@ -145,6 +145,17 @@ impl Reader {
         })
     }
 
+    /// The JSON data of `topic`'s first 1000 events.
+    fn data(&self, topic: &str) -> Vec<serde_json::Value> {
+        self.rt.block_on(async {
+            let page = self.bus.replay(topic, 0, 1000).await.unwrap();
+            page.events
+                .iter()
+                .filter_map(|p| serde_json::from_slice(p.event.data.as_deref()?).ok())
+                .collect()
+        })
+    }
+
     fn wait_ids(&self, topic: &str, want: usize, what: &str) -> BTreeMap<String, usize> {
         let deadline = Instant::now() + WAIT;
         loop {
@@ -216,6 +227,18 @@ fn three_daemons_share_a_topic_and_a_sigkilled_one_loses_nothing() {
     // that redoes them; JetStream stores them once (same Nats-Msg-Id).
     let dups: Vec<(&String, &usize)> = replies.iter().filter(|(_, n)| **n > 1).collect();
     assert!(dups.is_empty(), "replies stored more than once: {dups:?}");
+    // Lifecycle events of all three daemons share the bus, each naming its daemon.
+    let instances: std::collections::BTreeSet<String> = reader
+        .data("workmanager.lifecycle")
+        .iter()
+        .filter_map(|d| d["instance"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        instances.len(),
+        3,
+        "lifecycle events name their daemons: {instances:?}"
+    );
+    assert!(instances.iter().all(|i| i.starts_with("workmanager@")));
     let after: Vec<u64> = [0, 2].iter().map(|i| processed(&daemons[*i])).collect();
     eprintln!("processed per daemon before the kill {before:?}; survivors at the end {after:?}");
     assert!(
