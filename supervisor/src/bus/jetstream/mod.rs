@@ -286,6 +286,23 @@ async fn publish_events(
     topic: &str,
     events: &[CloudEvent],
 ) -> Result<Vec<u64>, BusError> {
+    let acks = send_events(s, topic, events).await?;
+    let mut seqs = Vec::with_capacity(acks.len());
+    for ack in acks {
+        let ack = ack
+            .await
+            .map_err(|e| nats_err("get JetStream's ack of a publish", e))?;
+        seqs.push(ack.sequence);
+    }
+    Ok(seqs)
+}
+
+/// Sends publishes in order and returns their pending acks.
+async fn send_events(
+    s: &Shared,
+    topic: &str,
+    events: &[CloudEvent],
+) -> Result<Vec<jetstream::context::PublishAckFuture>, BusError> {
     let subject = s.names.subject(topic);
     let mut acks = Vec::with_capacity(events.len());
     for e in events {
@@ -299,14 +316,7 @@ async fn publish_events(
             .map_err(|e| nats_err("send a publish", e))?;
         acks.push(ack);
     }
-    let mut seqs = Vec::with_capacity(acks.len());
-    for ack in acks {
-        let ack = ack
-            .await
-            .map_err(|e| nats_err("get JetStream's ack of a publish", e))?;
-        seqs.push(ack.sequence);
-    }
-    Ok(seqs)
+    Ok(acks)
 }
 
 impl Shared {
@@ -386,23 +396,38 @@ impl Shared {
     }
 }
 
-/// Runs completions one after the other, so replies are published in call order.
+/// Sends completions' replies one after the other, so replies are published in call order;
+/// waiting for JetStream's ack of each reply and then acknowledging the input happen
+/// concurrently (one round trip each would otherwise cap a daemon at ~1.5k events/s).
 async fn completer(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>) {
     while let Some(c) = rx.recv().await {
-        let result = async {
-            if let Some((topic, event)) = &c.reply {
-                publish_events(&s, topic, std::slice::from_ref(event)).await?;
-                s.metrics.add_published(topic, 1);
+        let sent = match &c.reply {
+            None => Ok(None),
+            Some((topic, event)) => send_events(&s, topic, std::slice::from_ref(event))
+                .await
+                .map(|acks| Some((topic.clone(), acks))),
+        };
+        let s = s.clone();
+        tokio::spawn(async move {
+            let result = async {
+                if let Some((topic, acks)) = sent? {
+                    for ack in acks {
+                        ack.await
+                            .map_err(|e| nats_err("get JetStream's ack of a reply", e))?;
+                    }
+                    s.metrics.add_published(&topic, 1);
+                }
+                s.ack(c.seq, &c.entry, &c.outcome).await
             }
-            s.ack(c.seq, &c.entry, &c.outcome).await
-        }
-        .await;
-        if result.is_err() {
-            // Not settled: keep it in flight so `release` (the dispatcher's answer to a failed
-            // completion) finds it; a reply that was stored is deduplicated when redone.
-            s.inflight.put_back(c.seq, c.entry);
-        }
-        let _ = c.done.send(result);
+            .await;
+            if result.is_err() {
+                // Not settled: keep it in flight so `release` (the dispatcher's answer to a
+                // failed completion) finds it; a reply that was stored is deduplicated when
+                // redone.
+                s.inflight.put_back(c.seq, c.entry);
+            }
+            let _ = c.done.send(result);
+        });
     }
 }
 
