@@ -249,3 +249,76 @@ impl NatsSettings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServeArgs;
+
+    fn settings(env: &[(&str, &str)]) -> Result<ClusterSettings, ConfigError> {
+        let lookup = |n: &str| {
+            env.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        let raw = RawConfig::gather(&ServeArgs::default(), &lookup)?;
+        ClusterSettings::from_raw(&raw)
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_single_machine() {
+        let s = settings(&[]).unwrap();
+        assert_eq!((s.bus, s.registry), (Backend::Embedded, Backend::Embedded));
+        assert_eq!(s.nats.urls, ["nats://127.0.0.1:4222"]);
+        assert_eq!(s.nats.auth, NatsAuth::None);
+        assert_eq!(s.nats.replicas, 1);
+    }
+
+    #[test]
+    fn several_urls_credentials_and_tls() {
+        let s = settings(&[
+            ("BUS_BACKEND", "JetStream"),
+            ("NATS_URL", "tls://a:4222, tls://b:4222,nats://c"),
+            ("NATS_USER", "wm"),
+            ("NATS_PASSWORD", "s3cret"),
+            ("NATS_TLS_CERT_FILE", "/c.pem"),
+            ("NATS_TLS_KEY_FILE", "/k.pem"),
+            ("NATS_STREAM_REPLICAS", "3"),
+        ])
+        .unwrap();
+        assert_eq!(s.bus, Backend::JetStream);
+        assert_eq!(s.nats.urls.len(), 3);
+        assert!(matches!(&s.nats.auth, NatsAuth::UserPassword { user, .. } if user == "wm"));
+        assert!(
+            !format!("{s:?}").contains("s3cret"),
+            "secrets stay out of Debug"
+        );
+        assert_eq!(s.nats.replicas, 3);
+        assert!(s.nats.tls_client.is_some());
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        for (env, name) in [
+            (vec![("BUS_BACKEND", "redis")], "BUS_BACKEND"),
+            (vec![("REGISTRY_BACKEND", "jetstream")], "REGISTRY_BACKEND"),
+            (vec![("NATS_URL", "http://x:80")], "NATS_URL"),
+            (vec![("NATS_URL", " , ")], "NATS_URL"),
+            (
+                vec![("NATS_TOKEN", "t"), ("NATS_CREDS_FILE", "/c")],
+                "NATS_TOKEN",
+            ),
+            (vec![("NATS_USER", "u")], "NATS_PASSWORD"),
+            (vec![("NATS_TLS_CERT_FILE", "/c")], "NATS_TLS_KEY_FILE"),
+            (vec![("NATS_STREAM_PREFIX", "wm")], "NATS_STREAM_PREFIX"),
+            (vec![("NATS_STREAM_REPLICAS", "0")], "NATS_STREAM_REPLICAS"),
+            (
+                vec![("NATS_ACK_WAIT_SECONDS", "1")],
+                "NATS_ACK_WAIT_SECONDS",
+            ),
+        ] {
+            let e = settings(&env).unwrap_err().to_string();
+            assert!(e.contains(name), "{env:?}: {e}");
+        }
+    }
+}
