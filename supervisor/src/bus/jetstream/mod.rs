@@ -89,6 +89,10 @@ pub(crate) struct Shared {
     holds: std::sync::Mutex<HashMap<String, String>>,
     /// Topics whose durable consumer is known to exist.
     durables: std::sync::Mutex<HashSet<String>>,
+    /// Topics found without a durable consumer, and when: asked again after a second at the
+    /// earliest, so that a topic nobody consumes (daemon events, audit) costs one JetStream
+    /// request a second, not one per publish.
+    no_durable: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// Live consumers per topic on this daemon.
     consuming: std::sync::Mutex<HashMap<String, usize>>,
     watchers: std::sync::Mutex<HashMap<String, broadcast::Sender<Arc<Published>>>>,
@@ -187,6 +191,7 @@ impl JetStreamBus {
             cancel: CancellationToken::new(),
             holds: std::sync::Mutex::default(),
             durables: std::sync::Mutex::default(),
+            no_durable: std::sync::Mutex::default(),
             consuming: std::sync::Mutex::default(),
             watchers: std::sync::Mutex::default(),
             completions,
@@ -329,12 +334,27 @@ impl Shared {
         {
             return true;
         }
+        if lock(&self.no_durable)
+            .get(topic)
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return false;
+        }
         match self.stream.consumer_info(self.names.durable(topic)).await {
             Ok(_) => {
                 lock(&self.durables).insert(topic.to_string());
+                lock(&self.no_durable).remove(topic);
                 true
             }
-            Err(_) => false,
+            Err(_) => {
+                let mut map = lock(&self.no_durable);
+                // Bounded: forget entries that are stale anyway.
+                if map.len() > 10_000 {
+                    map.retain(|_, at| at.elapsed() < Duration::from_secs(1));
+                }
+                map.insert(topic.to_string(), std::time::Instant::now());
+                false
+            }
         }
     }
 
@@ -370,6 +390,7 @@ impl Shared {
             .await
             .map_err(|e| nats_err("create the topic's durable consumer", e))?;
         lock(&self.durables).insert(topic.to_string());
+        lock(&self.no_durable).remove(topic);
         Ok(c)
     }
 
