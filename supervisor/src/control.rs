@@ -189,6 +189,8 @@ pub struct Control {
     listeners: Mutex<Vec<ControlListener>>,
     /// More `/health` entries (the NATS connection in cluster mode).
     health_checks: Mutex<Vec<(&'static str, HealthCheck)>>,
+    /// Cluster mode: the members (`GET /v1/cluster`).
+    membership: Mutex<Option<Arc<crate::cluster::Membership>>>,
 }
 
 /// A `/health` entry: `Ok(description)` when healthy, `Err(description)` when not.
@@ -228,7 +230,18 @@ impl Control {
             recovery_error: Mutex::new(None),
             listeners: Mutex::new(Vec::new()),
             health_checks: Mutex::new(Vec::new()),
+            membership: Mutex::new(None),
         }
+    }
+
+    /// Cluster mode: where `GET /v1/cluster` finds the members.
+    pub fn set_membership(&self, m: Arc<crate::cluster::Membership>) {
+        *crate::sync::lock(&self.membership) = Some(m);
+    }
+
+    /// The membership, in cluster mode.
+    pub fn membership(&self) -> Option<Arc<crate::cluster::Membership>> {
+        crate::sync::lock(&self.membership).clone()
     }
 
     /// Adds an entry to `/health`: the daemon is not ready while it fails.

@@ -139,6 +139,19 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
     };
     let bus_dyn: Arc<dyn Bus> = bus.clone();
     hold_registered_topics(&registry, bus_dyn.as_ref())?;
+    if let Some(conn) = &nats {
+        let members = crate::cluster::Membership::start(
+            conn,
+            &config.cluster.nats.prefix,
+            config.cluster.nats.replicas,
+            crate::cluster::instance_id(),
+            config.data_dir.clone(),
+            token.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the members bucket on NATS: {e}"))?;
+        daemon.control().set_membership(members);
+    }
     if let Some(conn) = nats {
         daemon.control().add_health_check(
             "nats",

@@ -191,6 +191,16 @@ fn health(d: &Daemon) -> (u16, serde_json::Value) {
 fn three_daemons_share_a_topic_and_a_sigkilled_one_loses_nothing() {
     let nats = NatsServer::start();
     let mut daemons: Vec<Daemon> = (0..3).map(|_| cluster_daemon(&nats.url(), &[])).collect();
+    let c = daemons[2].get("/v1/cluster").json();
+    let deadline = Instant::now() + WAIT;
+    while daemons[2].get("/v1/cluster").json()["members"]
+        .as_array()
+        .map(Vec::len)
+        != Some(3)
+    {
+        assert!(Instant::now() < deadline, "three members expected: {c:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for d in &daemons {
         worker(d, "cl.in");
         let (code, h) = health(d);
@@ -239,6 +249,32 @@ fn three_daemons_share_a_topic_and_a_sigkilled_one_loses_nothing() {
         "lifecycle events name their daemons: {instances:?}"
     );
     assert!(instances.iter().all(|i| i.starts_with("workmanager@")));
+    // GET /v1/cluster: the killed daemon leaves the list once its entry ages out (15 s).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let c = daemons[0].get("/v1/cluster").json();
+        assert_eq!(c["backend"], "jetstream", "{c:#}");
+        let members = c["members"].as_array().cloned().unwrap_or_default();
+        assert!(members.len() >= 2, "{c:#}");
+        assert_eq!(
+            members.iter().filter(|m| m["self"] == true).count(),
+            1,
+            "{c:#}"
+        );
+        if members.len() == 2 {
+            assert!(
+                members
+                    .iter()
+                    .all(|m| m["listen"].as_array().is_some_and(|l| !l.is_empty()))
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed daemon is still listed: {c:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let after: Vec<u64> = [0, 2].iter().map(|i| processed(&daemons[*i])).collect();
     eprintln!("processed per daemon before the kill {before:?}; survivors at the end {after:?}");
     assert!(
@@ -250,6 +286,20 @@ fn three_daemons_share_a_topic_and_a_sigkilled_one_loses_nothing() {
     assert!(
         after[0] > before[0] && after[1] > before[2],
         "the survivors carried on: {before:?} -> {after:?}"
+    );
+}
+
+#[test]
+fn an_embedded_daemon_is_a_cluster_of_one() {
+    let d = Daemon::start(DaemonOptions::default());
+    let c = d.get("/v1/cluster").json();
+    assert_eq!(c["backend"], "embedded", "{c:#}");
+    assert_eq!(c["members"].as_array().map(Vec::len), Some(1), "{c:#}");
+    assert_eq!(c["members"][0]["self"], true);
+    assert!(
+        c["members"][0]["instance"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("workmanager@"))
     );
 }
 

@@ -5,15 +5,18 @@
 //!   several URLs, reconnect forever); readiness follows its state.
 //!
 //! - [`locks`]: group locks across daemons, leases in a KV bucket.
+//! - [`members`]: membership heartbeats in a KV bucket, for `GET /v1/cluster`.
 //!
 //! The bus itself is `crate::bus::JetStreamBus`.
 
 pub mod connect;
 pub mod locks;
+pub mod members;
 pub mod settings;
 
 pub use connect::{NatsConnection, connect};
 pub use locks::{ClusterLocks, Lease};
+pub use members::Membership;
 pub use settings::{Backend, ClusterSettings, NatsAuth, NatsSettings, Secret};
 
 use std::sync::Arc;
