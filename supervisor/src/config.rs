@@ -128,6 +128,24 @@ settings! {
     "PYTHON_FIND_LINKS" [] = "", "comma-separated folders or URLs of wheels; empty = none", "extra places pip looks for wheel dependencies (pip --find-links)";
     "PYTHON_ALLOWED_PACKAGES" [] = "", "comma-separated project names; empty = any", "the only projects a wheel's dependencies (direct and transitive) may be; anything else refuses the create with 422";
     "PYTHON_DEPENDENCY_INSTALL_TIMEOUT_SECONDS" [] = "60", "1-3600", "how long installing one wheel's dependencies may take; longer refuses the create with 422";
+    "BUS_BACKEND" [] = "embedded", "embedded|jetstream", "where the bus lives: embedded (SQLite in the data directory, one machine) or jetstream (NATS JetStream at NATS_URL, shared by every daemon of a cluster; docs/cluster.md)";
+    "REGISTRY_BACKEND" [] = "embedded", "embedded", "where the registry, code store and worker state live; only embedded (SQLite in the data directory) in this version: the JetStream KV registry is not built yet (docs/cluster.md)";
+    "NATS_URL" [] = "nats://127.0.0.1:4222", "comma-separated nats:// or tls:// URLs of servers of one NATS cluster", "the NATS servers the jetstream backend connects to (any one is enough; the client fails over between them)";
+    "NATS_CREDS_FILE" [] = "", "a file path; empty = none", "a NATS .creds file (user JWT and nkey seed) to authenticate with";
+    "NATS_NKEY_SEED_FILE" [] = "", "a file path; empty = none", "a file holding an nkey seed (SU...) to authenticate with";
+    "NATS_USER" [] = "", "a user name; empty = none", "user name for NATS user/password authentication (with NATS_PASSWORD)";
+    "NATS_PASSWORD" [] = "", "a password; empty = none", "password for NATS user/password authentication; never logged";
+    "NATS_TOKEN" [] = "", "a token; empty = none", "token for NATS token authentication; never logged";
+    "NATS_TLS_REQUIRED" [] = "false", "true|false|1|0|yes|no|on|off", "refuse to talk to NATS without TLS (also implied by tls:// URLs and by the TLS files below)";
+    "NATS_TLS_CA_FILE" [] = "", "a PEM file path; empty = the system roots", "CA certificates that sign the NATS servers' certificates";
+    "NATS_TLS_CERT_FILE" [] = "", "a PEM file path; empty = none", "client certificate for NATS mutual TLS (with NATS_TLS_KEY_FILE)";
+    "NATS_TLS_KEY_FILE" [] = "", "a PEM file path; empty = none", "private key of NATS_TLS_CERT_FILE";
+    "NATS_STREAM_PREFIX" [] = "WORKMANAGER", "1-32 of A-Z, 0-9, '_'", "names the JetStream objects of one deployment: stream <P>_EVENTS, subjects <p>.t.<topic>, KV bucket <P>_ATTEMPTS; two deployments on one NATS need different prefixes";
+    "NATS_STREAM_REPLICAS" [] = "1", "1-5", "replicas of the events stream and KV buckets (3 in a three-server NATS cluster survives the loss of one server)";
+    "NATS_ACK_WAIT_SECONDS" [] = "30", "2-3600", "how long JetStream waits for a daemon's answer before it hands a delivery to another daemon; daemons send AckProgress every third of it during long calls, so this is how long a dead daemon's in-flight events wait";
+    "NATS_DUPLICATE_WINDOW_SECONDS" [] = "120", "1-86400", "how long JetStream remembers a Nats-Msg-Id (the CloudEvent's source and id) to drop a duplicate publish";
+    "NATS_CONNECT_TIMEOUT_SECONDS" [] = "10", "1-600", "how long start-up waits for the first connection to NATS before it fails";
+    "NATS_LOCK_LEASE_SECONDS" [] = "15", "3-3600", "lease of a group lock across daemons: the holder renews it every third of this; the lease of a daemon that died is free after this";
 }
 
 /// Where a value came from (for error messages).
@@ -258,7 +276,7 @@ impl RawConfig {
         Ok(RawConfig { values })
     }
 
-    fn get(&self, name: &'static str) -> (&str, &Origin) {
+    pub(crate) fn get(&self, name: &'static str) -> (&str, &Origin) {
         match self.values.get(name) {
             Some((v, o)) => (v.as_str(), o),
             None => ("", &Origin::Default),
@@ -515,6 +533,8 @@ pub struct Config {
     pub python_blocked_modules: Vec<String>,
     /// How wheel dependencies are installed (`PYTHON_DEFAULT_INDEX_URL` and friends).
     pub python_deps: crate::python_deps::DepsSettings,
+    /// Bus and registry backends, NATS connection (docs/cluster.md).
+    pub cluster: crate::cluster::ClusterSettings,
 }
 
 /// A comma-separated list of dotted module names (`os`, `asyncio.subprocess`).
@@ -843,6 +863,7 @@ impl Config {
                     .collect(),
                 timeout: secs("PYTHON_DEPENDENCY_INSTALL_TIMEOUT_SECONDS", 1, 3600)?,
             },
+            cluster: crate::cluster::ClusterSettings::from_raw(raw)?,
         })
     }
 

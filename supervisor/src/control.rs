@@ -187,7 +187,14 @@ pub struct Control {
     recovery_error: Mutex<Option<String>>,
     /// Who hears about creates, stops, deletes and reloads.
     listeners: Mutex<Vec<ControlListener>>,
+    /// More `/health` entries (the NATS connection in cluster mode).
+    health_checks: Mutex<Vec<(&'static str, HealthCheck)>>,
+    /// Cluster mode: the members (`GET /v1/cluster`).
+    membership: Mutex<Option<Arc<crate::cluster::Membership>>>,
 }
+
+/// A `/health` entry: `Ok(description)` when healthy, `Err(description)` when not.
+pub type HealthCheck = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -222,7 +229,35 @@ impl Control {
             ready_tx: tokio::sync::watch::Sender::new(false),
             recovery_error: Mutex::new(None),
             listeners: Mutex::new(Vec::new()),
+            health_checks: Mutex::new(Vec::new()),
+            membership: Mutex::new(None),
         }
+    }
+
+    /// Cluster mode: where `GET /v1/cluster` finds the members.
+    pub fn set_membership(&self, m: Arc<crate::cluster::Membership>) {
+        *crate::sync::lock(&self.membership) = Some(m);
+    }
+
+    /// The membership, in cluster mode.
+    pub fn membership(&self) -> Option<Arc<crate::cluster::Membership>> {
+        crate::sync::lock(&self.membership).clone()
+    }
+
+    /// Adds an entry to `/health`: the daemon is not ready while it fails.
+    pub fn add_health_check(&self, name: &'static str, check: HealthCheck) {
+        crate::sync::lock(&self.health_checks).push((name, check));
+    }
+
+    /// Runs the extra `/health` entries: (name, healthy, description).
+    pub fn run_health_checks(&self) -> Vec<(&'static str, bool, String)> {
+        crate::sync::lock(&self.health_checks)
+            .iter()
+            .map(|(n, c)| match c() {
+                Ok(d) => (*n, true, d),
+                Err(d) => (*n, false, d),
+            })
+            .collect()
     }
 
     /// Adds a listener for creates, stops, deletes and reloads.

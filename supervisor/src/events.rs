@@ -101,11 +101,23 @@ pub struct Heartbeat<'a> {
 #[derive(Clone)]
 pub struct Events {
     bus: Arc<dyn Bus>,
+    /// Cluster mode: this daemon's instance id, added to every event's data as `instance`
+    /// (the bus is shared, so a reader needs to know which daemon speaks).
+    instance: Option<String>,
 }
 
 impl Events {
     pub fn new(bus: Arc<dyn Bus>) -> Self {
-        Events { bus }
+        Events {
+            bus,
+            instance: None,
+        }
+    }
+
+    /// Names this daemon in every event's data (`"instance"`).
+    pub fn with_instance(mut self, instance: String) -> Self {
+        self.instance = Some(instance);
+        self
     }
 
     /// A worker lifecycle event on `workmanager.lifecycle`.
@@ -172,12 +184,25 @@ impl Events {
         self.send(INFRA_GROUPLOCK_TOPIC, ev).await;
     }
 
-    async fn send(&self, topic: &str, ev: CloudEvent) {
+    async fn send(&self, topic: &str, mut ev: CloudEvent) {
+        if let Some(instance) = &self.instance {
+            with_instance(&mut ev, instance);
+        }
         let ty = ev.ty.clone();
         if let Err(e) = self.bus.publish(topic, vec![ev]).await {
             tracing::warn!(topic, event_type = ty, error = %e, "cannot publish a daemon event; it is lost");
         }
     }
+}
+
+/// Adds `"instance": <id>` to an event's JSON object data.
+fn with_instance(ev: &mut CloudEvent, instance: &str) {
+    let Some(Ok(Value::Object(mut data))) = ev.data.as_deref().map(serde_json::from_slice::<Value>)
+    else {
+        return;
+    };
+    data.insert("instance".into(), Value::String(instance.to_owned()));
+    ev.data = Some(Value::Object(data).to_string().into_bytes());
 }
 
 /// Builds a lifecycle event (see the module docs for its shape).
@@ -313,6 +338,23 @@ mod tests {
             "2026-11-22T14:26:24.123456Z"
         );
         assert_eq!(rfc3339(4_107_542_399, 0), "2100-02-28T23:59:59.000000Z");
+    }
+
+    #[test]
+    fn cluster_events_name_their_daemon() {
+        let mut ev = lifecycle_event(
+            Lifecycle::Online,
+            WorkerRef {
+                id: "w1",
+                group: None,
+                topic: "t",
+            },
+            None,
+        );
+        with_instance(&mut ev, "workmanager@host:42");
+        let data: Value = serde_json::from_slice(ev.data.as_deref().unwrap_or_default()).unwrap();
+        assert_eq!(data["instance"], "workmanager@host:42");
+        assert_eq!(data["worker_id"], "w1");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod api;
 pub mod audit;
 pub mod bus;
 pub mod cli;
+pub mod cluster;
 pub mod codefetch;
 pub mod codestore;
 pub mod config;

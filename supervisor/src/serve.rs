@@ -56,7 +56,16 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
         )
     })?;
     let pool = pool_config(&config, host_runner.clone(), plan.settings.clone());
+    // Cluster mode: the bus is on NATS JetStream, connected before anything else starts.
+    let (shared_bus, nats, cluster_locks) = match config.cluster.bus {
+        crate::cluster::Backend::Embedded => (None, None, None),
+        crate::cluster::Backend::JetStream => {
+            let (bus, conn, locks) = crate::cluster::open_bus(&config).await?;
+            (Some(bus), Some(conn), Some(locks))
+        }
+    };
     let dispatch = DispatchConfig {
+        cluster_locks,
         retry_attempts: config.retry_attempts,
         retry_base_delay: config.retry_base_delay,
         timeout_grace: config.timeout_reclaim_grace,
@@ -68,6 +77,7 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
     let gateway_url = config.gateway_url.clone();
     let gateway_timeout = config.message_timeout;
     let parts = Parts {
+        shared_bus,
         data_dir: config.data_dir.clone(),
         bus_options: SqliteBusOptions {
             durability: if config.bus_fsync {
@@ -129,6 +139,31 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
     };
     let bus_dyn: Arc<dyn Bus> = bus.clone();
     hold_registered_topics(&registry, bus_dyn.as_ref())?;
+    if let Some(conn) = &nats {
+        let members = crate::cluster::Membership::start(
+            conn,
+            &config.cluster.nats.prefix,
+            config.cluster.nats.replicas,
+            crate::cluster::instance_id(),
+            config.data_dir.clone(),
+            token.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the members bucket on NATS: {e}"))?;
+        daemon.control().set_membership(members);
+    }
+    if let Some(conn) = nats {
+        daemon.control().add_health_check(
+            "nats",
+            Box::new(move || {
+                if conn.is_connected() {
+                    Ok("connected to NATS".to_owned())
+                } else {
+                    Err("not connected to NATS; reconnecting (events wait in JetStream)".to_owned())
+                }
+            }),
+        );
+    }
 
     daemon.add_routes(api::topics::router(
         bus_dyn.clone(),
@@ -236,7 +271,7 @@ fn hold_registered_topics(registry: &Registry, bus: &dyn Bus) -> anyhow::Result<
 
 /// What `make_runtime` builds besides the runtime itself.
 struct Built {
-    bus: Arc<SqliteBus>,
+    bus: Arc<dyn Bus>,
     events: Arc<Events>,
     registry: Registry,
     runtime: Arc<HostRuntime>,
@@ -244,6 +279,8 @@ struct Built {
 
 /// What `build` turns into the runtime, collected from the config before `Daemon::new`.
 struct Parts {
+    /// The JetStream bus in cluster mode; `None`: the embedded bus in the data directory.
+    shared_bus: Option<Arc<dyn Bus>>,
     data_dir: PathBuf,
     bus_options: SqliteBusOptions,
     pool: PoolConfig,
@@ -256,10 +293,19 @@ struct Parts {
 }
 
 fn build(registry: &Registry, p: Parts) -> anyhow::Result<Built> {
-    let bus = SqliteBus::open(&p.data_dir, p.bus_options)
-        .with_context(|| format!("opening the bus in {}", p.data_dir.display()))?;
+    let cluster_mode = p.shared_bus.is_some();
+    let bus: Arc<dyn Bus> = match p.shared_bus {
+        Some(bus) => bus,
+        None => SqliteBus::open(&p.data_dir, p.bus_options)
+            .with_context(|| format!("opening the bus in {}", p.data_dir.display()))?,
+    };
     let bus_dyn: Arc<dyn Bus> = bus.clone();
-    let events = Arc::new(Events::new(bus_dyn.clone()));
+    let events = Events::new(bus_dyn.clone());
+    let events = Arc::new(if cluster_mode {
+        events.with_instance(crate::cluster::instance_id())
+    } else {
+        events
+    });
     let status: Arc<dyn StatusSink> = Arc::new(RegistryStatus(registry.clone()));
     let backend: Arc<dyn GatewayBackend> = Arc::new(RegistryGateway(registry.clone()));
     let gateway = Gateway::new(bus_dyn.clone(), backend, p.gateway_url, p.gateway_timeout)

@@ -2,6 +2,7 @@
 
 /// The REST API against the real daemon binary.
 mod api;
+mod bus_contract;
 mod bus_crash;
 mod bus_http;
 mod bus_resume;
@@ -11,6 +12,7 @@ mod c_abi;
 mod chaos;
 /// The `workmanager` command-line client (issue 18).
 mod cli;
+mod cluster;
 mod containment;
 mod csharp_source;
 mod dotnet_daemon;

@@ -10,6 +10,7 @@ pub mod dotnet;
 pub mod fstree;
 pub mod minisign;
 pub mod native;
+pub mod nats;
 pub mod nupkg;
 pub mod procs;
 pub mod sse;

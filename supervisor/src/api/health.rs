@@ -37,20 +37,23 @@ pub async fn health(State(state): State<AppState>) -> Response {
             )
         }
     };
-    let overall = if recovery_status == "Unhealthy" || registry_status == "Unhealthy" {
-        "Unhealthy"
-    } else if recovery_status == "Degraded" {
-        "Degraded"
-    } else {
-        "Healthy"
-    };
+    let extra = state.control.run_health_checks();
+    let extra_unhealthy = extra.iter().any(|(_, ok, _)| !ok);
+    let overall =
+        if recovery_status == "Unhealthy" || registry_status == "Unhealthy" || extra_unhealthy {
+            "Unhealthy"
+        } else if recovery_status == "Degraded" {
+            "Degraded"
+        } else {
+            "Healthy"
+        };
     let code = if overall == "Healthy" {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let elapsed = started.elapsed();
-    let body = json!({
+    let mut body = json!({
         "status": overall,
         "totalDuration": format!("{:.6}s", elapsed.as_secs_f64()),
         "entries": {
@@ -58,6 +61,10 @@ pub async fn health(State(state): State<AppState>) -> Response {
             "registry": { "status": registry_status, "description": registry_desc },
         }
     });
+    for (name, ok, desc) in extra {
+        let status = if ok { "Healthy" } else { "Unhealthy" };
+        body["entries"][name] = json!({ "status": status, "description": desc });
+    }
     (code, Json(body)).into_response()
 }
 

@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod dead_letters;
+pub mod cluster;
 pub mod error;
 pub mod guard;
 pub mod health;
@@ -238,6 +239,13 @@ pub fn route_table() -> Vec<Route> {
         ),
         r(Method::GET, "/v1/hosts", Read, Small, get(hosts::hosts)),
         r(Method::GET, "/v1/engines", Read, Small, get(hosts::engines)),
+        r(
+            Method::GET,
+            "/v1/cluster",
+            Read,
+            Small,
+            get(cluster::cluster),
+        ),
         r(Method::GET, "/health", Public, Small, get(health::health)),
         r(
             Method::GET,

@@ -19,6 +19,7 @@
 //! - Watchers ([`Bus::watch`], the SSE stream) see every published event whatever its outcome.
 
 mod dead_letter;
+pub mod jetstream;
 mod metrics;
 mod sqlite;
 
@@ -33,6 +34,7 @@ pub use dead_letter::{
     DEAD_LETTER_SUFFIX, DeadLetterReason, MAX_DEAD_LETTER_ERROR_LEN, dead_letter,
     dead_letter_event, dead_letter_topic,
 };
+pub use jetstream::{JetStreamBus, JetStreamBusOptions};
 pub use metrics::BusMetrics;
 pub use sqlite::{Durability, SqliteBus, SqliteBusOptions};
 
@@ -140,6 +142,10 @@ pub enum BusError {
     Spawn(#[source] std::io::Error),
     #[error("the bus is shut down and takes no more events")]
     Closed,
+    #[error(
+        "NATS JetStream failed to {step}: {message} (check NATS_URL, the NATS servers and the daemon log)"
+    )]
+    Nats { step: &'static str, message: String },
 }
 
 /// True for a topic name the bus takes: 1 to [`MAX_TOPIC_LEN`] of `[A-Za-z0-9._-]`.

@@ -57,6 +57,14 @@ pub struct DispatchConfig {
     pub group_lock_max_retries: u32,
     /// `GROUP_LOCK_RETRY_BASE_DELAY_MS`: the wait before retry n is base·2^n.
     pub group_lock_retry_base_delay: Duration,
+    /// Cluster mode: group locks are also leases shared with the other daemons.
+    pub cluster_locks: Option<Arc<crate::cluster::ClusterLocks>>,
+}
+
+/// A held group lock: this daemon's mutex, and in cluster mode the group's lease.
+struct GroupGuard {
+    _local: tokio::sync::OwnedMutexGuard<()>,
+    _lease: Option<crate::cluster::Lease>,
 }
 
 /// Where the dispatcher reports a worker's fall into ERROR (the registry, in the daemon).
@@ -330,9 +338,9 @@ impl Dispatcher {
         &self,
         group: &str,
         cancel: &CancellationToken,
-    ) -> Result<tokio::sync::OwnedMutexGuard<()>, LockWait> {
+    ) -> Result<GroupGuard, LockWait> {
         let lock = self.groups.get(group);
-        if let Ok(g) = lock.clone().try_lock_owned() {
+        if let Some(g) = self.try_group_lock(group, &lock).await {
             return Ok(g);
         }
         self.metrics.lock_contended(group);
@@ -346,7 +354,7 @@ impl Dispatcher {
                 _ = tokio::time::sleep(delay) => {}
                 _ = cancel.cancelled() => return Err(LockWait::Cancelled),
             }
-            if let Ok(g) = lock.clone().try_lock_owned() {
+            if let Some(g) = self.try_group_lock(group, &lock).await {
                 return Ok(g);
             }
             self.metrics.lock_contended(group);
@@ -354,6 +362,30 @@ impl Dispatcher {
         Err(LockWait::Contended(format!(
             "group lock '{group}' was still taken after {retries} retries (GROUP_LOCK_MAX_RETRIES, GROUP_LOCK_RETRY_BASE_DELAY_MS)"
         )))
+    }
+
+    /// One try: the local mutex, then (cluster mode) the group's lease.
+    async fn try_group_lock(
+        &self,
+        group: &str,
+        lock: &Arc<tokio::sync::Mutex<()>>,
+    ) -> Option<GroupGuard> {
+        let local = lock.clone().try_lock_owned().ok()?;
+        let lease = match &self.config.cluster_locks {
+            None => None,
+            Some(c) => match c.try_acquire(group).await {
+                Ok(Some(l)) => Some(l),
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(group, error = %e, "cannot reach the group lease bucket; counted as contended");
+                    return None;
+                }
+            },
+        };
+        Some(GroupGuard {
+            _local: local,
+            _lease: lease,
+        })
     }
 
     async fn handle_inner(
