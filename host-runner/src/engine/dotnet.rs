@@ -466,7 +466,14 @@ impl DotNetEngine {
         library_path: &str,
         gateway_timeout: Duration,
     ) -> Result<DotNetWorker, DotNetError> {
-        self.load_with(worker_id, package_dir, library_path, "", gateway_timeout, false)
+        self.load_with(
+            worker_id,
+            package_dir,
+            library_path,
+            "",
+            gateway_timeout,
+            false,
+        )
     }
 
     /// [`DotNetEngine::load`] with the worker's `topic`: the bridge sets `VIRTUFIN_WORKER_ID`
@@ -480,7 +487,14 @@ impl DotNetEngine {
         topic: &str,
         gateway_timeout: Duration,
     ) -> Result<DotNetWorker, DotNetError> {
-        self.load_with(worker_id, package_dir, library_path, topic, gateway_timeout, false)
+        self.load_with(
+            worker_id,
+            package_dir,
+            library_path,
+            topic,
+            gateway_timeout,
+            false,
+        )
     }
 
     /// As [`DotNetEngine::load_with_topic`]; with `validate_only` the bridge compiles (C#

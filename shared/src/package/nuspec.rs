@@ -312,9 +312,7 @@ pub(crate) fn apply_rules(
         EngineKind::DotNet
         | EngineKind::CSharpSource
         | EngineKind::Python
-        | EngineKind::PythonWheel => {
-            (1, "Process".to_string(), "FreeResult".to_string())
-        }
+        | EngineKind::PythonWheel => (1, "Process".to_string(), "FreeResult".to_string()),
         EngineKind::Native => {
             let abi = match raw.abi_version.as_deref().map(str::trim) {
                 None => 1,

@@ -13,8 +13,8 @@
 //! control plane", is the operator's view.
 
 pub mod auth;
-pub mod dead_letters;
 pub mod cluster;
+pub mod dead_letters;
 pub mod error;
 pub mod guard;
 pub mod health;
