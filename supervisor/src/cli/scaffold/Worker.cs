@@ -1,7 +1,8 @@
 // __NAME__: a workmanager .NET worker. Replies with the input's data, type "__NAME__.reply",
-// and its correlationid. The DevKit API: docs/dotnet.md.
+// and its correlationid. The DevKit 2.x API (over CloudNative.CloudEvents): docs/dotnet.md.
 using System;
 using System.Threading.Tasks;
+using CloudNative.CloudEvents;
 using Virtufin.Worker.DevKit;
 
 public class Worker : IWorker
@@ -17,7 +18,7 @@ public class Worker : IWorker
             DataContentType = input.DataContentType,
             Data = input.Data,
         };
-        reply["correlationid"] = input["correlationid"];
+        if (input["correlationid"] != null) reply["correlationid"] = input["correlationid"];
         return Task.FromResult(reply);
     }
 }
