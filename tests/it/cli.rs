@@ -814,7 +814,7 @@ fn new_projects_build_pack_and_pass_their_own_tests() {
             .output()
             .expect("running test.sh")
     };
-    for lang in ["c", "cpp", "csharp"] {
+    for lang in ["c", "cpp", "csharp", "python"] {
         let name = format!("hello-{lang}");
         wm(
             &[
@@ -840,7 +840,12 @@ fn new_projects_build_pack_and_pass_their_own_tests() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains("ok   events/sample.json"));
-        assert!(project.join(format!("build/{name}.nupkg")).is_file());
+        let artifact = if lang == "python" {
+            format!("build/{name}.py")
+        } else {
+            format!("build/{name}.nupkg")
+        };
+        assert!(project.join(artifact).is_file());
     }
     // The generated test can fail: a worker that replies with another type is caught.
     let src = dir.path().join("hello-c/src/worker.c");
@@ -864,19 +869,21 @@ fn new_projects_build_pack_and_pass_their_own_tests() {
         &[],
     );
     assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+    // A bad name is a usage error, whatever the language.
     let r = wm(
         &[
             "new",
             "--lang",
             "python",
-            "p",
+            "2bad/name",
             "--dir",
             dir.path().to_str().unwrap(),
         ],
         &[],
     );
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("issue 17"), "{}", r.stderr);
+    assert!(r.stderr.contains("is not a worker name"), "{}", r.stderr);
 }
 
 #[test]

@@ -1,6 +1,7 @@
-//! `workmanager new --lang c|cpp|csharp NAME`: a worker project to start from (what
+//! `workmanager new --lang c|cpp|csharp|python NAME`: a worker project to start from (what
 //! `sam init` is to Lambda): the source, the C header (or the DevKit reference), a build script
-//! that packs with `workmanager pack`, a test that runs sample events through the package with
+//! that packs with `workmanager pack` (Python: checks and copies the source, which is what
+//! `text/x-python` deploys), a test that runs sample events through the package with
 //! `workmanager run`, and a README. The templates are in `cli/scaffold/`; the test suite
 //! generates, builds and tests a project for each language.
 
@@ -17,7 +18,7 @@ pub enum Lang {
     Cpp,
     /// C# against the DevKit (netcoreapp3.1).
     Csharp,
-    /// Python: needs the Python engine (issue 17), not in this build.
+    /// Python (`text/x-python`: a module-level `Process(event)`).
     Python,
 }
 
@@ -40,6 +41,8 @@ const WORKER_CPP: &str = include_str!("scaffold/worker.cpp");
 const WORKER_CS: &str = include_str!("scaffold/Worker.cs");
 const BUILD_NATIVE: &str = include_str!("scaffold/build-native.sh");
 const BUILD_CSHARP: &str = include_str!("scaffold/build-csharp.sh");
+const WORKER_PY: &str = include_str!("scaffold/worker.py");
+const BUILD_PYTHON: &str = include_str!("scaffold/build-python.sh");
 const TEST_SH: &str = include_str!("scaffold/test.sh");
 const README: &str = include_str!("scaffold/README.md");
 const SAMPLE: &str = include_str!("scaffold/sample.json");
@@ -67,11 +70,30 @@ pub fn files(lang: Lang, name: &str) -> Result<Vec<(String, String, bool)>, CliE
         Lang::C => ("worker.c", WORKER_C, "C", "native-workers.md"),
         Lang::Cpp => ("worker.cpp", WORKER_CPP, "C++", "native-workers.md"),
         Lang::Csharp => ("Worker.cs", WORKER_CS, "C#", "dotnet.md"),
-        Lang::Python => {
-            return Err(CliError::usage(
-                "python: the Python engine (issue 17) is not in this build; `new --lang python` comes with it",
-            ));
-        }
+        Lang::Python => ("worker.py", WORKER_PY, "Python", "python.md"),
+    };
+    // What build.sh makes, and the flags `run`/`workers create` need to take it.
+    let (package, run_flags, build_what) = match lang {
+        Lang::Python => (
+            format!("build/{name}.py"),
+            "--mime-type text/x-python ",
+            format!(
+                "checks the source's syntax and copies it to `build/{name}.py` (a `text/x-python` worker is deployed as its source; the daemon checks its imports)"
+            ),
+        ),
+        _ => (
+            format!("build/{name}.nupkg"),
+            "",
+            format!(
+                "builds and packs `build/{name}.nupkg` (`workmanager pack` checks it with the daemon's rules)"
+            ),
+        ),
+    };
+    let fill = |t: &str| {
+        fill(t)
+            .replace("__PACKAGE__", &package)
+            .replace("__RUN_FLAGS__", run_flags)
+            .replace("__BUILD_WHAT__", &build_what)
     };
     let build = match lang {
         Lang::C => fill(BUILD_NATIVE)
@@ -80,9 +102,10 @@ pub fn files(lang: Lang, name: &str) -> Result<Vec<(String, String, bool)>, CliE
         Lang::Cpp => fill(BUILD_NATIVE)
             .replace("__COMPILE__", "c++ -std=c++17")
             .replace("__SRC__", src_name),
-        _ => fill(BUILD_CSHARP),
+        Lang::Csharp => fill(BUILD_CSHARP),
+        Lang::Python => fill(BUILD_PYTHON),
     };
-    let header_row = if lang == Lang::Csharp {
+    let header_row = if matches!(lang, Lang::Csharp | Lang::Python) {
         String::new()
     } else {
         "| `include/virtufin_worker_api_c.h` | the C ABI header (a copy of the daemon's; ABI version 1) |\n".to_owned()
@@ -100,7 +123,7 @@ pub fn files(lang: Lang, name: &str) -> Result<Vec<(String, String, bool)>, CliE
         ("events/sample.json".to_owned(), fill(SAMPLE), false),
         (".gitignore".to_owned(), "build/\n".to_owned(), false),
     ];
-    if lang != Lang::Csharp {
+    if matches!(lang, Lang::C | Lang::Cpp) {
         out.push((
             "include/virtufin_worker_api_c.h".to_owned(),
             C_HEADER.to_owned(),
@@ -158,7 +181,7 @@ mod tests {
     fn names_and_placeholders() {
         assert!(valid_name("my-worker.v2"));
         assert!(!valid_name("2x") && !valid_name("a/b") && !valid_name(""));
-        for lang in [Lang::C, Lang::Cpp, Lang::Csharp] {
+        for lang in [Lang::C, Lang::Cpp, Lang::Csharp, Lang::Python] {
             let f = files(lang, "echo").unwrap();
             for (path, text, _) in &f {
                 assert!(
@@ -169,8 +192,16 @@ mod tests {
                     !text.contains("__COMPILE__") && !text.contains("__SRC__"),
                     "{path}"
                 );
+                assert!(
+                    !text.contains("__PACKAGE__")
+                        && !text.contains("__RUN_FLAGS__")
+                        && !text.contains("__BUILD_WHAT__"),
+                    "{path}"
+                );
             }
         }
-        assert_eq!(files(Lang::Python, "x").unwrap_err().code, exit::USAGE);
+        let py = files(Lang::Python, "echo").unwrap();
+        assert!(py.iter().any(|(p, _, _)| p == "src/worker.py"));
+        assert!(!py.iter().any(|(p, _, _)| p.ends_with(".h")));
     }
 }

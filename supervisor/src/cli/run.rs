@@ -158,6 +158,10 @@ async fn run_async(a: RunArgs) -> Result<(), CliError> {
         .map_err(|e| fail(format!("cannot prepare {}: {e}", data_dir.display())))?;
     let package_dir = package::extract(&bytes, &info, &data_dir.join("packages"), &limits)
         .map_err(super::pack::invalid)?;
+    // Readable by the host's uid (HOST_UID) whatever mode the engine's extraction used (Python
+    // source is written 0600), and still removable with the temporary directory.
+    crate::package_guard::make_removable(&package_dir)
+        .map_err(|e| fail(format!("cannot open up {}: {e}", package_dir.display())))?;
 
     let mut pool_config = crate::serve::pool_config(&config, host_runner, plan.settings.clone());
     // One call: a crash must not be followed by respawns and reloads of this worker.

@@ -9,7 +9,7 @@ WORKMANAGER="${WORKMANAGER:-workmanager}"
 failed=0
 for ev in events/*.json; do
   out="build/$(basename "$ev" .json).result.json"
-  if ! "$WORKMANAGER" run "build/__NAME__.nupkg" --event "$ev" -o json >"$out" 2>"$out.log"; then
+  if ! "$WORKMANAGER" run "__PACKAGE__" __RUN_FLAGS__--event "$ev" -o json >"$out" 2>"$out.log"; then
     echo "FAIL $ev: the worker failed:" >&2
     cat "$out" "$out.log" >&2
     failed=1
