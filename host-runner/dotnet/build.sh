@@ -58,7 +58,8 @@ mkdir -p "$tmp/devkit-v1"
 build cloudevents -out:"$tmp/CloudNative.CloudEvents.dll" -doc:"$tmp/CloudNative.CloudEvents.xml" "${refs[@]}" "$here"/cloudevents/*.cs
 build devkit -out:"$tmp/Virtufin.Worker.DevKit.dll" -doc:"$tmp/Virtufin.Worker.DevKit.xml" "${refs[@]}" \
   -r:"$tmp/CloudNative.CloudEvents.dll" "$here"/devkit/*.cs
-build devkit-v1 -out:"$tmp/devkit-v1/Virtufin.Worker.DevKit.dll" -doc:"$tmp/devkit-v1/Virtufin.Worker.DevKit.xml" "${refs[@]}" "$here"/devkit-v1/*.cs
+build devkit-v1 -out:"$tmp/devkit-v1/Virtufin.Worker.DevKit.dll" -doc:"$tmp/devkit-v1/Virtufin.Worker.DevKit.xml" "${refs[@]}" "$here"/devkit-v1/*.cs \
+  "$here"/devkit/WorkerContext.cs  # the same WorkerContext in both DevKits (no CloudEvent in it)
 roslyn_refs=(-define:NO_ROSLYN)
 if [ -n "$roslyn" ]; then
   cp "$roslyn"/Microsoft.CodeAnalysis.dll "$roslyn"/Microsoft.CodeAnalysis.CSharp.dll "$tmp/"
