@@ -1139,3 +1139,47 @@ fn pack_signs_with_a_minisign_key_that_minisign_and_the_daemon_accept() {
     assert!(r.stderr.contains("minisign -G -W"), "{}", r.stderr);
     assert!(!other.exists());
 }
+
+#[test]
+fn inspect_applies_the_python_import_policy_as_the_daemon_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.py");
+    std::fs::write(
+        &bad,
+        "import json\nimport subprocess\n\ndef Process(e):\n    return None\n",
+    )
+    .unwrap();
+    let r = wm(
+        &[
+            "inspect",
+            bad.to_str().unwrap(),
+            "--mime-type",
+            "text/x-python",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("ImportError: subprocess is not allowed (line 2)"),
+        "{}",
+        r.stderr
+    );
+    // The same setting as the daemon's: a module blocked only by PYTHON_BLOCKED_MODULES.
+    let r = wm(
+        &[
+            "inspect",
+            bad.to_str().unwrap(),
+            "--mime-type",
+            "text/x-python",
+        ],
+        &[("PYTHON_BLOCKED_MODULES", "json")],
+    );
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(
+        r.stderr.contains("json is not allowed (line 1)"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("subprocess"), "{}", r.stderr);
+}

@@ -434,12 +434,41 @@ pub fn inspect(a: InspectArgs) -> Result<(), CliError> {
         target.rid = rid.clone();
     }
     let info = package::inspect(&bytes, engine, &target, &Limits::default()).map_err(invalid)?;
+    if engine == EngineKind::Python {
+        python_imports(&bytes)?;
+    }
     if a.output == Output::Json {
         print_json(&info_json(&info));
     } else {
         print_info(&info);
     }
     Ok(())
+}
+
+/// The daemon's import check of `text/x-python` source (`PYTHON_BLOCKED_MODULES` from the
+/// environment or its default), so `inspect` refuses what a create would.
+fn python_imports(source: &[u8]) -> Result<(), CliError> {
+    let config = crate::config::Config::load(&crate::config::ServeArgs::default())
+        .map_err(|e| CliError::usage(format!("{e}")))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(exit::FAILED, format!("cannot start the async runtime: {e}")))?;
+    let problems = rt
+        .block_on(crate::python_policy::check(
+            source,
+            &config.python_blocked_modules,
+        ))
+        .map_err(|e| CliError::new(exit::FAILED, e.to_string()))?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(invalid(package::PackageError::Invalid {
+        problems: problems
+            .into_iter()
+            .map(package::Problem::PythonSource)
+            .collect(),
+    }))
 }
 
 /// The engine a package's layout suggests: `.so` files under `native/` for the native
