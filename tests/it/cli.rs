@@ -72,6 +72,17 @@ struct Shared {
     _dir: tempfile::TempDir,
 }
 
+/// The shared daemon's pid, for [`stop_shared_daemon`].
+static SHARED_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn stop_shared_daemon() {
+    let pid = SHARED_PID.load(std::sync::atomic::Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill(2) with the pid of our own child; no memory is touched.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
+
 fn shared() -> &'static Shared {
     static S: OnceLock<Shared> = OnceLock::new();
     S.get_or_init(|| {
@@ -106,6 +117,12 @@ fn shared() -> &'static Shared {
                 .env("WORKER_RETRY_ATTEMPTS", "1")
                 .env("WORKER_RETRY_BASE_DELAY_MS", "10"),
         );
+        // A static is never dropped: stop the daemon when the test process exits.
+        if let Some(pid) = d.pid().and_then(|p| i32::try_from(p).ok()) {
+            SHARED_PID.store(pid, std::sync::atomic::Ordering::Relaxed);
+            // SAFETY: registers a plain extern "C" function with no captured state.
+            unsafe { libc::atexit(stop_shared_daemon) };
+        }
         Shared {
             d,
             token,
