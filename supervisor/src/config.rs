@@ -537,10 +537,15 @@ pub struct Config {
     pub cluster: crate::cluster::ClusterSettings,
 }
 
+/// The items of a comma-separated setting, trimmed, empty ones skipped.
+pub(crate) fn comma_items(text: &str) -> impl Iterator<Item = &str> {
+    text.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
 /// A comma-separated list of dotted module names (`os`, `asyncio.subprocess`).
 fn python_modules(text: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
-    for m in text.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+    for m in comma_items(text) {
         let ok = m.split('.').all(|part| {
             let mut c = part.chars();
             c.next()
@@ -605,38 +610,29 @@ impl Config {
         let millis =
             |name: &'static str, lo: u64, hi: u64| int(name, lo, hi).map(Duration::from_millis);
 
-        let listen = raw
-            .get("WORKMANAGER_LISTEN")
-            .0
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(ListenAddr::parse)
-            .collect::<Option<Vec<_>>>()
-            .filter(|l| !l.is_empty())
-            .ok_or_else(|| {
-                invalid(
-                    "WORKMANAGER_LISTEN",
-                    "IP:PORT such as 127.0.0.1:25001 or [::1]:25001, or unix:/path; comma-separated for several",
-                )
-            })?;
-        let grpc_raw = raw.get("WORKMANAGER_GRPC_LISTEN").0.trim();
-        let grpc_listen = if grpc_raw.eq_ignore_ascii_case("off") {
-            Vec::new()
-        } else {
-            grpc_raw
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
+        let listen_list = |name: &'static str, hint: &str| {
+            comma_items(raw.get(name).0)
                 .map(ListenAddr::parse)
                 .collect::<Option<Vec<_>>>()
                 .filter(|l| !l.is_empty())
-                .ok_or_else(|| {
-                    invalid(
-                        "WORKMANAGER_GRPC_LISTEN",
-                        "off, or IP:PORT such as 127.0.0.1:25002, or unix:/path; comma-separated for several",
-                    )
-                })?
+                .ok_or_else(|| invalid(name, hint))
+        };
+        let listen = listen_list(
+            "WORKMANAGER_LISTEN",
+            "IP:PORT such as 127.0.0.1:25001 or [::1]:25001, or unix:/path; comma-separated for several",
+        )?;
+        let grpc_listen = if raw
+            .get("WORKMANAGER_GRPC_LISTEN")
+            .0
+            .trim()
+            .eq_ignore_ascii_case("off")
+        {
+            Vec::new()
+        } else {
+            listen_list(
+                "WORKMANAGER_GRPC_LISTEN",
+                "off, or IP:PORT such as 127.0.0.1:25002, or unix:/path; comma-separated for several",
+            )?
         };
         let otlp_endpoint = Some(raw.get("OTEL_EXPORTER_OTLP_ENDPOINT").0.trim().to_owned())
             .filter(|e| !e.is_empty());
@@ -845,20 +841,10 @@ impl Config {
                 .map_err(|e| invalid("PYTHON_BLOCKED_MODULES", &e))?,
             python_deps: crate::python_deps::DepsSettings {
                 index_url: raw.get("PYTHON_DEFAULT_INDEX_URL").0.trim().to_string(),
-                find_links: raw
-                    .get("PYTHON_FIND_LINKS")
-                    .0
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
+                find_links: comma_items(raw.get("PYTHON_FIND_LINKS").0)
                     .map(String::from)
                     .collect(),
-                allowed: raw
-                    .get("PYTHON_ALLOWED_PACKAGES")
-                    .0
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
+                allowed: comma_items(raw.get("PYTHON_ALLOWED_PACKAGES").0)
                     .map(wm_shared::package::python_wheel::normalize_name)
                     .collect(),
                 timeout: secs("PYTHON_DEPENDENCY_INSTALL_TIMEOUT_SECONDS", 1, 3600)?,
@@ -1038,12 +1024,7 @@ fn security_settings(
             "comma-separated origins such as https://ops.example.com",
         ));
     }
-    let trusted_keys = raw
-        .get("PACKAGE_TRUSTED_KEYS")
-        .0
-        .split(',')
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
+    let trusted_keys = comma_items(raw.get("PACKAGE_TRUSTED_KEYS").0)
         .map(crate::signature::load_public_key)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| with_reason("PACKAGE_TRUSTED_KEYS", e))?;

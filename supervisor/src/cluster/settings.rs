@@ -118,10 +118,7 @@ impl ClusterSettings {
         let bus = backend("BUS_BACKEND", true)?;
         let registry = backend("REGISTRY_BACKEND", false)?;
 
-        let urls: Vec<String> = text("NATS_URL")
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
+        let urls: Vec<String> = crate::config::comma_items(&text("NATS_URL"))
             .map(str::to_owned)
             .collect();
         let url_ok = |u: &String| {
