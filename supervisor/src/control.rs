@@ -21,11 +21,15 @@ use crate::codefetch::{CodeFetcher, FetchError};
 use crate::codestore::CodeStore;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::python_deps::Report as DepsReport;
 use crate::registry::{
     CodeRef, CodeSourceKind, HistoryEntry, LastError, Registry, Status, TagOutcome, WorkerRecord,
     now_rfc3339,
 };
 use crate::runtime::{ErrorType, Isolation, Runtime, RuntimeError, WorkerSpec};
+
+mod python;
+pub use python::{DepsEvent, DepsListener};
 use wm_shared::package::{self, EngineKind, Limits, PackageError, PackageInfo, Target};
 
 /// Most tags per worker (the original's limit).
@@ -156,6 +160,15 @@ pub struct ControlEvent {
 /// it must not block (spawn a task for async work).
 pub type ControlListener = Box<dyn Fn(&ControlEvent) + Send + Sync>;
 
+/// What a create did: the worker, the package's accepted deviations, and for a wheel what its
+/// dependency install did.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub worker: WorkerRecord,
+    pub warnings: Vec<String>,
+    pub dependencies: Option<DepsReport>,
+}
+
 /// `invalid_package` with every problem for a refused package; anything else is ours (500).
 fn package_error(e: PackageError) -> ApiError {
     match e {
@@ -187,6 +200,8 @@ pub struct Control {
     recovery_error: Mutex<Option<String>>,
     /// Who hears about creates, stops, deletes and reloads.
     listeners: Mutex<Vec<ControlListener>>,
+    /// Who hears about wheel dependency installs.
+    deps_listeners: Mutex<Vec<python::DepsListener>>,
     /// More `/health` entries (the NATS connection in cluster mode).
     health_checks: Mutex<Vec<(&'static str, HealthCheck)>>,
     /// Cluster mode: the members (`GET /v1/cluster`).
@@ -229,6 +244,7 @@ impl Control {
             ready_tx: tokio::sync::watch::Sender::new(false),
             recovery_error: Mutex::new(None),
             listeners: Mutex::new(Vec::new()),
+            deps_listeners: Mutex::new(Vec::new()),
             health_checks: Mutex::new(Vec::new()),
             membership: Mutex::new(None),
         }
@@ -364,7 +380,8 @@ impl Control {
         &self,
         input: CodeInput,
         engine: EngineKind,
-    ) -> Result<(Vec<u8>, CodeRef, PackageInfo), ApiError> {
+        for_worker: &python::ForWorker,
+    ) -> Result<(Vec<u8>, CodeRef, PackageInfo, Option<DepsReport>), ApiError> {
         let (bytes, source, url, signature) = match input {
             CodeInput::Content { bytes, signature } => {
                 (bytes, CodeSourceKind::Content, None, signature)
@@ -414,59 +431,18 @@ impl Control {
         if engine == EngineKind::Python {
             self.check_python_imports(&bytes).await?;
         }
-        if engine == EngineKind::PythonWheel {
-            self.install_python_deps(&bytes, &info).await?;
-        }
+        let dependencies = if engine == EngineKind::PythonWheel {
+            Some(self.install_python_deps(&bytes, &info, for_worker).await?)
+        } else {
+            None
+        };
         let code = CodeRef {
             sha256: crate::codestore::sha256_hex(&bytes),
             size: bytes.len() as u64,
             source,
             url,
         };
-        Ok((bytes, code, info))
-    }
-
-    /// `text/x-python`: 422 naming each blocked import and its line (`PYTHON_BLOCKED_MODULES`).
-    async fn check_python_imports(&self, source: &[u8]) -> Result<(), ApiError> {
-        match crate::python_policy::check(source, &self.config.python_blocked_modules).await {
-            Ok(problems) if problems.is_empty() => Ok(()),
-            Ok(problems) => Err(ApiError::InvalidPackage(problems)),
-            Err(e) => {
-                tracing::error!(error = %e, "python import check failed");
-                Err(ApiError::Unavailable(format!(
-                    "the Python import check could not run on this server: {e}"
-                )))
-            }
-        }
-    }
-
-    /// `application/x-python`: the wheel's `Requires-Dist` installed next to where it will be
-    /// extracted; 422 naming the dependency and pip's words when that fails.
-    async fn install_python_deps(&self, bytes: &[u8], info: &PackageInfo) -> Result<(), ApiError> {
-        let meta =
-            package::python_wheel::read_metadata(bytes, &self.limits).map_err(package_error)?;
-        let target = package::python_wheel::deps_dir(&self.codes.package_dir(&info.sha256));
-        let started = std::time::Instant::now();
-        match crate::python_deps::install(&meta.requires_dist, &target, &self.config.python_deps)
-            .await
-        {
-            Ok(done) => {
-                tracing::info!(
-                    wheel = %meta.name,
-                    sha256 = %info.sha256,
-                    requires = ?meta.requires_dist,
-                    installed = ?done.projects,
-                    reused = done.reused,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "python wheel dependencies ready"
-                );
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(wheel = %meta.name, error = %e, "python wheel dependencies refused");
-                Err(ApiError::InvalidPackage(vec![e.to_string()]))
-            }
-        }
+        Ok((bytes, code, info, dependencies))
     }
 
     /// With `PACKAGE_TRUSTED_KEYS` set: the package needs a minisign signature by one of
@@ -530,7 +506,23 @@ impl Control {
         &self,
         cmd: CreateWorker,
     ) -> Result<(WorkerRecord, Vec<String>), ApiError> {
-        let (bytes, code, info) = self.obtain_code(cmd.code, cmd.engine).await?;
+        self.create_detailed(cmd)
+            .await
+            .map(|c| (c.worker, c.warnings))
+    }
+
+    /// [`Control::create`] with everything the create response reports.
+    pub async fn create_detailed(&self, cmd: CreateWorker) -> Result<Created, ApiError> {
+        // Known before the code is checked, so that install events name the worker to be.
+        let id = uuid::Uuid::new_v4().to_string();
+        let for_worker = python::ForWorker {
+            id: id.clone(),
+            topic: cmd.topic.clone(),
+            group: cmd.group.clone(),
+            operation: "create",
+        };
+        let (bytes, code, info, dependencies) =
+            self.obtain_code(cmd.code, cmd.engine, &for_worker).await?;
         let warnings = info.warnings.clone();
         for w in &warnings {
             tracing::warn!(sha256 = %code.sha256, "package accepted with a warning: {w}");
@@ -542,7 +534,7 @@ impl Control {
             u32::try_from(self.config.message_timeout.as_secs()).unwrap_or(u32::MAX)
         });
         let record = WorkerRecord {
-            id: uuid::Uuid::new_v4().to_string(),
+            id,
             mime_type: cmd.mime_type,
             topic: cmd.topic,
             group: cmd.group,
@@ -565,7 +557,11 @@ impl Control {
         self.notify(ControlEventKind::Registered, &record);
         tracing::info!(worker = %record.id, mime = %record.mime_type, topic = %record.topic,
             sha256 = %record.code.sha256, "worker created");
-        Ok((record, warnings))
+        Ok(Created {
+            worker: record,
+            warnings,
+            dependencies,
+        })
     }
 
     /// Code whose check needs an engine (C# source: a compile in a host) is checked here,
@@ -723,11 +719,27 @@ impl Control {
     /// Hot reload: validates and stores the new code, reloads it into a running worker, then
     /// records it (the old version stays in the history).
     pub async fn load_code(&self, id: &str, input: CodeInput) -> Result<WorkerRecord, ApiError> {
+        self.load_code_detailed(id, input).await.map(|(w, _)| w)
+    }
+
+    /// [`Control::load_code`], also returning what a wheel's dependency install did.
+    pub async fn load_code_detailed(
+        &self,
+        id: &str,
+        input: CodeInput,
+    ) -> Result<(WorkerRecord, Option<DepsReport>), ApiError> {
         // 404 before downloading anything.
         let w = self.get(id).await?;
         let engine = EngineKind::from_mime(&w.mime_type)
             .ok_or_else(|| ApiError::EngineNotFound(w.mime_type.clone()))?;
-        let (bytes, code, info) = self.obtain_code(input, engine).await?;
+        let for_worker = python::ForWorker {
+            id: w.id.clone(),
+            topic: w.topic.clone(),
+            group: w.group.clone(),
+            operation: "reload",
+        };
+        let (bytes, code, info, dependencies) =
+            self.obtain_code(input, engine, &for_worker).await?;
         let dir = self.store_code(bytes, info.clone()).await?;
         self.validate_code(dir, info, w.isolation).await?;
         let lock = self.lock_for(id);
@@ -748,7 +760,7 @@ impl Control {
         self.metrics.code_reloads.fetch_add(1, Ordering::Relaxed);
         self.notify(ControlEventKind::CodeReloaded, &w);
         tracing::info!(worker = %id, from = %previous.sha256, to = %w.code.sha256, "code reloaded");
-        self.get(id).await
+        Ok((self.get(id).await?, dependencies))
     }
 
     /// The code history, oldest first.

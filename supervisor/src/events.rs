@@ -3,6 +3,7 @@
 //! | topic | types (`com.virtufin.workmanager.` + ...) | subject |
 //! |---|---|---|
 //! | `workmanager.lifecycle` | `lifecycle.{registered,starting,online,degraded,stopping,stopped,failed}` | `worker/<id>` |
+//! | `workmanager.lifecycle` | `lifecycle.dependencies.{started,progress,finished,failed}` (wheels) | `worker/<id>` |
 //! | `workmanager.infra.worker` | `infra.worker.heartbeat` | `worker/<id>` |
 //! | `workmanager.infra.host` | `infra.host.{crashed,respawned}` | `host/<id>` |
 //! | `workmanager.infra.grouplock` | `infra.grouplock.{acquired,released}` | `group/<name>` |
@@ -129,6 +130,18 @@ impl Events {
     ) {
         self.send(LIFECYCLE_TOPIC, lifecycle_event(kind, w, error))
             .await;
+    }
+
+    /// `lifecycle.dependencies.<step>` on `workmanager.lifecycle`: a step of a wheel's
+    /// dependency install (`started`, `progress`, `finished`, `failed`; data built by
+    /// `control::DepsEvent::data`).
+    pub async fn dependencies(&self, step: &str, worker_id: &str, data: &Value) {
+        let ev = base_event(
+            format!("{LIFECYCLE_TYPE_PREFIX}dependencies.{step}"),
+            format!("worker/{worker_id}"),
+            data,
+        );
+        self.send(LIFECYCLE_TOPIC, ev).await;
     }
 
     /// `infra.host.crashed` on `workmanager.infra.host`. `culprit` is the worker and message

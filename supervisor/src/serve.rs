@@ -16,7 +16,7 @@ use wm_shared::ring::RingConfig;
 
 use crate::bus::{Bus, Durability, SqliteBus, SqliteBusOptions};
 use crate::config::Config;
-use crate::control::{ControlEvent, ControlEventKind};
+use crate::control::{ControlEvent, ControlEventKind, DepsEvent};
 use crate::dispatcher::{DispatchConfig, StatusSink};
 use crate::events::{ErrorType, Events, Lifecycle, WorkerRef};
 use crate::gateway::{Gateway, GatewayBackend, StateLimits};
@@ -248,6 +248,22 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
                     events.worker(Lifecycle::Registered, w, None).await;
                 });
             }
+        }));
+
+    // Dependency install steps, published in the order they happen.
+    let (deps_tx, mut deps_rx) = tokio::sync::mpsc::unbounded_channel::<DepsEvent>();
+    let deps_events = events.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = deps_rx.recv().await {
+            deps_events
+                .dependencies(ev.step(), &ev.worker_id, &ev.data())
+                .await;
+        }
+    });
+    daemon
+        .control()
+        .add_deps_listener(Box::new(move |ev: &DepsEvent| {
+            let _ = deps_tx.send(ev.clone());
         }));
 
     let result = daemon.run(token).await;

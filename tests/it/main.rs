@@ -20,6 +20,7 @@ mod failures;
 mod grpc;
 mod host_limits;
 mod python;
+mod python_wheels;
 mod runtime;
 mod sandbox_layers;
 mod security;

@@ -148,6 +148,84 @@ fn metadata(bytes: &[u8], limits: &Limits, files: &[&str]) -> Result<WheelMetada
     parse_metadata(&text).map_err(|why| Problem::PythonSource(format!("{path}: {why}")))
 }
 
+/// Dependency wheels vendored in the wheel: every `*.whl` entry (anywhere in it), as (file
+/// name, bytes). The supervisor offers them to pip before any index, so a project vendored
+/// this way needs neither the index nor `PYTHON_ALLOWED_PACKAGES`. Sizes are bounded by the
+/// zip walk's limits, which the whole wheel passed first.
+pub fn vendored_wheels(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<Vec<(String, Vec<u8>)>, PackageError> {
+    let invalid = |p: Problem| PackageError::Invalid { problems: vec![p] };
+    let scan = nupkg::scan(bytes, limits).map_err(|problems| PackageError::Invalid { problems })?;
+    let paths: Vec<&str> = scan
+        .entries
+        .iter()
+        .filter(|e| !e.is_dir && e.path.ends_with(".whl"))
+        .map(|e| e.path.as_str())
+        .collect();
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut archive =
+        nupkg::open(bytes, limits).map_err(|p| PackageError::Invalid { problems: p })?;
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    for path in paths {
+        let name = path.rsplit('/').next().unwrap_or(path).to_string();
+        if !valid_wheel_file_name(&name) {
+            return Err(invalid(Problem::PythonSource(format!(
+                "{path}: a vendored wheel needs a wheel file name \
+                 (<name>-<version>-<python>-<abi>-<platform>.whl)"
+            ))));
+        }
+        if out.iter().any(|(n, _)| *n == name) {
+            return Err(invalid(Problem::PythonSource(format!(
+                "{path}: two vendored wheels are named {name}"
+            ))));
+        }
+        let entry = archive.by_name(path).map_err(|e| {
+            invalid(Problem::CorruptEntry {
+                name: path.to_string(),
+                reason: e.to_string(),
+            })
+        })?;
+        let mut data = Vec::new();
+        entry
+            .take(limits.max_entry_bytes)
+            .read_to_end(&mut data)
+            .map_err(|e| {
+                invalid(Problem::CorruptEntry {
+                    name: path.to_string(),
+                    reason: e.to_string(),
+                })
+            })?;
+        out.push((name, data));
+    }
+    Ok(out)
+}
+
+/// `{name}-{version}(-{build})?-{python}-{abi}-{platform}.whl`, in the characters wheel names
+/// use (so the name is also safe as a file name).
+fn valid_wheel_file_name(n: &str) -> bool {
+    let Some(stem) = n.strip_suffix(".whl") else {
+        return false;
+    };
+    let parts: Vec<&str> = stem.split('-').collect();
+    (5..=6).contains(&parts.len())
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '+' | '!'))
+        })
+        && !stem.starts_with('.')
+}
+
+/// The project name of a wheel file name (`tiny_dep-1.0-py3-none-any.whl` -> `tiny_dep`).
+pub fn wheel_file_project(file_name: &str) -> Option<&str> {
+    let base = file_name.rsplit('/').next().unwrap_or(file_name);
+    base.strip_suffix(".whl")?.split('-').next()
+}
+
 /// The header part of a METADATA file (email-style `Key: value` lines up to a blank line).
 pub fn parse_metadata(text: &str) -> Result<WheelMetadata, String> {
     let (mut name, mut version, mut requires) = (None, None, Vec::new());
@@ -252,6 +330,21 @@ mod tests {
             parse_metadata("Name: a\nVersion: 1\nRequires-Dist: x @ https://e/x.whl\n").is_err()
         );
         assert!(parse_metadata("Name: ../evil\nVersion: 1\n").is_err());
+    }
+
+    #[test]
+    fn wheel_file_names() {
+        assert!(valid_wheel_file_name("tiny_dep-1.0-py3-none-any.whl"));
+        assert!(valid_wheel_file_name(
+            "a-1.0-1-cp311-cp311-manylinux_2_17_x86_64.whl"
+        ));
+        assert!(!valid_wheel_file_name("tiny.whl"));
+        assert!(!valid_wheel_file_name("../x-1-py3-none-any.whl"));
+        assert!(!valid_wheel_file_name("a-1.0-py3-none-any.tar.gz"));
+        assert_eq!(
+            wheel_file_project("wheels/tiny_dep-1.0-py3-none-any.whl"),
+            Some("tiny_dep")
+        );
     }
 
     #[test]

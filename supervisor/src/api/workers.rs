@@ -437,10 +437,10 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateWorkerBody>,
 ) -> Result<Response, ApiError> {
     let cmd = create_command(body, &state)?;
-    let (w, warnings) = state.control.create_with_warnings(cmd).await?;
+    let created = state.control.create_detailed(cmd).await?;
+    let (w, warnings) = (created.worker, created.warnings);
     let location = format!("/v1/workers/{}", w.id);
-    let mut body = serde_json::to_value(view(&state, &w))
-        .map_err(|e| ApiError::Internal(format!("cannot encode the worker: {e}")))?;
+    let Json(mut body) = with_dependencies(view(&state, &w), created.dependencies)?;
     // Accepted deviations of the package (e.g. the seed's layout), for the author to fix.
     if !warnings.is_empty() {
         body["warnings"] = serde_json::json!(warnings);
@@ -501,10 +501,25 @@ pub async fn load_code(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<LoadCodeBody>,
-) -> Result<Json<WorkerView>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let input = code_input(body.code_source, state.control.config().max_code_bytes)?;
-    let w = state.control.load_code(&id, input).await?;
-    Ok(Json(view(&state, &w)))
+    let (w, deps) = state.control.load_code_detailed(&id, input).await?;
+    with_dependencies(view(&state, &w), deps)
+}
+
+/// The worker as JSON, plus `dependencies` (what a wheel's dependency install did) when
+/// there was one.
+fn with_dependencies(
+    view: WorkerView,
+    deps: Option<crate::python_deps::Report>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let encode =
+        |e: serde_json::Error| ApiError::Internal(format!("cannot encode the worker: {e}"));
+    let mut body = serde_json::to_value(view).map_err(encode)?;
+    if let Some(d) = deps {
+        body["dependencies"] = serde_json::to_value(d).map_err(encode)?;
+    }
+    Ok(Json(body))
 }
 
 /// `PUT /v1/workers/{id}/code`: the raw package as the body.
@@ -512,7 +527,7 @@ pub async fn put_code(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     req: Request,
-) -> Result<Json<WorkerView>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     if is_json(req.headers()) {
         return Err(ApiError::UnsupportedMediaType(
             "PUT .../code takes the raw package (Content-Type: application/octet-stream); use POST .../code for JSON".to_owned(),
@@ -539,9 +554,9 @@ pub async fn put_code(
             "the request body is empty".to_owned(),
         ));
     }
-    let w = state
+    let (w, deps) = state
         .control
-        .load_code(
+        .load_code_detailed(
             &id,
             CodeInput::Content {
                 bytes: bytes.to_vec(),
@@ -549,7 +564,7 @@ pub async fn put_code(
             },
         )
         .await?;
-    Ok(Json(view(&state, &w)))
+    with_dependencies(view(&state, &w), deps)
 }
 
 /// `POST /v1/workers/{id}/code-from-url`.
@@ -557,14 +572,14 @@ pub async fn code_from_url(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<CodeFromUrlBody>,
-) -> Result<Json<WorkerView>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let input = CodeInput::Url {
         url: body.url,
         sha256: body.sha256.as_deref().map(check_sha256).transpose()?,
         signature: body.signature,
     };
-    let w = state.control.load_code(&id, input).await?;
-    Ok(Json(view(&state, &w)))
+    let (w, deps) = state.control.load_code_detailed(&id, input).await?;
+    with_dependencies(view(&state, &w), deps)
 }
 
 /// `GET /v1/workers/{id}/history`.

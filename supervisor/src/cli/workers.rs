@@ -334,11 +334,15 @@ async fn create(c: &Client, a: CreateArgs) -> Result<(), CliError> {
         let id = v["id"].as_str().unwrap_or_default().to_owned();
         let path = format!("{}/start", worker_path(&id)?);
         let started = c.json(c.request(Method::POST, &path)).await?;
-        // Keep the create answer's warnings with the started view.
+        // Keep the create answer's warnings and dependency summary with the started view.
         let warnings = v["warnings"].take();
+        let dependencies = v["dependencies"].take();
         v = started;
         if !warnings.is_null() {
             v["warnings"] = warnings;
+        }
+        if !dependencies.is_null() {
+            v["dependencies"] = dependencies;
         }
     }
     print_worker(c.output, &v);
@@ -380,7 +384,7 @@ fn print_worker(output: Output, v: &Value) {
             cell(&v["lastError"]["message"])
         )
     };
-    print_fields(&[
+    let mut fields = vec![
         ("id", cell(&v["id"])),
         ("status", cell(&v["status"])),
         ("mimeType", cell(&v["mimeType"])),
@@ -402,7 +406,46 @@ fn print_worker(output: Output, v: &Value) {
         ("tags", tags),
         ("lastError", err),
         ("updatedAt", cell(&v["updatedAt"])),
-    ]);
+    ];
+    if !v["dependencies"].is_null() {
+        fields.push(("dependencies", dependencies_summary(&v["dependencies"])));
+    }
+    print_fields(&fields);
+}
+
+/// A wheel's dependency install in one line: `tinydep==1.0 (index, 12 ms); 1 project in 640 ms`.
+fn dependencies_summary(d: &Value) -> String {
+    let projects: Vec<String> = d["projects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let ms = p["fetchMs"]
+                .as_u64()
+                .map_or(String::new(), |ms| format!(", {ms} ms"));
+            format!(
+                "{}=={} ({}{ms})",
+                cell(&p["name"]),
+                cell(&p["version"]),
+                cell(&p["source"])
+            )
+        })
+        .collect();
+    if projects.is_empty() {
+        return "none".to_owned();
+    }
+    let n = projects.len();
+    let reused = if d["reused"].as_bool() == Some(true) {
+        ", reused"
+    } else {
+        ""
+    };
+    format!(
+        "{}; {n} project{} in {} ms{reused}",
+        projects.join(", "),
+        if n == 1 { "" } else { "s" },
+        cell(&d["elapsedMs"])
+    )
 }
 
 async fn tags(c: &Client, id: &str, set: &[String], remove: &[String]) -> Result<(), CliError> {
