@@ -6,7 +6,12 @@
 //! - a warm echo round trip through the ring, sequential (p50, p99 of 2000);
 //! - the host's RSS (its own Stats frame) after the calls, one worker.
 //!
-//! `cargo bench -p workmanager-host-runner --bench python`.
+//! - the time the engine itself spent per call (the ProcessResult's `elapsed_ns`: decode,
+//!   the call, the reply's encode), p50, which the ring's wake-ups do not blur.
+//!
+//! `cargo bench -p workmanager-host-runner --bench python`. With
+//! `WM_PYTHON_BASELINE_BIN=<an older host-runner binary>` its python engine runs too,
+//! interleaved, as `python-base` (before/after in the same run).
 
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -32,15 +37,17 @@ struct Run {
     first: Duration,
     p50: Duration,
     p99: Duration,
+    /// p50 of the engine's own time per call.
+    engine_p50: Duration,
     rss: u64,
 }
 
-fn run(engine: &str, dir: &Path, library: &str, i: usize) -> Run {
+fn run(bin: &Path, engine: &str, dir: &Path, library: &str, i: usize) -> Run {
     let region = Arc::new(
         Region::create(&format!("py-bench-{engine}-{i}"), &RingConfig::default()).expect("region"),
     );
     let fd = region.as_fd().as_raw_fd();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_host-runner"));
+    let mut cmd = Command::new(bin);
     cmd.args(["--ring-fd", "3", "--engine", engine, "--host-id", "bench"])
         .args(["--python-blocked-modules", "subprocess,os,socket"])
         .env_clear()
@@ -94,6 +101,7 @@ fn run(engine: &str, dir: &Path, library: &str, i: usize) -> Run {
     let ev = ev.to_flatbuffer();
     let mut first = Duration::ZERO;
     let mut warm = Vec::with_capacity(CALLS);
+    let mut in_engine = Vec::with_capacity(CALLS);
     for n in 0..=CALLS as u64 {
         let t = Instant::now();
         let p = Message::Process(protocol::Process {
@@ -104,7 +112,8 @@ fn run(engine: &str, dir: &Path, library: &str, i: usize) -> Run {
         tx.send(&p.encode(), Duration::from_secs(1)).expect("send");
         match recv(&mut buf) {
             Message::ProcessResult(r) => {
-                assert_eq!(r.status, protocol::ResultStatus::Ok, "{r:?}")
+                assert_eq!(r.status, protocol::ResultStatus::Ok, "{r:?}");
+                in_engine.push(Duration::from_nanos(r.elapsed_ns));
             }
             other => panic!("{other:?}"),
         }
@@ -131,7 +140,9 @@ fn run(engine: &str, dir: &Path, library: &str, i: usize) -> Run {
     .expect("send");
     child.wait().expect("wait");
     warm.sort();
+    in_engine.sort();
     Run {
+        engine_p50: in_engine[in_engine.len() / 2],
         ready,
         loaded,
         first,
@@ -158,15 +169,24 @@ fn main() {
     let native_dir = so.parent().expect("dir").to_path_buf();
     let tmp = tempfile::tempdir().expect("tempdir");
     std::fs::write(tmp.path().join("worker.py"), ECHO_PY).expect("write worker.py");
-    let (mut native, mut python) = (Vec::new(), Vec::new());
+    let bin = Path::new(env!("CARGO_BIN_EXE_host-runner"));
+    let base = std::env::var_os("WM_PYTHON_BASELINE_BIN").map(std::path::PathBuf::from);
+    let (mut native, mut python, mut python_base) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..SPAWNS {
-        native.push(run("native", &native_dir, "libworker.so", i));
-        python.push(run("python", tmp.path(), "worker.py", i));
+        native.push(run(bin, "native", &native_dir, "libworker.so", i));
+        python.push(run(bin, "python", tmp.path(), "worker.py", i));
+        if let Some(b) = &base {
+            python_base.push(run(b, "python", tmp.path(), "worker.py", i));
+        }
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let mut med = Vec::new();
-    for (name, runs) in [("native", &native), ("python", &python)] {
+    let mut engines = vec![("native", &native), ("python", &python)];
+    if !python_base.is_empty() {
+        engines.push(("python-base", &python_base));
+    }
+    for (name, runs) in engines {
         println!("host-runner --engine {name}, {SPAWNS} spawns, median [min..max]:");
         med.push([
             summary("spawn -> Ready", runs, |r| ms(r.ready), "ms"),
@@ -180,6 +200,12 @@ fn main() {
             summary("warm echo round trip p50", runs, |r| us(r.p50), "us"),
             summary("warm echo round trip p99", runs, |r| us(r.p99), "us"),
             summary(
+                "in-engine time per call p50",
+                runs,
+                |r| us(r.engine_p50),
+                "us",
+            ),
+            summary(
                 "host RSS, one worker",
                 runs,
                 |r| r.rss as f64 / 1048576.0,
@@ -187,11 +213,23 @@ fn main() {
             ),
         ]);
     }
+    let names = [
+        "ready",
+        "first load",
+        "first call",
+        "p50",
+        "p99",
+        "engine p50",
+        "rss",
+    ];
     println!("python / native (medians):");
-    for (k, name) in ["ready", "first load", "first call", "p50", "p99", "rss"]
-        .iter()
-        .enumerate()
-    {
+    for (k, name) in names.iter().enumerate() {
         println!("  {name:<12} {:.2}x", med[1][k] / med[0][k]);
+    }
+    if med.len() > 2 {
+        println!("python / python-base (medians):");
+        for (k, name) in names.iter().enumerate() {
+            println!("  {name:<12} {:.2}x", med[1][k] / med[2][k]);
+        }
     }
 }

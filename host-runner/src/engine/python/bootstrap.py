@@ -29,7 +29,15 @@ _REAL_IMPORT_MODULE = importlib.import_module
 _WORKER_MARK = "__virtufin_worker__"
 _STANDARD = ("id", "type", "source", "specversion", "datacontenttype", "dataschema",
              "subject", "time", "data")
+_STANDARD_SET = frozenset(_STANDARD)
+_OPTIONAL = ("dataschema", "subject", "time")
+_NONE = ("none",)
+_NO_EXTS = []
 _local = threading.local()
+# Made once: json.dumps with arguments builds a new encoder per call (~2 us).
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_json_loads = json.loads
+_isawaitable = inspect.isawaitable
 
 
 def configure(blocked):
@@ -114,11 +122,17 @@ def unload(name):
     sys.modules.pop(name, None)
 
 
+_json_types = {None: True}  # content type -> is JSON (CloudEvents: none means JSON)
+
+
 def _is_json(ct):
-    if ct is None:
-        return True  # CloudEvents: no datacontenttype means application/json
-    base = ct.split(";", 1)[0].strip().lower()
-    return base in ("application/json", "text/json") or base.endswith("+json")
+    known = _json_types.get(ct)
+    if known is None:
+        base = ct.split(";", 1)[0].strip().lower()
+        known = base in ("application/json", "text/json") or base.endswith("+json")
+        if len(_json_types) < 256:  # a worker cannot grow it without bound
+            _json_types[ct] = known
+    return known
 
 
 def _data_in(ct, data):
@@ -126,9 +140,13 @@ def _data_in(ct, data):
         return None
     if _is_json(ct):
         try:
-            return json.loads(data)
-        except ValueError:
-            pass
+            # JSON is UTF-8 (RFC 8259): decoding first skips json's encoding detection.
+            return _json_loads(data.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError too; a BOM or UTF-16: json's own detection
+            try:
+                return _json_loads(data)
+            except ValueError:
+                pass
     if ct is None or ct.lower().startswith("text/") or _is_json(ct):
         try:
             return data.decode("utf-8")
@@ -172,40 +190,39 @@ def _new_id():
 
 def _reply(r, worker_id):
     if r is None:
-        return ("none",)
-    if not isinstance(r, dict):
+        return _NONE
+    if type(r) is not dict and not isinstance(r, dict):
         raise TypeError(
             f"Process returned a {type(r).__name__}; return a dict of CloudEvent attributes "
             "or None for no reply")
-    ct = r.get("datacontenttype")
-    data = None
-    if "data" in r and r["data"] is not None:
-        v = r["data"]
-        if isinstance(v, (bytes, bytearray, memoryview)):
-            data = bytes(v)
+    get = r.get
+    ct = get("datacontenttype")
+    data = get("data")
+    if data is not None:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            data = bytes(data)
             ct = ct or "application/octet-stream"
-        elif isinstance(v, str) and not (ct and _is_json(ct)):
-            data = v.encode("utf-8")
+        elif isinstance(data, str) and not (ct and _is_json(ct)):
+            data = data.encode("utf-8")
             ct = ct or "text/plain"
         else:
-            data = json.dumps(v, separators=(",", ":")).encode("utf-8")
+            data = _dumps(data).encode("utf-8")
             ct = ct or "application/json"
-    exts = [(k, _ext_value(k, v)) for k, v in r.items()
-            if k not in _STANDARD and v is not None]
-
-    def text(key, default=None):
-        v = r.get(key)
-        return default if v is None or v == "" else str(v)
-
+    exts = _NO_EXTS if r.keys() <= _STANDARD_SET else [
+        (k, _ext_value(k, v)) for k, v in r.items() if k not in _STANDARD_SET and v is not None]
+    # Inline rather than a helper per attribute: this runs for every reply. Missing or empty
+    # attributes get the documented defaults; the rest become strings.
+    id_, ty, source, spec = get("id"), get("type"), get("source"), get("specversion")
+    schema, subject, time = get("dataschema"), get("subject"), get("time")
     return ("ok",
-            text("id") or _new_id(),
-            text("type", "unknown"),
-            text("source", "urn:virtufin:worker:" + worker_id),
-            text("specversion", "1.0"),
+            _new_id() if id_ is None or id_ == "" else str(id_),
+            "unknown" if ty is None or ty == "" else str(ty),
+            "urn:virtufin:worker:" + worker_id if source is None or source == "" else str(source),
+            "1.0" if spec is None or spec == "" else str(spec),
             ct,
-            text("dataschema"),
-            text("subject"),
-            text("time"),
+            None if schema is None or schema == "" else str(schema),
+            None if subject is None or subject == "" else str(subject),
+            None if time is None or time == "" else str(time),
             exts,
             data)
 
@@ -213,15 +230,22 @@ def _reply(r, worker_id):
 def process(fn, is_async, worker_id, attrs, exts, data):
     """attrs: (id, type, source, specversion, datacontenttype, dataschema, subject, time)."""
     try:
-        event = {}
-        for key, value in zip(_STANDARD, attrs):
+        ct = attrs[4]
+        event = {"id": attrs[0], "type": attrs[1], "source": attrs[2],
+                 "specversion": attrs[3]}
+        if ct is not None:
+            event["datacontenttype"] = ct
+        for key, value in zip(_OPTIONAL, attrs[5:]):
             if value is not None:
                 event[key] = value
         for k, v in exts:
-            event.setdefault(k, v)
-        event["data"] = _data_in(attrs[4], data)
+            if k not in event:
+                event[k] = v
+        event["data"] = _data_in(ct, data)
         result = fn(event)
-        if is_async or inspect.isawaitable(result):
+        # The common answers first: a dict or None is never awaitable.
+        if is_async or (result is not None and type(result) is not dict
+                        and _isawaitable(result)):
             result = _loop().run_until_complete(result)
         return _reply(result, worker_id)
     except BaseException as e:  # SystemExit too: a worker must not end the host

@@ -22,6 +22,7 @@
 
 mod native;
 mod reply;
+mod thread_state;
 
 use std::ffi::CString;
 use std::path::{Component, Path, PathBuf};
@@ -289,6 +290,7 @@ impl Engine for PythonEngine {
         let mut outcome = match CloudEvent::from_flatbuffer(event) {
             Ok(ev) => match self.runtime() {
                 Ok(rt) => {
+                    thread_state::keep();
                     let _current = native::enter(&worker.ctx, msg_id);
                     Python::attach(|py| self.call(py, rt, worker, &ev))
                 }
