@@ -26,7 +26,14 @@ use wm_shared::ring::{self, Region, RingConfig};
 use wm_testkit::native::{Build, Lang};
 
 const SPAWNS: usize = 7;
-const CALLS: usize = 2000;
+/// Calls per spawn; `WM_PYTHON_BENCH_CALLS` raises it (e.g. to profile the steady state with
+/// `perf record`, where the interpreter's start-up would otherwise dominate).
+fn calls() -> usize {
+    std::env::var("WM_PYTHON_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
 
 const ECHO_PY: &str =
     "def Process(event):\n    return {\"type\": \"echo.reply\", \"data\": event[\"data\"]}\n";
@@ -100,9 +107,9 @@ fn run(bin: &Path, engine: &str, dir: &Path, library: &str, i: usize) -> Run {
     ev.set_extension("correlationid", "c-1").expect("extension");
     let ev = ev.to_flatbuffer();
     let mut first = Duration::ZERO;
-    let mut warm = Vec::with_capacity(CALLS);
-    let mut in_engine = Vec::with_capacity(CALLS);
-    for n in 0..=CALLS as u64 {
+    let mut warm = Vec::with_capacity(calls());
+    let mut in_engine = Vec::with_capacity(calls());
+    for n in 0..=calls() as u64 {
         let t = Instant::now();
         let p = Message::Process(protocol::Process {
             msg_id: n,

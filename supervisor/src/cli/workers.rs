@@ -529,6 +529,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_dependency_install_in_one_line() {
+        let d = json!({
+            "requires": ["tinydep>=1", "vendored-dep"],
+            "projects": [
+                {"name": "tinydep", "version": "1.0", "source": "index", "fetchMs": 41},
+                {"name": "vendored-dep", "version": "2.0", "source": "package"},
+            ],
+            "reused": false,
+            "elapsedMs": 912,
+        });
+        assert_eq!(
+            dependencies_summary(&d),
+            "tinydep==1.0 (index, 41 ms), vendored-dep==2.0 (package); 2 projects in 912 ms"
+        );
+        let cached = json!({"projects": [{"name": "a", "version": "1", "source": "cache"}],
+                            "reused": true, "elapsedMs": 3});
+        assert_eq!(
+            dependencies_summary(&cached),
+            "a==1 (cache); 1 project in 3 ms, reused"
+        );
+        assert_eq!(dependencies_summary(&json!({"projects": []})), "none");
+    }
+
+    #[test]
     fn ids_and_pairs() {
         assert!(worker_path("3f2a-9").is_ok());
         assert_eq!(worker_path("../x").unwrap_err().code, exit::USAGE);
