@@ -167,12 +167,29 @@ fn python_wheels_get_their_dependencies_from_a_local_index() {
         json!({"doubled": 42, "greeting": "hello wheel"})
     );
 
-    // The same wheel again: its folder is reused (same sha256).
+    // The same wheel again: its folder is reused (same sha256), on a create and on a reload
+    // of the running worker.
     let r = create_wheel(&d, "py.wheel2", &good);
     assert_eq!(r.status, 201, "{}", r.text());
     let body = r.json();
     assert_eq!(body["dependencies"]["reused"], true, "{body:#}");
     assert_eq!(project(&body, "tinydep")["source"], "cache", "{body:#}");
+    let r = d.send_json(
+        "POST",
+        &format!("/v1/workers/{id}/code"),
+        &json!({"codeSource": {"content": base64::engine::general_purpose::STANDARD.encode(&good)}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(project(&body, "tinydep")["source"], "cache", "{body:#}");
+    let reload = events_until(&life, "the reload's install finished", |v| {
+        v["data"]["worker_id"] == id.as_str()
+            && v["data"]["operation"] == "reload"
+            && step(v) == "finished"
+    });
+    assert_eq!(reload.last().expect("finished")["data"]["reused"], true);
+    let r = invoke(&d, &id, 4);
+    assert_eq!(r.status, 200, "{}", r.text());
 
     // A dependency vendored in the wheel as a wheel of its own: from the package, without
     // the index and outside the allow-list.
