@@ -5,7 +5,7 @@
   interpreter runs without `site`).
 - `load(worker_id, source, filename, extra_paths)`: runs a worker's source in a fresh module
   and returns `("ok", module_name, Process, is_async)` or `("error", traceback)`.
-- `process(...)`: one call: the CloudEvent's fields in, `("none",)`, `("ok", fields...)` or
+- `process(...)`: one call: the event dict (without `data`) and the data in, `("none",)`, `("ok", fields...)` or
   `("error", traceback)` out. Never raises for worker misbehaviour.
 
 The import policy: a module's imports are checked when the importer is worker code (its
@@ -30,7 +30,6 @@ _WORKER_MARK = "__virtufin_worker__"
 _STANDARD = ("id", "type", "source", "specversion", "datacontenttype", "dataschema",
              "subject", "time", "data")
 _STANDARD_SET = frozenset(_STANDARD)
-_OPTIONAL = ("dataschema", "subject", "time")
 _NONE = ("none",)
 _NO_EXTS = []
 _local = threading.local()
@@ -227,20 +226,9 @@ def _reply(r, worker_id):
             data)
 
 
-def process(fn, is_async, worker_id, attrs, exts, data):
-    """attrs: (id, type, source, specversion, datacontenttype, dataschema, subject, time)."""
+def process(fn, is_async, worker_id, event, ct, data):
+    """event: the attributes and extensions (built by the host); data: bytes or None."""
     try:
-        ct = attrs[4]
-        event = {"id": attrs[0], "type": attrs[1], "source": attrs[2],
-                 "specversion": attrs[3]}
-        if ct is not None:
-            event["datacontenttype"] = ct
-        for key, value in zip(_OPTIONAL, attrs[5:]):
-            if value is not None:
-                event[key] = value
-        for k, v in exts:
-            if k not in event:
-                event[k] = v
         event["data"] = _data_in(ct, data)
         result = fn(event)
         # The common answers first: a dict or None is never awaitable.

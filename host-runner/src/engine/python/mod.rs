@@ -29,8 +29,9 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use reply::{Reply, reply};
 use wm_shared::{CloudEvent, WorkerResponse};
 
@@ -323,6 +324,35 @@ impl Engine for PythonEngine {
     }
 }
 
+/// The event dict without `data` (which `_virtufin_host.process` adds): the attributes that
+/// are set, then the extensions, keys interned once per interpreter (`intern!`) rather than
+/// made per call.
+fn event_dict<'py>(py: Python<'py>, ev: &CloudEvent) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item(intern!(py, "id"), ev.id.as_str())?;
+    d.set_item(intern!(py, "type"), ev.ty.as_str())?;
+    d.set_item(intern!(py, "source"), ev.source.as_str())?;
+    d.set_item(intern!(py, "specversion"), ev.specversion.as_str())?;
+    let optional = [
+        (intern!(py, "datacontenttype"), &ev.datacontenttype),
+        (intern!(py, "dataschema"), &ev.dataschema),
+        (intern!(py, "subject"), &ev.subject),
+        (intern!(py, "time"), &ev.time),
+    ];
+    for (k, v) in optional {
+        if let Some(v) = v {
+            d.set_item(k, v.as_str())?;
+        }
+    }
+    for (k, v) in ev.extensions() {
+        // An extension never replaces an attribute (the CloudEvent type keeps them apart).
+        if !d.contains(k.as_str())? {
+            d.set_item(k.as_str(), v.as_str())?;
+        }
+    }
+    Ok(d)
+}
+
 impl PythonEngine {
     fn call(
         &self,
@@ -331,23 +361,19 @@ impl PythonEngine {
         w: &PythonWorker,
         ev: &CloudEvent,
     ) -> ProcessOutcome {
-        let attrs = (
-            ev.id.as_str(),
-            ev.ty.as_str(),
-            ev.source.as_str(),
-            ev.specversion.as_str(),
-            ev.datacontenttype.as_deref(),
-            ev.dataschema.as_deref(),
-            ev.subject.as_deref(),
-            ev.time.as_deref(),
-        );
+        let event = match event_dict(py, ev) {
+            Ok(d) => d,
+            Err(e) => {
+                return ProcessOutcome::failed(ResultStatus::WorkerException, describe(py, &e));
+            }
+        };
         let data = ev.data.as_deref().map(|d| PyBytes::new(py, d));
         let args = (
             w.process.clone_ref(py),
             w.is_async,
             w.ctx.worker_id.as_str(),
-            attrs,
-            ev.extensions().to_vec(),
+            event,
+            ev.datacontenttype.as_deref(),
             data,
         );
         let out = match rt.process.call1(py, args) {
