@@ -278,16 +278,42 @@ async fn read_report(path: &Path) -> Vec<Fetched> {
             Some(Fetched {
                 name: i["metadata"]["name"].as_str()?.to_string(),
                 version: i["metadata"]["version"].as_str()?.to_string(),
-                url: i["download_info"]["url"].as_str().map(str::to_string),
+                url: i["download_info"]["url"].as_str().map(without_credentials),
                 requested: i["requested"].as_bool().unwrap_or(false),
             })
         })
         .collect()
 }
 
+/// A URL without its `user:password@` part: an index URL may carry credentials, and these URLs
+/// go into API responses and events.
+fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_leave_in_a_url() {
+        assert_eq!(
+            without_credentials("https://u:p%40ss@pypi.example/simple/a-1.whl#sha256=x"),
+            "https://pypi.example/simple/a-1.whl#sha256=x"
+        );
+        assert_eq!(
+            without_credentials("file:///srv/wheels/a@1-py3-none-any.whl"),
+            "file:///srv/wheels/a@1-py3-none-any.whl"
+        );
+        assert_eq!(without_credentials("not a url"), "not a url");
+    }
 
     #[test]
     fn the_failed_project_and_the_last_lines_come_from_pip_s_stderr() {
