@@ -1650,11 +1650,30 @@ impl Baselines {
 /// Issue 12's figures: the event path end to end (HTTP publish -> bus -> native echo worker
 /// -> reply stored -> reply seen on SSE), single and batch publishes, one at a time (fsync and
 /// os), `POST /invoke`, and the daemon's RSS meanwhile.
-fn event_path(so: &Path, base: Baselines) {
-    section("issue 12: the event path (ratios to path A, 1 worker, and to the ring alone)");
+/// `bin`: a `workmanager` binary to run instead of this tree's (an older build, measured in
+/// the same run); `label` prefixes its rows. Returns the figures for the before/after ratios.
+fn event_path(so: &Path, base: Baselines, bin: Option<&Path>, label: &str) -> EventFigures {
+    section(&format!(
+        "issue 12: the event path{} (ratios to path A, 1 worker, and to the ring alone)",
+        bin.map_or(String::new(), |b| format!(" of {}", b.display()))
+    ));
+    let daemon = |extra: &[(&str, &str)]| {
+        let mut opts = DaemonOptions::default()
+            .env("WORKMANAGER_LOG", "warn")
+            .env("HOST_RESPAWN_BACKOFF_MS", "1")
+            .env("CRASH_LOOP_MAX_CRASHES", "1000");
+        for (k, v) in extra {
+            opts = opts.env(k, v);
+        }
+        if let Some(b) = bin {
+            opts = opts.bin(b);
+        }
+        Daemon::start(opts)
+    };
+    let mut figures = EventFigures::default();
     let pkg = chaos_package("Chaos.Worker", so);
     for durability in ["fsync", "os"] {
-        let d = daemon(false, &[("BUS_DURABILITY", durability)]);
+        let d = daemon(&[("BUS_DURABILITY", durability)]);
         let w = worker(&d, NATIVE, "one.in", &pkg, json!({}));
         let replies = Sse::subscribe(&d.base_url(), "one.in.reply");
         let mut c = Conn::new(d.addr());
@@ -1678,9 +1697,17 @@ fn event_path(so: &Path, base: Baselines) {
             one(&format!("w{n}"));
         }
         let lats: Vec<Duration> = (0..2000).map(|n| one(&format!("b{n}"))).collect();
+        let l = lat(lats);
+        if durability == "fsync" {
+            figures.one_fsync = l.p50;
+        } else {
+            figures.one_os = l.p50;
+        }
         report(
-            &format!("bus -> plugin -> reply on SSE, one at a time, BUS_DURABILITY={durability}"),
-            base.latency(lat(lats)),
+            &format!(
+                "{label}bus -> plugin -> reply on SSE, one at a time, BUS_DURABILITY={durability}"
+            ),
+            base.latency(l),
         );
         if durability == "fsync" {
             let body = serde_json::to_vec(&event_json("inv-1", "one.in")).unwrap();
@@ -1694,17 +1721,23 @@ fn event_path(so: &Path, base: Baselines) {
                     t.elapsed()
                 })
                 .collect();
-            report("POST /invoke, back to back", base.latency(lat(lats)));
+            let l = lat(lats);
+            figures.invoke = l.p50;
+            report(
+                &format!("{label}POST /invoke, back to back"),
+                base.latency(l),
+            );
         }
     }
 
     // 16 publishers, one event a request, one worker with maxConcurrency 4.
     {
-        let d = daemon(false, &[]);
+        let d = daemon(&[]);
         worker(&d, NATIVE, "e2e.in", &pkg, json!({"maxConcurrency": 4}));
         let (published, seen, rss) = sustained(&d, "e2e.in", 16, 1, Duration::from_secs(6));
+        figures.single = seen;
         report(
-            "end to end, 16 publishers, single events, 1 worker x 4",
+            &format!("{label}end to end, 16 publishers, single events, 1 worker x 4"),
             format!(
                 "{}; {published:.0} publishes/s accepted; RSS max {:.1} MiB",
                 base.rate(seen),
@@ -1714,13 +1747,14 @@ fn event_path(so: &Path, base: Baselines) {
     }
     // Batches of 100 events a request, four workers (4 threads each) on the topic.
     {
-        let d = daemon(false, &[]);
+        let d = daemon(&[]);
         for _ in 0..4 {
             worker(&d, NATIVE, "batch.in", &pkg, json!({"maxConcurrency": 4}));
         }
         let (published, seen, rss) = sustained(&d, "batch.in", 4, 100, Duration::from_secs(6));
+        figures.batch = seen;
         report(
-            "end to end, 4 publishers x 100-event batches, 4 workers x 4",
+            &format!("{label}end to end, 4 publishers x 100-event batches, 4 workers x 4"),
             format!(
                 "{}; {published:.0} events/s accepted; RSS max {:.1} MiB",
                 base.rate(seen),
@@ -1728,6 +1762,39 @@ fn event_path(so: &Path, base: Baselines) {
             ),
         );
     }
+    figures
+}
+
+/// The event-path figures of one build, for the before/after ratios.
+#[derive(Debug, Default, Clone, Copy)]
+struct EventFigures {
+    /// Replies/s, 16 publishers of single events.
+    single: f64,
+    /// Replies/s, 100-event batches.
+    batch: f64,
+    /// p50 us, one at a time, fsync and os.
+    one_fsync: f64,
+    one_os: f64,
+    /// p50 us, `POST /invoke`.
+    invoke: f64,
+}
+
+/// Rows "now / baseline" for the same run.
+fn event_ratios(old: EventFigures, new: EventFigures) {
+    section("issue 12: this tree / the baseline build (same run)");
+    let rate = |o: f64, n: f64| format!("{o:.0} -> {n:.0} events/s = {:.2}x", n / o.max(1.0));
+    let p50 = |o: f64, n: f64| format!("p50 {o:.0} -> {n:.0} us = {:.2}x faster", o / n.max(0.001));
+    report(
+        "ratio: 16 publishers, single events",
+        rate(old.single, new.single),
+    );
+    report("ratio: 100-event batches", rate(old.batch, new.batch));
+    report(
+        "ratio: one at a time, fsync",
+        p50(old.one_fsync, new.one_fsync),
+    );
+    report("ratio: one at a time, os", p50(old.one_os, new.one_os));
+    report("ratio: POST /invoke", p50(old.invoke, new.invoke));
 }
 
 /// `publishers` keep-alive connections publishing `batch` events a request to `topic` for
@@ -1858,8 +1925,20 @@ fn main() {
     if std::env::var("WM_COMPARE_ONLY").as_deref() == Ok("events") {
         // Issue 12's figures alone (a few minutes): path A and the ring as the baselines, then
         // the event path through the daemon.
+        // With WM_COMPARE_BASELINE_DAEMON (a directory holding an older `workmanager` and its
+        // `host-runner`), that build's rows first, then this tree's, and their ratios.
         let a = path_a(&so, &ev);
-        event_path(&so, Baselines { a: a[0], ring });
+        let base = Baselines { a: a[0], ring };
+        let old = std::env::var_os("WM_COMPARE_BASELINE_DAEMON").map(|dir| {
+            let bin = Path::new(&dir).join("workmanager");
+            let f = event_path(&so, base, Some(&bin), "baseline: ");
+            println!("load average after the baseline: {}", load_average());
+            f
+        });
+        let new = event_path(&so, base, None, "");
+        if let Some(old) = old {
+            event_ratios(old, new);
+        }
         println!("\nload average at the end: {}", load_average());
         println!("\n| figure | measured |\n|---|---|");
         for (f, v) in SUMMARY.lock().unwrap().iter() {
@@ -1924,7 +2003,7 @@ fn main() {
         );
     }
     e2e_latency(&so);
-    event_path(&so, Baselines { a: a[0], ring });
+    event_path(&so, Baselines { a: a[0], ring }, None, "");
     respawn(&so, dotnet.as_deref());
     memory_and_idle_cpu(&so, dotnet.as_deref());
     load_test(&so);
