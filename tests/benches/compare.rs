@@ -1696,10 +1696,14 @@ fn event_path(so: &Path, base: Baselines, bin: Option<&Path>, label: &str) -> Ev
         for n in 0..200 {
             one(&format!("w{n}"));
         }
+        let pid = d.pid().expect("pid");
+        let ticks = cpu_ticks(pid);
         let lats: Vec<Duration> = (0..2000).map(|n| one(&format!("b{n}"))).collect();
+        let cpu = cpu_us_per(cpu_ticks(pid) - ticks, 2000.0);
         let l = lat(lats);
         if durability == "fsync" {
             figures.one_fsync = l.p50;
+            figures.cpu_one = cpu;
         } else {
             figures.one_os = l.p50;
         }
@@ -1707,7 +1711,7 @@ fn event_path(so: &Path, base: Baselines, bin: Option<&Path>, label: &str) -> Ev
             &format!(
                 "{label}bus -> plugin -> reply on SSE, one at a time, BUS_DURABILITY={durability}"
             ),
-            base.latency(l),
+            format!("{}; daemon CPU {cpu:.0} us/event", base.latency(l)),
         );
         if durability == "fsync" {
             let body = serde_json::to_vec(&event_json("inv-1", "one.in")).unwrap();
@@ -1734,12 +1738,13 @@ fn event_path(so: &Path, base: Baselines, bin: Option<&Path>, label: &str) -> Ev
     {
         let d = daemon(&[]);
         worker(&d, NATIVE, "e2e.in", &pkg, json!({"maxConcurrency": 4}));
-        let (published, seen, rss) = sustained(&d, "e2e.in", 16, 1, Duration::from_secs(6));
+        let (published, seen, rss, cpu) = sustained(&d, "e2e.in", 16, 1, Duration::from_secs(6));
         figures.single = seen;
+        figures.cpu_single = cpu;
         report(
             &format!("{label}end to end, 16 publishers, single events, 1 worker x 4"),
             format!(
-                "{}; {published:.0} publishes/s accepted; RSS max {:.1} MiB",
+                "{}; {published:.0} publishes/s accepted; daemon CPU {cpu:.0} us/event; RSS max {:.1} MiB",
                 base.rate(seen),
                 rss.iter().cloned().fold(0.0, f64::max)
             ),
@@ -1751,12 +1756,13 @@ fn event_path(so: &Path, base: Baselines, bin: Option<&Path>, label: &str) -> Ev
         for _ in 0..4 {
             worker(&d, NATIVE, "batch.in", &pkg, json!({"maxConcurrency": 4}));
         }
-        let (published, seen, rss) = sustained(&d, "batch.in", 4, 100, Duration::from_secs(6));
+        let (published, seen, rss, cpu) = sustained(&d, "batch.in", 4, 100, Duration::from_secs(6));
         figures.batch = seen;
+        figures.cpu_batch = cpu;
         report(
             &format!("{label}end to end, 4 publishers x 100-event batches, 4 workers x 4"),
             format!(
-                "{}; {published:.0} events/s accepted; RSS max {:.1} MiB",
+                "{}; {published:.0} events/s accepted; daemon CPU {cpu:.0} us/event; RSS max {:.1} MiB",
                 base.rate(seen),
                 rss.iter().cloned().fold(0.0, f64::max)
             ),
@@ -1777,6 +1783,15 @@ struct EventFigures {
     one_os: f64,
     /// p50 us, `POST /invoke`.
     invoke: f64,
+    /// Daemon CPU (user + system) per event: one at a time (fsync), single events, batches.
+    cpu_one: f64,
+    cpu_single: f64,
+    cpu_batch: f64,
+}
+
+/// Microseconds of CPU per event for `ticks` clock ticks spent on `events` events.
+fn cpu_us_per(ticks: u64, events: f64) -> f64 {
+    ticks as f64 / clock_ticks_per_second() * 1e6 / events.max(1.0)
 }
 
 /// Rows "now / baseline" for the same run.
@@ -1795,18 +1810,32 @@ fn event_ratios(old: EventFigures, new: EventFigures) {
     );
     report("ratio: one at a time, os", p50(old.one_os, new.one_os));
     report("ratio: POST /invoke", p50(old.invoke, new.invoke));
+    let cpu = |o: f64, n: f64| format!("{o:.0} -> {n:.0} us/event = {:.2}x less", o / n.max(0.001));
+    report(
+        "ratio: daemon CPU per event, one at a time",
+        cpu(old.cpu_one, new.cpu_one),
+    );
+    report(
+        "ratio: daemon CPU per event, single events",
+        cpu(old.cpu_single, new.cpu_single),
+    );
+    report(
+        "ratio: daemon CPU per event, batches",
+        cpu(old.cpu_batch, new.cpu_batch),
+    );
 }
 
 /// `publishers` keep-alive connections publishing `batch` events a request to `topic` for
 /// `for_`, while an SSE subscription counts the replies. Returns (events accepted per second,
-/// replies seen per second over the same window, RSS samples).
+/// replies seen per second over the same window, RSS samples, daemon CPU in microseconds per
+/// reply seen: what one event costs it, its publish, dispatch, completion and SSE together).
 fn sustained(
     d: &Daemon,
     topic: &str,
     publishers: usize,
     batch: usize,
     for_: Duration,
-) -> (f64, f64, Vec<f64>) {
+) -> (f64, f64, Vec<f64>, f64) {
     let replies = Sse::subscribe(&d.base_url(), &format!("{topic}.reply"));
     let seen = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -1860,6 +1889,7 @@ fn sustained(
         seen.load(Ordering::Relaxed),
     );
     let pid = d.pid().expect("pid");
+    let ticks = cpu_ticks(pid);
     let mut rss = Vec::new();
     let t = Instant::now();
     while t.elapsed() < for_ {
@@ -1871,12 +1901,13 @@ fn sustained(
         accepted.load(Ordering::Relaxed),
         seen.load(Ordering::Relaxed),
     );
+    let cpu = cpu_us_per(cpu_ticks(pid) - ticks, (s1 - s0) as f64);
     stop.store(true, Ordering::Relaxed);
     for h in hs {
         h.join().unwrap();
     }
     let _ = counter.join();
-    ((a1 - a0) as f64 / secs, (s1 - s0) as f64 / secs, rss)
+    ((a1 - a0) as f64 / secs, (s1 - s0) as f64 / secs, rss, cpu)
 }
 
 // ---------------------------------------------------------------------------------------------
