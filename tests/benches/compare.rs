@@ -1650,11 +1650,30 @@ impl Baselines {
 /// Issue 12's figures: the event path end to end (HTTP publish -> bus -> native echo worker
 /// -> reply stored -> reply seen on SSE), single and batch publishes, one at a time (fsync and
 /// os), `POST /invoke`, and the daemon's RSS meanwhile.
-fn event_path(so: &Path, base: Baselines) {
-    section("issue 12: the event path (ratios to path A, 1 worker, and to the ring alone)");
+/// `bin`: a `workmanager` binary to run instead of this tree's (an older build, measured in
+/// the same run); `label` prefixes its rows. Returns the figures for the before/after ratios.
+fn event_path(so: &Path, base: Baselines, bin: Option<&Path>, label: &str) -> EventFigures {
+    section(&format!(
+        "issue 12: the event path{} (ratios to path A, 1 worker, and to the ring alone)",
+        bin.map_or(String::new(), |b| format!(" of {}", b.display()))
+    ));
+    let daemon = |extra: &[(&str, &str)]| {
+        let mut opts = DaemonOptions::default()
+            .env("WORKMANAGER_LOG", "warn")
+            .env("HOST_RESPAWN_BACKOFF_MS", "1")
+            .env("CRASH_LOOP_MAX_CRASHES", "1000");
+        for (k, v) in extra {
+            opts = opts.env(k, v);
+        }
+        if let Some(b) = bin {
+            opts = opts.bin(b);
+        }
+        Daemon::start(opts)
+    };
+    let mut figures = EventFigures::default();
     let pkg = chaos_package("Chaos.Worker", so);
     for durability in ["fsync", "os"] {
-        let d = daemon(false, &[("BUS_DURABILITY", durability)]);
+        let d = daemon(&[("BUS_DURABILITY", durability)]);
         let w = worker(&d, NATIVE, "one.in", &pkg, json!({}));
         let replies = Sse::subscribe(&d.base_url(), "one.in.reply");
         let mut c = Conn::new(d.addr());
@@ -1677,10 +1696,22 @@ fn event_path(so: &Path, base: Baselines) {
         for n in 0..200 {
             one(&format!("w{n}"));
         }
+        let pid = d.pid().expect("pid");
+        let ticks = cpu_ticks(pid);
         let lats: Vec<Duration> = (0..2000).map(|n| one(&format!("b{n}"))).collect();
+        let cpu = cpu_us_per(cpu_ticks(pid) - ticks, 2000.0);
+        let l = lat(lats);
+        if durability == "fsync" {
+            figures.one_fsync = l.p50;
+            figures.cpu_one = cpu;
+        } else {
+            figures.one_os = l.p50;
+        }
         report(
-            &format!("bus -> plugin -> reply on SSE, one at a time, BUS_DURABILITY={durability}"),
-            base.latency(lat(lats)),
+            &format!(
+                "{label}bus -> plugin -> reply on SSE, one at a time, BUS_DURABILITY={durability}"
+            ),
+            format!("{}; daemon CPU {cpu:.0} us/event", base.latency(l)),
         );
         if durability == "fsync" {
             let body = serde_json::to_vec(&event_json("inv-1", "one.in")).unwrap();
@@ -1694,19 +1725,26 @@ fn event_path(so: &Path, base: Baselines) {
                     t.elapsed()
                 })
                 .collect();
-            report("POST /invoke, back to back", base.latency(lat(lats)));
+            let l = lat(lats);
+            figures.invoke = l.p50;
+            report(
+                &format!("{label}POST /invoke, back to back"),
+                base.latency(l),
+            );
         }
     }
 
     // 16 publishers, one event a request, one worker with maxConcurrency 4.
     {
-        let d = daemon(false, &[]);
+        let d = daemon(&[]);
         worker(&d, NATIVE, "e2e.in", &pkg, json!({"maxConcurrency": 4}));
-        let (published, seen, rss) = sustained(&d, "e2e.in", 16, 1, Duration::from_secs(6));
+        let (published, seen, rss, cpu) = sustained(&d, "e2e.in", 16, 1, Duration::from_secs(6));
+        figures.single = seen;
+        figures.cpu_single = cpu;
         report(
-            "end to end, 16 publishers, single events, 1 worker x 4",
+            &format!("{label}end to end, 16 publishers, single events, 1 worker x 4"),
             format!(
-                "{}; {published:.0} publishes/s accepted; RSS max {:.1} MiB",
+                "{}; {published:.0} publishes/s accepted; daemon CPU {cpu:.0} us/event; RSS max {:.1} MiB",
                 base.rate(seen),
                 rss.iter().cloned().fold(0.0, f64::max)
             ),
@@ -1714,32 +1752,90 @@ fn event_path(so: &Path, base: Baselines) {
     }
     // Batches of 100 events a request, four workers (4 threads each) on the topic.
     {
-        let d = daemon(false, &[]);
+        let d = daemon(&[]);
         for _ in 0..4 {
             worker(&d, NATIVE, "batch.in", &pkg, json!({"maxConcurrency": 4}));
         }
-        let (published, seen, rss) = sustained(&d, "batch.in", 4, 100, Duration::from_secs(6));
+        let (published, seen, rss, cpu) = sustained(&d, "batch.in", 4, 100, Duration::from_secs(6));
+        figures.batch = seen;
+        figures.cpu_batch = cpu;
         report(
-            "end to end, 4 publishers x 100-event batches, 4 workers x 4",
+            &format!("{label}end to end, 4 publishers x 100-event batches, 4 workers x 4"),
             format!(
-                "{}; {published:.0} events/s accepted; RSS max {:.1} MiB",
+                "{}; {published:.0} events/s accepted; daemon CPU {cpu:.0} us/event; RSS max {:.1} MiB",
                 base.rate(seen),
                 rss.iter().cloned().fold(0.0, f64::max)
             ),
         );
     }
+    figures
+}
+
+/// The event-path figures of one build, for the before/after ratios.
+#[derive(Debug, Default, Clone, Copy)]
+struct EventFigures {
+    /// Replies/s, 16 publishers of single events.
+    single: f64,
+    /// Replies/s, 100-event batches.
+    batch: f64,
+    /// p50 us, one at a time, fsync and os.
+    one_fsync: f64,
+    one_os: f64,
+    /// p50 us, `POST /invoke`.
+    invoke: f64,
+    /// Daemon CPU (user + system) per event: one at a time (fsync), single events, batches.
+    cpu_one: f64,
+    cpu_single: f64,
+    cpu_batch: f64,
+}
+
+/// Microseconds of CPU per event for `ticks` clock ticks spent on `events` events.
+fn cpu_us_per(ticks: u64, events: f64) -> f64 {
+    ticks as f64 / clock_ticks_per_second() * 1e6 / events.max(1.0)
+}
+
+/// Rows "now / baseline" for the same run.
+fn event_ratios(old: EventFigures, new: EventFigures) {
+    section("issue 12: this tree / the baseline build (same run)");
+    let rate = |o: f64, n: f64| format!("{o:.0} -> {n:.0} events/s = {:.2}x", n / o.max(1.0));
+    let p50 = |o: f64, n: f64| format!("p50 {o:.0} -> {n:.0} us = {:.2}x faster", o / n.max(0.001));
+    report(
+        "ratio: 16 publishers, single events",
+        rate(old.single, new.single),
+    );
+    report("ratio: 100-event batches", rate(old.batch, new.batch));
+    report(
+        "ratio: one at a time, fsync",
+        p50(old.one_fsync, new.one_fsync),
+    );
+    report("ratio: one at a time, os", p50(old.one_os, new.one_os));
+    report("ratio: POST /invoke", p50(old.invoke, new.invoke));
+    let cpu = |o: f64, n: f64| format!("{o:.0} -> {n:.0} us/event = {:.2}x less", o / n.max(0.001));
+    report(
+        "ratio: daemon CPU per event, one at a time",
+        cpu(old.cpu_one, new.cpu_one),
+    );
+    report(
+        "ratio: daemon CPU per event, single events",
+        cpu(old.cpu_single, new.cpu_single),
+    );
+    report(
+        "ratio: daemon CPU per event, batches",
+        cpu(old.cpu_batch, new.cpu_batch),
+    );
 }
 
 /// `publishers` keep-alive connections publishing `batch` events a request to `topic` for
 /// `for_`, while an SSE subscription counts the replies. Returns (events accepted per second,
-/// replies seen per second over the same window, RSS samples).
+/// replies seen per second over the same window, RSS samples, daemon CPU in microseconds per
+/// reply seen: what one event costs it, its publish, dispatch, completion and SSE together).
 fn sustained(
     d: &Daemon,
     topic: &str,
     publishers: usize,
     batch: usize,
     for_: Duration,
-) -> (f64, f64, Vec<f64>) {
+) -> (f64, f64, Vec<f64>, f64) {
     let replies = Sse::subscribe(&d.base_url(), &format!("{topic}.reply"));
     let seen = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -1793,6 +1889,7 @@ fn sustained(
         seen.load(Ordering::Relaxed),
     );
     let pid = d.pid().expect("pid");
+    let ticks = cpu_ticks(pid);
     let mut rss = Vec::new();
     let t = Instant::now();
     while t.elapsed() < for_ {
@@ -1804,12 +1901,13 @@ fn sustained(
         accepted.load(Ordering::Relaxed),
         seen.load(Ordering::Relaxed),
     );
+    let cpu = cpu_us_per(cpu_ticks(pid) - ticks, (s1 - s0) as f64);
     stop.store(true, Ordering::Relaxed);
     for h in hs {
         h.join().unwrap();
     }
     let _ = counter.join();
-    ((a1 - a0) as f64 / secs, (s1 - s0) as f64 / secs, rss)
+    ((a1 - a0) as f64 / secs, (s1 - s0) as f64 / secs, rss, cpu)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1858,8 +1956,20 @@ fn main() {
     if std::env::var("WM_COMPARE_ONLY").as_deref() == Ok("events") {
         // Issue 12's figures alone (a few minutes): path A and the ring as the baselines, then
         // the event path through the daemon.
+        // With WM_COMPARE_BASELINE_DAEMON (a directory holding an older `workmanager` and its
+        // `host-runner`), that build's rows first, then this tree's, and their ratios.
         let a = path_a(&so, &ev);
-        event_path(&so, Baselines { a: a[0], ring });
+        let base = Baselines { a: a[0], ring };
+        let old = std::env::var_os("WM_COMPARE_BASELINE_DAEMON").map(|dir| {
+            let bin = Path::new(&dir).join("workmanager");
+            let f = event_path(&so, base, Some(&bin), "baseline: ");
+            println!("load average after the baseline: {}", load_average());
+            f
+        });
+        let new = event_path(&so, base, None, "");
+        if let Some(old) = old {
+            event_ratios(old, new);
+        }
         println!("\nload average at the end: {}", load_average());
         println!("\n| figure | measured |\n|---|---|");
         for (f, v) in SUMMARY.lock().unwrap().iter() {
@@ -1924,7 +2034,7 @@ fn main() {
         );
     }
     e2e_latency(&so);
-    event_path(&so, Baselines { a: a[0], ring });
+    event_path(&so, Baselines { a: a[0], ring }, None, "");
     respawn(&so, dotnet.as_deref());
     memory_and_idle_cpu(&so, dotnet.as_deref());
     load_test(&so);

@@ -220,23 +220,9 @@ async fn publish(
         }
         Err(e) => return Err(TopicsError::Body(e.to_string())),
     };
-    let events = parse_events(&headers, &bytes, s.limits.max_batch_events)?;
-    let max = s.limits.max_event_bytes;
-    for (index, ev) in events.iter().enumerate() {
-        let len = ev.to_flatbuffer().len();
-        if len > max {
-            let frame = max.saturating_add(crate::pool::guard::process_frame_overhead());
-            return Err(TopicsError::EventTooLarge {
-                index,
-                len,
-                max,
-                frame,
-            });
-        }
-    }
+    let mut events = parse_events(&headers, &bytes, s.limits.max_batch_events)?;
     // One span per event, continuing the trace the event carries (`traceparent`) or else
     // the request's; the stored event carries the span's context on to dispatch and replies.
-    let mut events = events;
     let spans: Vec<tracing::Span> = events
         .iter_mut()
         .map(|ev| {
@@ -246,9 +232,26 @@ async fn publish(
             span
         })
         .collect();
+    // Each event is encoded once: the size check and the store use the same bytes (and the
+    // size is that of what is stored, trace context included).
+    let max = s.limits.max_event_bytes;
+    let mut encoded = Vec::with_capacity(events.len());
+    for (index, ev) in events.into_iter().enumerate() {
+        let fb = ev.to_flatbuffer();
+        if fb.len() > max {
+            let frame = max.saturating_add(crate::pool::guard::process_frame_overhead());
+            return Err(TopicsError::EventTooLarge {
+                index,
+                len: fb.len(),
+                max,
+                frame,
+            });
+        }
+        encoded.push((ev, fb));
+    }
     let seqs = s
         .bus
-        .publish(&topic, events)
+        .publish_encoded(&topic, encoded)
         .await
         .map_err(TopicsError::Bus)?;
     drop(spans);
@@ -506,7 +509,7 @@ fn sse_event(p: &Published) -> Event {
     Event::default()
         .event(sse_safe(&p.event.ty))
         .id(p.seq.to_string())
-        .data(p.event.to_json_value().to_string())
+        .data(p.json())
 }
 
 async fn subscribe(

@@ -25,7 +25,7 @@ mod sqlite;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{broadcast, mpsc};
 use wm_shared::CloudEvent;
@@ -60,6 +60,9 @@ pub struct Delivery {
     /// How many times the event was handed out, this time included (1 on the first delivery;
     /// more after a crash or after a consumer left without handling it).
     pub deliveries: u32,
+    /// The event's `worker_api.fbs` FlatBuffer as the bus stored it, when it has it: the
+    /// dispatcher sends it to the host as is (no second encoding) when it stamps nothing on.
+    pub encoded: Option<Arc<Vec<u8>>>,
 }
 
 /// An event as watchers see it.
@@ -68,6 +71,25 @@ pub struct Published {
     pub seq: u64,
     pub topic: String,
     pub event: CloudEvent,
+    /// The structured-mode JSON text, made once however many SSE streams send the event.
+    json: OnceLock<String>,
+}
+
+impl Published {
+    pub fn new(seq: u64, topic: String, event: CloudEvent) -> Published {
+        Published {
+            seq,
+            topic,
+            event,
+            json: OnceLock::new(),
+        }
+    }
+
+    /// The event as structured-mode JSON text (computed on first use, then shared).
+    pub fn json(&self) -> &str {
+        self.json
+            .get_or_init(|| self.event.to_json_value().to_string())
+    }
 }
 
 /// A page of a topic's history, oldest first (see [`Bus::replay`]).
@@ -172,6 +194,17 @@ pub trait Bus: Send + Sync + 'static {
         events: Vec<CloudEvent>,
     ) -> BoxFuture<'_, Result<Vec<u64>, BusError>>;
 
+    /// [`Bus::publish`] of events the caller has already encoded: each with its
+    /// `event.to_flatbuffer()` bytes (the REST API encodes them to check their size), so they
+    /// are not encoded twice. The default forgets the bytes.
+    fn publish_encoded(
+        &self,
+        topic: &str,
+        events: Vec<(CloudEvent, Vec<u8>)>,
+    ) -> BoxFuture<'_, Result<Vec<u64>, BusError>> {
+        self.publish(topic, events.into_iter().map(|(e, _)| e).collect())
+    }
+
     /// Live feed of what is published on `topic` from now on (SSE). A receiver that lags
     /// behind skips events (`RecvError::Lagged`); it never slows publishers down.
     fn watch(&self, topic: &str) -> broadcast::Receiver<Arc<Published>>;
@@ -189,13 +222,14 @@ pub trait Bus: Send + Sync + 'static {
     /// the outcome of event `seq`, in one transaction. The reply is stored only if `seq` was
     /// still unsettled, so a completed delivery publishes its reply exactly once. The command
     /// is queued when this is called (not when the future is first polled), so completions
-    /// sent one after the other commit in that order.
+    /// sent one after the other commit in that order. The answer does not borrow the bus, so
+    /// another task may await it.
     fn complete(
         &self,
         seq: u64,
         outcome: Outcome,
         reply: Option<(String, CloudEvent)>,
-    ) -> BoxFuture<'_, Result<(), BusError>>;
+    ) -> BoxFuture<'static, Result<(), BusError>>;
 
     /// Up to `limit` events of `topic` with a sequence number above `after`, whatever their
     /// outcome, as long as they are inside the replay window (`TOPIC_RETENTION_*`).

@@ -235,7 +235,7 @@ impl SqliteBus {
             watch_capacity: opts.watch_capacity.max(1),
         });
         let mut writer = Writer {
-            store: Store::new(conn, opts.durability),
+            store: Store::new(conn, opts.durability).map_err(open_err)?,
             topics: HashMap::new(),
             ready: false,
             shared: shared.clone(),
@@ -275,10 +275,11 @@ impl SqliteBus {
         &self.shared.metrics
     }
 
+    /// `events`: each with its FlatBuffer encoding.
     async fn publish_inner(
         &self,
         topic: &str,
-        events: Vec<CloudEvent>,
+        events: Vec<(CloudEvent, Vec<u8>)>,
     ) -> Result<Vec<u64>, BusError> {
         if !is_valid_topic(topic) {
             return Err(BusError::InvalidTopic(topic.to_string()));
@@ -286,7 +287,7 @@ impl SqliteBus {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        for (index, e) in events.iter().enumerate() {
+        for (index, (e, _)) in events.iter().enumerate() {
             e.validate().map_err(|source| BusError::InvalidEvent {
                 topic: topic.to_string(),
                 index,
@@ -302,18 +303,11 @@ impl SqliteBus {
             .acquire_many_owned(want)
             .await
             .map_err(|_| BusError::Closed)?;
-        let encoded = events
-            .into_iter()
-            .map(|e| {
-                let fb = e.to_flatbuffer();
-                (e, fb)
-            })
-            .collect();
         let (reply, rx) = oneshot::channel();
         self.shared.metrics.add_queued(n as i64);
         let sent = self.cmd.send(Cmd::Append {
             topic: topic.to_string(),
-            events: encoded,
+            events,
             reply,
             _permit: Some(permit),
         });
@@ -330,6 +324,24 @@ impl Bus for SqliteBus {
         &self,
         topic: &str,
         events: Vec<CloudEvent>,
+    ) -> BoxFuture<'_, Result<Vec<u64>, BusError>> {
+        let topic = topic.to_string();
+        Box::pin(async move {
+            let encoded = events
+                .into_iter()
+                .map(|e| {
+                    let fb = e.to_flatbuffer();
+                    (e, fb)
+                })
+                .collect();
+            self.publish_inner(&topic, encoded).await
+        })
+    }
+
+    fn publish_encoded(
+        &self,
+        topic: &str,
+        events: Vec<(CloudEvent, Vec<u8>)>,
     ) -> BoxFuture<'_, Result<Vec<u64>, BusError>> {
         let topic = topic.to_string();
         Box::pin(async move { self.publish_inner(&topic, events).await })
@@ -392,7 +404,7 @@ impl Bus for SqliteBus {
         seq: u64,
         outcome: Outcome,
         reply: Option<(String, CloudEvent)>,
-    ) -> BoxFuture<'_, Result<(), BusError>> {
+    ) -> BoxFuture<'static, Result<(), BusError>> {
         // Checked and queued now, so that completions commit in the order they are made.
         let queued = (|| {
             let reply_event = match reply {

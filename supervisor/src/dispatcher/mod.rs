@@ -18,6 +18,7 @@
 //! so the bus delivers it again. Nothing is dropped here. `deliveries` counts attempts: a
 //! delivery given back without a call is given back with its count lowered again.
 
+mod complete;
 pub mod metrics;
 pub mod rules;
 
@@ -38,6 +39,7 @@ use crate::events::{ErrorType, Events, Lifecycle, WorkerRef};
 use crate::pool::{CallOutcome, HostHandle, Pool, Verdict, next_request_id};
 use crate::runtime::{InvokeError, WorkerSpec};
 use crate::sync::lock;
+use complete::{Queued, finish, settled};
 pub use metrics::DispatchMetrics;
 use rules::{Classified, classify, retry_delay, route_reply, stamp_config};
 
@@ -285,6 +287,27 @@ impl Dispatcher {
         tasks: &TaskTracker,
     ) {
         let permits = Arc::new(Semaphore::new(spec.max_concurrency.max(1) as usize));
+        // One task awaits the lanes' completions, in the order they were queued: a group
+        // commit answers many at once, so this is one wake-up per commit, not one per event.
+        let (queued, mut completions) = tokio::sync::mpsc::unbounded_channel::<Queued>();
+        {
+            let (this, spec, cancel, t) = (
+                Arc::clone(self),
+                Arc::clone(spec),
+                cancel.clone(),
+                tasks.clone(),
+            );
+            tasks.spawn(async move {
+                let pause = this.config.retry_base_delay;
+                while let Some(q) = completions.recv().await {
+                    if settled(&this.bus, q, pause, &cancel, &t).await
+                        == complete::Finished::DeadLettered
+                    {
+                        this.metrics.dead_lettered(&spec.id, &spec.topic);
+                    }
+                }
+            });
+        }
         loop {
             let permit = tokio::select! {
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -297,38 +320,43 @@ impl Dispatcher {
             let this = Arc::clone(self);
             let spec = Arc::clone(spec);
             let cancel = cancel.clone();
+            let queued = queued.clone();
             tasks.spawn(async move {
                 let span = tracing::info_span!("message", worker = %spec.id, seq = delivery.seq, id = %delivery.event.id,
                     otel.name = %format!("dispatch {}", delivery.topic), otel.kind = "consumer");
                 // The dispatch continues the trace the event carries (`traceparent`).
                 crate::telemetry::continue_from_event(&span, &delivery.event);
-                tracing::Instrument::instrument(this.handle(&spec, delivery, &cancel, permit), span).await;
+                tracing::Instrument::instrument(this.handle(&spec, delivery, &cancel, permit, &queued), span).await;
             });
         }
     }
 
-    /// Handles one delivery and completes it; what is deliberately left unsettled goes back
-    /// to the bus at once, so the next consumer of the topic (or this worker after `start`)
-    /// gets it. The lane's `permit` is given back as soon as the completion is queued.
+    /// Handles one delivery and queues its completion (for the worker's completion task to
+    /// await); what is deliberately left unsettled goes back to the bus at once, so the next
+    /// consumer of the topic (or this worker after `start`) gets it. The lane's `permit` is
+    /// given back as soon as the completion is queued.
     async fn handle(
         &self,
         spec: &WorkerSpec,
         d: Delivery,
         cancel: &CancellationToken,
         permit: tokio::sync::OwnedSemaphorePermit,
+        queued: &tokio::sync::mpsc::UnboundedSender<Queued>,
     ) {
         let step = self.handle_inner(spec, &d, cancel).await;
-        let done = finish(
-            self.bus.as_ref(),
-            d,
-            step,
-            permit,
-            self.config.retry_base_delay,
-            cancel,
-        )
-        .await;
-        if done == Finished::DeadLettered {
-            self.metrics.dead_lettered(&spec.id, &spec.topic);
+        if let Some(q) = finish(self.bus.as_ref(), d, step, permit) {
+            // The completion task lives as long as any lane can send to it.
+            if let Err(unsent) = queued.send(q) {
+                let q = unsent.0;
+                settled(
+                    &self.bus,
+                    q,
+                    self.config.retry_base_delay,
+                    cancel,
+                    &TaskTracker::new(),
+                )
+                .await;
+            }
         }
     }
 
@@ -394,12 +422,21 @@ impl Dispatcher {
         d: &Delivery,
         cancel: &CancellationToken,
     ) -> Step {
-        let mut event = d.event.clone();
-        let skipped = stamp_config(&mut event, &spec.config);
-        if !skipped.is_empty() {
-            tracing::warn!(keys = ?skipped, "config keys that are not CloudEvents attribute names were not stamped");
-        }
-        let bytes = event.to_flatbuffer();
+        // Without config to stamp, the host gets the bytes the bus stored (no re-encoding).
+        let stamped;
+        let (event, bytes) = match &d.encoded {
+            Some(encoded) if spec.config.is_empty() => (&d.event, encoded.to_vec()),
+            _ => {
+                let mut event = d.event.clone();
+                let skipped = stamp_config(&mut event, &spec.config);
+                if !skipped.is_empty() {
+                    tracing::warn!(keys = ?skipped, "config keys that are not CloudEvents attribute names were not stamped");
+                }
+                let bytes = event.to_flatbuffer();
+                stamped = event;
+                (&stamped, bytes)
+            }
+        };
         // Attempts survive redelivery: an event left unsettled by a quarantine or a daemon
         // crash comes back with `deliveries` counted by the bus, so a poison message cannot
         // loop forever across restarts (each earlier attempt counts as one charged attempt).
@@ -443,7 +480,7 @@ impl Dispatcher {
                                     if let Some(err) = surfaced {
                                         self.failed(spec, ErrorType::WorkerError, &err).await;
                                     }
-                                    return self.replied(spec, &event, reply).await;
+                                    return self.replied(spec, event, reply).await;
                                 }
                                 Classified::Failure {
                                     error_type,
@@ -748,194 +785,10 @@ impl Dispatcher {
     }
 }
 
-/// How [`finish`] ended a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Finished {
-    Replied,
-    DeadLettered,
-    /// Given back to the bus (on purpose, or because its completion did not commit).
-    Released,
-}
-
-/// Ends a delivery as `step` says. A completion is queued at once (a lane's completions
-/// commit in order) and the lane's `permit` given back before it is durable; one that fails
-/// to commit — a reply or a dead letter that could not be stored, or the settle — gives the
-/// input back after `pause`, so it is handled again rather than stuck until a restart.
-async fn finish(
-    bus: &dyn Bus,
-    mut d: Delivery,
-    step: Step,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    pause: Duration,
-    cancel: &CancellationToken,
-) -> Finished {
-    match step {
-        Step::Complete { outcome, publish } => {
-            let dead = matches!(outcome, Outcome::DeadLettered { .. });
-            let committed = bus.complete(d.seq, outcome, publish);
-            drop(permit);
-            match committed.await {
-                Ok(()) if dead => Finished::DeadLettered,
-                Ok(()) => Finished::Replied,
-                Err(e) => {
-                    tracing::error!(error = %e, dead_letter = dead, "completing the event failed; it is delivered again");
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = cancel.cancelled() => {}
-                    }
-                    bus.release(vec![d]);
-                    Finished::Released
-                }
-            }
-        }
-        Step::Unsettled { attempted } => {
-            if !attempted {
-                d.deliveries = d.deliveries.saturating_sub(1);
-            }
-            bus.release(vec![d]);
-            drop(permit);
-            Finished::Released
-        }
-    }
-}
-
 fn worker_ref(spec: &WorkerSpec) -> WorkerRef<'_> {
     WorkerRef {
         id: &spec.id,
         group: spec.group.as_deref(),
         topic: &spec.topic,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::bus::{BoxFuture, BusError, ReplayPage};
-    use tokio::sync::broadcast;
-
-    /// A bus whose completions fail; it records what is given back.
-    #[derive(Default)]
-    struct FailingBus {
-        released: Mutex<Vec<Delivery>>,
-    }
-
-    impl Bus for FailingBus {
-        fn publish(
-            &self,
-            _: &str,
-            _: Vec<CloudEvent>,
-        ) -> BoxFuture<'_, Result<Vec<u64>, BusError>> {
-            Box::pin(async { Err(BusError::Closed) })
-        }
-        fn watch(&self, _: &str) -> broadcast::Receiver<Arc<crate::bus::Published>> {
-            broadcast::channel(1).1
-        }
-        fn consume(&self, topic: &str, _: &str) -> Consumer {
-            struct NoHooks;
-            impl crate::bus::ConsumerHooks for NoHooks {
-                fn received(&self) {}
-                fn unsubscribed(&self, _: tokio::sync::mpsc::Receiver<Delivery>) {}
-            }
-            Consumer::new(
-                topic.into(),
-                tokio::sync::mpsc::channel(1).1,
-                Box::new(NoHooks),
-            )
-        }
-        fn settle(&self, _: u64, _: Outcome) -> BoxFuture<'_, Result<(), BusError>> {
-            Box::pin(async { Err(BusError::Closed) })
-        }
-        fn complete(
-            &self,
-            _: u64,
-            _: Outcome,
-            _: Option<(String, CloudEvent)>,
-        ) -> BoxFuture<'_, Result<(), BusError>> {
-            Box::pin(async { Err(BusError::Closed) })
-        }
-        fn replay(&self, _: &str, _: u64, _: usize) -> BoxFuture<'_, Result<ReplayPage, BusError>> {
-            Box::pin(async { Err(BusError::Closed) })
-        }
-        fn hold(&self, _: &str, _: Option<&str>) {}
-        fn release(&self, deliveries: Vec<Delivery>) {
-            lock(&self.released).extend(deliveries);
-        }
-        fn set_ready(&self) {}
-        fn close(&self) -> BoxFuture<'_, ()> {
-            Box::pin(async {})
-        }
-        fn render_prometheus(&self, _: &mut String) {}
-    }
-
-    fn delivery(deliveries: u32) -> Delivery {
-        Delivery {
-            seq: 7,
-            topic: "t".into(),
-            event: CloudEvent::new("e-1", "t", "urn:test"),
-            deliveries,
-        }
-    }
-
-    async fn permit() -> tokio::sync::OwnedSemaphorePermit {
-        Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_dead_letter_that_cannot_be_stored_gives_the_event_back_for_a_retry() {
-        let bus = FailingBus::default();
-        let d = delivery(2);
-        let reason = DeadLetterReason {
-            error_type: ErrorType::Crash,
-            message: "signal 11".into(),
-            attempts: 2,
-            worker_id: Some("w".into()),
-        };
-        let step = Step::Complete {
-            outcome: Outcome::DeadLettered {
-                reason: "crash".into(),
-            },
-            publish: Some((
-                dead_letter_topic("t"),
-                dead_letter_event("t", &d.event, &reason),
-            )),
-        };
-        let cancel = CancellationToken::new();
-        let done = finish(&bus, d, step, permit().await, Duration::ZERO, &cancel).await;
-        assert_eq!(done, Finished::Released, "not reported as dead-lettered");
-        let released = lock(&bus.released).clone();
-        assert_eq!(released.len(), 1);
-        assert_eq!(
-            (released[0].seq, released[0].deliveries),
-            (7, 2),
-            "the attempt counts"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_delivery_given_back_untried_is_not_charged_an_attempt() {
-        let bus = FailingBus::default();
-        let cancel = CancellationToken::new();
-        let step = Step::Unsettled { attempted: false };
-        finish(
-            &bus,
-            delivery(3),
-            step,
-            permit().await,
-            Duration::ZERO,
-            &cancel,
-        )
-        .await;
-        let step = Step::Unsettled { attempted: true };
-        finish(
-            &bus,
-            delivery(3),
-            step,
-            permit().await,
-            Duration::ZERO,
-            &cancel,
-        )
-        .await;
-        let counts: Vec<u32> = lock(&bus.released).iter().map(|d| d.deliveries).collect();
-        assert_eq!(counts, [2, 3]);
     }
 }

@@ -219,5 +219,6 @@ async fn delivery(s: &Shared, topic: &str, m: jetstream::Message) -> Option<Deli
         topic: topic.to_string(),
         event,
         deliveries,
+        encoded: None,
     })
 }

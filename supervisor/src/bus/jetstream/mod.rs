@@ -493,7 +493,7 @@ impl Bus for JetStreamBus {
         seq: u64,
         outcome: Outcome,
         reply: Option<(String, CloudEvent)>,
-    ) -> BoxFuture<'_, Result<(), BusError>> {
+    ) -> BoxFuture<'static, Result<(), BusError>> {
         // Taken now, so a second completion of the same delivery publishes nothing.
         let queued = match self.shared.inflight.take(seq) {
             None => Ok(None),

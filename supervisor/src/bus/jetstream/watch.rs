@@ -64,11 +64,7 @@ fn fan_out(s: &Shared, m: &async_nats::jetstream::Message) {
     let Ok(info) = m.info() else { return };
     match CloudEvent::from_flatbuffer(&m.payload) {
         Ok(event) => {
-            let _ = tx.send(Arc::new(Published {
-                seq: info.stream_sequence,
-                topic,
-                event,
-            }));
+            let _ = tx.send(Arc::new(Published::new(info.stream_sequence, topic, event)));
         }
         Err(e) => {
             tracing::warn!(topic, error = %e, "skipped a message that is not a workmanager event")
@@ -142,11 +138,7 @@ pub async fn replay(
         let Ok(i) = m.info() else { continue };
         let seq = i.stream_sequence;
         if let Ok(event) = CloudEvent::from_flatbuffer(&m.payload) {
-            events.push(Arc::new(Published {
-                seq,
-                topic: topic.to_string(),
-                event,
-            }));
+            events.push(Arc::new(Published::new(seq, topic.to_string(), event)));
         }
     }
     // It would go by itself after the inactive threshold; deleting it now saves the server.

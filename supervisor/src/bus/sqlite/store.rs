@@ -15,6 +15,12 @@ use super::Durability;
 
 /// Creates the tables (first start) and brings a store written by an earlier version up to
 /// date: it deleted events at their outcome; now they stay as rows for the replay window.
+///
+/// Sequence numbers are assigned by the writer ([`Store::next_seq`]), not by `AUTOINCREMENT`
+/// (which rewrites `sqlite_sequence` on every insert); a store created with it keeps working.
+/// One index, `(topic, seq)`, serves replay, trims and the reload of open events: a partial
+/// index of open events cost an index insert and delete per event, and every reader of open
+/// events starts from a known position (the spill point, or the oldest open event at start).
 pub(super) fn init(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.execute_batch(
         "PRAGMA locking_mode=EXCLUSIVE;
@@ -26,11 +32,12 @@ pub(super) fn init(conn: &Connection) -> Result<(), rusqlite::Error> {
          PRAGMA wal_autocheckpoint=8000;
          PRAGMA journal_size_limit=67108864;
          CREATE TABLE IF NOT EXISTS events (
-             seq INTEGER PRIMARY KEY AUTOINCREMENT,
+             seq INTEGER PRIMARY KEY,
              topic TEXT NOT NULL,
              event BLOB NOT NULL,
              published_ms INTEGER NOT NULL,
-             deliveries INTEGER NOT NULL DEFAULT 0
+             deliveries INTEGER NOT NULL DEFAULT 0,
+             settled INTEGER NOT NULL DEFAULT 0
          );
          CREATE INDEX IF NOT EXISTS events_by_topic ON events(topic, seq);
          CREATE TABLE IF NOT EXISTS topic_evicted (
@@ -44,9 +51,28 @@ pub(super) fn init(conn: &Connection) -> Result<(), rusqlite::Error> {
     if !has_settled {
         conn.execute_batch("ALTER TABLE events ADD COLUMN settled INTEGER NOT NULL DEFAULT 0;")?;
     }
-    conn.execute_batch(
-        "CREATE INDEX IF NOT EXISTS events_open ON events(topic, seq) WHERE settled = 0;",
-    )
+    conn.execute_batch("DROP INDEX IF EXISTS events_open;")
+}
+
+/// The first sequence number this run may assign: above every stored row, every row that
+/// left the replay window (`topic_evicted`), and what an `AUTOINCREMENT` store of an earlier
+/// version handed out, so that a number is never reused (SSE clients resume by it).
+fn first_free_seq(conn: &Connection) -> Result<u64, rusqlite::Error> {
+    let max = |sql: &str| -> Result<i64, rusqlite::Error> {
+        conn.query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+            .map(|v| v.unwrap_or(0))
+    };
+    let mut top = max("SELECT max(seq) FROM events")?;
+    top = top.max(max("SELECT max(through) FROM topic_evicted")?);
+    let has_sequence = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'")?
+        .exists([])?;
+    if has_sequence {
+        top = top.max(max(
+            "SELECT max(seq) FROM sqlite_sequence WHERE name = 'events'",
+        )?);
+    }
+    Ok(to_u64(top) + 1)
 }
 
 pub(super) fn store_err(step: &'static str) -> impl Fn(rusqlite::Error) -> BusError {
@@ -109,12 +135,14 @@ pub(super) struct Store {
     /// The current `PRAGMA synchronous` is FULL.
     sync_full: bool,
     durability: Durability,
+    /// The sequence number of the next event stored (advanced only by a commit that held).
+    next_seq: u64,
 }
 
 /// A summary of the store at start.
 pub(super) struct Census {
-    /// Open events per topic.
-    pub open: Vec<(String, u64)>,
+    /// Open events per topic, and the oldest one's sequence number.
+    pub open: Vec<(String, u64, u64)>,
     /// Rows (open or in the replay window) per topic.
     pub rows: Vec<(String, u64)>,
     /// The highest evicted sequence number per topic.
@@ -122,12 +150,14 @@ pub(super) struct Census {
 }
 
 impl Store {
-    pub fn new(conn: Connection, durability: Durability) -> Store {
-        Store {
+    pub fn new(conn: Connection, durability: Durability) -> Result<Store, rusqlite::Error> {
+        let next_seq = first_free_seq(&conn)?;
+        Ok(Store {
             conn: Some(conn),
             sync_full: true,
             durability,
-        }
+            next_seq,
+        })
     }
 
     fn conn(&mut self) -> Result<&mut Connection, rusqlite::Error> {
@@ -155,7 +185,15 @@ impl Store {
             st.query_map([], |r| Ok((r.get(0)?, to_u64(r.get(1)?))))?
                 .collect()
         };
-        let open = count("SELECT topic, count(*) FROM events WHERE settled = 0 GROUP BY topic")?;
+        let open = {
+            let mut st = conn.prepare(
+                "SELECT topic, count(*), min(seq) FROM events WHERE settled = 0 GROUP BY topic",
+            )?;
+            st.query_map([], |r| {
+                Ok((r.get(0)?, to_u64(r.get(1)?), to_u64(r.get(2)?)))
+            })?
+            .collect::<Result<Vec<_>, _>>()?
+        };
         let rows = count("SELECT topic, count(*) FROM events GROUP BY topic")?;
         let evicted = count("SELECT topic, through FROM topic_evicted")?
             .into_iter()
@@ -226,6 +264,7 @@ impl Store {
         self.set_sync(full)
             .map_err(store_err("set the sync mode"))?;
         let now = now_ms();
+        let mut next = self.next_seq;
         let conn = self.conn().map_err(store_err("begin a transaction"))?;
         let tx = conn
             .transaction()
@@ -239,9 +278,18 @@ impl Store {
         {
             let mut ins = tx
                 .prepare_cached(
-                    "INSERT INTO events (topic, event, published_ms, settled) VALUES (?1, ?2, ?3, ?4) RETURNING seq",
+                    "INSERT INTO events (seq, topic, event, published_ms, settled) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(store_err("prepare an insert"))?;
+            // One row write per event; its number is ours, so no `RETURNING` read-back.
+            let mut insert = |topic: &str, blob: &[u8], ended: bool| {
+                let seq = next;
+                ins.execute(params![to_i64(seq), topic, blob, now, i64::from(ended)])
+                    .map(|_| {
+                        next += 1;
+                        seq
+                    })
+            };
             let mut settle = tx
                 .prepare_cached(
                     "UPDATE events SET settled = 1 WHERE seq = ?1 AND settled = 0 RETURNING topic",
@@ -250,10 +298,7 @@ impl Store {
             for events in &b.appends {
                 let mut s = Vec::with_capacity(events.len());
                 for (topic, blob, ended) in events {
-                    let seq: i64 = ins
-                        .query_row(params![topic, blob, now, i64::from(*ended)], |r| r.get(0))
-                        .map_err(store_err("append an event"))?;
-                    s.push(to_u64(seq));
+                    s.push(insert(topic, blob, *ended).map_err(store_err("append an event"))?);
                 }
                 out.appended.push(s);
             }
@@ -270,10 +315,9 @@ impl Store {
                     .optional()
                     .map_err(store_err("settle an event"))?;
                 let reply_seq = match (&topic, reply) {
-                    (Some(_), Some((rtopic, blob, ended))) => Some(to_u64(
-                        ins.query_row(params![rtopic, blob, now, i64::from(*ended)], |r| r.get(0))
-                            .map_err(store_err("append a reply"))?,
-                    )),
+                    (Some(_), Some((rtopic, blob, ended))) => {
+                        Some(insert(rtopic, blob, *ended).map_err(store_err("append a reply"))?)
+                    }
                     _ => None,
                 };
                 out.completed.push((topic, reply_seq));
@@ -315,6 +359,7 @@ impl Store {
             }
         }
         tx.commit().map_err(store_err("commit"))?;
+        self.next_seq = next;
         Ok(out)
     }
 
@@ -436,5 +481,98 @@ impl Store {
         {
             tracing::warn!(error = %e, "bus: closing the store failed; the WAL is replayed on the next start");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> Connection {
+        let conn = Connection::open(dir.join("bus.db")).unwrap();
+        init(&conn).unwrap();
+        conn
+    }
+
+    fn append<'a>(topic: &'a str, n: usize, ended: bool) -> WriteBatch<'a> {
+        WriteBatch {
+            appends: vec![vec![(topic, b"x".as_slice(), ended); n]],
+            ..WriteBatch::default()
+        }
+    }
+
+    #[test]
+    fn numbers_that_left_the_replay_window_are_never_handed_out_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::new(open(dir.path()), Durability::Os).unwrap();
+        let done = store.commit(&append("t", 3, true)).unwrap();
+        assert_eq!(done.appended, [vec![1, 2, 3]]);
+        // Every row leaves the window: the table is empty afterwards.
+        let trim = WriteBatch {
+            trims: vec![("t", 10)],
+            ..WriteBatch::default()
+        };
+        assert_eq!(store.commit(&trim).unwrap().trimmed, [(3, 3)]);
+        store.close();
+        let mut store = Store::new(open(dir.path()), Durability::Os).unwrap();
+        let done = store.commit(&append("u", 1, false)).unwrap();
+        assert_eq!(done.appended, [vec![4]], "3 was evicted, not forgotten");
+    }
+
+    #[test]
+    fn a_store_of_the_autoincrement_schema_keeps_counting_where_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The schema of earlier versions: AUTOINCREMENT, and a partial index of open rows.
+            let conn = Connection::open(dir.path().join("bus.db")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
+                     event BLOB NOT NULL, published_ms INTEGER NOT NULL,
+                     deliveries INTEGER NOT NULL DEFAULT 0);
+                 CREATE INDEX events_by_topic ON events(topic, seq);
+                 INSERT INTO events (topic, event, published_ms) VALUES ('t', x'00', 0), ('t', x'00', 0);
+                 ALTER TABLE events ADD COLUMN settled INTEGER NOT NULL DEFAULT 0;
+                 CREATE INDEX events_open ON events(topic, seq) WHERE settled = 0;
+                 INSERT INTO events (topic, event, published_ms) VALUES ('t', x'00', 0);
+                 DELETE FROM events WHERE seq > 1;",
+            )
+            .unwrap();
+        }
+        let conn = open(dir.path());
+        let index: Option<String> = conn
+            .query_row(
+                "SELECT name FROM sqlite_master WHERE name = 'events_open'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap();
+        assert_eq!(index, None, "the partial index is dropped");
+        let mut store = Store::new(conn, Durability::Os).unwrap();
+        let done = store.commit(&append("t", 2, false)).unwrap();
+        assert_eq!(
+            done.appended,
+            [vec![4, 5]],
+            "2 and 3 were handed out before"
+        );
+        let census = store.census().unwrap();
+        assert_eq!(census.open, [("t".to_string(), 3, 1)]);
+    }
+
+    #[test]
+    fn a_failed_commit_hands_out_its_numbers_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::new(open(dir.path()), Durability::Os).unwrap();
+        store.commit(&append("t", 2, false)).unwrap();
+        // Number 3 is taken behind the store's back: the next commit fails and rolls back.
+        let sql = |store: &mut Store, sql: &str| store.conn().unwrap().execute_batch(sql).unwrap();
+        sql(
+            &mut store,
+            "INSERT INTO events (seq, topic, event, published_ms) VALUES (3, 'x', x'00', 0)",
+        );
+        assert!(store.commit(&append("t", 2, false)).is_err());
+        sql(&mut store, "DELETE FROM events WHERE seq = 3");
+        let done = store.commit(&append("t", 1, false)).unwrap();
+        assert_eq!(done.appended, [vec![3]]);
     }
 }

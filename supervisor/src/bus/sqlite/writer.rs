@@ -26,6 +26,8 @@ type Settle = (u64, Outcome, oneshot::Sender<Result<(), BusError>>);
 /// An undelivered event held in memory.
 pub(super) struct Entry {
     pub event: CloudEvent,
+    /// Its FlatBuffer as stored, handed to the consumer with it (see [`Delivery::encoded`]).
+    pub encoded: Option<Arc<Vec<u8>>>,
     /// Attempts so far (what the next hand-out adds one to).
     pub deliveries: u32,
 }
@@ -85,15 +87,15 @@ impl Writer {
     /// Loads what an earlier run left open, up to the memory window per topic.
     pub fn recover(&mut self) -> Result<(), rusqlite::Error> {
         let census = self.store.census()?;
-        let stored: u64 = census.open.iter().map(|(_, n)| n).sum();
+        let stored: u64 = census.open.iter().map(|(_, n, _)| n).sum();
         self.shared
             .metrics
             .set_stored(i64::try_from(stored).unwrap_or(i64::MAX));
         self.retained = census.rows.into_iter().collect();
         self.evicted = census.evicted;
-        for (t, n) in census.open {
+        for (t, n, oldest) in census.open {
             let topic = self.topics.entry(t.clone()).or_default();
-            topic.spilled_from = Some(0);
+            topic.spilled_from = Some(oldest);
             topic.stored = n;
             self.reload(&t)?;
         }
@@ -129,7 +131,15 @@ impl Writer {
         for (seq, blob, deliveries) in rows {
             match CloudEvent::from_flatbuffer(&blob) {
                 Ok(event) => {
-                    topic.pending.insert(seq, Entry { event, deliveries });
+                    let encoded = Some(Arc::new(blob));
+                    topic.pending.insert(
+                        seq,
+                        Entry {
+                            event,
+                            encoded,
+                            deliveries,
+                        },
+                    );
                 }
                 // Only a damaged disk gets here; the row stays for an operator to inspect.
                 Err(e) => {
@@ -355,6 +365,7 @@ impl Writer {
             recount.push((d.seq, deliveries));
             let entry = Entry {
                 event: d.event,
+                encoded: d.encoded,
                 deliveries,
             };
             t.pending.insert(d.seq, entry);
@@ -374,6 +385,7 @@ impl Writer {
                             d.seq,
                             Entry {
                                 event: d.event,
+                                encoded: d.encoded,
                                 deliveries: d.deliveries,
                             },
                         );
@@ -394,11 +406,7 @@ impl Writer {
         let mut events = Vec::with_capacity(rows.len());
         for (seq, blob) in rows {
             match CloudEvent::from_flatbuffer(&blob) {
-                Ok(event) => events.push(Arc::new(Published {
-                    seq,
-                    topic: topic.to_string(),
-                    event,
-                })),
+                Ok(event) => events.push(Arc::new(Published::new(seq, topic.to_string(), event))),
                 Err(e) => {
                     tracing::error!(seq, topic, error = %e, "bus: stored event is corrupt and is not replayed")
                 }
@@ -486,8 +494,8 @@ impl Writer {
                 self.count_stored(topic, *e);
             }
             let _ = reply.send(Ok(seqs.clone()));
-            for (((topic, event, _), seq), e) in events.into_iter().zip(seqs).zip(ended) {
-                self.published(topic, event, seq, e, touched);
+            for (((topic, event, blob), seq), e) in events.into_iter().zip(seqs).zip(ended) {
+                self.published(topic, event, blob, seq, e, touched);
             }
         }
         for ((seq, outcome, reply), topic) in settles.into_iter().zip(done.settled) {
@@ -501,9 +509,9 @@ impl Writer {
             if let Some(topic) = topic {
                 self.settled(c.seq, &topic, &c.outcome);
             }
-            if let (Some(seq), Some((rtopic, event, _))) = (reply_seq, c.reply_event) {
+            if let (Some(seq), Some((rtopic, event, blob))) = (reply_seq, c.reply_event) {
                 self.count_stored(&rtopic, e);
-                self.published(rtopic, event, seq, e, touched);
+                self.published(rtopic, event, blob, seq, e, touched);
             }
             let _ = c.answer.send(Ok(()));
         }
@@ -605,6 +613,7 @@ impl Writer {
         &mut self,
         topic: String,
         event: CloudEvent,
+        blob: Vec<u8>,
         seq: u64,
         ended: bool,
         touched: &mut HashSet<String>,
@@ -622,11 +631,7 @@ impl Writer {
             (watcher.as_ref().map(|_| event.clone()), Some(event))
         };
         if let (Some(w), Some(e)) = (&watcher, for_watchers) {
-            let _ = w.send(Arc::new(Published {
-                seq,
-                topic: topic.clone(),
-                event: e,
-            }));
+            let _ = w.send(Arc::new(Published::new(seq, topic.clone(), e)));
         }
         if let Some(w) = watcher
             && w.receiver_count() == 0
@@ -650,6 +655,7 @@ impl Writer {
                     seq,
                     Entry {
                         event,
+                        encoded: Some(Arc::new(blob)),
                         deliveries: 0,
                     },
                 );
@@ -822,6 +828,7 @@ impl Writer {
                     topic: p.topic.clone(),
                     event: entry.event,
                     deliveries,
+                    encoded: entry.encoded,
                 });
             }
             metrics.add_redelivered(redelivered);
