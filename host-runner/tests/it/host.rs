@@ -61,6 +61,7 @@ impl Host {
                 &RingConfig {
                     ring_bytes: 1 << 20,
                     max_frame: 256 << 10,
+                    ..RingConfig::default()
                 },
             )
             .expect("region"),
@@ -976,6 +977,7 @@ fn the_host_dies_with_its_parent() {
             &RingConfig {
                 ring_bytes: 1 << 16,
                 max_frame: 1 << 14,
+                ..RingConfig::default()
             },
         )
         .expect("region"),
