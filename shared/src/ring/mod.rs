@@ -505,3 +505,6 @@ impl FrameReceiver {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod lanes_tests;
