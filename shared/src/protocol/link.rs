@@ -516,6 +516,16 @@ fn reader_loop(inner: Arc<Inner>, mut rx: MultiReceiver, events: mpsc::Sender<Me
                 };
             }
         };
+        // The host may scribble the to-host control ring's reader index, which the supervisor
+        // only reads when it writes there: with lanes that can be rare, so look at it whenever
+        // the host sends something (one uncontended lock and a load).
+        if let Err(e) = inner.tx.check_peer() {
+            tracing::warn!(error = %e, "host scribbled its to-host ring; disconnecting the host");
+            inner.region.mark_closed(Side::Host);
+            break LinkError::HostMisbehaved {
+                reason: format!("its to-host ring is corrupt: {e}"),
+            };
+        }
         let msg = match Message::decode(&buf) {
             Ok(m) => m,
             Err(e) => {
@@ -865,6 +875,36 @@ mod tests {
                 Some(Message::ProcessResult(r)) if r.msg_id == 77
             ));
             assert!(!link.is_dead());
+        })
+        .await;
+    }
+
+    /// The host moves the to-host control ring's reader index while its calls go through a
+    /// lane: the link notices at the next frame the host sends, not at its next control send.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scribbled_control_ring_is_noticed_while_calls_take_lanes() {
+        watchdog(async {
+            let (sup, host) = pair();
+            let (link, mut events) = HostLink::new(sup.clone());
+            assert_eq!(link.assign_lanes("w", 1), vec![0]);
+            let h = std::thread::spawn(move || {
+                let (tx, mut rx) = ring::host_lane(host.clone(), 0).unwrap();
+                let mut buf = Vec::new();
+                rx.recv(&mut buf, Some(Duration::from_secs(10))).unwrap();
+                let Ok(Message::Process(p)) = Message::decode(&buf) else {
+                    panic!("expected a Process on lane 0");
+                };
+                host.ctl(0).head.store(0x5A5A_5A58, std::sync::atomic::Ordering::Release);
+                tx.send(&result_for(p).encode(), Duration::from_secs(5))
+                    .unwrap();
+            });
+            let r = link.request(process(1, "w")).await;
+            assert!(
+                matches!(&r, Err(LinkError::HostMisbehaved { reason }) if reason.contains("to-host ring is corrupt")),
+                "{r:?}"
+            );
+            assert!(events.recv().await.is_none());
+            h.join().unwrap();
         })
         .await;
     }

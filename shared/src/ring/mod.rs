@@ -433,6 +433,18 @@ impl FrameSender {
         w.send_batch(&self.region, frames, timeout)
     }
 
+    /// Checks the peer's reader index of this ring without sending (a sender that is busy
+    /// right now is skipped: it checks by itself). `Corrupt` if the peer scribbled it. The
+    /// supervisor's link runs this on the control ring whenever a frame arrives, because with
+    /// lanes it may not write into the control ring for a long time.
+    pub fn check_peer(&self) -> Result<(), RingError> {
+        match self.writer.try_lock() {
+            Ok(w) => w.check_reader(&self.region),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().check_reader(&self.region),
+            Err(std::sync::TryLockError::WouldBlock) => Ok(()),
+        }
+    }
+
     /// The region this sender writes into.
     pub fn region(&self) -> &Arc<Region> {
         &self.region

@@ -141,6 +141,22 @@ impl Writer {
         }
     }
 
+    /// Checks the reader's `head` (peer memory) against what we published, as `stage` does
+    /// before each write: `Corrupt` if the peer moved it somewhere impossible.
+    pub(crate) fn check_reader(&self, region: &Region) -> Result<(), RingError> {
+        let cap = region.cap(self.dir) as u64;
+        let head = region.ctl(self.dir).head.load(Ordering::Acquire);
+        if self.published.wrapping_sub(head) > cap || !head.is_multiple_of(8) {
+            return Err(RingError::Corrupt {
+                what: format!(
+                    "reader index {head} is inconsistent with writer index {} (capacity {cap})",
+                    self.published
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn write_frame(&self, region: &Region, off: usize, frame: &[u8]) {
         // SAFETY: off + align8(8 + len) <= ring_bytes (checked by the caller), so the payload
         // range [off + 8, off + 8 + len) lies in this direction's data array; the reader does not
