@@ -127,6 +127,29 @@ impl<T> Handoff<T> {
         n
     }
 
+    /// Whether there is something to take, or the queue is closed (a lane thread's wake-up
+    /// condition besides its lane).
+    pub fn ready(&self) -> bool {
+        self.len.load(Ordering::Acquire) != 0 || self.closed.load(Ordering::Acquire)
+    }
+
+    /// Moves up to `max` queued items into `out` without waiting. `false` once the queue is
+    /// closed and empty (everything pushed before the close has then been taken).
+    pub fn take_ready(&self, max: usize, out: &mut VecDeque<T>) -> bool {
+        if self.take(max, out) > 0 {
+            return true;
+        }
+        if self.closed.load(Ordering::Acquire) {
+            // Closed under the lock: every push happened before, and is visible now.
+            let mut q = self.lock();
+            let n = q.len().min(max.max(1));
+            out.extend(q.drain(..n));
+            self.len.fetch_sub(n, Ordering::Relaxed);
+            return n > 0;
+        }
+        true
+    }
+
     /// Waits for the next item: spins within `spin` (adapting it), then sleeps. `None` once
     /// the queue is closed and empty.
     pub fn pop(&self, spin: &mut SpinBudget) -> Option<T> {

@@ -9,7 +9,9 @@
 //! - [`crash`]: the fatal-signal handler that records the culprit in a crash slot.
 //! - [`exit`]: the documented exit codes.
 //! - [`host`]: start-up order and the frame loop; [`worker`]: per-worker threads and queues,
-//!   hot reload; [`handoff`]: the spin-then-park queue between them. Frames are `wm_shared::protocol` messages.
+//!   hot reload; [`handoff`]: the spin-then-park queue between them; [`lane`]: a worker
+//!   thread's own ring lane (calls that bypass the frame loop). Frames are
+//!   `wm_shared::protocol` messages.
 //!
 //! The binary (`src/main.rs`) parses arguments, maps the ring, enters the sandbox and runs
 //! the frame loop. Nothing here listens on the network or touches the registry.
@@ -20,5 +22,6 @@ pub mod exit;
 pub mod ffi;
 pub mod handoff;
 pub mod host;
+pub mod lane;
 pub mod sandbox;
 pub mod worker;

@@ -11,6 +11,11 @@
 //! and marks itself with `crash::enter_call`, so the crash handler can name the culprit.
 //!
 //! Results leave through an [`Outbox`] (the ring, in the binary).
+//!
+//! **Lanes:** a thread given a ring lane at load (`LoadWorker.lanes`, see [`crate::lane`])
+//! reads its calls from the lane and answers on it; it also serves the worker's queue, which
+//! then carries only the calls the supervisor sent through the control ring (frames too large
+//! for a lane). The frame loop nudges the lane threads when it queues one.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -20,15 +25,24 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use wm_shared::protocol::Message;
+use wm_shared::ring::{ReaderNudge, Region, RingError};
+
 use crate::crash;
 use crate::engine::{Engine, LoadSpec, ProcessOutcome, ResultStatus, error_chain};
 use crate::handoff::Handoff;
+use crate::lane::{Lane, LaneClaims};
 
 /// Where a worker's results go.
 pub trait Outbox: Send + Sync + 'static {
     fn load_result(&self, request_id: u64, worker_id: &str, result: Result<(), String>);
     fn unload_result(&self, request_id: u64, worker_id: &str, result: Result<(), String>);
     fn process_result(&self, msg_id: u64, worker_id: &str, outcome: ProcessOutcome);
+    /// The encoded `ProcessResult` frame of a call (for a lane; at most the control ring's
+    /// frame limit).
+    fn result_frame(&self, msg_id: u64, worker_id: &str, outcome: ProcessOutcome) -> Vec<u8>;
+    /// Sends an encoded frame through the control ring (a result too large for its lane).
+    fn post_frame(&self, frame: Vec<u8>);
 }
 
 /// Most queued calls a single-threaded worker takes per wake-up.
@@ -83,6 +97,16 @@ struct Handle<E: Engine> {
     queue: Arc<Handoff<Job>>,
     slot: Arc<Slot<E>>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Wakes the worker's lane threads after a push or a close of `queue`.
+    nudges: Vec<ReaderNudge>,
+}
+
+impl<E: Engine> Handle<E> {
+    fn nudge(&self) {
+        for n in &self.nudges {
+            n.nudge();
+        }
+    }
 }
 
 /// The set of workers of one host.
@@ -93,17 +117,52 @@ pub struct Workers<E: Engine, O: Outbox> {
     in_flight: Arc<AtomicU32>,
     /// Unload and reload threads, joined at shutdown.
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// The region whose lanes `LoadWorker.lanes` names (none: every call via the queue).
+    region: Option<Arc<Region>>,
+    claims: Arc<LaneClaims>,
 }
 
 impl<E: Engine, O: Outbox> Workers<E, O> {
     pub fn new(engine: Arc<E>, outbox: Arc<O>) -> Arc<Self> {
+        Self::build(engine, outbox, None)
+    }
+
+    /// As [`Workers::new`], with the lanes of `region` for the workers' threads.
+    pub fn with_lanes(engine: Arc<E>, outbox: Arc<O>, region: Arc<Region>) -> Arc<Self> {
+        Self::build(engine, outbox, Some(region))
+    }
+
+    fn build(engine: Arc<E>, outbox: Arc<O>, region: Option<Arc<Region>>) -> Arc<Self> {
         Arc::new(Workers {
             engine,
             outbox,
             map: Mutex::new(HashMap::new()),
             in_flight: Arc::new(AtomicU32::new(0)),
             background: Mutex::new(Vec::new()),
+            region,
+            claims: Arc::new(LaneClaims::default()),
         })
+    }
+
+    /// Claims the lanes named for a new worker's threads (`None` for a thread without one).
+    fn claim_lanes(&self, worker_id: &str, lanes: &[u32], threads: u32) -> Vec<Option<Lane>> {
+        let Some(region) = &self.region else {
+            return Vec::new();
+        };
+        lanes
+            .iter()
+            .take(threads as usize)
+            .map(|&k| match self.claims.claim(region, k) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    crate::sandbox::log(&format!(
+                        "worker {worker_id}: not serving lane {k}: {e}; that thread takes its \
+                         calls from the control ring"
+                    ));
+                    None
+                }
+            })
+            .collect()
     }
 
     /// Workers loaded (or loading).
@@ -116,9 +175,10 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// `LoadWorker`: a new worker gets its queue and threads; an existing one is reloaded
-    /// beside the running library. The result is sent when the load finished.
-    pub fn load(self: &Arc<Self>, request_id: u64, spec: LoadSpec) {
+    /// `LoadWorker`: a new worker gets its queue and threads (thread i serving `lanes[i]`, if
+    /// named); an existing one is reloaded beside the running library (its threads keep their
+    /// lanes). The result is sent when the load finished.
+    pub fn load(self: &Arc<Self>, request_id: u64, spec: LoadSpec, lanes: &[u32]) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = map.get(&spec.worker_id) {
             let slot = h.slot.clone();
@@ -135,12 +195,14 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
             closed: AtomicBool::new(false),
         });
         let threads = Arc::new(Mutex::new(Vec::new()));
+        let lanes = self.claim_lanes(&spec.worker_id, lanes, spec.max_concurrency.max(1));
         map.insert(
             spec.worker_id.clone(),
             Handle {
                 queue: queue.clone(),
                 slot: slot.clone(),
                 threads: threads.clone(),
+                nudges: lanes.iter().flatten().map(Lane::nudger).collect(),
             },
         );
         drop(map);
@@ -149,7 +211,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         let list = threads.clone();
         let spawned = std::thread::Builder::new()
             .name(name)
-            .spawn(move || this.first_thread(request_id, spec, slot, queue, list));
+            .spawn(move || this.first_thread(request_id, spec, slot, queue, list, lanes));
         match spawned {
             // Unload joins it with the others; it is pushed before this frame handler returns,
             // so before any UnloadWorker for this worker is handled.
@@ -166,9 +228,12 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         slot: Arc<Slot<E>>,
         queue: Arc<Handoff<Job>>,
         threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+        lanes: Vec<Option<Lane>>,
     ) {
         let _alt = crash::AltStack::install();
         let worker_id = spec.worker_id.clone();
+        let mut lanes = lanes.into_iter();
+        let lane0 = lanes.next().flatten();
         let loaded = {
             let _mark = crash::enter_call(&worker_id, 0);
             self.engine.load(&spec)
@@ -197,11 +262,12 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
                 for i in 1..spec.max_concurrency.max(1) {
                     let this = self.clone();
                     let (slot, queue, id) = (slot.clone(), queue.clone(), worker_id.clone());
+                    let lane = lanes.next().flatten();
                     match std::thread::Builder::new()
                         .name(thread_name(&worker_id, i))
                         .spawn(move || {
                             let _alt = crash::AltStack::install();
-                            this.serve(&id, &slot, &queue, 1)
+                            this.serve(&id, &slot, &queue, 1, lane)
                         }) {
                         Ok(t) => threads.lock().unwrap_or_else(|p| p.into_inner()).push(t),
                         Err(e) => crate::sandbox::log(&format!(
@@ -212,7 +278,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
                 // One thread takes whatever is queued at each wake-up; several threads take
                 // one call each, so that they share the work.
                 let batch = if spec.max_concurrency <= 1 { BATCH } else { 1 };
-                self.serve(&worker_id, &slot, &queue, batch);
+                self.serve(&worker_id, &slot, &queue, batch, lane0);
             }
             Err(e) => {
                 // Remove the entry first (pushes happen under the map lock): from then on no
@@ -238,7 +304,17 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
     /// runs them in order; each call still carries its own crash mark, so a crash names the
     /// call it happened in and the rest of the batch (in flight at the supervisor) are
     /// bystanders.
-    fn serve(&self, worker_id: &str, slot: &Slot<E>, queue: &Handoff<Job>, batch: usize) {
+    fn serve(
+        &self,
+        worker_id: &str,
+        slot: &Slot<E>,
+        queue: &Handoff<Job>,
+        batch: usize,
+        lane: Option<Lane>,
+    ) {
+        if let Some(lane) = lane {
+            return self.serve_lane(worker_id, slot, queue, batch, lane);
+        }
         let mut spin = crate::handoff::spin_budget();
         let mut jobs = VecDeque::new();
         while queue.pop_batch(&mut spin, batch, &mut jobs) {
@@ -248,8 +324,107 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         }
     }
 
+    /// A lane thread's loop: the calls of its lane (answered on the lane), and the worker's
+    /// queue (answered through the control ring), until the queue is closed; then what is
+    /// left in both. The wait spins with the ring's budget, then sleeps on the lane's futex,
+    /// which the frame loop nudges when it queues a call or closes the queue.
+    fn serve_lane(
+        &self,
+        worker_id: &str,
+        slot: &Slot<E>,
+        queue: &Handoff<Job>,
+        batch: usize,
+        mut lane: Lane,
+    ) {
+        lane.rx.set_spin(crate::handoff::spin_budget());
+        let mut buf = Vec::new();
+        let mut jobs = VecDeque::new();
+        loop {
+            match lane.rx.recv_or(&mut buf, None, &|| queue.ready()) {
+                Ok(true) => {
+                    self.lane_call(worker_id, slot, &lane, &buf);
+                    continue;
+                }
+                Ok(false) => {}
+                // The supervisor closed the region: the host is ending.
+                Err(RingError::PeerGone) => return,
+                Err(e) => {
+                    crate::sandbox::log(&format!(
+                        "worker {worker_id}: lane {} unusable: {e}; its thread ends",
+                        lane.index
+                    ));
+                    return;
+                }
+            }
+            if !queue.take_ready(batch, &mut jobs) {
+                // Unloaded: answer what is still in the lane, then end (the lane is freed).
+                while let Ok(true) = lane.rx.try_recv(&mut buf) {
+                    self.lane_call(worker_id, slot, &lane, &buf);
+                }
+                return;
+            }
+            while let Some(job) = jobs.pop_front() {
+                self.run(worker_id, slot, job);
+            }
+        }
+    }
+
+    /// One frame from a lane: a `Process` of this worker is run and answered on the lane.
+    fn lane_call(&self, worker_id: &str, slot: &Slot<E>, lane: &Lane, frame: &[u8]) {
+        let p = match Message::decode(frame) {
+            Ok(Message::Process(p)) => p,
+            Ok(other) => {
+                crate::sandbox::log(&format!(
+                    "lane {}: ignoring a {} frame (lanes carry Process only)",
+                    lane.index,
+                    other.kind()
+                ));
+                return;
+            }
+            Err(e) => {
+                crate::sandbox::log(&format!(
+                    "lane {}: ignoring an undecodable frame: {e}",
+                    lane.index
+                ));
+                return;
+            }
+        };
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let outcome = if p.worker_id == worker_id {
+            self.call(worker_id, slot, p.msg_id, &p.event)
+        } else {
+            // A lane outlives nothing: a frame left for a worker that was unloaded.
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            ProcessOutcome::failed(
+                ResultStatus::UnknownWorker,
+                format!(
+                    "worker {} is not served on lane {}",
+                    p.worker_id, lane.index
+                ),
+            )
+        };
+        let frame = self.outbox.result_frame(p.msg_id, &p.worker_id, outcome);
+        if frame.len() > lane.max_frame {
+            self.outbox.post_frame(frame);
+            return;
+        }
+        match lane.tx.send(&frame, crate::lane::SEND_TIMEOUT) {
+            Ok(()) | Err(RingError::PeerGone) => {}
+            Err(e) => crate::sandbox::log(&format!(
+                "lane {}: cannot send the result of message {}: {e}",
+                lane.index, p.msg_id
+            )),
+        }
+    }
+
     /// One call: run it under its crash mark, then answer.
     fn run(&self, worker_id: &str, slot: &Slot<E>, job: Job) {
+        let outcome = self.call(worker_id, slot, job.msg_id, &job.event);
+        self.outbox.process_result(job.msg_id, worker_id, outcome);
+    }
+
+    /// Runs one call under its crash mark; the in-flight count drops before the answer.
+    fn call(&self, worker_id: &str, slot: &Slot<E>, msg_id: u64, event: &[u8]) -> ProcessOutcome {
         let lib = slot
             .current
             .read()
@@ -257,18 +432,16 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
             .clone();
         let outcome = match lib.as_ref().and_then(|l| l.worker.as_ref().map(|w| (l, w))) {
             Some((_, w)) => {
-                let _mark = crash::enter_call(worker_id, job.msg_id);
+                let _mark = crash::enter_call(worker_id, msg_id);
                 // Engines do not panic on plugin misbehaviour; this only keeps a host bug
                 // from silently killing the worker's thread and its queue with it.
-                catch_unwind(AssertUnwindSafe(|| {
-                    self.engine.process(w, job.msg_id, &job.event)
-                }))
-                .unwrap_or_else(|_| {
-                    ProcessOutcome::failed(
-                        ResultStatus::ProcessFailed,
-                        "host-runner bug: the engine panicked during this call",
-                    )
-                })
+                catch_unwind(AssertUnwindSafe(|| self.engine.process(w, msg_id, event)))
+                    .unwrap_or_else(|_| {
+                        ProcessOutcome::failed(
+                            ResultStatus::ProcessFailed,
+                            "host-runner bug: the engine panicked during this call",
+                        )
+                    })
             }
             None => ProcessOutcome::failed(
                 ResultStatus::UnknownWorker,
@@ -279,7 +452,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         // answering, so the supervisor never sees the reply before the old code is gone.
         drop(lib);
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.outbox.process_result(job.msg_id, worker_id, outcome);
+        outcome
     }
 
     fn answer_unknown(&self, msg_id: u64, worker_id: &str) {
@@ -341,7 +514,11 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let sent = match map.get(worker_id) {
-            Some(h) => h.queue.push(Job { msg_id, event }).is_ok(),
+            Some(h) => {
+                let ok = h.queue.push(Job { msg_id, event }).is_ok();
+                h.nudge();
+                ok
+            }
             None => false,
         };
         drop(map);
@@ -379,9 +556,13 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
             queue,
             slot,
             threads,
+            nudges,
         } = handle;
         slot.closed.store(true, Ordering::Release);
         queue.close();
+        for n in &nudges {
+            n.nudge();
+        }
         // Thread 0 may still be starting the others: take the list only once it is complete,
         // i.e. join until it stays empty.
         loop {

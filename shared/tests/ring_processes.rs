@@ -26,6 +26,7 @@ fn cfg() -> RingConfig {
     RingConfig {
         ring_bytes: 1 << 16,
         max_frame: 1 << 15,
+        ..RingConfig::default()
     }
 }
 

@@ -99,6 +99,8 @@ settings! {
     "HOST_POOL_MAX_HOSTS" [] = "64", "1-1024", "most host processes at once (shared and dedicated)";
     "RING_BYTES" [] = "1048576", "a power of two, 65536-268435456", "size of each shared-memory ring";
     "RING_MAX_FRAME_BYTES" [] = "262144", "1024 to RING_BYTES/2", "largest frame a ring carries";
+    "RING_LANES" [] = "16", "0-256", "ring lanes per host: one per worker thread, which then reads its calls and writes its results itself; 0 sends every call through the host's frame loop";
+    "RING_LANE_BYTES" [] = "65536", "a power of two, 4096-16777216", "size of each direction of a lane; calls and results over half of it take the control ring";
     "TIMEOUT_RECLAIM_GRACE_SECONDS" [] = "5", "0-3600", "how long a timed-out call may keep running before its host is killed and respawned";
     "HOST_RESPAWN_BACKOFF_MS" [] = "100", "1-60000", "first delay before a crashed host is respawned; doubles per consecutive death no call is charged with, up to 30 s";
     "HOST_STANDBY" [] = "1", "1|0 (also true|false|yes|no|on|off)", "keep one pre-spawned, sandboxed, idle host per engine that a respawn adopts (a .NET one has CoreCLR started); 0 turns it off";
@@ -495,6 +497,10 @@ pub struct Config {
     pub ring_bytes: u64,
     /// Largest frame a ring carries.
     pub ring_max_frame_bytes: u64,
+    /// Ring lanes per host (one per worker thread).
+    pub ring_lanes: u32,
+    /// Bytes of each direction of a lane.
+    pub ring_lane_bytes: u64,
     /// How long a timed-out call may keep running before its host is reclaimed.
     pub timeout_reclaim_grace: Duration,
     /// First respawn delay of a crashed host.
@@ -717,6 +723,10 @@ impl Config {
                     &format!("1024-{} (RING_BYTES/2)", ring_bytes / 2),
                 )
             })?;
+        let ring_lane_bytes = int("RING_LANE_BYTES", 4096, 16 << 20)?;
+        if !ring_lane_bytes.is_power_of_two() {
+            return Err(invalid("RING_LANE_BYTES", range_of("RING_LANE_BYTES")));
+        }
         let host_rlimit_as = match int("HOST_RLIMIT_AS_BYTES", 0, 1 << 40)? {
             0 => None,
             n if n < 64 << 20 => {
@@ -802,6 +812,8 @@ impl Config {
             max_hosts: u32_in("HOST_POOL_MAX_HOSTS", 1, 1024)?,
             ring_bytes,
             ring_max_frame_bytes,
+            ring_lanes: u32_in("RING_LANES", 0, 256)?,
+            ring_lane_bytes,
             timeout_reclaim_grace: secs("TIMEOUT_RECLAIM_GRACE_SECONDS", 0, 3600)?,
             host_respawn_backoff: millis("HOST_RESPAWN_BACKOFF_MS", 1, 60_000)?,
             host_standby: boolean("HOST_STANDBY")?,

@@ -370,6 +370,8 @@ pub(crate) fn pool_config(
             ring: RingConfig {
                 ring_bytes,
                 max_frame,
+                lanes: config.ring_lanes as usize,
+                lane_bytes: usize::try_from(config.ring_lane_bytes).unwrap_or(64 << 10),
             },
             rlimit_as: config.host_rlimit_as,
             gc_heap_hard_limit: config.host_dotnet_gc_heap_hard_limit,

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use wm_shared::protocol::{self, EngineKind, Message, ResultStatus};
-use wm_shared::ring::{self, FrameReceiver, FrameSender, HostState, Region, RingConfig, Side};
+use wm_shared::ring::{self, FrameSender, HostState, MultiReceiver, Region, RingConfig, Side};
 use wm_shared::{CloudEvent, WorkerResponse};
 use wm_testkit::daemon::{Daemon, DaemonOptions};
 use wm_testkit::native::{Build, Lang};
@@ -359,7 +359,11 @@ fn host_runner_bin() -> PathBuf {
 struct Host {
     child: Child,
     tx: FrameSender,
-    rx: FrameReceiver,
+    /// The region's lanes (empty: a region without lanes, as for an older host-runner).
+    lanes: Vec<FrameSender>,
+    /// The lane of each worker loaded with one (one thread, so one lane).
+    lane_of: std::collections::HashMap<String, usize>,
+    rx: MultiReceiver,
     buf: Vec<u8>,
     request: u64,
 }
@@ -367,12 +371,18 @@ struct Host {
 impl Host {
     /// Spawns and waits for `Ready`; returns the host and the time to `Ready`.
     fn spawn(engine: &str, name: &str) -> (Host, Duration) {
-        Host::spawn_bin(&host_runner_bin(), engine, name)
+        Host::spawn_bin(&host_runner_bin(), engine, name, true)
     }
 
-    /// As [`Host::spawn`], with the host-runner binary `bin` (a baseline build).
-    fn spawn_bin(bin: &Path, engine: &str, name: &str) -> (Host, Duration) {
-        let region = Arc::new(Region::create(name, &RingConfig::default()).expect("ring region"));
+    /// As [`Host::spawn`], with the host-runner binary `bin` (a baseline build), and with the
+    /// default lanes (`RING_LANES`) or none (`lanes` false: every call through the frame
+    /// loop; what an older host-runner, which knows no lanes, needs).
+    fn spawn_bin(bin: &Path, engine: &str, name: &str, lanes: bool) -> (Host, Duration) {
+        let cfg = RingConfig {
+            lanes: if lanes { ring::DEFAULT_LANES } else { 0 },
+            ..RingConfig::default()
+        };
+        let region = Arc::new(Region::create(name, &cfg).expect("ring region"));
         let fd = region.as_fd().as_raw_fd();
         let mut cmd = Command::new(bin);
         cmd.args(["--ring-fd", "3", "--engine", engine, "--host-id", name])
@@ -392,12 +402,14 @@ impl Host {
                 Ok(())
             });
         }
-        let (tx, rx) = ring::supervisor_channels(region);
+        let (tx, lanes, rx) = ring::supervisor_lanes(region);
         let t = Instant::now();
         let child = cmd.spawn().expect("spawn host-runner");
         let mut h = Host {
             child,
             tx,
+            lanes,
+            lane_of: Default::default(),
             rx,
             buf: Vec::new(),
             request: 0,
@@ -431,7 +443,16 @@ impl Host {
 
     fn load(&mut self, worker: &str, engine: EngineKind, dir: &Path, lib: &str) {
         self.request += 1;
+        // One thread, one lane, while the region has free ones (as the pool's link assigns).
+        let lane = self.lane_of.len();
+        let lanes = if lane < self.lanes.len() {
+            self.lane_of.insert(worker.to_string(), lane);
+            vec![lane as u32]
+        } else {
+            Vec::new()
+        };
         self.send(&Message::LoadWorker(protocol::LoadWorker {
+            lanes,
             request_id: self.request,
             worker_id: worker.into(),
             engine,
@@ -466,14 +487,22 @@ impl Host {
         }
     }
 
+    /// Sends a call into the worker's lane, or the control ring without one.
+    fn send_call(&self, msg_id: u64, worker: &str, ev: &[u8]) {
+        let tx = match self.lane_of.get(worker) {
+            Some(&k) => &self.lanes[k],
+            None => &self.tx,
+        };
+        tx.send(
+            &Host::process_frame(msg_id, worker, ev),
+            Duration::from_secs(10),
+        )
+        .expect("ring send");
+    }
+
     /// One sequential round trip: encode, send, receive, decode.
     fn round_trip(&mut self, msg_id: u64, worker: &str, ev: &[u8]) -> protocol::ProcessResult {
-        self.tx
-            .send(
-                &Host::process_frame(msg_id, worker, ev),
-                Duration::from_secs(10),
-            )
-            .expect("ring send");
+        self.send_call(msg_id, worker, ev);
         self.expect_result()
     }
 
@@ -496,12 +525,7 @@ impl Host {
             }
             while stop_at.is_none() && sent - done < window as u64 {
                 let w = &workers[(sent % workers.len() as u64) as usize];
-                self.tx
-                    .send(
-                        &Host::process_frame(1_000_000 + sent, w, ev),
-                        Duration::from_secs(10),
-                    )
-                    .expect("ring send");
+                self.send_call(1_000_000 + sent, w, ev);
                 sent += 1;
             }
             self.expect_result();
@@ -649,17 +673,18 @@ fn ring_busy(h: &mut Host, ev: &[u8]) -> (Lat, f64) {
 
 /// Path B. Returns the 1/4/16-worker throughput and the first busy latency.
 fn path_b(so: &Path, ev: &[u8]) -> ([f64; 3], Lat) {
-    path_b_with(&host_runner_bin(), "", so, ev)
+    path_b_with(&host_runner_bin(), "", so, ev, true)
 }
 
-/// Path B with the host-runner binary `bin`; `tag` prefixes the figures ("baseline ").
-fn path_b_with(bin: &Path, tag: &str, so: &Path, ev: &[u8]) -> ([f64; 3], Lat) {
+/// Path B with the host-runner binary `bin`, with lanes or not; `tag` prefixes the figures
+/// ("baseline ").
+fn path_b_with(bin: &Path, tag: &str, so: &Path, ev: &[u8], lanes: bool) -> ([f64; 3], Lat) {
     section(&format!(
         "{tag}B: host-runner over the shared-memory ring (Process frame -> ProcessResult)"
     ));
     let dir = so.parent().expect("fixture dir");
     let lib = so.file_name().expect("file").to_string_lossy().into_owned();
-    let (mut h, _) = Host::spawn_bin(bin, "native", "bench-b");
+    let (mut h, _) = Host::spawn_bin(bin, "native", "bench-b", lanes);
     for i in 0..16 {
         h.load(&format!("w{i}"), EngineKind::Native, dir, &lib);
     }
@@ -699,7 +724,7 @@ fn path_b_with(bin: &Path, tag: &str, so: &Path, ev: &[u8]) -> ([f64; 3], Lat) {
         let per_host = n / 4;
         let hosts: Vec<Host> = (0..4)
             .map(|k| {
-                let (mut h, _) = Host::spawn_bin(bin, "native", &format!("bench-b-{n}-{k}"));
+                let (mut h, _) = Host::spawn_bin(bin, "native", &format!("bench-b-{n}-{k}"), lanes);
                 for i in 0..per_host {
                     h.load(&format!("w{i}"), EngineKind::Native, dir, &lib);
                 }
@@ -1991,16 +2016,36 @@ fn main() {
         // path B first, in the same run, for before/after ratios.
         let a = path_a(&so, &ev);
         if let Some(dir) = std::env::var_os("WM_COMPARE_BASELINE_BIN") {
-            let base = path_b_with(&Path::new(&dir).join("host-runner"), "baseline ", &so, &ev);
-            let (now, _) = path_b(&so, &ev);
+            let base = path_b_with(
+                &Path::new(&dir).join("host-runner"),
+                "baseline ",
+                &so,
+                &ev,
+                false,
+            );
+            // This build without lanes (RING_LANES=0: every call through the frame loop),
+            // then with them.
+            let no_lanes = path_b_with(&host_runner_bin(), "no lanes ", &so, &ev, false);
+            let (now, busy) = path_b(&so, &ev);
             section("path B now / baseline (same run)");
+            report(
+                "B busy p50: baseline / no lanes / lanes",
+                format!(
+                    "{:.2} / {:.2} / {:.2} us; lanes = {:.2}x baseline",
+                    base.1.p50,
+                    no_lanes.1.p50,
+                    busy.p50,
+                    busy.p50 / base.1.p50
+                ),
+            );
             for (i, n) in [1, 4, 16].into_iter().enumerate() {
                 report(
-                    &format!("{n} workers: A / baseline B / B"),
+                    &format!("{n} workers: A / baseline B / B no lanes / B lanes"),
                     format!(
-                        "{:.0} / {:.0} / {:.0} msgs/s; B = {:.2}x baseline, {:.3} of A",
+                        "{:.0} / {:.0} / {:.0} / {:.0} msgs/s; B lanes = {:.2}x baseline, {:.3} of A",
                         a[i],
                         base.0[i],
+                        no_lanes.0[i],
                         now[i],
                         now[i] / base.0[i],
                         now[i] / a[i]

@@ -201,7 +201,7 @@ pub fn start_engine<E: Engine>(
     let max_response = region.config().max_frame.saturating_sub(RESULT_OVERHEAD);
     let engine = Arc::new(make(services.clone(), max_response));
     let outbox = Arc::new(RingOutbox::new(tx.clone()));
-    let workers = Workers::new(engine, outbox);
+    let workers = Workers::with_lanes(engine, outbox, region.clone());
 
     region.set_host_state(HostState::Ready);
     let ready = Message::Ready(protocol::Ready {
@@ -260,6 +260,7 @@ fn serve<E: Engine>(
                     max_concurrency: m.max_concurrency.max(1),
                     timeout_ms: m.timeout_ms,
                 },
+                &m.lanes,
             ),
             Message::Process(m) => workers.process(m.msg_id, &m.worker_id, m.event),
             Message::UnloadWorker(m) => workers.unload(m.request_id, &m.worker_id),

@@ -78,30 +78,46 @@ impl Outbox for RingOutbox {
     }
 
     fn process_result(&self, msg_id: u64, worker_id: &str, o: ProcessOutcome) {
-        let status = status_of(o.status);
-        let frame = Message::ProcessResult(protocol::ProcessResult {
+        let frame = self.result_frame(msg_id, worker_id, o);
+        self.lane.post(frame);
+    }
+
+    fn result_frame(&self, msg_id: u64, worker_id: &str, o: ProcessOutcome) -> Vec<u8> {
+        let elapsed_ns = o.elapsed_ns;
+        let encoded = Message::ProcessResult(protocol::ProcessResult {
             msg_id,
             worker_id: worker_id.into(),
-            status,
+            status: status_of(o.status),
             code: o.code,
             response: o.response,
             error: o.error,
-            elapsed_ns: o.elapsed_ns,
-        });
-        let encoded = frame.encode();
+            elapsed_ns,
+        })
+        .encode();
         if encoded.len() <= self.lane.max_frame() {
-            self.lane.post(encoded);
+            return encoded;
+        }
+        // The response was checked against the frame limit, but a long error text or worker
+        // id could still push the frame over: answer without the payload.
+        Message::ProcessResult(protocol::ProcessResult {
+            msg_id,
+            worker_id: worker_id.into(),
+            status: protocol::ResultStatus::InvalidResponse,
+            error: "the reply frame exceeds the ring's frame limit".into(),
+            elapsed_ns,
+            ..Default::default()
+        })
+        .encode()
+    }
+
+    fn post_frame(&self, frame: Vec<u8>) {
+        if frame.len() <= self.lane.max_frame() {
+            self.lane.post(frame);
         } else {
-            // The response was checked against the frame limit, but a long error text or worker
-            // id could still push the frame over: answer without the payload.
-            self.post(&Message::ProcessResult(protocol::ProcessResult {
-                msg_id,
-                worker_id: worker_id.into(),
-                status: protocol::ResultStatus::InvalidResponse,
-                error: "the reply frame exceeds the ring's frame limit".into(),
-                elapsed_ns: o.elapsed_ns,
-                ..Default::default()
-            }));
+            log(&format!(
+                "cannot send a result frame of {} bytes: over the ring's frame limit",
+                frame.len()
+            ));
         }
     }
 }

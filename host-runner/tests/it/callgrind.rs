@@ -1,6 +1,7 @@
 //! A regression guard that does not depend on the machine's noise: the instructions the host
 //! executes per call (Process frame in -> frame loop -> hand-off -> plugin -> reply lane ->
-//! ProcessResult frame out), counted by callgrind.
+//! ProcessResult frame out), counted by callgrind; and the same for a call through the worker
+//! thread's own ring lane (Process frame in -> worker thread -> plugin -> frame out).
 //!
 //! The host runs under `valgrind --tool=callgrind` with `--no-spin` (waits sleep at once, so
 //! no instruction is spent waiting: their number depends on timing, not on the code) and
@@ -26,6 +27,9 @@ const MANY: u64 = 550;
 /// Re-measure with `WM_CALLGRIND_PRINT=1 cargo test -p workmanager-host-runner --test it
 /// callgrind -- --nocapture` when the path changes on purpose, and update docs/benchmarks.md.
 const RECORDED_DEBUG: u64 = 284_000;
+/// Debug build, a call through the worker thread's lane (278,142 in the run that recorded it;
+/// docs/benchmarks.md).
+const RECORDED_LANE_DEBUG: u64 = 278_000;
 const RECORDED_RELEASE: u64 = 0;
 /// Growth that fails the guard.
 const TOLERANCE: f64 = 0.20;
@@ -36,8 +40,21 @@ fn valgrind() -> Option<PathBuf> {
 }
 
 /// Total instructions (`Ir`) the host executed for `calls` echo calls.
-fn instructions(dir: &Path, calls: u64) -> u64 {
-    let out_file = dir.join(format!("callgrind.{calls}.out"));
+/// Which ring the calls take: the control ring (frame loop -> queue -> worker thread) or a lane
+/// of the worker's thread.
+#[derive(Clone, Copy, PartialEq)]
+enum Route {
+    Control,
+    Lane,
+}
+
+fn instructions(dir: &Path, calls: u64, path: Route) -> u64 {
+    let tag = if path == Route::Lane {
+        "lane"
+    } else {
+        "control"
+    };
+    let out_file = dir.join(format!("callgrind.{tag}.{calls}.out"));
     let out_arg = format!("--callgrind-out-file={}", out_file.display());
     let mut h = Host::spawn_wrapped(
         &["valgrind", "--tool=callgrind", "--quiet", &out_arg],
@@ -47,10 +64,19 @@ fn instructions(dir: &Path, calls: u64) -> u64 {
         &["--no-seccomp", "--no-spin", "--rlimit-nofile", "1048576"],
         &[],
     );
-    let r = h.load("echo", &worker_c());
+    let r = match path {
+        Route::Control => h.load("echo", &worker_c()),
+        Route::Lane => h.load_lanes("echo", &worker_c(), 1, &[0]),
+    };
     assert!(r.ok, "{r:?}");
     for n in 1..=calls {
-        let res = h.call(n, "echo", "echo", b"ping");
+        let res = match path {
+            Route::Control => h.call(n, "echo", "echo", b"ping"),
+            Route::Lane => {
+                h.process_on(0, n, "echo", "echo", b"ping");
+                h.result(n)
+            }
+        };
         assert_eq!(res.status, ResultStatus::Ok, "{res:?}");
     }
     h.send(Message::Shutdown { deadline_ms: 5000 });
@@ -67,6 +93,16 @@ fn instructions(dir: &Path, calls: u64) -> u64 {
 
 #[test]
 fn callgrind_instructions_per_call_stay_within_20_percent_of_the_record() {
+    guard(Route::Control, RECORDED_DEBUG, RECORDED_RELEASE);
+}
+
+/// The same guard for a call through the worker thread's own lane (no frame loop, no queue).
+#[test]
+fn callgrind_instructions_per_lane_call_stay_within_20_percent_of_the_record() {
+    guard(Route::Lane, RECORDED_LANE_DEBUG, RECORDED_RELEASE);
+}
+
+fn guard(path: Route, recorded_debug: u64, recorded_release: u64) {
     if valgrind().is_none() {
         eprintln!(
             "SKIPPED: valgrind is not installed (scripts/install-deps.sh installs it); the \
@@ -75,15 +111,22 @@ fn callgrind_instructions_per_call_stay_within_20_percent_of_the_record() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let few = instructions(dir.path(), FEW);
-    let many = instructions(dir.path(), MANY);
+    let few = instructions(dir.path(), FEW, path);
+    let many = instructions(dir.path(), MANY, path);
     let per_call = many.saturating_sub(few) / (MANY - FEW);
     let (profile, recorded) = if cfg!(debug_assertions) {
-        ("debug", RECORDED_DEBUG)
+        ("debug", recorded_debug)
     } else {
-        ("release", RECORDED_RELEASE)
+        ("release", recorded_release)
     };
-    println!("callgrind: {per_call} instructions per call ({profile} build; recorded {recorded})");
+    let tag = if path == Route::Lane {
+        "lane"
+    } else {
+        "control ring"
+    };
+    println!(
+        "callgrind ({tag}): {per_call} instructions per call ({profile} build; recorded {recorded})"
+    );
     assert!(per_call > 0, "{few} then {many} instructions");
     if recorded == 0 {
         println!("callgrind: no count recorded for the {profile} build; nothing to compare");

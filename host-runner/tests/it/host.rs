@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use wm_shared::protocol::{self, Message, ResultStatus};
 use wm_shared::ring::{
-    self, CrashRecord, FrameReceiver, FrameSender, HostState, Region, RingConfig, Side,
+    self, CrashRecord, FrameSender, HostState, MultiReceiver, Region, RingConfig, Side, Source,
 };
 
 use crate::util::*;
@@ -21,16 +21,20 @@ use crate::util::*;
 /// Every wait in these tests is bounded by this watchdog.
 const WATCHDOG: Duration = Duration::from_secs(20);
 
-static NEXT: AtomicU64 = AtomicU64::new(1);
+pub(crate) static NEXT: AtomicU64 = AtomicU64::new(1);
 
 /// A running host-runner and the supervisor's ends of its ring.
 pub struct Host {
     child: Child,
     region: Arc<Region>,
     tx: FrameSender,
-    rx: FrameReceiver,
+    /// The supervisor's ends of the region's lanes (to-host).
+    pub lanes: Vec<FrameSender>,
+    rx: MultiReceiver,
     /// Frames received but not yet asked for.
     backlog: Vec<Message>,
+    /// The ring each `ProcessResult` came on, by message id.
+    pub result_sources: std::collections::HashMap<u64, Source>,
     pub stderr: Arc<Mutex<Vec<String>>>,
     pub ready: protocol::Ready,
 }
@@ -61,6 +65,7 @@ impl Host {
                 &RingConfig {
                     ring_bytes: 1 << 20,
                     max_frame: 256 << 10,
+                    ..RingConfig::default()
                 },
             )
             .expect("region"),
@@ -111,13 +116,15 @@ impl Host {
                 sink.lock().unwrap().push(line);
             }
         });
-        let (tx, rx) = ring::supervisor_channels(region.clone());
+        let (tx, lanes, rx) = ring::supervisor_lanes(region.clone());
         let mut host = Host {
             child,
             region,
             tx,
+            lanes,
             rx,
             backlog: Vec::new(),
+            result_sources: Default::default(),
             stderr,
             ready: protocol::Ready::default(),
         };
@@ -143,7 +150,13 @@ impl Host {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut buf = Vec::new();
         match self.rx.recv(&mut buf, Some(left)) {
-            Ok(()) => Some(Message::decode(&buf).expect("host frames decode")),
+            Ok(source) => {
+                let m = Message::decode(&buf).expect("host frames decode");
+                if let Message::ProcessResult(r) = &m {
+                    self.result_sources.insert(r.msg_id, source);
+                }
+                Some(m)
+            }
             Err(_) => None,
         }
     }
@@ -225,6 +238,43 @@ impl Host {
         })
     }
 
+    /// Loads `worker_id` with `threads` threads, thread i serving `lanes[i]`.
+    pub fn load_lanes(
+        &mut self,
+        worker_id: &str,
+        so: &Path,
+        threads: u32,
+        lanes: &[u32],
+    ) -> protocol::LoadResult {
+        let s = spec(worker_id, so);
+        self.load_with(protocol::LoadWorker {
+            request_id: NEXT.fetch_add(1, Ordering::Relaxed),
+            worker_id: s.worker_id,
+            package_dir: s.package_dir.to_string_lossy().into_owned(),
+            library_path: s.library_path,
+            entry_point: s.entry_point,
+            free_result: s.free_result,
+            topic: s.topic,
+            max_concurrency: threads,
+            timeout_ms: 2000,
+            lanes: lanes.to_vec(),
+            ..Default::default()
+        })
+    }
+
+    /// Sends a `Process` into lane `lane` (as the supervisor's link does for a worker with
+    /// lanes).
+    pub fn process_on(&self, lane: usize, msg_id: u64, worker_id: &str, ty: &str, data: &[u8]) {
+        let m = Message::Process(protocol::Process {
+            msg_id,
+            worker_id: worker_id.into(),
+            event: event(ty, data),
+        });
+        self.lanes[lane]
+            .send(&m.encode(), Duration::from_secs(5))
+            .expect("send into the lane");
+    }
+
     pub fn process(&self, msg_id: u64, worker_id: &str, ty: &str, data: &[u8]) {
         self.send(Message::Process(protocol::Process {
             msg_id,
@@ -285,7 +335,7 @@ impl Host {
                 let _ = self.child.kill();
                 let mut buf = Vec::new();
                 let mut frames = Vec::new();
-                while self.rx.try_recv(&mut buf).unwrap_or(false) {
+                while self.rx.try_recv(&mut buf).ok().flatten().is_some() {
                     frames.push(
                         Message::decode(&buf)
                             .map(|m| format!("{m:?}"))
@@ -322,7 +372,7 @@ impl Drop for Host {
     }
 }
 
-fn data_of(r: &protocol::ProcessResult) -> String {
+pub(crate) fn data_of(r: &protocol::ProcessResult) -> String {
     let ev = response(&r.response).result_event.expect("result event");
     String::from_utf8_lossy(ev.data.as_deref().unwrap_or_default()).into_owned()
 }
@@ -976,6 +1026,7 @@ fn the_host_dies_with_its_parent() {
             &RingConfig {
                 ring_bytes: 1 << 16,
                 max_frame: 1 << 14,
+                ..RingConfig::default()
             },
         )
         .expect("region"),
@@ -1071,7 +1122,7 @@ fn unload_lets_queued_calls_finish_first_and_stats_count_them_in_flight() {
 }
 
 /// Clock ticks (utime + stime, all threads) the process has used.
-fn cpu_ticks(pid: i32) -> u64 {
+pub(crate) fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
     // Fields after the command name, which ends at the last ')'.
     let rest = &stat[stat.rfind(')').expect("comm") + 2..];

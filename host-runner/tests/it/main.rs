@@ -7,4 +7,5 @@ mod callgrind;
 mod dotnet;
 mod engine;
 mod host;
+mod lanes;
 mod util;

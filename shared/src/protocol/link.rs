@@ -2,21 +2,29 @@
 //! host-initiated messages.
 //!
 //! tokio cannot wait on a futex, so each link owns a dedicated std thread that blocks in
-//! `FrameReceiver::recv` on the from-host ring, decodes each frame (after it was copied out of
-//! shared memory) and routes it: replies to the oneshot of the matching `request`, everything
-//! else to the mpsc returned by [`HostLink::new`].
+//! `MultiReceiver::recv` on every from-host ring (the control ring and the lanes), decodes each
+//! frame (after it was copied out of shared memory) and routes it: replies to the oneshot of the
+//! matching `request`, everything else to the mpsc returned by [`HostLink::new`].
+//!
+//! **Lanes** (docs/ring.md): a worker loaded with [`HostLink::assign_lanes`] has a lane per
+//! thread; its `Process` frames go to the lane with the fewest calls in flight (lane = the
+//! thread's concurrency slot), or to the control ring when the frame is too large for a lane.
+//! The host is untrusted on lanes too: a lane may carry only `ProcessResult`s, and only for
+//! calls sent on that lane (or late ones nobody waits for, which the pool checks); anything
+//! else cuts the host off as misbehaving.
 //!
 //! **Invariant:** once the link is dead (peer died, ring closed or corrupt), `pending` is empty
 //! and stays empty: `request` checks `dead` under the same lock that `fail_all` drains under.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Message, ProtocolError};
-use crate::ring::{self, FrameReceiver, FrameSender, Region, RingError, Side};
+use crate::ring::{self, FrameSender, MultiReceiver, Region, RingError, Side, Source};
 
 /// How long a send may wait for room in a full to-host ring before failing with `Full`.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -109,15 +117,37 @@ fn reply_key(m: &Message) -> Option<Key> {
     })
 }
 
+/// Where a request went: the control ring or a lane.
+type Route = Option<u32>;
+
 #[derive(Default)]
 struct Pending {
     dead: Option<LinkError>,
-    waiting: HashMap<Key, oneshot::Sender<Reply>>,
+    waiting: HashMap<Key, (oneshot::Sender<Reply>, Route)>,
+}
+
+/// The supervisor's end of one lane.
+struct Lane {
+    tx: FrameSender,
+    /// Calls sent on this lane whose request has not ended (the routing weight).
+    in_flight: AtomicU32,
+}
+
+/// Which worker owns which lanes.
+#[derive(Default)]
+struct LaneTable {
+    owner: Vec<Option<String>>,
+    by_worker: HashMap<String, Arc<[u32]>>,
 }
 
 struct Inner {
     region: Arc<Region>,
     tx: FrameSender,
+    lanes: Vec<Lane>,
+    /// Read on every call (a read lock, no writer while calls flow), written at load/unload.
+    table: RwLock<LaneTable>,
+    /// Largest frame a lane carries.
+    lane_max_frame: usize,
     pending: Mutex<Pending>,
 }
 
@@ -136,7 +166,7 @@ impl Inner {
             }
             p.waiting.drain().collect()
         };
-        for (_, tx) in drained {
+        for (_, (tx, _)) in drained {
             let _ = tx.send(Err(why.clone()));
         }
     }
@@ -156,15 +186,20 @@ impl std::fmt::Debug for HostLink {
     }
 }
 
-/// Removes a pending entry when a `request` future is dropped before its reply came.
+/// Removes a pending entry when a `request` future ends (reply or dropped), and gives back
+/// its lane's place.
 struct PendingGuard<'a> {
     inner: &'a Inner,
     key: Key,
+    route: Route,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.inner.pending().waiting.remove(&self.key);
+        if let Some(lane) = self.route.and_then(|k| self.inner.lanes.get(k as usize)) {
+            lane.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -174,10 +209,24 @@ impl HostLink {
     /// replies are matched to `request` calls by (kind, id). The receiver ends (`None`) when the
     /// link dies. Call once per region (it takes the supervisor's ends of the rings).
     pub fn new(region: Arc<Region>) -> (HostLink, mpsc::Receiver<Message>) {
-        let (tx, rx) = ring::supervisor_channels(region.clone());
+        let (tx, lane_tx, rx) = ring::supervisor_lanes(region.clone());
+        let lanes: Vec<Lane> = lane_tx
+            .into_iter()
+            .map(|tx| Lane {
+                tx,
+                in_flight: AtomicU32::new(0),
+            })
+            .collect();
+        let table = LaneTable {
+            owner: vec![None; lanes.len()],
+            by_worker: HashMap::new(),
+        };
         let inner = Arc::new(Inner {
+            lane_max_frame: region.config().lane_max_frame(),
             region,
             tx,
+            lanes,
+            table: RwLock::new(table),
             pending: Mutex::new(Pending::default()),
         });
         let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
@@ -200,6 +249,13 @@ impl HostLink {
     pub async fn request(&self, msg: Message) -> Result<Message, LinkError> {
         let kind = msg.kind();
         let key = request_key(&msg).ok_or(LinkError::NotARequest { kind })?;
+        let frame = msg.encode();
+        let route = match &msg {
+            Message::Process(p) if frame.len() <= self.inner.lane_max_frame => {
+                self.pick_lane(&p.worker_id)
+            }
+            _ => None,
+        };
         let (tx, rx) = oneshot::channel();
         {
             let mut p = self.inner.pending();
@@ -209,16 +265,104 @@ impl HostLink {
             if p.waiting.contains_key(&key) {
                 return Err(LinkError::DuplicateRequest { kind, id: key.1 });
             }
-            p.waiting.insert(key, tx);
+            p.waiting.insert(key, (tx, route));
+        }
+        if let Some(lane) = route.and_then(|k| self.inner.lanes.get(k as usize)) {
+            lane.in_flight.fetch_add(1, Ordering::Relaxed);
         }
         let guard = PendingGuard {
             inner: &self.inner,
             key,
+            route,
         };
-        self.send_async(&msg).await?;
+        let sender = match route.and_then(|k| self.inner.lanes.get(k as usize)) {
+            Some(lane) => &lane.tx,
+            None => &self.inner.tx,
+        };
+        self.send_frame_async(sender, kind, &frame).await?;
         let reply = rx.await.unwrap_or(Err(LinkError::PeerGone));
         drop(guard);
         reply
+    }
+
+    /// The lane of `worker_id` with the fewest calls in flight (`None`: it has no lanes).
+    fn pick_lane(&self, worker_id: &str) -> Route {
+        let table = self
+            .inner
+            .table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let lanes = table.by_worker.get(worker_id)?;
+        lanes.iter().copied().min_by_key(|&k| {
+            self.inner
+                .lanes
+                .get(k as usize)
+                .map_or(u32::MAX, |l| l.in_flight.load(Ordering::Relaxed))
+        })
+    }
+
+    /// Gives `worker_id` up to `threads` free lanes (its threads' lanes, in thread order) and
+    /// returns them for its `LoadWorker`; a worker that has lanes keeps them (a reload). Fewer
+    /// (or none) when the region's lanes (`RING_LANES`) are taken: those threads take their
+    /// calls from the control ring.
+    pub fn assign_lanes(&self, worker_id: &str, threads: u32) -> Vec<u32> {
+        let mut table = self
+            .inner
+            .table
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(l) = table.by_worker.get(worker_id) {
+            return l.to_vec();
+        }
+        let free: Vec<u32> = table
+            .owner
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.is_none())
+            .map(|(k, _)| k as u32)
+            .take(threads as usize)
+            .collect();
+        if free.is_empty() {
+            return free;
+        }
+        for &k in &free {
+            table.owner[k as usize] = Some(worker_id.to_string());
+        }
+        table
+            .by_worker
+            .insert(worker_id.to_string(), free.clone().into());
+        free
+    }
+
+    /// Frees the lanes of `worker_id` (after its `UnloadResult`, or when its load failed):
+    /// no call is routed to them any more.
+    pub fn release_lanes(&self, worker_id: &str) {
+        let mut table = self
+            .inner
+            .table
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(lanes) = table.by_worker.remove(worker_id) {
+            for &k in lanes.iter() {
+                if let Some(o) = table.owner.get_mut(k as usize) {
+                    *o = None;
+                }
+            }
+        }
+    }
+
+    /// The lanes `worker_id` holds (empty: its calls take the control ring).
+    pub fn lanes_of(&self, worker_id: &str) -> Vec<u32> {
+        let table = self
+            .inner
+            .table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        table
+            .by_worker
+            .get(worker_id)
+            .map(|l| l.to_vec())
+            .unwrap_or_default()
     }
 
     /// Maps a ring error of a send. The to-host ring's reader index is host memory: an
@@ -263,12 +407,20 @@ impl HostLink {
     /// until `SEND_TIMEOUT`. A host that stops reading its ring costs this future (and the
     /// encoded frame) for at most `SEND_TIMEOUT`, and no thread; then `Send` (ring full).
     pub async fn send_async(&self, msg: &Message) -> Result<(), LinkError> {
-        let frame = msg.encode();
-        let kind = msg.kind();
+        self.send_frame_async(&self.inner.tx, msg.kind(), &msg.encode())
+            .await
+    }
+
+    async fn send_frame_async(
+        &self,
+        tx: &FrameSender,
+        kind: &'static str,
+        frame: &[u8],
+    ) -> Result<(), LinkError> {
         let deadline = tokio::time::Instant::now() + SEND_TIMEOUT;
         let mut pause = Duration::from_micros(200);
         loop {
-            match self.inner.tx.send(&frame, Duration::ZERO) {
+            match tx.send(frame, Duration::ZERO) {
                 Ok(()) => return Ok(()),
                 Err(RingError::Full) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(pause).await;
@@ -319,11 +471,42 @@ fn send_error(kind: &'static str, e: RingError) -> LinkError {
     }
 }
 
-fn reader_loop(inner: Arc<Inner>, mut rx: FrameReceiver, events: mpsc::Sender<Message>) {
+/// Checks that a frame that came on `source` may be there; `Err` names the violation.
+fn check_route(
+    inner: &Inner,
+    source: Source,
+    msg: &Message,
+    key: Option<Key>,
+) -> Result<(), String> {
+    let Source::Lane(k) = source else {
+        // The control ring carries everything, results of lane calls included (a result too
+        // large for its lane comes back here).
+        return Ok(());
+    };
+    let Message::ProcessResult(r) = msg else {
+        return Err(format!(
+            "lane {k} carried a {} frame; lanes carry only ProcessResult",
+            msg.kind()
+        ));
+    };
+    let route = key.and_then(|key| inner.pending().waiting.get(&key).map(|(_, route)| *route));
+    match route {
+        // Sent on this lane, or nobody waits (a late result: the pool checks it is in flight).
+        Some(Some(sent)) if sent as usize == k => Ok(()),
+        None => Ok(()),
+        Some(sent) => Err(format!(
+            "lane {k} carried the result of message {}, which was sent on {}",
+            r.msg_id,
+            sent.map_or("the control ring".to_string(), |j| format!("lane {j}"))
+        )),
+    }
+}
+
+fn reader_loop(inner: Arc<Inner>, mut rx: MultiReceiver, events: mpsc::Sender<Message>) {
     let mut buf = Vec::new();
     let why = loop {
-        match rx.recv(&mut buf, None) {
-            Ok(()) => {}
+        let source = match rx.recv(&mut buf, None) {
+            Ok(source) => source,
             Err(RingError::PeerGone) => break LinkError::PeerGone,
             Err(e) => {
                 tracing::warn!(error = %e, "host ring unusable; disconnecting the host");
@@ -332,6 +515,16 @@ fn reader_loop(inner: Arc<Inner>, mut rx: FrameReceiver, events: mpsc::Sender<Me
                     reason: e.to_string(),
                 };
             }
+        };
+        // The host may scribble the to-host control ring's reader index, which the supervisor
+        // only reads when it writes there: with lanes that can be rare, so look at it whenever
+        // the host sends something (one uncontended lock and a load).
+        if let Err(e) = inner.tx.check_peer() {
+            tracing::warn!(error = %e, "host scribbled its to-host ring; disconnecting the host");
+            inner.region.mark_closed(Side::Host);
+            break LinkError::HostMisbehaved {
+                reason: format!("its to-host ring is corrupt: {e}"),
+            };
         }
         let msg = match Message::decode(&buf) {
             Ok(m) => m,
@@ -344,9 +537,15 @@ fn reader_loop(inner: Arc<Inner>, mut rx: FrameReceiver, events: mpsc::Sender<Me
                 };
             }
         };
-        let waiter = reply_key(&msg).and_then(|k| inner.pending().waiting.remove(&k));
+        let key = reply_key(&msg);
+        if let Err(what) = check_route(&inner, source, &msg, key) {
+            tracing::warn!(violation = %what, "host broke the lane protocol; disconnecting the host");
+            inner.region.mark_closed(Side::Host);
+            break LinkError::HostMisbehaved { reason: what };
+        }
+        let waiter = key.and_then(|k| inner.pending().waiting.remove(&k));
         match waiter {
-            Some(tx) => {
+            Some((tx, _)) => {
                 // The requester may have given up (dropped its future): then the reply is dropped.
                 let _ = tx.send(Ok(msg));
             }
@@ -506,6 +705,206 @@ mod tests {
             ));
             assert!(events.recv().await.is_none());
             assert!(sup.is_closed(Side::Host));
+        })
+        .await;
+    }
+
+    fn result_for(p: Process) -> Message {
+        Message::ProcessResult(ProcessResult {
+            msg_id: p.msg_id,
+            worker_id: p.worker_id,
+            status: ResultStatus::Ok,
+            response: p.event,
+            ..Default::default()
+        })
+    }
+
+    /// A host thread serving lane `k`: answers each Process on the lane, counts them.
+    fn lane_host(host: Arc<Region>, k: usize) -> std::thread::JoinHandle<usize> {
+        std::thread::spawn(move || {
+            let (tx, mut rx) = ring::host_lane(host, k).unwrap();
+            let mut buf = Vec::new();
+            let mut served = 0;
+            while rx.recv(&mut buf, None).is_ok() {
+                let Ok(Message::Process(p)) = Message::decode(&buf) else {
+                    panic!("lane {k} got something else than a Process");
+                };
+                served += 1;
+                if tx
+                    .send(&result_for(p).encode(), Duration::from_secs(5))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            served
+        })
+    }
+
+    fn process(msg_id: u64, worker: &str) -> Message {
+        Message::Process(Process {
+            msg_id,
+            worker_id: worker.into(),
+            event: msg_id.to_le_bytes().to_vec(),
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_of_a_worker_with_lanes_take_its_lanes_and_others_the_control_ring() {
+        watchdog(async {
+            let (sup, host) = pair();
+            let control = fake_host(host.clone());
+            let (link, mut events) = HostLink::new(sup.clone());
+            let _ = events.recv().await; // the fake host's Log
+            assert_eq!(link.assign_lanes("w", 2), vec![0, 1]);
+            assert_eq!(
+                link.assign_lanes("w", 2),
+                vec![0, 1],
+                "a reload keeps its lanes"
+            );
+            assert_eq!(link.assign_lanes("v", 1), vec![2]);
+            let lanes: Vec<_> = (0..3).map(|k| lane_host(host.clone(), k)).collect();
+            let mut tasks = Vec::new();
+            for i in 0..40u64 {
+                let link = link.clone();
+                let worker = ["w", "v", "nolanes"][i as usize % 3];
+                tasks.push(tokio::spawn(async move {
+                    match link.request(process(i, worker)).await.unwrap() {
+                        Message::ProcessResult(r) => {
+                            assert_eq!((r.msg_id, r.response), (i, i.to_le_bytes().to_vec()))
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            // A frame too large for a lane takes the control ring.
+            let big = Message::Process(Process {
+                msg_id: 99,
+                worker_id: "v".into(),
+                event: vec![7; sup.config().lane_max_frame() + 1],
+            });
+            assert!(matches!(
+                link.request(big).await.unwrap(),
+                Message::ProcessResult(r) if r.msg_id == 99
+            ));
+            assert_eq!(link.in_flight(), 0);
+            link.release_lanes("w");
+            assert!(link.lanes_of("w").is_empty());
+            assert_eq!(link.assign_lanes("u", 4), vec![0, 1, 3, 4]);
+            link.peer_died();
+            let served: Vec<usize> = lanes.into_iter().map(|h| h.join().unwrap()).collect();
+            // 40 calls: 14 for w over lanes 0 and 1, 13 for v on lane 2, 13 on the control ring.
+            assert_eq!(served[0] + served[1], 14, "{served:?}");
+            assert_eq!(served[2], 13, "{served:?}");
+            tokio::task::spawn_blocking(move || control.join().unwrap())
+                .await
+                .unwrap();
+        })
+        .await;
+    }
+
+    /// The host answers a call sent on lane 0 on lane 1: cut off as misbehaving.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_result_on_another_lane_than_its_call_cuts_the_host_off() {
+        watchdog(async {
+            let (sup, host) = pair();
+            let (link, mut events) = HostLink::new(sup.clone());
+            assert_eq!(link.assign_lanes("w", 1), vec![0]);
+            let h = std::thread::spawn(move || {
+                let (_, mut rx0) = ring::host_lane(host.clone(), 0).unwrap();
+                let (tx1, _) = ring::host_lane(host, 1).unwrap();
+                let mut buf = Vec::new();
+                rx0.recv(&mut buf, Some(Duration::from_secs(10))).unwrap();
+                let Ok(Message::Process(p)) = Message::decode(&buf) else {
+                    panic!("expected a Process on lane 0");
+                };
+                tx1.send(&result_for(p).encode(), Duration::from_secs(5))
+                    .unwrap();
+            });
+            let r = link.request(process(5, "w")).await;
+            assert!(
+                matches!(&r, Err(LinkError::HostMisbehaved { reason }) if reason.contains("lane 1") && reason.contains("lane 0")),
+                "{r:?}"
+            );
+            assert!(events.recv().await.is_none());
+            assert!(sup.is_closed(Side::Host));
+            h.join().unwrap();
+        })
+        .await;
+    }
+
+    /// A lane carries only results: a Log (or anything else) on a lane cuts the host off.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn anything_but_a_result_on_a_lane_cuts_the_host_off() {
+        watchdog(async {
+            let (sup, host) = pair();
+            let (link, mut events) = HostLink::new(sup.clone());
+            let (tx, _) = ring::host_lane(host, 3).unwrap();
+            let log = Message::Log(crate::protocol::Log {
+                message: "sneaky".into(),
+                ..Default::default()
+            });
+            tx.send(&log.encode(), Duration::from_secs(1)).unwrap();
+            assert!(events.recv().await.is_none(), "the Log must not be delivered");
+            assert!(matches!(
+                link.dead_reason(),
+                Some(LinkError::HostMisbehaved { reason }) if reason.contains("lanes carry only ProcessResult")
+            ));
+        })
+        .await;
+    }
+
+    /// A result on a lane that nobody waits for (a late answer, or a forged one) goes to the
+    /// event stream, where the pool checks it against the calls in flight.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_result_nobody_waits_for_on_a_lane_goes_to_the_events() {
+        watchdog(async {
+            let (sup, host) = pair();
+            let (link, mut events) = HostLink::new(sup);
+            let (tx, _) = ring::host_lane(host, 2).unwrap();
+            let Message::Process(p) = process(77, "w") else {
+                unreachable!()
+            };
+            tx.send(&result_for(p).encode(), Duration::from_secs(1))
+                .unwrap();
+            assert!(matches!(
+                events.recv().await,
+                Some(Message::ProcessResult(r)) if r.msg_id == 77
+            ));
+            assert!(!link.is_dead());
+        })
+        .await;
+    }
+
+    /// The host moves the to-host control ring's reader index while its calls go through a
+    /// lane: the link notices at the next frame the host sends, not at its next control send.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scribbled_control_ring_is_noticed_while_calls_take_lanes() {
+        watchdog(async {
+            let (sup, host) = pair();
+            let (link, mut events) = HostLink::new(sup.clone());
+            assert_eq!(link.assign_lanes("w", 1), vec![0]);
+            let h = std::thread::spawn(move || {
+                let (tx, mut rx) = ring::host_lane(host.clone(), 0).unwrap();
+                let mut buf = Vec::new();
+                rx.recv(&mut buf, Some(Duration::from_secs(10))).unwrap();
+                let Ok(Message::Process(p)) = Message::decode(&buf) else {
+                    panic!("expected a Process on lane 0");
+                };
+                host.ctl(0).head.store(0x5A5A_5A58, std::sync::atomic::Ordering::Release);
+                tx.send(&result_for(p).encode(), Duration::from_secs(5))
+                    .unwrap();
+            });
+            let r = link.request(process(1, "w")).await;
+            assert!(
+                matches!(&r, Err(LinkError::HostMisbehaved { reason }) if reason.contains("to-host ring is corrupt")),
+                "{r:?}"
+            );
+            assert!(events.recv().await.is_none());
+            h.join().unwrap();
         })
         .await;
     }

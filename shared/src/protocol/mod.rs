@@ -120,6 +120,9 @@ pub struct LoadWorker {
     pub max_concurrency: u32,
     /// Per-call limit for gateway calls and replies, ms (schema default 30000).
     pub timeout_ms: u32,
+    /// Ring lanes for the worker's threads: thread i reads its calls from lane `lanes[i]`
+    /// (docs/ring.md, "Lanes"). Empty: every call goes through the control ring.
+    pub lanes: Vec<u32>,
 }
 
 /// host -> supervisor: outcome of a `LoadWorker`.
@@ -453,6 +456,7 @@ impl Message {
                     })
                     .collect();
                 let config = (!kvs.is_empty()).then(|| b.create_vector(&kvs));
+                let lanes = (!m.lanes.is_empty()).then(|| b.create_vector(&m.lanes));
                 let t = fb::LoadWorker::create(
                     b,
                     &fb::LoadWorkerArgs {
@@ -467,6 +471,7 @@ impl Message {
                         config,
                         max_concurrency: m.max_concurrency,
                         timeout_ms: m.timeout_ms,
+                        lanes,
                     },
                 );
                 (fb::Payload::LoadWorker, t.as_union_value())
@@ -671,6 +676,7 @@ impl Message {
                         .unwrap_or_default(),
                     max_concurrency: m.max_concurrency(),
                     timeout_ms: m.timeout_ms(),
+                    lanes: m.lanes().map(|v| v.iter().collect()).unwrap_or_default(),
                 })
             }
             fb::Payload::LoadResult => {

@@ -23,6 +23,7 @@ fn samples() -> Vec<Message> {
             config: vec![("a".into(), "1".into()), ("b".into(), "".into())],
             max_concurrency: 4,
             timeout_ms: 1500,
+            lanes: vec![2, 5],
         }),
         Message::LoadResult(LoadResult {
             request_id: 7,

@@ -5,9 +5,17 @@
 //! offset 64     CrashSlot x 4     (128 bytes each)
 //! offset 1024   RingCtl to-host   (128 bytes: writer line, reader line)
 //! offset 1152   RingCtl from-host (128 bytes)
+//! offset 1280   Doorbell          (64 bytes: the supervisor's one futex for every from-host ring)
 //! offset 4096   to-host data      (ring_bytes)
 //! offset 4096 + ring_bytes   from-host data (ring_bytes)
+//! lanes (layout version 2, only when the header's `lanes` > 0), from L = 4096 + 2 * ring_bytes:
+//! L             RingCtl x 2 per lane (lane k: to-host at L + 256 k, from-host at L + 256 k + 128),
+//!               rounded up to a page
+//! L + ctl       lane data: lane k to-host, lane k from-host, ... (lane_bytes each)
 //! ```
+//!
+//! A region without lanes is byte for byte a layout-version-1 region (the lane fields sit in
+//! what version 1 reserved as zero) and is written as version 1, so hosts of either build map it.
 //!
 //! **Invariant:** every field the other process may write is an atomic, so neither side ever
 //! holds a plain reference to memory that changes under it. Sizes read back from the header are
@@ -17,8 +25,10 @@ use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, AtomicU64};
 
 /// `b"WMRING\0\x01"` as a little-endian u64: identifies a workmanager ring region.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"WMRING\0\x01");
-/// Bumped whenever anything in this file changes shape.
-pub const LAYOUT_VERSION: u32 = 1;
+/// Bumped whenever anything in this file changes shape. Version 2 added the lanes.
+pub const LAYOUT_VERSION: u32 = 2;
+/// The layout version of a region without lanes (identical to version 1).
+pub const LAYOUT_VERSION_NO_LANES: u32 = 1;
 /// Bumped whenever `schemas/host_protocol.fbs` changes incompatibly; checked at map time.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// How many crash slots a region has (one per faulting thread that manages to report).
@@ -30,8 +40,14 @@ pub const CRASH_WORKER_ID_BYTES: usize = 88;
 pub const CRASH_OFFSET: usize = 64;
 /// Byte offset of the two ring control blocks (to-host first).
 pub const CTL_OFFSET: usize = 1024;
+/// Byte offset of the doorbell (after the two control blocks).
+pub const DOORBELL_OFFSET: usize = CTL_OFFSET + 2 * size_of::<RingCtl>();
 /// Byte offset of the first ring's data; the second follows after `ring_bytes`.
 pub const DATA_OFFSET: usize = 4096;
+/// Most lanes a region may have.
+pub const MAX_LANES: usize = 256;
+/// Bytes of one lane's two control blocks.
+pub const LANE_CTL_BYTES: usize = 2 * size_of::<RingCtl>();
 
 /// Frame header kind: a frame of `len` payload bytes follows.
 pub const KIND_FRAME: u32 = 0x574D_0001;
@@ -55,7 +71,20 @@ pub struct Header {
     pub host_state: AtomicU32,
     /// `closed[Side::Supervisor as usize]`, `closed[Side::Host as usize]`: non-zero once gone.
     pub closed: [AtomicU32; 2],
-    pub _reserved: [u8; 8],
+    /// Lanes (SPSC pairs of their own, one per worker thread); 0 in a version-1 region.
+    pub lanes: AtomicU32,
+    /// Bytes of each direction of each lane (a power of two); 0 without lanes.
+    pub lane_bytes: AtomicU32,
+}
+
+/// The supervisor's single futex for all from-host rings: its reader sets `waiting` before it
+/// sleeps on `seq`, and every host writer, after publishing, bumps and wakes it when set (the
+/// same Dekker pair as a ring's `reader_waiting`/`data_seq`).
+#[repr(C, align(64))]
+pub struct Doorbell {
+    pub waiting: AtomicU32,
+    pub seq: AtomicU32,
+    pub _pad: [u8; 56],
 }
 
 /// One direction's indices and futex words. Positions are byte counters that only grow (mod
@@ -103,6 +132,10 @@ const _: () = {
     assert!(std::mem::offset_of!(Header, crash_slots) == 40);
     assert!(std::mem::offset_of!(Header, host_state) == 44);
     assert!(std::mem::offset_of!(Header, closed) == 48);
+    assert!(std::mem::offset_of!(Header, lanes) == 56);
+    assert!(std::mem::offset_of!(Header, lane_bytes) == 60);
+    assert!(size_of::<Doorbell>() == 64);
+    assert!(DOORBELL_OFFSET + size_of::<Doorbell>() <= DATA_OFFSET);
     assert!(size_of::<CrashSlot>() == 128);
     assert!(std::mem::offset_of!(CrashSlot, worker_id) == 32);
     assert!(size_of::<RingCtl>() == 128);
@@ -119,7 +152,28 @@ pub const fn align8(n: usize) -> usize {
     n.saturating_add(7) & !7
 }
 
-/// Total bytes of a region whose rings are `ring_bytes` each.
-pub const fn region_bytes(ring_bytes: usize) -> usize {
+/// Byte offset of the lane area (right after the two main rings).
+pub const fn lanes_offset(ring_bytes: usize) -> usize {
     DATA_OFFSET + 2 * ring_bytes
+}
+
+/// Bytes of the lane control blocks, rounded up to a page (the lane data stays page-aligned).
+pub const fn lane_ctl_area(lanes: usize) -> usize {
+    (lanes * LANE_CTL_BYTES).div_ceil(4096) * 4096
+}
+
+/// Total bytes of a region whose rings are `ring_bytes` each, with `lanes` lanes of
+/// `lane_bytes` per direction; `None` on overflow. Callers validate the sizes first.
+pub const fn region_bytes(ring_bytes: usize, lanes: usize, lane_bytes: usize) -> Option<usize> {
+    let main = DATA_OFFSET + 2 * ring_bytes;
+    if lanes == 0 {
+        return Some(main);
+    }
+    match (2 * lanes).checked_mul(lane_bytes) {
+        Some(data) => match (main + lane_ctl_area(lanes)).checked_add(data) {
+            Some(t) => Some(t),
+            None => None,
+        },
+        None => None,
+    }
 }

@@ -319,3 +319,149 @@ fn batches_publish_before_waiting_and_lose_no_wakeup() {
         w.join().unwrap();
     });
 }
+
+/// Lanes (`lanes.rs`): several host writers, each publishing into its own lane, and the
+/// supervisor's one reader, which polls every lane and sleeps on the region's doorbell. The
+/// writer's half is `Writer::publish` (tail store, `fence(SeqCst)`, read `doorbell.waiting`,
+/// bump and wake); the reader's is `MultiReceiver::recv` (load `seq`, store `waiting`,
+/// `fence(SeqCst)`, re-check every tail, sleep). A lost wake-up is a deadlock here.
+struct Lane {
+    tail: AtomicU64,
+    slot: UnsafeCell<u64>,
+}
+
+struct Bell {
+    waiting: AtomicU32,
+    seq: AtomicU32,
+    futex: Futex,
+}
+
+fn publish_lane(lane: &Lane, bell: &Bell, v: u64) {
+    lane.slot.with_mut(|p| {
+        // SAFETY: loom's cell; the reader only reads it after the Release store of `tail`.
+        unsafe { *p = v }
+    });
+    lane.tail.store(1, Ordering::Release);
+    fence(Ordering::SeqCst);
+    if bell.waiting.load(Ordering::Relaxed) != 0 {
+        bell.seq.fetch_add(1, Ordering::Release);
+        bell.futex.wake();
+    }
+}
+
+#[test]
+fn the_doorbell_loses_no_wakeup_across_lanes() {
+    model(|| {
+        let lanes = Arc::new([
+            Lane {
+                tail: AtomicU64::new(0),
+                slot: UnsafeCell::new(0),
+            },
+            Lane {
+                tail: AtomicU64::new(0),
+                slot: UnsafeCell::new(0),
+            },
+        ]);
+        let bell = Arc::new(Bell {
+            waiting: AtomicU32::new(0),
+            seq: AtomicU32::new(0),
+            futex: Futex::new(),
+        });
+        let writers: Vec<_> = (0..2)
+            .map(|k| {
+                let (lanes, bell) = (lanes.clone(), bell.clone());
+                thread::spawn(move || publish_lane(&lanes[k], &bell, 10 + k as u64))
+            })
+            .collect();
+        let mut heads = [0u64; 2];
+        let mut got = [0u64; 2];
+        while heads != [1, 1] {
+            let mut any = false;
+            for k in 0..2 {
+                if heads[k] == 0 && lanes[k].tail.load(Ordering::Acquire) != 0 {
+                    got[k] = lanes[k].slot.with(|p| {
+                        // SAFETY: loom's cell, published by the Acquire load above.
+                        unsafe { *p }
+                    });
+                    heads[k] = 1;
+                    any = true;
+                }
+            }
+            if any {
+                continue;
+            }
+            let seq = bell.seq.load(Ordering::Acquire);
+            bell.waiting.store(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            let arrived = (0..2).any(|k| lanes[k].tail.load(Ordering::Acquire) != heads[k]);
+            if !arrived {
+                bell.futex.wait(&bell.seq, seq);
+            }
+            bell.waiting.store(0, Ordering::Relaxed);
+        }
+        assert_eq!(got, [10, 11]);
+        for w in writers {
+            w.join().unwrap();
+        }
+    });
+}
+
+/// A lane thread waits for its lane or its worker's queue (`FrameReceiver::recv_or`): the
+/// frame loop sets the queue's length, then nudges (`Region::nudge_reader`: `fence(SeqCst)`,
+/// read `reader_waiting`, bump and wake), while the supervisor may publish into the lane at
+/// the same time. The thread must see both, whatever the interleaving.
+#[test]
+fn a_nudge_and_a_publish_both_reach_a_sleeping_lane_thread() {
+    model(|| {
+        let ring = Arc::new(Ring::new());
+        let queued = Arc::new(AtomicU32::new(0));
+        let nudger = {
+            let (ring, queued) = (ring.clone(), queued.clone());
+            thread::spawn(move || {
+                queued.store(1, Ordering::Release);
+                fence(Ordering::SeqCst);
+                if ring.reader_waiting.load(Ordering::Relaxed) != 0 {
+                    ring.data_seq.fetch_add(1, Ordering::Release);
+                    ring.data_futex.wake();
+                }
+            })
+        };
+        let writer = {
+            let ring = ring.clone();
+            thread::spawn(move || {
+                let mut tail = 0;
+                assert!(ring.send(&mut tail, 7));
+            })
+        };
+        let (mut head, mut frame, mut job) = (0u64, false, false);
+        while !(frame && job) {
+            if !frame && ring.tail.load(Ordering::Acquire) != head {
+                let v = ring.slots[0].with(|p| {
+                    // SAFETY: loom's cell, published by the Acquire load above.
+                    unsafe { *p }
+                });
+                assert_eq!(v, 7);
+                head += 1;
+                frame = true;
+                continue;
+            }
+            if !job && queued.load(Ordering::Acquire) != 0 {
+                job = true;
+                continue;
+            }
+            let ready = || {
+                (!frame && ring.tail.load(Ordering::Acquire) != head)
+                    || (!job && queued.load(Ordering::Acquire) != 0)
+            };
+            let seq = ring.data_seq.load(Ordering::Acquire);
+            ring.reader_waiting.store(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            if !ready() {
+                ring.data_futex.wait(&ring.data_seq, seq);
+            }
+            ring.reader_waiting.store(0, Ordering::Relaxed);
+        }
+        nudger.join().unwrap();
+        writer.join().unwrap();
+    });
+}

@@ -12,8 +12,9 @@ use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
 use super::layout::{
-    CRASH_OFFSET, CRASH_SLOTS, CTL_OFFSET, CrashSlot, DATA_OFFSET, Header, LAYOUT_VERSION, MAGIC,
-    PROTOCOL_VERSION, RingCtl, region_bytes,
+    CRASH_OFFSET, CRASH_SLOTS, CTL_OFFSET, CrashSlot, DATA_OFFSET, DOORBELL_OFFSET, Doorbell,
+    Header, LAYOUT_VERSION, LAYOUT_VERSION_NO_LANES, MAGIC, PROTOCOL_VERSION, RingCtl,
+    lane_ctl_area, lanes_offset,
 };
 use super::wait::futex_wake;
 use super::{HostState, RingConfig, RingError, Side};
@@ -22,14 +23,16 @@ use super::{HostState, RingConfig, RingError, Side};
 /// flags), crash slots, and two SPSC byte rings (to-host, from-host). Send + Sync.
 ///
 /// **Invariant:** `base` points at a live `MAP_SHARED` mapping of `len` bytes for the life of the
-/// value, `len == region_bytes(ring_bytes)`, and `ring_bytes`/`max_frame` are this side's own
-/// validated copies (never re-read from the shared header, which the peer could change).
+/// value, `len == cfg.region_bytes()`, and `cfg` is this side's own validated copy of the sizes
+/// (never re-read from the shared header, which the peer could change).
+///
+/// Rings are numbered: 0 = control to-host, 1 = control from-host, `2 + 2k` = lane k to-host,
+/// `3 + 2k` = lane k from-host (so `ring & 1` is the direction).
 pub struct Region {
     fd: OwnedFd,
     base: NonNull<u8>,
     len: usize,
-    ring_bytes: usize,
-    max_frame: usize,
+    cfg: RingConfig,
 }
 
 // SAFETY: everything reachable through `base` is accessed through atomics or raw-pointer copies
@@ -43,8 +46,9 @@ impl std::fmt::Debug for Region {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Region")
             .field("len", &self.len)
-            .field("ring_bytes", &self.ring_bytes)
-            .field("max_frame", &self.max_frame)
+            .field("ring_bytes", &self.cfg.ring_bytes)
+            .field("max_frame", &self.cfg.max_frame)
+            .field("lanes", &self.cfg.lanes)
             .finish()
     }
 }
@@ -125,8 +129,11 @@ pub struct HeaderSnapshot {
     pub max_frame: u64,
     /// The supervisor's closed flag, which only the supervisor sets (and only on shutdown).
     pub supervisor_closed: bool,
-    /// Whether both rings' reader and writer indices are consistent with each other.
+    /// Whether every ring's (lanes included) reader and writer indices are consistent.
     pub indices_ok: bool,
+    /// The lane count and lane size the header claims now.
+    pub lanes: u32,
+    pub lane_bytes: u32,
 }
 
 impl Region {
@@ -138,7 +145,13 @@ impl Region {
     /// past the new end into SIGBUS in *every* process that maps it.
     pub fn create(name: &str, cfg: &RingConfig) -> Result<Region, RingError> {
         cfg.validate()?;
-        let len = region_bytes(cfg.ring_bytes);
+        let mut cfg = *cfg;
+        if cfg.lanes == 0 {
+            cfg.lane_bytes = 0;
+        }
+        let len = cfg.region_bytes().ok_or_else(|| RingError::Config {
+            reason: "the region would be too large".into(),
+        })?;
         let cname =
             std::ffi::CString::new(name.replace('\0', "_")).map_err(|_| RingError::Config {
                 reason: "region name contains a NUL byte".into(),
@@ -160,16 +173,14 @@ impl Region {
         })?;
         seal(&fd)?;
         let base = map(&fd, len)?;
-        let r = Region {
-            fd,
-            base,
-            len,
-            ring_bytes: cfg.ring_bytes,
-            max_frame: cfg.max_frame,
-        };
+        let r = Region { fd, base, len, cfg };
         // A new memfd is zero-filled: indices, flags, futex words and crash slots start at 0.
         let h = r.header();
-        h.layout_version.store(LAYOUT_VERSION, Ordering::Relaxed);
+        // Without lanes the region is a version-1 region, which older hosts map too.
+        h.layout_version
+            .store(r.layout_version(), Ordering::Relaxed);
+        h.lanes.store(cfg.lanes as u32, Ordering::Relaxed);
+        h.lane_bytes.store(cfg.lane_bytes as u32, Ordering::Relaxed);
         h.protocol_version
             .store(PROTOCOL_VERSION, Ordering::Relaxed);
         h.ring_bytes.store(cfg.ring_bytes as u64, Ordering::Relaxed);
@@ -208,7 +219,7 @@ impl Region {
         }
         // Map the header page alone first so a lying header cannot make us map past the file.
         let head_base = map(&fd, DATA_OFFSET)?;
-        let (magic, layout, proto, ring_bytes, max_frame, total) = {
+        let (magic, layout, proto, ring_bytes, max_frame, total, lanes, lane_bytes) = {
             // SAFETY: `head_base` maps DATA_OFFSET >= size_of::<Header>() bytes, page-aligned,
             // so it is a valid, aligned Header made only of atomics (any bit pattern is valid).
             let h = unsafe { &*head_base.as_ptr().cast::<Header>() };
@@ -219,6 +230,8 @@ impl Region {
                 h.ring_bytes.load(Ordering::Relaxed),
                 h.max_frame.load(Ordering::Relaxed),
                 h.total_bytes.load(Ordering::Relaxed),
+                h.lanes.load(Ordering::Relaxed),
+                h.lane_bytes.load(Ordering::Relaxed),
             )
         };
         // SAFETY: `head_base` is the DATA_OFFSET-byte mapping made above; the `h` borrow ended.
@@ -228,7 +241,9 @@ impl Region {
                 reason: format!("bad magic {magic:#018x}; fd is not a workmanager ring"),
             });
         }
-        if layout != LAYOUT_VERSION || proto != PROTOCOL_VERSION {
+        let layout_ok = layout == LAYOUT_VERSION
+            || (layout == LAYOUT_VERSION_NO_LANES && lanes == 0 && lane_bytes == 0);
+        if !layout_ok || proto != PROTOCOL_VERSION {
             return Err(RingError::Version {
                 layout,
                 protocol: proto,
@@ -239,35 +254,49 @@ impl Region {
         let cfg = RingConfig {
             ring_bytes: usize::try_from(ring_bytes).unwrap_or(usize::MAX),
             max_frame: usize::try_from(max_frame).unwrap_or(usize::MAX),
+            lanes: lanes as usize,
+            lane_bytes: lane_bytes as usize,
         };
         cfg.validate().map_err(|e| RingError::BadRegion {
             reason: format!("header sizes are invalid: {e}"),
         })?;
-        let len = region_bytes(cfg.ring_bytes);
+        let len = cfg.region_bytes().ok_or_else(|| RingError::BadRegion {
+            reason: "header sizes overflow".into(),
+        })?;
         if total != len as u64 || file_len != len {
             return Err(RingError::BadRegion {
                 reason: format!(
-                    "header says {total} bytes for rings of {ring_bytes}, expected {len}; \
-                     the fd is {file_len} bytes"
+                    "header says {total} bytes for rings of {ring_bytes} and {lanes} lanes of \
+                     {lane_bytes}, expected {len}; the fd is {file_len} bytes"
                 ),
             });
         }
         let base = map(&fd, len)?;
-        Ok(Region {
-            fd,
-            base,
-            len,
-            ring_bytes: cfg.ring_bytes,
-            max_frame: cfg.max_frame,
-        })
+        Ok(Region { fd, base, len, cfg })
     }
 
     /// The sizes this region was created (or validated) with.
     pub fn config(&self) -> RingConfig {
-        RingConfig {
-            ring_bytes: self.ring_bytes,
-            max_frame: self.max_frame,
+        self.cfg
+    }
+
+    /// The layout version this region was written with (1 without lanes).
+    fn layout_version(&self) -> u32 {
+        if self.cfg.lanes == 0 {
+            LAYOUT_VERSION_NO_LANES
+        } else {
+            LAYOUT_VERSION
         }
+    }
+
+    /// Lanes of this region (0: only the control rings).
+    pub fn lanes(&self) -> usize {
+        self.cfg.lanes
+    }
+
+    /// How many rings the region has (2 control rings + 2 per lane).
+    pub(crate) fn rings(&self) -> usize {
+        2 + 2 * self.cfg.lanes
     }
 
     pub(crate) fn header(&self) -> &Header {
@@ -276,30 +305,75 @@ impl Region {
         unsafe { &*self.base.as_ptr().cast::<Header>() }
     }
 
-    pub(crate) fn ctl(&self, dir: usize) -> &RingCtl {
-        debug_assert!(dir < 2);
-        let off = CTL_OFFSET + (dir & 1) * size_of::<RingCtl>();
-        // SAFETY: CTL_OFFSET + 2 * 128 <= DATA_OFFSET <= len (const asserts in layout.rs and the
-        // invariant); CTL_OFFSET is a multiple of RingCtl's 64-byte alignment; atomics only.
+    /// The control block of ring `ring` (see the numbering on [`Region`]). An out-of-range
+    /// number is a bug of this crate; it is clamped to a control ring rather than read past
+    /// the lanes.
+    pub(crate) fn ctl(&self, ring: usize) -> &RingCtl {
+        debug_assert!(ring < self.rings());
+        let ring = if ring < self.rings() { ring } else { ring & 1 };
+        let off = if ring < 2 {
+            CTL_OFFSET + ring * size_of::<RingCtl>()
+        } else {
+            lanes_offset(self.cfg.ring_bytes) + (ring - 2) * size_of::<RingCtl>()
+        };
+        // SAFETY: control rings: CTL_OFFSET + 2 * 128 <= DATA_OFFSET <= len (const asserts in
+        // layout.rs). Lane rings (ring < rings(), so lanes > 0): the lane control area starts at
+        // lanes_offset (page-aligned) and holds LANE_CTL_BYTES per lane, inside len by
+        // region_bytes. Both offsets are multiples of RingCtl's 64-byte alignment; atomics only.
         unsafe { &*self.base.as_ptr().add(off).cast::<RingCtl>() }
     }
 
-    /// Start of direction `dir`'s data array (`ring_bytes` long).
-    pub(crate) fn data(&self, dir: usize) -> *mut u8 {
-        // SAFETY: DATA_OFFSET + (dir & 1) * ring_bytes + ring_bytes <= len by construction.
-        unsafe {
-            self.base
-                .as_ptr()
-                .add(DATA_OFFSET + (dir & 1) * self.ring_bytes)
+    /// Start of ring `ring`'s data array ([`Region::cap`] bytes long).
+    pub(crate) fn data(&self, ring: usize) -> *mut u8 {
+        debug_assert!(ring < self.rings());
+        let ring = if ring < self.rings() { ring } else { ring & 1 };
+        let off = if ring < 2 {
+            DATA_OFFSET + ring * self.cfg.ring_bytes
+        } else {
+            lanes_offset(self.cfg.ring_bytes)
+                + lane_ctl_area(self.cfg.lanes)
+                + (ring - 2) * self.cfg.lane_bytes
+        };
+        // SAFETY: off + cap(ring) <= len by region_bytes (control rings: DATA_OFFSET + 2 *
+        // ring_bytes; lane ring r: lane data start + (r - 2 + 1) * lane_bytes, r - 2 < 2 * lanes).
+        unsafe { self.base.as_ptr().add(off) }
+    }
+
+    /// Capacity of ring `ring` in bytes.
+    pub(crate) fn cap(&self, ring: usize) -> usize {
+        if ring < 2 {
+            self.cfg.ring_bytes
+        } else {
+            self.cfg.lane_bytes
         }
     }
 
-    pub(crate) fn ring_bytes(&self) -> usize {
-        self.ring_bytes
+    /// Largest frame ring `ring` carries.
+    pub(crate) fn frame_limit(&self, ring: usize) -> usize {
+        if ring < 2 {
+            self.cfg.max_frame
+        } else {
+            self.cfg.lane_max_frame()
+        }
     }
 
-    pub(crate) fn max_frame(&self) -> usize {
-        self.max_frame
+    /// The supervisor's doorbell for every from-host ring.
+    pub(crate) fn doorbell(&self) -> &Doorbell {
+        // SAFETY: DOORBELL_OFFSET + 64 <= DATA_OFFSET <= len (const asserts), 64-aligned,
+        // atomics only.
+        unsafe { &*self.base.as_ptr().add(DOORBELL_OFFSET).cast::<Doorbell>() }
+    }
+
+    /// Wakes whoever sleeps reading ring `ring` (when it announced it sleeps) without
+    /// publishing anything: the host's frame loop uses it on a lane after it queued work the
+    /// lane's worker thread must see too (a frame too large for the lane, or an unload).
+    pub(crate) fn nudge_reader(&self, ring: usize) {
+        let ctl = self.ctl(ring);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if ctl.reader_waiting.load(Ordering::Relaxed) != 0 {
+            ctl.data_seq.fetch_add(1, Ordering::Release);
+            futex_wake(&ctl.data_seq, i32::MAX);
+        }
     }
 
     /// The header fields a host could rewrite, read once (for naming a violation after the
@@ -308,18 +382,20 @@ impl Region {
         let h = self.header();
         HeaderSnapshot {
             magic_ok: h.magic.load(Ordering::Acquire) == MAGIC
-                && h.layout_version.load(Ordering::Relaxed) == LAYOUT_VERSION
+                && h.layout_version.load(Ordering::Relaxed) == self.layout_version()
                 && h.protocol_version.load(Ordering::Relaxed) == PROTOCOL_VERSION,
             ring_bytes: h.ring_bytes.load(Ordering::Relaxed),
             max_frame: h.max_frame.load(Ordering::Relaxed),
             supervisor_closed: h.closed[Side::Supervisor as usize].load(Ordering::Acquire) != 0,
-            indices_ok: (0..2).all(|dir| {
-                let c = self.ctl(dir);
+            lanes: h.lanes.load(Ordering::Relaxed),
+            lane_bytes: h.lane_bytes.load(Ordering::Relaxed),
+            indices_ok: (0..self.rings()).all(|ring| {
+                let c = self.ctl(ring);
                 let (head, tail) = (
                     c.head.load(Ordering::Acquire),
                     c.tail.load(Ordering::Acquire),
                 );
-                tail.wrapping_sub(head) <= self.ring_bytes as u64
+                tail.wrapping_sub(head) <= self.cap(ring) as u64
                     && head.is_multiple_of(8)
                     && tail.is_multiple_of(8)
             }),
@@ -352,13 +428,16 @@ impl Region {
     /// first drains frames that were completely published before).
     pub fn mark_closed(&self, side: Side) {
         self.header().closed[side as usize].store(1, Ordering::SeqCst);
-        for dir in 0..2 {
-            let c = self.ctl(dir);
+        for ring in 0..self.rings() {
+            let c = self.ctl(ring);
             c.data_seq.fetch_add(1, Ordering::SeqCst);
             c.space_seq.fetch_add(1, Ordering::SeqCst);
             futex_wake(&c.data_seq, i32::MAX);
             futex_wake(&c.space_seq, i32::MAX);
         }
+        let d = self.doorbell();
+        d.seq.fetch_add(1, Ordering::SeqCst);
+        futex_wake(&d.seq, i32::MAX);
     }
 
     /// The crash slots, claimed atomically by the host's signal handler.

@@ -13,6 +13,7 @@
 //! Settings: `RING_BYTES` (capacity of each direction) and `RING_MAX_FRAME_BYTES` (largest
 //! frame) are read by the supervisor's configuration into [`RingConfig`].
 
+mod lanes;
 pub mod layout;
 mod memfd;
 mod spsc;
@@ -25,6 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+pub use lanes::{MultiReceiver, ReaderNudge, Source, host_lane, supervisor_lanes};
 pub use layout::CrashSlot;
 pub use memfd::{HeaderSnapshot, Region};
 pub use wait::SpinBudget;
@@ -36,8 +38,8 @@ const TO_HOST: usize = 0;
 /// Index of the host -> supervisor direction.
 const FROM_HOST: usize = 1;
 
-/// Sizes of a region. Both are settings of the supervisor: `RING_BYTES` and
-/// `RING_MAX_FRAME_BYTES`.
+/// Sizes of a region. All are settings of the supervisor: `RING_BYTES`,
+/// `RING_MAX_FRAME_BYTES`, `RING_LANES` and `RING_LANE_BYTES`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingConfig {
     /// Capacity of EACH direction in bytes, a power of two (default 8 MiB). Setting `RING_BYTES`.
@@ -45,7 +47,23 @@ pub struct RingConfig {
     /// Largest frame accepted (default 4 MiB; at most `ring_bytes / 2`). Setting
     /// `RING_MAX_FRAME_BYTES`.
     pub max_frame: usize,
+    /// Lanes of the region (default 16): one SPSC pair per worker thread, so a worker thread
+    /// reads its `Process` frames and writes its results itself (docs/ring.md, "Lanes").
+    /// 0 = none (every frame goes through the control rings). Setting `RING_LANES`.
+    pub lanes: usize,
+    /// Capacity of each direction of each lane, a power of two (default 64 KiB); frames over
+    /// half of it take the control rings. Setting `RING_LANE_BYTES`.
+    pub lane_bytes: usize,
 }
+
+/// Default of `RING_LANES`.
+pub const DEFAULT_LANES: usize = 16;
+/// Default of `RING_LANE_BYTES`.
+pub const DEFAULT_LANE_BYTES: usize = 64 << 10;
+/// Smallest lane accepted (one page).
+pub const MIN_LANE_BYTES: usize = 4096;
+/// Largest lane accepted (16 MiB per direction).
+pub const MAX_LANE_BYTES: usize = 16 << 20;
 
 /// Smallest ring accepted (one page).
 pub const MIN_RING_BYTES: usize = 4096;
@@ -57,6 +75,8 @@ impl Default for RingConfig {
         RingConfig {
             ring_bytes: 8 << 20,
             max_frame: 4 << 20,
+            lanes: DEFAULT_LANES,
+            lane_bytes: DEFAULT_LANE_BYTES,
         }
     }
 }
@@ -84,7 +104,50 @@ impl RingConfig {
                 ),
             });
         }
+        if self.lanes > layout::MAX_LANES {
+            return Err(RingError::Config {
+                reason: format!(
+                    "RING_LANES is {}; it must be between 0 and {}",
+                    self.lanes,
+                    layout::MAX_LANES
+                ),
+            });
+        }
+        let l = self.lane_bytes;
+        if self.lanes > 0
+            && (!l.is_power_of_two() || !(MIN_LANE_BYTES..=MAX_LANE_BYTES).contains(&l))
+        {
+            return Err(RingError::Config {
+                reason: format!(
+                    "RING_LANE_BYTES is {l}; it must be a power of two between {MIN_LANE_BYTES} \
+                     and {MAX_LANE_BYTES} (or set RING_LANES=0)"
+                ),
+            });
+        }
+        if self.region_bytes().is_none() {
+            return Err(RingError::Config {
+                reason: "RING_BYTES, RING_LANES and RING_LANE_BYTES make a region too large for \
+                         this machine's address space; lower them"
+                    .into(),
+            });
+        }
         Ok(())
+    }
+
+    /// Bytes of the whole region (`None` on overflow).
+    pub fn region_bytes(&self) -> Option<usize> {
+        let (lanes, lane_bytes) = if self.lanes == 0 {
+            (0, 0)
+        } else {
+            (self.lanes, self.lane_bytes)
+        };
+        layout::region_bytes(self.ring_bytes, lanes, lane_bytes)
+    }
+
+    /// Largest frame a lane carries (half a lane, at most `max_frame`); larger frames take the
+    /// control rings.
+    pub fn lane_max_frame(&self) -> usize {
+        (self.lane_bytes / 2).min(self.max_frame)
     }
 
     /// Ring bytes one frame of `len` payload bytes occupies (header and padding included).
@@ -370,6 +433,18 @@ impl FrameSender {
         w.send_batch(&self.region, frames, timeout)
     }
 
+    /// Checks the peer's reader index of this ring without sending (a sender that is busy
+    /// right now is skipped: it checks by itself). `Corrupt` if the peer scribbled it. The
+    /// supervisor's link runs this on the control ring whenever a frame arrives, because with
+    /// lanes it may not write into the control ring for a long time.
+    pub fn check_peer(&self) -> Result<(), RingError> {
+        match self.writer.try_lock() {
+            Ok(w) => w.check_reader(&self.region),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().check_reader(&self.region),
+            Err(std::sync::TryLockError::WouldBlock) => Ok(()),
+        }
+    }
+
     /// The region this sender writes into.
     pub fn region(&self) -> &Arc<Region> {
         &self.region
@@ -405,6 +480,24 @@ impl FrameReceiver {
         }
     }
 
+    /// As [`FrameReceiver::recv`], but also returns `Ok(false)` (nothing read) as soon as
+    /// `woken()` is true. Whoever makes it true calls [`ReaderNudge::nudge`] afterwards, so a
+    /// receiver asleep on the futex wakes up to look. A host's lane thread waits like this for
+    /// its lane and its worker's queue at once.
+    pub fn recv_or(
+        &mut self,
+        buf: &mut Vec<u8>,
+        timeout: Option<Duration>,
+        woken: &dyn Fn() -> bool,
+    ) -> Result<bool, RingError> {
+        self.reader.recv_or(&self.region, buf, timeout, woken)
+    }
+
+    /// A handle that wakes this receiver when it sleeps (see [`FrameReceiver::recv_or`]).
+    pub fn nudger(&self) -> ReaderNudge {
+        ReaderNudge::new(self.region.clone(), self.reader.dir)
+    }
+
     /// Replaces the adaptive spin budget (for example `SpinBudget::new(ZERO, ZERO)` to never
     /// spin, or a fixed budget for benchmarks).
     pub fn set_spin(&mut self, spin: SpinBudget) {
@@ -424,3 +517,6 @@ impl FrameReceiver {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod lanes_tests;

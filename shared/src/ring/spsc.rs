@@ -30,9 +30,9 @@ use super::wait::{SAFETY_NET, SpinBudget, futex_wait, futex_wake};
 const WRITER_SPIN: Duration = Duration::from_micros(20);
 
 fn header_word(region: &Region, dir: usize, off: usize) -> &AtomicU64 {
-    debug_assert!(off.is_multiple_of(8) && off + 8 <= region.ring_bytes());
-    // SAFETY: callers pass `off = pos & (ring_bytes - 1)` with pos a multiple of 8, so
-    // off + 8 <= ring_bytes and the address is 8-aligned (the data array starts page-aligned);
+    debug_assert!(off.is_multiple_of(8) && off + 8 <= region.cap(dir));
+    // SAFETY: callers pass `off = pos & (cap - 1)` with pos a multiple of 8, so
+    // off + 8 <= cap and the address is 8-aligned (the data array starts page-aligned);
     // the word lies inside the live mapping. An AtomicU64 accepts any bit pattern.
     unsafe { &*region.data(dir).add(off).cast::<AtomicU64>() }
 }
@@ -71,7 +71,7 @@ impl Writer {
         frames: &[F],
         timeout: Duration,
     ) -> Result<(), RingError> {
-        let max = region.max_frame();
+        let max = region.frame_limit(self.dir);
         if let Some(f) = frames.iter().find(|f| f.as_ref().len() > max) {
             return Err(RingError::TooLarge {
                 len: f.as_ref().len(),
@@ -102,7 +102,7 @@ impl Writer {
         timeout: Duration,
         staged: &mut u64,
     ) -> Result<(), RingError> {
-        let cap = region.ring_bytes();
+        let cap = region.cap(self.dir);
         let total = align8(FRAME_HEADER + frame.len());
         loop {
             if region.any_closed() {
@@ -141,6 +141,22 @@ impl Writer {
         }
     }
 
+    /// Checks the reader's `head` (peer memory) against what we published, as `stage` does
+    /// before each write: `Corrupt` if the peer moved it somewhere impossible.
+    pub(crate) fn check_reader(&self, region: &Region) -> Result<(), RingError> {
+        let cap = region.cap(self.dir) as u64;
+        let head = region.ctl(self.dir).head.load(Ordering::Acquire);
+        if self.published.wrapping_sub(head) > cap || !head.is_multiple_of(8) {
+            return Err(RingError::Corrupt {
+                what: format!(
+                    "reader index {head} is inconsistent with writer index {} (capacity {cap})",
+                    self.published
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn write_frame(&self, region: &Region, off: usize, frame: &[u8]) {
         // SAFETY: off + align8(8 + len) <= ring_bytes (checked by the caller), so the payload
         // range [off + 8, off + 8 + len) lies in this direction's data array; the reader does not
@@ -170,6 +186,15 @@ impl Writer {
         if ctl.reader_waiting.load(Ordering::Relaxed) != 0 {
             ctl.data_seq.fetch_add(1, Ordering::Release);
             futex_wake(&ctl.data_seq, 1);
+        }
+        // Every from-host ring also rings the supervisor's doorbell: its one reader may sleep
+        // there for the control ring and all lanes at once (same Dekker pair, same fence).
+        if self.dir & 1 == 1 {
+            let bell = region.doorbell();
+            if bell.waiting.load(Ordering::Relaxed) != 0 {
+                bell.seq.fetch_add(1, Ordering::Release);
+                futex_wake(&bell.seq, 1);
+            }
         }
     }
 
@@ -250,7 +275,7 @@ impl Reader {
         if let Some(what) = &self.broken {
             return Err(RingError::Corrupt { what: what.clone() });
         }
-        let cap = region.ring_bytes();
+        let cap = region.cap(self.dir);
         loop {
             let ctl = region.ctl(self.dir);
             let tail = ctl.tail.load(Ordering::Acquire);
@@ -285,11 +310,11 @@ impl Reader {
                 )));
             }
             let total = align8(FRAME_HEADER + len);
-            if len > region.max_frame() || total > used || off + total > cap {
+            if len > region.frame_limit(self.dir) || total > used || off + total > cap {
                 return Err(self.corrupt(format!(
                     "frame length {len} at offset {off} does not fit: {used} bytes published, \
                      limit {} bytes, capacity {cap}",
-                    region.max_frame()
+                    region.frame_limit(self.dir)
                 )));
             }
             buf.clear();
@@ -323,6 +348,11 @@ impl Reader {
         }
     }
 
+    /// Whether the writer published something we have not read (a hint: `poll` validates).
+    pub(crate) fn has_data(&self, region: &Region) -> bool {
+        region.ctl(self.dir).tail.load(Ordering::Acquire) != self.head
+    }
+
     /// Waits for a frame; `None` waits until one arrives or a side is closed.
     pub(crate) fn recv(
         &mut self,
@@ -330,13 +360,32 @@ impl Reader {
         buf: &mut Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<(), RingError> {
+        match self.recv_or(region, buf, timeout, &|| false)? {
+            true => Ok(()),
+            false => Err(RingError::Timeout),
+        }
+    }
+
+    /// As `recv`, but also returns (`Ok(false)`, nothing read) as soon as `woken()` is true;
+    /// whoever makes it true must then call `Region::nudge_reader` for this ring, so a sleeping
+    /// reader sees it (the same Dekker pair as a publish).
+    pub(crate) fn recv_or(
+        &mut self,
+        region: &Region,
+        buf: &mut Vec<u8>,
+        timeout: Option<Duration>,
+        woken: &dyn Fn() -> bool,
+    ) -> Result<bool, RingError> {
         let start = Instant::now();
         if let Polled::Frame = self.poll(region, buf)? {
-            return Ok(());
+            return Ok(true);
+        }
+        if woken() {
+            return Ok(false);
         }
         let ctl = region.ctl(self.dir);
         let head = self.head;
-        let arrived = || ctl.tail.load(Ordering::Acquire) != head || region.any_closed();
+        let arrived = || ctl.tail.load(Ordering::Acquire) != head || region.any_closed() || woken();
         if self.spin.spin(start, arrived) {
             self.spin.spun(start.elapsed());
         } else {
@@ -366,13 +415,15 @@ impl Reader {
         // `arrived()` saw new data or the closed flag; this poll reads the tail again AFTER that
         // flag load, so frames published before a close are still delivered (`ring::loom`).
         match self.poll(region, buf)? {
-            Polled::Frame => Ok(()),
+            Polled::Frame => Ok(true),
             Polled::Empty if region.any_closed() => Err(RingError::PeerGone),
-            // Cannot happen (arrived() only returns true on new data or a close); poll again.
-            Polled::Empty => self.recv(
+            Polled::Empty if woken() => Ok(false),
+            // Cannot happen (arrived() only returns true on new data, a close or a nudge).
+            Polled::Empty => self.recv_or(
                 region,
                 buf,
                 timeout.map(|t| t.saturating_sub(start.elapsed())),
+                woken,
             ),
         }
     }
@@ -386,7 +437,7 @@ impl Reader {
 /// Fault injection for tests: writes raw bytes at the writer's position and publishes `publish`
 /// bytes of them (which may be fewer than written, or a lie). Bypasses every check.
 pub(crate) fn write_raw(w: &mut Writer, region: &Region, bytes: &[u8], publish: u64) {
-    let cap = region.ring_bytes();
+    let cap = region.cap(w.dir);
     let off = (w.published as usize) & (cap - 1);
     let n = bytes.len().min(cap - off);
     // SAFETY: [off, off + n) lies inside the data array (n <= cap - off); `bytes` is a separate

@@ -13,6 +13,8 @@ fn small() -> RingConfig {
     RingConfig {
         ring_bytes: 4096,
         max_frame: 2048,
+        lanes: 2,
+        lane_bytes: 4096,
     }
 }
 
@@ -42,6 +44,7 @@ fn config_validation_names_the_settings() {
     let e = RingConfig {
         ring_bytes: 5000,
         max_frame: 100,
+        ..RingConfig::default()
     }
     .validate()
     .unwrap_err();
@@ -49,6 +52,7 @@ fn config_validation_names_the_settings() {
     let e = RingConfig {
         ring_bytes: 4096,
         max_frame: 4096,
+        ..RingConfig::default()
     }
     .validate()
     .unwrap_err();
@@ -384,6 +388,7 @@ fn many_threads_share_one_sender() {
         let sup = region(&RingConfig {
             ring_bytes: 1 << 16,
             max_frame: 1 << 12,
+            ..RingConfig::default()
         });
         let host = reopen(&sup);
         let (tx, _) = supervisor_channels(sup);
@@ -470,7 +475,7 @@ fn the_ring_memfd_cannot_shrink_or_grow_and_the_seals_cannot_be_removed() {
     // The host's view: its own descriptor on the same memfd, as after the spawn's dup2.
     let host_fd = sup.as_fd().try_clone_to_owned().unwrap();
     let raw = host_fd.as_raw_fd();
-    let len = crate::ring::layout::region_bytes(small().ring_bytes) as i64;
+    let len = small().region_bytes().unwrap() as i64;
     for (what, size) in [
         ("truncate to 0", 0),
         ("shrink by a page", len - 4096),
@@ -503,7 +508,7 @@ fn the_ring_memfd_cannot_shrink_or_grow_and_the_seals_cannot_be_removed() {
 fn open_refuses_an_unsealed_memfd() {
     // A memfd with the right size and header but no seals, as a forged fd 3 would be.
     let sup = region(&small());
-    let len = crate::ring::layout::region_bytes(small().ring_bytes);
+    let len = small().region_bytes().unwrap();
     let fd =
         nix::sys::memfd::memfd_create(c"unsealed", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
     nix::unistd::ftruncate(&fd, len as i64).unwrap();

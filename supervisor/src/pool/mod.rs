@@ -536,8 +536,15 @@ impl Pool {
 
     async fn load_on_current(&self, slot: &Arc<Slot>, spec: &WorkerSpec) -> Result<(), PoolError> {
         let host = self.wait_current(slot).await?;
-        let msg = load_message(spec, self.config.load_timeout);
-        match tokio::time::timeout(self.config.load_timeout, host.link.request(msg)).await {
+        // A reload keeps the lanes of the running version; a first load gets new ones, which
+        // go back if the load fails.
+        let fresh = host.link.lanes_of(&spec.id).is_empty();
+        let msg = load_message(spec, self.config.load_timeout, &host.link);
+        let res = tokio::time::timeout(self.config.load_timeout, host.link.request(msg)).await;
+        if fresh && !matches!(&res, Ok(Ok(Message::LoadResult(r))) if r.ok) {
+            host.link.release_lanes(&spec.id);
+        }
+        match res {
             Ok(Ok(Message::LoadResult(r))) if r.ok => {
                 if spec.engine == wm_shared::package::EngineKind::CSharpSource
                     && let Some(tmp) = host.tmp_dir.clone()
@@ -596,8 +603,13 @@ impl Pool {
                 worker_id: worker_id.to_string(),
             }));
             match tokio::time::timeout(self.config.load_timeout, req).await {
-                Ok(Ok(Message::UnloadResult(r))) if !r.ok => {
-                    tracing::warn!(worker = worker_id, "unload reported: {}", r.error);
+                Ok(Ok(Message::UnloadResult(r))) => {
+                    if !r.ok {
+                        tracing::warn!(worker = worker_id, "unload reported: {}", r.error);
+                    }
+                    // Its threads have ended: their lanes are free. (Unconfirmed, they stay
+                    // taken until the host ends: a hung thread may still hold them.)
+                    host.link.release_lanes(worker_id);
                 }
                 Ok(_) => {}
                 Err(_) => tracing::warn!(worker = worker_id, "unload not confirmed in time"),
@@ -863,9 +875,12 @@ impl Pool {
             // Reload every worker of the slot before anyone may call the new host.
             let specs: Vec<WorkerSpec> = lock(&slot.workers).values().cloned().collect();
             for spec in specs {
-                let msg = load_message(&spec, self.config.load_timeout);
+                let msg = load_message(&spec, self.config.load_timeout, &handle.link);
                 let res =
                     tokio::time::timeout(self.config.load_timeout, handle.link.request(msg)).await;
+                if !matches!(&res, Ok(Ok(Message::LoadResult(r))) if r.ok) {
+                    handle.link.release_lanes(&spec.id);
+                }
                 let err = match res {
                     Ok(Ok(Message::LoadResult(r))) if r.ok => None,
                     Ok(Ok(Message::LoadResult(r))) => Some(r.error),
@@ -1222,6 +1237,17 @@ fn header_violation(region: &wm_shared::ring::Region, spawn: &SpawnConfig) -> Op
             got.ring_bytes, got.max_frame, want.ring_bytes, want.max_frame
         ));
     }
+    let want_lanes = if want.lanes == 0 {
+        (0, 0)
+    } else {
+        (want.lanes as u32, want.lane_bytes as u32)
+    };
+    if (got.lanes, got.lane_bytes) != want_lanes {
+        return Some(format!(
+            "it rewrote the ring header's lanes ({} of {} bytes, written as {} of {})",
+            got.lanes, got.lane_bytes, want_lanes.0, want_lanes.1
+        ));
+    }
     if got.magic_ok && got.supervisor_closed {
         return Some("it set the supervisor's closed flag in the ring header".to_string());
     }
@@ -1336,8 +1362,12 @@ pub fn next_request_id() -> u64 {
     REQUEST_IDS.fetch_add(1, Ordering::Relaxed)
 }
 
-fn load_message(spec: &WorkerSpec, timeout: Duration) -> Message {
+/// The `LoadWorker` of `spec`, with a ring lane per worker thread from `link` (as many as
+/// are free: `RING_LANES`).
+fn load_message(spec: &WorkerSpec, timeout: Duration, link: &HostLink) -> Message {
+    let threads = spec.max_concurrency.max(1);
     Message::LoadWorker(LoadWorker {
+        lanes: link.assign_lanes(&spec.id, threads),
         request_id: next_request_id(),
         worker_id: spec.id.clone(),
         engine: to_protocol_engine(spec.engine),
@@ -1456,6 +1486,7 @@ mod tests {
         let ring = wm_shared::ring::RingConfig {
             ring_bytes: 16384,
             max_frame: 4096,
+            ..Default::default()
         };
         let region = Arc::new(wm_shared::ring::Region::create("wm-pool-send-test", &ring).unwrap());
         let (link, _frames) = HostLink::new(region);
@@ -1520,6 +1551,7 @@ mod tests {
         let ring = wm_shared::ring::RingConfig {
             ring_bytes: 1 << 16,
             max_frame: 8192,
+            ..Default::default()
         };
         let region =
             Arc::new(wm_shared::ring::Region::create("wm-pool-forge-test", &ring).unwrap());

@@ -1,0 +1,81 @@
+//! A worker thread's ring lane: its own SPSC pair in the host's region (docs/ring.md, "Lanes").
+//!
+//! The supervisor assigns lanes in `LoadWorker.lanes` (thread i serves `lanes[i]`); the thread
+//! reads its `Process` frames from the lane's to-host ring and writes its results into the
+//! lane's from-host ring itself, so the frame loop is not on the path of a call and a call
+//! passes two threads instead of three. A lane is claimed here for as long as its thread lives,
+//! so even a supervisor that named one lane twice cannot give it two readers.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use wm_shared::ring::{self, FrameReceiver, FrameSender, ReaderNudge, Region};
+
+/// Which lanes are taken by a living thread.
+#[derive(Debug, Default)]
+pub struct LaneClaims {
+    taken: Mutex<Vec<bool>>,
+}
+
+/// One claimed lane; the claim ends when it is dropped (its thread ended).
+pub struct Lane {
+    pub index: u32,
+    pub tx: FrameSender,
+    pub rx: FrameReceiver,
+    /// Largest frame the lane carries; larger results take the control ring.
+    pub max_frame: usize,
+    claims: Arc<LaneClaims>,
+}
+
+/// How long a lane send may wait for the supervisor to make room.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl LaneClaims {
+    /// Claims lane `k` of `region`; `Err` says why not (no such lane, or taken).
+    pub fn claim(self: &Arc<Self>, region: &Arc<Region>, k: u32) -> Result<Lane, String> {
+        let mut taken = self.taken.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = region.lanes();
+        if taken.len() < n {
+            taken.resize(n, false);
+        }
+        match taken.get_mut(k as usize) {
+            None => return Err(format!("lane {k} does not exist (the region has {n})")),
+            Some(true) => return Err(format!("lane {k} is already served by another thread")),
+            Some(t) => *t = true,
+        }
+        drop(taken);
+        match ring::host_lane(region.clone(), k as usize) {
+            Ok((tx, rx)) => Ok(Lane {
+                index: k,
+                tx,
+                rx,
+                max_frame: region.config().lane_max_frame(),
+                claims: self.clone(),
+            }),
+            Err(e) => {
+                self.release(k);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn release(&self, k: u32) {
+        let mut taken = self.taken.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(t) = taken.get_mut(k as usize) {
+            *t = false;
+        }
+    }
+}
+
+impl Lane {
+    /// Wakes this lane's thread if it sleeps (after queuing work it must also see).
+    pub fn nudger(&self) -> ReaderNudge {
+        self.rx.nudger()
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        self.claims.release(self.index);
+    }
+}
