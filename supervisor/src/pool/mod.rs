@@ -33,6 +33,7 @@ use wm_shared::ring::CrashRecord;
 
 use crate::events::Events;
 use crate::runtime::{HostInfo, Isolation, WorkerSpec};
+use crate::worker_limits::WorkerLimits;
 use guard::{Guard, HostLimits, Rated, Violations};
 pub use spawn::{ExitStatus, SpawnConfig, SpawnError, Spawner, signal_name};
 
@@ -422,6 +423,8 @@ struct Slot {
     id: String,
     engine: EngineKind,
     dedicated: bool,
+    /// The limits its hosts are spawned with (a worker's own; empty: the engine's settings).
+    limits: WorkerLimits,
     workers: Mutex<HashMap<String, WorkerSpec>>,
     current: watch::Sender<Option<Arc<HostHandle>>>,
     restarts: AtomicU64,
@@ -520,6 +523,12 @@ impl Pool {
         if self.shutdown.is_cancelled() {
             return Err(PoolError::ShuttingDown);
         }
+        let placed = lock(&self.placement).get(&spec.id).cloned();
+        if let Some(old) = placed
+            && old.limits != spec.limits
+        {
+            return self.relocate(old, spec).await;
+        }
         let slot = self.place(&spec)?;
         lock(&slot.workers).insert(spec.id.clone(), spec.clone());
         let result = self.load_on_current(&slot, &spec).await;
@@ -532,6 +541,23 @@ impl Pool {
             }
         }
         result
+    }
+
+    /// A reload with other limits: they are a property of the process, so the worker moves to
+    /// a host spawned with them. It is loaded there first and leaves its old host after, so
+    /// its calls find a host all along; if the new load fails, nothing changes.
+    async fn relocate(self: &Arc<Self>, old: Arc<Slot>, spec: WorkerSpec) -> Result<(), PoolError> {
+        let slot = self.slot_for(&spec)?;
+        lock(&slot.workers).insert(spec.id.clone(), spec.clone());
+        if let Err(e) = self.load_on_current(&slot, &spec).await {
+            lock(&slot.workers).remove(&spec.id);
+            self.retire_if_empty(&slot);
+            return Err(e);
+        }
+        lock(&self.placement).insert(spec.id.clone(), slot.clone());
+        tracing::info!(worker = %spec.id, from = %old.id, to = %slot.id, "worker moved to a host with its new limits");
+        self.leave_slot(&old, &spec.id).await;
+        Ok(())
     }
 
     async fn load_on_current(&self, slot: &Arc<Slot>, spec: &WorkerSpec) -> Result<(), PoolError> {
@@ -585,6 +611,14 @@ impl Pool {
         let Some(slot) = slot else {
             return Ok(());
         };
+        self.leave_slot(&slot, worker_id).await;
+        self.guard.forget(worker_id);
+        Ok(())
+    }
+
+    /// Takes a worker off `slot`: unloaded from its host (confirmed or timed out), and the slot
+    /// retired if it was dedicated and is now empty.
+    async fn leave_slot(&self, slot: &Arc<Slot>, worker_id: &str) {
         lock(&slot.workers).remove(worker_id);
         // Until the host confirms the unload, what the plugin logs or asks while it is
         // disposed still comes from a worker of this host.
@@ -604,9 +638,7 @@ impl Pool {
             }
         }
         lock(&slot.leaving).remove(worker_id);
-        self.guard.forget(worker_id);
-        self.retire_if_empty(&slot);
-        Ok(())
+        self.retire_if_empty(slot);
     }
 
     /// The current live host of a worker; waits while its host is being respawned.
@@ -662,6 +694,7 @@ impl Pool {
                     in_flight: host.as_ref().map_or(0, |h| h.in_flight() as u64),
                     sandbox: host.as_ref().map(|h| h.layers.clone()),
                     identity_violations: s.violations.get(),
+                    limits: s.limits,
                 }
             })
             .collect()
@@ -699,9 +732,22 @@ impl Pool {
         if let Some(slot) = lock(&self.placement).get(&spec.id).cloned() {
             return Ok(slot);
         }
+        let slot = self.slot_for(spec)?;
+        lock(&self.placement).insert(spec.id.clone(), slot.clone());
+        Ok(slot)
+    }
+
+    /// The slot a worker that is not placed yet goes to: a new dedicated one (its own
+    /// isolation or limits) or the least loaded shared one of its engine.
+    fn slot_for(self: &Arc<Self>, spec: &WorkerSpec) -> Result<Arc<Slot>, PoolError> {
         let engine = to_protocol_engine(spec.engine);
-        let slot = match spec.isolation {
-            Isolation::Dedicated => self.new_slot(engine, true)?,
+        let isolation = if spec.limits.is_empty() {
+            spec.isolation
+        } else {
+            Isolation::Dedicated
+        };
+        let slot = match isolation {
+            Isolation::Dedicated => self.new_slot(engine, true, spec.limits)?,
             Isolation::Shared => {
                 let existing: Vec<Arc<Slot>> = lock(&self.slots)
                     .iter()
@@ -713,7 +759,10 @@ impl Pool {
                     .min_by_key(|s| lock(&s.workers).len())
                     .cloned();
                 if existing.len() < self.config.shared_hosts_per_engine.max(1) {
-                    match (self.new_slot(engine, false), least_loaded) {
+                    match (
+                        self.new_slot(engine, false, WorkerLimits::default()),
+                        least_loaded,
+                    ) {
                         (Ok(slot), _) => slot,
                         // At HOST_POOL_MAX_HOSTS: share a running host rather than fail.
                         (Err(_), Some(slot)) => slot,
@@ -722,12 +771,11 @@ impl Pool {
                 } else {
                     match least_loaded {
                         Some(slot) => slot,
-                        None => self.new_slot(engine, false)?,
+                        None => self.new_slot(engine, false, WorkerLimits::default())?,
                     }
                 }
             }
         };
-        lock(&self.placement).insert(spec.id.clone(), slot.clone());
         Ok(slot)
     }
 
@@ -736,6 +784,7 @@ impl Pool {
         self: &Arc<Self>,
         engine: EngineKind,
         dedicated: bool,
+        limits: WorkerLimits,
     ) -> Result<Arc<Slot>, PoolError> {
         let mut slots = lock(&self.slots);
         let max = self.config.limits.max_hosts.max(1);
@@ -761,6 +810,7 @@ impl Pool {
             id,
             engine,
             dedicated,
+            limits,
             workers: Mutex::new(HashMap::new()),
             current,
             restarts: AtomicU64::new(0),
@@ -773,8 +823,11 @@ impl Pool {
         slots.push(slot.clone());
         drop(slots);
         // From the first slot of an engine on, a standby host of that engine waits for the
-        // first respawn.
-        self.standbys.ensure(engine);
+        // first respawn. A slot with its own limits never adopts one (a standby has the
+        // engine's limits), so it starts no keeper either.
+        if limits.is_empty() {
+            self.standbys.ensure(engine);
+        }
         let pool = Arc::clone(self);
         let s = slot.clone();
         self.tasks.spawn(async move { pool.run_slot(s).await });
@@ -806,11 +859,14 @@ impl Pool {
     async fn run_slot(self: Arc<Self>, slot: Arc<Slot>) {
         let mut failures: u32 = 0;
         let mut generation: u64 = 0;
+        let mut notices = Notices::default();
+        // When the previous host was seen dead: a respawn's timeline starts there.
+        let mut died_at: Option<Instant> = None;
         while !slot.closed.is_cancelled() {
             generation += 1;
             let host_id = format!("{}.{generation}", slot.id);
             let spawned = tokio::select! {
-                r = self.adopt_or_spawn(&host_id, slot.engine) => r,
+                r = self.adopt_or_spawn(&host_id, slot.engine, &slot.limits) => r,
                 _ = slot.closed.cancelled() => break,
             };
             let mut spawned = match spawned {
@@ -849,15 +905,15 @@ impl Pool {
                 tmp_dir: spawned.tmp_dir.as_ref().map(|t| t.path.clone()),
             });
             tracing::info!(host = %host_id, pid = spawned.pid, sandbox = %spawned.ready.sandbox, "host ready");
+            let host_up = Instant::now();
             if generation > 1 {
-                slot.restarts.fetch_add(1, Ordering::Relaxed);
-                self.events
-                    .host_respawned(
-                        &host_id,
-                        spawned.pid,
-                        slot.restarts.load(Ordering::Relaxed) as u32,
-                    )
-                    .await;
+                let restarts = slot.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+                let (events, id, pid) = (self.events.clone(), host_id.clone(), spawned.pid);
+                notices.publish(&self.tasks, async move {
+                    events
+                        .host_respawned(&id, pid, u32::try_from(restarts).unwrap_or(u32::MAX))
+                        .await;
+                });
             }
 
             // Reload every worker of the slot before anyone may call the new host.
@@ -885,8 +941,16 @@ impl Pool {
                 }
             }
             slot.current.send_replace(Some(handle.clone()));
+            if let Some(dead) = died_at.take() {
+                // The respawn's critical path, for docs/benchmarks.md and operators.
+                tracing::info!(host = %host_id, pid = spawned.pid,
+                    host_ready_us = host_up.duration_since(dead).as_micros() as u64,
+                    serving_us = dead.elapsed().as_micros() as u64,
+                    "host respawned: death seen -> host ready -> workers loaded and serving");
+            }
 
             let status = self.serve_host(&slot, &handle, &mut spawned).await;
+            let dead = Instant::now();
             slot.current.send_replace(None);
             spawned.link.peer_died();
 
@@ -935,17 +999,19 @@ impl Pool {
             tracing::error!(host = %host_id, pid = spawned.pid, culprit = ?culprit, "{}", report.cause());
             // Quarantine before anything awaits: a retry must not find the worker still placed.
             let quarantined = self.count_crashes(&slot, &report);
-            let syscall = report.forbidden_syscall();
-            self.events
-                .host_crashed(
-                    &host_id,
-                    spawned.pid,
-                    signal,
-                    culprit,
-                    &report.cause(),
-                    syscall.as_deref(),
-                )
-                .await;
+            // `host.crashed` is a durable publish (a group commit): published in the background,
+            // in order with this slot's other notices, never waited for by the respawn.
+            {
+                let culprit = culprit.map(|(w, m)| (w.to_owned(), m));
+                let (events, id, pid) = (self.events.clone(), host_id.clone(), spawned.pid);
+                let (cause, syscall) = (report.cause(), report.forbidden_syscall());
+                notices.publish(&self.tasks, async move {
+                    let culprit = culprit.as_ref().map(|(w, m)| (w.as_str(), *m));
+                    events
+                        .host_crashed(&id, pid, signal, culprit, &cause, syscall.as_deref())
+                        .await;
+                });
+            }
             for ev in quarantined {
                 let _ = self.notify.send(ev).await;
             }
@@ -965,8 +1031,13 @@ impl Pool {
             if lock(&slot.workers).is_empty() && slot.dedicated {
                 break;
             }
+            // The dead host's memory map, ring reader and temp folder are let go on a blocking
+            // thread: removing a .NET host's compile cache is not the next host's business.
+            drop(tokio::task::spawn_blocking(move || drop(spawned)));
+            // The delay counts from the death: the crash handling above is part of it.
+            died_at = Some(dead);
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep_until((dead + delay).into()) => {}
                 _ = slot.closed.cancelled() => break,
             }
         }
@@ -979,7 +1050,12 @@ impl Pool {
         &self,
         host_id: &str,
         engine: EngineKind,
+        limits: &WorkerLimits,
     ) -> Result<spawn::SpawnedHost, SpawnError> {
+        if !limits.is_empty() {
+            // A standby runs under the engine's limits; this host needs the worker's own.
+            return self.spawner.spawn_with(host_id, engine, limits).await;
+        }
         if let Some(h) = self.standbys.adopt(engine).await {
             tracing::info!(host = %host_id, pid = h.pid, "adopted the standby host");
             return Ok(h);
@@ -1318,6 +1394,30 @@ pub fn next_failures(failures: u32, stayed_up: bool, has_culprit: bool) -> u32 {
         1
     } else {
         failures.saturating_add(1)
+    }
+}
+
+/// A slot's host notices (`host.crashed`, `host.respawned`), published in the background
+/// one after another: each waits for the one before, so they keep their order, and nobody
+/// waits for them.
+#[derive(Default)]
+struct Notices {
+    last: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Notices {
+    fn publish(
+        &mut self,
+        tasks: &TaskTracker,
+        notice: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let previous = self.last.take();
+        self.last = Some(tasks.spawn(async move {
+            if let Some(p) = previous {
+                let _ = p.await;
+            }
+            notice.await;
+        }));
     }
 }
 
