@@ -34,6 +34,9 @@ pub struct DaemonOptions {
     pub args: Vec<String>,
     /// `--listen` values (default: `127.0.0.1:0`).
     pub listen: Vec<String>,
+    /// Run this `workmanager` binary (its `host-runner` beside it) instead of this build's:
+    /// benchmarks compare an older build in the same run.
+    pub binary: Option<PathBuf>,
 }
 
 impl DaemonOptions {
@@ -46,6 +49,12 @@ impl DaemonOptions {
     /// Adds a `--listen` value (the first replaces the default `127.0.0.1:0`).
     pub fn listen(mut self, addr: &str) -> Self {
         self.listen.push(addr.to_owned());
+        self
+    }
+
+    /// Runs `path` instead of this build's `workmanager` (see [`DaemonOptions::binary`]).
+    pub fn binary(mut self, path: &Path) -> Self {
+        self.binary = Some(path.to_path_buf());
         self
     }
 
@@ -166,7 +175,7 @@ impl Daemon {
         let _ = std::fs::remove_file(data_dir.join("grpc.addr"));
         let log_path = temp.path().join("daemon.log");
         let log = std::fs::File::create(&log_path).expect("creating the daemon log");
-        let mut cmd = Command::new(workmanager_bin());
+        let mut cmd = Command::new(opts.binary.clone().unwrap_or_else(workmanager_bin));
         cmd.arg("serve");
         if opts.listen.is_empty() {
             cmd.arg("--listen").arg("127.0.0.1:0");
