@@ -1549,6 +1549,31 @@ mod tests {
         }
     }
 
+    /// Host notices go out in the order they were made, and making one never waits for the
+    /// one before (the respawn does not wait for the bus).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn notices_keep_their_order_without_making_the_caller_wait() {
+        let tasks = TaskTracker::new();
+        let mut notices = Notices::default();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (release, held) = tokio::sync::oneshot::channel::<()>();
+        let s = seen.clone();
+        notices.publish(&tasks, async move {
+            let _ = held.await;
+            lock(&s).push("crashed");
+        });
+        let s = seen.clone();
+        let t = Instant::now();
+        notices.publish(&tasks, async move { lock(&s).push("respawned") });
+        assert!(t.elapsed() < Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(lock(&seen).is_empty(), "the second waits for the first");
+        let _ = release.send(());
+        tasks.close();
+        tasks.wait().await;
+        assert_eq!(*lock(&seen), ["crashed", "respawned"]);
+    }
+
     /// A host that never reads its ring: a Process that cannot be sent is a failure of that
     /// message (`SendFailed`), never a death to wait for, and leaves nothing in flight.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
