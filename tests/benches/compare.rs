@@ -1317,7 +1317,11 @@ fn respawn(so: &Path, dotnet: Option<&Path>) {
         ));
         let (mut native, mut managed) = (Vec::new(), Vec::new());
         let (mut base_native, mut base_managed) = (Vec::new(), Vec::new());
-        for round in 0..5 {
+        let rounds: usize = std::env::var("WM_COMPARE_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5);
+        for round in 0..rounds {
             let mut builds: Vec<Option<&Path>> = vec![None];
             if let Some(b) = &baseline {
                 builds.insert(round % 2, Some(b.as_path()));
@@ -1356,13 +1360,16 @@ fn respawn(so: &Path, dotnet: Option<&Path>) {
                 continue;
             }
             report(
-                &format!("HOST_STANDBY={standby}: {what} (5 kills, ms)"),
+                &format!("HOST_STANDBY={standby}: {what} ({} kills, ms)", now.len()),
                 format!("{} ms; {}", ms(now), lat(now.to_vec())),
             );
             if !base.is_empty() {
                 let (l_now, l_base) = (lat(now.to_vec()), lat(base.to_vec()));
                 report(
-                    &format!("HOST_STANDBY={standby}: baseline build, {what} (5 kills, ms)"),
+                    &format!(
+                        "HOST_STANDBY={standby}: baseline build, {what} ({} kills, ms)",
+                        base.len()
+                    ),
                     format!(
                         "{} ms; {}; p50 now / baseline = {:.2}",
                         ms(base),
@@ -1385,13 +1392,7 @@ fn respawn_round(
     binary: Option<&Path>,
 ) -> (Duration, Option<Duration>) {
     let body = serde_json::to_vec(&event_json("r-1", "bench.request")).unwrap();
-    // The pool's info lines carry each respawn's timeline (this build's; older ones print
-    // none).
-    let env = [
-        ("HOST_STANDBY", standby),
-        ("WORKMANAGER_LOG", "warn,wm_supervisor::pool=info"),
-    ];
-    let d = daemon_with(dotnet.is_some(), &env, binary);
+    let d = daemon_with(dotnet.is_some(), &[("HOST_STANDBY", standby)], binary);
     let w = worker(
         &d,
         NATIVE,
@@ -1403,7 +1404,6 @@ fn respawn_round(
         wait_standby(&d, NATIVE);
     }
     let native = respawn_once(&d, NATIVE, &w, &body);
-    note_timeline(&d, "native-", binary.is_some());
     let managed = dotnet.map(|dll| {
         let w = worker(
             &d,
@@ -1415,36 +1415,9 @@ fn respawn_round(
         if standby == "1" {
             wait_standby(&d, DOTNET);
         }
-        let t = respawn_once(&d, DOTNET, &w, &body);
-        note_timeline(&d, "dotnet-", binary.is_some());
-        t
+        respawn_once(&d, DOTNET, &w, &body)
     });
     (native, managed)
-}
-
-/// Prints the last respawn timeline of a host whose id starts with `slot` from the daemon's
-/// log: death seen -> new host ready (spawned or adopted) -> workers loaded and serving.
-fn note_timeline(d: &Daemon, slot: &str, baseline: bool) {
-    let log = d.log();
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("host respawned: death seen") && l.contains(&format!("host={slot}")));
-    let field = |l: &str, name: &str| -> Option<f64> {
-        let at = l.find(&format!("{name}="))? + name.len() + 1;
-        let digits: String = l[at..].chars().take_while(char::is_ascii_digit).collect();
-        digits.parse::<f64>().ok().map(|us| us / 1e3)
-    };
-    match line {
-        Some(l) => println!(
-            "    {}{slot}: death seen -> host ready {:.2} ms -> serving {:.2} ms",
-            if baseline { "baseline " } else { "" },
-            field(l, "host_ready_us").unwrap_or(f64::NAN),
-            field(l, "serving_us").unwrap_or(f64::NAN)
-        ),
-        None if !baseline => println!("    {slot}: no respawn timeline in the daemon log"),
-        None => {}
-    }
 }
 
 /// RSS of the daemon and its hosts, and idle CPU with workers loaded.

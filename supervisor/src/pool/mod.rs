@@ -859,9 +859,6 @@ impl Pool {
     async fn run_slot(self: Arc<Self>, slot: Arc<Slot>) {
         let mut failures: u32 = 0;
         let mut generation: u64 = 0;
-        let mut notices = Notices::default();
-        // When the previous host was seen dead: a respawn's timeline starts there.
-        let mut died_at: Option<Instant> = None;
         while !slot.closed.is_cancelled() {
             generation += 1;
             let host_id = format!("{}.{generation}", slot.id);
@@ -905,15 +902,15 @@ impl Pool {
                 tmp_dir: spawned.tmp_dir.as_ref().map(|t| t.path.clone()),
             });
             tracing::info!(host = %host_id, pid = spawned.pid, sandbox = %spawned.ready.sandbox, "host ready");
-            let host_up = Instant::now();
             if generation > 1 {
-                let restarts = slot.restarts.fetch_add(1, Ordering::Relaxed) + 1;
-                let (events, id, pid) = (self.events.clone(), host_id.clone(), spawned.pid);
-                notices.publish(&self.tasks, async move {
-                    events
-                        .host_respawned(&id, pid, u32::try_from(restarts).unwrap_or(u32::MAX))
-                        .await;
-                });
+                slot.restarts.fetch_add(1, Ordering::Relaxed);
+                self.events
+                    .host_respawned(
+                        &host_id,
+                        spawned.pid,
+                        slot.restarts.load(Ordering::Relaxed) as u32,
+                    )
+                    .await;
             }
 
             // Reload every worker of the slot before anyone may call the new host.
@@ -941,16 +938,8 @@ impl Pool {
                 }
             }
             slot.current.send_replace(Some(handle.clone()));
-            if let Some(dead) = died_at.take() {
-                // The respawn's critical path, for docs/benchmarks.md and operators.
-                tracing::info!(host = %host_id, pid = spawned.pid,
-                    host_ready_us = host_up.duration_since(dead).as_micros() as u64,
-                    serving_us = dead.elapsed().as_micros() as u64,
-                    "host respawned: death seen -> host ready -> workers loaded and serving");
-            }
 
             let status = self.serve_host(&slot, &handle, &mut spawned).await;
-            let dead = Instant::now();
             slot.current.send_replace(None);
             spawned.link.peer_died();
 
@@ -999,19 +988,17 @@ impl Pool {
             tracing::error!(host = %host_id, pid = spawned.pid, culprit = ?culprit, "{}", report.cause());
             // Quarantine before anything awaits: a retry must not find the worker still placed.
             let quarantined = self.count_crashes(&slot, &report);
-            // `host.crashed` is a durable publish (a group commit): published in the background,
-            // in order with this slot's other notices, never waited for by the respawn.
-            {
-                let culprit = culprit.map(|(w, m)| (w.to_owned(), m));
-                let (events, id, pid) = (self.events.clone(), host_id.clone(), spawned.pid);
-                let (cause, syscall) = (report.cause(), report.forbidden_syscall());
-                notices.publish(&self.tasks, async move {
-                    let culprit = culprit.as_ref().map(|(w, m)| (w.as_str(), *m));
-                    events
-                        .host_crashed(&id, pid, signal, culprit, &cause, syscall.as_deref())
-                        .await;
-                });
-            }
+            let syscall = report.forbidden_syscall();
+            self.events
+                .host_crashed(
+                    &host_id,
+                    spawned.pid,
+                    signal,
+                    culprit,
+                    &report.cause(),
+                    syscall.as_deref(),
+                )
+                .await;
             for ev in quarantined {
                 let _ = self.notify.send(ev).await;
             }
@@ -1031,13 +1018,8 @@ impl Pool {
             if lock(&slot.workers).is_empty() && slot.dedicated {
                 break;
             }
-            // The dead host's memory map, ring reader and temp folder are let go on a blocking
-            // thread: removing a .NET host's compile cache is not the next host's business.
-            drop(tokio::task::spawn_blocking(move || drop(spawned)));
-            // The delay counts from the death: the crash handling above is part of it.
-            died_at = Some(dead);
             tokio::select! {
-                _ = tokio::time::sleep_until((dead + delay).into()) => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = slot.closed.cancelled() => break,
             }
         }
@@ -1397,30 +1379,6 @@ pub fn next_failures(failures: u32, stayed_up: bool, has_culprit: bool) -> u32 {
     }
 }
 
-/// A slot's host notices (`host.crashed`, `host.respawned`), published in the background
-/// one after another: each waits for the one before, so they keep their order, and nobody
-/// waits for them.
-#[derive(Default)]
-struct Notices {
-    last: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Notices {
-    fn publish(
-        &mut self,
-        tasks: &TaskTracker,
-        notice: impl std::future::Future<Output = ()> + Send + 'static,
-    ) {
-        let previous = self.last.take();
-        self.last = Some(tasks.spawn(async move {
-            if let Some(p) = previous {
-                let _ = p.await;
-            }
-            notice.await;
-        }));
-    }
-}
-
 /// Exponential backoff: `base * 2^(n-1)`, capped.
 pub fn backoff(base: Duration, max: Duration, n: u32) -> Duration {
     let factor = 1u32
@@ -1547,31 +1505,6 @@ mod tests {
             .into_iter()
             .collect(),
         }
-    }
-
-    /// Host notices go out in the order they were made, and making one never waits for the
-    /// one before (the respawn does not wait for the bus).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn notices_keep_their_order_without_making_the_caller_wait() {
-        let tasks = TaskTracker::new();
-        let mut notices = Notices::default();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (release, held) = tokio::sync::oneshot::channel::<()>();
-        let s = seen.clone();
-        notices.publish(&tasks, async move {
-            let _ = held.await;
-            lock(&s).push("crashed");
-        });
-        let s = seen.clone();
-        let t = Instant::now();
-        notices.publish(&tasks, async move { lock(&s).push("respawned") });
-        assert!(t.elapsed() < Duration::from_millis(50));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(lock(&seen).is_empty(), "the second waits for the first");
-        let _ = release.send(());
-        tasks.close();
-        tasks.wait().await;
-        assert_eq!(*lock(&seen), ["crashed", "respawned"]);
     }
 
     /// A host that never reads its ring: a Process that cannot be sent is a failure of that
