@@ -54,6 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "GetTagResponse",
         "GetTagsRequest",
         "GetTagsResponse",
+        "WorkerLimits",
     ] {
         b = b.message_attribute(
             format!("{pkg}.{m}"),
@@ -70,6 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         ("CreateWorkerRequest.max_concurrency", "maxConcurrency"),
         ("LoadCodeRequest.code_source", "codeSource"),
+        ("WorkerLimits.memory_bytes", "memoryBytes"),
     ] {
         b = b.field_attribute(
             format!("{pkg}.{path}"),

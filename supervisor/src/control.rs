@@ -84,6 +84,8 @@ pub struct CreateWorker {
     pub message_timeout_seconds: Option<u32>,
     /// Calls at once (default 1).
     pub max_concurrency: u32,
+    /// The worker's own resource limits (checked per engine; non-empty means dedicated).
+    pub limits: crate::worker_limits::WorkerLimits,
 }
 
 /// A signature as sent: the `.minisig` text, or that text in base64 (headers cannot carry
@@ -541,6 +543,7 @@ impl Control {
             config: cmd.config,
             tags: cmd.tags,
             isolation: cmd.isolation,
+            limits: cmd.limits,
             message_timeout_seconds: timeout,
             max_concurrency: cmd.max_concurrency,
             status: Status::Stopped,
@@ -586,6 +589,7 @@ impl Control {
             max_concurrency: 1,
             package_dir,
             package,
+            limits: Default::default(),
         };
         self.runtime.validate(spec).await.map_err(ApiError::from)
     }
@@ -616,6 +620,7 @@ impl Control {
             max_concurrency: w.max_concurrency,
             package_dir: dir,
             package: info,
+            limits: w.limits,
         })
     }
 
@@ -728,6 +733,19 @@ impl Control {
         id: &str,
         input: CodeInput,
     ) -> Result<(WorkerRecord, Option<DepsReport>), ApiError> {
+        self.reload(id, input, None).await
+    }
+
+    /// [`Control::load_code_detailed`] that may also replace the worker's own limits (`Some`;
+    /// an empty value clears them). New limits mean a new host: a running worker is loaded into
+    /// a host spawned with them, then leaves its old one. A worker given limits becomes
+    /// dedicated.
+    pub async fn reload(
+        &self,
+        id: &str,
+        input: CodeInput,
+        limits: Option<crate::worker_limits::WorkerLimits>,
+    ) -> Result<(WorkerRecord, Option<DepsReport>), ApiError> {
         // 404 before downloading anything.
         let w = self.get(id).await?;
         let engine = EngineKind::from_mime(&w.mime_type)
@@ -746,9 +764,24 @@ impl Control {
         let _guard = lock.lock().await;
         let mut w = self.get(id).await?;
         let previous = std::mem::replace(&mut w.code, code.clone());
+        let new_limits = limits.filter(|l| *l != w.limits);
+        if let Some(l) = new_limits {
+            crate::worker_limits::check(&l, engine).map_err(ApiError::InvalidArgument)?;
+            w.limits = l;
+            if !l.is_empty() {
+                w.isolation = crate::runtime::Isolation::Dedicated;
+            }
+        }
         if w.status == Status::Running && self.runtime.worker_info(id).is_some() {
             let spec = self.spec(&w).await?;
             self.runtime.reload(spec).await?;
+        }
+        if let Some(l) = new_limits {
+            let (id2, isolation) = (id.to_owned(), w.isolation);
+            self.blocking(move |r| {
+                Ok(r.store().set_limits(&id2, &l, isolation, &now_rfc3339())?)
+            })
+            .await?;
         }
         let id2 = id.to_owned();
         let found = self

@@ -15,6 +15,7 @@
 //! - [`grpc`]: the gRPC API (the original's `WorkManager` service) over the same operations.
 //! - [`telemetry`]: logs, OpenTelemetry traces (OTLP), trace context on events.
 //! - [`cli`]: the command-line client (`workmanager workers ...`, `pack`, `inspect`).
+//! - [`worker_limits`]: a worker's own resource limits (`limits.memoryBytes`) per engine.
 //! - [`metrics`], [`shutdown`].
 //!
 //! **Invariant:** nothing in this crate loads plugin code; it talks to hosts only through
@@ -50,6 +51,7 @@ pub mod shutdown;
 pub mod signature;
 pub mod sync;
 pub mod telemetry;
+pub mod worker_limits;
 
 pub use config::{Config, ServeArgs};
 pub use daemon::{Daemon, DaemonError};

@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use wm_shared::CloudEvent;
 
+pub use crate::worker_limits::WorkerLimits;
 pub use wm_shared::package::{EngineKind, PackageInfo};
 
 /// Every engine, in the order `/v1/engines` lists them.
@@ -99,6 +100,8 @@ pub struct WorkerSpec {
     pub package_dir: PathBuf,
     /// What validation found in the package (library, entry points, ...).
     pub package: PackageInfo,
+    /// The worker's own limits; non-empty ones give it a host of its own spawned with them.
+    pub limits: WorkerLimits,
 }
 
 /// Why the runtime could not carry out a start, reload or stop.
@@ -239,6 +242,8 @@ pub struct HostInfo {
     /// Frames in which the host spoke for a worker it does not carry (or answered a call not
     /// in flight); more than zero flags the host.
     pub identity_violations: u64,
+    /// The limits the host was spawned with when they are a worker's own (empty: the engine's).
+    pub limits: WorkerLimits,
 }
 
 /// One engine and whether it can run here.

@@ -1063,6 +1063,11 @@ impl Conn {
 }
 
 fn daemon(dotnet: bool, extra: &[(&str, &str)]) -> Daemon {
+    daemon_with(dotnet, extra, None)
+}
+
+/// [`daemon`] running `binary` (an older build, for same-run ratios) when given.
+fn daemon_with(dotnet: bool, extra: &[(&str, &str)], binary: Option<&Path>) -> Daemon {
     let mut opts = DaemonOptions::default()
         .env("WORKMANAGER_LOG", "warn")
         // The respawn figure is the spawn + reload cost, not the configured first delay.
@@ -1073,6 +1078,9 @@ fn daemon(dotnet: bool, extra: &[(&str, &str)]) -> Daemon {
     }
     for (k, v) in extra {
         opts = opts.env(k, v);
+    }
+    if let Some(b) = binary {
+        opts = opts.bin(b);
     }
     Daemon::start(opts)
 }
@@ -1320,65 +1328,121 @@ fn wait_standby(d: &Daemon, mime: &str) {
 }
 
 /// Respawn through the daemon, without and with warm standby hosts (`HOST_STANDBY` 0 and 1,
-/// the before and after of issue 13, in the same run).
+/// the before and after of issue 13's standby, in the same run). With
+/// `WM_COMPARE_BASELINE_BIN` (a directory holding an older `workmanager` and its
+/// `host-runner`), each round runs that build's daemon and this one's, alternating which goes
+/// first, and reports both with their ratio.
 fn respawn(so: &Path, dotnet: Option<&Path>) {
+    let baseline = std::env::var_os("WM_COMPARE_BASELINE_BIN")
+        .map(|d| Path::new(&d).join("workmanager"))
+        .filter(|p| p.is_file());
     for standby in ["0", "1"] {
-        respawn_with(so, dotnet, standby);
+        section(&format!(
+            "daemon (HOST_STANDBY={standby}): kill -9 a host, time until the worker answers an invoke again"
+        ));
+        let (mut native, mut managed) = (Vec::new(), Vec::new());
+        let (mut base_native, mut base_managed) = (Vec::new(), Vec::new());
+        let rounds: usize = std::env::var("WM_COMPARE_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5);
+        for round in 0..rounds {
+            let mut builds: Vec<Option<&Path>> = vec![None];
+            if let Some(b) = &baseline {
+                builds.insert(round % 2, Some(b.as_path()));
+            }
+            for binary in builds {
+                let (n, m) = respawn_round(so, dotnet, standby, binary);
+                let (to_n, to_m) = if binary.is_some() {
+                    (&mut base_native, &mut base_managed)
+                } else {
+                    (&mut native, &mut managed)
+                };
+                to_n.push(n);
+                to_m.extend(m);
+            }
+        }
+        let ms = |v: &[Duration]| {
+            v.iter()
+                .map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let figures = [
+            (
+                "native host respawn + reload -> answered",
+                &native,
+                &base_native,
+            ),
+            (
+                ".NET host respawn -> first managed call answered",
+                &managed,
+                &base_managed,
+            ),
+        ];
+        for (what, now, base) in figures {
+            if now.is_empty() {
+                continue;
+            }
+            report(
+                &format!("HOST_STANDBY={standby}: {what} ({} kills, ms)", now.len()),
+                format!("{} ms; {}", ms(now), lat(now.to_vec())),
+            );
+            if !base.is_empty() {
+                let (l_now, l_base) = (lat(now.to_vec()), lat(base.to_vec()));
+                report(
+                    &format!(
+                        "HOST_STANDBY={standby}: baseline build, {what} ({} kills, ms)",
+                        base.len()
+                    ),
+                    format!(
+                        "{} ms; {}; p50 now / baseline = {:.2}",
+                        ms(base),
+                        l_base,
+                        l_now.p50 / l_base.p50
+                    ),
+                );
+            }
+        }
     }
 }
 
-/// Respawn through the daemon: fresh daemon per sample (the backoff doubles per crash).
-fn respawn_with(so: &Path, dotnet: Option<&Path>, standby: &str) {
-    section(&format!(
-        "daemon (HOST_STANDBY={standby}): kill -9 a host, time until the worker answers an invoke again"
-    ));
+/// One fresh daemon (`binary`, or this build's): kills its native host, then its .NET host
+/// (when .NET is here), timing each until the worker answers again. A fresh daemon per sample,
+/// as the backoff doubles per crash.
+fn respawn_round(
+    so: &Path,
+    dotnet: Option<&Path>,
+    standby: &str,
+    binary: Option<&Path>,
+) -> (Duration, Option<Duration>) {
     let body = serde_json::to_vec(&event_json("r-1", "bench.request")).unwrap();
-    let (mut native, mut managed) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        let d = daemon(dotnet.is_some(), &[("HOST_STANDBY", standby)]);
+    let d = daemon_with(dotnet.is_some(), &[("HOST_STANDBY", standby)], binary);
+    let w = worker(
+        &d,
+        NATIVE,
+        "bench.request",
+        &chaos_package("Chaos.Worker", so),
+        json!({}),
+    );
+    if standby == "1" {
+        wait_standby(&d, NATIVE);
+    }
+    let native = respawn_once(&d, NATIVE, &w, &body);
+    let managed = dotnet.map(|dll| {
         let w = worker(
             &d,
-            NATIVE,
-            "bench.request",
-            &chaos_package("Chaos.Worker", so),
+            DOTNET,
+            "dn.in",
+            &dn::worker_nupkg("Echo", dll, &[]),
             json!({}),
         );
         if standby == "1" {
-            wait_standby(&d, NATIVE);
+            wait_standby(&d, DOTNET);
         }
-        native.push(respawn_once(&d, NATIVE, &w, &body));
-        if let Some(dll) = dotnet {
-            let w = worker(
-                &d,
-                DOTNET,
-                "dn.in",
-                &dn::worker_nupkg("Echo", dll, &[]),
-                json!({}),
-            );
-            if standby == "1" {
-                wait_standby(&d, DOTNET);
-            }
-            managed.push(respawn_once(&d, DOTNET, &w, &body));
-        }
-    }
-    let ms = |v: &[Duration]| {
-        v.iter()
-            .map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    report(
-        &format!("HOST_STANDBY={standby}: native host respawn + reload -> answered (5 kills, ms)"),
-        format!("{} ms; {}", ms(&native), lat(native.clone())),
-    );
-    if dotnet.is_some() {
-        report(
-            &format!(
-                "HOST_STANDBY={standby}: .NET host respawn -> first managed call answered (5 kills, ms)"
-            ),
-            format!("{} ms; {}", ms(&managed), lat(managed.clone())),
-        );
-    }
+        respawn_once(&d, DOTNET, &w, &body)
+    });
+    (native, managed)
 }
 
 /// RSS of the daemon and its hosts, and idle CPU with workers loaded.

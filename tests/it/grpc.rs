@@ -120,6 +120,9 @@ fn python_client_drives_the_twelve_rpcs_and_rest_sees_the_same_workers() {
     let summary = run_client(&target, &pkg_path, &[], false);
     let checks = summary["checks"].as_array().unwrap();
     assert!(checks.len() >= 45, "{summary}");
+    for c in ["limits.create", "limits.load_code", "limits.kept"] {
+        assert!(checks.iter().any(|x| x == c), "{c} was checked: {summary}");
+    }
     let id = summary["keep_id"].as_str().unwrap();
 
     // REST shows what gRPC did: one control plane.

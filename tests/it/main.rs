@@ -27,3 +27,4 @@ mod security;
 mod traces;
 /// The /ui dashboard in headless Chromium (issue 18).
 mod ui;
+mod worker_limits;

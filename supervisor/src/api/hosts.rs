@@ -14,7 +14,7 @@ pub async fn hosts(State(state): State<AppState>) -> Json<Value> {
         .hosts()
         .into_iter()
         .map(|h| {
-            json!({
+            let mut host = json!({
                 "id": h.id,
                 "pid": h.pid,
                 "mimeType": h.engine.mime(),
@@ -38,7 +38,12 @@ pub async fn hosts(State(state): State<AppState>) -> Json<Value> {
                 })),
                 "identityViolations": h.identity_violations,
                 "flagged": h.identity_violations > 0,
-            })
+            });
+            // Only a host spawned with a worker's own limits has the key (docs/operations.md).
+            if !h.limits.is_empty() {
+                host["limits"] = json!(h.limits);
+            }
+            host
         })
         .collect();
     // Warm standby hosts (HOST_STANDBY): idle, no workers, adopted by the next respawn. The key

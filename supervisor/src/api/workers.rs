@@ -20,6 +20,7 @@ use crate::control::{CodeInput, CreateWorker};
 use crate::registry::{CodeRef, HistoryEntry, LastError, WorkerRecord};
 use crate::runtime::EngineKind;
 use crate::runtime::{Isolation, WorkerRuntimeInfo};
+use crate::worker_limits::WorkerLimits;
 
 /// `codeSource`: exactly one of `content` (base64) and `url` (with an optional `sha256`).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -67,6 +68,10 @@ pub struct CreateWorkerBody {
     /// Calls at once.
     #[serde(default, alias = "max_concurrency")]
     pub max_concurrency: Option<u32>,
+    /// The worker's own resource limits, overriding the engine's settings; a worker with
+    /// limits gets a host of its own (`crate::worker_limits`).
+    #[serde(default)]
+    pub limits: Option<WorkerLimits>,
 }
 
 /// `POST /v1/workers/{id}/code`.
@@ -76,6 +81,9 @@ pub struct LoadCodeBody {
     /// The code.
     #[serde(alias = "code_source")]
     pub code_source: CodeSourceBody,
+    /// New limits for the worker (absent: unchanged; `{}`: the engine's settings again).
+    #[serde(default)]
+    pub limits: Option<WorkerLimits>,
 }
 
 /// `POST /v1/workers/{id}/code-from-url`.
@@ -90,6 +98,9 @@ pub struct CodeFromUrlBody {
     /// The package's minisign signature (see [`CodeSourceBody::signature`]).
     #[serde(default)]
     pub signature: Option<String>,
+    /// New limits for the worker (see [`LoadCodeBody::limits`]).
+    #[serde(default)]
+    pub limits: Option<WorkerLimits>,
 }
 
 /// `PUT /v1/workers/{id}/tags/{key}`: `{"value": "..."}`.
@@ -173,6 +184,8 @@ pub struct WorkerView {
     pub tags: BTreeMap<String, String>,
     /// Shared or dedicated.
     pub isolation: Isolation,
+    /// The worker's own limits (`null`: the engine's settings).
+    pub limits: Option<WorkerLimits>,
     /// Deadline of one call, seconds.
     pub message_timeout_seconds: u32,
     /// Calls at once.
@@ -208,6 +221,7 @@ impl WorkerView {
             config: w.config.iter().cloned().collect(),
             tags: w.tags.clone(),
             isolation: w.isolation,
+            limits: Some(w.limits).filter(|l| !l.is_empty()),
             message_timeout_seconds: w.message_timeout_seconds,
             max_concurrency: w.max_concurrency,
             status: w.status,
@@ -404,6 +418,17 @@ pub fn create_command_with_code(
             ))
         })?,
     };
+    let limits = body.limits.unwrap_or_default();
+    crate::worker_limits::check(&limits, engine).map_err(ApiError::InvalidArgument)?;
+    let isolation = match (isolation, body.isolation.is_some()) {
+        (Isolation::Shared, true) if !limits.is_empty() => {
+            return Err(ApiError::InvalidArgument(
+                "isolation 'shared' cannot go with limits: a limit is a property of a host process, so a worker with limits gets a host of its own; leave isolation out or use dedicated".to_owned(),
+            ));
+        }
+        _ if !limits.is_empty() => Isolation::Dedicated,
+        (i, _) => i,
+    };
     if let Some(t) = body.message_timeout_seconds
         && !(1..=3600).contains(&t)
     {
@@ -428,6 +453,7 @@ pub fn create_command_with_code(
         isolation,
         message_timeout_seconds: body.message_timeout_seconds,
         max_concurrency,
+        limits,
     })
 }
 
@@ -503,7 +529,7 @@ pub async fn load_code(
     ApiJson(body): ApiJson<LoadCodeBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let input = code_input(body.code_source, state.control.config().max_code_bytes)?;
-    let (w, deps) = state.control.load_code_detailed(&id, input).await?;
+    let (w, deps) = state.control.reload(&id, input, body.limits).await?;
     with_dependencies(view(&state, &w), deps)
 }
 
@@ -578,7 +604,7 @@ pub async fn code_from_url(
         sha256: body.sha256.as_deref().map(check_sha256).transpose()?,
         signature: body.signature,
     };
-    let (w, deps) = state.control.load_code_detailed(&id, input).await?;
+    let (w, deps) = state.control.reload(&id, input, body.limits).await?;
     with_dependencies(view(&state, &w), deps)
 }
 

@@ -201,6 +201,7 @@ async fn run_async(a: RunArgs) -> Result<(), CliError> {
         max_concurrency: 1,
         package_dir,
         package: info.clone(),
+        limits: Default::default(),
     };
     let result = call_once(&pool, spec, &worker_id, event, timeout).await;
     pool.shutdown(Duration::from_secs(5)).await;

@@ -102,6 +102,11 @@ pub struct CreateArgs {
     /// Calls at once.
     #[arg(long)]
     pub max_concurrency: Option<u32>,
+    /// The worker's own memory limit (`limits.memoryBytes`): bytes, or with a suffix K, M, G
+    /// (KiB, MiB, GiB). RLIMIT_AS for native and Python workers, the GC heap hard limit for
+    /// .NET workers; the worker gets a host of its own.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub memory: Option<u64>,
     /// The package's minisign signature file.
     #[arg(long, value_name = "FILE")]
     pub signature: Option<PathBuf>,
@@ -321,6 +326,9 @@ async fn create(c: &Client, a: CreateArgs) -> Result<(), CliError> {
     if let Some(m) = a.max_concurrency {
         body["maxConcurrency"] = json!(m);
     }
+    if let Some(m) = a.memory {
+        body["limits"] = json!({ "memoryBytes": m });
+    }
     let raw = serde_json::to_vec(&body)
         .map_err(|e| CliError::new(exit::FAILED, format!("cannot encode the request: {e}")))?;
     let rb = c
@@ -391,6 +399,7 @@ fn print_worker(output: Output, v: &Value) {
         ("topic", cell(&v["topic"])),
         ("group", cell(&v["group"])),
         ("isolation", cell(&v["isolation"])),
+        ("memoryLimit", cell(&v["limits"]["memoryBytes"])),
         ("hostPid", cell(&v["hostPid"])),
         ("package", cell(&v["code"]["sha256"])),
         (
@@ -471,6 +480,29 @@ async fn tags(c: &Client, id: &str, set: &[String], remove: &[String]) -> Result
     }
     print!("{}", t.render());
     Ok(())
+}
+
+/// `--memory`: bytes, or a number with a binary suffix (`K`/`KiB`, `M`/`MiB`, `G`/`GiB`).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}': give bytes or a number with K, M or G (e.g. 256M)"
+            ));
+        }
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size: give bytes or e.g. 256M"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 /// Percent-encodes one path segment.
@@ -559,5 +591,16 @@ mod tests {
         assert_eq!(pairs(&["a=b=c".into()], "--tag").unwrap()["a"], "b=c");
         assert!(pairs(&["=x".into()], "--tag").is_err());
         assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("256M"), Ok(256 << 20));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("64 k"), Ok(64 << 10));
+        assert!(parse_bytes("12T").is_err());
+        assert!(parse_bytes("M").is_err());
+        assert!(parse_bytes("99999999999G").is_err());
     }
 }

@@ -118,6 +118,7 @@ impl Ops {
             isolation: w.isolation.as_str().to_owned(),
             message_timeout_seconds: w.message_timeout_seconds,
             max_concurrency: w.max_concurrency,
+            limits: Some(w.limits).filter(|l| !l.is_empty()).map(limits_to_pb),
         }
     }
 
@@ -137,6 +138,7 @@ impl Ops {
             isolation: Some(r.isolation).filter(|i| !i.is_empty()),
             message_timeout_seconds: Some(r.message_timeout_seconds).filter(|&t| t != 0),
             max_concurrency: Some(r.max_concurrency).filter(|&c| c != 0),
+            limits: r.limits.map(limits_from_pb),
         };
         let cmd = crate::api::workers::create_command_with_code(body, code)?;
         let w = self.state.control.create(cmd).await?;
@@ -168,7 +170,8 @@ impl Ops {
     ) -> Result<pb::LoadCodeResponse, ApiError> {
         let id = need_id(&r.id)?;
         let input = code_input(r.code_source, self.max_bytes())?;
-        self.state.control.load_code(&id, input).await?;
+        let limits = r.limits.map(limits_from_pb);
+        self.state.control.reload(&id, input, limits).await?;
         Ok(pb::LoadCodeResponse {})
     }
 
@@ -262,4 +265,16 @@ fn need_id(id: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(id.to_owned())
+}
+
+fn limits_to_pb(l: crate::worker_limits::WorkerLimits) -> pb::WorkerLimits {
+    pb::WorkerLimits {
+        memory_bytes: l.memory_bytes,
+    }
+}
+
+fn limits_from_pb(l: pb::WorkerLimits) -> crate::worker_limits::WorkerLimits {
+    crate::worker_limits::WorkerLimits {
+        memory_bytes: l.memory_bytes,
+    }
 }

@@ -33,6 +33,7 @@ use wm_shared::ring::CrashRecord;
 
 use crate::events::Events;
 use crate::runtime::{HostInfo, Isolation, WorkerSpec};
+use crate::worker_limits::WorkerLimits;
 use guard::{Guard, HostLimits, Rated, Violations};
 pub use spawn::{ExitStatus, SpawnConfig, SpawnError, Spawner, signal_name};
 
@@ -422,6 +423,8 @@ struct Slot {
     id: String,
     engine: EngineKind,
     dedicated: bool,
+    /// The limits its hosts are spawned with (a worker's own; empty: the engine's settings).
+    limits: WorkerLimits,
     workers: Mutex<HashMap<String, WorkerSpec>>,
     current: watch::Sender<Option<Arc<HostHandle>>>,
     restarts: AtomicU64,
@@ -520,6 +523,12 @@ impl Pool {
         if self.shutdown.is_cancelled() {
             return Err(PoolError::ShuttingDown);
         }
+        let placed = lock(&self.placement).get(&spec.id).cloned();
+        if let Some(old) = placed
+            && old.limits != spec.limits
+        {
+            return self.relocate(old, spec).await;
+        }
         let slot = self.place(&spec)?;
         lock(&slot.workers).insert(spec.id.clone(), spec.clone());
         let result = self.load_on_current(&slot, &spec).await;
@@ -532,6 +541,23 @@ impl Pool {
             }
         }
         result
+    }
+
+    /// A reload with other limits: they are a property of the process, so the worker moves to
+    /// a host spawned with them. It is loaded there first and leaves its old host after, so
+    /// its calls find a host all along; if the new load fails, nothing changes.
+    async fn relocate(self: &Arc<Self>, old: Arc<Slot>, spec: WorkerSpec) -> Result<(), PoolError> {
+        let slot = self.slot_for(&spec)?;
+        lock(&slot.workers).insert(spec.id.clone(), spec.clone());
+        if let Err(e) = self.load_on_current(&slot, &spec).await {
+            lock(&slot.workers).remove(&spec.id);
+            self.retire_if_empty(&slot);
+            return Err(e);
+        }
+        lock(&self.placement).insert(spec.id.clone(), slot.clone());
+        tracing::info!(worker = %spec.id, from = %old.id, to = %slot.id, "worker moved to a host with its new limits");
+        self.leave_slot(&old, &spec.id).await;
+        Ok(())
     }
 
     async fn load_on_current(&self, slot: &Arc<Slot>, spec: &WorkerSpec) -> Result<(), PoolError> {
@@ -592,6 +618,14 @@ impl Pool {
         let Some(slot) = slot else {
             return Ok(());
         };
+        self.leave_slot(&slot, worker_id).await;
+        self.guard.forget(worker_id);
+        Ok(())
+    }
+
+    /// Takes a worker off `slot`: unloaded from its host (confirmed or timed out), and the slot
+    /// retired if it was dedicated and is now empty.
+    async fn leave_slot(&self, slot: &Arc<Slot>, worker_id: &str) {
         lock(&slot.workers).remove(worker_id);
         // Until the host confirms the unload, what the plugin logs or asks while it is
         // disposed still comes from a worker of this host.
@@ -616,9 +650,7 @@ impl Pool {
             }
         }
         lock(&slot.leaving).remove(worker_id);
-        self.guard.forget(worker_id);
-        self.retire_if_empty(&slot);
-        Ok(())
+        self.retire_if_empty(slot);
     }
 
     /// The current live host of a worker; waits while its host is being respawned.
@@ -674,6 +706,7 @@ impl Pool {
                     in_flight: host.as_ref().map_or(0, |h| h.in_flight() as u64),
                     sandbox: host.as_ref().map(|h| h.layers.clone()),
                     identity_violations: s.violations.get(),
+                    limits: s.limits,
                 }
             })
             .collect()
@@ -711,9 +744,22 @@ impl Pool {
         if let Some(slot) = lock(&self.placement).get(&spec.id).cloned() {
             return Ok(slot);
         }
+        let slot = self.slot_for(spec)?;
+        lock(&self.placement).insert(spec.id.clone(), slot.clone());
+        Ok(slot)
+    }
+
+    /// The slot a worker that is not placed yet goes to: a new dedicated one (its own
+    /// isolation or limits) or the least loaded shared one of its engine.
+    fn slot_for(self: &Arc<Self>, spec: &WorkerSpec) -> Result<Arc<Slot>, PoolError> {
         let engine = to_protocol_engine(spec.engine);
-        let slot = match spec.isolation {
-            Isolation::Dedicated => self.new_slot(engine, true)?,
+        let isolation = if spec.limits.is_empty() {
+            spec.isolation
+        } else {
+            Isolation::Dedicated
+        };
+        let slot = match isolation {
+            Isolation::Dedicated => self.new_slot(engine, true, spec.limits)?,
             Isolation::Shared => {
                 let existing: Vec<Arc<Slot>> = lock(&self.slots)
                     .iter()
@@ -725,7 +771,10 @@ impl Pool {
                     .min_by_key(|s| lock(&s.workers).len())
                     .cloned();
                 if existing.len() < self.config.shared_hosts_per_engine.max(1) {
-                    match (self.new_slot(engine, false), least_loaded) {
+                    match (
+                        self.new_slot(engine, false, WorkerLimits::default()),
+                        least_loaded,
+                    ) {
                         (Ok(slot), _) => slot,
                         // At HOST_POOL_MAX_HOSTS: share a running host rather than fail.
                         (Err(_), Some(slot)) => slot,
@@ -734,12 +783,11 @@ impl Pool {
                 } else {
                     match least_loaded {
                         Some(slot) => slot,
-                        None => self.new_slot(engine, false)?,
+                        None => self.new_slot(engine, false, WorkerLimits::default())?,
                     }
                 }
             }
         };
-        lock(&self.placement).insert(spec.id.clone(), slot.clone());
         Ok(slot)
     }
 
@@ -748,6 +796,7 @@ impl Pool {
         self: &Arc<Self>,
         engine: EngineKind,
         dedicated: bool,
+        limits: WorkerLimits,
     ) -> Result<Arc<Slot>, PoolError> {
         let mut slots = lock(&self.slots);
         let max = self.config.limits.max_hosts.max(1);
@@ -773,6 +822,7 @@ impl Pool {
             id,
             engine,
             dedicated,
+            limits,
             workers: Mutex::new(HashMap::new()),
             current,
             restarts: AtomicU64::new(0),
@@ -785,8 +835,11 @@ impl Pool {
         slots.push(slot.clone());
         drop(slots);
         // From the first slot of an engine on, a standby host of that engine waits for the
-        // first respawn.
-        self.standbys.ensure(engine);
+        // first respawn. A slot with its own limits never adopts one (a standby has the
+        // engine's limits), so it starts no keeper either.
+        if limits.is_empty() {
+            self.standbys.ensure(engine);
+        }
         let pool = Arc::clone(self);
         let s = slot.clone();
         self.tasks.spawn(async move { pool.run_slot(s).await });
@@ -822,7 +875,7 @@ impl Pool {
             generation += 1;
             let host_id = format!("{}.{generation}", slot.id);
             let spawned = tokio::select! {
-                r = self.adopt_or_spawn(&host_id, slot.engine) => r,
+                r = self.adopt_or_spawn(&host_id, slot.engine, &slot.limits) => r,
                 _ = slot.closed.cancelled() => break,
             };
             let mut spawned = match spawned {
@@ -994,7 +1047,12 @@ impl Pool {
         &self,
         host_id: &str,
         engine: EngineKind,
+        limits: &WorkerLimits,
     ) -> Result<spawn::SpawnedHost, SpawnError> {
+        if !limits.is_empty() {
+            // A standby runs under the engine's limits; this host needs the worker's own.
+            return self.spawner.spawn_with(host_id, engine, limits).await;
+        }
         if let Some(h) = self.standbys.adopt(engine).await {
             tracing::info!(host = %host_id, pid = h.pid, "adopted the standby host");
             return Ok(h);

@@ -22,6 +22,8 @@ use wm_shared::protocol::link::HostLink;
 use wm_shared::protocol::{EngineKind, Message, Ready};
 use wm_shared::ring::{Region, RingConfig};
 
+use crate::worker_limits::WorkerLimits;
+
 /// What it takes to start hosts.
 #[derive(Debug, Clone)]
 pub struct SpawnConfig {
@@ -290,11 +292,22 @@ impl Spawner {
         &self.config
     }
 
-    /// Starts a host for `engine` and waits for its `Ready`.
+    /// Starts a host for `engine` with the engine's limits and waits for its `Ready`.
     pub async fn spawn(
         &self,
         host_id: &str,
         engine: EngineKind,
+    ) -> Result<SpawnedHost, SpawnError> {
+        self.spawn_with(host_id, engine, &WorkerLimits::default())
+            .await
+    }
+
+    /// [`Spawner::spawn`] with a worker's own `limits` in place of the engine's settings.
+    pub async fn spawn_with(
+        &self,
+        host_id: &str,
+        engine: EngineKind,
+        limits: &WorkerLimits,
     ) -> Result<SpawnedHost, SpawnError> {
         let cfg = &self.config;
         let region = Region::create(&format!("wm-{host_id}"), &cfg.ring).map_err(|source| {
@@ -306,7 +319,7 @@ impl Spawner {
         let region = Arc::new(region);
         let ring_fd: RawFd = region.as_fd().as_raw_fd();
 
-        let mut args = host_args(cfg, host_id, engine);
+        let mut args = host_args(cfg, host_id, engine, limits);
         let tmp_dir = match &cfg.sandbox.tmp_root {
             Some(root) => Some(TmpDir::create(root, host_id, cfg.sandbox.host_ids).map_err(
                 |source| SpawnError::Exec {
@@ -414,8 +427,14 @@ impl Spawner {
 
 /// The host-runner's command line for a host of `engine` (without the extra debugging
 /// arguments). Memory limits are per engine: `RLIMIT_AS` for native hosts, the GC heap hard
-/// limit for .NET hosts (which also prestart CoreCLR).
-fn host_args(cfg: &SpawnConfig, host_id: &str, engine: EngineKind) -> Vec<String> {
+/// limit for .NET hosts (which also prestart CoreCLR); a worker's own `limits` replace the
+/// engine's settings (`crate::worker_limits`).
+fn host_args(
+    cfg: &SpawnConfig,
+    host_id: &str,
+    engine: EngineKind,
+    limits: &WorkerLimits,
+) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "--ring-fd".into(),
         "3".into(),
@@ -433,7 +452,7 @@ fn host_args(cfg: &SpawnConfig, host_id: &str, engine: EngineKind) -> Vec<String
     ];
     match engine {
         EngineKind::DotNet => {
-            if let Some(limit) = cfg.gc_heap_hard_limit {
+            if let Some(limit) = limits.memory_bytes.or(cfg.gc_heap_hard_limit) {
                 args.extend(["--gc-heap-hard-limit".into(), limit.to_string()]);
             }
             // CoreCLR and the bridge start before Ready: a standby host is warm, and a
@@ -441,7 +460,7 @@ fn host_args(cfg: &SpawnConfig, host_id: &str, engine: EngineKind) -> Vec<String
             args.push("--prestart".into());
         }
         _ => {
-            if let Some(limit) = cfg.rlimit_as {
+            if let Some(limit) = limits.memory_bytes.or(cfg.rlimit_as) {
                 args.extend(["--rlimit-as".into(), limit.to_string()]);
             }
         }
@@ -583,14 +602,51 @@ mod tests {
     #[test]
     fn native_hosts_get_rlimit_as_and_dotnet_hosts_the_gc_heap_hard_limit() {
         let cfg = config();
-        let native = host_args(&cfg, "n.1", EngineKind::Native);
+        let none = WorkerLimits::default();
+        let native = host_args(&cfg, "n.1", EngineKind::Native, &none);
         assert_eq!(value_of(&native, "--rlimit-as"), Some("268435456"));
         assert_eq!(value_of(&native, "--gc-heap-hard-limit"), None);
         assert!(!native.iter().any(|a| a == "--prestart"));
 
-        let dotnet = host_args(&cfg, "d.1", EngineKind::DotNet);
+        let dotnet = host_args(&cfg, "d.1", EngineKind::DotNet, &none);
         assert_eq!(value_of(&dotnet, "--rlimit-as"), None);
         assert_eq!(value_of(&dotnet, "--gc-heap-hard-limit"), Some("67108864"));
         assert!(dotnet.iter().any(|a| a == "--prestart"));
+    }
+
+    /// A worker's own memory limit replaces the engine's setting, by the engine's mechanism,
+    /// and applies where the engine has no setting at all.
+    #[test]
+    fn a_workers_memory_limit_replaces_the_engine_setting_by_the_engines_mechanism() {
+        let mut cfg = config();
+        let own = WorkerLimits {
+            memory_bytes: Some(96 << 20),
+        };
+        let native = host_args(&cfg, "n.1", EngineKind::Native, &own);
+        assert_eq!(value_of(&native, "--rlimit-as"), Some("100663296"));
+        assert_eq!(value_of(&native, "--gc-heap-hard-limit"), None);
+        let python = host_args(&cfg, "p.1", EngineKind::Python, &own);
+        assert_eq!(value_of(&python, "--rlimit-as"), Some("100663296"));
+        let dotnet = host_args(&cfg, "d.1", EngineKind::DotNet, &own);
+        assert_eq!(value_of(&dotnet, "--gc-heap-hard-limit"), Some("100663296"));
+        assert_eq!(value_of(&dotnet, "--rlimit-as"), None);
+
+        cfg.rlimit_as = None;
+        cfg.gc_heap_hard_limit = None;
+        let none = WorkerLimits::default();
+        assert_eq!(
+            value_of(
+                &host_args(&cfg, "n.2", EngineKind::Native, &none),
+                "--rlimit-as"
+            ),
+            None
+        );
+        assert_eq!(
+            value_of(
+                &host_args(&cfg, "n.3", EngineKind::Native, &own),
+                "--rlimit-as"
+            ),
+            Some("100663296")
+        );
     }
 }

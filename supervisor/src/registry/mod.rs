@@ -110,6 +110,8 @@ pub struct WorkerRecord {
     pub tags: BTreeMap<String, String>,
     /// Shared or dedicated host.
     pub isolation: Isolation,
+    /// The worker's own resource limits (empty: the engine's settings).
+    pub limits: crate::worker_limits::WorkerLimits,
     /// Deadline of one call, seconds.
     pub message_timeout_seconds: u32,
     /// Calls at once.
@@ -216,6 +218,15 @@ pub trait Store: Send + Sync + 'static {
     fn delete_worker(&self, id: &str) -> Result<bool, RegistryError>;
     /// Makes `code` current and appends it to the history; false if unknown.
     fn set_code(&self, id: &str, code: &CodeRef, at: &str) -> Result<bool, RegistryError>;
+    /// Replaces the worker's own limits and its isolation (a worker with limits is
+    /// dedicated); false if unknown.
+    fn set_limits(
+        &self,
+        id: &str,
+        limits: &crate::worker_limits::WorkerLimits,
+        isolation: Isolation,
+        at: &str,
+    ) -> Result<bool, RegistryError>;
     /// The code history, oldest first; `None` if the worker is unknown.
     fn history(&self, id: &str) -> Result<Option<Vec<HistoryEntry>>, RegistryError>;
     /// Sets status and last error (cleared unless `ERROR`), and the wish to run if given.

@@ -15,6 +15,7 @@ use super::{
     WorkerRecord,
 };
 use crate::runtime::Isolation;
+use crate::worker_limits::WorkerLimits;
 
 /// Schema versions, in order; `PRAGMA user_version` records how many were applied.
 const MIGRATIONS: &[&str] = &[
@@ -66,6 +67,9 @@ const MIGRATIONS: &[&str] = &[
         value BLOB NOT NULL,
         PRIMARY KEY (worker_id, key)
      );",
+    // 2: a worker's own limits (issue 13); NULL is the engine's setting, so rows written by
+    // older daemons read as workers without limits.
+    "ALTER TABLE workers ADD COLUMN memory_limit_bytes INTEGER;",
 ];
 
 /// SQLite-backed registry.
@@ -146,7 +150,7 @@ fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
 
 const WORKER_COLUMNS: &str = "id, mime_type, topic, grp, isolation, message_timeout_seconds, \
     max_concurrency, status, desired_running, last_error, code_sha256, code_size, code_source, \
-    code_url, created_at, updated_at";
+    code_url, created_at, updated_at, memory_limit_bytes";
 
 /// A `workers` row before its config and tags are attached.
 fn row_to_worker(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<WorkerRecord, RegistryError>> {
@@ -155,6 +159,7 @@ fn row_to_worker(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<WorkerRecor
     let status: String = row.get(7)?;
     let last_error: Option<String> = row.get(9)?;
     let source: String = row.get(12)?;
+    let memory_limit: Option<i64> = row.get(16)?;
     let corrupt = |what: String| RegistryError::Corrupt {
         id: id.clone(),
         what,
@@ -167,6 +172,11 @@ fn row_to_worker(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<WorkerRecor
     };
     let Some(source) = CodeSourceKind::parse(&source) else {
         return Ok(Err(corrupt(format!("unknown code source '{source}'"))));
+    };
+    let memory_bytes = match memory_limit.map(u64::try_from) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return Ok(Err(corrupt("memory_limit_bytes is negative".to_owned()))),
     };
     let last_error = match last_error {
         None => None,
@@ -182,6 +192,7 @@ fn row_to_worker(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<WorkerRecor
         config: Vec::new(),
         tags: BTreeMap::new(),
         isolation,
+        limits: crate::worker_limits::WorkerLimits { memory_bytes },
         message_timeout_seconds: row.get(5)?,
         max_concurrency: row.get(6)?,
         status,
@@ -215,6 +226,17 @@ fn attach_details(conn: &Connection, w: &mut WorkerRecord) -> Result<(), Registr
         .and_then(|rows| rows.collect())
         .map_err(sql("read tags"))?;
     Ok(())
+}
+
+/// SQLite integers are signed: a limit past `i64::MAX` cannot be stored (the API allows 1 TiB).
+fn memory_limit_sql(l: &WorkerLimits) -> Result<Option<i64>, RegistryError> {
+    l.memory_bytes
+        .map(i64::try_from)
+        .transpose()
+        .map_err(|_| RegistryError::Sql {
+            op: "store limits",
+            source: rusqlite::Error::IntegralValueOutOfRange(16, i64::MAX),
+        })
 }
 
 fn exists(tx: &Connection, id: &str) -> Result<bool, RegistryError> {
@@ -258,7 +280,7 @@ impl Store for SqliteStore {
                 .as_ref()
                 .and_then(|e| serde_json::to_string(e).ok());
             tx.execute(
-                &format!("INSERT INTO workers ({WORKER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
+                &format!("INSERT INTO workers ({WORKER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
                 params![
                     w.id,
                     w.mime_type,
@@ -275,7 +297,8 @@ impl Store for SqliteStore {
                     w.code.source.as_str(),
                     w.code.url,
                     w.created_at,
-                    w.updated_at
+                    w.updated_at,
+                    memory_limit_sql(&w.limits)?
                 ],
             )
             .map_err(sql("insert worker"))?;
@@ -358,6 +381,23 @@ impl Store for SqliteStore {
             }
             insert_history(tx, id, code, at)?;
             Ok(true)
+        })
+    }
+
+    fn set_limits(
+        &self,
+        id: &str,
+        limits: &WorkerLimits,
+        isolation: Isolation,
+        at: &str,
+    ) -> Result<bool, RegistryError> {
+        self.write("set limits", |tx| {
+            tx.execute(
+                "UPDATE workers SET memory_limit_bytes = ?2, isolation = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id, memory_limit_sql(limits)?, isolation.as_str(), at],
+            )
+            .map(|n| n > 0)
+            .map_err(sql("set limits"))
         })
     }
 
@@ -570,6 +610,7 @@ mod tests {
             config: vec![("zeta".into(), "1".into()), ("alpha".into(), "2".into())],
             tags: [("k".to_owned(), "v".to_owned())].into(),
             isolation: Isolation::Dedicated,
+            limits: WorkerLimits::default(),
             message_timeout_seconds: 30,
             max_concurrency: 2,
             status: Status::Stopped,
@@ -666,6 +707,52 @@ mod tests {
         assert_eq!(s.set_tag("zz", "k", "v", 2).unwrap(), TagOutcome::NotFound);
         assert_eq!(s.delete_tag("a", "k2").unwrap(), Some(true));
         assert_eq!(s.delete_tag("a", "k2").unwrap(), Some(false));
+    }
+
+    #[test]
+    fn limits_round_trip_and_a_version_1_database_opens_with_workers_without_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        {
+            // A registry as the first schema left it, with one worker.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO workers (id, mime_type, topic, grp, isolation, message_timeout_seconds, \
+                 max_concurrency, status, desired_running, last_error, code_sha256, code_size, \
+                 code_source, code_url, created_at, updated_at) VALUES ('old', 'application/x-native-dll', \
+                 't', NULL, 'shared', 30, 1, 'STOPPED', 0, NULL, 'ab', 3, 'content', NULL, 'x', 'x')",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let old = s.get_worker("old").unwrap().unwrap();
+        assert_eq!(old.limits, WorkerLimits::default());
+        assert_eq!(old.isolation, Isolation::Shared);
+
+        let mut w = worker("lim");
+        w.limits.memory_bytes = Some(256 << 20);
+        s.create_worker(&w).unwrap();
+        assert_eq!(
+            s.get_worker("lim").unwrap().unwrap().limits.memory_bytes,
+            Some(256 << 20)
+        );
+        let tighter = WorkerLimits {
+            memory_bytes: Some(128 << 20),
+        };
+        assert!(
+            s.set_limits("old", &tighter, Isolation::Dedicated, "y")
+                .unwrap()
+        );
+        let old = s.get_worker("old").unwrap().unwrap();
+        assert_eq!(old.limits, tighter);
+        assert_eq!(old.isolation, Isolation::Dedicated);
+        assert!(
+            !s.set_limits("nobody", &tighter, Isolation::Dedicated, "y")
+                .unwrap()
+        );
     }
 
     #[test]
