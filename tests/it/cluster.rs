@@ -19,9 +19,9 @@ use wm_testkit::native::{Build, Lang};
 use wm_testkit::nats::{NatsCluster, NatsServer};
 use wm_testkit::nupkg;
 
-const WAIT: Duration = Duration::from_secs(90);
+pub(crate) const WAIT: Duration = Duration::from_secs(90);
 
-fn cluster_daemon(nats_urls: &str, extra: &[(&str, &str)]) -> Daemon {
+pub(crate) fn cluster_daemon(nats_urls: &str, extra: &[(&str, &str)]) -> Daemon {
     let mut o = DaemonOptions::default()
         .env("BUS_BACKEND", "jetstream")
         .env("NATS_URL", nats_urls)
@@ -58,7 +58,7 @@ fn worker(d: &Daemon, topic: &str) -> String {
 
 /// Publishes one event; retried (same id: JetStream drops the duplicate) while the daemon
 /// answers 503, which it does while NATS fails over.
-fn publish(d: &Daemon, topic: &str, id: &str, data: &str) {
+pub(crate) fn publish(d: &Daemon, topic: &str, id: &str, data: &str) {
     let ev = json!({"specversion": "1.0", "id": id, "source": "urn:test", "type": topic,
                     "datacontenttype": "text/plain", "data": data});
     let deadline = Instant::now() + WAIT;
@@ -78,21 +78,21 @@ fn publish(d: &Daemon, topic: &str, id: &str, data: &str) {
     }
 }
 
-fn tail(log: &str) -> String {
+pub(crate) fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// Reads the stream the way a client of any daemon would see it: ids of `topic`'s events,
 /// with how many times each is stored.
-struct Reader {
+pub(crate) struct Reader {
     rt: tokio::runtime::Runtime,
     bus: Arc<JetStreamBus>,
 }
 
 impl Reader {
     /// `replicas`: as the daemons have it (opening the bus applies its stream settings).
-    fn new(url: &str, replicas: usize) -> Reader {
+    pub(crate) fn new(url: &str, replicas: usize) -> Reader {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -156,7 +156,7 @@ impl Reader {
         })
     }
 
-    fn wait_ids(&self, topic: &str, want: usize, what: &str) -> BTreeMap<String, usize> {
+    pub(crate) fn wait_ids(&self, topic: &str, want: usize, what: &str) -> BTreeMap<String, usize> {
         let deadline = Instant::now() + WAIT;
         loop {
             let ids = self.ids(topic);

@@ -13,6 +13,7 @@ mod chaos;
 /// The `workmanager` command-line client (issue 18).
 mod cli;
 mod cluster;
+mod cluster_registry;
 mod containment;
 mod csharp_source;
 mod dotnet_daemon;

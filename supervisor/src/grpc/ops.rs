@@ -118,6 +118,8 @@ impl Ops {
             isolation: w.isolation.as_str().to_owned(),
             message_timeout_seconds: w.message_timeout_seconds,
             max_concurrency: w.max_concurrency,
+            replicas: w.replicas.unwrap_or(0),
+            instances: self.state.control.placement_of(w).instances,
         }
     }
 
@@ -137,6 +139,7 @@ impl Ops {
             isolation: Some(r.isolation).filter(|i| !i.is_empty()),
             message_timeout_seconds: Some(r.message_timeout_seconds).filter(|&t| t != 0),
             max_concurrency: Some(r.max_concurrency).filter(|&c| c != 0),
+            replicas: Some(r.replicas).filter(|&n| n != 0),
         };
         let cmd = crate::api::workers::create_command_with_code(body, code)?;
         let w = self.state.control.create(cmd).await?;
