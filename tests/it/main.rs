@@ -21,6 +21,7 @@ mod failures;
 mod grpc;
 mod host_limits;
 mod python;
+mod registry_contract;
 mod runtime;
 mod sandbox_layers;
 mod security;
