@@ -156,6 +156,19 @@ impl Reader {
         })
     }
 
+    /// Every stored event of `topic` (the first 1000).
+    pub(crate) fn events(&self, topic: &str) -> Vec<wm_shared::CloudEvent> {
+        self.rt.block_on(async {
+            match self.bus.replay(topic, 0, 1000).await {
+                Ok(page) => page.events.into_iter().map(|p| p.event.clone()).collect(),
+                Err(e) => {
+                    eprintln!("replay: {e}");
+                    Vec::new()
+                }
+            }
+        })
+    }
+
     pub(crate) fn wait_ids(&self, topic: &str, want: usize, what: &str) -> BTreeMap<String, usize> {
         let deadline = Instant::now() + WAIT;
         loop {

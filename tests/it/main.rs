@@ -14,6 +14,7 @@ mod chaos;
 mod cli;
 mod cluster;
 mod cluster_registry;
+mod cluster_retries;
 mod containment;
 mod csharp_source;
 mod dotnet_daemon;
