@@ -13,6 +13,8 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 
 /// How long one registry operation on NATS may take before it is reported as failed.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same for loading the whole registry at start and for moving a code blob.
+pub const BULK_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The registry's runtime thread.
 pub struct Bridge {
@@ -61,9 +63,18 @@ impl Bridge {
         &self,
         fut: impl Future<Output = T> + Send + 'static,
     ) -> Option<T> {
+        self.run_for(OP_TIMEOUT, fut)
+    }
+
+    /// [`Bridge::run`] with another time limit (loading everything, moving code blobs).
+    pub fn run_for<T: Send + 'static>(
+        &self,
+        limit: Duration,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.handle.spawn(async move {
-            if let Ok(v) = tokio::time::timeout(OP_TIMEOUT, fut).await {
+            if let Ok(v) = tokio::time::timeout(limit, fut).await {
                 let _ = tx.send(v);
             }
         });

@@ -149,7 +149,7 @@ impl JetStreamStore {
         let b = self.b.clone();
         let docs = self
             .bridge
-            .run(async move {
+            .run_for(bridge::BULK_TIMEOUT, async move {
                 let start = b
                     .workers
                     .stream
@@ -206,7 +206,7 @@ impl JetStreamStore {
         })?;
         let (obj, name) = (self.b.code.clone(), sha256.to_owned());
         self.bridge
-            .run(async move {
+            .run_for(bridge::BULK_TIMEOUT, async move {
                 if obj.info(&name).await.is_ok() {
                     return Ok(());
                 }
@@ -222,7 +222,9 @@ impl JetStreamStore {
     fn ensure_code_local(&self, sha256: &str) -> Result<(), RegistryError> {
         let (codes, obj, sha) = (self.codes.clone(), self.b.code.clone(), sha256.to_owned());
         self.bridge
-            .run(async move { fetch_code(&codes, &obj, &sha).await })
+            .run_for(bridge::BULK_TIMEOUT, async move {
+                fetch_code(&codes, &obj, &sha).await
+            })
             .ok_or_else(|| shared("fetch the code")("timed out".into()))?
             .map_err(shared("fetch the code"))
     }
