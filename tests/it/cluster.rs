@@ -309,11 +309,50 @@ fn an_embedded_daemon_is_a_cluster_of_one() {
     assert_eq!(c["backend"], "embedded", "{c:#}");
     assert_eq!(c["members"].as_array().map(Vec::len), Some(1), "{c:#}");
     assert_eq!(c["members"][0]["self"], true);
-    assert!(
-        c["members"][0]["instance"]
-            .as_str()
-            .is_some_and(|i| i.starts_with("workmanager@"))
+    let me = c["members"][0]["instance"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(me.starts_with("workmanager@"), "{c:#}");
+
+    // `replicas` is validated and recorded; embedded, a worker runs on this daemon alone.
+    let so = Build::plugin("chaos", Lang::C, &["chaos.c"]).build();
+    let pkg = nupkg::native(
+        "Chaos.Worker",
+        "chaos",
+        &so,
+        "<virtufinLibrary>chaos</virtufinLibrary>",
     );
+    let body = |replicas: u32| {
+        json!({
+            "mimeType": "application/x-native-dll",
+            "topic": "emb.in",
+            "replicas": replicas,
+            "codeSource": {"content": base64::engine::general_purpose::STANDARD.encode(&pkg)},
+        })
+    };
+    for bad in [0, 5000] {
+        let r = d.send_json("POST", "/v1/workers", &body(bad));
+        assert_eq!(r.status, 400, "replicas {bad}: {}", r.text());
+        assert!(r.text().contains("replicas"), "{}", r.text());
+    }
+    let r = d.send_json("POST", "/v1/workers", &body(2));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let w = r.json();
+    assert_eq!(
+        w["placement"],
+        json!({"replicas": 2, "instances": []}),
+        "stopped: nowhere"
+    );
+    let id = w["id"].as_str().expect("id");
+    assert!(d.post(&format!("/v1/workers/{id}/start")).status < 300);
+    let w = d.get(&format!("/v1/workers/{id}")).json();
+    assert_eq!(
+        w["placement"],
+        json!({"replicas": 2, "instances": [me]}),
+        "{w:#}"
+    );
+    assert!(!w["hostPid"].is_null(), "loaded here: {w:#}");
 }
 
 #[test]
