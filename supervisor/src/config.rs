@@ -87,6 +87,8 @@ settings! {
     "WORKER_RETRY_ATTEMPTS" [] = "3", "0-20", "retries of a failed message before it is dead-lettered";
     "WORKER_RETRY_BASE_DELAY_MS" [] = "200", "10-60000", "retry delay base; delay = base * 2^attempt";
     "WORKER_RECOVERY_ON_START" [] = "true", "true|false|1|0|yes|no|on|off", "restart persisted running workers at start";
+    "WORKER_RECOVERY_LEASE_TTL_SECONDS" [] = "300", "10-86400", "cluster registry: lease of the daemon that runs the start-up recovery (renewed while it runs); a finished recovery keeps daemons starting within this time from recovering again";
+    "WORKER_RECOVERY_ACQUIRE_TIMEOUT_SECONDS" [] = "30", "1-600", "cluster registry: how long a starting daemon waits for another daemon's recovery to finish before it skips recovery and carries on";
     "ALLOWED_CODE_SOURCE_HOSTS" ["AllowedCodeSourceHosts"] = "", "comma-separated host names; empty allows all", "hosts code URLs may point at";
     "CODE_FETCH_TIMEOUT_SECONDS" ["CodeFetchTimeoutSeconds"] = "30", "1-600", "timeout of a code download";
     "CODE_SOURCE_ALLOW_PRIVATE_NETWORKS" [] = "false", "true|false|1|0|yes|no|on|off", "allow code URLs that resolve to private, loopback or link-local addresses";
@@ -131,7 +133,7 @@ settings! {
     "PYTHON_ALLOWED_PACKAGES" [] = "", "comma-separated project names; empty = any", "the only projects a wheel's dependencies (direct and transitive) may be; anything else refuses the create with 422";
     "PYTHON_DEPENDENCY_INSTALL_TIMEOUT_SECONDS" [] = "60", "1-3600", "how long installing one wheel's dependencies may take; longer refuses the create with 422";
     "BUS_BACKEND" [] = "embedded", "embedded|jetstream", "where the bus lives: embedded (SQLite in the data directory, one machine) or jetstream (NATS JetStream at NATS_URL, shared by every daemon of a cluster; docs/cluster.md)";
-    "REGISTRY_BACKEND" [] = "embedded", "embedded", "where the registry, code store and worker state live; only embedded (SQLite in the data directory) in this version: the JetStream KV registry is not built yet (docs/cluster.md)";
+    "REGISTRY_BACKEND" [] = "embedded", "embedded|jetstream (jetstream needs BUS_BACKEND=jetstream)", "where the registry, code store and worker state live: embedded (SQLite in the data directory) or jetstream (KV buckets and an object store on NATS, shared by every daemon of a cluster; docs/cluster.md)";
     "NATS_URL" [] = "nats://127.0.0.1:4222", "comma-separated nats:// or tls:// URLs of servers of one NATS cluster", "the NATS servers the jetstream backend connects to (any one is enough; the client fails over between them)";
     "NATS_CREDS_FILE" [] = "", "a file path; empty = none", "a NATS .creds file (user JWT and nkey seed) to authenticate with";
     "NATS_NKEY_SEED_FILE" [] = "", "a file path; empty = none", "a file holding an nkey seed (SU...) to authenticate with";

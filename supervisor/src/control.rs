@@ -86,6 +86,8 @@ pub struct CreateWorker {
     pub max_concurrency: u32,
     /// The worker's own resource limits (checked per engine; non-empty means dedicated).
     pub limits: crate::worker_limits::WorkerLimits,
+    /// Cluster mode: on how many daemons it runs (`None`: all).
+    pub replicas: Option<u32>,
 }
 
 /// A signature as sent: the `.minisig` text, or that text in base64 (headers cannot carry
@@ -208,6 +210,12 @@ pub struct Control {
     health_checks: Mutex<Vec<(&'static str, HealthCheck)>>,
     /// Cluster mode: the members (`GET /v1/cluster`).
     membership: Mutex<Option<Arc<crate::cluster::Membership>>>,
+    /// Which workers this daemon runs (embedded: all; cluster: `crate::cluster::placement`).
+    placement: Arc<crate::cluster::Placement>,
+    /// The code each loaded worker was loaded with (cluster reconcile reloads on a change).
+    pub(crate) loaded_code: Mutex<HashMap<String, String>>,
+    /// Cluster registry: the recovery leader lease (`crate::cluster::recovery`).
+    recovery_lease: Mutex<Option<Arc<crate::cluster::RecoveryLease>>>,
 }
 
 /// A `/health` entry: `Ok(description)` when healthy, `Err(description)` when not.
@@ -249,7 +257,27 @@ impl Control {
             deps_listeners: Mutex::new(Vec::new()),
             health_checks: Mutex::new(Vec::new()),
             membership: Mutex::new(None),
+            placement: Arc::new(crate::cluster::Placement::alone(
+                crate::cluster::instance_id(),
+            )),
+            loaded_code: Mutex::new(HashMap::new()),
+            recovery_lease: Mutex::new(None),
         }
+    }
+
+    /// Cluster registry: start-up recovery goes through this lease (one daemon recovers).
+    pub fn set_recovery_lease(&self, lease: Arc<crate::cluster::RecoveryLease>) {
+        *crate::sync::lock(&self.recovery_lease) = Some(lease);
+    }
+
+    /// Which workers this daemon runs.
+    pub fn placement(&self) -> &Arc<crate::cluster::Placement> {
+        &self.placement
+    }
+
+    /// Where `w` runs (`GET /v1/workers/{id}`).
+    pub fn placement_of(&self, w: &WorkerRecord) -> crate::cluster::PlacementView {
+        self.placement.view(w)
     }
 
     /// Cluster mode: where `GET /v1/cluster` finds the members.
@@ -342,7 +370,7 @@ impl Control {
             .clone()
     }
 
-    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(id.to_owned()).or_default().clone()
     }
@@ -354,7 +382,7 @@ impl Control {
 
     /// Registry calls are short, synchronous SQLite transactions; run them off the async
     /// workers so a slow disk does not stall other requests.
-    async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(Registry) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -550,6 +578,7 @@ impl Control {
             desired_running: false,
             last_error: None,
             code,
+            replicas: cmd.replicas,
             created_at: now.clone(),
             updated_at: now,
         };
@@ -595,7 +624,7 @@ impl Control {
     }
 
     /// What the runtime needs to load `w` (re-validates the stored package).
-    async fn spec(&self, w: &WorkerRecord) -> Result<WorkerSpec, ApiError> {
+    pub(crate) async fn spec(&self, w: &WorkerRecord) -> Result<WorkerSpec, ApiError> {
         let engine = EngineKind::from_mime(&w.mime_type)
             .ok_or_else(|| ApiError::EngineNotFound(w.mime_type.clone()))?;
         let codes = self.codes.clone();
@@ -624,7 +653,7 @@ impl Control {
         })
     }
 
-    async fn set_status(
+    pub(crate) async fn set_status(
         &self,
         id: &str,
         status: Status,
@@ -654,9 +683,18 @@ impl Control {
 
     /// Starts `w` in the runtime and records the outcome. Caller holds the worker's lock.
     async fn start_locked(&self, w: &WorkerRecord) -> Result<(), ApiError> {
+        if !self.placement.is_here(w) {
+            // Cluster mode, `replicas` placed it on other daemons: they load it when they
+            // see the status change (docs/cluster.md, "Placement").
+            self.set_status(&w.id, Status::Running, Some(true), None)
+                .await?;
+            tracing::info!(worker = %w.id, "worker started on the daemons it is placed on");
+            return Ok(());
+        }
         let spec = self.spec(w).await?;
         match self.runtime.start(spec).await {
             Ok(()) => {
+                crate::sync::lock(&self.loaded_code).insert(w.id.clone(), w.code.sha256.clone());
                 self.set_status(&w.id, Status::Running, Some(true), None)
                     .await?;
                 tracing::info!(worker = %w.id, "worker started");
@@ -693,7 +731,8 @@ impl Control {
     }
 
     /// Unloads from the runtime; "not loaded" is fine.
-    async fn unload(&self, id: &str) -> Result<(), ApiError> {
+    pub(crate) async fn unload(&self, id: &str) -> Result<(), ApiError> {
+        crate::sync::lock(&self.loaded_code).remove(id);
         match self.runtime.stop(id).await {
             Ok(()) | Err(RuntimeError::NotLoaded(_)) => Ok(()),
             Err(e) => Err(e.into()),
@@ -775,6 +814,7 @@ impl Control {
         if w.status == Status::Running && self.runtime.worker_info(id).is_some() {
             let spec = self.spec(&w).await?;
             self.runtime.reload(spec).await?;
+            crate::sync::lock(&self.loaded_code).insert(w.id.clone(), w.code.sha256.clone());
         }
         if let Some(l) = new_limits {
             let (id2, isolation) = (id.to_owned(), w.isolation);
@@ -919,7 +959,10 @@ impl Control {
     /// as `STOPPED` (their wish to run is kept for `POST /v1/workers/recover`). Marks the
     /// daemon ready unless the registry itself failed.
     pub async fn startup_recovery(&self) -> Result<usize, ApiError> {
-        let result = if self.config.recovery_on_start {
+        let lease = crate::sync::lock(&self.recovery_lease).clone();
+        let result = if let Some(lease) = lease {
+            self.cluster_startup(&lease).await
+        } else if self.config.recovery_on_start {
             self.recover().await
         } else {
             let workers = self.list().await?;

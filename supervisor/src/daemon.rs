@@ -27,7 +27,7 @@ use crate::config::{Config, ListenAddr};
 use crate::control::Control;
 use crate::listen::{self, TlsState};
 use crate::metrics::Metrics;
-use crate::registry::{Registry, RegistryError, SqliteStore};
+use crate::registry::{Registry, RegistryError, SqliteStore, Store};
 use crate::runtime::Runtime;
 
 /// Why the daemon could not start or stopped with an error.
@@ -122,6 +122,17 @@ impl Daemon {
         config: Config,
         make_runtime: impl FnOnce(&Registry) -> Arc<dyn Runtime>,
     ) -> Result<Daemon, DaemonError> {
+        Daemon::with_store(config, |local, _| Ok(Arc::new(local)), make_runtime)
+    }
+
+    /// [`Daemon::new`] with another registry store built over the local SQLite one (the
+    /// cluster registry, `REGISTRY_BACKEND=jetstream`): `open_store` runs once the data
+    /// directory is locked.
+    pub fn with_store(
+        config: Config,
+        open_store: impl FnOnce(SqliteStore, &CodeStore) -> Result<Arc<dyn Store>, RegistryError>,
+        make_runtime: impl FnOnce(&Registry) -> Arc<dyn Runtime>,
+    ) -> Result<Daemon, DaemonError> {
         let mut config = config;
         if let Some(t) = &config.api_token
             && !config.security.tokens.iter().any(|e| e.name == "api-token")
@@ -134,10 +145,10 @@ impl Daemon {
             });
         }
         let lock = prepare_data_dir(&config.data_dir)?;
-        let store = SqliteStore::open(&config.data_dir.join("registry.db"))?;
-        let registry = Registry::new(Arc::new(store));
+        let local = SqliteStore::open(&config.data_dir.join("registry.db"))?;
         let codes = CodeStore::open(&config.data_dir)?;
         codes.sweep_temporaries();
+        let registry = Registry::new(open_store(local, &codes)?);
         let runtime = make_runtime(&registry);
         let config = Arc::new(config);
         let security = Arc::new(api::Security::new(&config.security));

@@ -109,10 +109,14 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
     // by that lock, with its message, before it touches the bus.
     let built: Arc<Mutex<Option<Built>>> = Arc::default();
     let failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
+    // REGISTRY_BACKEND=jetstream: the shared registry over the local one (docs/cluster.md).
+    let (open_store, registry_changes) = crate::cluster::shared_registry::store_opener(&config);
     let mut daemon = {
         let (built, failure) = (built.clone(), failure.clone());
-        Daemon::new(config.clone(), move |registry: &Registry| {
-            match build(registry, parts) {
+        Daemon::with_store(
+            config.clone(),
+            open_store,
+            move |registry: &Registry| match build(registry, parts) {
                 Ok(b) => {
                     let rt = b.runtime.clone();
                     *lock(&built) = Some(b);
@@ -122,8 +126,8 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
                     *lock(&failure) = Some(e);
                     Arc::new(crate::runtime::Unavailable) as Arc<dyn Runtime>
                 }
-            }
-        })?
+            },
+        )?
     };
     if let Some(e) = lock(&failure).take() {
         return Err(e);
@@ -150,7 +154,13 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
         )
         .await
         .map_err(|e| anyhow::anyhow!("opening the members bucket on NATS: {e}"))?;
-        daemon.control().set_membership(members);
+        daemon.control().set_membership(members.clone());
+        if let Some(changes) = registry_changes {
+            crate::cluster::shared_registry::start(
+                &daemon, conn, &config, changes, members, &bus_dyn, &token,
+            )
+            .await?;
+        }
     }
     if let Some(conn) = nats {
         daemon.control().add_health_check(

@@ -19,9 +19,9 @@ use wm_testkit::native::{Build, Lang};
 use wm_testkit::nats::{NatsCluster, NatsServer};
 use wm_testkit::nupkg;
 
-const WAIT: Duration = Duration::from_secs(90);
+pub(crate) const WAIT: Duration = Duration::from_secs(90);
 
-fn cluster_daemon(nats_urls: &str, extra: &[(&str, &str)]) -> Daemon {
+pub(crate) fn cluster_daemon(nats_urls: &str, extra: &[(&str, &str)]) -> Daemon {
     let mut o = DaemonOptions::default()
         .env("BUS_BACKEND", "jetstream")
         .env("NATS_URL", nats_urls)
@@ -58,7 +58,7 @@ fn worker(d: &Daemon, topic: &str) -> String {
 
 /// Publishes one event; retried (same id: JetStream drops the duplicate) while the daemon
 /// answers 503, which it does while NATS fails over.
-fn publish(d: &Daemon, topic: &str, id: &str, data: &str) {
+pub(crate) fn publish(d: &Daemon, topic: &str, id: &str, data: &str) {
     let ev = json!({"specversion": "1.0", "id": id, "source": "urn:test", "type": topic,
                     "datacontenttype": "text/plain", "data": data});
     let deadline = Instant::now() + WAIT;
@@ -78,21 +78,21 @@ fn publish(d: &Daemon, topic: &str, id: &str, data: &str) {
     }
 }
 
-fn tail(log: &str) -> String {
+pub(crate) fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// Reads the stream the way a client of any daemon would see it: ids of `topic`'s events,
 /// with how many times each is stored.
-struct Reader {
+pub(crate) struct Reader {
     rt: tokio::runtime::Runtime,
     bus: Arc<JetStreamBus>,
 }
 
 impl Reader {
     /// `replicas`: as the daemons have it (opening the bus applies its stream settings).
-    fn new(url: &str, replicas: usize) -> Reader {
+    pub(crate) fn new(url: &str, replicas: usize) -> Reader {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -156,7 +156,20 @@ impl Reader {
         })
     }
 
-    fn wait_ids(&self, topic: &str, want: usize, what: &str) -> BTreeMap<String, usize> {
+    /// Every stored event of `topic` (the first 1000).
+    pub(crate) fn events(&self, topic: &str) -> Vec<wm_shared::CloudEvent> {
+        self.rt.block_on(async {
+            match self.bus.replay(topic, 0, 1000).await {
+                Ok(page) => page.events.into_iter().map(|p| p.event.clone()).collect(),
+                Err(e) => {
+                    eprintln!("replay: {e}");
+                    Vec::new()
+                }
+            }
+        })
+    }
+
+    pub(crate) fn wait_ids(&self, topic: &str, want: usize, what: &str) -> BTreeMap<String, usize> {
         let deadline = Instant::now() + WAIT;
         loop {
             let ids = self.ids(topic);
@@ -296,11 +309,50 @@ fn an_embedded_daemon_is_a_cluster_of_one() {
     assert_eq!(c["backend"], "embedded", "{c:#}");
     assert_eq!(c["members"].as_array().map(Vec::len), Some(1), "{c:#}");
     assert_eq!(c["members"][0]["self"], true);
-    assert!(
-        c["members"][0]["instance"]
-            .as_str()
-            .is_some_and(|i| i.starts_with("workmanager@"))
+    let me = c["members"][0]["instance"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(me.starts_with("workmanager@"), "{c:#}");
+
+    // `replicas` is validated and recorded; embedded, a worker runs on this daemon alone.
+    let so = Build::plugin("chaos", Lang::C, &["chaos.c"]).build();
+    let pkg = nupkg::native(
+        "Chaos.Worker",
+        "chaos",
+        &so,
+        "<virtufinLibrary>chaos</virtufinLibrary>",
     );
+    let body = |replicas: u32| {
+        json!({
+            "mimeType": "application/x-native-dll",
+            "topic": "emb.in",
+            "replicas": replicas,
+            "codeSource": {"content": base64::engine::general_purpose::STANDARD.encode(&pkg)},
+        })
+    };
+    for bad in [0, 5000] {
+        let r = d.send_json("POST", "/v1/workers", &body(bad));
+        assert_eq!(r.status, 400, "replicas {bad}: {}", r.text());
+        assert!(r.text().contains("replicas"), "{}", r.text());
+    }
+    let r = d.send_json("POST", "/v1/workers", &body(2));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let w = r.json();
+    assert_eq!(
+        w["placement"],
+        json!({"replicas": 2, "instances": []}),
+        "stopped: nowhere"
+    );
+    let id = w["id"].as_str().expect("id");
+    assert!(d.post(&format!("/v1/workers/{id}/start")).status < 300);
+    let w = d.get(&format!("/v1/workers/{id}")).json();
+    assert_eq!(
+        w["placement"],
+        json!({"replicas": 2, "instances": [me]}),
+        "{w:#}"
+    );
+    assert!(!w["hostPid"].is_null(), "loaded here: {w:#}");
 }
 
 #[test]

@@ -13,6 +13,8 @@ mod chaos;
 /// The `workmanager` command-line client (issue 18).
 mod cli;
 mod cluster;
+mod cluster_registry;
+mod cluster_retries;
 mod containment;
 mod csharp_source;
 mod dotnet_daemon;
@@ -21,6 +23,7 @@ mod grpc;
 mod host_limits;
 mod python;
 mod python_wheels;
+mod registry_contract;
 mod runtime;
 mod sandbox_layers;
 mod security;

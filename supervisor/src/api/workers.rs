@@ -72,7 +72,13 @@ pub struct CreateWorkerBody {
     /// limits gets a host of its own (`crate::worker_limits`).
     #[serde(default)]
     pub limits: Option<WorkerLimits>,
+    /// Cluster mode: on how many daemons it runs (default: every daemon).
+    #[serde(default)]
+    pub replicas: Option<u32>,
 }
+
+/// Most daemons a worker can be limited to (`replicas`).
+pub const MAX_REPLICAS: u32 = 1024;
 
 /// `POST /v1/workers/{id}/code`.
 #[derive(Debug, Clone, Deserialize)]
@@ -200,8 +206,10 @@ pub struct WorkerView {
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
-    /// The host process carrying it, when loaded.
+    /// The host process carrying it, when loaded (on this daemon).
     pub host_pid: Option<i32>,
+    /// Where it runs: `replicas` asked for and the daemons it is placed on.
+    pub placement: crate::cluster::PlacementView,
     /// Live counters.
     pub counters: CountersView,
 }
@@ -230,6 +238,10 @@ impl WorkerView {
             created_at: w.created_at.clone(),
             updated_at: w.updated_at.clone(),
             host_pid: live.host_pid,
+            placement: crate::cluster::PlacementView {
+                replicas: w.replicas,
+                instances: Vec::new(),
+            },
             counters: CountersView {
                 processed: live.processed,
                 failed: live.failed,
@@ -263,7 +275,9 @@ impl From<&HistoryEntry> for HistoryView {
 }
 
 fn view(state: &AppState, w: &WorkerRecord) -> WorkerView {
-    WorkerView::new(w, state.control.runtime().worker_info(&w.id))
+    let mut v = WorkerView::new(w, state.control.runtime().worker_info(&w.id));
+    v.placement = state.control.placement_of(w);
+    v
 }
 
 /// Topic and group names: 1-249 of `[A-Za-z0-9._:-]` (they appear in URL paths).
@@ -442,7 +456,15 @@ pub fn create_command_with_code(
             "maxConcurrency {max_concurrency} is out of range 1-1024"
         )));
     }
+    if let Some(r) = body.replicas
+        && !(1..=MAX_REPLICAS).contains(&r)
+    {
+        return Err(ApiError::InvalidArgument(format!(
+            "replicas {r} is out of range 1-{MAX_REPLICAS}; leave it out to run the worker on every daemon"
+        )));
+    }
     Ok(CreateWorker {
+        replicas: body.replicas,
         engine,
         mime_type: mime,
         topic: body.topic,

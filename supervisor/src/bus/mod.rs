@@ -252,6 +252,16 @@ pub trait Bus: Send + Sync + 'static {
     /// it received, so `deliveries` counts attempts, not hand-outs.
     fn release(&self, deliveries: Vec<Delivery>);
 
+    /// A failed attempt of `delivery` is to be retried after `delay`: a bus that can
+    /// redeliver later by itself (JetStream: `Nak` with the delay) takes the delivery back
+    /// and returns true, and the event comes again after the delay, to this daemon or
+    /// another, with `deliveries` one higher. False (the default, the embedded bus): the
+    /// dispatcher waits and retries itself.
+    fn retry_later(&self, delivery: &Delivery, delay: std::time::Duration) -> bool {
+        let _ = (delivery, delay);
+        false
+    }
+
     /// Recovery is done: from now on, events on topics without a consumer are dropped (and
     /// counted) instead of waiting for their worker.
     fn set_ready(&self);

@@ -6,17 +6,26 @@
 //!
 //! - [`locks`]: group locks across daemons, leases in a KV bucket.
 //! - [`members`]: membership heartbeats in a KV bucket, for `GET /v1/cluster`.
+//! - [`placement`]: which daemons run a worker (rendezvous hashing over the members).
+//! - [`reconcile`]: with the shared registry, loads and unloads workers as it changes.
+//! - [`recovery`]: the recovery leader lease (one daemon runs the start-up recovery).
 //!
 //! The bus itself is `crate::bus::JetStreamBus`.
 
 pub mod connect;
 pub mod locks;
 pub mod members;
+pub mod placement;
+pub mod reconcile;
+pub mod recovery;
 pub mod settings;
+pub mod shared_registry;
 
 pub use connect::{NatsConnection, connect};
 pub use locks::{ClusterLocks, Lease};
 pub use members::Membership;
+pub use placement::{Placement, PlacementView};
+pub use recovery::RecoveryLease;
 pub use settings::{Backend, ClusterSettings, NatsAuth, NatsSettings, Secret};
 
 use std::sync::Arc;

@@ -71,10 +71,15 @@ pub struct NatsSettings {
 pub struct ClusterSettings {
     /// `BUS_BACKEND`.
     pub bus: Backend,
-    /// `REGISTRY_BACKEND` (only `Embedded` is built).
+    /// `REGISTRY_BACKEND` (`JetStream` only with a JetStream bus).
     pub registry: Backend,
     /// `NATS_*`.
     pub nats: NatsSettings,
+    /// `WORKER_RECOVERY_LEASE_TTL_SECONDS`: how long the recovery leader's lease lasts (and
+    /// how long a finished recovery keeps later-starting daemons from recovering again).
+    pub recovery_lease_ttl: Duration,
+    /// `WORKER_RECOVERY_ACQUIRE_TIMEOUT_SECONDS`: how long a daemon waits for the lease.
+    pub recovery_acquire_timeout: Duration,
 }
 
 impl ClusterSettings {
@@ -102,21 +107,21 @@ impl ClusterSettings {
                 .filter(|n| (lo..=hi).contains(n))
                 .ok_or_else(|| invalid(name, &format!("an integer {lo}-{hi}")))
         };
-        let backend = |name: &'static str, jetstream_ok: bool| match text(name)
-            .to_ascii_lowercase()
-            .as_str()
-        {
+        let backend = |name: &'static str| match text(name).to_ascii_lowercase().as_str() {
             "embedded" => Ok(Backend::Embedded),
-            "jetstream" if jetstream_ok => Ok(Backend::JetStream),
-            "jetstream" => Err(invalid(
-                name,
-                "embedded (the JetStream KV registry is not built yet; BUS_BACKEND=jetstream works with the embedded registry, see docs/cluster.md)",
-            )),
-            _ if jetstream_ok => Err(invalid(name, "embedded|jetstream")),
-            _ => Err(invalid(name, "embedded")),
+            "jetstream" => Ok(Backend::JetStream),
+            _ => Err(invalid(name, "embedded|jetstream")),
         };
-        let bus = backend("BUS_BACKEND", true)?;
-        let registry = backend("REGISTRY_BACKEND", false)?;
+        let bus = backend("BUS_BACKEND")?;
+        let registry = backend("REGISTRY_BACKEND")?;
+        if registry == Backend::JetStream && bus != Backend::JetStream {
+            // Workers shared by every daemon but events kept per daemon would lose the
+            // events published on a daemon the worker is not placed on.
+            return Err(invalid(
+                "REGISTRY_BACKEND",
+                "embedded, or jetstream together with BUS_BACKEND=jetstream (docs/cluster.md)",
+            ));
+        }
 
         let urls: Vec<String> = crate::config::comma_items(&text("NATS_URL"))
             .map(str::to_owned)
@@ -207,6 +212,16 @@ impl ClusterSettings {
         Ok(ClusterSettings {
             bus,
             registry,
+            recovery_lease_ttl: Duration::from_secs(int(
+                "WORKER_RECOVERY_LEASE_TTL_SECONDS",
+                10,
+                86_400,
+            )?),
+            recovery_acquire_timeout: Duration::from_secs(int(
+                "WORKER_RECOVERY_ACQUIRE_TIMEOUT_SECONDS",
+                1,
+                600,
+            )?),
             nats: NatsSettings {
                 urls,
                 auth,
@@ -299,6 +314,15 @@ mod tests {
         for (env, name) in [
             (vec![("BUS_BACKEND", "redis")], "BUS_BACKEND"),
             (vec![("REGISTRY_BACKEND", "jetstream")], "REGISTRY_BACKEND"),
+            (vec![("REGISTRY_BACKEND", "redis")], "REGISTRY_BACKEND"),
+            (
+                vec![("WORKER_RECOVERY_LEASE_TTL_SECONDS", "5")],
+                "WORKER_RECOVERY_LEASE_TTL_SECONDS",
+            ),
+            (
+                vec![("WORKER_RECOVERY_ACQUIRE_TIMEOUT_SECONDS", "0")],
+                "WORKER_RECOVERY_ACQUIRE_TIMEOUT_SECONDS",
+            ),
             (vec![("NATS_URL", "http://x:80")], "NATS_URL"),
             (vec![("NATS_URL", " , ")], "NATS_URL"),
             (

@@ -51,6 +51,11 @@ pub(super) fn finish(
                 committed,
             })
         }
+        // The bus took the delivery back with a delay (JetStream's Nak): nothing to settle.
+        Step::RetryLater => {
+            drop(permit);
+            None
+        }
         Step::Unsettled { attempted } => {
             if !attempted {
                 d.deliveries = d.deliveries.saturating_sub(1);

@@ -133,6 +133,8 @@ enum Step {
     /// Give it back for the bus to deliver again (stop, quarantine, shutdown); `attempted`:
     /// the plugin was called (or the attempt was charged) this time.
     Unsettled { attempted: bool },
+    /// The bus took it back to deliver again after the retry delay (`Bus::retry_later`).
+    RetryLater,
 }
 
 impl Dispatcher {
@@ -553,6 +555,15 @@ impl Dispatcher {
                 return self.dead_letter(spec, d, error_type, &message, charged);
             }
             let delay = retry_delay(self.config.retry_base_delay, charged);
+            if self.bus.retry_later(d, delay) {
+                // Cluster mode: JetStream redelivers it after the delay, to any daemon.
+                tracing::info!(
+                    attempt = charged,
+                    ?delay,
+                    "retry handed to the bus after {error_type:?}: {message}"
+                );
+                return Step::RetryLater;
+            }
             tracing::info!(
                 attempt = charged,
                 ?delay,

@@ -119,6 +119,8 @@ impl Ops {
             message_timeout_seconds: w.message_timeout_seconds,
             max_concurrency: w.max_concurrency,
             limits: Some(w.limits).filter(|l| !l.is_empty()).map(limits_to_pb),
+            replicas: w.replicas.unwrap_or(0),
+            instances: self.state.control.placement_of(w).instances,
         }
     }
 
@@ -139,6 +141,7 @@ impl Ops {
             message_timeout_seconds: Some(r.message_timeout_seconds).filter(|&t| t != 0),
             max_concurrency: Some(r.max_concurrency).filter(|&c| c != 0),
             limits: r.limits.map(limits_from_pb),
+            replicas: Some(r.replicas).filter(|&n| n != 0),
         };
         let cmd = crate::api::workers::create_command_with_code(body, code)?;
         let w = self.state.control.create(cmd).await?;

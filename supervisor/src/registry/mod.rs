@@ -1,11 +1,13 @@
 //! The registry: what workers exist, their settings, tags, code versions, status and per-worker
 //! key/value state.
 //!
-//! [`Store`] is the seam (a NATS JetStream KV implementation can replace it for more than one
-//! machine); [`SqliteStore`] is the embedded one. Every write is one transaction, so a
+//! [`Store`] is the seam: [`SqliteStore`] is the embedded one; [`JetStreamStore`]
+//! (`REGISTRY_BACKEND=jetstream`, docs/cluster.md) keeps the truth in NATS JetStream KV and
+//! a [`SqliteStore`] as each daemon's materialised view. Every write is one transaction, so a
 //! `kill -9` mid-write leaves either the old or the new state, never half of it.
 //! [`Registry`] is what the rest of the daemon holds.
 
+mod jetstream;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -13,6 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use jetstream::{JetStreamStore, RegistryChange};
 pub use sqlite::SqliteStore;
 
 use crate::runtime::Isolation;
@@ -93,8 +96,8 @@ pub struct CodeRef {
     pub url: Option<String>,
 }
 
-/// A worker as the registry keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A worker as the registry keeps it (serialised as-is into the cluster registry's KV).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerRecord {
     /// UUID.
     pub id: String,
@@ -110,7 +113,9 @@ pub struct WorkerRecord {
     pub tags: BTreeMap<String, String>,
     /// Shared or dedicated host.
     pub isolation: Isolation,
-    /// The worker's own resource limits (empty: the engine's settings).
+    /// The worker's own resource limits (empty: the engine's settings). Defaulted so records
+    /// written by daemons without limits still read.
+    #[serde(default)]
     pub limits: crate::worker_limits::WorkerLimits,
     /// Deadline of one call, seconds.
     pub message_timeout_seconds: u32,
@@ -125,6 +130,9 @@ pub struct WorkerRecord {
     pub last_error: Option<LastError>,
     /// The current code version.
     pub code: CodeRef,
+    /// Cluster mode: how many daemons run it (`None`: every daemon). Embedded: recorded only.
+    #[serde(default)]
+    pub replicas: Option<u32>,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339.
@@ -132,7 +140,7 @@ pub struct WorkerRecord {
 }
 
 /// One entry of a worker's code history.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     /// 1 for the code the worker was created with, then +1 per reload.
     pub version: u32,
@@ -204,6 +212,16 @@ pub enum RegistryError {
     /// A worker with that id already exists.
     #[error("worker '{0}' already exists")]
     Exists(String),
+    /// The shared registry on NATS JetStream failed (cluster mode).
+    #[error(
+        "the shared registry on NATS JetStream could not {op}: {message}; check the NATS connection (GET /health)"
+    )]
+    Shared {
+        /// What was attempted.
+        op: &'static str,
+        /// The NATS error.
+        message: String,
+    },
 }
 
 /// The storage seam. Every method is one transaction.

@@ -70,6 +70,8 @@ const MIGRATIONS: &[&str] = &[
     // 2: a worker's own limits (issue 13); NULL is the engine's setting, so rows written by
     // older daemons read as workers without limits.
     "ALTER TABLE workers ADD COLUMN memory_limit_bytes INTEGER;",
+    // 3: cluster placement (`replicas`; NULL = every daemon).
+    "ALTER TABLE workers ADD COLUMN replicas INTEGER;",
 ];
 
 /// SQLite-backed registry.
@@ -150,7 +152,7 @@ fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
 
 const WORKER_COLUMNS: &str = "id, mime_type, topic, grp, isolation, message_timeout_seconds, \
     max_concurrency, status, desired_running, last_error, code_sha256, code_size, code_source, \
-    code_url, created_at, updated_at, memory_limit_bytes";
+    code_url, created_at, updated_at, memory_limit_bytes, replicas";
 
 /// A `workers` row before its config and tags are attached.
 fn row_to_worker(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<WorkerRecord, RegistryError>> {
@@ -206,6 +208,7 @@ fn row_to_worker(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<WorkerRecor
         },
         created_at: row.get(14)?,
         updated_at: row.get(15)?,
+        replicas: row.get(17)?,
         id,
     }))
 }
@@ -269,53 +272,109 @@ fn insert_history(
     Ok(())
 }
 
+/// Inserts the `workers` row (or, for the cluster's materialised view, replaces its
+/// columns in place so list order stays), its config and its tags.
+fn insert_worker(tx: &Connection, w: &WorkerRecord) -> Result<(), RegistryError> {
+    let last_error = w
+        .last_error
+        .as_ref()
+        .and_then(|e| serde_json::to_string(e).ok());
+    tx.execute(
+        &format!(
+            "INSERT INTO workers ({WORKER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+             ON CONFLICT (id) DO UPDATE SET mime_type = excluded.mime_type, topic = excluded.topic,
+               grp = excluded.grp, isolation = excluded.isolation,
+               message_timeout_seconds = excluded.message_timeout_seconds,
+               max_concurrency = excluded.max_concurrency, status = excluded.status,
+               desired_running = excluded.desired_running, last_error = excluded.last_error,
+               code_sha256 = excluded.code_sha256, code_size = excluded.code_size,
+               code_source = excluded.code_source, code_url = excluded.code_url,
+               created_at = excluded.created_at, updated_at = excluded.updated_at,
+               memory_limit_bytes = excluded.memory_limit_bytes, replicas = excluded.replicas"
+        ),
+        params![
+            w.id,
+            w.mime_type,
+            w.topic,
+            w.group,
+            w.isolation.as_str(),
+            w.message_timeout_seconds,
+            w.max_concurrency,
+            w.status.as_str(),
+            w.desired_running,
+            last_error,
+            w.code.sha256,
+            w.code.size,
+            w.code.source.as_str(),
+            w.code.url,
+            w.created_at,
+            w.updated_at,
+            memory_limit_sql(&w.limits)?,
+            w.replicas
+        ],
+    )
+    .map_err(sql("insert worker"))?;
+    tx.execute("DELETE FROM worker_config WHERE worker_id = ?1", [&w.id])
+        .map_err(sql("insert config"))?;
+    for (pos, (k, v)) in w.config.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO worker_config (worker_id, pos, key, value) VALUES (?1, ?2, ?3, ?4)",
+            params![w.id, pos as i64, k, v],
+        )
+        .map_err(sql("insert config"))?;
+    }
+    tx.execute("DELETE FROM worker_tags WHERE worker_id = ?1", [&w.id])
+        .map_err(sql("insert tags"))?;
+    for (k, v) in &w.tags {
+        tx.execute(
+            "INSERT INTO worker_tags (worker_id, key, value) VALUES (?1, ?2, ?3)",
+            params![w.id, k, v],
+        )
+        .map_err(sql("insert tags"))?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Cluster mode: makes the local view of one worker exactly `w` with `history` (applied
+    /// from the shared registry; the version numbers are kept as given).
+    pub fn put_view(
+        &self,
+        w: &WorkerRecord,
+        history: &[HistoryEntry],
+    ) -> Result<(), RegistryError> {
+        self.write("apply a shared registry change", |tx| {
+            insert_worker(tx, w)?;
+            tx.execute("DELETE FROM code_history WHERE worker_id = ?1", [&w.id])
+                .map_err(sql("replace history"))?;
+            for h in history {
+                tx.execute(
+                    "INSERT INTO code_history (worker_id, version, sha256, size, source, url, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        w.id,
+                        h.version,
+                        h.code.sha256,
+                        h.code.size,
+                        h.code.source.as_str(),
+                        h.code.url,
+                        h.created_at
+                    ],
+                )
+                .map_err(sql("replace history"))?;
+            }
+            Ok(())
+        })
+    }
+}
+
 impl Store for SqliteStore {
     fn create_worker(&self, w: &WorkerRecord) -> Result<(), RegistryError> {
         self.write("create worker", |tx| {
             if exists(tx, &w.id)? {
                 return Err(RegistryError::Exists(w.id.clone()));
             }
-            let last_error = w
-                .last_error
-                .as_ref()
-                .and_then(|e| serde_json::to_string(e).ok());
-            tx.execute(
-                &format!("INSERT INTO workers ({WORKER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
-                params![
-                    w.id,
-                    w.mime_type,
-                    w.topic,
-                    w.group,
-                    w.isolation.as_str(),
-                    w.message_timeout_seconds,
-                    w.max_concurrency,
-                    w.status.as_str(),
-                    w.desired_running,
-                    last_error,
-                    w.code.sha256,
-                    w.code.size,
-                    w.code.source.as_str(),
-                    w.code.url,
-                    w.created_at,
-                    w.updated_at,
-                    memory_limit_sql(&w.limits)?
-                ],
-            )
-            .map_err(sql("insert worker"))?;
-            for (pos, (k, v)) in w.config.iter().enumerate() {
-                tx.execute(
-                    "INSERT INTO worker_config (worker_id, pos, key, value) VALUES (?1, ?2, ?3, ?4)",
-                    params![w.id, pos as i64, k, v],
-                )
-                .map_err(sql("insert config"))?;
-            }
-            for (k, v) in &w.tags {
-                tx.execute(
-                    "INSERT INTO worker_tags (worker_id, key, value) VALUES (?1, ?2, ?3)",
-                    params![w.id, k, v],
-                )
-                .map_err(sql("insert tags"))?;
-            }
+            insert_worker(tx, w)?;
             insert_history(tx, &w.id, &w.code, &w.created_at)
         })
     }
@@ -622,6 +681,7 @@ mod tests {
                 source: CodeSourceKind::Content,
                 url: None,
             },
+            replicas: Some(2),
             created_at: "2026-01-01T00:00:00.000Z".into(),
             updated_at: "2026-01-01T00:00:00.000Z".into(),
         }

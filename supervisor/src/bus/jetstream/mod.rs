@@ -98,6 +98,8 @@ pub(crate) struct Shared {
     watchers: std::sync::Mutex<HashMap<String, broadcast::Sender<Arc<Published>>>>,
     /// Completions, in call order (see [`Bus::complete`]).
     completions: mpsc::UnboundedSender<Completion>,
+    /// Retries handed to JetStream as `Nak` with a delay.
+    retries_delayed: std::sync::atomic::AtomicU64,
 }
 
 struct Completion {
@@ -193,6 +195,7 @@ impl JetStreamBus {
             durables: std::sync::Mutex::default(),
             no_durable: std::sync::Mutex::default(),
             consuming: std::sync::Mutex::default(),
+            retries_delayed: std::sync::atomic::AtomicU64::new(0),
             watchers: std::sync::Mutex::default(),
             completions,
         });
@@ -571,6 +574,29 @@ impl Bus for JetStreamBus {
         });
     }
 
+    fn retry_later(&self, delivery: &Delivery, delay: Duration) -> bool {
+        let s = self.shared.clone();
+        // Not in flight any more (given back at close): it is not ours to retry, and JetStream
+        // delivers it again anyway.
+        let Some(entry) = s.inflight.take(delivery.seq) else {
+            return true;
+        };
+        s.retries_delayed.fetch_add(1, Ordering::Relaxed);
+        let seq = delivery.seq;
+        tokio::spawn(async move {
+            // Tried, so no untried give-back is recorded: the next delivery's count is one
+            // more attempt, which is what the dispatcher's retry budget counts.
+            if let Err(e) = entry
+                .acker(&s.conn)
+                .ack_with(jetstream::AckKind::Nak(Some(delay)))
+                .await
+            {
+                tracing::debug!(seq, error = %e, "nak with delay failed; JetStream redelivers after the ack wait");
+            }
+        });
+        true
+    }
+
     fn set_ready(&self) {
         self.shared.ready.store(true, Ordering::Release);
     }
@@ -600,6 +626,11 @@ impl Bus for JetStreamBus {
         out.push_str(&format!(
             "workmanager_nats_connected {}\n",
             u8::from(self.shared.conn.is_connected())
+        ));
+        out.push_str("# HELP workmanager_bus_retries_delayed_total Failed calls whose retry was handed to JetStream as a Nak with the backoff delay.\n# TYPE workmanager_bus_retries_delayed_total counter\n");
+        out.push_str(&format!(
+            "workmanager_bus_retries_delayed_total {}\n",
+            self.shared.retries_delayed.load(Ordering::Relaxed)
         ));
         out.push_str("# HELP workmanager_bus_in_flight Deliveries handed out by this daemon and not settled.\n# TYPE workmanager_bus_in_flight gauge\n");
         out.push_str(&format!(
