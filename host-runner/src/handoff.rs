@@ -140,14 +140,19 @@ impl<T> Handoff<T> {
             return true;
         }
         if self.closed.load(Ordering::Acquire) {
-            // Closed under the lock: every push happened before, and is visible now.
-            let mut q = self.lock();
-            let n = q.len().min(max.max(1));
-            out.extend(q.drain(..n));
-            self.len.fetch_sub(n, Ordering::Relaxed);
-            return n > 0;
+            return self.drain_closed(max, out);
         }
         true
+    }
+
+    /// Takes what is left of a closed queue, up to `max` items; `false` when nothing was.
+    fn drain_closed(&self, max: usize, out: &mut VecDeque<T>) -> bool {
+        // Closed under the lock: every push happened before, and is visible now.
+        let mut q = self.lock();
+        let n = q.len().min(max.max(1));
+        out.extend(q.drain(..n));
+        self.len.fetch_sub(n, Ordering::Relaxed);
+        n > 0
     }
 
     /// Waits for the next item: spins within `spin` (adapting it), then sleeps. `None` once
@@ -166,12 +171,7 @@ impl<T> Handoff<T> {
                 return true;
             }
             if self.closed.load(Ordering::Acquire) {
-                // Closed under the lock: every push happened before, and is visible now.
-                let mut q = self.lock();
-                let n = q.len().min(max.max(1));
-                out.extend(q.drain(..n));
-                self.len.fetch_sub(n, Ordering::Relaxed);
-                return n > 0;
+                return self.drain_closed(max, out);
             }
             let start = Instant::now();
             let ready =

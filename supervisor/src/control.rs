@@ -691,13 +691,24 @@ impl Control {
             tracing::info!(worker = %w.id, "worker started on the daemons it is placed on");
             return Ok(());
         }
+        self.load_into_runtime(w, Some(true)).await?;
+        self.set_status(&w.id, Status::Running, Some(true), None)
+            .await?;
+        tracing::info!(worker = %w.id, "worker started");
+        Ok(())
+    }
+
+    /// Loads `w` into this daemon's runtime and records which code is loaded; a failed load
+    /// puts the worker in `ERROR` (with `desired_running` as given) and is returned.
+    pub(crate) async fn load_into_runtime(
+        &self,
+        w: &WorkerRecord,
+        desired_running: Option<bool>,
+    ) -> Result<(), ApiError> {
         let spec = self.spec(w).await?;
         match self.runtime.start(spec).await {
             Ok(()) => {
                 crate::sync::lock(&self.loaded_code).insert(w.id.clone(), w.code.sha256.clone());
-                self.set_status(&w.id, Status::Running, Some(true), None)
-                    .await?;
-                tracing::info!(worker = %w.id, "worker started");
                 Ok(())
             }
             Err(RuntimeError::LoadFailed { worker, message }) => {
@@ -706,7 +717,7 @@ impl Control {
                     message: message.clone(),
                     at: now_rfc3339(),
                 };
-                self.set_status(&w.id, Status::Error, Some(true), Some(err))
+                self.set_status(&w.id, Status::Error, desired_running, Some(err))
                     .await?;
                 tracing::warn!(worker = %w.id, %message, "worker failed to load");
                 Err(RuntimeError::LoadFailed { worker, message }.into())

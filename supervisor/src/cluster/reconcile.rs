@@ -16,8 +16,7 @@ use super::{Membership, Placement};
 use crate::api::error::ApiError;
 use crate::bus::Bus;
 use crate::control::Control;
-use crate::registry::{LastError, RegistryChange, Status, now_rfc3339};
-use crate::runtime::{ErrorType, RuntimeError};
+use crate::registry::{RegistryChange, Status};
 
 impl Control {
     /// Brings the runtime in line with the local view of worker `id`.
@@ -78,25 +77,9 @@ impl Control {
     /// Loads a worker the shared registry says should run here; a failed load is the
     /// worker's `ERROR` everywhere.
     async fn load_placed(&self, w: &crate::registry::WorkerRecord) -> Result<(), ApiError> {
-        let spec = self.spec(w).await?;
-        match self.runtime().start(spec).await {
-            Ok(()) => {
-                crate::sync::lock(&self.loaded_code).insert(w.id.clone(), w.code.sha256.clone());
-                tracing::info!(worker = %w.id, "worker loaded on this daemon (placed here)");
-                Ok(())
-            }
-            Err(RuntimeError::LoadFailed { worker, message }) => {
-                let err = LastError {
-                    error_type: ErrorType::LoadFailed.as_str().to_owned(),
-                    message: message.clone(),
-                    at: now_rfc3339(),
-                };
-                self.set_status(&w.id, Status::Error, None, Some(err))
-                    .await?;
-                Err(RuntimeError::LoadFailed { worker, message }.into())
-            }
-            Err(e) => Err(e.into()),
-        }
+        self.load_into_runtime(w, None).await?;
+        tracing::info!(worker = %w.id, "worker loaded on this daemon (placed here)");
+        Ok(())
     }
 
     /// Reconciles every worker of the local view.
