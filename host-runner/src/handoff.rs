@@ -23,7 +23,7 @@ use wm_shared::ring::wait::{futex_wait, futex_wake};
 /// Longest single sleep of an idle worker thread. Both ends live in this process (no peer can
 /// die between two stores), so the Dekker pair alone prevents lost wake-ups; the bound only
 /// keeps an idle host's threads from waking ten times a second as the ring's 100 ms net would.
-const NAP: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const NAP: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Set by `--no-spin` (measurement only: the callgrind guard counts the instructions of the
 /// work, not of waits whose length depends on timing).

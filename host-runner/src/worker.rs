@@ -337,6 +337,9 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         mut lane: Lane,
     ) {
         lane.rx.set_spin(crate::handoff::spin_budget());
+        // Frames, the frame loop's nudges (a queued call, an unload) and the region's close all
+        // wake this thread: it needs no 100 ms safety net, like the hand-off's sleepers.
+        lane.rx.set_nap(crate::handoff::NAP);
         let mut buf = Vec::new();
         let mut jobs = VecDeque::new();
         loop {

@@ -104,7 +104,7 @@ settings! {
     "RING_LANES" [] = "16", "0-256", "ring lanes per host: one per worker thread, which then reads its calls and writes its results itself; 0 sends every call through the host's frame loop";
     "RING_LANE_BYTES" [] = "65536", "a power of two, 4096-16777216", "size of each direction of a lane; calls and results over half of it take the control ring";
     "TIMEOUT_RECLAIM_GRACE_SECONDS" [] = "5", "0-3600", "how long a timed-out call may keep running before its host is killed and respawned";
-    "HOST_RESPAWN_BACKOFF_MS" [] = "100", "1-60000", "first delay before a crashed host is respawned; doubles per consecutive death no call is charged with, up to 30 s";
+    "HOST_RESPAWN_BACKOFF_MS" [] = "100", "1-60000", "delay before the second respawn of a series (the first death respawns at once); doubles per further consecutive death no call is charged with, up to 30 s";
     "HOST_STANDBY" [] = "1", "1|0 (also true|false|yes|no|on|off)", "keep one pre-spawned, sandboxed, idle host per engine that a respawn adopts (a .NET one has CoreCLR started); 0 turns it off";
     "HOST_RUNNER_PATH" [] = "", "a file path; empty = next to the workmanager binary", "the host-runner binary";
     "HOST_UID" [] = "65534", "1-4294967294, not the daemon's own uid", "uid the host processes run as when the daemon runs as root (hosts of a non-root daemon keep its uid, and /v1/hosts shows the layer missing)";

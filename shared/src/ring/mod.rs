@@ -504,6 +504,13 @@ impl FrameReceiver {
         self.reader.spin = spin;
     }
 
+    /// How long a wait without a timeout sleeps before it looks at the ring again (100 ms by
+    /// default). A reader that is always woken by its writers and nudgers (a host's lane
+    /// thread) can sleep longer, so an idle host does not wake ten times a second per lane.
+    pub fn set_nap(&mut self, nap: Duration) {
+        self.reader.nap = nap.max(Duration::from_millis(1));
+    }
+
     /// The current spin budget (it adapts with every wait).
     pub fn spin(&self) -> SpinBudget {
         self.reader.spin

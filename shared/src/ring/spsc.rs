@@ -250,6 +250,8 @@ pub(crate) struct Reader {
     /// Our own copy of `head`.
     head: u64,
     pub(crate) spin: SpinBudget,
+    /// The longest sleep of a wait without a timeout before the ring is looked at again.
+    pub(crate) nap: Duration,
     /// Set after a corrupt frame: the ring's contents can no longer be trusted.
     broken: Option<String>,
 }
@@ -261,6 +263,7 @@ impl Reader {
             dir,
             head,
             spin: SpinBudget::default(),
+            nap: SAFETY_NET,
             broken: None,
         }
     }
@@ -396,7 +399,7 @@ impl Reader {
                 {
                     return Err(RingError::Timeout);
                 }
-                let nap = timeout.map_or(SAFETY_NET, |t| (t - elapsed).min(SAFETY_NET));
+                let nap = timeout.map_or(self.nap, |t| (t - elapsed).min(self.nap));
                 let seq = ctl.data_seq.load(Ordering::Acquire);
                 ctl.reader_waiting.store(1, Ordering::Relaxed);
                 fence(Ordering::SeqCst);

@@ -871,6 +871,9 @@ impl Pool {
     async fn run_slot(self: Arc<Self>, slot: Arc<Slot>) {
         let mut failures: u32 = 0;
         let mut generation: u64 = 0;
+        // `host.crashed` / `host.respawned` are durable publishes (an fsync each): they go out
+        // in order beside the respawn instead of in front of it.
+        let mut lifecycle = LifecycleQueue::default();
         while !slot.closed.is_cancelled() {
             generation += 1;
             let host_id = format!("{}.{generation}", slot.id);
@@ -916,13 +919,9 @@ impl Pool {
             tracing::info!(host = %host_id, pid = spawned.pid, sandbox = %spawned.ready.sandbox, "host ready");
             if generation > 1 {
                 slot.restarts.fetch_add(1, Ordering::Relaxed);
-                self.events
-                    .host_respawned(
-                        &host_id,
-                        spawned.pid,
-                        slot.restarts.load(Ordering::Relaxed) as u32,
-                    )
-                    .await;
+                let (events, id, pid) = (self.events.clone(), host_id.clone(), spawned.pid);
+                let restarts = slot.restarts.load(Ordering::Relaxed) as u32;
+                lifecycle.then(async move { events.host_respawned(&id, pid, restarts).await });
             }
 
             // Reload every worker of the slot before anyone may call the new host.
@@ -1004,16 +1003,23 @@ impl Pool {
             // Quarantine before anything awaits: a retry must not find the worker still placed.
             let quarantined = self.count_crashes(&slot, &report);
             let syscall = report.forbidden_syscall();
-            self.events
-                .host_crashed(
-                    &host_id,
-                    spawned.pid,
-                    signal,
-                    culprit,
-                    &report.cause(),
-                    syscall.as_deref(),
-                )
-                .await;
+            let (events, id, pid, cause) = (
+                self.events.clone(),
+                host_id.clone(),
+                spawned.pid,
+                report.cause(),
+            );
+            let culprit = culprit.map(|(w, m)| (w.to_owned(), m));
+            lifecycle.then(async move {
+                let culprit = culprit.as_ref().map(|(w, m)| (w.as_str(), *m));
+                events
+                    .host_crashed(&id, pid, signal, culprit, &cause, syscall.as_deref())
+                    .await;
+            });
+            if !quarantined.is_empty() {
+                // The quarantine's own lifecycle events follow the crash they come from.
+                lifecycle.flush().await;
+            }
             for ev in quarantined {
                 let _ = self.notify.send(ev).await;
             }
@@ -1025,7 +1031,7 @@ impl Pool {
                 started.elapsed() >= self.config.stable_after,
                 report.has_culprit(),
             );
-            let delay = backoff(
+            let delay = respawn_delay(
                 self.config.respawn_backoff_base,
                 self.config.respawn_backoff_max,
                 failures,
@@ -1033,11 +1039,14 @@ impl Pool {
             if lock(&slot.workers).is_empty() && slot.dedicated {
                 break;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = slot.closed.cancelled() => break,
+            if !delay.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = slot.closed.cancelled() => break,
+                }
             }
         }
+        lifecycle.flush().await;
         lock(&self.slots).retain(|s| !Arc::ptr_eq(s, &slot));
     }
 
@@ -1405,6 +1414,44 @@ pub fn next_failures(failures: u32, stayed_up: bool, has_culprit: bool) -> u32 {
     }
 }
 
+/// The delay before respawning a host after `failures` consecutive deaths ([`next_failures`]):
+/// the first death of a series respawns at once (like kubelet's first restart: a warm standby
+/// makes that cheap, and a death charged to a culprit is bounded by the crash-loop quarantine,
+/// not by waiting), then `base`, doubling per further death, capped.
+pub fn respawn_delay(base: Duration, max: Duration, failures: u32) -> Duration {
+    if failures <= 1 {
+        Duration::ZERO
+    } else {
+        backoff(base, max, failures - 1)
+    }
+}
+
+/// Publishes a slot's lifecycle events one after the other in background tasks, so the
+/// respawn does not wait for their durable commits; `flush` waits for all queued so far.
+#[derive(Default)]
+struct LifecycleQueue {
+    last: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LifecycleQueue {
+    /// Queues `publish` after everything queued before it.
+    fn then(&mut self, publish: impl std::future::Future<Output = ()> + Send + 'static) {
+        let before = self.last.take();
+        self.last = Some(tokio::spawn(async move {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            publish.await;
+        }));
+    }
+
+    async fn flush(&mut self) {
+        if let Some(last) = self.last.take() {
+            let _ = last.await;
+        }
+    }
+}
+
 /// Exponential backoff: `base * 2^(n-1)`, capped.
 pub fn backoff(base: Duration, max: Duration, n: u32) -> Duration {
     let factor = 1u32
@@ -1473,6 +1520,29 @@ fn engine_name(e: EngineKind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_death_of_a_series_respawns_at_once_then_backoff_doubles() {
+        let (b, m) = (Duration::from_millis(100), Duration::from_secs(30));
+        assert_eq!(respawn_delay(b, m, 0), Duration::ZERO);
+        assert_eq!(respawn_delay(b, m, 1), Duration::ZERO);
+        assert_eq!(respawn_delay(b, m, 2), Duration::from_millis(100));
+        assert_eq!(respawn_delay(b, m, 3), Duration::from_millis(200));
+        assert_eq!(respawn_delay(b, m, 40), m);
+        // A series restarts after a host stayed up or died of a culprit call.
+        assert_eq!(
+            respawn_delay(b, m, next_failures(5, true, false)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            respawn_delay(b, m, next_failures(5, false, true)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            respawn_delay(b, m, next_failures(1, false, false)),
+            Duration::from_millis(100)
+        );
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {
