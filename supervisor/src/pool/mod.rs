@@ -1039,6 +1039,7 @@ impl Pool {
             if lock(&slot.workers).is_empty() && slot.dedicated {
                 break;
             }
+            // Not `sleep(ZERO)`: Tokio's timer would still wait for its next tick (up to 1 ms).
             if !delay.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
