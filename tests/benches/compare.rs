@@ -1761,7 +1761,14 @@ fn event_path(so: &Path, base: Baselines, bin: Option<&Path>, label: &str) -> Ev
     };
     let mut figures = EventFigures::default();
     let pkg = chaos_package("Chaos.Worker", so);
+    // WM_COMPARE_EVENT_ROWS=one,single,batch (default: all) runs some rows only, e.g. to
+    // attach a profiler to the daemon of one row.
+    let rows = std::env::var("WM_COMPARE_EVENT_ROWS").unwrap_or_default();
+    let row = |name: &str| rows.is_empty() || rows.split(',').any(|r| r.trim() == name);
     for durability in ["fsync", "os"] {
+        if !row("one") {
+            break;
+        }
         let d = daemon(&[("BUS_DURABILITY", durability)]);
         let w = worker(&d, NATIVE, "one.in", &pkg, json!({}));
         let replies = Sse::subscribe(&d.base_url(), "one.in.reply");
@@ -1824,7 +1831,7 @@ fn event_path(so: &Path, base: Baselines, bin: Option<&Path>, label: &str) -> Ev
     }
 
     // 16 publishers, one event a request, one worker with maxConcurrency 4.
-    {
+    if row("single") {
         let d = daemon(&[]);
         worker(&d, NATIVE, "e2e.in", &pkg, json!({"maxConcurrency": 4}));
         let (published, seen, rss, cpu) = sustained(&d, "e2e.in", 16, 1, Duration::from_secs(6));
@@ -1840,7 +1847,7 @@ fn event_path(so: &Path, base: Baselines, bin: Option<&Path>, label: &str) -> Ev
         );
     }
     // Batches of 100 events a request, four workers (4 threads each) on the topic.
-    {
+    if row("batch") {
         let d = daemon(&[]);
         for _ in 0..4 {
             worker(&d, NATIVE, "batch.in", &pkg, json!({"maxConcurrency": 4}));

@@ -71,6 +71,10 @@ pub struct SqliteBusOptions {
     pub memory_window: usize,
     /// Most events committed in one transaction.
     pub max_batch_events: usize,
+    /// How long a group commit waits to gather more writes when the previous one carried
+    /// several (`BUS_COMMIT_DELAY_US`; zero: commit whatever is queued at once). A lone
+    /// write never waits.
+    pub commit_delay: std::time::Duration,
     /// Events a watcher (SSE) may lag behind before it skips.
     pub watch_capacity: usize,
     /// How long `open` waits for another process to let go of the store.
@@ -100,6 +104,7 @@ impl Default for SqliteBusOptions {
             max_queued_events: 65_536,
             memory_window: 10_000,
             max_batch_events: 4_096,
+            commit_delay: std::time::Duration::ZERO,
             watch_capacity: 1_024,
             lock_timeout: std::time::Duration::from_secs(5),
             max_topic_backlog: 100_000,
@@ -245,6 +250,7 @@ impl SqliteBus {
             evicted: HashMap::new(),
             last_expiry: std::time::Instant::now(),
             deferred: Vec::new(),
+            last_batch: 0,
         };
         writer.recover().map_err(open_err)?;
 

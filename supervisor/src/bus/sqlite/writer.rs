@@ -64,6 +64,8 @@ const COUNT_GRACE: Duration = Duration::from_millis(10);
 const FLUSH_AFTER: Duration = Duration::from_millis(2);
 /// Most rows one expiry or trim deletes (the rest go next time).
 const MAX_DELETE: u64 = 50_000;
+/// Writes in the last batch from which the next batch waits `commit_delay` to gather more.
+const COMMIT_SIBLINGS: usize = 2;
 
 pub(super) struct Writer {
     pub store: Store,
@@ -81,6 +83,9 @@ pub(super) struct Writer {
     /// Deliveries handed out whose attempt count is not stored yet: it goes into the next
     /// group commit, or into a small transaction of its own after [`FLUSH_AFTER`] without one.
     pub deferred: Vec<(u64, Instant)>,
+    /// Writes (publishes, settles, completions) in the last batch: the sign of concurrent
+    /// writers that [`SqliteBusOptions::commit_delay`] waits for.
+    pub last_batch: usize,
 }
 
 impl Writer {
@@ -166,6 +171,16 @@ impl Writer {
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             };
+            // Group commit under load: when the last batch had company (several writers at
+            // once), let the next one gather for `commit_delay` before it commits, so one
+            // fsync and one set of WAL pages serve more events. A lone publish or completion
+            // (nothing else in flight) never waits.
+            if !self.opts.commit_delay.is_zero()
+                && self.last_batch >= COMMIT_SIBLINGS
+                && is_write(&first)
+            {
+                std::thread::sleep(self.opts.commit_delay);
+            }
             let mut weight = cmd_weight(&first);
             let mut batch = vec![first];
             while weight < max {
@@ -177,6 +192,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.last_batch = batch.iter().filter(|c| is_write(c)).count();
             if !self.process(batch) {
                 break;
             }
@@ -758,17 +774,18 @@ impl Writer {
             }
             return Some(plan);
         }
-        let candidates: Vec<u64> = t.pending.keys().take(MAX_PER_ROUND + 1).copied().collect();
-        for seq in candidates {
-            if plan.deliver.len() >= MAX_PER_ROUND {
-                plan.more = true;
-                break;
-            }
+        // Room first, then as many keys: a backlog of thousands is not walked (and copied)
+        // on every pump when the consumers have room for a few.
+        let want = t.pending.len().min(MAX_PER_ROUND);
+        let mut permits = Vec::new();
+        while permits.len() < want {
             match place(t) {
-                Some(permit) => plan.deliver.push((seq, permit)),
+                Some(permit) => permits.push(permit),
                 None => break,
             }
         }
+        plan.more = permits.len() == MAX_PER_ROUND && t.pending.len() > MAX_PER_ROUND;
+        plan.deliver = t.pending.keys().copied().zip(permits).collect();
         if plan.deliver.len() == t.pending.len() && t.spilled_from.is_some() {
             plan.more = true;
         }
@@ -896,6 +913,14 @@ fn refuse(
 }
 
 /// How much of the batch limit a command uses.
+/// Whether `c` is written in the group commit (what a commit delay may gather).
+fn is_write(c: &Cmd) -> bool {
+    matches!(
+        c,
+        Cmd::Append { .. } | Cmd::Settle { .. } | Cmd::Complete(_)
+    )
+}
+
 fn cmd_weight(c: &Cmd) -> usize {
     match c {
         Cmd::Append { events, .. } => events.len().max(1),
