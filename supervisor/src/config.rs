@@ -114,7 +114,7 @@ settings! {
     "HOST_RLIMIT_AS_BYTES" [] = "0", "0 (no limit) or 67108864-1099511627776", "address-space limit (RLIMIT_AS) of each native host process (.NET hosts are bounded by HOST_DOTNET_GC_HEAP_HARD_LIMIT_BYTES instead)";
     "HOST_DOTNET_GC_HEAP_HARD_LIMIT_BYTES" [] = "0", "0 (no limit) or 16777216-1099511627776", "GC heap hard limit (GCHeapHardLimit) of each .NET host process, its memory bound in place of RLIMIT_AS; an allocation over it throws OutOfMemoryException in the worker";
     "BUS_DURABILITY" [] = "fsync", "fsync|os", "fsync: a publish is acknowledged after an fsync'd commit (survives power loss); os: after the write reaches the OS (survives a daemon crash or kill -9, not a power cut; ~4x the publish rate)";
-    "BUS_COMMIT_DELAY_US" [] = "200", "0-10000", "how long a group commit waits to gather more publishes and completions when the previous commit carried several (a lone publish never waits); fewer, larger commits cost the daemon less CPU per event under load; 0 commits at once";
+    "BUS_COMMIT_DELAY_US" [] = "100", "0-10000", "how long a group commit waits to gather more publishes and completions when the previous commit carried several (a lone publish never waits); fewer, larger commits cost the daemon less CPU per event under load; 0 commits at once";
     "TOPIC_MAX_BACKLOG_EVENTS" [] = "100000", "0 (no limit) or 1-100000000", "events one topic may hold waiting for its workers; more are dead-lettered with reason overflow";
     "TOPIC_RETENTION_EVENTS" [] = "100000", "0 (no replay window) or 1-100000000", "replay window: events per topic kept after their outcome, for SSE resume (Last-Event-ID, ?after=, ?from=earliest)";
     "TOPIC_RETENTION_SECONDS" [] = "3600", "0 (no replay window) or 1-31536000", "replay window: how long an event is kept after it was published, once it reached its outcome";
@@ -1218,6 +1218,17 @@ mod tests {
             !err.to_string().contains("short"),
             "a secret must not be echoed"
         );
+    }
+
+    #[test]
+    fn bus_commit_delay_defaults_to_100_us_and_is_bounded() {
+        let c = load(ServeArgs::default(), &[]).unwrap();
+        assert_eq!(c.bus_commit_delay, Duration::from_micros(100));
+        let c = load(ServeArgs::default(), &[("BUS_COMMIT_DELAY_US", "0")]).unwrap();
+        assert!(c.bus_commit_delay.is_zero());
+        let err = load(ServeArgs::default(), &[("BUS_COMMIT_DELAY_US", "10001")]).unwrap_err();
+        assert!(err.to_string().contains("BUS_COMMIT_DELAY_US"), "{err}");
+        assert!(err.to_string().contains("0-10000"), "{err}");
     }
 
     #[test]

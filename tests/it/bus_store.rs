@@ -676,3 +676,68 @@ async fn held_topics_wait_for_their_worker_and_dead_letters_are_kept_then_evicte
     })
     .await;
 }
+
+/// `commit_delay` (BUS_COMMIT_DELAY_US): a lone publish is committed at once, while
+/// concurrent closed-loop publishers are gathered into about one commit per round (one
+/// fsync each; without the delay, the spread-out publishers here make several times as many
+/// commits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_group_commits_gather_and_a_lone_publish_does_not_wait() {
+    const DELAY: Duration = Duration::from_millis(300);
+    let dir = tempfile::tempdir().unwrap();
+    let bus = SqliteBus::open(
+        dir.path(),
+        SqliteBusOptions {
+            commit_delay: DELAY,
+            ..SqliteBusOptions::default()
+        },
+    )
+    .unwrap();
+    let before = bus.metrics().commits();
+    let t = std::time::Instant::now();
+    for i in 0..3 {
+        bus.publish("lone", vec![event(i)]).await.unwrap();
+    }
+    assert!(
+        t.elapsed() < DELAY,
+        "three lone publishes took {:?}: a lone write must not wait for company",
+        t.elapsed()
+    );
+    assert_eq!(
+        bus.metrics().commits() - before,
+        3,
+        "one commit per lone publish"
+    );
+
+    const PUBLISHERS: usize = 16;
+    const EACH: usize = 5;
+    let before = bus.metrics().commits();
+    let barrier = Arc::new(tokio::sync::Barrier::new(PUBLISHERS));
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let (bus, barrier) = (bus.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                for i in 0..EACH {
+                    // Each publisher "thinks" a different while between publishes (like an
+                    // HTTP round trip), so their writes arrive spread out, not in one burst.
+                    tokio::time::sleep(Duration::from_millis(2 + p as u64)).await;
+                    bus.publish("busy", vec![event(100 + p * EACH + i)])
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        tokio::time::timeout(WAIT, t).await.unwrap().unwrap();
+    }
+    let total = (PUBLISHERS * EACH) as u64;
+    let commits = bus.metrics().commits() - before;
+    assert!(
+        commits <= 2 * EACH as u64,
+        "{commits} commits for {total} publishes of {PUBLISHERS} closed-loop publishers: the busy commits did not gather"
+    );
+    assert_eq!(bus.metrics().published("busy"), total);
+    bus.close().await;
+}
