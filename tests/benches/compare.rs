@@ -366,6 +366,11 @@ struct Host {
     rx: MultiReceiver,
     buf: Vec<u8>,
     request: u64,
+    /// Reused for every `Process` frame (as a supervisor encodes: no allocation per call).
+    builder: flatbuffers::FlatBufferBuilder<'static>,
+    /// The last result's response, copied out (what a supervisor hands to the caller).
+    response: Vec<u8>,
+    last_id: u64,
 }
 
 impl Host {
@@ -413,6 +418,9 @@ impl Host {
             rx,
             buf: Vec::new(),
             request: 0,
+            builder: flatbuffers::FlatBufferBuilder::with_capacity(1024),
+            response: Vec::new(),
+            last_id: 0,
         };
         assert!(matches!(h.recv(), Message::Ready(_)));
         (h, t.elapsed())
@@ -477,59 +485,132 @@ impl Host {
         .encode()
     }
 
-    fn expect_result(&mut self) -> protocol::ProcessResult {
-        match self.recv() {
-            Message::ProcessResult(r) => {
-                assert_eq!(r.status, ResultStatus::Ok, "{r:?}");
-                r
+    /// The next `ProcessResult` (a verified view; its response copied out, as a supervisor
+    /// hands it to the caller); log lines are skipped. Returns the message id.
+    fn expect_result(&mut self) -> u64 {
+        loop {
+            self.rx
+                .recv(&mut self.buf, Some(Duration::from_secs(60)))
+                .expect("ring recv");
+            if self.take_result() {
+                return self.last_id;
             }
-            other => panic!("expected ProcessResult, got {other:?}"),
+        }
+    }
+
+    /// Takes the frame in `buf`: `true` for a `ProcessResult` (checked, response copied),
+    /// `false` for a log line; anything else is a failed bench.
+    fn take_result(&mut self) -> bool {
+        match protocol::hot::decode_process_result(&self.buf).expect("decode") {
+            Some(r) => {
+                assert_eq!(r.status, ResultStatus::Ok, "{r:?}");
+                self.response.clear();
+                self.response.extend_from_slice(r.response);
+                self.last_id = r.msg_id;
+                true
+            }
+            None => match Message::decode(&self.buf).expect("decode") {
+                Message::Log(_) => false,
+                other => panic!("expected ProcessResult, got {other:?}"),
+            },
+        }
+    }
+
+    /// The ring a call to `worker` goes through: its lane, or the control ring without one.
+    fn call_ring(&self, worker: &str) -> &FrameSender {
+        match self.lane_of.get(worker) {
+            Some(&k) => &self.lanes[k],
+            None => &self.tx,
         }
     }
 
     /// Sends a call into the worker's lane, or the control ring without one.
-    fn send_call(&self, msg_id: u64, worker: &str, ev: &[u8]) {
+    fn send_call(&mut self, msg_id: u64, worker: &str, ev: &[u8]) {
         let tx = match self.lane_of.get(worker) {
             Some(&k) => &self.lanes[k],
             None => &self.tx,
         };
-        tx.send(
-            &Host::process_frame(msg_id, worker, ev),
-            Duration::from_secs(10),
-        )
-        .expect("ring send");
+        let frame = protocol::hot::encode_process_into(&mut self.builder, msg_id, worker, ev);
+        tx.send(frame, Duration::from_secs(10)).expect("ring send");
     }
 
     /// One sequential round trip: encode, send, receive, decode.
-    fn round_trip(&mut self, msg_id: u64, worker: &str, ev: &[u8]) -> protocol::ProcessResult {
+    fn round_trip(&mut self, msg_id: u64, worker: &str, ev: &[u8]) -> u64 {
         self.send_call(msg_id, worker, ev);
         self.expect_result()
     }
 
-    /// Up to WINDOW calls in flight, round robin over `workers`, for THROUGHPUT_FOR.
+    /// Up to WINDOW calls in flight, split over `workers`, for THROUGHPUT_FOR.
     fn throughput(&mut self, workers: &[String], ev: &[u8]) -> f64 {
         self.throughput_window(workers, ev, WINDOW)
     }
 
-    /// Up to `window` calls in flight, round robin over `workers`, for THROUGHPUT_FOR.
+    /// Up to `window` calls in flight, split evenly over `workers` (each worker's share
+    /// pipelined on its ring), for THROUGHPUT_FOR. Each pass reads every result that is ready,
+    /// then tops up each worker's share with ONE batch (several frames per tail store, as a
+    /// supervisor with many callers queued for one worker would send them); it waits only
+    /// when nothing is ready.
     fn throughput_window(&mut self, workers: &[String], ev: &[u8], window: usize) -> f64 {
+        // Each share also fits in half a lane (both directions of a lane full at once would
+        // stall both ends until the send timeout); the same cap for every build compared.
+        let frame =
+            protocol::hot::encode_process_into(&mut self.builder, u64::MAX, &workers[0], ev);
+        let fits = ring::DEFAULT_LANE_BYTES / 2 / RingConfig::frame_cost(frame.len());
+        let per = (window / workers.len()).clamp(1, fits.max(1));
+        // msg_id = worker index * 2^32 + sequence, so a result names its worker.
+        let mut in_flight = vec![0usize; workers.len()];
+        let mut seq = vec![0u64; workers.len()];
+        let mut frames: Vec<Vec<u8>> = Vec::new();
         let (mut sent, mut done) = (0u64, 0u64);
         let t = Instant::now();
-        let mut stop_at = None;
+        let mut stopping = false;
         loop {
-            if stop_at.is_none() && t.elapsed() >= THROUGHPUT_FOR {
-                stop_at = Some(sent);
+            if !stopping && t.elapsed() >= THROUGHPUT_FOR {
+                stopping = true;
             }
-            if stop_at.is_some_and(|s| done >= s) {
+            if stopping && done == sent {
                 break;
             }
-            while stop_at.is_none() && sent - done < window as u64 {
-                let w = &workers[(sent % workers.len() as u64) as usize];
-                self.send_call(1_000_000 + sent, w, ev);
-                sent += 1;
+            if !stopping {
+                for (w, name) in workers.iter().enumerate() {
+                    let want = per - in_flight[w];
+                    if want == 0 {
+                        continue;
+                    }
+                    frames.resize_with(want, Vec::new);
+                    for f in frames.iter_mut().take(want) {
+                        let id = ((w as u64) << 32) | seq[w];
+                        seq[w] += 1;
+                        f.clear();
+                        f.extend_from_slice(protocol::hot::encode_process_into(
+                            &mut self.builder,
+                            id,
+                            name,
+                            ev,
+                        ));
+                    }
+                    self.call_ring(name)
+                        .send_batch(&frames[..want], Duration::from_secs(10))
+                        .expect("ring send");
+                    in_flight[w] += want;
+                    sent += want as u64;
+                }
             }
-            self.expect_result();
+            // One wait, then whatever else is ready without waiting.
+            let id = self.expect_result();
+            in_flight[(id >> 32) as usize] -= 1;
             done += 1;
+            while self
+                .rx
+                .try_recv(&mut self.buf)
+                .expect("ring recv")
+                .is_some()
+            {
+                if self.take_result() {
+                    in_flight[(self.last_id >> 32) as usize] -= 1;
+                    done += 1;
+                }
+            }
         }
         done as f64 / t.elapsed().as_secs_f64()
     }
