@@ -151,6 +151,17 @@ fn voluntary_switches(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time of the calling thread, in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live local the call writes; CLOCK_THREAD_CPUTIME_ID always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no memory preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -541,8 +552,16 @@ impl Host {
     }
 
     /// Up to WINDOW calls in flight, split over `workers`, for THROUGHPUT_FOR.
-    fn throughput(&mut self, workers: &[String], ev: &[u8]) -> f64 {
-        self.throughput_window(workers, ev, WINDOW)
+    /// Also returns the CPU time per call of this (supervisor) thread and of the host (all
+    /// its threads, spinning included), in ns.
+    fn throughput(&mut self, workers: &[String], ev: &[u8]) -> (f64, f64, f64) {
+        let (ticks, me) = (cpu_ticks(self.pid()), thread_cpu_ns());
+        let t = Instant::now();
+        let rate = self.throughput_window(workers, ev, WINDOW);
+        let calls = rate * t.elapsed().as_secs_f64();
+        let host_ns = (cpu_ticks(self.pid()) - ticks) as f64 / clock_ticks_per_second() * 1e9;
+        let me_ns = (thread_cpu_ns() - me) as f64;
+        (rate, me_ns / calls, host_ns / calls)
     }
 
     /// Up to `window` calls in flight, split evenly over `workers` (each worker's share
@@ -738,6 +757,92 @@ fn ring_alone(label: &str, frame: &[u8], pin: bool) -> Lat {
     l
 }
 
+/// CPU cost of the frames of one call on each side (one thread, back to back, in this
+/// process): what every path-B call pays besides the ring and the plugin, as ns per operation.
+fn codec_costs(ev: &[u8]) {
+    section("the frames of a call: encode/decode cost (one thread)");
+    const N: u32 = 200_000;
+    let time = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        for _ in 0..N {
+            f();
+        }
+        t.elapsed().as_nanos() as f64 / f64::from(N)
+    };
+    let mut b = flatbuffers::FlatBufferBuilder::with_capacity(1024);
+    let process = protocol::hot::encode_process_into(&mut b, 1, "w0", ev).to_vec();
+    let response = vec![7u8; 120];
+    let fields = protocol::hot::ProcessResultFields {
+        msg_id: 1,
+        worker_id: "w0",
+        response: &response,
+        elapsed_ns: 900,
+        ..Default::default()
+    };
+    let result = protocol::hot::encode_process_result_into(&mut b, &fields).to_vec();
+    let owned_result = Message::decode(&result).expect("result");
+    let rows: [(&str, f64); 8] = [
+        (
+            "Process encode, reused builder (hot)",
+            time(&mut || {
+                std::hint::black_box(protocol::hot::encode_process_into(&mut b, 2, "w0", ev));
+            }),
+        ),
+        (
+            "Process encode, owned Message",
+            time(&mut || {
+                std::hint::black_box(
+                    Message::Process(protocol::Process {
+                        msg_id: 2,
+                        worker_id: "w0".into(),
+                        event: ev.to_vec(),
+                    })
+                    .encode(),
+                );
+            }),
+        ),
+        (
+            "Process decode, verified view (hot)",
+            time(&mut || {
+                std::hint::black_box(protocol::hot::decode_process(&process).ok());
+            }),
+        ),
+        (
+            "Process decode, owned Message",
+            time(&mut || {
+                std::hint::black_box(Message::decode(&process).ok());
+            }),
+        ),
+        (
+            "ProcessResult encode, reused builder (hot)",
+            time(&mut || {
+                std::hint::black_box(protocol::hot::encode_process_result_into(&mut b, &fields));
+            }),
+        ),
+        (
+            "ProcessResult encode, owned Message",
+            time(&mut || {
+                std::hint::black_box(owned_result.encode());
+            }),
+        ),
+        (
+            "ProcessResult decode, verified view (hot)",
+            time(&mut || {
+                std::hint::black_box(protocol::hot::decode_process_result(&result).ok());
+            }),
+        ),
+        (
+            "ProcessResult decode, owned Message",
+            time(&mut || {
+                std::hint::black_box(Message::decode(&result).ok());
+            }),
+        ),
+    ];
+    for (what, ns) in rows {
+        report(what, format!("{ns:.0} ns"));
+    }
+}
+
 /// Back-to-back round trips to worker w0; the latency and the host's voluntary context
 /// switches per call.
 fn ring_busy(h: &mut Host, ev: &[u8]) -> (Lat, f64) {
@@ -791,10 +896,14 @@ fn path_b_with(bin: &Path, tag: &str, so: &Path, ev: &[u8], lanes: bool) -> ([f6
     let mut rates = [0.0; 3];
     for (i, n) in [1usize, 4, 16].into_iter().enumerate() {
         let ws: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
-        rates[i] = h.throughput(&ws, ev);
+        let (rate, me, host) = h.throughput(&ws, ev);
+        rates[i] = rate;
         report(
             &format!("{tag}B throughput, {n} workers in one host ({WINDOW} in flight)"),
-            format!("{:.0} msgs/s", rates[i]),
+            format!(
+                "{rate:.0} msgs/s; CPU per call: supervisor thread {me:.0} ns, host {host:.0} ns \
+                 (spinning included)"
+            ),
         );
     }
     h.shutdown();
@@ -2159,6 +2268,7 @@ fn main() {
         // The key ring figures alone (ring, then ring + host-runner), to repeat them quickly;
         // with WM_COMPARE_BASELINE_BIN (a directory holding an older host-runner), that build's
         // path B first, in the same run, for before/after ratios.
+        codec_costs(&ev);
         let a = path_a(&so, &ev);
         if let Some(dir) = std::env::var_os("WM_COMPARE_BASELINE_BIN") {
             let base = path_b_with(

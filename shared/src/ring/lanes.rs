@@ -173,12 +173,15 @@ impl MultiReceiver {
             // control ring's own wait.
             return self.control.recv(buf, timeout).map(|()| Source::Control);
         }
-        let start = Instant::now();
+        // The clock is read only once nothing is ready (a frame already waiting, the common
+        // case under load, costs no clock read); the timeout counts from that first miss.
+        let mut start = None;
         loop {
             if let Some(src) = self.try_recv(buf)? {
                 return Ok(src);
             }
             let begin = Instant::now();
+            let start = *start.get_or_insert(begin);
             if self.spin.spin(begin, || self.anything()) {
                 self.spin.spun(begin.elapsed());
                 continue;

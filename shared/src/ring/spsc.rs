@@ -379,13 +379,14 @@ impl Reader {
         timeout: Option<Duration>,
         woken: &dyn Fn() -> bool,
     ) -> Result<bool, RingError> {
-        let start = Instant::now();
+        // A frame already waiting (the common case under load) costs no clock read.
         if let Polled::Frame = self.poll(region, buf)? {
             return Ok(true);
         }
         if woken() {
             return Ok(false);
         }
+        let start = Instant::now();
         let ctl = region.ctl(self.dir);
         let head = self.head;
         let arrived = || ctl.tail.load(Ordering::Acquire) != head || region.any_closed() || woken();
