@@ -351,6 +351,11 @@ impl Reader {
         }
     }
 
+    /// Whether a corrupt frame was seen (every later `poll` is `Corrupt`).
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
     /// Whether the writer published something we have not read (a hint: `poll` validates).
     pub(crate) fn has_data(&self, region: &Region) -> bool {
         region.ctl(self.dir).tail.load(Ordering::Acquire) != self.head
