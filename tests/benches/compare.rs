@@ -555,12 +555,23 @@ impl Host {
     /// Also returns the CPU time per call of this (supervisor) thread and of the host (all
     /// its threads, spinning included), in ns.
     fn throughput(&mut self, workers: &[String], ev: &[u8]) -> (f64, f64, f64) {
+        // The supervisor reader's spin during throughput: yield between checks after this
+        // many us (WM_COMPARE_SUP_YIELD_US; the ring's default, 1 us, without it).
+        let saved = self.rx.spin();
+        if let Some(us) = std::env::var("WM_COMPARE_SUP_YIELD_US")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            self.rx
+                .set_spin(ring::SpinBudget::default().with_yield_after(Duration::from_micros(us)));
+        }
         let (ticks, me) = (cpu_ticks(self.pid()), thread_cpu_ns());
         let t = Instant::now();
         let rate = self.throughput_window(workers, ev, WINDOW);
         let calls = rate * t.elapsed().as_secs_f64();
         let host_ns = (cpu_ticks(self.pid()) - ticks) as f64 / clock_ticks_per_second() * 1e9;
         let me_ns = (thread_cpu_ns() - me) as f64;
+        self.rx.set_spin(saved);
         (rate, me_ns / calls, host_ns / calls)
     }
 

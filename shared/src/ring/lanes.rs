@@ -114,6 +114,11 @@ impl MultiReceiver {
         self.lanes.len()
     }
 
+    /// The spin budget of the lanes' wait.
+    pub fn spin(&self) -> SpinBudget {
+        self.spin
+    }
+
     /// Replaces the spin budget of both the control ring and the lanes.
     pub fn set_spin(&mut self, spin: SpinBudget) {
         self.spin = spin;
