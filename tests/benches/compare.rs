@@ -555,16 +555,17 @@ impl Host {
     /// Also returns the CPU time per call of this (supervisor) thread and of the host (all
     /// its threads, spinning included), in ns.
     fn throughput(&mut self, workers: &[String], ev: &[u8]) -> (f64, f64, f64) {
-        // The supervisor reader's spin during throughput: yield between checks after this
-        // many us (WM_COMPARE_SUP_YIELD_US; the ring's default, 1 us, without it).
+        // With many calls in flight the supervisor's reader yields between checks at once
+        // (WM_COMPARE_SUP_YIELD_US=<us> to yield later; 1 is the ring's default): its spin
+        // between results would otherwise take a vCPU from the host's worker threads
+        // (docs/benchmarks.md, "Lanes: fourth pass"). The same for every build compared.
         let saved = self.rx.spin();
-        if let Some(us) = std::env::var("WM_COMPARE_SUP_YIELD_US")
+        let us = std::env::var("WM_COMPARE_SUP_YIELD_US")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
-        {
-            self.rx
-                .set_spin(ring::SpinBudget::default().with_yield_after(Duration::from_micros(us)));
-        }
+            .unwrap_or(0);
+        self.rx
+            .set_spin(ring::SpinBudget::default().with_yield_after(Duration::from_micros(us)));
         let (ticks, me) = (cpu_ticks(self.pid()), thread_cpu_ns());
         let t = Instant::now();
         let rate = self.throughput_window(workers, ev, WINDOW);
