@@ -9,6 +9,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use flatbuffers::FlatBufferBuilder;
 use wm_shared::ring::{self, FrameReceiver, FrameSender, ReaderNudge, Region};
 
 /// Which lanes are taken by a living thread.
@@ -24,6 +25,8 @@ pub struct Lane {
     pub rx: FrameReceiver,
     /// Largest frame the lane carries; larger results take the control ring.
     pub max_frame: usize,
+    /// The thread's reused builder for its result frames (no allocation per call).
+    pub builder: FlatBufferBuilder<'static>,
     claims: Arc<LaneClaims>,
 }
 
@@ -50,6 +53,7 @@ impl LaneClaims {
                 tx,
                 rx,
                 max_frame: region.config().lane_max_frame(),
+                builder: FlatBufferBuilder::with_capacity(1024),
                 claims: self.clone(),
             }),
             Err(e) => {

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use wm_shared::protocol::Message;
+use wm_shared::protocol::{Message, hot};
 use wm_shared::ring::{ReaderNudge, Region, RingError};
 
 use crate::crash;
@@ -345,7 +345,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         loop {
             match lane.rx.recv_or(&mut buf, None, &|| queue.ready()) {
                 Ok(true) => {
-                    self.lane_call(worker_id, slot, &lane, &buf);
+                    self.lane_call(worker_id, slot, &mut lane, &buf);
                     continue;
                 }
                 Ok(false) => {}
@@ -362,7 +362,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
             if !queue.take_ready(batch, &mut jobs) {
                 // Unloaded: answer what is still in the lane, then end (the lane is freed).
                 while let Ok(true) = lane.rx.try_recv(&mut buf) {
-                    self.lane_call(worker_id, slot, &lane, &buf);
+                    self.lane_call(worker_id, slot, &mut lane, &buf);
                 }
                 return;
             }
@@ -373,14 +373,16 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
     }
 
     /// One frame from a lane: a `Process` of this worker is run and answered on the lane.
-    fn lane_call(&self, worker_id: &str, slot: &Slot<E>, lane: &Lane, frame: &[u8]) {
-        let p = match Message::decode(frame) {
-            Ok(Message::Process(p)) => p,
-            Ok(other) => {
+    /// The frame is read in place (a verified view of the thread's copy) and the result
+    /// encoded into the lane's builder: no allocation on this path besides the plugin's own.
+    fn lane_call(&self, worker_id: &str, slot: &Slot<E>, lane: &mut Lane, frame: &[u8]) {
+        let p = match hot::decode_process(frame) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                let kind = Message::decode(frame).map_or("undecodable", |m| m.kind());
                 crate::sandbox::log(&format!(
-                    "lane {}: ignoring a {} frame (lanes carry Process only)",
+                    "lane {}: ignoring a {kind} frame (lanes carry Process only)",
                     lane.index,
-                    other.kind()
                 ));
                 return;
             }
@@ -394,7 +396,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let outcome = if p.worker_id == worker_id {
-            self.call(worker_id, slot, p.msg_id, &p.event)
+            self.call(worker_id, slot, p.msg_id, p.event)
         } else {
             // A lane outlives nothing: a frame left for a worker that was unloaded.
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -406,12 +408,26 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
                 ),
             )
         };
-        let frame = self.outbox.result_frame(p.msg_id, &p.worker_id, outcome);
-        if frame.len() > lane.max_frame {
+        let bytes = hot::encode_process_result_into(
+            &mut lane.builder,
+            &hot::ProcessResultFields {
+                msg_id: p.msg_id,
+                worker_id: p.worker_id,
+                status: outcome.status.to_wire(),
+                code: outcome.code,
+                response: &outcome.response,
+                error: &outcome.error,
+                elapsed_ns: outcome.elapsed_ns,
+            },
+        );
+        if bytes.len() > lane.max_frame {
+            // Too large for the lane: the control ring (which also trims what exceeds its own
+            // limit).
+            let frame = self.outbox.result_frame(p.msg_id, p.worker_id, outcome);
             self.outbox.post_frame(frame);
             return;
         }
-        match lane.tx.send(&frame, crate::lane::SEND_TIMEOUT) {
+        match lane.tx.send(bytes, crate::lane::SEND_TIMEOUT) {
             Ok(()) | Err(RingError::PeerGone) => {}
             Err(e) => crate::sandbox::log(&format!(
                 "lane {}: cannot send the result of message {}: {e}",

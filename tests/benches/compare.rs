@@ -151,6 +151,17 @@ fn voluntary_switches(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time of the calling thread, in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live local the call writes; CLOCK_THREAD_CPUTIME_ID always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no memory preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -366,6 +377,11 @@ struct Host {
     rx: MultiReceiver,
     buf: Vec<u8>,
     request: u64,
+    /// Reused for every `Process` frame (as a supervisor encodes: no allocation per call).
+    builder: flatbuffers::FlatBufferBuilder<'static>,
+    /// The last result's response, copied out (what a supervisor hands to the caller).
+    response: Vec<u8>,
+    last_id: u64,
 }
 
 impl Host {
@@ -413,6 +429,9 @@ impl Host {
             rx,
             buf: Vec::new(),
             request: 0,
+            builder: flatbuffers::FlatBufferBuilder::with_capacity(1024),
+            response: Vec::new(),
+            last_id: 0,
         };
         assert!(matches!(h.recv(), Message::Ready(_)));
         (h, t.elapsed())
@@ -477,59 +496,152 @@ impl Host {
         .encode()
     }
 
-    fn expect_result(&mut self) -> protocol::ProcessResult {
-        match self.recv() {
-            Message::ProcessResult(r) => {
-                assert_eq!(r.status, ResultStatus::Ok, "{r:?}");
-                r
+    /// The next `ProcessResult` (a verified view; its response copied out, as a supervisor
+    /// hands it to the caller); log lines are skipped. Returns the message id.
+    fn expect_result(&mut self) -> u64 {
+        loop {
+            self.rx
+                .recv(&mut self.buf, Some(Duration::from_secs(60)))
+                .expect("ring recv");
+            if self.take_result() {
+                return self.last_id;
             }
-            other => panic!("expected ProcessResult, got {other:?}"),
+        }
+    }
+
+    /// Takes the frame in `buf`: `true` for a `ProcessResult` (checked, response copied),
+    /// `false` for a log line; anything else is a failed bench.
+    fn take_result(&mut self) -> bool {
+        match protocol::hot::decode_process_result(&self.buf).expect("decode") {
+            Some(r) => {
+                assert_eq!(r.status, ResultStatus::Ok, "{r:?}");
+                self.response.clear();
+                self.response.extend_from_slice(r.response);
+                self.last_id = r.msg_id;
+                true
+            }
+            None => match Message::decode(&self.buf).expect("decode") {
+                Message::Log(_) => false,
+                other => panic!("expected ProcessResult, got {other:?}"),
+            },
+        }
+    }
+
+    /// The ring a call to `worker` goes through: its lane, or the control ring without one.
+    fn call_ring(&self, worker: &str) -> &FrameSender {
+        match self.lane_of.get(worker) {
+            Some(&k) => &self.lanes[k],
+            None => &self.tx,
         }
     }
 
     /// Sends a call into the worker's lane, or the control ring without one.
-    fn send_call(&self, msg_id: u64, worker: &str, ev: &[u8]) {
+    fn send_call(&mut self, msg_id: u64, worker: &str, ev: &[u8]) {
         let tx = match self.lane_of.get(worker) {
             Some(&k) => &self.lanes[k],
             None => &self.tx,
         };
-        tx.send(
-            &Host::process_frame(msg_id, worker, ev),
-            Duration::from_secs(10),
-        )
-        .expect("ring send");
+        let frame = protocol::hot::encode_process_into(&mut self.builder, msg_id, worker, ev);
+        tx.send(frame, Duration::from_secs(10)).expect("ring send");
     }
 
     /// One sequential round trip: encode, send, receive, decode.
-    fn round_trip(&mut self, msg_id: u64, worker: &str, ev: &[u8]) -> protocol::ProcessResult {
+    fn round_trip(&mut self, msg_id: u64, worker: &str, ev: &[u8]) -> u64 {
         self.send_call(msg_id, worker, ev);
         self.expect_result()
     }
 
-    /// Up to WINDOW calls in flight, round robin over `workers`, for THROUGHPUT_FOR.
-    fn throughput(&mut self, workers: &[String], ev: &[u8]) -> f64 {
-        self.throughput_window(workers, ev, WINDOW)
+    /// Up to WINDOW calls in flight, split over `workers`, for THROUGHPUT_FOR.
+    /// Also returns the CPU time per call of this (supervisor) thread and of the host (all
+    /// its threads, spinning included), in ns.
+    fn throughput(&mut self, workers: &[String], ev: &[u8]) -> (f64, f64, f64) {
+        // With many calls in flight the supervisor's reader yields between checks at once
+        // (WM_COMPARE_SUP_YIELD_US=<us> to yield later; 1 is the ring's default): its spin
+        // between results would otherwise take a vCPU from the host's worker threads
+        // (docs/benchmarks.md, "Lanes: fourth pass"). The same for every build compared.
+        let saved = self.rx.spin();
+        let us = std::env::var("WM_COMPARE_SUP_YIELD_US")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        self.rx
+            .set_spin(ring::SpinBudget::default().with_yield_after(Duration::from_micros(us)));
+        let (ticks, me) = (cpu_ticks(self.pid()), thread_cpu_ns());
+        let t = Instant::now();
+        let rate = self.throughput_window(workers, ev, WINDOW);
+        let calls = rate * t.elapsed().as_secs_f64();
+        let host_ns = (cpu_ticks(self.pid()) - ticks) as f64 / clock_ticks_per_second() * 1e9;
+        let me_ns = (thread_cpu_ns() - me) as f64;
+        self.rx.set_spin(saved);
+        (rate, me_ns / calls, host_ns / calls)
     }
 
-    /// Up to `window` calls in flight, round robin over `workers`, for THROUGHPUT_FOR.
+    /// Up to `window` calls in flight, split evenly over `workers` (each worker's share
+    /// pipelined on its ring), for THROUGHPUT_FOR. Each pass reads every result that is ready,
+    /// then tops up each worker's share with ONE batch (several frames per tail store, as a
+    /// supervisor with many callers queued for one worker would send them); it waits only
+    /// when nothing is ready.
     fn throughput_window(&mut self, workers: &[String], ev: &[u8], window: usize) -> f64 {
+        // Each share also fits in half a lane (both directions of a lane full at once would
+        // stall both ends until the send timeout); the same cap for every build compared.
+        let frame =
+            protocol::hot::encode_process_into(&mut self.builder, u64::MAX, &workers[0], ev);
+        let fits = ring::DEFAULT_LANE_BYTES / 2 / RingConfig::frame_cost(frame.len());
+        let per = (window / workers.len()).clamp(1, fits.max(1));
+        // msg_id = worker index * 2^32 + sequence, so a result names its worker.
+        let mut in_flight = vec![0usize; workers.len()];
+        let mut seq = vec![0u64; workers.len()];
+        let mut frames: Vec<Vec<u8>> = Vec::new();
         let (mut sent, mut done) = (0u64, 0u64);
         let t = Instant::now();
-        let mut stop_at = None;
+        let mut stopping = false;
         loop {
-            if stop_at.is_none() && t.elapsed() >= THROUGHPUT_FOR {
-                stop_at = Some(sent);
+            if !stopping && t.elapsed() >= THROUGHPUT_FOR {
+                stopping = true;
             }
-            if stop_at.is_some_and(|s| done >= s) {
+            if stopping && done == sent {
                 break;
             }
-            while stop_at.is_none() && sent - done < window as u64 {
-                let w = &workers[(sent % workers.len() as u64) as usize];
-                self.send_call(1_000_000 + sent, w, ev);
-                sent += 1;
+            if !stopping {
+                for (w, name) in workers.iter().enumerate() {
+                    let want = per - in_flight[w];
+                    if want == 0 {
+                        continue;
+                    }
+                    frames.resize_with(want, Vec::new);
+                    for f in frames.iter_mut().take(want) {
+                        let id = ((w as u64) << 32) | seq[w];
+                        seq[w] += 1;
+                        f.clear();
+                        f.extend_from_slice(protocol::hot::encode_process_into(
+                            &mut self.builder,
+                            id,
+                            name,
+                            ev,
+                        ));
+                    }
+                    self.call_ring(name)
+                        .send_batch(&frames[..want], Duration::from_secs(10))
+                        .expect("ring send");
+                    in_flight[w] += want;
+                    sent += want as u64;
+                }
             }
-            self.expect_result();
+            // One wait, then whatever else is ready without waiting.
+            let id = self.expect_result();
+            in_flight[(id >> 32) as usize] -= 1;
             done += 1;
+            while self
+                .rx
+                .try_recv(&mut self.buf)
+                .expect("ring recv")
+                .is_some()
+            {
+                if self.take_result() {
+                    in_flight[(self.last_id >> 32) as usize] -= 1;
+                    done += 1;
+                }
+            }
         }
         done as f64 / t.elapsed().as_secs_f64()
     }
@@ -657,6 +769,92 @@ fn ring_alone(label: &str, frame: &[u8], pin: bool) -> Lat {
     l
 }
 
+/// CPU cost of the frames of one call on each side (one thread, back to back, in this
+/// process): what every path-B call pays besides the ring and the plugin, as ns per operation.
+fn codec_costs(ev: &[u8]) {
+    section("the frames of a call: encode/decode cost (one thread)");
+    const N: u32 = 200_000;
+    let time = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        for _ in 0..N {
+            f();
+        }
+        t.elapsed().as_nanos() as f64 / f64::from(N)
+    };
+    let mut b = flatbuffers::FlatBufferBuilder::with_capacity(1024);
+    let process = protocol::hot::encode_process_into(&mut b, 1, "w0", ev).to_vec();
+    let response = vec![7u8; 120];
+    let fields = protocol::hot::ProcessResultFields {
+        msg_id: 1,
+        worker_id: "w0",
+        response: &response,
+        elapsed_ns: 900,
+        ..Default::default()
+    };
+    let result = protocol::hot::encode_process_result_into(&mut b, &fields).to_vec();
+    let owned_result = Message::decode(&result).expect("result");
+    let rows: [(&str, f64); 8] = [
+        (
+            "Process encode, reused builder (hot)",
+            time(&mut || {
+                std::hint::black_box(protocol::hot::encode_process_into(&mut b, 2, "w0", ev));
+            }),
+        ),
+        (
+            "Process encode, owned Message",
+            time(&mut || {
+                std::hint::black_box(
+                    Message::Process(protocol::Process {
+                        msg_id: 2,
+                        worker_id: "w0".into(),
+                        event: ev.to_vec(),
+                    })
+                    .encode(),
+                );
+            }),
+        ),
+        (
+            "Process decode, verified view (hot)",
+            time(&mut || {
+                std::hint::black_box(protocol::hot::decode_process(&process).ok());
+            }),
+        ),
+        (
+            "Process decode, owned Message",
+            time(&mut || {
+                std::hint::black_box(Message::decode(&process).ok());
+            }),
+        ),
+        (
+            "ProcessResult encode, reused builder (hot)",
+            time(&mut || {
+                std::hint::black_box(protocol::hot::encode_process_result_into(&mut b, &fields));
+            }),
+        ),
+        (
+            "ProcessResult encode, owned Message",
+            time(&mut || {
+                std::hint::black_box(owned_result.encode());
+            }),
+        ),
+        (
+            "ProcessResult decode, verified view (hot)",
+            time(&mut || {
+                std::hint::black_box(protocol::hot::decode_process_result(&result).ok());
+            }),
+        ),
+        (
+            "ProcessResult decode, owned Message",
+            time(&mut || {
+                std::hint::black_box(Message::decode(&result).ok());
+            }),
+        ),
+    ];
+    for (what, ns) in rows {
+        report(what, format!("{ns:.0} ns"));
+    }
+}
+
 /// Back-to-back round trips to worker w0; the latency and the host's voluntary context
 /// switches per call.
 fn ring_busy(h: &mut Host, ev: &[u8]) -> (Lat, f64) {
@@ -710,10 +908,14 @@ fn path_b_with(bin: &Path, tag: &str, so: &Path, ev: &[u8], lanes: bool) -> ([f6
     let mut rates = [0.0; 3];
     for (i, n) in [1usize, 4, 16].into_iter().enumerate() {
         let ws: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
-        rates[i] = h.throughput(&ws, ev);
+        let (rate, me, host) = h.throughput(&ws, ev);
+        rates[i] = rate;
         report(
             &format!("{tag}B throughput, {n} workers in one host ({WINDOW} in flight)"),
-            format!("{:.0} msgs/s", rates[i]),
+            format!(
+                "{rate:.0} msgs/s; CPU per call: supervisor thread {me:.0} ns, host {host:.0} ns \
+                 (spinning included)"
+            ),
         );
     }
     h.shutdown();
@@ -2108,6 +2310,7 @@ fn main() {
         // The key ring figures alone (ring, then ring + host-runner), to repeat them quickly;
         // with WM_COMPARE_BASELINE_BIN (a directory holding an older host-runner), that build's
         // path B first, in the same run, for before/after ratios.
+        codec_costs(&ev);
         let a = path_a(&so, &ev);
         if let Some(dir) = std::env::var_os("WM_COMPARE_BASELINE_BIN") {
             let base = path_b_with(

@@ -52,6 +52,21 @@ pub enum ResultStatus {
     UnknownWorker,
 }
 
+impl ResultStatus {
+    /// The wire protocol's value.
+    pub fn to_wire(self) -> wm_shared::protocol::ResultStatus {
+        use wm_shared::protocol::ResultStatus as W;
+        match self {
+            ResultStatus::Ok => W::Ok,
+            ResultStatus::NoReply => W::NoReply,
+            ResultStatus::ProcessFailed => W::ProcessFailed,
+            ResultStatus::InvalidResponse => W::InvalidResponse,
+            ResultStatus::WorkerException => W::WorkerException,
+            ResultStatus::UnknownWorker => W::UnknownWorker,
+        }
+    }
+}
+
 /// The outcome of one call: the fields of a `ProcessResult` frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessOutcome {

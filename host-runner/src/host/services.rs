@@ -87,7 +87,7 @@ impl Outbox for RingOutbox {
         let encoded = Message::ProcessResult(protocol::ProcessResult {
             msg_id,
             worker_id: worker_id.into(),
-            status: status_of(o.status),
+            status: o.status.to_wire(),
             code: o.code,
             response: o.response,
             error: o.error,
@@ -119,18 +119,6 @@ impl Outbox for RingOutbox {
                 frame.len()
             ));
         }
-    }
-}
-
-fn status_of(s: crate::engine::ResultStatus) -> protocol::ResultStatus {
-    use crate::engine::ResultStatus as E;
-    match s {
-        E::Ok => protocol::ResultStatus::Ok,
-        E::NoReply => protocol::ResultStatus::NoReply,
-        E::ProcessFailed => protocol::ResultStatus::ProcessFailed,
-        E::InvalidResponse => protocol::ResultStatus::InvalidResponse,
-        E::WorkerException => protocol::ResultStatus::WorkerException,
-        E::UnknownWorker => protocol::ResultStatus::UnknownWorker,
     }
 }
 

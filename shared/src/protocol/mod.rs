@@ -8,7 +8,10 @@
 //! # Layout
 //! - this file: the message types, `encode`, `decode`.
 //! - `link` (feature `tokio`): [`link::HostLink`], the supervisor's async request/reply API.
+//! - `hot`: `Process`/`ProcessResult` decoded as borrowed views and encoded from borrowed fields
+//!   (the per-call frames of a ring lane, without the owned mirror's allocations).
 
+pub mod hot;
 #[cfg(feature = "tokio")]
 pub mod link;
 

@@ -58,10 +58,15 @@ pub fn supervisor_lanes(r: Arc<Region>) -> (FrameSender, Vec<FrameSender>, Multi
         control: rx,
         lanes: readers,
         next: 0,
+        burst: 0,
         spin: SpinBudget::default(),
     };
     (tx, lanes, multi)
 }
+
+/// Most frames the supervisor's reader takes from one lane in a row before it looks at the
+/// next lane first.
+pub(crate) const BURST: u32 = 32;
 
 /// Where a frame came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +103,8 @@ pub struct MultiReceiver {
     lanes: Vec<Reader>,
     /// The lane polled first next time (round robin, so a busy lane cannot starve the others).
     next: usize,
+    /// Frames taken in a row from lane `next`.
+    burst: u32,
     spin: SpinBudget,
 }
 
@@ -105,6 +112,11 @@ impl MultiReceiver {
     /// Lanes read besides the control ring.
     pub fn lanes(&self) -> usize {
         self.lanes.len()
+    }
+
+    /// The spin budget of the lanes' wait.
+    pub fn spin(&self) -> SpinBudget {
+        self.spin
     }
 
     /// Replaces the spin budget of both the control ring and the lanes.
@@ -131,9 +143,23 @@ impl MultiReceiver {
         let n = self.lanes.len();
         for i in 0..n {
             let k = (self.next + i) % n;
+            // An empty lane costs one tail load; the full, validated read only where the tail
+            // moved (or a broken lane, which must keep saying so).
+            if !self.lanes[k].has_data(&self.region) && !self.lanes[k].is_broken() {
+                continue;
+            }
             match self.lanes[k].poll(&self.region, buf) {
                 Ok(Polled::Frame) => {
-                    self.next = (k + 1) % n;
+                    // Stay on a lane that delivers for up to BURST frames in a row (under load
+                    // its next frame is likely there already), then move on, so a busy lane
+                    // cannot starve the others.
+                    self.burst = if k == self.next { self.burst + 1 } else { 1 };
+                    if self.burst >= BURST {
+                        self.next = (k + 1) % n;
+                        self.burst = 0;
+                    } else {
+                        self.next = k;
+                    }
                     return Ok(Some(Source::Lane(k)));
                 }
                 Ok(Polled::Empty) => {}
@@ -173,12 +199,15 @@ impl MultiReceiver {
             // control ring's own wait.
             return self.control.recv(buf, timeout).map(|()| Source::Control);
         }
-        let start = Instant::now();
+        // The clock is read only once nothing is ready (a frame already waiting, the common
+        // case under load, costs no clock read); the timeout counts from that first miss.
+        let mut start = None;
         loop {
             if let Some(src) = self.try_recv(buf)? {
                 return Ok(src);
             }
             let begin = Instant::now();
+            let start = *start.get_or_insert(begin);
             if self.spin.spin(begin, || self.anything()) {
                 self.spin.spun(begin.elapsed());
                 continue;

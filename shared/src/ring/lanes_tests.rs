@@ -248,3 +248,51 @@ fn a_close_wakes_a_reader_asleep_on_the_doorbell_and_drains_first() {
     assert_eq!(first.unwrap(), Source::Lane(0));
     assert!(matches!(second, Err(RingError::PeerGone)), "{second:?}");
 }
+
+/// The supervisor's reader stays on a lane that keeps delivering (fewer empty polls under
+/// load) but takes at most `BURST` frames from it in a row: a frame waiting in another lane is
+/// read within the next `BURST + 1`, however full the first lane is.
+#[test]
+fn a_busy_lane_cannot_starve_another() {
+    let (sup, host) = pair(2);
+    let (_ctl, _lanes, mut rx) = supervisor_lanes(sup);
+    let (tx0, _rx0) = host_lane(host.clone(), 0).unwrap();
+    let (tx1, _rx1) = host_lane(host.clone(), 1).unwrap();
+    // Lane 0: more frames than a burst (8-byte frames, 16 bytes each in a 4 KiB lane).
+    let frames: Vec<[u8; 8]> = (0..(2 * super::lanes::BURST as u64 + 10))
+        .map(u64::to_le_bytes)
+        .collect();
+    tx0.send_batch(&frames, Duration::from_secs(1)).unwrap();
+    let mut buf = Vec::new();
+    // Lane 0's frames arrive complete and in order, whatever comes between them.
+    let mut next0 = 0u64;
+    let mut take0 = |buf: &[u8]| {
+        assert_eq!(buf, next0.to_le_bytes(), "lane 0 out of order");
+        next0 += 1;
+    };
+    // The reader starts on lane 0 and stays there...
+    for _ in 0..5 {
+        assert_eq!(rx.try_recv(&mut buf).unwrap(), Some(Source::Lane(0)));
+        take0(&buf);
+    }
+    // ...until a burst is over, even with lane 1 waiting.
+    tx1.send(b"lane one", Duration::from_secs(1)).unwrap();
+    let mut seen = false;
+    for _ in 0..=super::lanes::BURST {
+        match rx.try_recv(&mut buf).unwrap() {
+            Some(Source::Lane(1)) => {
+                assert_eq!(buf, b"lane one");
+                seen = true;
+                break;
+            }
+            Some(Source::Lane(0)) => take0(&buf),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(seen, "lane 1 starved for more than a burst");
+    while let Some(src) = rx.try_recv(&mut buf).unwrap() {
+        assert_eq!(src, Source::Lane(0));
+        take0(&buf);
+    }
+    assert_eq!(next0, frames.len() as u64, "lane 0 lost frames");
+}

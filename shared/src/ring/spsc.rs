@@ -351,6 +351,11 @@ impl Reader {
         }
     }
 
+    /// Whether a corrupt frame was seen (every later `poll` is `Corrupt`).
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
     /// Whether the writer published something we have not read (a hint: `poll` validates).
     pub(crate) fn has_data(&self, region: &Region) -> bool {
         region.ctl(self.dir).tail.load(Ordering::Acquire) != self.head
@@ -379,13 +384,14 @@ impl Reader {
         timeout: Option<Duration>,
         woken: &dyn Fn() -> bool,
     ) -> Result<bool, RingError> {
-        let start = Instant::now();
+        // A frame already waiting (the common case under load) costs no clock read.
         if let Polled::Frame = self.poll(region, buf)? {
             return Ok(true);
         }
         if woken() {
             return Ok(false);
         }
+        let start = Instant::now();
         let ctl = region.ctl(self.dir);
         let head = self.head;
         let arrived = || ctl.tail.load(Ordering::Acquire) != head || region.any_closed() || woken();
