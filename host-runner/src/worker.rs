@@ -410,7 +410,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         };
         let bytes = hot::encode_process_result_into(
             &mut lane.builder,
-            &hot::ProcessResultFields {
+            &hot::ProcessResultRef {
                 msg_id: p.msg_id,
                 worker_id: p.worker_id,
                 status: outcome.status.to_wire(),

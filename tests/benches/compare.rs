@@ -784,7 +784,7 @@ fn codec_costs(ev: &[u8]) {
     let mut b = flatbuffers::FlatBufferBuilder::with_capacity(1024);
     let process = protocol::hot::encode_process_into(&mut b, 1, "w0", ev).to_vec();
     let response = vec![7u8; 120];
-    let fields = protocol::hot::ProcessResultFields {
+    let fields = protocol::hot::ProcessResultRef {
         msg_id: 1,
         worker_id: "w0",
         response: &response,

@@ -9,7 +9,9 @@
 
 use flatbuffers::FlatBufferBuilder;
 
-use super::{MAX_TABLES, ProtocolError, ResultStatus, fb, opt_bytes, opt_str, status_from_fb};
+use super::{
+    ProtocolError, ResultStatus, fb, finish_frame, opt_bytes, opt_str, status_from_fb, verify_frame,
+};
 
 /// A verified `Process` frame, borrowing the caller's copy of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,8 +21,9 @@ pub struct ProcessRef<'a> {
     pub event: &'a [u8],
 }
 
-/// A verified `ProcessResult` frame, borrowing the caller's copy of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A `ProcessResult` with borrowed fields: what `decode_process_result` reads from a verified
+/// frame, and what `encode_process_result_into` writes (nothing is copied before the builder).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProcessResultRef<'a> {
     pub msg_id: u64,
     pub worker_id: &'a str,
@@ -31,35 +34,10 @@ pub struct ProcessResultRef<'a> {
     pub elapsed_ns: u64,
 }
 
-/// The fields of a `ProcessResult` to encode (borrowed: nothing is copied before the builder).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessResultFields<'a> {
-    pub msg_id: u64,
-    pub worker_id: &'a str,
-    pub status: ResultStatus,
-    pub code: i32,
-    pub response: &'a [u8],
-    pub error: &'a str,
-    pub elapsed_ns: u64,
-}
-
-/// Runs the verifier with the options of `Message::decode`.
-fn verify(bytes: &[u8]) -> Result<fb::Frame<'_>, ProtocolError> {
-    let opts = flatbuffers::VerifierOptions {
-        max_tables: MAX_TABLES,
-        max_apparent_size: bytes.len().saturating_mul(2).max(1 << 10),
-        ..Default::default()
-    };
-    fb::root_as_frame_with_opts(&opts, bytes).map_err(|source| ProtocolError::Invalid {
-        len: bytes.len(),
-        source,
-    })
-}
-
 /// `Ok(Some)` for a valid `Process` frame, `Ok(None)` for a valid frame of another kind (decode
 /// it with `Message::decode`), `Err` for bytes that are not a valid frame.
 pub fn decode_process(bytes: &[u8]) -> Result<Option<ProcessRef<'_>>, ProtocolError> {
-    let frame = verify(bytes)?;
+    let frame = verify_frame(bytes)?;
     Ok(frame.payload_as_process().map(|m| ProcessRef {
         msg_id: m.msg_id(),
         worker_id: m.worker_id().unwrap_or_default(),
@@ -70,7 +48,7 @@ pub fn decode_process(bytes: &[u8]) -> Result<Option<ProcessRef<'_>>, ProtocolEr
 /// As [`decode_process`], for a `ProcessResult` frame (an unknown status is an error, as in
 /// `Message::decode`).
 pub fn decode_process_result(bytes: &[u8]) -> Result<Option<ProcessResultRef<'_>>, ProtocolError> {
-    let frame = verify(bytes)?;
+    let frame = verify_frame(bytes)?;
     let Some(m) = frame.payload_as_process_result() else {
         return Ok(None);
     };
@@ -104,14 +82,14 @@ pub fn encode_process_into<'b>(
             event,
         },
     );
-    finish(b, fb::Payload::Process, t.as_union_value())
+    finish_frame(b, fb::Payload::Process, t.as_union_value())
 }
 
 /// Encodes a `ProcessResult` frame into `b` (reset first); the same bytes as
 /// `Message::ProcessResult(..).encode()`.
 pub fn encode_process_result_into<'b>(
     b: &'b mut FlatBufferBuilder<'_>,
-    r: &ProcessResultFields<'_>,
+    r: &ProcessResultRef<'_>,
 ) -> &'b [u8] {
     b.reset();
     let worker_id = opt_str(b, r.worker_id);
@@ -129,23 +107,7 @@ pub fn encode_process_result_into<'b>(
             elapsed_ns: r.elapsed_ns,
         },
     );
-    finish(b, fb::Payload::ProcessResult, t.as_union_value())
-}
-
-fn finish<'b>(
-    b: &'b mut FlatBufferBuilder<'_>,
-    kind: fb::Payload,
-    payload: flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>,
-) -> &'b [u8] {
-    let frame = fb::Frame::create(
-        b,
-        &fb::FrameArgs {
-            payload_type: kind,
-            payload: Some(payload),
-        },
-    );
-    b.finish(frame, None);
-    b.finished_data()
+    finish_frame(b, fb::Payload::ProcessResult, t.as_union_value())
 }
 
 #[cfg(test)]
@@ -210,7 +172,7 @@ mod tests {
     fn process_result_encodes_as_the_owned_message_and_decodes_back() {
         let mut b = FlatBufferBuilder::new();
         for r in results() {
-            let fields = ProcessResultFields {
+            let fields = ProcessResultRef {
                 msg_id: r.msg_id,
                 worker_id: &r.worker_id,
                 status: r.status,
@@ -276,7 +238,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let bytes = finish(&mut b, fb::Payload::ProcessResult, t.as_union_value()).to_vec();
+        let bytes = finish_frame(&mut b, fb::Payload::ProcessResult, t.as_union_value()).to_vec();
         assert!(matches!(
             decode_process_result(&bytes),
             Err(ProtocolError::UnknownEnum { value: 77, .. })

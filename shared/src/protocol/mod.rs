@@ -356,6 +356,37 @@ fn owned_bytes(o: Option<flatbuffers::Vector<'_, u8>>) -> Vec<u8> {
     o.map(|v| v.bytes().to_vec()).unwrap_or_default()
 }
 
+/// Runs the FlatBuffers verifier over a whole frame with the limits every decode uses (the
+/// table count, and an apparent size of at most twice the frame), so that `Message::decode`
+/// and the borrowing decoders of [`hot`] accept and refuse exactly the same bytes.
+pub(crate) fn verify_frame(bytes: &[u8]) -> Result<fb::Frame<'_>, ProtocolError> {
+    let opts = flatbuffers::VerifierOptions {
+        max_tables: MAX_TABLES,
+        max_apparent_size: bytes.len().saturating_mul(2).max(1 << 10),
+        ..Default::default()
+    };
+    fb::root_as_frame_with_opts(&opts, bytes).map_err(|source| ProtocolError::Invalid {
+        len: bytes.len(),
+        source,
+    })
+}
+
+/// Wraps a built payload in its `Frame` and finishes the builder: the last step of every encode.
+pub(crate) fn finish_frame<'b>(
+    b: &'b mut FlatBufferBuilder<'_>,
+    kind: fb::Payload,
+    payload: flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>,
+) -> &'b [u8] {
+    let frame = fb::Frame::create(
+        b,
+        &fb::FrameArgs {
+            payload_type: kind,
+            payload: Some(payload),
+        },
+    );
+    b.finish(frame, None);
+    b.finished_data()
+}
 /// Creates a string, or nothing for an empty one (decode maps absent back to empty).
 fn opt_str<'a>(b: &mut FlatBufferBuilder<'a>, v: &str) -> Option<WIPOffset<&'a str>> {
     (!v.is_empty()).then(|| b.create_string(v))
@@ -401,15 +432,7 @@ impl Message {
     pub fn encode_into<'b>(&self, b: &'b mut FlatBufferBuilder<'_>) -> &'b [u8] {
         b.reset();
         let (kind, payload) = self.build_payload(b);
-        let frame = fb::Frame::create(
-            b,
-            &fb::FrameArgs {
-                payload_type: kind,
-                payload: Some(payload),
-            },
-        );
-        b.finish(frame, None);
-        b.finished_data()
+        finish_frame(b, kind, payload)
     }
 
     fn size_hint(&self) -> usize {
@@ -640,16 +663,7 @@ impl Message {
     /// Verifies `bytes` as a `Frame` (the verifier runs first, on a private copy the caller
     /// owns), then copies every field into an owned `Message`.
     pub fn decode(bytes: &[u8]) -> Result<Message, ProtocolError> {
-        let opts = flatbuffers::VerifierOptions {
-            max_tables: MAX_TABLES,
-            max_apparent_size: bytes.len().saturating_mul(2).max(1 << 10),
-            ..Default::default()
-        };
-        let frame =
-            fb::root_as_frame_with_opts(&opts, bytes).map_err(|source| ProtocolError::Invalid {
-                len: bytes.len(),
-                source,
-            })?;
+        let frame = verify_frame(bytes)?;
         let kind = frame.payload_type();
         let unknown = || ProtocolError::UnknownKind { kind: kind.0 };
         Ok(match kind {
