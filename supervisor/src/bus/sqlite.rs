@@ -67,7 +67,9 @@ pub struct SqliteBusOptions {
     pub consumer_prefetch: usize,
     /// Published events waiting for a commit before publishers have to wait.
     pub max_queued_events: usize,
-    /// Undelivered events per topic kept in memory; the rest wait on disk.
+    /// Undelivered events per topic kept in memory; the rest wait on disk. Each holds its
+    /// decoded event and its stored FlatBuffer, so the window is most of what a backlogged
+    /// topic adds to the daemon's RSS.
     pub memory_window: usize,
     /// Most events committed in one transaction.
     pub max_batch_events: usize,
@@ -102,7 +104,11 @@ impl Default for SqliteBusOptions {
             durability: Durability::Fsync,
             consumer_prefetch: 64,
             max_queued_events: 65_536,
-            memory_window: 10_000,
+            // Enough to keep 32 consumers' buffers (`consumer_prefetch`) full between two
+            // reloads (a reload reads half a window in one query). 10,000 cost ~30 MiB of RSS
+            // for one backlogged topic and no measurable throughput (docs/benchmarks.md, "RSS
+            // with batches: the memory window").
+            memory_window: 2_048,
             max_batch_events: 4_096,
             commit_delay: std::time::Duration::ZERO,
             watch_capacity: 1_024,
