@@ -33,6 +33,7 @@ pub mod control;
 pub mod csharp_source;
 pub mod daemon;
 pub mod dispatcher;
+pub mod engines;
 pub mod events;
 pub mod gateway;
 pub mod grpc;

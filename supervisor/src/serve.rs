@@ -11,21 +11,20 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
-use wm_shared::package::EngineKind;
 use wm_shared::ring::RingConfig;
 
 use crate::bus::{Bus, Durability, SqliteBus, SqliteBusOptions};
 use crate::config::Config;
 use crate::control::{ControlEvent, ControlEventKind, DepsEvent};
 use crate::dispatcher::{DispatchConfig, StatusSink};
-use crate::events::{ErrorType, Events, Lifecycle, WorkerRef};
+use crate::events::{Events, Lifecycle, WorkerRef};
 use crate::gateway::{Gateway, GatewayBackend, StateLimits};
 use crate::host_runtime::HostRuntime;
 use crate::pool::guard::HostLimits;
 use crate::pool::stderr::StderrLimits;
 use crate::pool::{PoolConfig, SpawnConfig};
-use crate::registry::{LastError, Registry, Status};
-use crate::runtime::{EngineInfo, Runtime, language};
+use crate::registry::{Registry, RegistryGateway, RegistryStatus};
+use crate::runtime::{EngineInfo, Runtime};
 use crate::sync::lock;
 use crate::{Daemon, api};
 
@@ -73,7 +72,7 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
         group_lock_max_retries: config.group_lock_max_retries,
         group_lock_retry_base_delay: config.group_lock_retry_base_delay,
     };
-    let engines = engines(&host_runner);
+    let engines = crate::engines::engines(&host_runner);
     let gateway_url = config.gateway_url.clone();
     let gateway_timeout = config.message_timeout;
     let parts = Parts {
@@ -412,182 +411,5 @@ pub(crate) fn pool_config(
             max_hosts: config.max_hosts as usize,
         },
         standby: config.host_standby,
-    }
-}
-
-/// The engines and whether they can run here (a missing host-runner makes both unavailable).
-fn engines(host_runner: &std::path::Path) -> Vec<EngineInfo> {
-    let runner = if host_runner.is_file() {
-        None
-    } else {
-        Some(format!(
-            "the host-runner binary is missing at {} (build it, or set HOST_RUNNER_PATH)",
-            host_runner.display()
-        ))
-    };
-    crate::runtime::ENGINES
-        .into_iter()
-        .map(|engine| {
-            let reason = runner.clone().or_else(|| match engine {
-                EngineKind::Native => None,
-                EngineKind::DotNet => dotnet_unavailable(host_runner),
-                EngineKind::CSharpSource => dotnet_unavailable(host_runner)
-                    .or_else(|| crate::csharp_source::roslyn_unavailable(host_runner)),
-                EngineKind::Python | EngineKind::PythonWheel => python_unavailable(host_runner),
-            });
-            EngineInfo {
-                mime: engine.mime().to_string(),
-                language: language(engine).to_string(),
-                available: reason.is_none(),
-                reason,
-            }
-        })
-        .collect()
-}
-
-/// Why the Python engine cannot run here, if it cannot: a host-runner built without the
-/// `python` feature (it says which engines it has: `host-runner --engines`), or no python3
-/// for the import check at create.
-fn python_unavailable(host_runner: &std::path::Path) -> Option<String> {
-    let out = match std::process::Command::new(host_runner)
-        .arg("--engines")
-        .stdin(std::process::Stdio::null())
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) => {
-            return Some(format!(
-                "cannot run {} --engines: {e}",
-                host_runner.display()
-            ));
-        }
-    };
-    let engines = String::from_utf8_lossy(&out.stdout);
-    if !engines.lines().any(|l| l.trim() == "python") {
-        return Some(format!(
-            "this host-runner ({}) was built without the python engine (cargo feature `python`, \
-             which links libpython3.11: apt-get install python3-dev, then rebuild); it has: {}",
-            host_runner.display(),
-            engines.split_whitespace().collect::<Vec<_>>().join(", ")
-        ));
-    }
-    None
-}
-
-/// Why the .NET engine cannot run here, if it cannot: no runtime (every path searched is
-/// named), or the bridge assembly missing next to the host-runner.
-fn dotnet_unavailable(host_runner: &std::path::Path) -> Option<String> {
-    if let Err(e) = wm_shared::dotnet::RuntimeSearch::from_env().find() {
-        return Some(e.to_string());
-    }
-    let bridge = host_runner
-        .parent()
-        .unwrap_or_else(|| std::path::Path::new("."))
-        .join("dotnet")
-        .join("Virtufin.WorkManager.Engine.DotNetDll.Bridge.dll");
-    if !bridge.is_file() {
-        return Some(format!(
-            "the .NET bridge is missing at {} (run host-runner/dotnet/build.sh {})",
-            bridge.display(),
-            bridge
-                .parent()
-                .map_or_else(String::new, |p| p.display().to_string())
-        ));
-    }
-    None
-}
-
-/// The dispatcher reports a worker's fall into ERROR through the registry.
-struct RegistryStatus(Registry);
-
-impl StatusSink for RegistryStatus {
-    fn worker_failed(&self, worker_id: &str, error_type: ErrorType, message: &str) {
-        let last = LastError {
-            error_type: error_type.as_str().to_string(),
-            message: message.to_string(),
-            at: crate::registry::now_rfc3339(),
-        };
-        if let Err(e) = self.0.set_status(worker_id, Status::Error, Some(last)) {
-            tracing::error!(worker = worker_id, "recording ERROR failed: {e}");
-        }
-    }
-}
-
-/// The gateway's built-in `state` and `workmanager` services over the registry.
-struct RegistryGateway(Registry);
-
-impl GatewayBackend for RegistryGateway {
-    fn state_get(&self, worker_id: &str, key: &str) -> Result<Option<String>, String> {
-        self.0
-            .store()
-            .state_get(worker_id, key)
-            .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
-            .map_err(|e| e.to_string())
-    }
-
-    fn state_set(
-        &self,
-        worker_id: &str,
-        key: &str,
-        value: &str,
-        max_keys: u64,
-    ) -> Result<crate::gateway::StateWrite, String> {
-        use crate::registry::TagOutcome;
-        match self
-            .0
-            .store()
-            .state_set(worker_id, key, value.as_bytes(), max_keys)
-            .map_err(|e| e.to_string())?
-        {
-            TagOutcome::LimitReached => Ok(crate::gateway::StateWrite::TooManyKeys),
-            // An unknown worker (deleted while its call ran) writes nothing, as before.
-            TagOutcome::Set | TagOutcome::NotFound => Ok(crate::gateway::StateWrite::Written),
-        }
-    }
-
-    fn state_delete(&self, worker_id: &str, key: &str) -> Result<bool, String> {
-        self.0
-            .store()
-            .state_delete(worker_id, key)
-            .map_err(|e| e.to_string())
-    }
-
-    fn workmanager(
-        &self,
-        method: &str,
-        request: &serde_json::Value,
-    ) -> Result<serde_json::Value, (i32, String)> {
-        use crate::gateway::{STATUS_BACKEND, STATUS_BAD_REQUEST, STATUS_UNKNOWN};
-        let brief = |w: &crate::registry::WorkerRecord| {
-            serde_json::json!({
-                "id": w.id, "topic": w.topic, "group": w.group,
-                "mime_type": w.mime_type, "status": w.status.as_str(),
-            })
-        };
-        match method {
-            "ListWorkers" => {
-                let all = self
-                    .0
-                    .store()
-                    .list_workers()
-                    .map_err(|e| (STATUS_BACKEND, e.to_string()))?;
-                Ok(serde_json::json!({"workers": all.iter().map(brief).collect::<Vec<_>>()}))
-            }
-            "GetWorker" => {
-                let id = request
-                    .get("id")
-                    .and_then(|v| v.as_str())
-                    .ok_or((STATUS_BAD_REQUEST, "GetWorker needs an 'id'".to_string()))?;
-                match self.0.store().get_worker(id) {
-                    Ok(Some(w)) => Ok(brief(&w)),
-                    Ok(None) => Err((STATUS_UNKNOWN, format!("no worker {id}"))),
-                    Err(e) => Err((STATUS_BACKEND, e.to_string())),
-                }
-            }
-            other => Err((
-                STATUS_UNKNOWN,
-                format!("workmanager has no read call '{other}' (ListWorkers, GetWorker)"),
-            )),
-        }
     }
 }

@@ -7,6 +7,7 @@
 //! `kill -9` mid-write leaves either the old or the new state, never half of it.
 //! [`Registry`] is what the rest of the daemon holds.
 
+mod backends;
 mod jetstream;
 mod sqlite;
 
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use backends::{RegistryGateway, RegistryStatus};
 pub use jetstream::{JetStreamStore, RegistryChange};
 pub use sqlite::SqliteStore;
 
