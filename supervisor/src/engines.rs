@@ -1,5 +1,5 @@
 //! Which engines can run on this machine, and why not when one cannot: what `GET
-//! /v1/engines` reports and what a create of an unavailable engine's worker is refused with.
+//! /v1/engines` (and `workmanager engines`) reports, computed once at start.
 
 use wm_shared::package::EngineKind;
 
