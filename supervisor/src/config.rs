@@ -114,6 +114,7 @@ settings! {
     "HOST_RLIMIT_AS_BYTES" [] = "0", "0 (no limit) or 67108864-1099511627776", "address-space limit (RLIMIT_AS) of each native host process (.NET hosts are bounded by HOST_DOTNET_GC_HEAP_HARD_LIMIT_BYTES instead)";
     "HOST_DOTNET_GC_HEAP_HARD_LIMIT_BYTES" [] = "0", "0 (no limit) or 16777216-1099511627776", "GC heap hard limit (GCHeapHardLimit) of each .NET host process, its memory bound in place of RLIMIT_AS; an allocation over it throws OutOfMemoryException in the worker";
     "BUS_DURABILITY" [] = "fsync", "fsync|os", "fsync: a publish is acknowledged after an fsync'd commit (survives power loss); os: after the write reaches the OS (survives a daemon crash or kill -9, not a power cut; ~4x the publish rate)";
+    "RUNTIME_WORKER_THREADS" [] = "0", "0 (one less than the CPUs, at least 1) or 1-1024", "threads of the daemon's async runtime (HTTP, dispatcher, SSE); the bus writer, host links and hosts have threads of their own, and each extra idle runtime thread costs a wake-up of a sibling per wake-up from outside (docs/benchmarks.md, the event path's fourth pass)";
     "BUS_COMMIT_DELAY_US" [] = "100", "0-10000", "embedded bus only: how long a group commit waits to gather more publishes and completions when the previous commit carried several (a lone publish never waits); fewer, larger commits pace publishers to what the workers drain under load; 0 commits at once";
     "TOPIC_MAX_BACKLOG_EVENTS" [] = "100000", "0 (no limit) or 1-100000000", "events one topic may hold waiting for its workers; more are dead-lettered with reason overflow";
     "TOPIC_RETENTION_EVENTS" [] = "100000", "0 (no replay window) or 1-100000000", "replay window: events per topic kept after their outcome, for SSE resume (Last-Event-ID, ?after=, ?from=earliest)";
@@ -528,6 +529,8 @@ pub struct Config {
     pub bus_fsync: bool,
     /// How long a busy group commit gathers more writes (`BUS_COMMIT_DELAY_US`).
     pub bus_commit_delay: Duration,
+    /// Threads of the async runtime (`RUNTIME_WORKER_THREADS`; 0: one less than the CPUs).
+    pub runtime_worker_threads: usize,
     /// Events one topic may hold before publishes overflow into `<topic>-dead` (0: no limit).
     pub topic_max_backlog: u64,
     /// Replay window: events per topic kept after their outcome (0: none).
@@ -585,6 +588,19 @@ pub fn parse_bool(s: &str) -> Option<bool> {
 }
 
 impl Config {
+    /// Threads for the async runtime: `RUNTIME_WORKER_THREADS`, or one less than the CPUs
+    /// (at least 1), leaving a CPU to the bus writer, the host links and the hosts. Every
+    /// idle runtime thread costs a sibling wake-up per outside wake-up (tokio keeps a
+    /// searcher), which a per-event path of ~10 hand-offs feels.
+    pub fn worker_threads(&self) -> usize {
+        match self.runtime_worker_threads {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1))
+                .max(1),
+            n => n,
+        }
+    }
+
     /// Validates every raw value.
     pub fn from_raw(raw: &RawConfig) -> Result<Config, ConfigError> {
         let invalid = |name: &'static str, range: &str| {
@@ -841,6 +857,7 @@ impl Config {
                 _ => return Err(invalid("BUS_DURABILITY", "fsync|os")),
             },
             bus_commit_delay: Duration::from_micros(int("BUS_COMMIT_DELAY_US", 0, 10_000)?),
+            runtime_worker_threads: int("RUNTIME_WORKER_THREADS", 0, 1024)? as usize,
             topic_max_backlog: int("TOPIC_MAX_BACKLOG_EVENTS", 0, 100_000_000)?,
             topic_retention_events: int("TOPIC_RETENTION_EVENTS", 0, 100_000_000)?,
             topic_retention: secs("TOPIC_RETENTION_SECONDS", 0, 31_536_000)?,
@@ -1229,6 +1246,17 @@ mod tests {
         let err = load(ServeArgs::default(), &[("BUS_COMMIT_DELAY_US", "10001")]).unwrap_err();
         assert!(err.to_string().contains("BUS_COMMIT_DELAY_US"), "{err}");
         assert!(err.to_string().contains("0-10000"), "{err}");
+    }
+
+    #[test]
+    fn runtime_worker_threads_default_leaves_a_cpu_and_is_bounded() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let c = load(ServeArgs::default(), &[]).unwrap();
+        assert_eq!(c.worker_threads(), (cpus - 1).max(1));
+        let c = load(ServeArgs::default(), &[("RUNTIME_WORKER_THREADS", "3")]).unwrap();
+        assert_eq!(c.worker_threads(), 3);
+        let err = load(ServeArgs::default(), &[("RUNTIME_WORKER_THREADS", "1025")]).unwrap_err();
+        assert!(err.to_string().contains("RUNTIME_WORKER_THREADS"), "{err}");
     }
 
     #[test]

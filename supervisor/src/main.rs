@@ -115,6 +115,7 @@ fn main() -> ExitCode {
                 }
             };
             let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.worker_threads())
                 .enable_all()
                 .build()
             {

@@ -744,5 +744,35 @@ async fn busy_group_commits_gather_and_a_lone_publish_does_not_wait() {
         "{commits} commits for {total} publishes of {PUBLISHERS} closed-loop publishers: the busy commits did not gather"
     );
     assert_eq!(bus.metrics().published("busy"), total);
+
+    // The company ages out: once a burst made the writer gather (its commit carried several
+    // writes), a lone publish after the writer went idle is committed at once, not after
+    // the delay.
+    let mut gathered = false;
+    for round in 0..5 {
+        let before = bus.metrics().commits();
+        let burst: Vec<_> = (0..8)
+            .map(|i| bus.publish("burst", vec![event(1_000 + round * 8 + i)]))
+            .collect();
+        for r in futures_util::future::join_all(burst).await {
+            r.unwrap();
+        }
+        if bus.metrics().commits() - before == 1 {
+            gathered = true; // all eight in one commit: the last batch had company
+            break;
+        }
+    }
+    assert!(
+        gathered,
+        "no burst of 8 concurrent publishes was gathered into one commit"
+    );
+    tokio::time::sleep(DELAY + Duration::from_millis(100)).await;
+    let t = std::time::Instant::now();
+    bus.publish("lone", vec![event(2_000)]).await.unwrap();
+    assert!(
+        t.elapsed() < DELAY,
+        "a lone publish after the writer idled took {:?}: it waited for company that left long ago",
+        t.elapsed()
+    );
     bus.close().await;
 }

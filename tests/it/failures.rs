@@ -334,6 +334,21 @@ fn invoke_returns_the_reply_or_the_classified_error_without_retries() {
         "{}",
         err.text()
     );
+
+    // The status check before the call (read without a blocking hand-off when the registry
+    // can): an unknown worker is 404, a stopped one 409 naming its status.
+    let unknown = d.send_json(
+        "POST",
+        "/v1/workers/no-such-worker/invoke",
+        &json!({"specversion": "1.0", "id": "i2", "source": "urn:test", "type": "t.invoke",
+                "datacontenttype": "text/plain", "data": "ping"}),
+    );
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+    let r = d.post(&format!("/v1/workers/{w}/stop"));
+    assert!(r.status < 300, "stop: {} {}", r.status, r.text());
+    let stopped = call("ping");
+    assert_eq!(stopped.status, 409, "{}", stopped.text());
+    assert!(stopped.text().contains("STOPPED"), "{}", stopped.text());
 }
 
 #[test]

@@ -257,6 +257,7 @@ impl SqliteBus {
             last_expiry: std::time::Instant::now(),
             deferred: Vec::new(),
             last_batch: 0,
+            last_batch_at: std::time::Instant::now(),
         };
         writer.recover().map_err(open_err)?;
 

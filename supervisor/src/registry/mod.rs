@@ -232,6 +232,13 @@ pub trait Store: Send + Sync + 'static {
     fn create_worker(&self, w: &WorkerRecord) -> Result<(), RegistryError>;
     /// One worker.
     fn get_worker(&self, id: &str) -> Result<Option<WorkerRecord>, RegistryError>;
+    /// A worker's status when the store can tell without waiting (no lock held by another
+    /// caller, no network): `Some(Ok(None))` when the worker is unknown. `None`: ask
+    /// [`Store::get_worker`] off the async workers. For hot paths (`POST .../invoke`) that
+    /// would otherwise pay two thread hand-offs to read one column.
+    fn worker_status_now(&self, _id: &str) -> Option<Result<Option<Status>, RegistryError>> {
+        None
+    }
     /// Every worker, oldest first.
     fn list_workers(&self) -> Result<Vec<WorkerRecord>, RegistryError>;
     /// Removes a worker and everything that belongs to it; false if unknown.

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -397,6 +397,33 @@ impl Store for SqliteStore {
                 Ok(Some(w))
             }
         }
+    }
+
+    fn worker_status_now(&self, id: &str) -> Option<Result<Option<Status>, RegistryError>> {
+        // Only with the connection free: a writer holding it may be inside an fsync.
+        let conn = match self.conn.try_lock() {
+            Ok(c) => c,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        let read = || -> Result<Option<Status>, RegistryError> {
+            let mut stmt = conn
+                .prepare_cached("SELECT status FROM workers WHERE id = ?1")
+                .map_err(sql("read worker status"))?;
+            let status: Option<String> = stmt
+                .query_row([id], |row| row.get(0))
+                .optional()
+                .map_err(sql("read worker status"))?;
+            status
+                .map(|s| {
+                    Status::parse(&s).ok_or_else(|| RegistryError::Corrupt {
+                        id: id.to_owned(),
+                        what: format!("unknown status '{s}'"),
+                    })
+                })
+                .transpose()
+        };
+        Some(read())
     }
 
     fn list_workers(&self) -> Result<Vec<WorkerRecord>, RegistryError> {

@@ -66,6 +66,10 @@ const FLUSH_AFTER: Duration = Duration::from_millis(2);
 const MAX_DELETE: u64 = 50_000;
 /// Writes in the last batch from which the next batch waits `commit_delay` to gather more.
 const COMMIT_SIBLINGS: usize = 2;
+/// A writer that waited longer than this (or than the commit delay, if longer) for its next
+/// write has gone idle: the company the last batch had is gone, so the next write does not
+/// wait for more (a lone publish long after a burst is committed at once).
+const IDLE_AFTER: Duration = Duration::from_millis(1);
 
 pub(super) struct Writer {
     pub store: Store,
@@ -86,6 +90,9 @@ pub(super) struct Writer {
     /// Writes (publishes, settles, completions) in the last batch: the sign of concurrent
     /// writers that [`SqliteBusOptions::commit_delay`] waits for.
     pub last_batch: usize,
+    /// When the last batch was committed: `last_batch` speaks for the writers only while
+    /// they keep coming (see [`IDLE_AFTER`]).
+    pub last_batch_at: Instant,
 }
 
 impl Writer {
@@ -174,9 +181,11 @@ impl Writer {
             // Group commit under load: when the last batch had company (several writers at
             // once), let the next one gather for `commit_delay` before it commits, so one
             // fsync and one set of WAL pages serve more events. A lone publish or completion
-            // (nothing else in flight) never waits.
+            // (nothing else in flight) never waits, nor does the first write after the writer
+            // went idle.
             if !self.opts.commit_delay.is_zero()
                 && self.last_batch >= COMMIT_SIBLINGS
+                && self.last_batch_at.elapsed() <= IDLE_AFTER.max(self.opts.commit_delay)
                 && is_write(&first)
             {
                 std::thread::sleep(self.opts.commit_delay);
@@ -193,7 +202,9 @@ impl Writer {
                 }
             }
             self.last_batch = batch.iter().filter(|c| is_write(c)).count();
-            if !self.process(batch) {
+            let go_on = self.process(batch);
+            self.last_batch_at = Instant::now();
+            if !go_on {
                 break;
             }
         }
