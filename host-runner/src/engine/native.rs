@@ -31,7 +31,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libloading::os::unix::Library;
-use wm_shared::generated::worker_api::virtufin::worker::flat_buffers as wfb;
 
 use super::env::with_worker_env;
 use super::{Engine, LoadSpec, ProcessOutcome, ResultStatus};
@@ -446,7 +445,7 @@ impl Engine for NativeEngine {
                 ),
             );
         };
-        match flatbuffers::root::<wfb::WorkerResponse>(&bytes) {
+        match wm_shared::protocol::hot::verify_worker_response(&bytes) {
             Ok(_) => outcome(ResultStatus::Ok, 0, bytes, String::new()),
             Err(e) => outcome(
                 ResultStatus::InvalidResponse,
