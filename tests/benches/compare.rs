@@ -797,14 +797,14 @@ fn codec_costs(ev: &[u8]) {
     let owned_result = Message::decode(&result).expect("result");
     // The generic FlatBuffers verifier as `hot` used it before the hand-written one (same
     // options as `protocol::verify_frame`): the same-run baseline of the two decode rows.
-    let generic = |bytes: &[u8]| {
+    fn generic(bytes: &[u8]) -> Option<hpfb::Frame<'_>> {
         let opts = flatbuffers::VerifierOptions {
             max_tables: 1 << 16,
             max_apparent_size: bytes.len().saturating_mul(2).max(1 << 10),
             ..Default::default()
         };
         hpfb::root_as_frame_with_opts(&opts, bytes).ok()
-    };
+    }
     // What a plugin answers (the bench's event as its reply), verified by the host per call.
     let reply = WorkerResponse {
         result_event: CloudEvent::from_flatbuffer(ev).ok(),
@@ -2396,12 +2396,20 @@ fn main() {
         codec_costs(&ev);
         let a = path_a(&so, &ev);
         if let Some(dir) = std::env::var_os("WM_COMPARE_BASELINE_BIN") {
+            // WM_COMPARE_BASELINE_LANES=1: drive the baseline over lanes too (a baseline
+            // built with lanes, such as main since 3e5d641), so that "baseline" and "lanes"
+            // differ only by the host's code.
+            let base_lanes = std::env::var_os("WM_COMPARE_BASELINE_LANES").is_some();
             let base = path_b_with(
                 &Path::new(&dir).join("host-runner"),
-                "baseline ",
+                if base_lanes {
+                    "baseline (lanes) "
+                } else {
+                    "baseline "
+                },
                 &so,
                 &ev,
-                false,
+                base_lanes,
             );
             // This build without lanes (RING_LANES=0: every call through the frame loop),
             // then with them.
