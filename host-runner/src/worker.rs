@@ -439,6 +439,8 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
                 lane.index, p.msg_id
             )),
         }
+        // The reply's copy is in the frame now: its buffer serves the next call's copy.
+        crate::engine::reply_buf::recycle(outcome.response);
     }
 
     /// One call: run it under its crash mark, then answer.

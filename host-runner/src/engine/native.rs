@@ -389,7 +389,9 @@ impl Engine for NativeEngine {
         let copy = if !out_buf.is_null() && out_len > 0 && (out_len as usize) <= self.max_response {
             // SAFETY: the plugin returned `out_len` bytes at `out_buf`, non-null and of a
             // positive, bounded length, valid until FreeResult below.
-            Some(unsafe { std::slice::from_raw_parts(out_buf, out_len as usize) }.to_vec())
+            Some(super::reply_buf::copy_of(unsafe {
+                std::slice::from_raw_parts(out_buf, out_len as usize)
+            }))
         } else {
             None
         };
