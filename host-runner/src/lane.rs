@@ -6,17 +6,28 @@
 //! passes two threads instead of three. A lane is claimed here for as long as its thread lives,
 //! so even a supervisor that named one lane twice cannot give it two readers.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use flatbuffers::FlatBufferBuilder;
 use wm_shared::ring::{self, FrameReceiver, FrameSender, ReaderNudge, Region};
 
-/// Which lanes are taken by a living thread.
+/// Which lanes are taken by a living thread, and each lane's call in flight.
 #[derive(Debug, Default)]
 pub struct LaneClaims {
     taken: Mutex<Vec<bool>>,
+    /// One counter per lane, written only by the lane's thread. They are not one shared
+    /// counter because four lane threads on two CPUs would pass its cache line back and forth
+    /// twice per call (docs/benchmarks.md, "Lanes: fifth pass").
+    in_flight: Box<[LaneCount]>,
 }
+
+/// A lane's calls in flight (0 or 1: its thread runs one call at a time), alone on its cache
+/// line (128 bytes: adjacent-line prefetch pairs lines on x86).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct LaneCount(AtomicU32);
 
 /// One claimed lane; the claim ends when it is dropped (its thread ended).
 pub struct Lane {
@@ -34,6 +45,23 @@ pub struct Lane {
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl LaneClaims {
+    /// Claims and counters for a region of `lanes` lanes.
+    pub fn new(lanes: usize) -> Self {
+        LaneClaims {
+            taken: Mutex::new(vec![false; lanes]),
+            in_flight: (0..lanes).map(|_| LaneCount::default()).collect(),
+        }
+    }
+
+    /// Calls running on lane threads now (a gauge for `Stats`; each counter is exact, the
+    /// sum is taken without stopping the threads).
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+            .iter()
+            .map(|c| c.0.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Claims lane `k` of `region`; `Err` says why not (no such lane, or taken).
     pub fn claim(self: &Arc<Self>, region: &Arc<Region>, k: u32) -> Result<Lane, String> {
         let mut taken = self.taken.lock().unwrap_or_else(PoisonError::into_inner);
@@ -72,6 +100,26 @@ impl LaneClaims {
 }
 
 impl Lane {
+    /// Counts a call as in flight on this lane until [`Lane::call_done`]. Only this lane's
+    /// thread writes its counter, so a plain load and store do (no locked instruction).
+    pub fn call_started(&self) {
+        self.add_in_flight(1);
+    }
+
+    /// Ends what [`Lane::call_started`] began.
+    pub fn call_done(&self) {
+        self.add_in_flight(u32::MAX); // -1, wrapping
+    }
+
+    fn add_in_flight(&self, d: u32) {
+        if let Some(c) = self.claims.in_flight.get(self.index as usize) {
+            c.0.store(
+                c.0.load(Ordering::Relaxed).wrapping_add(d),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
     /// Wakes this lane's thread if it sleeps (after queuing work it must also see).
     pub fn nudger(&self) -> ReaderNudge {
         self.rx.nudger()

@@ -133,6 +133,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
     }
 
     fn build(engine: Arc<E>, outbox: Arc<O>, region: Option<Arc<Region>>) -> Arc<Self> {
+        let lanes = region.as_ref().map_or(0, |r| r.lanes());
         Arc::new(Workers {
             engine,
             outbox,
@@ -140,7 +141,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
             in_flight: Arc::new(AtomicU32::new(0)),
             background: Mutex::new(Vec::new()),
             region,
-            claims: Arc::new(LaneClaims::default()),
+            claims: Arc::new(LaneClaims::new(lanes)),
         })
     }
 
@@ -170,9 +171,12 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).len() as u32
     }
 
-    /// Calls accepted and not yet answered.
+    /// Calls accepted and not yet answered: those of the control ring and those running on
+    /// lane threads (each lane counts its own).
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.claims.in_flight())
     }
 
     /// `LoadWorker`: a new worker gets its queue and threads (thread i serving `lanes[i]`, if
@@ -394,12 +398,13 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
                 return;
             }
         };
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
         let outcome = if p.worker_id == worker_id {
-            self.call(worker_id, slot, p.msg_id, p.event)
+            lane.call_started();
+            let outcome = self.call(worker_id, slot, p.msg_id, p.event);
+            lane.call_done();
+            outcome
         } else {
             // A lane outlives nothing: a frame left for a worker that was unloaded.
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
             ProcessOutcome::failed(
                 ResultStatus::UnknownWorker,
                 format!(
@@ -434,15 +439,20 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
                 lane.index, p.msg_id
             )),
         }
+        // The reply's copy is in the frame now: its buffer serves the next call's copy.
+        crate::engine::reply_buf::recycle(outcome.response);
     }
 
     /// One call: run it under its crash mark, then answer.
     fn run(&self, worker_id: &str, slot: &Slot<E>, job: Job) {
         let outcome = self.call(worker_id, slot, job.msg_id, &job.event);
+        // Counted by `process` when it was queued; uncounted before the answer.
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.outbox.process_result(job.msg_id, worker_id, outcome);
     }
 
-    /// Runs one call under its crash mark; the in-flight count drops before the answer.
+    /// Runs one call under its crash mark (the caller counts it in flight and uncounts it
+    /// before the answer).
     fn call(&self, worker_id: &str, slot: &Slot<E>, msg_id: u64, event: &[u8]) -> ProcessOutcome {
         let lib = slot
             .current
@@ -470,7 +480,6 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         // Releasing the library may unload a replaced version (hot reload): do it before
         // answering, so the supervisor never sees the reply before the old code is gone.
         drop(lib);
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
         outcome
     }
 

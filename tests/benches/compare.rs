@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
+use wm_shared::generated::host_protocol::work_manager::host_protocol as hpfb;
+use wm_shared::generated::worker_api::virtufin::worker::flat_buffers as wrfb;
 use wm_shared::protocol::{self, EngineKind, Message, ResultStatus};
 use wm_shared::ring::{self, FrameSender, HostState, MultiReceiver, Region, RingConfig, Side};
 use wm_shared::{CloudEvent, WorkerResponse};
@@ -793,7 +795,23 @@ fn codec_costs(ev: &[u8]) {
     };
     let result = protocol::hot::encode_process_result_into(&mut b, &fields).to_vec();
     let owned_result = Message::decode(&result).expect("result");
-    let rows: [(&str, f64); 8] = [
+    // The generic FlatBuffers verifier as `hot` used it before the hand-written one (same
+    // options as `protocol::verify_frame`): the same-run baseline of the two decode rows.
+    fn generic(bytes: &[u8]) -> Option<hpfb::Frame<'_>> {
+        let opts = flatbuffers::VerifierOptions {
+            max_tables: 1 << 16,
+            max_apparent_size: bytes.len().saturating_mul(2).max(1 << 10),
+            ..Default::default()
+        };
+        hpfb::root_as_frame_with_opts(&opts, bytes).ok()
+    }
+    // What a plugin answers (the bench's event as its reply), verified by the host per call.
+    let reply = WorkerResponse {
+        result_event: CloudEvent::from_flatbuffer(ev).ok(),
+        error_message: None,
+    }
+    .to_flatbuffer();
+    let rows: [(&str, f64); 12] = [
         (
             "Process encode, reused builder (hot)",
             time(&mut || {
@@ -817,6 +835,15 @@ fn codec_costs(ev: &[u8]) {
             "Process decode, verified view (hot)",
             time(&mut || {
                 std::hint::black_box(protocol::hot::decode_process(&process).ok());
+            }),
+        ),
+        (
+            "Process decode, generic verifier + view (before)",
+            time(&mut || {
+                std::hint::black_box(generic(&process).and_then(|f| {
+                    f.payload_as_process()
+                        .map(|m| (m.msg_id(), m.worker_id(), m.event().map(|v| v.bytes())))
+                }));
             }),
         ),
         (
@@ -844,9 +871,39 @@ fn codec_costs(ev: &[u8]) {
             }),
         ),
         (
+            "ProcessResult decode, generic verifier + view (before)",
+            time(&mut || {
+                std::hint::black_box(generic(&result).and_then(|f| {
+                    f.payload_as_process_result().map(|m| {
+                        (
+                            m.msg_id(),
+                            m.worker_id(),
+                            m.status(),
+                            m.code(),
+                            m.response().map(|v| v.bytes()),
+                            m.error(),
+                            m.elapsed_ns(),
+                        )
+                    })
+                }));
+            }),
+        ),
+        (
             "ProcessResult decode, owned Message",
             time(&mut || {
                 std::hint::black_box(Message::decode(&result).ok());
+            }),
+        ),
+        (
+            "WorkerResponse check, hand verifier (host, per call)",
+            time(&mut || {
+                std::hint::black_box(protocol::hot::verify_worker_response(&reply).ok());
+            }),
+        ),
+        (
+            "WorkerResponse check, flatbuffers::root (before)",
+            time(&mut || {
+                std::hint::black_box(flatbuffers::root::<wrfb::WorkerResponse>(&reply).ok());
             }),
         ),
     ];
@@ -2377,12 +2434,20 @@ fn main() {
         codec_costs(&ev);
         let a = path_a(&so, &ev);
         if let Some(dir) = std::env::var_os("WM_COMPARE_BASELINE_BIN") {
+            // WM_COMPARE_BASELINE_LANES=1: drive the baseline over lanes too (a baseline
+            // built with lanes, such as main since 3e5d641), so that "baseline" and "lanes"
+            // differ only by the host's code.
+            let base_lanes = std::env::var_os("WM_COMPARE_BASELINE_LANES").is_some();
             let base = path_b_with(
                 &Path::new(&dir).join("host-runner"),
-                "baseline ",
+                if base_lanes {
+                    "baseline (lanes) "
+                } else {
+                    "baseline "
+                },
                 &so,
                 &ev,
-                false,
+                base_lanes,
             );
             // This build without lanes (RING_LANES=0: every call through the frame loop),
             // then with them.

@@ -36,7 +36,6 @@ use wm_shared::dotnet::{DotNetDiscoveryError, DotNetRuntime, RuntimeSearch};
 
 use super::{Engine, LoadSpec, ProcessOutcome, ResultStatus};
 use crate::ffi::callbacks::{GW_TIMEOUT, GW_UNAVAILABLE, GatewayFailure, HostServices};
-use wm_shared::generated::worker_api::virtufin::worker::flat_buffers as fb;
 
 /// File name (without `.dll`) of the bridge assembly.
 pub const BRIDGE_ASSEMBLY: &str = "Virtufin.WorkManager.Engine.DotNetDll.Bridge";
@@ -587,7 +586,7 @@ impl DotNetEngine {
                     ))
                 }
                 Some((KIND_RESPONSE, bytes)) => {
-                    match flatbuffers::root::<fb::WorkerResponse>(&bytes) {
+                    match wm_shared::protocol::hot::verify_worker_response(&bytes) {
                         Ok(_) => Outcome::Reply(bytes),
                         Err(e) => Outcome::InvalidResponse(format!(
                             "the .NET bridge returned an invalid WorkerResponse: {e}"

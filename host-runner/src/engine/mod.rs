@@ -11,6 +11,7 @@ pub mod env;
 pub mod native;
 #[cfg(feature = "python")]
 pub mod python;
+pub mod reply_buf;
 
 use std::path::PathBuf;
 

@@ -31,7 +31,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libloading::os::unix::Library;
-use wm_shared::generated::worker_api::virtufin::worker::flat_buffers as wfb;
 
 use super::env::with_worker_env;
 use super::{Engine, LoadSpec, ProcessOutcome, ResultStatus};
@@ -390,7 +389,9 @@ impl Engine for NativeEngine {
         let copy = if !out_buf.is_null() && out_len > 0 && (out_len as usize) <= self.max_response {
             // SAFETY: the plugin returned `out_len` bytes at `out_buf`, non-null and of a
             // positive, bounded length, valid until FreeResult below.
-            Some(unsafe { std::slice::from_raw_parts(out_buf, out_len as usize) }.to_vec())
+            Some(super::reply_buf::copy_of(unsafe {
+                std::slice::from_raw_parts(out_buf, out_len as usize)
+            }))
         } else {
             None
         };
@@ -446,7 +447,7 @@ impl Engine for NativeEngine {
                 ),
             );
         };
-        match flatbuffers::root::<wfb::WorkerResponse>(&bytes) {
+        match wm_shared::protocol::hot::verify_worker_response(&bytes) {
             Ok(_) => outcome(ResultStatus::Ok, 0, bytes, String::new()),
             Err(e) => outcome(
                 ResultStatus::InvalidResponse,

@@ -95,3 +95,31 @@ fn unload_frees_a_lane_for_the_next_worker_and_an_idle_host_sleeps() {
     let used = cpu_ticks(h.pid()) - before;
     assert!(used <= 2, "the idle host used {used} clock ticks in 2 s");
 }
+
+/// Calls running on lane threads count in `Stats.in_flight` (each lane keeps its own counter),
+/// beside the calls queued through the control ring, and none is left once all are answered.
+#[test]
+fn stats_count_the_calls_in_flight_on_lanes() {
+    let mut h = Host::spawn(&[]);
+    assert!(h.load_lanes("w", &worker_c(), 2, &[3, 4]).ok);
+    h.process_on(3, 1, "w", "sleep", b"300");
+    h.process_on(4, 2, "w", "sleep", b"300");
+    // Both lane threads are busy: this one waits in the worker's queue.
+    h.process(3, "w", "echo", b"");
+    std::thread::sleep(Duration::from_millis(100));
+    h.send(Message::StatsRequest { request_id: 1 });
+    let s = h.wait_for("Stats", |m| match m {
+        Message::Stats(s) if s.request_id == 1 => Some(s.clone()),
+        _ => None,
+    });
+    assert_eq!(s.in_flight, 3, "{s:?}");
+    for n in 1..=3 {
+        assert_eq!(h.result(n).status, ResultStatus::Ok);
+    }
+    h.send(Message::StatsRequest { request_id: 2 });
+    let s = h.wait_for("Stats", |m| match m {
+        Message::Stats(s) if s.request_id == 2 => Some(s.clone()),
+        _ => None,
+    });
+    assert_eq!(s.in_flight, 0, "{s:?}");
+}

@@ -10,8 +10,11 @@
 //! - `link` (feature `tokio`): [`link::HostLink`], the supervisor's async request/reply API.
 //! - `hot`: `Process`/`ProcessResult` decoded as borrowed views and encoded from borrowed fields
 //!   (the per-call frames of a ring lane, without the owned mirror's allocations).
+//! - `hot_verify`: the hand-written verifier `hot` uses for those two frames and for the
+//!   plugin's `WorkerResponse` (differentially tested against the FlatBuffers verifier).
 
 pub mod hot;
+mod hot_verify;
 #[cfg(feature = "tokio")]
 pub mod link;
 
@@ -21,7 +24,7 @@ use crate::generated::host_protocol::work_manager::host_protocol as fb;
 
 /// Largest number of tables the verifier will visit in one frame (a LoadWorker with a large
 /// config is the biggest legitimate frame: one table per config entry).
-const MAX_TABLES: usize = 1 << 16;
+pub(crate) const MAX_TABLES: usize = 1 << 16;
 
 /// Errors decoding a frame.
 #[derive(Debug, thiserror::Error)]
