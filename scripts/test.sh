@@ -20,5 +20,9 @@ echo "== schemathesis against /openapi.json (bounded)" >&2
 "$root/scripts/schemathesis.sh"
 echo "== shared with the tokio feature (HostLink)" >&2
 cargo test -p workmanager-shared --features tokio --locked 2>&1
+echo "== callgrind guard of the host's call path, release build (docs/benchmarks.md, \"Callgrind guard\")" >&2
+# The debug run above guards the code as tested; this one the code as shipped, whose counts an
+# optimisation can lower while the debug count rises.
+cargo test -p workmanager-host-runner --release --locked --test it callgrind 2>&1
 echo "== loom model of the ring (docs/ring.md)" >&2
 RUSTFLAGS="--cfg loom" cargo test -p workmanager-shared --release --locked ring::loom 2>&1
