@@ -114,3 +114,39 @@ fn lagged_is_sent_only_when_the_replay_window_was_exceeded() {
     assert!(first[0].0 >= seqs[4], "{first:?}");
     assert_eq!(earliest.lagged(), 0);
 }
+
+#[test]
+fn ended_events_older_than_topic_retention_seconds_leave_the_window() {
+    let d = Daemon::start(DaemonOptions::default().env("TOPIC_RETENTION_SECONDS", "1"));
+    // Nobody consumes "aged": each event ends at once (dropped) and stays for the window.
+    let seqs: Vec<u64> = (0..3)
+        .map(|i| publish(&d, "aged", &format!("g{i}")))
+        .collect();
+    let young = Sse::resume(&d.base_url(), "aged", "from=earliest", None);
+    let ids: Vec<String> = take(&young, 3).into_iter().map(|(_, id)| id).collect();
+    assert_eq!(ids, ["g0", "g1", "g2"], "inside the window at first");
+    drop(young);
+
+    // Ended events are deleted once older than a second (the expiry runs every second).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let earliest = Sse::resume(&d.base_url(), "aged", "from=earliest", None);
+        if earliest.drain(Duration::from_millis(300)).is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events older than TOPIC_RETENTION_SECONDS=1 were still replayed after {WAIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // A reader resuming from before them is told it lagged, then gets what is new.
+    let resumed = Sse::resume(&d.base_url(), "aged", &format!("after={}", seqs[0]), None);
+    let fresh = publish(&d, "aged", "g3");
+    let got = take(&resumed, 1);
+    assert_eq!(got[0], (fresh, "g3".to_string()));
+    assert!(
+        resumed.lagged() > 0,
+        "a lagged comment for the expired events"
+    );
+}
