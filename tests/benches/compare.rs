@@ -1011,6 +1011,94 @@ fn path_b_with(bin: &Path, tag: &str, so: &Path, ev: &[u8], lanes: bool) -> ([f6
     (rates, busy)
 }
 
+/// Path B of the baseline host and this tree's (over lanes), alternating in short rounds
+/// (`WM_COMPARE_B_ROUNDS=<n>`): on this 2-vCPU VM the figures swing between two modes with
+/// whatever else holds a vCPU, and hosts measured one after the other (`path_b_with`) can land
+/// in different modes; in rounds both builds see the same conditions within seconds, and the
+/// per-round ratios show the spread. The order within a round alternates too.
+fn path_b_rounds(so: &Path, ev: &[u8], base_bin: &Path, base_lanes: bool, rounds: usize) {
+    section(&format!(
+        "path B, the baseline host and this tree's, alternating in {rounds} rounds \
+         (busy p50, then 4 workers in one host)"
+    ));
+    let dir = so.parent().expect("fixture dir");
+    let lib = so.file_name().expect("file").to_string_lossy().into_owned();
+    let spawn = |bin: &Path, lanes: bool, name: &str| {
+        let (mut h, _) = Host::spawn_bin(bin, "native", name, lanes);
+        for i in 0..4 {
+            h.load(&format!("w{i}"), EngineKind::Native, dir, &lib);
+        }
+        for n in 0..2000 {
+            h.round_trip(n, "w0", ev);
+        }
+        h
+    };
+    let mut hosts = [
+        spawn(base_bin, base_lanes, "bench-rounds-base"),
+        spawn(&host_runner_bin(), true, "bench-rounds-new"),
+    ];
+    let ws: Vec<String> = (0..4).map(|i| format!("w{i}")).collect();
+    let (mut busy_ratio, mut rate_ratio) = (Vec::new(), Vec::new());
+    let (mut busy, mut rates) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    for r in 0..rounds {
+        let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut p50 = [0.0; 2];
+        let mut rate = [0.0; 2];
+        for k in order {
+            p50[k] = ring_busy(&mut hosts[k], ev).0.p50;
+            rate[k] = hosts[k].throughput(&ws, ev).0;
+            busy[k].push(p50[k]);
+            rates[k].push(rate[k]);
+        }
+        busy_ratio.push(p50[1] / p50[0]);
+        rate_ratio.push(rate[1] / rate[0]);
+        report(
+            &format!("round {r}: busy p50, baseline / this tree"),
+            format!(
+                "{:.2} / {:.2} us = {:.2}x; 4 workers {:.0} / {:.0} k/s = {:.2}x",
+                p50[0],
+                p50[1],
+                p50[1] / p50[0],
+                rate[0] / 1e3,
+                rate[1] / 1e3,
+                rate[1] / rate[0]
+            ),
+        );
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let range = |v: &[f64]| {
+        let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        format!("{lo:.2}-{hi:.2}")
+    };
+    report(
+        "rounds: busy p50, baseline / this tree (median of rounds)",
+        format!(
+            "{:.2} / {:.2} us; ratio per round {} (median {:.2}x)",
+            median(&mut busy[0]),
+            median(&mut busy[1]),
+            range(&busy_ratio),
+            median(&mut busy_ratio)
+        ),
+    );
+    report(
+        "rounds: 4 workers in one host, baseline / this tree (median of rounds)",
+        format!(
+            "{:.0} / {:.0} k/s; ratio per round {} (median {:.2}x)",
+            median(&mut rates[0]) / 1e3,
+            median(&mut rates[1]) / 1e3,
+            range(&rate_ratio),
+            median(&mut rate_ratio)
+        ),
+    );
+    for h in hosts {
+        h.shutdown();
+    }
+}
+
 /// Spawn -> Ready -> LoadWorker -> first ProcessResult of a native host, and RSS per host.
 fn host_figures(so: &Path, ev: &[u8]) {
     section("B: native host respawn (no daemon) and RSS per host");
@@ -2438,6 +2526,22 @@ fn main() {
             // built with lanes, such as main since 3e5d641), so that "baseline" and "lanes"
             // differ only by the host's code.
             let base_lanes = std::env::var_os("WM_COMPARE_BASELINE_LANES").is_some();
+            // WM_COMPARE_B_ROUNDS=<n>: the two hosts alternate in n short rounds instead.
+            if let Some(rounds) = std::env::var("WM_COMPARE_B_ROUNDS")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|n| *n > 0)
+            {
+                path_b_rounds(
+                    &so,
+                    &ev,
+                    &Path::new(&dir).join("host-runner"),
+                    base_lanes,
+                    rounds,
+                );
+                ring_alone("run 2", &frame, false);
+                return;
+            }
             let base = path_b_with(
                 &Path::new(&dir).join("host-runner"),
                 if base_lanes {
