@@ -154,6 +154,14 @@ const WORKER_COLUMNS: &str = "id, mime_type, topic, grp, isolation, message_time
     max_concurrency, status, desired_running, last_error, code_sha256, code_size, code_source, \
     code_url, created_at, updated_at, memory_limit_bytes, replicas";
 
+/// A stored status column, or the corruption it shows.
+fn parse_status(id: &str, status: &str) -> Result<Status, RegistryError> {
+    Status::parse(status).ok_or_else(|| RegistryError::Corrupt {
+        id: id.to_owned(),
+        what: format!("unknown status '{status}'"),
+    })
+}
+
 /// A `workers` row before its config and tags are attached.
 fn row_to_worker(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<WorkerRecord, RegistryError>> {
     let id: String = row.get(0)?;
@@ -169,8 +177,9 @@ fn row_to_worker(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<WorkerRecor
     let Some(isolation) = Isolation::parse(&isolation) else {
         return Ok(Err(corrupt(format!("unknown isolation '{isolation}'"))));
     };
-    let Some(status) = Status::parse(&status) else {
-        return Ok(Err(corrupt(format!("unknown status '{status}'"))));
+    let status = match parse_status(&id, &status) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(e)),
     };
     let Some(source) = CodeSourceKind::parse(&source) else {
         return Ok(Err(corrupt(format!("unknown code source '{source}'"))));
@@ -414,14 +423,7 @@ impl Store for SqliteStore {
                 .query_row([id], |row| row.get(0))
                 .optional()
                 .map_err(sql("read worker status"))?;
-            status
-                .map(|s| {
-                    Status::parse(&s).ok_or_else(|| RegistryError::Corrupt {
-                        id: id.to_owned(),
-                        what: format!("unknown status '{s}'"),
-                    })
-                })
-                .transpose()
+            status.map(|s| parse_status(id, &s)).transpose()
         };
         Some(read())
     }
