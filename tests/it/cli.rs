@@ -115,7 +115,10 @@ fn shared() -> &'static Shared {
                 .env("WORKMANAGER_API_TOKENS", &entry)
                 .env("WORKMANAGER_METRICS_PUBLIC", "true")
                 .env("WORKER_RETRY_ATTEMPTS", "1")
-                .env("WORKER_RETRY_BASE_DELAY_MS", "10"),
+                .env("WORKER_RETRY_BASE_DELAY_MS", "10")
+                // One runtime thread whatever the CPUs (the default on 2 vCPUs): the CLI flow
+                // must not depend on a second thread to make progress.
+                .env("RUNTIME_WORKER_THREADS", "1"),
         );
         // A static is never dropped: stop the daemon when the test process exits.
         if let Some(pid) = d.pid().and_then(|p| i32::try_from(p).ok()) {
@@ -198,14 +201,18 @@ fn workers_subcommands_drive_a_daemon_in_tables_and_json() {
 
     let created = s
         .wm(&[
-            "workers", "create", "-p", pkg, "-t", "t.cli", "--tag", "team=a", "--start", "-o",
-            "json",
+            "workers", "create", "-p", pkg, "-t", "t.cli", "--tag", "team=a", "-o", "json",
         ])
         .ok()
         .json();
     let id = created["id"].as_str().unwrap().to_owned();
-    assert_eq!(created["status"], "RUNNING", "{created}");
     assert_eq!(created["tags"]["team"], "a");
+    // Created, not started: an invoke is refused with the status and what to do.
+    let early = s.wm(&["workers", "invoke", &id, "--data", "\"early\""]);
+    assert_ne!(early.code, 0, "{early:?}");
+    assert!(early.stderr.contains("start it first"), "{}", early.stderr);
+    let started = s.wm(&["workers", "start", &id, "-o", "json"]).ok();
+    assert!(started.stdout.contains("RUNNING"), "{}", started.stdout);
 
     // Tables for people: a header and the worker's row.
     let ls = s.wm(&["workers", "ls"]).ok();
@@ -321,6 +328,13 @@ fn workers_subcommands_drive_a_daemon_in_tables_and_json() {
     // stop, rm; then the worker is gone: exit 3 and the daemon's words.
     let stop = s.wm(&["workers", "stop", &id]).ok();
     assert!(stop.stdout.contains("STOPPED"), "{}", stop.stdout);
+    let stopped = s.wm(&["workers", "invoke", &id, "--data", "\"late\""]);
+    assert_ne!(stopped.code, 0, "{stopped:?}");
+    assert!(
+        stopped.stderr.contains("is STOPPED; start it first"),
+        "{}",
+        stopped.stderr
+    );
     s.wm(&["workers", "rm", &id]).ok();
     let gone = s.wm(&["workers", "get", &id]);
     assert_eq!(gone.code, 3, "{gone:?}");
