@@ -344,11 +344,16 @@ fn invoke_returns_the_reply_or_the_classified_error_without_retries() {
                 "datacontenttype": "text/plain", "data": "ping"}),
     );
     assert_eq!(unknown.status, 404, "{}", unknown.text());
+    assert!(unknown.text().contains("not_found"), "{}", unknown.text());
     let r = d.post(&format!("/v1/workers/{w}/stop"));
     assert!(r.status < 300, "stop: {} {}", r.status, r.text());
     let stopped = call("ping");
     assert_eq!(stopped.status, 409, "{}", stopped.text());
-    assert!(stopped.text().contains("STOPPED"), "{}", stopped.text());
+    assert!(
+        stopped.text().contains("is STOPPED; start it first"),
+        "{}",
+        stopped.text()
+    );
 }
 
 #[test]
