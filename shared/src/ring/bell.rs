@@ -33,11 +33,32 @@ pub const THROTTLE: Duration = Duration::from_millis(1);
 /// Awaits one region's doorbell eventfd on the tokio runtime (supervisor side).
 #[derive(Debug)]
 pub struct BellWaiter {
-    fd: AsyncFd<OwnedFd>,
+    /// Registered with the runtime's epoll, except while paused (see [`BellWaiter::wait`]).
+    fd: Registration,
     /// Wake-ups in a row after which a drain found no frame.
     empty: u32,
     /// Pauses taken because of empty wake-ups (a host signalling without publishing).
     throttled: u64,
+}
+
+#[derive(Debug)]
+enum Registration {
+    On(AsyncFd<OwnedFd>),
+    Off(OwnedFd),
+    /// Only while switching between the two.
+    Gone,
+}
+
+/// Registers `fd` with the current runtime's I/O driver.
+fn register(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>, RingError> {
+    // SAFETY: `register_with_interest` requires that the fd stays open and refers to the
+    // same file description for the AsyncFd's whole life, and that `as_raw_fd` keeps
+    // returning it: the OwnedFd (our own duplicate) is moved into the AsyncFd, nothing else
+    // holds or closes that descriptor, and OwnedFd::as_raw_fd returns the fd it owns.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| RingError::Io {
+        step: "register the doorbell eventfd with the tokio runtime (is I/O enabled?)",
+        source: e.into(),
+    })
 }
 
 impl BellWaiter {
@@ -53,21 +74,35 @@ impl BellWaiter {
             step: "dup the doorbell eventfd",
             source,
         })?;
-        // SAFETY: `register_with_interest` requires that the fd stays open and refers to the
-        // same file description for the AsyncFd's whole life, and that `as_raw_fd` keeps
-        // returning it: the OwnedFd (our own duplicate) is moved into the AsyncFd, nothing
-        // else holds or closes that descriptor, and OwnedFd::as_raw_fd returns the fd it owns.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(
-            |source| RingError::Io {
-                step: "register the doorbell eventfd with the tokio runtime (is I/O enabled?)",
-                source: source.into(),
-            },
-        )?;
         Ok(BellWaiter {
-            fd,
+            fd: Registration::On(register(fd)?),
             empty: 0,
             throttled: 0,
         })
+    }
+
+    /// Takes the eventfd out of the runtime's epoll: while a flooding host is paused, its
+    /// signals must not wake the runtime's I/O driver either (each would, edge-triggered).
+    fn deregister(&mut self) {
+        self.fd = match std::mem::replace(&mut self.fd, Registration::Gone) {
+            Registration::On(afd) => Registration::Off(afd.into_inner()),
+            other => other,
+        };
+    }
+
+    /// The registered eventfd, registering it again after a pause.
+    fn registered(&mut self) -> Result<&AsyncFd<OwnedFd>, RingError> {
+        self.fd = match std::mem::replace(&mut self.fd, Registration::Gone) {
+            Registration::Off(fd) => Registration::On(register(fd)?),
+            other => other,
+        };
+        match &self.fd {
+            Registration::On(afd) => Ok(afd),
+            _ => Err(RingError::Io {
+                step: "re-register the doorbell eventfd",
+                source: io::Error::other("the eventfd was lost by an earlier failed registration"),
+            }),
+        }
     }
 
     /// Pauses taken so far because the host signalled without publishing.
@@ -94,12 +129,20 @@ impl BellWaiter {
                      throttled to one per {THROTTLE:?}"
                 );
             }
+            self.deregister();
             tokio::time::sleep(THROTTLE).await;
         }
         if !rx.announce_bell_sleep() {
             return Ok(());
         }
-        let ready = self.fd.readable().await;
+        let afd = match self.registered() {
+            Ok(afd) => afd,
+            Err(e) => {
+                rx.end_bell_sleep();
+                return Err(e);
+            }
+        };
+        let ready = afd.readable().await;
         rx.end_bell_sleep();
         let mut guard = ready.map_err(|source| RingError::Io {
             step: "await the doorbell eventfd",

@@ -360,3 +360,143 @@ async fn a_scribbled_control_ring_is_noticed_while_calls_take_lanes() {
     })
     .await;
 }
+
+// --- The async reader against hostile hosts (docs/ring.md, "The runtime reads its lanes") ---
+
+/// CPU time of the calling thread so far.
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage writes one rusage into the zeroed local it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// A host that writes the doorbell eventfd in a tight loop without publishing anything: the
+/// reader (on this test's one runtime thread, whose CPU is measured) is throttled to about
+/// one wake-up per `THROTTLE`, and the link still answers promptly.
+#[tokio::test(flavor = "current_thread")]
+async fn a_host_flooding_the_doorbell_costs_bounded_cpu_and_the_link_stays_responsive() {
+    watchdog(async {
+        let (sup, host) = pair();
+        let h = fake_host(host.clone());
+        let (link, mut events) = HostLink::new_async(sup);
+        let _ = events.recv().await; // the Log
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flood = {
+            let (host, stop) = (host.clone(), stop.clone());
+            std::thread::spawn(move || {
+                use std::os::fd::AsRawFd;
+                let fd = host.bell_fd().unwrap().as_raw_fd();
+                let one = 1u64.to_ne_bytes();
+                let mut writes = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: write(2) reads 8 bytes from a live local.
+                    unsafe { libc::write(fd, one.as_ptr().cast(), 8) };
+                    writes += 1;
+                }
+                writes
+            })
+        };
+        let (cpu0, t0) = (thread_cpu(), std::time::Instant::now());
+        let mut worst = Duration::ZERO;
+        for nonce in 0..20 {
+            let t = std::time::Instant::now();
+            let r = link.request(Message::Ping { nonce }).await.unwrap();
+            assert_eq!(r, Message::Pong { nonce });
+            worst = worst.max(t.elapsed());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (cpu, wall) = (thread_cpu() - cpu0, t0.elapsed());
+        stop.store(true, Ordering::Relaxed);
+        let writes = flood.join().unwrap();
+        println!(
+            "flood: {writes} signals in {wall:?}; reader thread CPU {cpu:?}; worst ping {worst:?}"
+        );
+        assert!(writes > 10_000, "the flood did not flood: {writes} signals");
+        // Unthrottled, the reader would wake once per signal and use its whole thread.
+        assert!(
+            cpu < wall / 8,
+            "the reader used {cpu:?} of CPU in {wall:?} against a flooding host"
+        );
+        assert!(worst < Duration::from_millis(500), "a ping took {worst:?}");
+        assert!(!link.is_dead());
+        link.send(&Message::Shutdown { deadline_ms: 1 }).unwrap();
+        tokio::task::spawn_blocking(move || h.join().unwrap())
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+/// A host that publishes but never signals the doorbell (it closed or lost its eventfd):
+/// its calls wait for their own deadlines, and its death still fails them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_never_signals_leaves_its_calls_to_their_deadlines_and_death_still_ends_them() {
+    watchdog(async {
+        let sup = Arc::new(Region::create("wm-link-test", &RingConfig::default()).unwrap());
+        // The host side without the eventfd: its writers only know the futex.
+        let host = Arc::new(Region::open(sup.as_fd().try_clone_to_owned().unwrap()).unwrap());
+        let h = fake_host(host);
+        let (link, _events) = HostLink::new_async(sup);
+        let deadline = Duration::from_millis(300);
+        let t = std::time::Instant::now();
+        let r = tokio::time::timeout(deadline, link.request(Message::Ping { nonce: 1 })).await;
+        let took = t.elapsed();
+        assert!(r.is_err(), "the reply arrived without a signal: {r:?}");
+        assert!(
+            took >= deadline && took < deadline + Duration::from_secs(2),
+            "the deadline fired after {took:?}"
+        );
+        assert!(!link.is_dead(), "silence alone is not a protocol violation");
+        let l2 = link.clone();
+        // A request the fake host never answers (a Pong could still race the death).
+        let pending =
+            tokio::spawn(async move { l2.request(Message::StatsRequest { request_id: 2 }).await });
+        while link.in_flight() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let t = std::time::Instant::now();
+        link.peer_died();
+        assert!(matches!(pending.await.unwrap(), Err(LinkError::PeerGone)));
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        tokio::task::spawn_blocking(move || h.join().unwrap())
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+/// A host that scribbles a lane's frame header: cut off as misbehaving, naming the lane, as
+/// with the reader thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scribbled_lane_frame_header_cuts_the_host_off() {
+    watchdog(async {
+        let (sup, host) = pair();
+        let (link, mut events) = HostLink::new_async(sup.clone());
+        assert_eq!(link.assign_lanes("w", 1), vec![0]);
+        let l2 = link.clone();
+        let pending = tokio::spawn(async move { l2.request(process(4, "w")).await });
+        while link.in_flight() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (tx, _rx) = ring::host_lane(host, 0).unwrap();
+        // A header claiming a frame far larger than the lane, published as 16 bytes.
+        let mut raw = 0x574D_0001_0FFF_FFF0u64.to_le_bytes().to_vec();
+        raw.extend_from_slice(&[0xAB; 8]);
+        tx.inject_raw_for_tests(&raw, 16);
+        let r = pending.await.unwrap();
+        assert!(
+            matches!(&r, Err(LinkError::HostMisbehaved { reason }) if reason.contains("lane 0")),
+            "{r:?}"
+        );
+        assert!(events.recv().await.is_none());
+        assert!(sup.is_closed(Side::Host));
+    })
+    .await;
+}
