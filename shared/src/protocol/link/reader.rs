@@ -138,7 +138,11 @@ pub(super) fn run_thread(inner: Arc<Inner>, mut rx: MultiReceiver, events: mpsc:
 }
 
 /// The reader as a task on the runtime: drain every ring without blocking (yielding every
-/// [`MAX_BURST`] frames), then await the doorbell eventfd.
+/// [`MAX_BURST`] frames), then await the doorbell eventfd. A pass that found frames is followed
+/// by a yield and another pass before the task sleeps: while the runtime is busy (its other
+/// tasks run in between) replies keep being picked up on every round of the scheduler with no
+/// signal from the host; when it is idle the second pass comes at once, finds nothing, and the
+/// task sleeps.
 pub(super) async fn run_async(
     inner: Arc<Inner>,
     mut rx: MultiReceiver,
@@ -146,6 +150,8 @@ pub(super) async fn run_async(
     events: mpsc::Sender<Message>,
 ) {
     let mut buf = Vec::new();
+    // Frames taken since the last wake-up (the bell counts wake-ups that found none).
+    let mut since_wake = 0;
     let why = 'read: loop {
         let mut drained = 0;
         loop {
@@ -168,12 +174,18 @@ pub(super) async fn run_async(
                 tokio::task::yield_now().await;
             }
         }
-        if let Err(e) = bell.wait(&rx, drained).await {
+        since_wake += drained;
+        if drained > 0 {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        if let Err(e) = bell.wait(&rx, since_wake).await {
             // Our own eventfd failing is not the host's fault, but without it nothing would
             // wake this task again: cut the host off rather than leave its calls hanging.
             tracing::error!(error = %e, "cannot await the host's doorbell; disconnecting the host");
             break cut_off(&inner, format!("the supervisor lost its doorbell: {e}"));
         }
+        since_wake = 0;
     };
     if bell.throttled() > 0 {
         tracing::info!(
