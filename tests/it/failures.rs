@@ -221,6 +221,49 @@ fn a_hang_times_out_puts_the_worker_in_error_and_its_host_is_reclaimed() {
     });
 }
 
+/// The doorbell eventfd is shared with plugin code (fd 4 in the host). A plugin that closes
+/// it only loses its own signals: its reply is never seen, so its call ends at its deadline
+/// like a hang, the host is reclaimed, and the neighbour serves on the new host.
+#[test]
+fn a_plugin_that_closes_the_doorbell_fd_ends_at_its_timeout_and_the_host_is_reclaimed() {
+    let d = daemon(&[
+        ("MESSAGE_HANDLING_TIMEOUT_SECONDS", "1"),
+        ("TIMEOUT_RECLAIM_GRACE_SECONDS", "1"),
+    ]);
+    let mute = chaos_worker(&d, "t.mute", json!({}));
+    let _healthy = chaos_worker(&d, "t.fine", json!({}));
+    let dead = Sse::subscribe(&d.base_url(), "t.mute-dead");
+    let replies = Sse::subscribe(&d.base_url(), "t.fine.reply");
+    let life = Sse::subscribe(&d.base_url(), "workmanager.lifecycle");
+    publish(&d, "t.fine", "before", "before", &[]);
+    replies.wait_for(WAIT, "the neighbour's reply", |v| v["data"] == "before");
+    let pids_before = host_pids(&d);
+    assert_eq!(pids_before.len(), 1, "both workers share one native host");
+
+    let t = Instant::now();
+    publish(&d, "t.mute", "mute", "closebell", &[]);
+    life.wait_for(WAIT, "timeout failure event", |v| {
+        is_failed(v, &mute, "timeout")
+    });
+    assert!(
+        t.elapsed() >= Duration::from_secs(1),
+        "the deadline is the worker's, not sooner: {:?}",
+        t.elapsed()
+    );
+    let dl = dead.wait_for(WAIT, "dead letter of the muted event", |v| {
+        v["id"] == "mute"
+    });
+    assert_eq!(dl["deadletterreason"], "timeout", "{dl:#}");
+    wait_until("the host to be reclaimed", || {
+        let now = host_pids(&d);
+        !now.is_empty() && now != pids_before && !pid_alive(pids_before[0])
+    });
+    publish(&d, "t.fine", "fine", "after", &[]);
+    replies.wait_for(WAIT, "the neighbour's reply after the reclaim", |v| {
+        v["data"] == "after"
+    });
+}
+
 #[test]
 fn a_crash_loop_quarantines_the_worker_keeps_its_queue_and_start_resumes_it() {
     let d = daemon(&[

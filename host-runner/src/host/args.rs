@@ -4,13 +4,16 @@ use std::os::fd::RawFd;
 
 use crate::sandbox;
 
-/// The command line: `host-runner --ring-fd 3 --engine native|dotnet|python --host-id <id>
+/// The command line: `host-runner --ring-fd 3 [--bell-fd 4] --engine native|dotnet|python --host-id <id>
 /// [--rlimit-as <bytes>] [--gc-heap-hard-limit <bytes>] [--rlimit-nofile <n>] [--uid <uid> --gid <gid>]
 /// [--tmp-dir <dir>] [--no-seccomp] [--no-landlock] [--prestart] [--no-spin]
 /// [--python-blocked-modules <a,b,...>]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
     pub ring_fd: RawFd,
+    /// The supervisor's doorbell eventfd (`--bell-fd 4`): signalled after a frame is
+    /// published while the supervisor's async reader sleeps (docs/ring.md).
+    pub bell_fd: Option<RawFd>,
     pub engine: String,
     pub host_id: String,
     pub rlimit_as: Option<u64>,
@@ -56,6 +59,7 @@ impl Args {
         let (mut ring_fd, mut engine, mut host_id) = (None, None, None);
         let mut a = Args {
             ring_fd: 3,
+            bell_fd: None,
             engine: String::new(),
             host_id: String::new(),
             rlimit_as: None,
@@ -88,6 +92,14 @@ impl Args {
                 "--ring-fd" => {
                     let v = value(&flag)?;
                     ring_fd = Some(number(&flag, v)?);
+                }
+                "--bell-fd" => {
+                    let v = value(&flag)?;
+                    let fd = number(&flag, v)?;
+                    a.bell_fd = Some(RawFd::try_from(fd).map_err(|_| ArgsError::NotANumber {
+                        flag: "--bell-fd".into(),
+                        value: fd.to_string(),
+                    })?);
                 }
                 "--engine" => engine = Some(value(&flag)?),
                 "--host-id" => host_id = Some(value(&flag)?),

@@ -92,7 +92,22 @@ pub fn main() -> u8 {
     // SAFETY: the fd is open (checked above) and nothing else in this process owns it: it was
     // inherited from the supervisor for exactly this purpose.
     let fd = unsafe { OwnedFd::from_raw_fd(args.ring_fd) };
-    let region = match Region::open(fd) {
+    // The doorbell eventfd, if the supervisor passed one (its async reader awaits it).
+    let bell = match args.bell_fd {
+        None => None,
+        // SAFETY: fcntl(F_GETFD) only queries the fd table.
+        Some(b) if unsafe { libc::fcntl(b, libc::F_GETFD) } < 0 || b == args.ring_fd => {
+            log(&format!(
+                "--bell-fd {b} is not an open fd besides the ring; the supervisor passes the \
+                 doorbell eventfd there"
+            ));
+            return exit::RING;
+        }
+        // SAFETY: the fd is open (checked above), is not the ring fd, and nothing else in this
+        // process owns it: it was inherited from the supervisor for exactly this purpose.
+        Some(b) => Some(unsafe { OwnedFd::from_raw_fd(b) }),
+    };
+    let region = match Region::open_with_bell(fd, bell) {
         Ok(r) => Arc::new(r),
         Err(e) => {
             log(&format!("cannot map the ring: {e}"));
@@ -110,6 +125,7 @@ pub fn main() -> u8 {
     // 3. The sandbox, in order (see sandbox::enter).
     let cfg = SandboxConfig {
         ring_fd: args.ring_fd,
+        bell_fd: args.bell_fd,
         rlimit_nofile: args.rlimit_nofile,
         rlimit_as: args.rlimit_as,
         seccomp: args.seccomp,

@@ -10,21 +10,36 @@ use std::os::fd::RawFd;
 
 use super::SandboxError;
 
-/// Closes every fd except 0, 1, 2 and `ring_fd`, then reopens 0 and 1 on `/dev/null`.
-pub fn sanitize(ring_fd: RawFd) -> Result<(), SandboxError> {
+/// Closes every fd except 0, 1, 2, `ring_fd` and `bell_fd` (the doorbell eventfd, when the
+/// supervisor passed one), then reopens 0 and 1 on `/dev/null`.
+pub fn sanitize(ring_fd: RawFd, bell_fd: Option<RawFd>) -> Result<(), SandboxError> {
     // SAFETY: fcntl(F_GETFD) on any integer only queries the fd table.
     if unsafe { libc::fcntl(ring_fd, libc::F_GETFD) } < 0 {
         return Err(SandboxError::RingFdMissing(ring_fd));
     }
-    // Close everything in [3, ring_fd) and (ring_fd, MAX].
-    if ring_fd > 3 {
-        close_range(3, (ring_fd - 1) as u32)?;
+    // Close every gap in [3, MAX] between the fds we keep.
+    let mut keep: Vec<RawFd> = std::iter::once(ring_fd)
+        .chain(bell_fd)
+        .filter(|&fd| fd > 2)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut first = 3u32;
+    for &fd in &keep {
+        let fd = fd as u32;
+        if fd > first {
+            close_range(first, fd - 1)?;
+        }
+        first = fd + 1;
     }
-    close_range((ring_fd.max(2) + 1) as u32, u32::MAX)?;
-    // The ring fd stays open for the life of the process; a plugin must not inherit it
+    close_range(first, u32::MAX)?;
+    // The kept fds stay open for the life of the process; a plugin must not inherit them
     // across an exec (which seccomp forbids anyway).
-    // SAFETY: ring_fd is open (checked above); F_SETFD with FD_CLOEXEC only changes its flags.
-    unsafe { libc::fcntl(ring_fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    for &fd in &keep {
+        // SAFETY: F_SETFD with FD_CLOEXEC only changes the flags of `fd` (or fails with EBADF
+        // for a bell fd the supervisor did not actually pass, which is harmless).
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
 
     let null = c"/dev/null";
     // SAFETY: `null` is a NUL-terminated string that outlives the call.

@@ -40,6 +40,8 @@ use std::os::fd::RawFd;
 pub struct SandboxConfig {
     /// The ring memfd, kept open across the fd sweep.
     pub ring_fd: RawFd,
+    /// The supervisor's doorbell eventfd (`--bell-fd`), kept open across the fd sweep too.
+    pub bell_fd: Option<RawFd>,
     /// `RLIMIT_NOFILE` (soft and hard).
     pub rlimit_nofile: u64,
     /// `RLIMIT_AS` in bytes, if set.
@@ -148,7 +150,7 @@ pub fn enter(cfg: &SandboxConfig) -> Result<SandboxReport, SandboxError> {
 
     let tmp_dir = cfg.tmp_dir.clone();
 
-    fds::sanitize(cfg.ring_fd)?;
+    fds::sanitize(cfg.ring_fd, cfg.bell_fd)?;
     report.took("fds");
 
     env::reset(tmp_dir.as_deref());

@@ -1,10 +1,13 @@
 //! The supervisor's async side of one host: requests with awaited replies, plus a stream of
 //! host-initiated messages.
 //!
-//! tokio cannot wait on a futex, so each link owns a dedicated std thread that blocks in
-//! `MultiReceiver::recv` on every from-host ring (the control ring and the lanes), decodes each
-//! frame (after it was copied out of shared memory) and routes it: replies to the oneshot of the
-//! matching `request`, everything else to the mpsc returned by [`HostLink::new`].
+//! A reader (`link/reader.rs`) takes every frame from every from-host ring (the control ring
+//! and the lanes), decodes it (after it was copied out of shared memory) and routes it:
+//! replies to the oneshot of the matching `request`, everything else to the mpsc returned with
+//! the link. The daemon's reader is a task on its tokio runtime that awaits the region's
+//! doorbell eventfd ([`HostLink::new_async`]), so a reply wakes the runtime thread directly;
+//! [`HostLink::new`] keeps the older std thread blocking on the doorbell futex, for hosts
+//! started without the eventfd.
 //!
 //! **Lanes** (docs/ring.md): a worker loaded with [`HostLink::assign_lanes`] has a lane per
 //! thread; its `Process` frames go to the lane with the fewest calls in flight (lane = the
@@ -23,8 +26,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Message, ProtocolError};
-use crate::ring::{self, FrameSender, MultiReceiver, Region, RingError, Side, Source};
+use super::Message;
+use crate::ring::{self, BellWaiter, FrameSender, Region, RingError, Side};
 
 /// How long a send may wait for room in a full to-host ring before failing with `Full`.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -204,11 +207,49 @@ impl Drop for PendingGuard<'_> {
 }
 
 impl HostLink {
-    /// Starts a reader thread on the from-host ring. Host-initiated frames (Ready, Log,
-    /// GatewayCall, Stats, Pong, ProcessResult for unknown ids) go to the returned receiver;
-    /// replies are matched to `request` calls by (kind, id). The receiver ends (`None`) when the
-    /// link dies. Call once per region (it takes the supervisor's ends of the rings).
+    /// Starts a reader thread on the from-host rings (blocking on the doorbell futex).
+    /// Host-initiated frames (Ready, Log, GatewayCall, Stats, Pong, ProcessResult for unknown
+    /// ids) go to the returned receiver; replies are matched to `request` calls by (kind, id).
+    /// The receiver ends (`None`) when the link dies. Call once per region (it takes the
+    /// supervisor's ends of the rings). For a host that was given the region's doorbell
+    /// eventfd, prefer [`HostLink::new_async`].
     pub fn new(region: Arc<Region>) -> (HostLink, mpsc::Receiver<Message>) {
+        let (link, rx, events_tx, events_rx) = HostLink::parts(region);
+        link.start_thread(rx, events_tx);
+        (link, events_rx)
+    }
+
+    /// As [`HostLink::new`], but the reader is a task on the current tokio runtime that
+    /// awaits the region's doorbell eventfd: a host's frames wake the runtime thread directly,
+    /// with no reader thread in between (docs/ring.md, "The runtime reads its lanes"). The
+    /// host must have been given the eventfd (`host-runner --bell-fd`), or its frames wait
+    /// for its calls' deadlines. Call inside a runtime with I/O enabled; outside one (or if
+    /// the eventfd cannot be registered) it falls back to the reader thread, which works with
+    /// any host.
+    pub fn new_async(region: Arc<Region>) -> (HostLink, mpsc::Receiver<Message>) {
+        let (link, rx, events_tx, events_rx) = HostLink::parts(region);
+        let runtime = tokio::runtime::Handle::try_current();
+        match (runtime, BellWaiter::new(&link.inner.region)) {
+            (Ok(rt), Ok(bell)) => {
+                rt.spawn(reader::run_async(link.inner.clone(), rx, bell, events_tx));
+            }
+            (Err(_), _) => link.start_thread(rx, events_tx),
+            (_, Err(e)) => {
+                tracing::warn!(error = %e, "the host link falls back to a reader thread");
+                link.start_thread(rx, events_tx);
+            }
+        }
+        (link, events_rx)
+    }
+
+    fn parts(
+        region: Arc<Region>,
+    ) -> (
+        HostLink,
+        ring::MultiReceiver,
+        mpsc::Sender<Message>,
+        mpsc::Receiver<Message>,
+    ) {
         let (tx, lane_tx, rx) = ring::supervisor_lanes(region.clone());
         let lanes: Vec<Lane> = lane_tx
             .into_iter()
@@ -230,16 +271,19 @@ impl HostLink {
             pending: Mutex::new(Pending::default()),
         });
         let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
-        let reader_inner = inner.clone();
+        (HostLink { inner }, rx, events_tx, events_rx)
+    }
+
+    fn start_thread(&self, rx: ring::MultiReceiver, events_tx: mpsc::Sender<Message>) {
+        let reader_inner = self.inner.clone();
         let spawned = std::thread::Builder::new()
             .name("wm-host-link".into())
-            .spawn(move || reader_loop(reader_inner, rx, events_tx));
+            .spawn(move || reader::run_thread(reader_inner, rx, events_tx));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the host link reader thread; host unusable");
-            inner.region.mark_closed(Side::Host);
-            inner.fail_all(LinkError::PeerGone);
+            self.inner.region.mark_closed(Side::Host);
+            self.inner.fail_all(LinkError::PeerGone);
         }
-        (HostLink { inner }, events_rx)
     }
 
     /// Sends and awaits the matching reply: Process -> ProcessResult (msg_id),
@@ -432,8 +476,8 @@ impl HostLink {
     }
 
     /// The pool calls this when waitpid/pidfd says the child died: marks the region closed,
-    /// fails every pending request with PeerGone, ends the reader thread. Call it after every
-    /// child exit, clean ones included: dropping the handles alone does not stop the thread.
+    /// fails every pending request with PeerGone, ends the reader (thread or task). Call it after
+    /// every child exit, clean ones included: dropping the handles alone does not stop it.
     pub fn peer_died(&self) {
         self.inner.region.mark_closed(Side::Host);
         self.inner.fail_all(LinkError::PeerGone);
@@ -471,441 +515,7 @@ fn send_error(kind: &'static str, e: RingError) -> LinkError {
     }
 }
 
-/// Checks that a frame that came on `source` may be there; `Err` names the violation.
-fn check_route(
-    inner: &Inner,
-    source: Source,
-    msg: &Message,
-    key: Option<Key>,
-) -> Result<(), String> {
-    let Source::Lane(k) = source else {
-        // The control ring carries everything, results of lane calls included (a result too
-        // large for its lane comes back here).
-        return Ok(());
-    };
-    let Message::ProcessResult(r) = msg else {
-        return Err(format!(
-            "lane {k} carried a {} frame; lanes carry only ProcessResult",
-            msg.kind()
-        ));
-    };
-    let route = key.and_then(|key| inner.pending().waiting.get(&key).map(|(_, route)| *route));
-    match route {
-        // Sent on this lane, or nobody waits (a late result: the pool checks it is in flight).
-        Some(Some(sent)) if sent as usize == k => Ok(()),
-        None => Ok(()),
-        Some(sent) => Err(format!(
-            "lane {k} carried the result of message {}, which was sent on {}",
-            r.msg_id,
-            sent.map_or("the control ring".to_string(), |j| format!("lane {j}"))
-        )),
-    }
-}
-
-fn reader_loop(inner: Arc<Inner>, mut rx: MultiReceiver, events: mpsc::Sender<Message>) {
-    let mut buf = Vec::new();
-    let why = loop {
-        let source = match rx.recv(&mut buf, None) {
-            Ok(source) => source,
-            Err(RingError::PeerGone) => break LinkError::PeerGone,
-            Err(e) => {
-                tracing::warn!(error = %e, "host ring unusable; disconnecting the host");
-                inner.region.mark_closed(Side::Host);
-                break LinkError::HostMisbehaved {
-                    reason: e.to_string(),
-                };
-            }
-        };
-        // The host may scribble the to-host control ring's reader index, which the supervisor
-        // only reads when it writes there: with lanes that can be rare, so look at it whenever
-        // the host sends something (one uncontended lock and a load).
-        if let Err(e) = inner.tx.check_peer() {
-            tracing::warn!(error = %e, "host scribbled its to-host ring; disconnecting the host");
-            inner.region.mark_closed(Side::Host);
-            break LinkError::HostMisbehaved {
-                reason: format!("its to-host ring is corrupt: {e}"),
-            };
-        }
-        let msg = match Message::decode(&buf) {
-            Ok(m) => m,
-            Err(e) => {
-                let e: ProtocolError = e;
-                tracing::warn!(error = %e, "host sent an undecodable frame; disconnecting the host");
-                inner.region.mark_closed(Side::Host);
-                break LinkError::HostMisbehaved {
-                    reason: e.to_string(),
-                };
-            }
-        };
-        let key = reply_key(&msg);
-        if let Err(what) = check_route(&inner, source, &msg, key) {
-            tracing::warn!(violation = %what, "host broke the lane protocol; disconnecting the host");
-            inner.region.mark_closed(Side::Host);
-            break LinkError::HostMisbehaved { reason: what };
-        }
-        let waiter = key.and_then(|k| inner.pending().waiting.remove(&k));
-        match waiter {
-            Some((tx, _)) => {
-                // The requester may have given up (dropped its future): then the reply is dropped.
-                let _ = tx.send(Ok(msg));
-            }
-            None => {
-                // Nobody reads events any more: the supervisor is shutting this host down.
-                let _ = events.blocking_send(msg);
-            }
-        }
-    };
-    inner.fail_all(why);
-}
+mod reader;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::{Process, ProcessResult, ResultStatus};
-    use crate::ring::RingConfig;
-
-    fn pair() -> (Arc<Region>, Arc<Region>) {
-        let sup = Arc::new(Region::create("wm-link-test", &RingConfig::default()).unwrap());
-        let fd = sup.as_fd().try_clone_to_owned().unwrap();
-        let host = Arc::new(Region::open(fd).unwrap());
-        (sup, host)
-    }
-
-    /// A host thread answering Process and Ping, and sending one Log first.
-    fn fake_host(host: Arc<Region>) -> std::thread::JoinHandle<()> {
-        std::thread::spawn(move || {
-            let (tx, mut rx) = ring::host_channels(host);
-            let log = Message::Log(crate::protocol::Log {
-                message: "hello".into(),
-                ..Default::default()
-            });
-            tx.send(&log.encode(), Duration::from_secs(5)).unwrap();
-            let mut buf = Vec::new();
-            while rx.recv(&mut buf, None).is_ok() {
-                let reply = match Message::decode(&buf).unwrap() {
-                    Message::Process(p) => Message::ProcessResult(ProcessResult {
-                        msg_id: p.msg_id,
-                        worker_id: p.worker_id,
-                        status: ResultStatus::Ok,
-                        response: p.event,
-                        ..Default::default()
-                    }),
-                    Message::Ping { nonce } => Message::Pong { nonce },
-                    Message::StatsRequest { .. } => continue, // never answered
-                    Message::Shutdown { .. } => break,
-                    other => panic!("unexpected {other:?}"),
-                };
-                if tx.send(&reply.encode(), Duration::from_secs(5)).is_err() {
-                    break;
-                }
-            }
-        })
-    }
-
-    async fn watchdog<F: std::future::Future>(f: F) -> F::Output {
-        tokio::time::timeout(Duration::from_secs(20), f)
-            .await
-            .expect("watchdog: test hung")
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn requests_get_their_own_replies_and_events_flow() {
-        watchdog(async {
-            let (sup, host) = pair();
-            let h = fake_host(host);
-            let (link, mut events) = HostLink::new(sup);
-            let ev = events.recv().await.unwrap();
-            assert!(matches!(ev, Message::Log(l) if l.message == "hello"));
-            let mut tasks = Vec::new();
-            for i in 0..50u64 {
-                let link = link.clone();
-                tasks.push(tokio::spawn(async move {
-                    let r = link
-                        .request(Message::Process(Process {
-                            msg_id: i,
-                            worker_id: format!("w{i}"),
-                            event: vec![i as u8; i as usize],
-                        }))
-                        .await
-                        .unwrap();
-                    match r {
-                        Message::ProcessResult(r) => {
-                            assert_eq!(r.msg_id, i);
-                            assert_eq!(r.response, vec![i as u8; i as usize]);
-                        }
-                        other => panic!("{other:?}"),
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await.unwrap();
-            }
-            assert_eq!(
-                link.request(Message::Ping { nonce: 9 }).await.unwrap(),
-                Message::Pong { nonce: 9 }
-            );
-            assert!(matches!(
-                link.request(Message::Shutdown { deadline_ms: 1 }).await,
-                Err(LinkError::NotARequest { .. })
-            ));
-            link.send(&Message::Shutdown { deadline_ms: 1 }).unwrap();
-            tokio::task::spawn_blocking(move || h.join().unwrap())
-                .await
-                .unwrap();
-        })
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn peer_died_fails_pending_requests_and_ends_the_event_stream() {
-        watchdog(async {
-            let (sup, host) = pair();
-            let h = fake_host(host);
-            let (link, mut events) = HostLink::new(sup);
-            let _ = events.recv().await; // the Log
-            let l2 = link.clone();
-            let pending =
-                tokio::spawn(
-                    async move { l2.request(Message::StatsRequest { request_id: 1 }).await },
-                );
-            while link.in_flight() == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            link.peer_died();
-            assert!(matches!(pending.await.unwrap(), Err(LinkError::PeerGone)));
-            assert!(matches!(
-                link.request(Message::Ping { nonce: 1 }).await,
-                Err(LinkError::PeerGone)
-            ));
-            assert!(events.recv().await.is_none());
-            assert!(link.is_dead());
-            tokio::task::spawn_blocking(move || h.join().unwrap())
-                .await
-                .unwrap();
-        })
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_undecodable_frame_disconnects_the_host() {
-        watchdog(async {
-            let (sup, host) = pair();
-            let (link, mut events) = HostLink::new(sup.clone());
-            let l2 = link.clone();
-            let pending = tokio::spawn(async move { l2.request(Message::Ping { nonce: 3 }).await });
-            let (htx, _hrx) = ring::host_channels(host);
-            while link.in_flight() == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            htx.send(b"not a flatbuffer at all", Duration::from_secs(1))
-                .unwrap();
-            assert!(matches!(
-                pending.await.unwrap(),
-                Err(LinkError::HostMisbehaved { .. })
-            ));
-            assert!(events.recv().await.is_none());
-            assert!(sup.is_closed(Side::Host));
-        })
-        .await;
-    }
-
-    fn result_for(p: Process) -> Message {
-        Message::ProcessResult(ProcessResult {
-            msg_id: p.msg_id,
-            worker_id: p.worker_id,
-            status: ResultStatus::Ok,
-            response: p.event,
-            ..Default::default()
-        })
-    }
-
-    /// A host thread serving lane `k`: answers each Process on the lane, counts them.
-    fn lane_host(host: Arc<Region>, k: usize) -> std::thread::JoinHandle<usize> {
-        std::thread::spawn(move || {
-            let (tx, mut rx) = ring::host_lane(host, k).unwrap();
-            let mut buf = Vec::new();
-            let mut served = 0;
-            while rx.recv(&mut buf, None).is_ok() {
-                let Ok(Message::Process(p)) = Message::decode(&buf) else {
-                    panic!("lane {k} got something else than a Process");
-                };
-                served += 1;
-                if tx
-                    .send(&result_for(p).encode(), Duration::from_secs(5))
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            served
-        })
-    }
-
-    fn process(msg_id: u64, worker: &str) -> Message {
-        Message::Process(Process {
-            msg_id,
-            worker_id: worker.into(),
-            event: msg_id.to_le_bytes().to_vec(),
-        })
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn calls_of_a_worker_with_lanes_take_its_lanes_and_others_the_control_ring() {
-        watchdog(async {
-            let (sup, host) = pair();
-            let control = fake_host(host.clone());
-            let (link, mut events) = HostLink::new(sup.clone());
-            let _ = events.recv().await; // the fake host's Log
-            assert_eq!(link.assign_lanes("w", 2), vec![0, 1]);
-            assert_eq!(
-                link.assign_lanes("w", 2),
-                vec![0, 1],
-                "a reload keeps its lanes"
-            );
-            assert_eq!(link.assign_lanes("v", 1), vec![2]);
-            let lanes: Vec<_> = (0..3).map(|k| lane_host(host.clone(), k)).collect();
-            let mut tasks = Vec::new();
-            for i in 0..40u64 {
-                let link = link.clone();
-                let worker = ["w", "v", "nolanes"][i as usize % 3];
-                tasks.push(tokio::spawn(async move {
-                    match link.request(process(i, worker)).await.unwrap() {
-                        Message::ProcessResult(r) => {
-                            assert_eq!((r.msg_id, r.response), (i, i.to_le_bytes().to_vec()))
-                        }
-                        other => panic!("{other:?}"),
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await.unwrap();
-            }
-            // A frame too large for a lane takes the control ring.
-            let big = Message::Process(Process {
-                msg_id: 99,
-                worker_id: "v".into(),
-                event: vec![7; sup.config().lane_max_frame() + 1],
-            });
-            assert!(matches!(
-                link.request(big).await.unwrap(),
-                Message::ProcessResult(r) if r.msg_id == 99
-            ));
-            assert_eq!(link.in_flight(), 0);
-            link.release_lanes("w");
-            assert!(link.lanes_of("w").is_empty());
-            assert_eq!(link.assign_lanes("u", 4), vec![0, 1, 3, 4]);
-            link.peer_died();
-            let served: Vec<usize> = lanes.into_iter().map(|h| h.join().unwrap()).collect();
-            // 40 calls: 14 for w over lanes 0 and 1, 13 for v on lane 2, 13 on the control ring.
-            assert_eq!(served[0] + served[1], 14, "{served:?}");
-            assert_eq!(served[2], 13, "{served:?}");
-            tokio::task::spawn_blocking(move || control.join().unwrap())
-                .await
-                .unwrap();
-        })
-        .await;
-    }
-
-    /// The host answers a call sent on lane 0 on lane 1: cut off as misbehaving.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_result_on_another_lane_than_its_call_cuts_the_host_off() {
-        watchdog(async {
-            let (sup, host) = pair();
-            let (link, mut events) = HostLink::new(sup.clone());
-            assert_eq!(link.assign_lanes("w", 1), vec![0]);
-            let h = std::thread::spawn(move || {
-                let (_, mut rx0) = ring::host_lane(host.clone(), 0).unwrap();
-                let (tx1, _) = ring::host_lane(host, 1).unwrap();
-                let mut buf = Vec::new();
-                rx0.recv(&mut buf, Some(Duration::from_secs(10))).unwrap();
-                let Ok(Message::Process(p)) = Message::decode(&buf) else {
-                    panic!("expected a Process on lane 0");
-                };
-                tx1.send(&result_for(p).encode(), Duration::from_secs(5))
-                    .unwrap();
-            });
-            let r = link.request(process(5, "w")).await;
-            assert!(
-                matches!(&r, Err(LinkError::HostMisbehaved { reason }) if reason.contains("lane 1") && reason.contains("lane 0")),
-                "{r:?}"
-            );
-            assert!(events.recv().await.is_none());
-            assert!(sup.is_closed(Side::Host));
-            h.join().unwrap();
-        })
-        .await;
-    }
-
-    /// A lane carries only results: a Log (or anything else) on a lane cuts the host off.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn anything_but_a_result_on_a_lane_cuts_the_host_off() {
-        watchdog(async {
-            let (sup, host) = pair();
-            let (link, mut events) = HostLink::new(sup.clone());
-            let (tx, _) = ring::host_lane(host, 3).unwrap();
-            let log = Message::Log(crate::protocol::Log {
-                message: "sneaky".into(),
-                ..Default::default()
-            });
-            tx.send(&log.encode(), Duration::from_secs(1)).unwrap();
-            assert!(events.recv().await.is_none(), "the Log must not be delivered");
-            assert!(matches!(
-                link.dead_reason(),
-                Some(LinkError::HostMisbehaved { reason }) if reason.contains("lanes carry only ProcessResult")
-            ));
-        })
-        .await;
-    }
-
-    /// A result on a lane that nobody waits for (a late answer, or a forged one) goes to the
-    /// event stream, where the pool checks it against the calls in flight.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_result_nobody_waits_for_on_a_lane_goes_to_the_events() {
-        watchdog(async {
-            let (sup, host) = pair();
-            let (link, mut events) = HostLink::new(sup);
-            let (tx, _) = ring::host_lane(host, 2).unwrap();
-            let Message::Process(p) = process(77, "w") else {
-                unreachable!()
-            };
-            tx.send(&result_for(p).encode(), Duration::from_secs(1))
-                .unwrap();
-            assert!(matches!(
-                events.recv().await,
-                Some(Message::ProcessResult(r)) if r.msg_id == 77
-            ));
-            assert!(!link.is_dead());
-        })
-        .await;
-    }
-
-    /// The host moves the to-host control ring's reader index while its calls go through a
-    /// lane: the link notices at the next frame the host sends, not at its next control send.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_scribbled_control_ring_is_noticed_while_calls_take_lanes() {
-        watchdog(async {
-            let (sup, host) = pair();
-            let (link, mut events) = HostLink::new(sup.clone());
-            assert_eq!(link.assign_lanes("w", 1), vec![0]);
-            let h = std::thread::spawn(move || {
-                let (tx, mut rx) = ring::host_lane(host.clone(), 0).unwrap();
-                let mut buf = Vec::new();
-                rx.recv(&mut buf, Some(Duration::from_secs(10))).unwrap();
-                let Ok(Message::Process(p)) = Message::decode(&buf) else {
-                    panic!("expected a Process on lane 0");
-                };
-                host.ctl(0).head.store(0x5A5A_5A58, std::sync::atomic::Ordering::Release);
-                tx.send(&result_for(p).encode(), Duration::from_secs(5))
-                    .unwrap();
-            });
-            let r = link.request(process(1, "w")).await;
-            assert!(
-                matches!(&r, Err(LinkError::HostMisbehaved { reason }) if reason.contains("to-host ring is corrupt")),
-                "{r:?}"
-            );
-            assert!(events.recv().await.is_none());
-            h.join().unwrap();
-        })
-        .await;
-    }
-}
+mod tests;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
+use super::layout::{BELL_EVENTFD, BELL_FUTEX};
 use super::spsc::{Polled, Reader};
 use super::wait::{SAFETY_NET, SpinBudget, futex_wait};
 use super::{FROM_HOST, FrameReceiver, FrameSender, Region, RingError, TO_HOST, channels};
@@ -186,6 +187,34 @@ impl MultiReceiver {
                 .any(|r| r.has_data(&self.region))
     }
 
+    /// The async reader's half of the doorbell's Dekker pair (docs/ring.md, "The runtime
+    /// reads its lanes"): announces that it is going to await the region's eventfd, then
+    /// re-checks every ring. `false`: something arrived (or a side closed) meanwhile, the
+    /// announcement is withdrawn and the caller reads instead of sleeping. `true`: every host
+    /// writer that publishes from now on signals the eventfd; call
+    /// [`MultiReceiver::end_bell_sleep`] once awake.
+    pub fn announce_bell_sleep(&self) -> bool {
+        let bell = self.region.doorbell();
+        bell.waiting.store(BELL_EVENTFD, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if self.anything() {
+            bell.waiting.store(0, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Withdraws [`MultiReceiver::announce_bell_sleep`]: writers stop signalling (the busy
+    /// path makes no system call).
+    pub fn end_bell_sleep(&self) {
+        self.region.doorbell().waiting.store(0, Ordering::Relaxed);
+    }
+
+    /// The region read from.
+    pub fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+
     /// Waits for the next frame of any ring (spin, then the doorbell futex; `None` waits until
     /// one arrives or a side is closed). Frames published before a close are still delivered;
     /// then `PeerGone`.
@@ -222,7 +251,7 @@ impl MultiReceiver {
                 }
                 let nap = timeout.map_or(SAFETY_NET, |t| (t - elapsed).min(SAFETY_NET));
                 let seq = bell.seq.load(Ordering::Acquire);
-                bell.waiting.store(1, Ordering::Relaxed);
+                bell.waiting.store(BELL_FUTEX, Ordering::Relaxed);
                 fence(Ordering::SeqCst);
                 if self.anything() {
                     bell.waiting.store(0, Ordering::Relaxed);

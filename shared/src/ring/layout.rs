@@ -49,6 +49,11 @@ pub const MAX_LANES: usize = 256;
 /// Bytes of one lane's two control blocks.
 pub const LANE_CTL_BYTES: usize = 2 * size_of::<RingCtl>();
 
+/// `Doorbell::waiting` bit: the reader sleeps on the futex `Doorbell::seq`.
+pub const BELL_FUTEX: u32 = 1;
+/// `Doorbell::waiting` bit: the reader awaits the region's doorbell eventfd.
+pub const BELL_EVENTFD: u32 = 2;
+
 /// Frame header kind: a frame of `len` payload bytes follows.
 pub const KIND_FRAME: u32 = 0x574D_0001;
 /// Frame header kind: nothing more fits before the end of the ring; continue at offset 0.
@@ -77,9 +82,11 @@ pub struct Header {
     pub lane_bytes: AtomicU32,
 }
 
-/// The supervisor's single futex for all from-host rings: its reader sets `waiting` before it
-/// sleeps on `seq`, and every host writer, after publishing, bumps and wakes it when set (the
-/// same Dekker pair as a ring's `reader_waiting`/`data_seq`).
+/// The supervisor's single doorbell for all from-host rings: its reader sets `waiting` before
+/// it sleeps, and every host writer, after publishing, wakes it when set (the same Dekker pair
+/// as a ring's `reader_waiting`/`data_seq`). `waiting` says how the reader sleeps:
+/// [`BELL_FUTEX`] on `seq` (the blocking `MultiReceiver`), [`BELL_EVENTFD`] on the region's
+/// eventfd (the supervisor's async reader on its tokio runtime).
 #[repr(C, align(64))]
 pub struct Doorbell {
     pub waiting: AtomicU32,

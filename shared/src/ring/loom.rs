@@ -406,6 +406,104 @@ fn the_doorbell_loses_no_wakeup_across_lanes() {
     });
 }
 
+/// An eventfd stand-in: `signal` adds to the counter and wakes; `wait` sleeps while the
+/// counter is 0, then takes it (the read that resets it), atomically with respect to `signal`.
+struct EventFd {
+    count: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl EventFd {
+    fn signal(&self) {
+        *self.count.lock().unwrap() += 1;
+        self.cv.notify_all();
+    }
+    fn wait(&self) {
+        let mut c = self.count.lock().unwrap();
+        while *c == 0 {
+            c = self.cv.wait(c).unwrap();
+        }
+        *c = 0;
+    }
+}
+
+/// The doorbell eventfd (docs/ring.md, "The runtime reads its lanes"): the writers' half is
+/// `Writer::publish` with `waiting == BELL_EVENTFD` (tail store, `fence(SeqCst)`, read
+/// `waiting`, signal the eventfd); the reader's is `run_async` + `BellWaiter::wait` (drain,
+/// `announce_bell_sleep`: store `waiting`, `fence(SeqCst)`, re-check every tail; await the
+/// eventfd, read it, `end_bell_sleep`). A stale signal only costs an empty drain; a lost one
+/// is a deadlock here.
+#[test]
+fn the_doorbell_eventfd_loses_no_wakeup_across_lanes() {
+    model(|| {
+        let lanes = Arc::new([
+            Lane {
+                tail: AtomicU64::new(0),
+                slot: UnsafeCell::new(0),
+            },
+            Lane {
+                tail: AtomicU64::new(0),
+                slot: UnsafeCell::new(0),
+            },
+        ]);
+        let waiting = Arc::new(AtomicU32::new(0));
+        let bell = Arc::new(EventFd {
+            count: Mutex::new(0),
+            cv: Condvar::new(),
+        });
+        let writers: Vec<_> = (0..2)
+            .map(|k| {
+                let (lanes, waiting, bell) = (lanes.clone(), waiting.clone(), bell.clone());
+                thread::spawn(move || {
+                    let lane = &lanes[k];
+                    lane.slot.with_mut(|p| {
+                        // SAFETY: loom's cell; the reader reads it after the Release store.
+                        unsafe { *p = 20 + k as u64 }
+                    });
+                    lane.tail.store(1, Ordering::Release);
+                    fence(Ordering::SeqCst);
+                    if waiting.load(Ordering::Relaxed) & 2 != 0 {
+                        bell.signal();
+                    }
+                })
+            })
+            .collect();
+        let mut heads = [0u64; 2];
+        let mut got = [0u64; 2];
+        while heads != [1, 1] {
+            // Drain every lane without blocking.
+            let mut drained = false;
+            for k in 0..2 {
+                if heads[k] == 0 && lanes[k].tail.load(Ordering::Acquire) != 0 {
+                    got[k] = lanes[k].slot.with(|p| {
+                        // SAFETY: loom's cell, published by the Acquire load above.
+                        unsafe { *p }
+                    });
+                    heads[k] = 1;
+                    drained = true;
+                }
+            }
+            if drained {
+                continue;
+            }
+            // announce_bell_sleep
+            waiting.store(2, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            let arrived = (0..2).any(|k| lanes[k].tail.load(Ordering::Acquire) != heads[k]);
+            if arrived {
+                waiting.store(0, Ordering::Relaxed);
+                continue;
+            }
+            bell.wait();
+            waiting.store(0, Ordering::Relaxed);
+        }
+        assert_eq!(got, [20, 21]);
+        for w in writers {
+            w.join().unwrap();
+        }
+    });
+}
+
 /// A lane thread waits for its lane or its worker's queue (`FrameReceiver::recv_or`): the
 /// frame loop sets the queue's length, then nudges (`Region::nudge_reader`: `fence(SeqCst)`,
 /// read `reader_waiting`, bump and wake), while the supervisor may publish into the lane at

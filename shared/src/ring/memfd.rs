@@ -4,7 +4,7 @@
 //! SIGKILLed (the `shared_memory` crate leaves `/dev/shm/<id>` behind; see docs/ring.md).
 
 use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
@@ -33,6 +33,12 @@ pub struct Region {
     base: NonNull<u8>,
     len: usize,
     cfg: RingConfig,
+    /// The doorbell eventfd (docs/ring.md, "The runtime reads its lanes"): made by the
+    /// supervisor beside the memfd and inherited by the host like it; host writers signal it
+    /// (instead of the doorbell futex) when the supervisor's async reader announced it sleeps.
+    /// `None` on a host started without `--bell-fd` (tests and benches that read with the
+    /// blocking `MultiReceiver`).
+    bell: Option<OwnedFd>,
 }
 
 // SAFETY: everything reachable through `base` is accessed through atomics or raw-pointer copies
@@ -81,11 +87,26 @@ fn map(fd: &OwnedFd, len: usize) -> Result<NonNull<u8>, RingError> {
     Ok(p.cast())
 }
 
+/// A fresh doorbell eventfd: non-blocking (the supervisor's reader awaits it with tokio, the
+/// host's writers must never block on it) and close-on-exec (the spawner `dup2`s it into the
+/// child on purpose).
+fn new_bell() -> Result<OwnedFd, RingError> {
+    // SAFETY: eventfd takes two integers and returns a new fd or -1; no memory is involved.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(RingError::Io {
+            step: "eventfd for the ring's doorbell",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `fd` was just returned by eventfd, is open and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// The seals every ring memfd carries before a host can see it: its size is fixed for good.
 pub const RING_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
 
 fn seal(fd: &OwnedFd) -> Result<(), RingError> {
-    use std::os::fd::AsRawFd;
     // SAFETY: fcntl(F_ADD_SEALS) takes an fd we own and an integer; it touches no memory of ours.
     let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, RING_SEALS) };
     if rc < 0 {
@@ -99,7 +120,6 @@ fn seal(fd: &OwnedFd) -> Result<(), RingError> {
 
 /// The seals on `fd` must include `RING_SEALS`: a region that could still shrink is refused.
 fn check_sealed(fd: &OwnedFd) -> Result<(), RingError> {
-    use std::os::fd::AsRawFd;
     // SAFETY: fcntl(F_GET_SEALS) takes an fd we own; it touches no memory of ours.
     let got = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
     if got < 0 {
@@ -173,7 +193,14 @@ impl Region {
         })?;
         seal(&fd)?;
         let base = map(&fd, len)?;
-        let r = Region { fd, base, len, cfg };
+        let bell = Some(new_bell()?);
+        let r = Region {
+            fd,
+            base,
+            len,
+            cfg,
+            bell,
+        };
         // A new memfd is zero-filled: indices, flags, futex words and crash slots start at 0.
         let h = r.header();
         // Without lanes the region is a version-1 region, which older hosts map too.
@@ -199,8 +226,22 @@ impl Region {
         self.fd.as_fd()
     }
 
+    /// The doorbell eventfd, to hand to the child beside the memfd (`--bell-fd`); `None` on
+    /// a host side opened without one.
+    pub fn bell_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.bell.as_ref().map(|b| b.as_fd())
+    }
+
     /// Host: maps an inherited memfd; checks magic, versions and sizes against the fd's size.
+    /// Without a doorbell eventfd: the host's writers only wake a reader sleeping on the
+    /// doorbell futex (the blocking `MultiReceiver`).
     pub fn open(fd: OwnedFd) -> Result<Region, RingError> {
+        Region::open_with_bell(fd, None)
+    }
+
+    /// Host: [`Region::open`], plus the supervisor's doorbell eventfd (inherited like the
+    /// memfd), which the host's writers signal when the supervisor's async reader sleeps.
+    pub fn open_with_bell(fd: OwnedFd, bell: Option<OwnedFd>) -> Result<Region, RingError> {
         let st = nix::sys::stat::fstat(&fd).map_err(|e| RingError::Io {
             step: "fstat the ring fd",
             source: e.into(),
@@ -272,7 +313,13 @@ impl Region {
             });
         }
         let base = map(&fd, len)?;
-        Ok(Region { fd, base, len, cfg })
+        Ok(Region {
+            fd,
+            base,
+            len,
+            cfg,
+            bell,
+        })
     }
 
     /// The sizes this region was created (or validated) with.
@@ -438,6 +485,24 @@ impl Region {
         let d = self.doorbell();
         d.seq.fetch_add(1, Ordering::SeqCst);
         futex_wake(&d.seq, i32::MAX);
+        // The async reader sleeps on the eventfd instead: it must see the close too (the
+        // supervisor's own `peer_died` is how it learns that a host is gone).
+        self.ring_bell();
+    }
+
+    /// Signals the doorbell eventfd (if this side has one): adds 1 to its counter, which makes
+    /// it readable for the supervisor's async reader. One `write`, never blocks (the eventfd
+    /// is non-blocking; a counter at its maximum is already readable, so `EAGAIN` loses
+    /// nothing). Errors are ignored: on the host, a closed or replaced fd 4 is the host's own
+    /// loss (its frames wait for the next signal or its calls' deadlines).
+    pub(crate) fn ring_bell(&self) {
+        if let Some(bell) = &self.bell {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: write(2) reads 8 bytes from `one`, a live local; the fd is owned by this
+            // Region (it may refer to something else if a hostile plugin replaced it, which
+            // only makes this write go there: no memory of ours is involved).
+            unsafe { libc::write(bell.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        }
     }
 
     /// The crash slots, claimed atomically by the host's signal handler.

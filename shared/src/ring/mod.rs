@@ -9,10 +9,13 @@
 //! - `memfd`: [`Region`]: create, map, validate, close.
 //! - `spsc`: framing and the index/wake protocol (the part `ring::loom` model-checks).
 //! - `wait`: futex wrappers and the adaptive spin budget.
+//! - `bell`: the supervisor's async wait on the region's doorbell eventfd (feature `tokio`).
 //!
 //! Settings: `RING_BYTES` (capacity of each direction) and `RING_MAX_FRAME_BYTES` (largest
 //! frame) are read by the supervisor's configuration into [`RingConfig`].
 
+#[cfg(feature = "tokio")]
+mod bell;
 mod lanes;
 pub mod layout;
 mod memfd;
@@ -26,6 +29,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+#[cfg(feature = "tokio")]
+pub use bell::{BellWaiter, SPURIOUS_BEFORE_THROTTLE, THROTTLE};
 pub use lanes::{MultiReceiver, ReaderNudge, Source, host_lane, supervisor_lanes};
 pub use layout::CrashSlot;
 pub use memfd::{HeaderSnapshot, Region};

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use super::RingError;
-use super::layout::{FRAME_HEADER, KIND_FRAME, KIND_SKIP, align8};
+use super::layout::{BELL_EVENTFD, BELL_FUTEX, FRAME_HEADER, KIND_FRAME, KIND_SKIP, align8};
 use super::memfd::Region;
 use super::wait::{SAFETY_NET, SpinBudget, futex_wait, futex_wake};
 
@@ -189,11 +189,19 @@ impl Writer {
         }
         // Every from-host ring also rings the supervisor's doorbell: its one reader may sleep
         // there for the control ring and all lanes at once (same Dekker pair, same fence).
+        // The async reader sleeps on the region's eventfd instead of the futex: then one
+        // `write` to it, and no futex call.
         if self.dir & 1 == 1 {
             let bell = region.doorbell();
-            if bell.waiting.load(Ordering::Relaxed) != 0 {
+            let waiting = bell.waiting.load(Ordering::Relaxed);
+            if waiting != 0 {
                 bell.seq.fetch_add(1, Ordering::Release);
-                futex_wake(&bell.seq, 1);
+                if waiting & BELL_EVENTFD != 0 {
+                    region.ring_bell();
+                }
+                if waiting & BELL_FUTEX != 0 {
+                    futex_wake(&bell.seq, 1);
+                }
             }
         }
     }

@@ -85,6 +85,8 @@ pub struct LaunchSpec {
     pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     /// The ring memfd; the child gets it as fd 3 with CLOEXEC cleared.
     pub ring_fd: RawFd,
+    /// The ring's doorbell eventfd; the child gets it as fd 4 with CLOEXEC cleared.
+    pub bell_fd: Option<RawFd>,
     /// Try to give the child its own PID, network and IPC namespaces.
     pub namespaces: bool,
     /// The host's private temp folder, the one writable mount in its mount namespace.
@@ -161,6 +163,7 @@ pub fn launch(spec: &LaunchSpec) -> io::Result<Launched> {
         devnull: devnull.as_raw_fd(),
         stderr: stderr_w.as_raw_fd(),
         ring: spec.ring_fd,
+        bell: spec.bell_fd.unwrap_or(-1),
         err: err_w.as_raw_fd(),
     };
     let user_ids = UserIds::current();
@@ -291,6 +294,8 @@ struct ChildFds {
     devnull: RawFd,
     stderr: RawFd,
     ring: RawFd,
+    /// -1: none.
+    bell: RawFd,
     err: RawFd,
 }
 
@@ -364,12 +369,29 @@ unsafe fn child_after_clone(
         {
             fail(fds);
         }
+        // A bell that sits at 3 moves out of the ring's way first.
+        let mut bell = fds.bell;
+        if bell == 3 {
+            bell = libc::fcntl(bell, libc::F_DUPFD, 5);
+            if bell < 0 {
+                fail(fds);
+            }
+        }
         if fds.ring != 3 && libc::dup2(fds.ring, 3) < 0 {
             fail(fds);
         }
         // dup2 clears CLOEXEC on the copy, but a ring fd that already was 3 keeps it.
         if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
             fail(fds);
+        }
+        // Then the doorbell eventfd as 4 (a ring that was 4 is already copied to 3).
+        if bell >= 0 {
+            if bell != 4 && libc::dup2(bell, 4) < 0 {
+                fail(fds);
+            }
+            if libc::fcntl(4, libc::F_SETFD, 0) < 0 {
+                fail(fds);
+            }
         }
         libc::execve(prog, argv.as_ptr(), envp.as_ptr());
         fail(fds)

@@ -318,6 +318,7 @@ impl Spawner {
         })?;
         let region = Arc::new(region);
         let ring_fd: RawFd = region.as_fd().as_raw_fd();
+        let bell_fd: Option<RawFd> = region.bell_fd().map(|b| b.as_raw_fd());
 
         let mut args = host_args(cfg, host_id, engine, limits);
         let tmp_dir = match &cfg.sandbox.tmp_root {
@@ -343,6 +344,7 @@ impl Spawner {
                 env
             },
             ring_fd,
+            bell_fd,
             namespaces: cfg.sandbox.namespaces,
             tmp_dir: tmp_dir.as_ref().map(|t| t.path.clone()),
         };
@@ -384,7 +386,9 @@ impl Spawner {
             reaped: None,
         };
 
-        let (link, mut frames) = HostLink::new(region.clone());
+        // The reader is a task on this runtime awaiting the doorbell eventfd (fd 4 in the
+        // child): a host's reply wakes the runtime thread directly.
+        let (link, mut frames) = HostLink::new_async(region.clone());
         let ready = tokio::select! {
             status = exit.wait() => {
                 link.peer_died();
@@ -438,6 +442,8 @@ fn host_args(
     let mut args: Vec<String> = vec![
         "--ring-fd".into(),
         "3".into(),
+        "--bell-fd".into(),
+        "4".into(),
         "--engine".into(),
         match engine {
             EngineKind::DotNet => "dotnet",
