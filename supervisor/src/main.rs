@@ -10,6 +10,13 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use wm_supervisor::{Config, ServeArgs};
 
+/// mimalloc instead of glibc's malloc: per event the runtime thread allocates what the bus
+/// writer frees, and glibc then locks the allocating thread's arena on every such free (a futex
+/// wake per contended lock); mimalloc frees across threads without a lock. Measured in
+/// docs/benchmarks.md ("Fifth pass: CPU per accepted event").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "workmanager",
@@ -83,6 +90,16 @@ fn token_create(name: &str, scopes: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Turns transparent huge pages off for the daemon. Where the kernel's THP mode is `always`,
+/// mimalloc's 2 MiB-aligned arenas fault in as huge pages, and the RSS with 100-event batches
+/// was 58-65 MiB instead of 35-38 MiB (docs/benchmarks.md, "Fifth pass"). The flag is inherited
+/// by the host-runners the daemon spawns. Best effort: a kernel without the prctl keeps THP.
+fn no_transparent_huge_pages() {
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("workmanager: cannot turn transparent huge pages off ({e}); continuing");
+    }
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     wm_supervisor::shutdown::cancel_on_signals(token.clone());
@@ -107,6 +124,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => {
+            no_transparent_huge_pages();
             let config = match Config::load(&args) {
                 Ok(c) => c,
                 Err(e) => {
