@@ -867,3 +867,56 @@ async fn count(State(state): State<AppState>, mut req: Request, next: Next) -> R
         .http_request(method.as_str(), resp.status().as_u16());
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_route_is_found_once_with_its_parameters() {
+        let policies = route_policies();
+        for (i, p) in policies.iter().enumerate() {
+            // Every parameter filled in: the route itself, or one with fewer parameters
+            // (a static segment wins, e.g. POST /v1/workers/recover over a `{id}`).
+            let path = p
+                .path
+                .split('/')
+                .map(|s| if s.starts_with('{') { "p1" } else { s })
+                .collect::<Vec<_>>()
+                .join("/");
+            let found = find_policy_index(&policies, &p.method, &path).expect("found");
+            let params = p.path.matches('{').count();
+            let found_params = policies[found].path.matches('{').count();
+            assert!(
+                found == i || found_params < params,
+                "{} {} found {}",
+                p.method,
+                p.path,
+                policies[found].path
+            );
+            if found == i && params > 0 {
+                assert_eq!(first_param(p.path, &path), Some("p1"));
+                assert_eq!(path_params(p.path, &path), vec!["p1"; params]);
+            }
+        }
+        let topic = find_policy(&policies, &Method::POST, "/v1/topics/orders.in/events");
+        let (policy, params) = topic.expect("the publish route");
+        assert_eq!(
+            (policy.path, policy.need, params),
+            (
+                "/v1/topics/{topic}/events",
+                Need::Publish,
+                vec!["orders.in"]
+            )
+        );
+        // An empty parameter, a missing or extra segment, another method: no route.
+        for (m, path) in [
+            (Method::POST, "/v1/topics//events"),
+            (Method::POST, "/v1/topics/t"),
+            (Method::POST, "/v1/topics/t/events/x"),
+            (Method::PATCH, "/v1/topics/t/events"),
+        ] {
+            assert_eq!(find_policy_index(&policies, &m, path), None, "{m} {path}");
+        }
+    }
+}

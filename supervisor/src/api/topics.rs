@@ -566,9 +566,14 @@ async fn subscribe(
     ))
 }
 
-/// An SSE field cannot hold a line break (axum panics on one); a type is user input.
-fn sse_safe(s: &str) -> String {
-    s.replace(['\r', '\n'], " ")
+/// An SSE field cannot hold a line break (axum panics on one); a type is user input. Borrowed
+/// when there is none (every frame passes here).
+fn sse_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(['\r', '\n']) {
+        s.replace(['\r', '\n'], " ").into()
+    } else {
+        s.into()
+    }
 }
 
 #[cfg(test)]
@@ -626,5 +631,9 @@ mod tests {
         let e = TopicsError::Bus(BusError::Closed);
         assert_eq!((e.code(), e.status().as_u16()), ("unavailable", 503));
         assert_eq!(sse_safe("a\nb\rc"), "a b c");
+        assert!(matches!(
+            sse_safe("com.example.reply"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }
