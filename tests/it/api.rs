@@ -249,8 +249,8 @@ fn code_reloads_history_and_tags() {
     assert_eq!((r.status, r.error_code().as_str()), (409, "conflict"));
 }
 
-/// `serve` turns transparent huge pages off for itself (mimalloc's arenas would otherwise fault
-/// in as 2 MiB pages where THP is `always`: docs/benchmarks.md, the event path's fifth pass).
+/// The daemon runs with transparent huge pages off (mimalloc's arenas would otherwise fault in
+/// as 2 MiB pages where THP is `always`: docs/benchmarks.md, the event path's fifth pass).
 #[test]
 fn the_daemon_runs_without_transparent_huge_pages() {
     let d = Daemon::start(DaemonOptions::default());
