@@ -10,6 +10,31 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use wm_supervisor::{Config, ServeArgs};
 
+/// mimalloc instead of glibc's malloc: per event the runtime thread allocates what the bus
+/// writer frees, and glibc then locks the allocating thread's arena on every such free (a futex
+/// wake per contended lock); mimalloc frees across threads without a lock. Measured in
+/// docs/benchmarks.md ("Fifth pass: CPU per accepted event").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Turns transparent huge pages off before mimalloc maps its first arena: mimalloc starts in a
+/// constructor of priority 101 (`.init_array.00101`), and pages it touches before `main` would
+/// otherwise fault in as 2 MiB pages where THP is `always` (idle RSS 21.2 instead of 17.9 MiB;
+/// docs/benchmarks.md, the event path's fifth pass). Runs for every subcommand; harmless for
+/// the client. [`no_transparent_huge_pages`] repeats it in `serve` and reports a failure.
+extern "C" fn thp_off_before_the_allocator() {
+    // No allocation and no output here: nothing is initialised yet.
+    let _ = nix::sys::prctl::set_thp_disable(true);
+}
+
+// SAFETY: an `.init_array` entry is a plain `extern "C" fn()` the loader calls once before
+// `main`; the function takes no arguments, touches no Rust runtime state, allocates nothing and
+// cannot unwind (a prctl call and an ignored result). The priority (00090) only orders it
+// before mimalloc's (00101) and std's argument capture (00099), neither of which it needs.
+#[used]
+#[unsafe(link_section = ".init_array.00090")]
+static THP_OFF: extern "C" fn() = thp_off_before_the_allocator;
+
 #[derive(Parser)]
 #[command(
     name = "workmanager",
@@ -83,6 +108,17 @@ fn token_create(name: &str, scopes: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Turns transparent huge pages off for the daemon (again: [`THP_OFF`] did it before `main`,
+/// silently; this call reports a failure). Where the kernel's THP mode is `always`, mimalloc's
+/// 2 MiB-aligned arenas fault in as huge pages, and the RSS with 100-event batches was 58-65 MiB
+/// instead of 35-38 MiB (docs/benchmarks.md, "Fifth pass"). The flag is inherited by the
+/// host-runners the daemon spawns. Best effort: a kernel without the prctl keeps THP.
+fn no_transparent_huge_pages() {
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("workmanager: cannot turn transparent huge pages off ({e}); continuing");
+    }
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     wm_supervisor::shutdown::cancel_on_signals(token.clone());
@@ -107,6 +143,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => {
+            no_transparent_huge_pages();
             let config = match Config::load(&args) {
                 Ok(c) => c,
                 Err(e) => {

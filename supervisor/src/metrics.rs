@@ -20,7 +20,8 @@ pub struct Metrics {
     /// Other parts' series, rendered after ours.
     sources: Mutex<Vec<MetricsSource>>,
     /// `(method, status)` -> requests.
-    http: Mutex<BTreeMap<(String, u16), u64>>,
+    /// By method, then status: a request's method is looked up without allocating.
+    http: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
     /// `result` -> code downloads.
     code_fetches: Mutex<BTreeMap<&'static str, u64>>,
     /// Requests refused by the control-plane guards, by error code.
@@ -67,7 +68,12 @@ impl Metrics {
     /// Counts one answered request.
     pub fn http_request(&self, method: &str, status: u16) {
         let mut m = self.http.lock().unwrap_or_else(|p| p.into_inner());
-        *m.entry((method.to_owned(), status)).or_default() += 1;
+        match m.get_mut(method) {
+            Some(by_status) => *by_status.entry(status).or_default() += 1,
+            None => {
+                m.insert(method.to_owned(), BTreeMap::from([(status, 1)]));
+            }
+        }
     }
 
     /// Counts one request refused by authentication, scopes, the browser guards or limits
@@ -91,11 +97,13 @@ impl Metrics {
             "# HELP workmanager_http_requests_total REST requests answered, by method and status."
         );
         let _ = writeln!(out, "# TYPE workmanager_http_requests_total counter");
-        for ((method, status), n) in self.http.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(
-                out,
-                "workmanager_http_requests_total{{method=\"{method}\",status=\"{status}\"}} {n}"
-            );
+        for (method, by_status) in self.http.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            for (status, n) in by_status {
+                let _ = writeln!(
+                    out,
+                    "workmanager_http_requests_total{{method=\"{method}\",status=\"{status}\"}} {n}"
+                );
+            }
         }
         let _ = writeln!(
             out,

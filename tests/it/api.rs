@@ -249,6 +249,21 @@ fn code_reloads_history_and_tags() {
     assert_eq!((r.status, r.error_code().as_str()), (409, "conflict"));
 }
 
+/// The daemon runs with transparent huge pages off (mimalloc's arenas would otherwise fault in
+/// as 2 MiB pages where THP is `always`: docs/benchmarks.md, the event path's fifth pass).
+#[test]
+fn the_daemon_runs_without_transparent_huge_pages() {
+    let d = Daemon::start(DaemonOptions::default());
+    let pid = d.pid().expect("the daemon's pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    // The field exists since Linux 5.0; on an older kernel there is nothing to read.
+    let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) else {
+        eprintln!("no THP_enabled in /proc/{pid}/status (kernel before 5.0): not checked");
+        return;
+    };
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+}
+
 #[test]
 fn malformed_and_oversized_input() {
     let d = Daemon::start(DaemonOptions::default().env("WORKMANAGER_MAX_CODE_BYTES", "1024"));

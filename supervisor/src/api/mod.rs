@@ -315,27 +315,59 @@ pub fn route_policies() -> Vec<RoutePolicy> {
         .collect()
 }
 
-/// Matches `path` against a template with `{param}` segments; returns the parameters.
-fn match_template<'a>(template: &str, path: &'a str) -> Option<Vec<(&'static str, &'a str)>> {
-    let mut params = Vec::new();
+/// Matches `path` against a template with `{param}` segments, handing each parameter to
+/// `param` in order; false if it does not match. Allocates nothing (it runs per request).
+fn match_template<'a>(template: &str, path: &'a str, mut param: impl FnMut(&'a str)) -> bool {
     let mut t = template.split('/');
     let mut p = path.split('/');
     loop {
         match (t.next(), p.next()) {
-            (None, None) => return Some(params),
+            (None, None) => return true,
             (Some(ts), Some(ps)) => {
                 if ts.starts_with('{') {
                     if ps.is_empty() {
-                        return None;
+                        return false;
                     }
-                    params.push(("", ps));
+                    param(ps);
                 } else if ts != ps {
-                    return None;
+                    return false;
                 }
             }
-            _ => return None,
+            _ => return false,
         }
     }
+}
+
+/// The index in `policies` of a request's route; static segments win over parameters (the
+/// match with the fewest parameters, the first of equals).
+fn find_policy_index(policies: &[RoutePolicy], method: &Method, path: &str) -> Option<usize> {
+    policies
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.method == *method)
+        .filter_map(|(i, p)| {
+            let mut n = 0usize;
+            match_template(p.path, path, |_| n += 1).then_some((i, n))
+        })
+        .min_by_key(|(_, n)| *n)
+        .map(|(i, _)| i)
+}
+
+/// The path parameters of `path` under `template` (which it must match), in order.
+fn path_params<'a>(template: &str, path: &'a str) -> Vec<&'a str> {
+    let mut params = Vec::new();
+    match_template(template, path, |p| params.push(p));
+    params
+}
+
+/// The first path parameter of `path` under `template`: the topic of the topic routes, the
+/// worker of the worker routes.
+fn first_param<'a>(template: &str, path: &'a str) -> Option<&'a str> {
+    let mut first = None;
+    match_template(template, path, |p| {
+        first.get_or_insert(p);
+    });
+    first
 }
 
 /// The policy of a request and its path parameters; static segments win over parameters.
@@ -344,12 +376,22 @@ pub fn find_policy<'a, 'p>(
     method: &Method,
     path: &'a str,
 ) -> Option<(&'p RoutePolicy, Vec<&'a str>)> {
-    policies
-        .iter()
-        .filter(|p| p.method == *method)
-        .filter_map(|p| match_template(p.path, path).map(|v| (p, v)))
-        .min_by_key(|(_, v)| v.len())
-        .map(|(p, v)| (p, v.into_iter().map(|(_, s)| s).collect()))
+    let p = policies.get(find_policy_index(policies, method, path)?)?;
+    Some((p, path_params(p.path, path)))
+}
+
+/// The route a request matched, found once per request by the outermost layer ([`count`])
+/// and read by the inner ones ([`guard`], [`authorize`]): an index into the policies.
+#[derive(Clone, Copy)]
+struct Matched(Option<usize>);
+
+/// The policy of `req`: the one [`count`] found, or (a router without it) found now.
+fn policy_of<'p>(policies: &'p [RoutePolicy], req: &Request) -> Option<&'p RoutePolicy> {
+    let index = match req.extensions().get::<Matched>() {
+        Some(Matched(i)) => *i,
+        None => find_policy_index(policies, req.method(), req.uri().path()),
+    };
+    policies.get(index?)
 }
 
 /// The whole API with its middleware (auth, request counting, body limit, fallbacks).
@@ -426,26 +468,28 @@ fn peer_of(req: &Request) -> Option<Peer> {
 /// Host, Origin and content-type rules, then the route's body limit on `Content-Length`.
 async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let config = state.control.config();
-    let peer = peer_of(&req);
-    let tls_names = state
-        .security
-        .tls_names
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    if let Err(e) = guard::check(
-        &config.security,
-        &tls_names,
-        peer.as_ref(),
-        req.method(),
-        req.uri().authority().map(|a| a.as_str()),
-        req.headers(),
-    ) {
+    let checked = {
+        let tls_names = state
+            .security
+            .tls_names
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        guard::check(
+            &config.security,
+            &tls_names,
+            req.extensions()
+                .get::<ConnectInfo<Peer>>()
+                .map(|ConnectInfo(p)| p),
+            req.method(),
+            req.uri().authority().map(|a| a.as_str()),
+            req.headers(),
+        )
+    };
+    if let Err(e) = checked {
         tracing::warn!(code = e.code(), method = %req.method(), path = %req.uri().path(), "request refused: {e}");
         return reject(e);
     }
-    if let Some((policy, _)) = find_policy(&state.security.policies, req.method(), req.uri().path())
-    {
+    if let Some(policy) = policy_of(&state.security.policies, &req) {
         let limit = body_limit(config, policy.body, req.uri().path());
         let declared = req
             .headers()
@@ -662,17 +706,14 @@ fn check_rate(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
 async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let control = state.control.clone();
     let sec = &control.config().security;
-    let path = req.uri().path().to_owned();
+    // The URI shares the request's bytes: cloning it copies no path.
+    let uri = req.uri().clone();
+    let path = uri.path();
     let method = req.method().clone();
-    let found = find_policy(&state.security.policies, &method, &path).map(|(p, params)| {
-        (
-            p.clone(),
-            params.into_iter().map(str::to_owned).collect::<Vec<_>>(),
-        )
-    });
-    if found.as_ref().is_some_and(|(p, _)| {
-        p.need == Need::Public || (p.need == Need::Metrics && sec.metrics_public)
-    }) {
+    let found = policy_of(&state.security.policies, &req);
+    if found
+        .is_some_and(|p| p.need == Need::Public || (p.need == Need::Metrics && sec.metrics_public))
+    {
         return next.run(req).await;
     }
     let peer = peer_of(&req);
@@ -693,20 +734,14 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
             return resp;
         }
     };
-    let Some((policy, params)) = found else {
+    let Some(policy) = found else {
         // Unknown route or method: authenticated callers learn it is unknown (404/405).
         return next.run(req).await;
     };
-    let topic = matches!(policy.need, Need::Publish | Need::Subscribe)
-        .then(|| params.first().cloned())
-        .flatten();
-    if !auth::allows(
-        &principal.scopes,
-        policy.need,
-        topic.as_deref(),
-        sec.metrics_public,
-    ) {
-        let scope = policy.need.scope_name(topic.as_deref());
+    let first = first_param(policy.path, path);
+    let topic = first.filter(|_| matches!(policy.need, Need::Publish | Need::Subscribe));
+    if !auth::allows(&principal.scopes, policy.need, topic, sec.metrics_public) {
+        let scope = policy.need.scope_name(topic);
         tracing::warn!(who = %principal.who, method = %method, path = %path, scope = %scope, "request refused: missing scope");
         return reject(ApiError::Forbidden(format!(
             "{} lacks the scope '{scope}' that {method} {} needs; use a token that has it (workmanager token create --scope {scope})",
@@ -750,7 +785,9 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
     let action = (policy.need == Need::Admin)
         .then(|| audit::action_of(method.as_str(), policy.path))
         .flatten();
-    req.extensions_mut().insert(principal.clone());
+    // Only the audit needs the caller's name afterwards.
+    let who = action.is_some().then(|| principal.who.clone());
+    req.extensions_mut().insert(principal);
     let resp = next.run(req).await;
     if let Some(slot) = slot {
         let (parts, body) = resp.into_parts();
@@ -760,7 +797,7 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
         });
         return Response::from_parts(parts, axum::body::Body::from_stream(stream));
     }
-    let Some(action) = action else {
+    let (Some(action), Some(who)) = (action, who) else {
         return resp;
     };
     // The audit: who, what, which worker, which package.
@@ -771,14 +808,13 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
         .unwrap_or_default();
     let view: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     // The first parameter names a worker only on worker routes (dead-letter routes: a topic).
-    let worker_id = params
-        .first()
+    let worker_id = first
         .filter(|_| policy.path.starts_with("/v1/workers"))
-        .cloned()
+        .map(str::to_owned)
         .or_else(|| view["id"].as_str().map(str::to_owned));
     let package_sha256 = view["code"]["sha256"].as_str().map(str::to_owned);
     state.security.audit.record(&AuditRecord {
-        who: principal.who,
+        who,
         action,
         request: format!("{method} {path}"),
         worker_id,
@@ -804,12 +840,16 @@ fn reject(e: ApiError) -> Response {
     resp
 }
 
-async fn count(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_owned();
+async fn count(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    // The route is matched here once; the inner layers read it from the extensions.
+    let index = find_policy_index(&state.security.policies, req.method(), req.uri().path());
+    req.extensions_mut().insert(Matched(index));
     // The request's span (OpenTelemetry's HTTP server span when traces are exported), named
     // by the route template, continuing a `traceparent` header.
-    let route = find_policy(&state.security.policies, req.method(), req.uri().path())
-        .map_or("unknown route", |(p, _)| p.path);
+    let route = index
+        .and_then(|i| state.security.policies.get(i))
+        .map_or("unknown route", |p| p.path);
     let span = tracing::info_span!("http.request", otel.name = %format!("{method} {route}"), otel.kind = "server",
         http.request.method = %method, http.route = route, http.response.status_code = tracing::field::Empty);
     crate::telemetry::continue_from_headers(&span, req.headers());
@@ -824,6 +864,59 @@ async fn count(State(state): State<AppState>, req: Request, next: Next) -> Respo
     state
         .control
         .metrics()
-        .http_request(&method, resp.status().as_u16());
+        .http_request(method.as_str(), resp.status().as_u16());
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_route_is_found_once_with_its_parameters() {
+        let policies = route_policies();
+        for (i, p) in policies.iter().enumerate() {
+            // Every parameter filled in: the route itself, or one with fewer parameters
+            // (a static segment wins, e.g. POST /v1/workers/recover over a `{id}`).
+            let path = p
+                .path
+                .split('/')
+                .map(|s| if s.starts_with('{') { "p1" } else { s })
+                .collect::<Vec<_>>()
+                .join("/");
+            let found = find_policy_index(&policies, &p.method, &path).expect("found");
+            let params = p.path.matches('{').count();
+            let found_params = policies[found].path.matches('{').count();
+            assert!(
+                found == i || found_params < params,
+                "{} {} found {}",
+                p.method,
+                p.path,
+                policies[found].path
+            );
+            if found == i && params > 0 {
+                assert_eq!(first_param(p.path, &path), Some("p1"));
+                assert_eq!(path_params(p.path, &path), vec!["p1"; params]);
+            }
+        }
+        let topic = find_policy(&policies, &Method::POST, "/v1/topics/orders.in/events");
+        let (policy, params) = topic.expect("the publish route");
+        assert_eq!(
+            (policy.path, policy.need, params),
+            (
+                "/v1/topics/{topic}/events",
+                Need::Publish,
+                vec!["orders.in"]
+            )
+        );
+        // An empty parameter, a missing or extra segment, another method: no route.
+        for (m, path) in [
+            (Method::POST, "/v1/topics//events"),
+            (Method::POST, "/v1/topics/t"),
+            (Method::POST, "/v1/topics/t/events/x"),
+            (Method::PATCH, "/v1/topics/t/events"),
+        ] {
+            assert_eq!(find_policy_index(&policies, &m, path), None, "{m} {path}");
+        }
+    }
 }

@@ -43,10 +43,16 @@ impl DispatchMetrics {
             .workers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let c = map.entry(worker.to_string()).or_default();
-        if c.topic.is_empty() {
-            c.topic = topic.to_string();
+        // Looked up by `&str` first: no key allocated per message once the worker is known.
+        if let Some(c) = map.get_mut(worker) {
+            if c.topic.is_empty() {
+                c.topic = topic.to_string();
+            }
+            f(c);
+            return;
         }
+        let c = map.entry(worker.to_string()).or_default();
+        c.topic = topic.to_string();
         f(c);
     }
 

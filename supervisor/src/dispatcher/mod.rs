@@ -425,9 +425,10 @@ impl Dispatcher {
         cancel: &CancellationToken,
     ) -> Step {
         // Without config to stamp, the host gets the bytes the bus stored (no re-encoding).
+        // Borrowed when stored bytes are sent as is: each attempt copies them once for the ring.
         let stamped;
-        let (event, bytes) = match &d.encoded {
-            Some(encoded) if spec.config.is_empty() => (&d.event, encoded.to_vec()),
+        let (event, bytes): (&CloudEvent, std::borrow::Cow<'_, [u8]>) = match &d.encoded {
+            Some(encoded) if spec.config.is_empty() => (&d.event, encoded.as_slice().into()),
             _ => {
                 let mut event = d.event.clone();
                 let skipped = stamp_config(&mut event, &spec.config);
@@ -436,7 +437,7 @@ impl Dispatcher {
                 }
                 let bytes = event.to_flatbuffer();
                 stamped = event;
-                (&stamped, bytes)
+                (&stamped, bytes.into())
             }
         };
         // Attempts survive redelivery: an event left unsettled by a quarantine or a daemon
@@ -468,7 +469,7 @@ impl Dispatcher {
                     let call_span = tracing::info_span!("host.call", otel.kind = "client",
                         host.pid = host.pid, host.id = %host.host_id, worker.id = %spec.id, msg_id);
                     let outcome = tracing::Instrument::instrument(
-                        host.call(&spec.id, msg_id, bytes.clone(), spec.message_timeout),
+                        host.call(&spec.id, msg_id, bytes.to_vec(), spec.message_timeout),
                         call_span,
                     )
                     .await;
@@ -602,7 +603,10 @@ impl Dispatcher {
                     Ok(topic) => {
                         // The reply continues the input's trace (docs/grpc.md, "Traces").
                         let span = tracing::info_span!("reply.publish", otel.kind = "producer", topic = %topic, id = %reply.id);
-                        if !crate::telemetry::inject_into_event(&span, &mut reply) {
+                        // A span that records nothing has no context to pass on.
+                        if span.is_disabled()
+                            || !crate::telemetry::inject_into_event(&span, &mut reply)
+                        {
                             crate::telemetry::copy_trace_context(event, &mut reply);
                         }
                         Some((topic, reply))
