@@ -5,6 +5,7 @@ mod api;
 mod bus_contract;
 mod bus_crash;
 mod bus_http;
+mod bus_inline;
 mod bus_resume;
 mod bus_rules;
 mod bus_store;
