@@ -1,17 +1,20 @@
 //! The embedded bus: one SQLite file (`<data-dir>/bus.db`, WAL mode) and one writer thread.
 //!
-//! The writer thread owns the connection and every piece of routing state, so ordering is
-//! simple: it takes whatever commands are queued (publishes, settles, completions,
+//! The writer owns the connection and every piece of routing state, so ordering is simple:
+//! its thread takes whatever commands are queued (publishes, settles, completions,
 //! subscriptions), runs them in one transaction (group commit: one fsync for many concurrent
-//! publishers and workers), answers them, and then hands events to consumers. The attempt
+//! publishers and workers), answers them, and then hands events to consumers. A lone write
+//! that finds the writer idle is run by its caller instead, through the same code under the
+//! writer's mutex (`queue`: the ordering rule and when it applies). The attempt
 //! count of each hand-out (`deliveries`) is written with a group commit once it is 10 ms old
 //! (not at all if the event was settled by then; in a small transaction of its own when the
 //! writer is idle), so a redelivery after a crash shows every attempt but those of the last
 //! ~10 ms before it.
 //!
 //! One job per module: `store` (every SQL statement), `writer` (the command loop and routing
-//! state), `flow` (which consumer's bounded buffer gets the next event), `overflow` (bounded
-//! backlogs and dead-letter eviction). This file is the [`Bus`] face: argument checks,
+//! state), `queue` (whether the writer thread or the caller applies a command), `flow` (which
+//! consumer's bounded buffer gets the next event), `overflow` (bounded backlogs and
+//! dead-letter eviction). This file is the [`Bus`] face: argument checks,
 //! publisher back-pressure, and the commands sent to the writer.
 //!
 //! Memory is bounded: each topic keeps at most [`SqliteBusOptions::memory_window`] undelivered

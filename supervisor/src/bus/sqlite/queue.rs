@@ -5,7 +5,7 @@
 //! the writer's lock free and nothing pending is applied on the calling thread instead
 //! ([`Queue::write`]): the same `Writer::process` over the same state, so the same answers,
 //! watchers and hand-outs, without the two thread wake-ups of a round trip to the writer
-//! thread (docs/bus.md, "Who commits"). Nothing pending means no command sent earlier can
+//! thread (docs/architecture.md, `bus/`: `queue.rs`). Nothing pending means no command sent earlier can
 //! be overtaken. Under load the writer thread keeps group-committing: the caller also needs
 //! the bus *quiet* (at most [`super::writer::INLINE_MAX_OPEN`] events open), because with one
 //! runtime thread the commands of concurrent requests would otherwise never meet in the

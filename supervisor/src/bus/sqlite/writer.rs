@@ -1,5 +1,6 @@
-//! The writer thread: owns the [`Store`] and all routing state, and runs every command in
-//! arrival order, a batch at a time.
+//! The writer: the [`Store`] and all routing state, behind one mutex. Its thread ([`Thread`])
+//! runs every queued command in arrival order, a batch at a time; a caller that finds it idle
+//! runs a lone write itself through the same [`Writer::process`] (`queue.rs`).
 //!
 //! Per batch: (1) the group commit (publishes, settles, completions, replay-window trims in
 //! one transaction, one fsync), then the answers and the watchers; (2) the pump: flow control
