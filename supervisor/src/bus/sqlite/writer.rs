@@ -16,10 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 use wm_shared::CloudEvent;
 
 use super::super::{BusError, Delivery, Outcome, Published, ReplayPage, is_dead_letter_topic};
-use super::flow::{Plan, place};
+use super::flow::{Plan, hand_out_early, place};
 use super::overflow::route_overflow;
 use super::store::{Store, WriteBatch, now_ms, store_err};
-use super::{Append, Cmd, Complete, RoutedAppend, Shared, SqliteBusOptions, lock};
+use super::{Append, Cmd, Complete, Durability, RoutedAppend, Shared, SqliteBusOptions, lock};
 
 /// A settle waiting for the next commit, with its caller's answer.
 type Settle = (u64, Outcome, oneshot::Sender<Result<(), BusError>>);
@@ -478,7 +478,16 @@ impl Writer {
             delivered: due.iter().map(|(s, _)| *s).collect(),
             trims: trims.iter().map(|(t, n)| (t.as_str(), *n)).collect(),
         };
-        let result = self.store.commit(&batch);
+        // With an fsync to wait for, consumers get the new events before it (see
+        // `hand_out_early`); the answers and watchers still wait for the commit.
+        let early_on = self.opts.durability == Durability::Fsync;
+        let mut early = HashSet::new();
+        let (topics, deferred) = (&mut self.topics, &mut self.deferred);
+        let result = self.store.commit_then(&batch, |seqs| {
+            if early_on {
+                early = hand_out_early(topics, deferred, &appends, &appends_ended, seqs);
+            }
+        });
         drop(batch);
         let queued: i64 = appends.iter().map(|a| a.0.len() as i64).sum();
         self.shared.metrics.add_queued(-queued);
@@ -505,7 +514,8 @@ impl Writer {
             }
             let _ = reply.send(Ok(seqs.clone()));
             for (((topic, event, blob), seq), e) in events.into_iter().zip(seqs).zip(ended) {
-                self.published(topic, event, blob, seq, e, touched);
+                let handed_out = early.contains(&seq);
+                self.published(topic, event, blob, seq, e, handed_out, touched);
             }
         }
         for ((seq, outcome, reply), topic) in settles.into_iter().zip(done.settled) {
@@ -521,7 +531,7 @@ impl Writer {
             }
             if let (Some(seq), Some((rtopic, event, blob))) = (reply_seq, c.reply_event) {
                 self.count_stored(&rtopic, e);
-                self.published(rtopic, event, blob, seq, e, touched);
+                self.published(rtopic, event, blob, seq, e, false, touched);
             }
             let _ = c.answer.send(Ok(()));
         }
@@ -618,7 +628,9 @@ impl Writer {
     }
 
     /// After a commit: event `seq` was stored on `topic`; watchers see it, and it joins the
-    /// topic's line (in memory if the window has room, else on disk).
+    /// topic's line (in memory if the window has room, else on disk) unless it was handed
+    /// out before the commit (`handed_out`, see `flow::hand_out_early`).
+    #[allow(clippy::too_many_arguments)]
     fn published(
         &mut self,
         topic: String,
@@ -626,6 +638,7 @@ impl Writer {
         blob: Vec<u8>,
         seq: u64,
         ended: bool,
+        handed_out: bool,
         touched: &mut HashSet<String>,
     ) {
         let window = self.opts.memory_window.max(1);
@@ -657,6 +670,9 @@ impl Writer {
         };
         let t = self.topics.entry(topic.clone()).or_default();
         t.stored += 1;
+        if handed_out {
+            return;
+        }
         if t.spilled_from.is_none() {
             if t.pending.len() >= window {
                 t.spilled_from = Some(seq);
@@ -940,6 +956,11 @@ impl Thread {
                 }
             }
             let applied = batch.iter().filter(|c| !matches!(c, Cmd::Wake)).count();
+            if applied == 0 {
+                // Only woken to look at the timers again: no need to hold the lock that a
+                // caller may want for a lone write right now.
+                continue;
+            }
             let mut w = lock(&self.state);
             w.last_batch = batch.iter().filter(|c| is_write(c)).count();
             let go_on = w.process(batch, true);
