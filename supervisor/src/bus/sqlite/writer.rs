@@ -3,7 +3,8 @@
 //! runs a lone write itself through the same [`Writer::process`] (`queue.rs`).
 //!
 //! Per batch: (1) the group commit (publishes, settles, completions, replay-window trims in
-//! one transaction, one fsync), then the answers and the watchers; (2) the pump: flow control
+//! one transaction, one fsync; with fsync, events nothing waits before go to their consumers
+//! just before it, [`super::flow::hand_out_early`]), then the answers and the watchers; (2) the pump: flow control
 //! hands pending events to consumers' bounded buffers ([`super::flow`]), their attempt counts
 //! queued for the next group commit, and drops the events of topics nobody consumes or holds.
 
