@@ -1253,6 +1253,27 @@ mod tests {
     }
 
     #[test]
+    fn bus_inline_commit_defaults_to_os_and_names_its_values() {
+        use crate::bus::InlineCommit;
+        let c = load(ServeArgs::default(), &[]).unwrap();
+        assert_eq!(c.bus_inline_commit, InlineCommit::Os);
+        for (v, want) in [
+            ("always", InlineCommit::Always),
+            ("OFF", InlineCommit::Off),
+            ("os", InlineCommit::Os),
+        ] {
+            let c = load(ServeArgs::default(), &[("BUS_INLINE_COMMIT", v)]).unwrap();
+            assert_eq!(c.bus_inline_commit, want, "{v}");
+        }
+        let err = load(ServeArgs::default(), &[("BUS_INLINE_COMMIT", "fsync")]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("BUS_INLINE_COMMIT") && msg.contains("os|always|off"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn bus_commit_delay_defaults_to_100_us_and_is_bounded() {
         let c = load(ServeArgs::default(), &[]).unwrap();
         assert_eq!(c.bus_commit_delay, Duration::from_micros(100));
