@@ -2,6 +2,7 @@
 
 /// The REST API against the real daemon binary.
 mod api;
+mod bus_commit_fails;
 mod bus_contract;
 mod bus_crash;
 mod bus_http;
