@@ -115,6 +115,7 @@ settings! {
     "HOST_DOTNET_GC_HEAP_HARD_LIMIT_BYTES" [] = "0", "0 (no limit) or 16777216-1099511627776", "GC heap hard limit (GCHeapHardLimit) of each .NET host process, its memory bound in place of RLIMIT_AS; an allocation over it throws OutOfMemoryException in the worker";
     "BUS_DURABILITY" [] = "fsync", "fsync|os", "fsync: a publish is acknowledged after an fsync'd commit (survives power loss); os: after the write reaches the OS (survives a daemon crash or kill -9, not a power cut; ~4x the publish rate)";
     "RUNTIME_WORKER_THREADS" [] = "0", "0 (one less than the CPUs, at least 1) or 1-1024", "threads of the daemon's async runtime (HTTP, dispatcher, SSE); the bus writer, host links and hosts have threads of their own, and each extra idle runtime thread costs a wake-up of a sibling per wake-up from outside (docs/benchmarks.md, the event path's fourth pass)";
+    "BUS_INLINE_COMMIT" [] = "os", "os|always|off", "embedded bus only: a lone publish, settle or completion (the writer idle, nothing queued) is committed on the calling thread instead of the bus writer's, saving two thread wake-ups; os: only with BUS_DURABILITY=os (an fsync would stall the async runtime); always: with fsync too; off: never";
     "BUS_COMMIT_DELAY_US" [] = "100", "0-10000", "embedded bus only: how long a group commit waits to gather more publishes and completions when the previous commit carried several (a lone publish never waits); fewer, larger commits pace publishers to what the workers drain under load; 0 commits at once";
     "TOPIC_MAX_BACKLOG_EVENTS" [] = "100000", "0 (no limit) or 1-100000000", "events one topic may hold waiting for its workers; more are dead-lettered with reason overflow";
     "TOPIC_RETENTION_EVENTS" [] = "100000", "0 (no replay window) or 1-100000000", "replay window: events per topic kept after their outcome, for SSE resume (Last-Event-ID, ?after=, ?from=earliest)";
@@ -529,6 +530,8 @@ pub struct Config {
     pub bus_fsync: bool,
     /// How long a busy group commit gathers more writes (`BUS_COMMIT_DELAY_US`).
     pub bus_commit_delay: Duration,
+    /// When a lone write is committed on the calling thread (`BUS_INLINE_COMMIT`).
+    pub bus_inline_commit: crate::bus::InlineCommit,
     /// Threads of the async runtime (`RUNTIME_WORKER_THREADS`; 0: one less than the CPUs).
     pub runtime_worker_threads: usize,
     /// Events one topic may hold before publishes overflow into `<topic>-dead` (0: no limit).
@@ -857,6 +860,18 @@ impl Config {
                 _ => return Err(invalid("BUS_DURABILITY", "fsync|os")),
             },
             bus_commit_delay: Duration::from_micros(int("BUS_COMMIT_DELAY_US", 0, 10_000)?),
+            bus_inline_commit: match raw
+                .get("BUS_INLINE_COMMIT")
+                .0
+                .trim()
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                "os" => crate::bus::InlineCommit::Os,
+                "always" => crate::bus::InlineCommit::Always,
+                "off" => crate::bus::InlineCommit::Off,
+                _ => return Err(invalid("BUS_INLINE_COMMIT", "os|always|off")),
+            },
             runtime_worker_threads: int("RUNTIME_WORKER_THREADS", 0, 1024)? as usize,
             topic_max_backlog: int("TOPIC_MAX_BACKLOG_EVENTS", 0, 100_000_000)?,
             topic_retention_events: int("TOPIC_RETENTION_EVENTS", 0, 100_000_000)?,
@@ -1234,6 +1249,27 @@ mod tests {
         assert!(
             !err.to_string().contains("short"),
             "a secret must not be echoed"
+        );
+    }
+
+    #[test]
+    fn bus_inline_commit_defaults_to_os_and_names_its_values() {
+        use crate::bus::InlineCommit;
+        let c = load(ServeArgs::default(), &[]).unwrap();
+        assert_eq!(c.bus_inline_commit, InlineCommit::Os);
+        for (v, want) in [
+            ("always", InlineCommit::Always),
+            ("OFF", InlineCommit::Off),
+            ("os", InlineCommit::Os),
+        ] {
+            let c = load(ServeArgs::default(), &[("BUS_INLINE_COMMIT", v)]).unwrap();
+            assert_eq!(c.bus_inline_commit, want, "{v}");
+        }
+        let err = load(ServeArgs::default(), &[("BUS_INLINE_COMMIT", "fsync")]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("BUS_INLINE_COMMIT") && msg.contains("os|always|off"),
+            "{msg}"
         );
     }
 

@@ -2,7 +2,9 @@
 //!
 //! The test re-runs its own binary as the child (selected by an environment variable): the
 //! child publishes from several tasks and prints each acknowledged sequence number; the parent
-//! SIGKILLs it mid-stream, then opens the same store and finds every acknowledged event.
+//! SIGKILLs it mid-stream, then opens the same store and finds every acknowledged event. The
+//! second test does the same with `BUS_DURABILITY=os` and one event at a time, each completed
+//! by a consumer, so that the writes are committed inline on the caller's thread.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use wm_supervisor::bus::{Bus, SqliteBus, SqliteBusOptions};
+use wm_supervisor::bus::{Bus, Durability, Outcome, SqliteBus, SqliteBusOptions};
 
 use crate::bus_store::{WAIT, event, recv};
 
@@ -115,6 +117,138 @@ fn acknowledged_publishes_survive_sigkill() {
             seen += 1;
         }
         assert!(seen as i64 <= stored);
+        bus.close().await;
+    });
+}
+
+const INLINE_CHILD_ENV: &str = "WM_BUS_KILL_INLINE_CHILD_DIR";
+const INLINE_TEST_NAME: &str = "bus_crash::acknowledged_inline_writes_survive_sigkill";
+
+/// The child: `os` durability, one publish at a time, each delivery completed with a reply;
+/// prints `ACK <seq>` per acknowledged publish, `DONE <seq>` per acknowledged completion and
+/// `INLINE <n>` with the writes committed inline so far.
+fn inline_child(dir: &str) -> ! {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let opts = SqliteBusOptions {
+            durability: Durability::Os,
+            ..SqliteBusOptions::default()
+        };
+        let bus = SqliteBus::open(std::path::Path::new(dir), opts).unwrap();
+        let mut c = bus.consume(TOPIC, "w");
+        bus.set_ready();
+        let mut out = std::io::stdout().lock();
+        for i in 0.. {
+            let seqs = bus.publish(TOPIC, vec![event(i)]).await.unwrap();
+            writeln!(out, "ACK {}", seqs[0]).unwrap();
+            out.flush().unwrap();
+            let d = recv(&mut c).await;
+            let mut reply = d.event.clone();
+            reply.id = format!("r-{}", d.event.id);
+            bus.complete(
+                d.seq,
+                Outcome::Replied,
+                Some((format!("{TOPIC}.reply"), reply)),
+            )
+            .await
+            .unwrap();
+            writeln!(out, "DONE {}", d.seq).unwrap();
+            writeln!(out, "INLINE {}", bus.metrics().inline_writes()).unwrap();
+            out.flush().unwrap();
+        }
+    });
+    unreachable!("the child publishes until it is killed")
+}
+
+#[test]
+fn acknowledged_inline_writes_survive_sigkill() {
+    if let Ok(dir) = std::env::var(INLINE_CHILD_ENV) {
+        inline_child(&dir);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut proc = Command::new(std::env::current_exe().unwrap())
+        .args([
+            INLINE_TEST_NAME,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(INLINE_CHILD_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(i32::try_from(proc.id()).unwrap());
+    let stdout = proc.stdout.take().unwrap();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        let _ = kill(pid, Signal::SIGKILL);
+    });
+    let (mut acked, mut done) = (BTreeSet::new(), BTreeSet::new());
+    let mut inline = 0u64;
+    let mut killed = false;
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if let Some(seq) = line.strip_prefix("ACK ") {
+            acked.insert(seq.parse::<u64>().unwrap());
+        } else if let Some(seq) = line.strip_prefix("DONE ") {
+            done.insert(seq.parse::<u64>().unwrap());
+        } else if let Some(n) = line.strip_prefix("INLINE ") {
+            inline = n.parse().unwrap();
+        }
+        if !killed && done.len() >= 300 {
+            kill(pid, Signal::SIGKILL).unwrap();
+            killed = true;
+        }
+    }
+    proc.wait().unwrap();
+    drop(watchdog);
+    assert!(killed, "the child stopped before completing 300 events");
+    assert!(
+        inline >= done.len() as u64,
+        "{inline} inline writes for {} completed events: lone writes were not inline",
+        done.len()
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let bus = SqliteBus::open(dir.path(), SqliteBusOptions::default()).unwrap();
+        // Every acknowledged publish is stored; every acknowledged completion left its
+        // input settled (not delivered again) and its reply stored.
+        let page = bus.replay(TOPIC, 0, 100_000).await.unwrap();
+        let stored: BTreeSet<u64> = page.events.iter().map(|p| p.seq).collect();
+        let lost: Vec<_> = acked.difference(&stored).collect();
+        assert!(lost.is_empty(), "acknowledged publishes lost: {lost:?}");
+        let replies = bus
+            .replay(&format!("{TOPIC}.reply"), 0, 100_000)
+            .await
+            .unwrap();
+        assert!(
+            replies.events.len() >= done.len(),
+            "{} replies stored for {} acknowledged completions",
+            replies.events.len(),
+            done.len()
+        );
+        let mut c = bus.consume(TOPIC, "check");
+        // At most the one event in flight at the kill is delivered again.
+        let mut again = Vec::new();
+        while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(300), c.recv()).await {
+            assert!(
+                !done.contains(&d.seq),
+                "completed event {} delivered again",
+                d.seq
+            );
+            again.push(d.seq);
+        }
+        assert!(again.len() <= 1, "delivered again: {again:?}");
         bus.close().await;
     });
 }

@@ -274,3 +274,24 @@ fn a_hot_reload_keeps_the_backlog() {
         0.0
     );
 }
+
+#[test]
+fn with_os_durability_lone_events_are_committed_inline_and_every_reply_arrives() {
+    // BUS_INLINE_COMMIT defaults to `os`: one event at a time, the publish and the completion
+    // are committed on the runtime thread (counted), and nothing is lost or reordered by it.
+    let d = Daemon::start(options(&[("BUS_DURABILITY", "os")]));
+    chaos_worker(&d, "lone.in", json!({}));
+    let replies = Sse::subscribe(&d.base_url(), "lone.in.reply");
+    let before = metric(&d, "workmanager_bus_inline_writes_total");
+    for i in 0..10 {
+        let id = format!("lone{i}");
+        publish(&d, "lone.in", &id, &id);
+        wait_replies(&replies, &[id.as_str()]);
+    }
+    let inline = metric(&d, "workmanager_bus_inline_writes_total") - before;
+    assert!(
+        inline >= 10.0,
+        "{inline} inline writes for 10 lone events (a publish and a completion each)"
+    );
+    assert_eq!(metric(&d, "workmanager_bus_stored_events"), 0.0);
+}

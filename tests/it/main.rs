@@ -2,9 +2,11 @@
 
 /// The REST API against the real daemon binary.
 mod api;
+mod bus_commit_fails;
 mod bus_contract;
 mod bus_crash;
 mod bus_http;
+mod bus_inline;
 mod bus_resume;
 mod bus_rules;
 mod bus_store;

@@ -24,6 +24,8 @@ pub struct BusMetrics {
     settled_dropped: AtomicU64,
     redelivered: AtomicU64,
     commits: AtomicU64,
+    /// Publishes, settles and completions applied on the caller's thread (writer idle).
+    inline_writes: AtomicU64,
     /// Events in the store that have not reached their outcome.
     stored: AtomicI64,
     /// Events waiting for the writer to commit them.
@@ -88,6 +90,10 @@ impl BusMetrics {
         self.commits.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn add_inline_write(&self) {
+        self.inline_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn add_stored(&self, delta: i64) {
         self.stored.fetch_add(delta, Ordering::Relaxed);
     }
@@ -143,6 +149,12 @@ impl BusMetrics {
     /// Transactions committed by the writer (publishes per commit = the group-commit factor).
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Publishes, settles and completions committed on the caller's thread because the
+    /// writer was idle (`BUS_INLINE_COMMIT`), not by the writer thread.
+    pub fn inline_writes(&self) -> u64 {
+        self.inline_writes.load(Ordering::Relaxed)
     }
 
     /// Appends every bus metric in the Prometheus text format.
@@ -238,6 +250,17 @@ impl BusMetrics {
             "Transactions committed by the bus writer.",
         );
         let _ = writeln!(out, "workmanager_bus_commits_total {}", self.commits());
+        header(
+            out,
+            "workmanager_bus_inline_writes_total",
+            "counter",
+            "Publishes, settles and completions committed on the calling thread because the bus writer was idle (BUS_INLINE_COMMIT).",
+        );
+        let _ = writeln!(
+            out,
+            "workmanager_bus_inline_writes_total {}",
+            self.inline_writes()
+        );
         header(
             out,
             "workmanager_bus_store_queue_depth",

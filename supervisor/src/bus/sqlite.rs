@@ -1,17 +1,20 @@
 //! The embedded bus: one SQLite file (`<data-dir>/bus.db`, WAL mode) and one writer thread.
 //!
-//! The writer thread owns the connection and every piece of routing state, so ordering is
-//! simple: it takes whatever commands are queued (publishes, settles, completions,
+//! The writer owns the connection and every piece of routing state, so ordering is simple:
+//! its thread takes whatever commands are queued (publishes, settles, completions,
 //! subscriptions), runs them in one transaction (group commit: one fsync for many concurrent
-//! publishers and workers), answers them, and then hands events to consumers. The attempt
+//! publishers and workers), answers them, and then hands events to consumers. A lone write
+//! that finds the writer idle is run by its caller instead, through the same code under the
+//! writer's mutex (`queue`: the ordering rule and when it applies). The attempt
 //! count of each hand-out (`deliveries`) is written with a group commit once it is 10 ms old
 //! (not at all if the event was settled by then; in a small transaction of its own when the
 //! writer is idle), so a redelivery after a crash shows every attempt but those of the last
 //! ~10 ms before it.
 //!
 //! One job per module: `store` (every SQL statement), `writer` (the command loop and routing
-//! state), `flow` (which consumer's bounded buffer gets the next event), `overflow` (bounded
-//! backlogs and dead-letter eviction). This file is the [`Bus`] face: argument checks,
+//! state), `queue` (whether the writer thread or the caller applies a command), `flow` (which
+//! consumer's bounded buffer gets the next event), `overflow` (bounded backlogs and
+//! dead-letter eviction). This file is the [`Bus`] face: argument checks,
 //! publisher back-pressure, and the commands sent to the writer.
 //!
 //! Memory is bounded: each topic keeps at most [`SqliteBusOptions::memory_window`] undelivered
@@ -28,12 +31,13 @@
 
 mod flow;
 mod overflow;
+mod queue;
 mod store;
 mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
@@ -45,6 +49,8 @@ use super::{
     ReplayPage, is_valid_topic,
 };
 pub(crate) use crate::sync::lock;
+pub use queue::InlineCommit;
+use queue::{Queue, Sender};
 use store::Store;
 use writer::Writer;
 
@@ -96,6 +102,9 @@ pub struct SqliteBusOptions {
     /// it the oldest are evicted and counted. Dead letters are never dropped for want of a
     /// consumer.
     pub dead_letter_max_events: u64,
+    /// When a lone publish, settle or completion is committed on the calling thread instead
+    /// of the writer thread's (`BUS_INLINE_COMMIT`; see [`InlineCommit`]).
+    pub inline: InlineCommit,
 }
 
 impl Default for SqliteBusOptions {
@@ -117,6 +126,7 @@ impl Default for SqliteBusOptions {
             retention_events: 100_000,
             retention: std::time::Duration::from_secs(3_600),
             dead_letter_max_events: 100_000,
+            inline: InlineCommit::Os,
         }
     }
 }
@@ -150,7 +160,8 @@ pub const BUS_DB_FILE: &str = "bus.db";
 
 /// The embedded durable bus. See the module docs.
 pub struct SqliteBus {
-    cmd: std::sync::mpsc::Sender<Cmd>,
+    /// The writer: its command channel, and its state for lone writes applied inline.
+    writer: Queue,
     /// Back-pressure on publishers: one permit per event not yet committed.
     queue: Arc<Semaphore>,
     max_queued: u32,
@@ -210,6 +221,9 @@ enum Cmd {
         topic: Option<String>,
     },
     Ready,
+    /// Nothing to apply: makes the writer thread look at its timers again (see
+    /// [`Queue::write`]); not counted as pending.
+    Wake,
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -245,6 +259,7 @@ impl SqliteBus {
             closed: AtomicBool::new(false),
             watch_capacity: opts.watch_capacity.max(1),
         });
+        let inline = opts.inline.applies(opts.durability);
         let mut writer = Writer {
             store: Store::new(conn, opts.durability).map_err(open_err)?,
             topics: HashMap::new(),
@@ -261,14 +276,23 @@ impl SqliteBus {
         };
         writer.recover().map_err(open_err)?;
 
-        let (cmd, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let parked_long = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(Mutex::new(writer));
+        let thread = writer::Thread {
+            state: state.clone(),
+            pending: pending.clone(),
+            parked_long: parked_long.clone(),
+        };
         std::thread::Builder::new()
             .name("wm-bus-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || thread.run(rx))
             .map_err(BusError::Spawn)?;
+        let sender = Sender::new(tx, pending.clone());
         let max_queued = u32::try_from(opts.max_queued_events.clamp(1, 1 << 24)).unwrap_or(1 << 24);
         Ok(Arc::new(SqliteBus {
-            cmd,
+            writer: Queue::new(sender, state, pending, parked_long, inline),
             queue: Arc::new(Semaphore::new(max_queued as usize)),
             max_queued,
             shared,
@@ -318,7 +342,7 @@ impl SqliteBus {
             .map_err(|_| BusError::Closed)?;
         let (reply, rx) = oneshot::channel();
         self.shared.metrics.add_queued(n as i64);
-        let sent = self.cmd.send(Cmd::Append {
+        let sent = self.writer.write(Cmd::Append {
             topic: topic.to_string(),
             events,
             reply,
@@ -379,7 +403,7 @@ impl Bus for SqliteBus {
         let id = self.next_consumer.fetch_add(1, Ordering::Relaxed);
         let starved = Arc::new(AtomicBool::new(false));
         // If the writer is gone, `tx` is dropped with the command and `recv` returns None.
-        let _ = self.cmd.send(Cmd::Subscribe {
+        let _ = self.writer.send(Cmd::Subscribe {
             topic: topic.to_string(),
             name: consumer.to_string(),
             id,
@@ -393,7 +417,7 @@ impl Bus for SqliteBus {
                 topic: topic.to_string(),
                 id,
                 starved,
-                cmd: self.cmd.clone(),
+                cmd: self.writer.sender.clone(),
             }),
         )
     }
@@ -401,8 +425,8 @@ impl Bus for SqliteBus {
     fn settle(&self, seq: u64, outcome: Outcome) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
-            self.cmd
-                .send(Cmd::Settle {
+            self.writer
+                .write(Cmd::Settle {
                     seq,
                     outcome,
                     reply,
@@ -436,8 +460,8 @@ impl Bus for SqliteBus {
                 None => None,
             };
             let (answer, rx) = oneshot::channel();
-            self.cmd
-                .send(Cmd::Complete(Box::new(Complete {
+            self.writer
+                .write(Cmd::Complete(Box::new(Complete {
                     seq,
                     outcome,
                     reply_event,
@@ -466,7 +490,7 @@ impl Bus for SqliteBus {
                 return Err(BusError::InvalidTopic(topic));
             }
             let (reply, rx) = oneshot::channel();
-            self.cmd
+            self.writer
                 .send(Cmd::Replay {
                     topic,
                     after,
@@ -479,7 +503,7 @@ impl Bus for SqliteBus {
     }
 
     fn hold(&self, worker: &str, topic: Option<&str>) {
-        let _ = self.cmd.send(Cmd::Hold {
+        let _ = self.writer.send(Cmd::Hold {
             worker: worker.to_string(),
             topic: topic.map(str::to_string),
         });
@@ -487,18 +511,18 @@ impl Bus for SqliteBus {
 
     fn release(&self, deliveries: Vec<Delivery>) {
         if !deliveries.is_empty() {
-            let _ = self.cmd.send(Cmd::Release { deliveries });
+            let _ = self.writer.send(Cmd::Release { deliveries });
         }
     }
 
     fn set_ready(&self) {
-        let _ = self.cmd.send(Cmd::Ready);
+        let _ = self.writer.send(Cmd::Ready);
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
-            if self.cmd.send(Cmd::Shutdown { reply }).is_ok() {
+            if self.writer.send(Cmd::Shutdown { reply }).is_ok() {
                 let _ = rx.await;
             }
             self.queue.close();
@@ -514,7 +538,7 @@ impl Drop for SqliteBus {
     fn drop(&mut self) {
         // Stops the writer even while consumers still hold a command sender.
         let (reply, _rx) = oneshot::channel();
-        let _ = self.cmd.send(Cmd::Shutdown { reply });
+        let _ = self.writer.send(Cmd::Shutdown { reply });
     }
 }
 
@@ -523,7 +547,7 @@ struct Hooks {
     topic: String,
     id: u64,
     starved: Arc<AtomicBool>,
-    cmd: std::sync::mpsc::Sender<Cmd>,
+    cmd: Sender,
 }
 
 impl ConsumerHooks for Hooks {

@@ -1,12 +1,16 @@
 //! Flow control: which consumer gets the next event (round robin over bounded buffers), and
 //! the wake-up handshake with a consumer whose buffer was full.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::super::Delivery;
+use super::RoutedAppend;
 use super::writer::Topic;
 
 /// A planned round for one topic.
@@ -50,4 +54,53 @@ pub(super) fn place(t: &mut Topic) -> Option<mpsc::OwnedPermit<Delivery>> {
         }
     }
     None
+}
+
+/// Hands the events of a group commit to their consumers before the commit's fsync, so that
+/// the plugins run while it does (`BUS_DURABILITY=fsync`). Only an event nothing waits
+/// before may go early: its topic has no undelivered event in memory or on disk, and no
+/// earlier event of this commit on it stayed behind (full buffers). Returns the sequence
+/// numbers handed out; each attempt count is queued in `deferred` as the pump would.
+///
+/// If the commit then fails, the publisher gets the error and nothing of the event is
+/// stored: its completion finds no open row (the settle's `RETURNING` is empty), so no reply
+/// is stored for it either, and its number is never reused (`Store::commit_then`).
+pub(super) fn hand_out_early(
+    topics: &mut HashMap<String, Topic>,
+    deferred: &mut Vec<(u64, Instant)>,
+    appends: &[RoutedAppend],
+    ended: &[Vec<bool>],
+    seqs: &[Vec<u64>],
+) -> HashSet<u64> {
+    let mut early = HashSet::new();
+    let mut behind: HashSet<&str> = HashSet::new();
+    let now = Instant::now();
+    for (((events, _, _), ended), seqs) in appends.iter().zip(ended).zip(seqs) {
+        for (((topic, event, blob), ended), seq) in events.iter().zip(ended).zip(seqs) {
+            if *ended || behind.contains(topic.as_str()) {
+                continue;
+            }
+            let permit = topics.get_mut(topic).and_then(|t| {
+                if t.pending.is_empty() && t.spilled_from.is_none() {
+                    place(t)
+                } else {
+                    None
+                }
+            });
+            let Some(permit) = permit else {
+                behind.insert(topic);
+                continue;
+            };
+            permit.send(Delivery {
+                seq: *seq,
+                topic: topic.clone(),
+                event: event.clone(),
+                deliveries: 1,
+                encoded: Some(Arc::new(blob.clone())),
+            });
+            deferred.push((*seq, now));
+            early.insert(*seq);
+        }
+    }
+    early
 }

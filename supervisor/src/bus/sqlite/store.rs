@@ -258,7 +258,20 @@ impl Store {
 
     /// The group commit: appends, settles, completions and replay-window trims in one
     /// transaction (fsync'd under [`Durability::Fsync`] when it stores anything).
+    #[cfg(test)]
     pub fn commit(&mut self, b: &WriteBatch<'_>) -> Result<WriteResult, BusError> {
+        self.commit_then(b, |_| {})
+    }
+
+    /// Runs `b` in one transaction; `before_commit` gets the sequence numbers of the appended
+    /// events once every statement ran, just before the COMMIT (and its fsync). Those numbers
+    /// are never handed out again, even if the COMMIT fails: whoever learnt them early (a
+    /// consumer, see `flow::hand_out_early`) cannot settle a later event by mistake.
+    pub fn commit_then(
+        &mut self,
+        b: &WriteBatch<'_>,
+        before_commit: impl FnOnce(&[Vec<u64>]),
+    ) -> Result<WriteResult, BusError> {
         let stores = !b.appends.is_empty() || b.completes.iter().any(|c| c.1.is_some());
         let full = stores && self.durability == Durability::Fsync;
         self.set_sync(full)
@@ -358,8 +371,11 @@ impl Store {
                 }
             }
         }
-        tx.commit().map_err(store_err("commit"))?;
+        before_commit(&out.appended);
+        let committed = tx.commit();
+        // Also after a failed COMMIT (see above): the numbers may be known outside.
         self.next_seq = next;
+        committed.map_err(store_err("commit"))?;
         Ok(out)
     }
 

@@ -1,24 +1,26 @@
-//! The writer thread: owns the [`Store`] and all routing state, and runs every command in
-//! arrival order, a batch at a time.
+//! The writer: the [`Store`] and all routing state, behind one mutex. Its thread ([`Thread`])
+//! runs every queued command in arrival order, a batch at a time; a caller that finds it idle
+//! runs a lone write itself through the same [`Writer::process`] (`queue.rs`).
 //!
 //! Per batch: (1) the group commit (publishes, settles, completions, replay-window trims in
-//! one transaction, one fsync), then the answers and the watchers; (2) the pump: flow control
+//! one transaction, one fsync; with fsync, events nothing waits before go to their consumers
+//! just before it, [`super::flow::hand_out_early`]), then the answers and the watchers; (2) the pump: flow control
 //! hands pending events to consumers' bounded buffers ([`super::flow`]), their attempt counts
 //! queued for the next group commit, and drops the events of topics nobody consumes or holds.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use wm_shared::CloudEvent;
 
 use super::super::{BusError, Delivery, Outcome, Published, ReplayPage, is_dead_letter_topic};
-use super::flow::{Plan, place};
+use super::flow::{Plan, hand_out_early, place};
 use super::overflow::route_overflow;
 use super::store::{Store, WriteBatch, now_ms, store_err};
-use super::{Append, Cmd, Complete, RoutedAppend, Shared, SqliteBusOptions};
+use super::{Append, Cmd, Complete, Durability, RoutedAppend, Shared, SqliteBusOptions, lock};
 
 /// A settle waiting for the next commit, with its caller's answer.
 type Settle = (u64, Outcome, oneshot::Sender<Result<(), BusError>>);
@@ -54,6 +56,10 @@ pub(super) struct Topic {
     pub stored: u64,
 }
 
+/// Most open (stored, unsettled) events with which a lone write may still be applied on the
+/// caller's thread: one event at a time has one open (its completion settles it); a backlog
+/// means concurrent publishers or workers, whose writes the writer thread group-commits.
+pub(super) const INLINE_MAX_OPEN: i64 = 4;
 /// How often ended events older than `TOPIC_RETENTION_SECONDS` are deleted.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 /// How long a delivery count waits before it is stored: most deliveries are completed within
@@ -162,79 +168,18 @@ impl Writer {
         Ok(())
     }
 
-    pub fn run(mut self, rx: std::sync::mpsc::Receiver<Cmd>) {
-        let max = self.opts.max_batch_events.max(1);
-        loop {
-            let wait = if self.deferred.is_empty() {
-                EXPIRE_EVERY
-            } else {
-                FLUSH_AFTER
-            };
-            let first = match rx.recv_timeout(wait) {
-                Ok(c) => c,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    self.idle();
-                    continue;
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            // Group commit under load: when the last batch had company (several writers at
-            // once), let the next one gather for `commit_delay` before it commits, so one
-            // fsync and one set of WAL pages serve more events. A lone publish or completion
-            // (nothing else in flight) never waits, nor does the first write after the writer
-            // went idle.
-            if !self.opts.commit_delay.is_zero()
-                && self.last_batch >= COMMIT_SIBLINGS
-                && self.last_batch_at.elapsed() <= IDLE_AFTER.max(self.opts.commit_delay)
-                && is_write(&first)
-            {
-                std::thread::sleep(self.opts.commit_delay);
-            }
-            let mut weight = cmd_weight(&first);
-            let mut batch = vec![first];
-            while weight < max {
-                match rx.try_recv() {
-                    Ok(c) => {
-                        weight += cmd_weight(&c);
-                        batch.push(c);
-                    }
-                    Err(_) => break,
-                }
-            }
-            self.last_batch = batch.iter().filter(|c| is_write(c)).count();
-            let go_on = self.process(batch);
-            self.last_batch_at = Instant::now();
-            if !go_on {
-                break;
-            }
-        }
-        // Whatever arrives after the shutdown is refused (once `rx` is dropped, sends fail).
-        while let Ok(cmd) = rx.try_recv() {
-            match cmd {
-                Cmd::Append { reply, events, .. } => {
-                    self.shared.metrics.add_queued(-(events.len() as i64));
-                    let _ = reply.send(Err(BusError::Closed));
-                }
-                Cmd::Settle { reply, .. } => {
-                    let _ = reply.send(Err(BusError::Closed));
-                }
-                Cmd::Complete(c) => {
-                    let _ = c.answer.send(Err(BusError::Closed));
-                }
-                Cmd::Replay { reply, .. } => {
-                    let _ = reply.send(Err(BusError::Closed));
-                }
-                Cmd::Shutdown { reply } => {
-                    let _ = reply.send(());
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Nothing to do: store the delivery counts that waited for a commit, expire old events.
+    /// Nothing to do: store the delivery counts that waited [`FLUSH_AFTER`] for a commit,
+    /// expire old events. (Younger counts are left: with lone writes committed inline, the
+    /// writer thread times out while events are still being completed, and most of those
+    /// counts are moot a few microseconds later.)
     fn idle(&mut self) {
-        self.flush_deferred();
+        if self
+            .deferred
+            .first()
+            .is_some_and(|(_, at)| at.elapsed() >= FLUSH_AFTER)
+        {
+            self.flush_deferred();
+        }
         if self.last_expiry.elapsed() >= EXPIRE_EVERY {
             self.last_expiry = Instant::now();
             self.expire();
@@ -257,9 +202,46 @@ impl Writer {
         }
     }
 
-    /// Runs one batch; false once shut down.
-    fn process(&mut self, batch: Vec<Cmd>) -> bool {
-        if self.last_expiry.elapsed() >= EXPIRE_EVERY {
+    /// How long the writer thread may sleep before [`Writer::idle`] has work: until the
+    /// oldest deferred count is [`FLUSH_AFTER`] old, else [`EXPIRE_EVERY`].
+    fn next_wait(&self) -> Duration {
+        match self.deferred.first() {
+            Some((_, at)) => FLUSH_AFTER
+                .saturating_sub(at.elapsed())
+                .max(Duration::from_micros(100)),
+            None => EXPIRE_EVERY,
+        }
+    }
+
+    /// Whether the bus was shut down (no command may be applied any more).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the bus is quiet enough for a write inline (see [`INLINE_MAX_OPEN`]).
+    pub fn is_quiet(&self) -> bool {
+        self.shared.metrics.stored() <= INLINE_MAX_OPEN
+    }
+
+    /// Whether delivery counts wait for a commit.
+    pub fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
+    /// Applies one write on the caller's thread (the writer was idle; see `queue.rs`): the
+    /// same `process` as a batch of one from the writer thread, without the expiry (bounded
+    /// but up to tens of thousands of deletes: the writer thread's job, at its next wake).
+    pub fn apply_inline(&mut self, cmd: Cmd) {
+        self.last_batch = usize::from(is_write(&cmd));
+        self.shared.metrics.add_inline_write();
+        self.process(vec![cmd], false);
+        self.last_batch_at = Instant::now();
+    }
+
+    /// Runs one batch; false once shut down. `expire`: delete what left the replay window
+    /// first when it is time.
+    fn process(&mut self, batch: Vec<Cmd>, expire: bool) -> bool {
+        if expire && self.last_expiry.elapsed() >= EXPIRE_EVERY {
             self.last_expiry = Instant::now();
             self.expire();
         }
@@ -325,6 +307,7 @@ impl Writer {
                     pump_all = true;
                 }
                 Cmd::Shutdown { reply } => shutdown.push(reply),
+                Cmd::Wake => {}
             }
         }
 
@@ -385,7 +368,8 @@ impl Writer {
             let slot = t.consumers.remove(pos);
             tracing::debug!(topic, consumer = slot.name, "bus: consumer left");
         }
-        // On this thread no permit into `rx` is outstanding, so this drains it all.
+        // Permits into `rx` are only taken and used under the writer's lock (which whoever
+        // runs this holds), so none is outstanding and this drains it all.
         rx.close();
         while let Ok(d) = rx.try_recv() {
             let deliveries = d.deliveries.saturating_sub(1);
@@ -495,7 +479,16 @@ impl Writer {
             delivered: due.iter().map(|(s, _)| *s).collect(),
             trims: trims.iter().map(|(t, n)| (t.as_str(), *n)).collect(),
         };
-        let result = self.store.commit(&batch);
+        // With an fsync to wait for, consumers get the new events before it (see
+        // `hand_out_early`); the answers and watchers still wait for the commit.
+        let early_on = self.opts.durability == Durability::Fsync;
+        let mut early = HashSet::new();
+        let (topics, deferred) = (&mut self.topics, &mut self.deferred);
+        let result = self.store.commit_then(&batch, |seqs| {
+            if early_on {
+                early = hand_out_early(topics, deferred, &appends, &appends_ended, seqs);
+            }
+        });
         drop(batch);
         let queued: i64 = appends.iter().map(|a| a.0.len() as i64).sum();
         self.shared.metrics.add_queued(-queued);
@@ -522,7 +515,8 @@ impl Writer {
             }
             let _ = reply.send(Ok(seqs.clone()));
             for (((topic, event, blob), seq), e) in events.into_iter().zip(seqs).zip(ended) {
-                self.published(topic, event, blob, seq, e, touched);
+                let handed_out = early.contains(&seq);
+                self.published(topic, event, blob, seq, e, handed_out, touched);
             }
         }
         for ((seq, outcome, reply), topic) in settles.into_iter().zip(done.settled) {
@@ -538,7 +532,7 @@ impl Writer {
             }
             if let (Some(seq), Some((rtopic, event, blob))) = (reply_seq, c.reply_event) {
                 self.count_stored(&rtopic, e);
-                self.published(rtopic, event, blob, seq, e, touched);
+                self.published(rtopic, event, blob, seq, e, false, touched);
             }
             let _ = c.answer.send(Ok(()));
         }
@@ -635,7 +629,9 @@ impl Writer {
     }
 
     /// After a commit: event `seq` was stored on `topic`; watchers see it, and it joins the
-    /// topic's line (in memory if the window has room, else on disk).
+    /// topic's line (in memory if the window has room, else on disk) unless it was handed
+    /// out before the commit (`handed_out`, see `flow::hand_out_early`).
+    #[allow(clippy::too_many_arguments)]
     fn published(
         &mut self,
         topic: String,
@@ -643,6 +639,7 @@ impl Writer {
         blob: Vec<u8>,
         seq: u64,
         ended: bool,
+        handed_out: bool,
         touched: &mut HashSet<String>,
     ) {
         let window = self.opts.memory_window.max(1);
@@ -674,6 +671,9 @@ impl Writer {
         };
         let t = self.topics.entry(topic.clone()).or_default();
         t.stored += 1;
+        if handed_out {
+            return;
+        }
         if t.spilled_from.is_none() {
             if t.pending.len() >= window {
                 t.spilled_from = Some(seq);
@@ -898,6 +898,107 @@ impl Writer {
     }
 }
 
+/// The writer thread: takes queued commands a batch at a time and applies them under the
+/// writer's lock (which a caller applying a lone write inline takes too, see `queue.rs`).
+pub(super) struct Thread {
+    pub state: Arc<Mutex<Writer>>,
+    /// Commands sent and not yet applied: decremented here, under the lock, once applied.
+    pub pending: Arc<AtomicUsize>,
+    /// Set (under the lock) while this thread sleeps up to [`EXPIRE_EVERY`].
+    pub parked_long: Arc<AtomicBool>,
+}
+
+impl Thread {
+    pub fn run(self, rx: std::sync::mpsc::Receiver<Cmd>) {
+        let (max, commit_delay) = {
+            let w = lock(&self.state);
+            (w.opts.max_batch_events.max(1), w.opts.commit_delay)
+        };
+        loop {
+            let wait = {
+                let w = lock(&self.state);
+                let wait = w.next_wait();
+                self.parked_long
+                    .store(wait >= EXPIRE_EVERY, Ordering::Release);
+                wait
+            };
+            let first = match rx.recv_timeout(wait) {
+                Ok(c) => c,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    lock(&self.state).idle();
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            // Group commit under load: when the last batch had company (several writers at
+            // once), let the next one gather for `commit_delay` before it commits, so one
+            // fsync and one set of WAL pages serve more events. A lone publish or completion
+            // (nothing else in flight) never waits, nor does the first write after the writer
+            // went idle.
+            let gather = {
+                let w = lock(&self.state);
+                !commit_delay.is_zero()
+                    && w.last_batch >= COMMIT_SIBLINGS
+                    && w.last_batch_at.elapsed() <= IDLE_AFTER.max(commit_delay)
+                    && is_write(&first)
+            };
+            if gather {
+                std::thread::sleep(commit_delay);
+            }
+            let mut weight = cmd_weight(&first);
+            let mut batch = vec![first];
+            while weight < max {
+                match rx.try_recv() {
+                    Ok(c) => {
+                        weight += cmd_weight(&c);
+                        batch.push(c);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let applied = batch.iter().filter(|c| !matches!(c, Cmd::Wake)).count();
+            if applied == 0 {
+                // Only woken to look at the timers again: no need to hold the lock that a
+                // caller may want for a lone write right now.
+                continue;
+            }
+            let mut w = lock(&self.state);
+            w.last_batch = batch.iter().filter(|c| is_write(c)).count();
+            let go_on = w.process(batch, true);
+            w.last_batch_at = Instant::now();
+            // Under the lock: a caller that takes it next sees these as applied.
+            self.pending.fetch_sub(applied, Ordering::SeqCst);
+            drop(w);
+            if !go_on {
+                break;
+            }
+        }
+        // Whatever arrives after the shutdown is refused (once `rx` is dropped, sends fail).
+        let w = lock(&self.state);
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Cmd::Append { reply, events, .. } => {
+                    w.shared.metrics.add_queued(-(events.len() as i64));
+                    let _ = reply.send(Err(BusError::Closed));
+                }
+                Cmd::Settle { reply, .. } => {
+                    let _ = reply.send(Err(BusError::Closed));
+                }
+                Cmd::Complete(c) => {
+                    let _ = c.answer.send(Err(BusError::Closed));
+                }
+                Cmd::Replay { reply, .. } => {
+                    let _ = reply.send(Err(BusError::Closed));
+                }
+                Cmd::Shutdown { reply } => {
+                    let _ = reply.send(());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Answers everyone of a group commit that failed with its error.
 fn refuse(
     e: &BusError,
@@ -923,7 +1024,6 @@ fn refuse(
     }
 }
 
-/// How much of the batch limit a command uses.
 /// Whether `c` is written in the group commit (what a commit delay may gather).
 fn is_write(c: &Cmd) -> bool {
     matches!(
@@ -932,6 +1032,7 @@ fn is_write(c: &Cmd) -> bool {
     )
 }
 
+/// How much of the batch limit a command uses.
 fn cmd_weight(c: &Cmd) -> usize {
     match c {
         Cmd::Append { events, .. } => events.len().max(1),

@@ -1,0 +1,118 @@
+//! A group commit whose COMMIT fails after its events were handed out early (`fsync`, see
+//! `flow::hand_out_early`): the publisher gets the error, the consumer's completion finds no
+//! open row and stores no reply, and the event's sequence number is never handed out again.
+//!
+//! The COMMIT is made to fail with `RLIMIT_FSIZE` (the WAL file cannot grow), in a child
+//! process because the limit is per process: the test re-runs its own binary as the child.
+
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::signal::{SigHandler, Signal, signal};
+use wm_supervisor::bus::{Bus, Outcome, SqliteBus, SqliteBusOptions};
+
+use crate::bus_store::{event, recv};
+
+const CHILD_ENV: &str = "WM_BUS_COMMIT_FAILS_CHILD_DIR";
+const TEST_NAME: &str =
+    "bus_commit_fails::a_failed_commit_after_an_early_hand_out_stores_nothing_and_reuses_no_number";
+
+fn reply(input: &wm_shared::CloudEvent) -> Option<(String, wm_shared::CloudEvent)> {
+    let mut r = input.clone();
+    r.id = format!("r-{}", input.id);
+    Some(("in.reply".into(), r))
+}
+
+fn child(dir: &std::path::Path) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // The default: fsync, so events go to their consumer before the COMMIT.
+        let bus = SqliteBus::open(dir, SqliteBusOptions::default()).unwrap();
+        let mut c = bus.consume("in", "w");
+        bus.set_ready();
+        let first = bus.publish("in", vec![event(0)]).await.unwrap()[0];
+        let d = recv(&mut c).await;
+        bus.complete(d.seq, Outcome::Replied, reply(&d.event))
+            .await
+            .unwrap();
+
+        // From here the WAL cannot grow: the next commit that stores anything fails.
+        let wal = std::fs::metadata(dir.join("bus.db-wal")).unwrap().len();
+        // SAFETY: ignoring SIGXFSZ installs no handler; a write over the limit then fails
+        // with EFBIG instead of killing the process.
+        unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }.unwrap();
+        let (_, hard) = getrlimit(Resource::RLIMIT_FSIZE).unwrap();
+        setrlimit(Resource::RLIMIT_FSIZE, wal, hard).unwrap();
+        let failed = bus.publish("in", vec![event(1)]).await;
+        assert!(
+            failed.is_err(),
+            "the publish whose COMMIT failed is refused"
+        );
+        // Handed out before the COMMIT: the consumer has it anyway.
+        let early = recv(&mut c).await;
+        assert_eq!(early.event.id, "id-1");
+        setrlimit(Resource::RLIMIT_FSIZE, hard, hard).unwrap();
+        // Its completion finds no open row: nothing is settled, no reply is stored.
+        bus.complete(early.seq, Outcome::Replied, reply(&early.event))
+            .await
+            .unwrap();
+
+        // The store works on, and the number of the failed event is not handed out again.
+        let next = bus.publish("in", vec![event(2)]).await.unwrap()[0];
+        assert!(
+            next > early.seq,
+            "seq {next} after the failed event's {}: a number handed out early was reused",
+            early.seq
+        );
+        let d = recv(&mut c).await;
+        assert_eq!(d.event.id, "id-2");
+        bus.complete(d.seq, Outcome::Replied, reply(&d.event))
+            .await
+            .unwrap();
+
+        let inputs = bus.replay("in", 0, 100).await.unwrap();
+        let seqs: Vec<u64> = inputs.events.iter().map(|p| p.seq).collect();
+        assert_eq!(seqs, [first, next], "only the committed inputs are stored");
+        let replies = bus.replay("in.reply", 0, 100).await.unwrap();
+        let ids: Vec<&str> = replies.events.iter().map(|p| p.event.id.as_str()).collect();
+        assert_eq!(ids, ["r-id-0", "r-id-2"], "no reply to the failed event");
+        assert_eq!(bus.metrics().stored(), 0, "nothing left open");
+        assert_eq!(bus.metrics().settled("replied"), 2);
+        // Nothing else is delivered (the failed event is not in line any more).
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), c.recv())
+                .await
+                .is_err()
+        );
+        bus.close().await;
+    });
+    println!("CHILD OK");
+}
+
+#[test]
+fn a_failed_commit_after_an_early_hand_out_stores_nothing_and_reuses_no_number() {
+    if let Some(dir) = std::env::var_os(CHILD_ENV) {
+        child(std::path::Path::new(&dir));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, dir.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("CHILD OK"),
+        "child failed: {text}"
+    );
+}
