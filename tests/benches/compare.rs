@@ -2321,6 +2321,59 @@ fn event_ratios(old: EventFigures, new: EventFigures) {
     );
 }
 
+/// Per-round ratios "baseline / this tree" (rates: this tree / baseline) of alternating
+/// rounds, each figure with its median over the rounds.
+fn event_round_ratios(rounds: &[(EventFigures, EventFigures)]) {
+    section("issue 12: this tree / the baseline build, alternating rounds");
+    type Pick = fn(&EventFigures) -> f64;
+    // (name, figure, higher is better)
+    let figures: [(&str, Pick, bool); 8] = [
+        ("16 publishers, single events, drained", |f| f.single, true),
+        ("100-event batches, drained", |f| f.batch, true),
+        ("one at a time, fsync, p50", |f| f.one_fsync, false),
+        ("one at a time, os, p50", |f| f.one_os, false),
+        ("POST /invoke, p50", |f| f.invoke, false),
+        ("daemon CPU per event, one at a time", |f| f.cpu_one, false),
+        (
+            "daemon CPU per event, single events",
+            |f| f.cpu_single,
+            false,
+        ),
+        ("daemon CPU per event, batches", |f| f.cpu_batch, false),
+    ];
+    for (name, pick, higher_better) in figures {
+        let pairs: Vec<(f64, f64)> = rounds
+            .iter()
+            .map(|(o, n)| (pick(o), pick(n)))
+            .filter(|(o, n)| *o > 0.0 && *n > 0.0)
+            .collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        let mut ratios: Vec<f64> = pairs
+            .iter()
+            .map(|(o, n)| if higher_better { n / o } else { o / n })
+            .collect();
+        let each = pairs
+            .iter()
+            .zip(&ratios)
+            .map(|((o, n), r)| format!("{o:.0} -> {n:.0} ({r:.2}x)"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        ratios.sort_by(f64::total_cmp);
+        let mid = ratios.len() / 2;
+        let median = if ratios.len().is_multiple_of(2) {
+            (ratios[mid - 1] + ratios[mid]) / 2.0
+        } else {
+            ratios[mid]
+        };
+        report(
+            &format!("rounds: {name}"),
+            format!("median {median:.2}x better; per round {each}"),
+        );
+    }
+}
+
 /// `publishers` keep-alive connections publishing `batch` events a request to `topic` for
 /// `for_`, while an SSE subscription counts the replies.
 fn sustained(
@@ -2486,19 +2539,60 @@ fn main() {
         let rows = std::env::var("WM_COMPARE_EVENT_ROWS").unwrap_or_default();
         let old_bin = std::env::var_os("WM_COMPARE_BASELINE_DAEMON")
             .map(|dir| Path::new(&dir).join("workmanager"));
-        let (mut old, mut new) = (EventFigures::default(), EventFigures::default());
-        for group in ["one", "single", "batch"] {
-            if !rows.is_empty() && !rows.split(',').any(|r| r.trim() == group) {
-                continue;
+        let groups: Vec<&str> = ["one", "single", "batch"]
+            .into_iter()
+            .filter(|g| rows.is_empty() || rows.split(',').any(|r| r.trim() == *g))
+            .collect();
+        // WM_COMPARE_EVENT_ROUNDS=<n> (with a baseline): n rounds, the order of the two builds
+        // flipping every round, then the ratios of every round and their median. Run alone, the
+        // batch row favours whichever daemon runs first by 3-6% (the same code against itself
+        // read 0.94-0.97x; docs/benchmarks.md, session 8's re-run), and invoke swings between
+        // two modes with the machine's idleness: one ordering per run proves little.
+        let rounds = std::env::var("WM_COMPARE_EVENT_ROUNDS")
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n > 0 && old_bin.is_some());
+        if let (Some(rounds), Some(bin)) = (rounds, &old_bin) {
+            let mut all = Vec::with_capacity(rounds);
+            for round in 0..rounds {
+                let baseline_first = round.is_multiple_of(2);
+                let (mut old, mut new) = (EventFigures::default(), EventFigures::default());
+                for &group in &groups {
+                    let mut run_old =
+                        || old.merge(event_path(&so, base, Some(bin), "baseline: ", group));
+                    if baseline_first {
+                        run_old();
+                        new.merge(event_path(&so, base, None, "", group));
+                    } else {
+                        new.merge(event_path(&so, base, None, "", group));
+                        run_old();
+                    }
+                }
+                println!(
+                    "round {} ({} first): load average {}",
+                    round + 1,
+                    if baseline_first {
+                        "baseline"
+                    } else {
+                        "this tree"
+                    },
+                    load_average()
+                );
+                all.push((old, new));
             }
-            if let Some(bin) = &old_bin {
-                old.merge(event_path(&so, base, Some(bin), "baseline: ", group));
-                println!("load average after the baseline's rows: {}", load_average());
+            event_round_ratios(&all);
+        } else {
+            let (mut old, mut new) = (EventFigures::default(), EventFigures::default());
+            for &group in &groups {
+                if let Some(bin) = &old_bin {
+                    old.merge(event_path(&so, base, Some(bin), "baseline: ", group));
+                    println!("load average after the baseline's rows: {}", load_average());
+                }
+                new.merge(event_path(&so, base, None, "", group));
             }
-            new.merge(event_path(&so, base, None, "", group));
-        }
-        if old_bin.is_some() {
-            event_ratios(old, new);
+            if old_bin.is_some() {
+                event_ratios(old, new);
+            }
         }
         println!("\nload average at the end: {}", load_average());
         println!("\n| figure | measured |\n|---|---|");
