@@ -396,6 +396,7 @@ pub(crate) fn pool_config(
                 lines_per_second: config.host_input.stderr_lines_per_second,
             },
             python_blocked_modules: config.python_blocked_modules.clone(),
+            link_reader: config.host_link_reader,
         },
         shared_hosts_per_engine: config.shared_hosts_per_engine as usize,
         respawn_backoff_base: config.host_respawn_backoff,

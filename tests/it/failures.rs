@@ -221,12 +221,15 @@ fn a_hang_times_out_puts_the_worker_in_error_and_its_host_is_reclaimed() {
     });
 }
 
-/// The doorbell eventfd is shared with plugin code (fd 4 in the host). A plugin that closes
-/// it only loses its own signals: its reply is never seen, so its call ends at its deadline
-/// like a hang, the host is reclaimed, and the neighbour serves on the new host.
+/// The doorbell eventfd is shared with plugin code (fd 4 in the host). With the runtime
+/// reading the host's replies (`HOST_LINK_READER=runtime`, which also proves that mode serves
+/// calls end to end), a plugin that closes it only loses its own signals: its reply is never
+/// seen, so its call ends at its deadline like a hang, the host is reclaimed, and the
+/// neighbour serves on the new host.
 #[test]
 fn a_plugin_that_closes_the_doorbell_fd_ends_at_its_timeout_and_the_host_is_reclaimed() {
     let d = daemon(&[
+        ("HOST_LINK_READER", "runtime"),
         ("MESSAGE_HANDLING_TIMEOUT_SECONDS", "1"),
         ("TIMEOUT_RECLAIM_GRACE_SECONDS", "1"),
     ]);

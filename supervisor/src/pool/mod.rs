@@ -45,7 +45,7 @@ use guard::{Guard, HostLimits, Rated, Violations};
 pub use handle::{CallOutcome, HostHandle};
 pub use host_metrics::render_prometheus;
 pub use respawn::{backoff, next_failures, respawn_delay};
-pub use spawn::{ExitStatus, SpawnConfig, SpawnError, Spawner, signal_name};
+pub use spawn::{ExitStatus, LinkReader, SpawnConfig, SpawnError, Spawner, signal_name};
 
 /// Pool settings beyond how to spawn.
 #[derive(Debug, Clone)]

@@ -24,6 +24,19 @@ use wm_shared::ring::{Region, RingConfig};
 
 use crate::worker_limits::WorkerLimits;
 
+/// Who reads a host's replies (`HOST_LINK_READER`; docs/ring.md, "The runtime reads its
+/// lanes", and docs/benchmarks.md, session 8's re-run, for the trade-off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LinkReader {
+    /// A reader thread per host: spins briefly, then sleeps on the ring's doorbell futex. Its
+    /// work runs beside the runtime's, on another CPU.
+    #[default]
+    Thread,
+    /// A task on the async runtime awaiting the host's doorbell eventfd: a reply wakes the
+    /// runtime thread directly (one thread wake-up less per call).
+    Runtime,
+}
+
 /// What it takes to start hosts.
 #[derive(Debug, Clone)]
 pub struct SpawnConfig {
@@ -49,6 +62,8 @@ pub struct SpawnConfig {
     pub sandbox: SandboxSettings,
     /// `PYTHON_BLOCKED_MODULES`, for python hosts' import hook.
     pub python_blocked_modules: Vec<String>,
+    /// Who reads the host's replies (`HOST_LINK_READER`).
+    pub link_reader: LinkReader,
 }
 
 /// How hosts are sandboxed, from `SANDBOX_*` and `HOST_UID`/`HOST_GID`.
@@ -386,9 +401,15 @@ impl Spawner {
             reaped: None,
         };
 
-        // The reader is a task on this runtime awaiting the doorbell eventfd (fd 4 in the
-        // child): a host's reply wakes the runtime thread directly.
-        let (link, mut frames) = HostLink::new_async(region.clone());
+        // `runtime`: the reader is a task on this runtime awaiting the doorbell eventfd (fd 4
+        // in the child), so a host's reply wakes the runtime thread directly; `thread`: a
+        // reader thread, which takes the ring reading off the runtime (throughput under load
+        // with few runtime threads). The host gets the eventfd either way and signals whichever
+        // way the reader announced it sleeps.
+        let (link, mut frames) = match cfg.link_reader {
+            LinkReader::Runtime => HostLink::new_async(region.clone()),
+            LinkReader::Thread => HostLink::new(region.clone()),
+        };
         let ready = tokio::select! {
             status = exit.wait() => {
                 link.peer_died();
@@ -595,6 +616,7 @@ mod tests {
             },
             sandbox: SandboxSettings::default(),
             python_blocked_modules: vec!["subprocess".into()],
+            link_reader: LinkReader::Runtime,
         }
     }
 
