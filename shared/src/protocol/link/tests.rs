@@ -443,7 +443,18 @@ async fn a_host_that_never_signals_leaves_its_calls_to_their_deadlines_and_death
         // The host side without the eventfd: its writers only know the futex.
         let host = Arc::new(Region::open(sup.as_fd().try_clone_to_owned().unwrap()).unwrap());
         let h = fake_host(host);
-        let (link, _events) = HostLink::new_async(sup);
+        let (link, _events) = HostLink::new_async(sup.clone());
+        // Let the reader go to sleep first: a reply that lands while it is still draining (or
+        // re-checking after announcing its sleep) is read without a signal, as it should be.
+        let asleep = std::time::Instant::now();
+        while sup.doorbell().waiting.load(Ordering::SeqCst) & crate::ring::layout::BELL_EVENTFD == 0
+        {
+            assert!(
+                asleep.elapsed() < Duration::from_secs(5),
+                "the reader never went to sleep"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let deadline = Duration::from_millis(300);
         let t = std::time::Instant::now();
         let r = tokio::time::timeout(deadline, link.request(Message::Ping { nonce: 1 })).await;
