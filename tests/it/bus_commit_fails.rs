@@ -5,7 +5,6 @@
 //! The COMMIT is made to fail with `RLIMIT_FSIZE` (the WAL file cannot grow), in a child
 //! process because the limit is per process: the test re-runs its own binary as the child.
 
-use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -25,11 +24,7 @@ fn reply(input: &wm_shared::CloudEvent) -> Option<(String, wm_shared::CloudEvent
 }
 
 fn child(dir: &std::path::Path) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::self_child::runtime();
     rt.block_on(async {
         // The default: fsync, so events go to their consumer before the COMMIT.
         let bus = SqliteBus::open(dir, SqliteBusOptions::default()).unwrap();
@@ -101,9 +96,7 @@ fn a_failed_commit_after_an_early_hand_out_stores_nothing_and_reuses_no_number()
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, dir.path())
+    let out = crate::self_child::command(TEST_NAME, CHILD_ENV, dir.path())
         .output()
         .unwrap();
     let text = format!(

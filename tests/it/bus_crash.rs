@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -23,11 +23,7 @@ const TOPIC: &str = "crash";
 
 /// The child: publish forever, print `ACK <seq>` for each acknowledged event.
 fn child(dir: &str) -> ! {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::self_child::runtime();
     rt.block_on(async {
         let bus = SqliteBus::open(std::path::Path::new(dir), SqliteBusOptions::default()).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u64>>();
@@ -59,9 +55,7 @@ fn acknowledged_publishes_survive_sigkill() {
         child(&dir);
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut proc = Command::new(std::env::current_exe().unwrap())
-        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, dir.path())
+    let mut proc = crate::self_child::command(TEST_NAME, CHILD_ENV, dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -94,11 +88,7 @@ fn acknowledged_publishes_survive_sigkill() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(9), "the child died of SIGKILL");
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::self_child::runtime();
     rt.block_on(async {
         let bus = SqliteBus::open(dir.path(), SqliteBusOptions::default()).unwrap();
         let stored = bus.metrics().stored();
@@ -128,11 +118,7 @@ const INLINE_TEST_NAME: &str = "bus_crash::acknowledged_inline_writes_survive_si
 /// prints `ACK <seq>` per acknowledged publish, `DONE <seq>` per acknowledged completion and
 /// `INLINE <n>` with the writes committed inline so far.
 fn inline_child(dir: &str) -> ! {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::self_child::runtime();
     rt.block_on(async {
         let opts = SqliteBusOptions {
             durability: Durability::Os,
@@ -170,14 +156,7 @@ fn acknowledged_inline_writes_survive_sigkill() {
         inline_child(&dir);
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut proc = Command::new(std::env::current_exe().unwrap())
-        .args([
-            INLINE_TEST_NAME,
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(INLINE_CHILD_ENV, dir.path())
+    let mut proc = crate::self_child::command(INLINE_TEST_NAME, INLINE_CHILD_ENV, dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -214,11 +193,7 @@ fn acknowledged_inline_writes_survive_sigkill() {
         done.len()
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::self_child::runtime();
     rt.block_on(async {
         let bus = SqliteBus::open(dir.path(), SqliteBusOptions::default()).unwrap();
         // Every acknowledged publish is stored; every acknowledged completion left its

@@ -29,6 +29,7 @@ mod registry_contract;
 mod runtime;
 mod sandbox_layers;
 mod security;
+mod self_child;
 mod traces;
 /// The /ui dashboard in headless Chromium (issue 18).
 mod ui;

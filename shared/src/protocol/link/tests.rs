@@ -43,6 +43,13 @@ fn fake_host(host: Arc<Region>) -> std::thread::JoinHandle<()> {
     })
 }
 
+/// Waits for a fake host's thread to end without blocking the runtime.
+async fn join_host<T: Send + 'static>(h: std::thread::JoinHandle<T>) -> T {
+    tokio::task::spawn_blocking(move || h.join().unwrap())
+        .await
+        .unwrap()
+}
+
 async fn watchdog<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(20), f)
         .await
@@ -103,9 +110,7 @@ async fn requests_and_events(new_link: NewLink) {
             Err(LinkError::NotARequest { .. })
         ));
         link.send(&Message::Shutdown { deadline_ms: 1 }).unwrap();
-        tokio::task::spawn_blocking(move || h.join().unwrap())
-            .await
-            .unwrap();
+        join_host(h).await;
     })
     .await;
 }
@@ -131,9 +136,7 @@ async fn peer_died_fails_pending_requests_and_ends_the_event_stream() {
         ));
         assert!(events.recv().await.is_none());
         assert!(link.is_dead());
-        tokio::task::spawn_blocking(move || h.join().unwrap())
-            .await
-            .unwrap();
+        join_host(h).await;
     })
     .await;
 }
@@ -251,9 +254,7 @@ async fn calls_of_a_worker_with_lanes_take_its_lanes_and_others_the_control_ring
         // 40 calls: 14 for w over lanes 0 and 1, 13 for v on lane 2, 13 on the control ring.
         assert_eq!(served[0] + served[1], 14, "{served:?}");
         assert_eq!(served[2], 13, "{served:?}");
-        tokio::task::spawn_blocking(move || control.join().unwrap())
-            .await
-            .unwrap();
+        join_host(control).await;
     })
     .await;
 }
@@ -427,9 +428,7 @@ async fn a_host_flooding_the_doorbell_costs_bounded_cpu_and_the_link_stays_respo
         assert!(worst < Duration::from_millis(500), "a ping took {worst:?}");
         assert!(!link.is_dead());
         link.send(&Message::Shutdown { deadline_ms: 1 }).unwrap();
-        tokio::task::spawn_blocking(move || h.join().unwrap())
-            .await
-            .unwrap();
+        join_host(h).await;
     })
     .await;
 }
@@ -476,9 +475,7 @@ async fn a_host_that_never_signals_leaves_its_calls_to_their_deadlines_and_death
         link.peer_died();
         assert!(matches!(pending.await.unwrap(), Err(LinkError::PeerGone)));
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
-        tokio::task::spawn_blocking(move || h.join().unwrap())
-            .await
-            .unwrap();
+        join_host(h).await;
     })
     .await;
 }
