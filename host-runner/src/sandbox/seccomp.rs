@@ -33,7 +33,15 @@
 //! - `prctl` only with options that change nothing outside the thread (names, reads);
 //!   `PR_SET_PDEATHSIG` and `PR_SET_DUMPABLE` are refused;
 //! - the ring fd (3): `ftruncate`, `fallocate` and duplicating it (`dup*`, `fcntl(F_DUPFD*)`)
-//!   are refused, a second layer behind the memfd seals.
+//!   are refused, a second layer behind the memfd seals;
+//! - the ring fd (3) and the doorbell eventfd (4), [`GUARDED_FDS`]: closing them (`close`, or a
+//!   `close_range` whose range covers 3 or 4), duplicating them, and `dup2`/`dup3` *onto*
+//!   them are refused, so a plugin cannot put a file of its own where the host writes its
+//!   doorbell counters or reads its ring. `close_range` starting at 5 (how CPython and
+//!   CoreCLR close "every other fd") and closes of any other fd stay allowed. `fcntl` on
+//!   them is limited to [`RING_FCNTL`] and [`BELL_FCNTL`]: the eventfd's file description is
+//!   shared with the supervisor, whose async reader needs it non-blocking, so `F_SETFL` on it
+//!   is refused too.
 //!
 //! No sockets of any family (`socket`, `socketpair`): plugins reach the outside only through
 //! `gateway_call`. No `execve`, `fork`, `vfork`, `ptrace`, `process_vm_*`, mounts, namespaces,
@@ -53,6 +61,10 @@ pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 /// The ring memfd's descriptor in every host (the supervisor `dup2`s it there).
 pub const RING_FD: u64 = 3;
+/// The doorbell eventfd's descriptor in every host (`--bell-fd 4`).
+pub const BELL_FD: u64 = 4;
+/// The descriptors a plugin may neither close, nor duplicate, nor replace.
+pub const GUARDED_FDS: [u64; 2] = [RING_FD, BELL_FD];
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
@@ -210,8 +222,6 @@ fn unconditional(profile: Profile) -> Vec<libc::c_long> {
         SYS_preadv2,
         SYS_pwritev2,
         SYS_lseek,
-        SYS_close,
-        SYS_close_range,
         SYS_openat,
         SYS_openat2,
         SYS_newfstatat,
@@ -439,6 +449,20 @@ const RING_FCNTL: [libc::c_int; 4] = [
     libc::F_GET_SEALS,
 ];
 
+/// fcntl commands allowed on the doorbell eventfd: reads only. The host sets its flags
+/// before the filter (fds.rs) and only writes it afterwards; `F_SETFL` would change the
+/// file description it shares with the supervisor (clearing `O_NONBLOCK` there would block
+/// the supervisor's reader), and `F_DUPFD*` would copy it.
+const BELL_FCNTL: [libc::c_int; 2] = [libc::F_GETFD, libc::F_GETFL];
+
+/// `arg` is none of [`GUARDED_FDS`].
+fn not_guarded(arg: u8) -> Result<Vec<SeccompCondition>, SandboxError> {
+    GUARDED_FDS
+        .iter()
+        .map(|fd| cond(arg, SeccompCmpOp::Ne, *fd))
+        .collect()
+}
+
 fn allow_list(profile: Profile, own_pid: i32) -> Result<BpfProgram, SandboxError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = unconditional(profile)
         .into_iter()
@@ -515,26 +539,43 @@ fn allow_list(profile: Profile, own_pid: i32) -> Result<BpfProgram, SandboxError
         libc::SYS_prctl,
         any_of(0, &PRCTL_ALLOWED.map(|o| o as u64))?,
     );
-    // The ring fd: never resized, never duplicated (the seals are the first layer).
+    // The ring fd: never resized (the seals are the first layer). Neither guarded fd is
+    // resized, duplicated, closed or replaced (see the module docs).
     for nr in [
         libc::SYS_ftruncate,
         libc::SYS_fallocate,
         libc::SYS_dup,
-        libc::SYS_dup3,
+        libc::SYS_close,
     ] {
-        rules.insert(nr, vec![rule(vec![cond(0, SeccompCmpOp::Ne, RING_FD)?])?]);
+        rules.insert(nr, vec![rule(not_guarded(0)?)?]);
     }
+    // dup2/dup3: neither the source nor the target (newfd) may be a guarded fd.
     #[cfg(target_arch = "x86_64")]
+    let dup2 = Some(libc::SYS_dup2);
+    #[cfg(not(target_arch = "x86_64"))]
+    let dup2 = None;
+    for nr in dup2.into_iter().chain([libc::SYS_dup3]) {
+        let mut both = not_guarded(0)?;
+        both.extend(not_guarded(1)?);
+        rules.insert(nr, vec![rule(both)?]);
+    }
+    // close_range(first, last, flags): only ranges that miss 3..=4 entirely.
+    let (lowest, highest) = (RING_FD.min(BELL_FD), RING_FD.max(BELL_FD));
     rules.insert(
-        libc::SYS_dup2,
-        vec![rule(vec![cond(0, SeccompCmpOp::Ne, RING_FD)?])?],
+        libc::SYS_close_range,
+        vec![
+            rule(vec![cond(0, SeccompCmpOp::Gt, highest)?])?,
+            rule(vec![cond(1, SeccompCmpOp::Lt, lowest)?])?,
+        ],
     );
-    let mut fcntl = vec![rule(vec![cond(0, SeccompCmpOp::Ne, RING_FD)?])?];
-    for cmd in RING_FCNTL {
-        fcntl.push(rule(vec![
-            cond(0, SeccompCmpOp::Eq, RING_FD)?,
-            cond(1, SeccompCmpOp::Eq, cmd as u64)?,
-        ])?);
+    let mut fcntl = vec![rule(not_guarded(0)?)?];
+    for (fd, cmds) in [(RING_FD, &RING_FCNTL[..]), (BELL_FD, &BELL_FCNTL[..])] {
+        for cmd in cmds {
+            fcntl.push(rule(vec![
+                cond(0, SeccompCmpOp::Eq, fd)?,
+                cond(1, SeccompCmpOp::Eq, *cmd as u64)?,
+            ])?);
+        }
     }
     rules.insert(libc::SYS_fcntl, fcntl);
 
@@ -561,6 +602,8 @@ pub fn is_listed(profile: Profile, nr: libc::c_long) -> bool {
         libc::SYS_fallocate,
         libc::SYS_dup,
         libc::SYS_dup3,
+        libc::SYS_close,
+        libc::SYS_close_range,
         libc::SYS_fcntl,
         libc::SYS_sched_setaffinity,
         libc::SYS_sched_setscheduler,
@@ -588,7 +631,7 @@ mod tests {
     type Probe = fn(&mut dyn FnMut(&str, i64));
 
     /// Runs `probe` in a forked child under `profile`'s filters, with a sealed memfd as fd 3
-    /// (the ring's place); returns the child's wait status and what it wrote to the pipe.
+    /// (the ring's place) and an eventfd as fd 4 (the doorbell's); returns the child's wait status and what it wrote to the pipe.
     fn in_filtered_child(profile: Profile, probe: Probe) -> (i32, String) {
         let mut fds = [0; 2];
         // SAFETY: pipe writes two fds into a live [i32; 2].
@@ -602,6 +645,9 @@ mod tests {
             // fds[0] is the read end, unused in the child.
             unsafe {
                 libc::close(fds[0]);
+                // Reports go to fd 2, out of the way of the set-up below (the pipe may be on
+                // 3 or 4) and of the probes that close or replace fds 3 and up.
+                libc::dup2(fds[1], 2);
                 // Should the filter ever fail, keep sethostname and friends away from the
                 // machine's namespaces (best effort: needs root).
                 libc::unshare(libc::CLONE_NEWUTS | libc::CLONE_NEWIPC);
@@ -615,12 +661,17 @@ mod tests {
                 if mfd != RING_FD as i32 {
                     libc::dup2(mfd, RING_FD as i32);
                 }
+                // The doorbell eventfd's place.
+                let bell = libc::eventfd(0, libc::EFD_NONBLOCK);
+                if bell != BELL_FD as i32 {
+                    libc::dup2(bell, BELL_FD as i32);
+                }
             }
             // SAFETY: getpid has no preconditions.
             let me = unsafe { libc::getpid() };
             let filters = build(profile, me).expect("filter builds");
             apply(&filters).expect("filter installs");
-            let w = fds[1];
+            let w = 2;
             let mut report = |name: &str, result: i64| {
                 let line = format!("{name}={result}\n");
                 // SAFETY: writes `line`'s bytes from a live String to the pipe's write end.
@@ -687,6 +738,41 @@ mod tests {
                         errno_of(libc::fcntl(3, libc::F_GETFD) as i64),
                     );
                     report(
+                        "fcntl_bell_getfl",
+                        errno_of(libc::fcntl(4, libc::F_GETFL) as i64).min(0),
+                    );
+                    report(
+                        "fcntl_bell_getfd",
+                        errno_of(libc::fcntl(4, libc::F_GETFD) as i64).min(0),
+                    );
+                    // Closing and replacing fds other than 3 and 4 stays allowed.
+                    let p = libc::memfd_create(c"other".as_ptr(), 0);
+                    report("dup2_onto_other", errno_of(libc::dup2(m, p) as i64).min(0));
+                    report(
+                        "dup3_onto_other",
+                        errno_of(libc::dup3(m, p, 0) as i64).min(0),
+                    );
+                    report("close_other", errno_of(libc::close(p) as i64));
+                    report(
+                        "close_range_high",
+                        errno_of(libc::syscall(libc::SYS_close_range, 200, 300, 0)),
+                    );
+                    report(
+                        "close_range_low",
+                        errno_of(libc::syscall(libc::SYS_close_range, 0, 0, 0)),
+                    );
+                    // What CPython and CoreCLR do to close "every other fd"; runs last among
+                    // the fd probes (it closes the scratch memfd too).
+                    report(
+                        "close_range_above",
+                        errno_of(libc::syscall(
+                            libc::SYS_close_range,
+                            5,
+                            libc::c_uint::MAX,
+                            0,
+                        )),
+                    );
+                    report(
                         "prctl_name",
                         errno_of(libc::prctl(libc::PR_SET_NAME, c"probe".as_ptr()) as i64),
                     );
@@ -725,6 +811,14 @@ mod tests {
                 ("memfd", 1),
                 ("ftruncate_other", 0),
                 ("fcntl_ring_getfd", 0),
+                ("fcntl_bell_getfl", 0),
+                ("fcntl_bell_getfd", 0),
+                ("dup2_onto_other", 0),
+                ("dup3_onto_other", 0),
+                ("close_other", 0),
+                ("close_range_high", 0),
+                ("close_range_low", 0),
+                ("close_range_above", 0),
                 ("prctl_name", 0),
                 ("personality_read", 0),
                 ("sigaction_read_segv", 0),
@@ -782,6 +876,20 @@ mod tests {
         "fallocate_ring",
         "dup_ring",
         "fcntl_dupfd_ring",
+        "close_bell",
+        "close_ring",
+        "dup2_onto_bell",
+        "dup2_onto_ring",
+        "dup3_onto_ring",
+        "dup3_onto_bell",
+        "dup2_from_bell",
+        "dup_bell",
+        "fcntl_dupfd_bell",
+        "fcntl_setfl_bell",
+        "close_range_over_bell",
+        "close_range_over_ring",
+        "close_range_from_3",
+        "close_range_all",
         "prlimit_parent",
         "sethostname",
         "seccomp",
@@ -855,6 +963,23 @@ mod tests {
                 "fallocate_ring" => libc::fallocate(RING_FD as i32, 0, 0, 1 << 20) as i64,
                 "dup_ring" => libc::dup(RING_FD as i32) as i64,
                 "fcntl_dupfd_ring" => libc::fcntl(RING_FD as i32, libc::F_DUPFD_CLOEXEC, 10) as i64,
+                "close_bell" => libc::close(BELL_FD as i32) as i64,
+                "close_ring" => libc::close(RING_FD as i32) as i64,
+                "dup2_onto_bell" => libc::dup2(0, BELL_FD as i32) as i64,
+                "dup2_onto_ring" => libc::dup2(0, RING_FD as i32) as i64,
+                "dup3_onto_ring" => libc::dup3(0, RING_FD as i32, libc::O_CLOEXEC) as i64,
+                "dup3_onto_bell" => libc::dup3(0, BELL_FD as i32, 0) as i64,
+                "dup2_from_bell" => libc::dup2(BELL_FD as i32, 10) as i64,
+                "dup_bell" => libc::dup(BELL_FD as i32) as i64,
+                "fcntl_dupfd_bell" => libc::fcntl(BELL_FD as i32, libc::F_DUPFD, 10) as i64,
+                // Clearing O_NONBLOCK on the description the supervisor reads.
+                "fcntl_setfl_bell" => libc::fcntl(BELL_FD as i32, libc::F_SETFL, 0) as i64,
+                "close_range_over_bell" => libc::syscall(libc::SYS_close_range, 4, 4, 0),
+                "close_range_over_ring" => libc::syscall(libc::SYS_close_range, 2, 3, 0),
+                "close_range_from_3" => {
+                    libc::syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, 0)
+                }
+                "close_range_all" => libc::syscall(libc::SYS_close_range, 0, libc::c_uint::MAX, 0),
                 "prlimit_parent" => libc::syscall(
                     libc::SYS_prlimit64,
                     libc::getppid(),
