@@ -156,8 +156,8 @@ mod tests {
 
     /// What the host's fds 3 and 4 point at, as `readlink` prints them on its stderr.
     fn host_fds_with(ring: i32, bell: i32, close_first: &[i32]) -> String {
-        // SAFETY: closes descriptors of this forked child only (the harness's copies).
         for fd in [3, 4].iter().chain(close_first) {
+            // SAFETY: closes descriptors of this forked child only (the harness's copies).
             unsafe { libc::close(*fd) };
         }
         let (r, b) = ring_and_bell_on(ring, bell);
@@ -203,8 +203,8 @@ mod tests {
         // Holes at 0, 3 and 4: /dev/null opens as 0, the error pipe as 3 (read) and 4
         // (write), where the bell's dup2 used to replace it, so the failure went unreported.
         let out = in_child(|| {
-            // SAFETY: closes descriptors of this forked child only.
             for fd in [3, 4] {
+                // SAFETY: closes descriptors of this forked child only.
                 unsafe { libc::close(fd) };
             }
             let (r, b) = ring_and_bell_on(40, 41);
