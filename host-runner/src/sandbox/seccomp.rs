@@ -34,7 +34,7 @@
 //!   `PR_SET_PDEATHSIG` and `PR_SET_DUMPABLE` are refused;
 //! - the ring fd (3): `ftruncate`, `fallocate` and duplicating it (`dup*`, `fcntl(F_DUPFD*)`)
 //!   are refused, a second layer behind the memfd seals;
-//! - the ring fd (3) and the doorbell eventfd (4), [`GUARDED_FDS`]: closing them (`close`, or a
+//! - the ring fd (3) and the doorbell eventfd (4), [`GuardedFds`]: closing them (`close`, or a
 //!   `close_range` whose range covers 3 or 4), duplicating them, and `dup2`/`dup3` *onto*
 //!   them are refused, so a plugin cannot put a file of its own where the host writes its
 //!   doorbell counters or reads its ring. `close_range` starting at 5 (how CPython and
@@ -48,6 +48,7 @@
 //! `bpf`, `perf_event_open`, `io_uring_*`, `userfaultfd`, keyrings, module or clock changes.
 
 use std::collections::BTreeMap;
+use std::os::fd::RawFd;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -61,10 +62,36 @@ pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 /// The ring memfd's descriptor in every host (the supervisor `dup2`s it there).
 pub const RING_FD: u64 = 3;
-/// The doorbell eventfd's descriptor in every host (`--bell-fd 4`).
+/// The doorbell eventfd's descriptor in every host the supervisor starts (`--bell-fd 4`).
 pub const BELL_FD: u64 = 4;
-/// The descriptors a plugin may neither close, nor duplicate, nor replace.
-pub const GUARDED_FDS: [u64; 2] = [RING_FD, BELL_FD];
+
+/// The descriptors a plugin may neither close, nor duplicate, nor replace: the ring
+/// (`--ring-fd`, 3) and the doorbell eventfd (`--bell-fd`, 4) when the host has one. Without
+/// a bell, fd 4 is an ordinary number the host's own files take, so it is not guarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardedFds {
+    pub ring: RawFd,
+    pub bell: Option<RawFd>,
+}
+
+impl GuardedFds {
+    /// The layout the supervisor gives every host.
+    pub const HOST: GuardedFds = GuardedFds {
+        ring: RING_FD as RawFd,
+        bell: Some(BELL_FD as RawFd),
+    };
+
+    /// The guarded numbers, ascending, without duplicates or negatives.
+    fn sorted(self) -> Vec<u64> {
+        let mut v: Vec<u64> = std::iter::once(self.ring)
+            .chain(self.bell)
+            .filter_map(|fd| u64::try_from(fd).ok())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
@@ -106,17 +133,18 @@ pub struct Filters {
     pub allow: BpfProgram,
 }
 
-/// Builds the filters for a process whose pid is `own_pid` (signals may go to it only).
-pub fn build(profile: Profile, own_pid: i32) -> Result<Filters, SandboxError> {
+/// Builds the filters for a process whose pid is `own_pid` (signals may go to it only) and
+/// whose ring and doorbell are `guarded`.
+pub fn build(profile: Profile, own_pid: i32, guarded: GuardedFds) -> Result<Filters, SandboxError> {
     Ok(Filters {
         prelude: prelude(profile),
-        allow: allow_list(profile, own_pid)?,
+        allow: allow_list(profile, own_pid, guarded)?,
     })
 }
 
 /// Builds and installs both filters for every thread of the process.
-pub fn install(profile: Profile) -> Result<(), SandboxError> {
-    let filters = build(profile, std::process::id() as i32)?;
+pub fn install(profile: Profile, guarded: GuardedFds) -> Result<(), SandboxError> {
+    let filters = build(profile, std::process::id() as i32, guarded)?;
     apply(&filters)
 }
 
@@ -455,15 +483,40 @@ const RING_FCNTL: [libc::c_int; 4] = [
 /// the supervisor's reader), and `F_DUPFD*` would copy it.
 const BELL_FCNTL: [libc::c_int; 2] = [libc::F_GETFD, libc::F_GETFL];
 
-/// `arg` is none of [`GUARDED_FDS`].
-fn not_guarded(arg: u8) -> Result<Vec<SeccompCondition>, SandboxError> {
-    GUARDED_FDS
+/// `arg` is none of `guarded`.
+fn not_guarded(arg: u8, guarded: &[u64]) -> Result<Vec<SeccompCondition>, SandboxError> {
+    guarded
         .iter()
         .map(|fd| cond(arg, SeccompCmpOp::Ne, *fd))
         .collect()
 }
 
-fn allow_list(profile: Profile, own_pid: i32) -> Result<BpfProgram, SandboxError> {
+/// `close_range(first, last, _)` rules whose range misses every `guarded` fd (ascending):
+/// wholly below the lowest, wholly above the highest, or wholly inside a gap between two.
+fn close_range_rules(guarded: &[u64]) -> Result<Vec<SeccompRule>, SandboxError> {
+    let (Some(&lowest), Some(&highest)) = (guarded.first(), guarded.last()) else {
+        return Ok(Vec::new());
+    };
+    let mut rules = vec![
+        rule(vec![cond(1, SeccompCmpOp::Lt, lowest)?])?,
+        rule(vec![cond(0, SeccompCmpOp::Gt, highest)?])?,
+    ];
+    for pair in guarded.windows(2) {
+        if pair[1] - pair[0] > 1 {
+            rules.push(rule(vec![
+                cond(0, SeccompCmpOp::Gt, pair[0])?,
+                cond(1, SeccompCmpOp::Lt, pair[1])?,
+            ])?);
+        }
+    }
+    Ok(rules)
+}
+
+fn allow_list(
+    profile: Profile,
+    own_pid: i32,
+    guarded_fds: GuardedFds,
+) -> Result<BpfProgram, SandboxError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = unconditional(profile)
         .into_iter()
         .map(|nr| (nr, Vec::new()))
@@ -541,13 +594,14 @@ fn allow_list(profile: Profile, own_pid: i32) -> Result<BpfProgram, SandboxError
     );
     // The ring fd: never resized (the seals are the first layer). Neither guarded fd is
     // resized, duplicated, closed or replaced (see the module docs).
+    let guarded = guarded_fds.sorted();
     for nr in [
         libc::SYS_ftruncate,
         libc::SYS_fallocate,
         libc::SYS_dup,
         libc::SYS_close,
     ] {
-        rules.insert(nr, vec![rule(not_guarded(0)?)?]);
+        rules.insert(nr, vec![rule(not_guarded(0, &guarded)?)?]);
     }
     // dup2/dup3: neither the source nor the target (newfd) may be a guarded fd.
     #[cfg(target_arch = "x86_64")]
@@ -555,21 +609,16 @@ fn allow_list(profile: Profile, own_pid: i32) -> Result<BpfProgram, SandboxError
     #[cfg(not(target_arch = "x86_64"))]
     let dup2 = None;
     for nr in dup2.into_iter().chain([libc::SYS_dup3]) {
-        let mut both = not_guarded(0)?;
-        both.extend(not_guarded(1)?);
+        let mut both = not_guarded(0, &guarded)?;
+        both.extend(not_guarded(1, &guarded)?);
         rules.insert(nr, vec![rule(both)?]);
     }
-    // close_range(first, last, flags): only ranges that miss 3..=4 entirely.
-    let (lowest, highest) = (RING_FD.min(BELL_FD), RING_FD.max(BELL_FD));
-    rules.insert(
-        libc::SYS_close_range,
-        vec![
-            rule(vec![cond(0, SeccompCmpOp::Gt, highest)?])?,
-            rule(vec![cond(1, SeccompCmpOp::Lt, lowest)?])?,
-        ],
-    );
-    let mut fcntl = vec![rule(not_guarded(0)?)?];
-    for (fd, cmds) in [(RING_FD, &RING_FCNTL[..]), (BELL_FD, &BELL_FCNTL[..])] {
+    rules.insert(libc::SYS_close_range, close_range_rules(&guarded)?);
+    let mut fcntl = vec![rule(not_guarded(0, &guarded)?)?];
+    let per_fd = std::iter::once((guarded_fds.ring, &RING_FCNTL[..]))
+        .chain(guarded_fds.bell.map(|b| (b, &BELL_FCNTL[..])));
+    for (fd, cmds) in per_fd {
+        let Ok(fd) = u64::try_from(fd) else { continue };
         for cmd in cmds {
             fcntl.push(rule(vec![
                 cond(0, SeccompCmpOp::Eq, fd)?,
@@ -633,6 +682,16 @@ mod tests {
     /// Runs `probe` in a forked child under `profile`'s filters, with a sealed memfd as fd 3
     /// (the ring's place) and an eventfd as fd 4 (the doorbell's); returns the child's wait status and what it wrote to the pipe.
     fn in_filtered_child(profile: Profile, probe: Probe) -> (i32, String) {
+        in_filtered_child_guarding(profile, GuardedFds::HOST, probe)
+    }
+
+    /// [`in_filtered_child`] with the filter guarding `guarded` (fds 3 and 4 are set up the
+    /// same way whatever it says).
+    fn in_filtered_child_guarding(
+        profile: Profile,
+        guarded: GuardedFds,
+        probe: Probe,
+    ) -> (i32, String) {
         let mut fds = [0; 2];
         // SAFETY: pipe writes two fds into a live [i32; 2].
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -669,7 +728,7 @@ mod tests {
             }
             // SAFETY: getpid has no preconditions.
             let me = unsafe { libc::getpid() };
-            let filters = build(profile, me).expect("filter builds");
+            let filters = build(profile, me, guarded).expect("filter builds");
             apply(&filters).expect("filter installs");
             let w = 2;
             let mut report = |name: &str, result: i64| {
@@ -1069,5 +1128,73 @@ mod tests {
             "an AF_INET socketpair must end the host with SIGSYS (status {status:#x}): {out}"
         );
         assert!(out.contains("unix=0") && !out.contains("inet"), "{out}");
+    }
+
+    /// A host started without a doorbell (`--bell-fd` absent) uses fd 4 for its own files:
+    /// only the ring is guarded then, and a gap between guarded fds stays usable.
+    #[test]
+    fn without_a_bell_fd_4_is_an_ordinary_descriptor() {
+        let no_bell = GuardedFds {
+            ring: RING_FD as RawFd,
+            bell: None,
+        };
+        let (status, out) = in_filtered_child_guarding(Profile::Native, no_bell, |report| {
+            // SAFETY: close/close_range with integers only, in the throw-away child.
+            unsafe {
+                report("close_4", errno_of(libc::close(4) as i64));
+                report(
+                    "close_range_4_9",
+                    errno_of(libc::syscall(libc::SYS_close_range, 4, 9, 0)),
+                );
+                report("before_ring", 1);
+                report("close_ring", errno_of(libc::close(3) as i64));
+            }
+        });
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "closing the ring must still end the child (status {status:#x}): {out}"
+        );
+        let r = results(&out);
+        assert_eq!(r.get("close_4"), Some(&0), "{out}");
+        assert_eq!(r.get("close_range_4_9"), Some(&0), "{out}");
+        assert!(
+            out.contains("before_ring=1") && !out.contains("close_ring"),
+            "{out}"
+        );
+
+        // A ring and a bell apart (7 and 9): 8 lies in a gap and may be closed.
+        let apart = GuardedFds {
+            ring: 7,
+            bell: Some(9),
+        };
+        let (status, out) = in_filtered_child_guarding(Profile::Native, apart, |report| {
+            // SAFETY: as above.
+            unsafe {
+                report(
+                    "close_range_8",
+                    errno_of(libc::syscall(libc::SYS_close_range, 8, 8, 0)),
+                );
+                report(
+                    "close_range_3_6",
+                    errno_of(libc::syscall(libc::SYS_close_range, 3, 6, 0)),
+                );
+                report("before", 1);
+                report(
+                    "close_range_8_9",
+                    errno_of(libc::syscall(libc::SYS_close_range, 8, 9, 0)),
+                );
+            }
+        });
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "a range over the bell at 9 must end the child (status {status:#x}): {out}"
+        );
+        let r = results(&out);
+        assert_eq!(r.get("close_range_8"), Some(&0), "{out}");
+        assert_eq!(r.get("close_range_3_6"), Some(&0), "{out}");
+        assert!(
+            out.contains("before=1") && !out.contains("close_range_8_9"),
+            "{out}"
+        );
     }
 }
