@@ -250,18 +250,41 @@ fn code_reloads_history_and_tags() {
 }
 
 /// The daemon runs with transparent huge pages off (mimalloc's arenas would otherwise fault in
-/// as 2 MiB pages where THP is `always`: docs/benchmarks.md, the event path's fifth pass).
+/// as 2 MiB pages where THP is `always`: docs/benchmarks.md, the event path's fifth pass), and
+/// so do its hosts, which inherit the flag through `execve` and keep it (a measured decision:
+/// docs/operations.md, "Transparent huge pages").
 #[test]
 fn the_daemon_runs_without_transparent_huge_pages() {
     let d = Daemon::start(DaemonOptions::default());
     let pid = d.pid().expect("the daemon's pid");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     // The field exists since Linux 5.0; on an older kernel there is nothing to read.
-    let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) else {
+    let Some(line) = thp_enabled(pid as i64) else {
         eprintln!("no THP_enabled in /proc/{pid}/status (kernel before 5.0): not checked");
         return;
     };
     assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+
+    let r = d.send_json("POST", "/v1/workers", &create_body(&package("1.0.0")));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap_or_default().to_string();
+    let r = d.post(&format!("/v1/workers/{id}/start"));
+    assert!(r.status < 300, "start: {}", r.text());
+    let hosts = d.get("/v1/hosts").json();
+    let host = hosts["hosts"]
+        .as_array()
+        .and_then(|a| a.iter().find_map(|h| h["pid"].as_i64()))
+        .unwrap_or_else(|| panic!("no host pid in {hosts:#}"));
+    let line = thp_enabled(host).unwrap_or_else(|| panic!("host {host} has no status"));
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "host: {line}");
+}
+
+/// The `THP_enabled:` line of `/proc/<pid>/status`.
+fn thp_enabled(pid: i64) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("THP_enabled:"))
+        .map(str::to_string)
 }
 
 #[test]

@@ -1053,6 +1053,34 @@ fn native_attacks() -> Vec<Attack> {
     ));
     v.push(attack("grow ring", "grow-ring", Expect::Dies("fallocate")));
     v.push(attack("dup ring", "dup-ring", Expect::Dies("dup")));
+    // The ring (3) and the doorbell eventfd (4): neither closed nor replaced.
+    v.push(attack("close bell", "close:4", Expect::Dies("close")));
+    v.push(attack("close ring", "close:3", Expect::Dies("close")));
+    v.push(attack(
+        "close bell, open a file onto 4",
+        "close-bell-open",
+        Expect::Dies("close"),
+    ));
+    v.push(attack(
+        "dup2 onto bell",
+        "dup2-onto:4",
+        Expect::Dies("dup2"),
+    ));
+    v.push(attack(
+        "dup3 onto ring",
+        "dup3-onto:3",
+        Expect::Dies("dup3"),
+    ));
+    v.push(attack(
+        "close_range over 3-4",
+        "close-range:3:4",
+        Expect::Dies("close_range"),
+    ));
+    v.push(attack(
+        "clear O_NONBLOCK on the bell",
+        "setfl-bell",
+        Expect::Dies("fcntl"),
+    ));
     v.push(attack(
         "reopen ring via /proc/self/fd/3, shrink/grow/seal",
         "reopen-ring",
@@ -1437,6 +1465,9 @@ fn dotnet_attacks() -> Vec<Attack> {
             "grow-ring",
             Expect::Dies("ftruncate"),
         ),
+        // close(4) and dup2(0, 3) by raw syscall number (x86_64).
+        attack("close bell", "syscall:3:4", Expect::Dies("close")),
+        attack("dup2 onto ring", "syscall:33:0:3", Expect::Dies("dup2")),
         attack("kill parent", "kill:{ppid}:9", Expect::Dies("kill")),
         attack("kill sibling", "kill:{sibling}:9", Expect::Dies("kill")),
         attack("kill -1 (signal 0)", "kill:-1:0", Expect::Dies("kill")),

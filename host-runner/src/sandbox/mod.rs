@@ -203,7 +203,11 @@ pub fn enter(cfg: &SandboxConfig) -> Result<SandboxReport, SandboxError> {
     // plugin is opened: everything after this line, plugin constructors included, runs
     // under it.
     if cfg.seccomp {
-        seccomp::install(cfg.profile)?;
+        let guarded = seccomp::GuardedFds {
+            ring: cfg.ring_fd,
+            bell: cfg.bell_fd,
+        };
+        seccomp::install(cfg.profile, guarded)?;
         report.took(match cfg.profile {
             seccomp::Profile::Native => "seccomp:native",
             seccomp::Profile::DotNet => "seccomp:dotnet",

@@ -33,13 +33,22 @@
 //! - `prctl` only with options that change nothing outside the thread (names, reads);
 //!   `PR_SET_PDEATHSIG` and `PR_SET_DUMPABLE` are refused;
 //! - the ring fd (3): `ftruncate`, `fallocate` and duplicating it (`dup*`, `fcntl(F_DUPFD*)`)
-//!   are refused, a second layer behind the memfd seals.
+//!   are refused, a second layer behind the memfd seals;
+//! - the ring fd (3) and the doorbell eventfd (4), [`GuardedFds`]: closing them (`close`, or a
+//!   `close_range` whose range covers 3 or 4), duplicating them, and `dup2`/`dup3` *onto*
+//!   them are refused, so a plugin cannot put a file of its own where the host writes its
+//!   doorbell counters or reads its ring. `close_range` starting at 5 (how CPython and
+//!   CoreCLR close "every other fd") and closes of any other fd stay allowed. `fcntl` on
+//!   them is limited to [`RING_FCNTL`] and [`BELL_FCNTL`]: the eventfd's file description is
+//!   shared with the supervisor, whose async reader needs it non-blocking, so `F_SETFL` on it
+//!   is refused too.
 //!
 //! No sockets of any family (`socket`, `socketpair`): plugins reach the outside only through
 //! `gateway_call`. No `execve`, `fork`, `vfork`, `ptrace`, `process_vm_*`, mounts, namespaces,
 //! `bpf`, `perf_event_open`, `io_uring_*`, `userfaultfd`, keyrings, module or clock changes.
 
 use std::collections::BTreeMap;
+use std::os::fd::RawFd;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -53,6 +62,36 @@ pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 /// The ring memfd's descriptor in every host (the supervisor `dup2`s it there).
 pub const RING_FD: u64 = 3;
+/// The doorbell eventfd's descriptor in every host the supervisor starts (`--bell-fd 4`).
+pub const BELL_FD: u64 = 4;
+
+/// The descriptors a plugin may neither close, nor duplicate, nor replace: the ring
+/// (`--ring-fd`, 3) and the doorbell eventfd (`--bell-fd`, 4) when the host has one. Without
+/// a bell, fd 4 is an ordinary number the host's own files take, so it is not guarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardedFds {
+    pub ring: RawFd,
+    pub bell: Option<RawFd>,
+}
+
+impl GuardedFds {
+    /// The layout the supervisor gives every host.
+    pub const HOST: GuardedFds = GuardedFds {
+        ring: RING_FD as RawFd,
+        bell: Some(BELL_FD as RawFd),
+    };
+
+    /// The guarded numbers, ascending, without duplicates or negatives.
+    fn sorted(self) -> Vec<u64> {
+        let mut v: Vec<u64> = std::iter::once(self.ring)
+            .chain(self.bell)
+            .filter_map(|fd| u64::try_from(fd).ok())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
@@ -94,17 +133,18 @@ pub struct Filters {
     pub allow: BpfProgram,
 }
 
-/// Builds the filters for a process whose pid is `own_pid` (signals may go to it only).
-pub fn build(profile: Profile, own_pid: i32) -> Result<Filters, SandboxError> {
+/// Builds the filters for a process whose pid is `own_pid` (signals may go to it only) and
+/// whose ring and doorbell are `guarded`.
+pub fn build(profile: Profile, own_pid: i32, guarded: GuardedFds) -> Result<Filters, SandboxError> {
     Ok(Filters {
         prelude: prelude(profile),
-        allow: allow_list(profile, own_pid)?,
+        allow: allow_list(profile, own_pid, guarded)?,
     })
 }
 
 /// Builds and installs both filters for every thread of the process.
-pub fn install(profile: Profile) -> Result<(), SandboxError> {
-    let filters = build(profile, std::process::id() as i32)?;
+pub fn install(profile: Profile, guarded: GuardedFds) -> Result<(), SandboxError> {
+    let filters = build(profile, std::process::id() as i32, guarded)?;
     apply(&filters)
 }
 
@@ -210,8 +250,6 @@ fn unconditional(profile: Profile) -> Vec<libc::c_long> {
         SYS_preadv2,
         SYS_pwritev2,
         SYS_lseek,
-        SYS_close,
-        SYS_close_range,
         SYS_openat,
         SYS_openat2,
         SYS_newfstatat,
@@ -439,7 +477,46 @@ const RING_FCNTL: [libc::c_int; 4] = [
     libc::F_GET_SEALS,
 ];
 
-fn allow_list(profile: Profile, own_pid: i32) -> Result<BpfProgram, SandboxError> {
+/// fcntl commands allowed on the doorbell eventfd: reads only. The host sets its flags
+/// before the filter (fds.rs) and only writes it afterwards; `F_SETFL` would change the
+/// file description it shares with the supervisor (clearing `O_NONBLOCK` there would block
+/// the supervisor's reader), and `F_DUPFD*` would copy it.
+const BELL_FCNTL: [libc::c_int; 2] = [libc::F_GETFD, libc::F_GETFL];
+
+/// `arg` is none of `guarded`.
+fn not_guarded(arg: u8, guarded: &[u64]) -> Result<Vec<SeccompCondition>, SandboxError> {
+    guarded
+        .iter()
+        .map(|fd| cond(arg, SeccompCmpOp::Ne, *fd))
+        .collect()
+}
+
+/// `close_range(first, last, _)` rules whose range misses every `guarded` fd (ascending):
+/// wholly below the lowest, wholly above the highest, or wholly inside a gap between two.
+fn close_range_rules(guarded: &[u64]) -> Result<Vec<SeccompRule>, SandboxError> {
+    let (Some(&lowest), Some(&highest)) = (guarded.first(), guarded.last()) else {
+        return Ok(Vec::new());
+    };
+    let mut rules = vec![
+        rule(vec![cond(1, SeccompCmpOp::Lt, lowest)?])?,
+        rule(vec![cond(0, SeccompCmpOp::Gt, highest)?])?,
+    ];
+    for pair in guarded.windows(2) {
+        if pair[1] - pair[0] > 1 {
+            rules.push(rule(vec![
+                cond(0, SeccompCmpOp::Gt, pair[0])?,
+                cond(1, SeccompCmpOp::Lt, pair[1])?,
+            ])?);
+        }
+    }
+    Ok(rules)
+}
+
+fn allow_list(
+    profile: Profile,
+    own_pid: i32,
+    guarded_fds: GuardedFds,
+) -> Result<BpfProgram, SandboxError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = unconditional(profile)
         .into_iter()
         .map(|nr| (nr, Vec::new()))
@@ -515,26 +592,39 @@ fn allow_list(profile: Profile, own_pid: i32) -> Result<BpfProgram, SandboxError
         libc::SYS_prctl,
         any_of(0, &PRCTL_ALLOWED.map(|o| o as u64))?,
     );
-    // The ring fd: never resized, never duplicated (the seals are the first layer).
+    // The ring fd: never resized (the seals are the first layer). Neither guarded fd is
+    // resized, duplicated, closed or replaced (see the module docs).
+    let guarded = guarded_fds.sorted();
     for nr in [
         libc::SYS_ftruncate,
         libc::SYS_fallocate,
         libc::SYS_dup,
-        libc::SYS_dup3,
+        libc::SYS_close,
     ] {
-        rules.insert(nr, vec![rule(vec![cond(0, SeccompCmpOp::Ne, RING_FD)?])?]);
+        rules.insert(nr, vec![rule(not_guarded(0, &guarded)?)?]);
     }
+    // dup2/dup3: neither the source nor the target (newfd) may be a guarded fd.
     #[cfg(target_arch = "x86_64")]
-    rules.insert(
-        libc::SYS_dup2,
-        vec![rule(vec![cond(0, SeccompCmpOp::Ne, RING_FD)?])?],
-    );
-    let mut fcntl = vec![rule(vec![cond(0, SeccompCmpOp::Ne, RING_FD)?])?];
-    for cmd in RING_FCNTL {
-        fcntl.push(rule(vec![
-            cond(0, SeccompCmpOp::Eq, RING_FD)?,
-            cond(1, SeccompCmpOp::Eq, cmd as u64)?,
-        ])?);
+    let dup2 = Some(libc::SYS_dup2);
+    #[cfg(not(target_arch = "x86_64"))]
+    let dup2 = None;
+    for nr in dup2.into_iter().chain([libc::SYS_dup3]) {
+        let mut both = not_guarded(0, &guarded)?;
+        both.extend(not_guarded(1, &guarded)?);
+        rules.insert(nr, vec![rule(both)?]);
+    }
+    rules.insert(libc::SYS_close_range, close_range_rules(&guarded)?);
+    let mut fcntl = vec![rule(not_guarded(0, &guarded)?)?];
+    let per_fd = std::iter::once((guarded_fds.ring, &RING_FCNTL[..]))
+        .chain(guarded_fds.bell.map(|b| (b, &BELL_FCNTL[..])));
+    for (fd, cmds) in per_fd {
+        let Ok(fd) = u64::try_from(fd) else { continue };
+        for cmd in cmds {
+            fcntl.push(rule(vec![
+                cond(0, SeccompCmpOp::Eq, fd)?,
+                cond(1, SeccompCmpOp::Eq, *cmd as u64)?,
+            ])?);
+        }
     }
     rules.insert(libc::SYS_fcntl, fcntl);
 
@@ -561,6 +651,8 @@ pub fn is_listed(profile: Profile, nr: libc::c_long) -> bool {
         libc::SYS_fallocate,
         libc::SYS_dup,
         libc::SYS_dup3,
+        libc::SYS_close,
+        libc::SYS_close_range,
         libc::SYS_fcntl,
         libc::SYS_sched_setaffinity,
         libc::SYS_sched_setscheduler,
@@ -588,8 +680,18 @@ mod tests {
     type Probe = fn(&mut dyn FnMut(&str, i64));
 
     /// Runs `probe` in a forked child under `profile`'s filters, with a sealed memfd as fd 3
-    /// (the ring's place); returns the child's wait status and what it wrote to the pipe.
+    /// (the ring's place) and an eventfd as fd 4 (the doorbell's); returns the child's wait status and what it wrote to the pipe.
     fn in_filtered_child(profile: Profile, probe: Probe) -> (i32, String) {
+        in_filtered_child_guarding(profile, GuardedFds::HOST, probe)
+    }
+
+    /// [`in_filtered_child`] with the filter guarding `guarded` (fds 3 and 4 are set up the
+    /// same way whatever it says).
+    fn in_filtered_child_guarding(
+        profile: Profile,
+        guarded: GuardedFds,
+        probe: Probe,
+    ) -> (i32, String) {
         let mut fds = [0; 2];
         // SAFETY: pipe writes two fds into a live [i32; 2].
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -602,6 +704,9 @@ mod tests {
             // fds[0] is the read end, unused in the child.
             unsafe {
                 libc::close(fds[0]);
+                // Reports go to fd 2, out of the way of the set-up below (the pipe may be on
+                // 3 or 4) and of the probes that close or replace fds 3 and up.
+                libc::dup2(fds[1], 2);
                 // Should the filter ever fail, keep sethostname and friends away from the
                 // machine's namespaces (best effort: needs root).
                 libc::unshare(libc::CLONE_NEWUTS | libc::CLONE_NEWIPC);
@@ -615,12 +720,17 @@ mod tests {
                 if mfd != RING_FD as i32 {
                     libc::dup2(mfd, RING_FD as i32);
                 }
+                // The doorbell eventfd's place.
+                let bell = libc::eventfd(0, libc::EFD_NONBLOCK);
+                if bell != BELL_FD as i32 {
+                    libc::dup2(bell, BELL_FD as i32);
+                }
             }
             // SAFETY: getpid has no preconditions.
             let me = unsafe { libc::getpid() };
-            let filters = build(profile, me).expect("filter builds");
+            let filters = build(profile, me, guarded).expect("filter builds");
             apply(&filters).expect("filter installs");
-            let w = fds[1];
+            let w = 2;
             let mut report = |name: &str, result: i64| {
                 let line = format!("{name}={result}\n");
                 // SAFETY: writes `line`'s bytes from a live String to the pipe's write end.
@@ -687,6 +797,41 @@ mod tests {
                         errno_of(libc::fcntl(3, libc::F_GETFD) as i64),
                     );
                     report(
+                        "fcntl_bell_getfl",
+                        errno_of(libc::fcntl(4, libc::F_GETFL) as i64).min(0),
+                    );
+                    report(
+                        "fcntl_bell_getfd",
+                        errno_of(libc::fcntl(4, libc::F_GETFD) as i64).min(0),
+                    );
+                    // Closing and replacing fds other than 3 and 4 stays allowed.
+                    let p = libc::memfd_create(c"other".as_ptr(), 0);
+                    report("dup2_onto_other", errno_of(libc::dup2(m, p) as i64).min(0));
+                    report(
+                        "dup3_onto_other",
+                        errno_of(libc::dup3(m, p, 0) as i64).min(0),
+                    );
+                    report("close_other", errno_of(libc::close(p) as i64));
+                    report(
+                        "close_range_high",
+                        errno_of(libc::syscall(libc::SYS_close_range, 200, 300, 0)),
+                    );
+                    report(
+                        "close_range_low",
+                        errno_of(libc::syscall(libc::SYS_close_range, 0, 0, 0)),
+                    );
+                    // What CPython and CoreCLR do to close "every other fd"; runs last among
+                    // the fd probes (it closes the scratch memfd too).
+                    report(
+                        "close_range_above",
+                        errno_of(libc::syscall(
+                            libc::SYS_close_range,
+                            5,
+                            libc::c_uint::MAX,
+                            0,
+                        )),
+                    );
+                    report(
                         "prctl_name",
                         errno_of(libc::prctl(libc::PR_SET_NAME, c"probe".as_ptr()) as i64),
                     );
@@ -725,6 +870,14 @@ mod tests {
                 ("memfd", 1),
                 ("ftruncate_other", 0),
                 ("fcntl_ring_getfd", 0),
+                ("fcntl_bell_getfl", 0),
+                ("fcntl_bell_getfd", 0),
+                ("dup2_onto_other", 0),
+                ("dup3_onto_other", 0),
+                ("close_other", 0),
+                ("close_range_high", 0),
+                ("close_range_low", 0),
+                ("close_range_above", 0),
                 ("prctl_name", 0),
                 ("personality_read", 0),
                 ("sigaction_read_segv", 0),
@@ -782,6 +935,20 @@ mod tests {
         "fallocate_ring",
         "dup_ring",
         "fcntl_dupfd_ring",
+        "close_bell",
+        "close_ring",
+        "dup2_onto_bell",
+        "dup2_onto_ring",
+        "dup3_onto_ring",
+        "dup3_onto_bell",
+        "dup2_from_bell",
+        "dup_bell",
+        "fcntl_dupfd_bell",
+        "fcntl_setfl_bell",
+        "close_range_over_bell",
+        "close_range_over_ring",
+        "close_range_from_3",
+        "close_range_all",
         "prlimit_parent",
         "sethostname",
         "seccomp",
@@ -855,6 +1022,23 @@ mod tests {
                 "fallocate_ring" => libc::fallocate(RING_FD as i32, 0, 0, 1 << 20) as i64,
                 "dup_ring" => libc::dup(RING_FD as i32) as i64,
                 "fcntl_dupfd_ring" => libc::fcntl(RING_FD as i32, libc::F_DUPFD_CLOEXEC, 10) as i64,
+                "close_bell" => libc::close(BELL_FD as i32) as i64,
+                "close_ring" => libc::close(RING_FD as i32) as i64,
+                "dup2_onto_bell" => libc::dup2(0, BELL_FD as i32) as i64,
+                "dup2_onto_ring" => libc::dup2(0, RING_FD as i32) as i64,
+                "dup3_onto_ring" => libc::dup3(0, RING_FD as i32, libc::O_CLOEXEC) as i64,
+                "dup3_onto_bell" => libc::dup3(0, BELL_FD as i32, 0) as i64,
+                "dup2_from_bell" => libc::dup2(BELL_FD as i32, 10) as i64,
+                "dup_bell" => libc::dup(BELL_FD as i32) as i64,
+                "fcntl_dupfd_bell" => libc::fcntl(BELL_FD as i32, libc::F_DUPFD, 10) as i64,
+                // Clearing O_NONBLOCK on the description the supervisor reads.
+                "fcntl_setfl_bell" => libc::fcntl(BELL_FD as i32, libc::F_SETFL, 0) as i64,
+                "close_range_over_bell" => libc::syscall(libc::SYS_close_range, 4, 4, 0),
+                "close_range_over_ring" => libc::syscall(libc::SYS_close_range, 2, 3, 0),
+                "close_range_from_3" => {
+                    libc::syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, 0)
+                }
+                "close_range_all" => libc::syscall(libc::SYS_close_range, 0, libc::c_uint::MAX, 0),
                 "prlimit_parent" => libc::syscall(
                     libc::SYS_prlimit64,
                     libc::getppid(),
@@ -944,5 +1128,73 @@ mod tests {
             "an AF_INET socketpair must end the host with SIGSYS (status {status:#x}): {out}"
         );
         assert!(out.contains("unix=0") && !out.contains("inet"), "{out}");
+    }
+
+    /// A host started without a doorbell (`--bell-fd` absent) uses fd 4 for its own files:
+    /// only the ring is guarded then, and a gap between guarded fds stays usable.
+    #[test]
+    fn without_a_bell_fd_4_is_an_ordinary_descriptor() {
+        let no_bell = GuardedFds {
+            ring: RING_FD as RawFd,
+            bell: None,
+        };
+        let (status, out) = in_filtered_child_guarding(Profile::Native, no_bell, |report| {
+            // SAFETY: close/close_range with integers only, in the throw-away child.
+            unsafe {
+                report("close_4", errno_of(libc::close(4) as i64));
+                report(
+                    "close_range_4_9",
+                    errno_of(libc::syscall(libc::SYS_close_range, 4, 9, 0)),
+                );
+                report("before_ring", 1);
+                report("close_ring", errno_of(libc::close(3) as i64));
+            }
+        });
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "closing the ring must still end the child (status {status:#x}): {out}"
+        );
+        let r = results(&out);
+        assert_eq!(r.get("close_4"), Some(&0), "{out}");
+        assert_eq!(r.get("close_range_4_9"), Some(&0), "{out}");
+        assert!(
+            out.contains("before_ring=1") && !out.contains("close_ring"),
+            "{out}"
+        );
+
+        // A ring and a bell apart (7 and 9): 8 lies in a gap and may be closed.
+        let apart = GuardedFds {
+            ring: 7,
+            bell: Some(9),
+        };
+        let (status, out) = in_filtered_child_guarding(Profile::Native, apart, |report| {
+            // SAFETY: as above.
+            unsafe {
+                report(
+                    "close_range_8",
+                    errno_of(libc::syscall(libc::SYS_close_range, 8, 8, 0)),
+                );
+                report(
+                    "close_range_3_6",
+                    errno_of(libc::syscall(libc::SYS_close_range, 3, 6, 0)),
+                );
+                report("before", 1);
+                report(
+                    "close_range_8_9",
+                    errno_of(libc::syscall(libc::SYS_close_range, 8, 9, 0)),
+                );
+            }
+        });
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "a range over the bell at 9 must end the child (status {status:#x}): {out}"
+        );
+        let r = results(&out);
+        assert_eq!(r.get("close_range_8"), Some(&0), "{out}");
+        assert_eq!(r.get("close_range_3_6"), Some(&0), "{out}");
+        assert!(
+            out.contains("before=1") && !out.contains("close_range_8_9"),
+            "{out}"
+        );
     }
 }

@@ -24,6 +24,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
+mod child_fds;
+use child_fds::ChildFds;
+
 /// `struct clone_args` of clone3(2) (the version-0 size, 64 bytes, plus `set_tid` and
 /// `cgroup`: 88 bytes, CLONE_ARGS_SIZE_VER2).
 #[repr(C)]
@@ -290,15 +293,6 @@ impl Namespaces {
     };
 }
 
-struct ChildFds {
-    devnull: RawFd,
-    stderr: RawFd,
-    ring: RawFd,
-    /// -1: none.
-    bell: RawFd,
-    err: RawFd,
-}
-
 struct UserIds {
     uid: u32,
     gid: u32,
@@ -361,40 +355,15 @@ unsafe fn child_after_clone(
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         let empty: libc::sigset_t = std::mem::zeroed();
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        // 0, 1, 2 first, then 3: whatever numbers the sources have, each dup2 only replaces
-        // a descriptor no later step reads from.
-        if libc::dup2(fds.devnull, 0) < 0
-            || libc::dup2(fds.devnull, 1) < 0
-            || libc::dup2(fds.stderr, 2) < 0
-        {
-            fail(fds);
-        }
-        // A bell that sits at 3 moves out of the ring's way first.
-        let mut bell = fds.bell;
-        if bell == 3 {
-            bell = libc::fcntl(bell, libc::F_DUPFD, 5);
-            if bell < 0 {
-                fail(fds);
-            }
-        }
-        if fds.ring != 3 && libc::dup2(fds.ring, 3) < 0 {
-            fail(fds);
-        }
-        // dup2 clears CLOEXEC on the copy, but a ring fd that already was 3 keeps it.
-        if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-            fail(fds);
-        }
-        // Then the doorbell eventfd as 4 (a ring that was 4 is already copied to 3).
-        if bell >= 0 {
-            if bell != 4 && libc::dup2(bell, 4) < 0 {
-                fail(fds);
-            }
-            if libc::fcntl(4, libc::F_SETFD, 0) < 0 {
-                fail(fds);
-            }
+        // Every source out of 0-4 first, then onto 0-4 (see child_fds.rs).
+        let Some(placed) = fds.lifted() else {
+            fail(fds)
+        };
+        if !placed.place() {
+            fail(&placed)
         }
         libc::execve(prog, argv.as_ptr(), envp.as_ptr());
-        fail(fds)
+        fail(&placed)
     }
 }
 
