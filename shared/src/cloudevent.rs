@@ -207,32 +207,46 @@ impl CloudEvent {
 
     // ---- JSON (structured mode) ----
 
-    /// Parses a structured-mode JSON CloudEvent.
+    /// Parses a structured-mode JSON CloudEvent (a copy of `value`; [`CloudEvent::from_json`]
+    /// takes an owned one without copying).
     pub fn from_json_value(value: &Value) -> Result<Self, CloudEventError> {
-        let obj = value
-            .as_object()
-            .ok_or(CloudEventError::NotAnObject(json_type(value)))?;
-        let string = |name: &'static str| -> Result<Option<String>, CloudEventError> {
-            match obj.get(name) {
+        Self::from_json(value.clone())
+    }
+
+    /// Parses a structured-mode JSON CloudEvent, moving its strings out of `value` instead of
+    /// copying them (the publish path's per-event allocations). The attributes are checked in
+    /// the same order as ever (id, source, type, specversion, the optional ones, data), so the
+    /// first error reported for a bad event does not depend on which function read it.
+    pub fn from_json(value: Value) -> Result<Self, CloudEventError> {
+        let mut obj = match value {
+            Value::Object(obj) => obj,
+            other => return Err(CloudEventError::NotAnObject(json_type(&other))),
+        };
+        let mut string = |name: &'static str| -> Result<Option<String>, CloudEventError> {
+            match obj.remove(name) {
                 None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(Value::String(s)) => Ok(Some(s)),
                 Some(other) => Err(CloudEventError::NotAString {
                     name: name.to_string(),
-                    got: json_type(other),
+                    got: json_type(&other),
                 }),
             }
         };
-        let required = |name: &'static str| -> Result<String, CloudEventError> {
+        let mut required = |name: &'static str| -> Result<String, CloudEventError> {
             match string(name)? {
                 Some(s) if !s.is_empty() => Ok(s),
                 _ => Err(CloudEventError::Missing(name)),
             }
         };
+        let id = required("id")?;
+        let source = required("source")?;
+        let ty = required("type")?;
+        let specversion = required("specversion")?;
         let mut ev = CloudEvent {
-            id: required("id")?,
-            source: required("source")?,
-            ty: required("type")?,
-            specversion: required("specversion")?,
+            id,
+            source,
+            ty,
+            specversion,
             datacontenttype: string("datacontenttype")?,
             dataschema: string("dataschema")?,
             subject: string("subject")?,
@@ -243,7 +257,7 @@ impl CloudEvent {
         if ev.specversion != SPEC_VERSION {
             return Err(CloudEventError::SpecVersion(ev.specversion));
         }
-        match (obj.get("data"), obj.get("data_base64")) {
+        match (obj.remove("data"), obj.remove("data_base64")) {
             (Some(d), Some(b)) if !d.is_null() && !b.is_null() => {
                 return Err(CloudEventError::BothData);
             }
@@ -256,23 +270,24 @@ impl CloudEvent {
             (_, Some(other)) if !other.is_null() => {
                 return Err(CloudEventError::NotAString {
                     name: "data_base64".into(),
-                    got: json_type(other),
+                    got: json_type(&other),
                 });
             }
-            (Some(Value::String(s)), _) => ev.data = Some(s.clone().into_bytes()),
+            (Some(Value::String(s)), _) => ev.data = Some(s.into_bytes()),
             (Some(Value::Null), _) | (None, _) => {}
             (Some(other), _) => ev.data = Some(other.to_string().into_bytes()),
         }
+        // What is left are the extensions, in the map's (sorted) order as before.
         for (name, v) in obj {
             if RESERVED.contains(&name.as_str()) {
                 continue;
             }
             let value = match v {
-                Value::String(s) => s.clone(),
+                Value::String(s) => s,
                 Value::Null => continue,
                 other => other.to_string(),
             };
-            ev.set_extension(name.clone(), value)?;
+            ev.set_extension(name, value)?;
         }
         Ok(ev)
     }
@@ -284,7 +299,7 @@ impl CloudEvent {
                 what: "JSON",
                 reason: e.to_string(),
             })?;
-        Self::from_json_value(&value)
+        Self::from_json(value)
     }
 
     /// The structured-mode JSON form.
@@ -591,6 +606,23 @@ mod tests {
     }
 
     #[test]
+    fn owned_json_moves_attributes_nulls_and_extensions_as_before() {
+        // `from_json` (owned, the publish path) and `from_json_value` (borrowed) read the
+        // same event: nulls are absent attributes, extensions come in the map's sorted
+        // order (correlation id first), `data: null` beside `data_base64` is no conflict.
+        let v = json!({"specversion":"1.0","id":"1","source":"s","type":"t",
+                       "subject":null,"zeta":"z","alpha":1,"correlationid":"c","nothing":null,
+                       "data":null,"data_base64":"AJ8="});
+        let owned = CloudEvent::from_json(v.clone()).unwrap();
+        assert_eq!(owned, CloudEvent::from_json_value(&v).unwrap());
+        assert_eq!(owned.subject, None);
+        assert_eq!(owned.data.as_deref(), Some([0u8, 159].as_slice()));
+        let names: Vec<&str> = owned.extensions.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["correlationid", "alpha", "zeta"]);
+        assert_eq!(owned.extension("alpha"), Some("1"));
+    }
+
+    #[test]
     fn bad_json_events_are_refused_with_the_reason() {
         let cases = [
             (
@@ -620,6 +652,28 @@ mod tests {
             (
                 json!({"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":"!!"}),
                 "'data_base64' is not valid base64: Invalid symbol 33, offset 0.",
+            ),
+            // Two faults: the first attribute in the fixed order (id, source, type,
+            // specversion, ...) is the one reported, whatever the object's key order.
+            (
+                json!({"type":"t","specversion":"1.0","id":"1","source":7,"subject":3}),
+                "attribute 'source' must be a string, got a number",
+            ),
+            (
+                json!({"specversion":"1.0","id":"","source":"","type":"t"}),
+                "required attribute 'id' is missing or empty",
+            ),
+            (
+                json!({"specversion":"1.0","id":"1","source":"s","type":"t","time":false}),
+                "attribute 'time' must be a string, got a boolean",
+            ),
+            (
+                json!({"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":[1]}),
+                "attribute 'data_base64' must be a string, got an array",
+            ),
+            (
+                json!("an event"),
+                "a CloudEvent must be a JSON object, got a string",
             ),
         ];
         for (input, want) in cases {

@@ -283,35 +283,40 @@ pub fn parse_events(
     body: &[u8],
     max_batch: usize,
 ) -> Result<Vec<CloudEvent>, TopicsError> {
+    // The header is borrowed, and its media type compared without case, so that a publish
+    // allocates nothing to pick its mode (only binary mode keeps the header, as the event's
+    // `datacontenttype`).
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .map(|v| {
             v.to_str()
-                .map(str::to_string)
                 .map_err(|_| TopicsError::Header("content-type".into()))
         })
         .transpose()?;
-    let mime = content_type.as_deref().map(|ct| {
-        ct.split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase()
-    });
-    match mime.as_deref() {
-        Some("application/cloudevents+json") => Ok(vec![structured(body)?]),
-        Some("application/cloudevents-batch+json") => batch(body, max_batch),
-        _ if headers.contains_key("ce-specversion") => {
-            Ok(vec![binary(headers, content_type, body)?])
-        }
-        Some("application/json") | None => Ok(vec![structured(body)?]),
-        Some(_) => Err(TopicsError::ContentType(content_type.unwrap_or_default())),
+    let mime = content_type.map(|ct| ct.split(';').next().unwrap_or("").trim());
+    let is = |want: &str| mime.is_some_and(|m| m.eq_ignore_ascii_case(want));
+    if is("application/cloudevents+json") {
+        Ok(vec![structured(body)?])
+    } else if is("application/cloudevents-batch+json") {
+        batch(body, max_batch)
+    } else if headers.contains_key("ce-specversion") {
+        Ok(vec![binary(
+            headers,
+            content_type.map(str::to_string),
+            body,
+        )?])
+    } else if mime.is_none() || is("application/json") {
+        Ok(vec![structured(body)?])
+    } else {
+        Err(TopicsError::ContentType(
+            content_type.unwrap_or_default().to_string(),
+        ))
     }
 }
 
 fn structured(body: &[u8]) -> Result<CloudEvent, TopicsError> {
     let v: Value = serde_json::from_slice(body).map_err(TopicsError::Json)?;
-    CloudEvent::from_json_value(&v).map_err(TopicsError::Event)
+    CloudEvent::from_json(v).map_err(TopicsError::Event)
 }
 
 fn batch(body: &[u8], max_batch: usize) -> Result<Vec<CloudEvent>, TopicsError> {
@@ -332,11 +337,10 @@ fn batch(body: &[u8], max_batch: usize) -> Result<Vec<CloudEvent>, TopicsError> 
         });
     }
     items
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(index, item)| {
-            CloudEvent::from_json_value(item)
-                .map_err(|source| TopicsError::BatchEvent { index, source })
+            CloudEvent::from_json(item).map_err(|source| TopicsError::BatchEvent { index, source })
         })
         .collect()
 }
@@ -620,6 +624,54 @@ mod tests {
             let e = start_at(&none, &bad).unwrap_err();
             assert_eq!((e.code(), e.status().as_u16()), ("invalid_argument", 400));
         }
+    }
+
+    #[test]
+    fn the_publish_mode_comes_from_the_media_type_in_any_case() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, v.parse().unwrap());
+            }
+            m
+        };
+        let one = br#"{"specversion":"1.0","id":"1","source":"s","type":"t"}"#;
+        let two = br#"[{"specversion":"1.0","id":"1","source":"s","type":"t"},
+                       {"specversion":"1.0","id":"2","source":"s","type":"t"}]"#;
+        for ct in [
+            None,
+            Some("application/json"),
+            Some("Application/CloudEvents+JSON; charset=utf-8"),
+        ] {
+            let headers = ct.map_or_else(HeaderMap::new, |ct| h(&[("content-type", ct)]));
+            let evs = parse_events(&headers, one, 10).unwrap();
+            assert_eq!((evs.len(), evs[0].id.as_str()), (1, "1"), "{ct:?}");
+        }
+        let batch = h(&[(
+            "content-type",
+            " application/CLOUDEVENTS-batch+json ; charset=utf-8",
+        )]);
+        assert_eq!(parse_events(&batch, two, 10).unwrap().len(), 2);
+        // Binary mode keeps the header as it came, parameters included.
+        let binary = h(&[
+            ("content-type", "Text/Plain; charset=utf-8"),
+            ("ce-specversion", "1.0"),
+            ("ce-id", "b1"),
+            ("ce-source", "s"),
+            ("ce-type", "t"),
+        ]);
+        let ev = parse_events(&binary, b"hi", 10).unwrap().remove(0);
+        assert_eq!(
+            (ev.datacontenttype.as_deref(), ev.data.as_deref()),
+            (Some("Text/Plain; charset=utf-8"), Some(b"hi".as_slice()))
+        );
+        let e = parse_events(&h(&[("content-type", "text/plain; x=1")]), one, 10).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("content type 'text/plain; x=1' is not a CloudEvents mode"),
+            "{e}"
+        );
+        assert_eq!((e.code(), e.status().as_u16()), ("invalid_argument", 400));
     }
 
     #[test]

@@ -711,7 +711,7 @@ pub async fn invoke(
         .await
         .map_err(body_rejection)?;
     let value: serde_json::Value = parse_json(&bytes)?;
-    let event = CloudEvent::from_json_value(&value)
+    let event = CloudEvent::from_json(value)
         .map_err(|e| ApiError::InvalidArgument(format!("invalid CloudEvent: {e}")))?;
     match state.control.invoke(&id, event).await? {
         Some(reply) => Ok((
