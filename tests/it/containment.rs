@@ -1512,6 +1512,11 @@ fn dotnet_attacks() -> Vec<Attack> {
         // close(4) and dup2(0, 3) by raw syscall number (x86_64).
         attack("close bell", "syscall:3:4", Expect::Dies("close")),
         attack("dup2 onto ring", "syscall:33:0:3", Expect::Dies("dup2")),
+        // close(2), dup2(0, 2), read(4, NULL, 8): the filter refuses them before the kernel
+        // looks at the buffer.
+        attack("close stderr", "syscall:3:2", Expect::Dies("close")),
+        attack("dup2 onto stderr", "syscall:33:0:2", Expect::Dies("dup2")),
+        attack("read bell", "syscall:0:4:0:8", Expect::Dies("read")),
         attack("kill parent", "kill:{ppid}:9", Expect::Dies("kill")),
         attack("kill sibling", "kill:{sibling}:9", Expect::Dies("kill")),
         attack("kill -1 (signal 0)", "kill:-1:0", Expect::Dies("kill")),
