@@ -61,6 +61,8 @@ const STATE_MAX_KEYS: usize = 100;
 const STATE_MAX_VALUE_BYTES: usize = 65536;
 
 const CRASHED: &str = "com.virtufin.workmanager.infra.host.crashed";
+/// What the stderr control row writes; found in the daemon log behind the host-runner prefix.
+const STDERR_MARK: &str = "hostile-plugin-stderr-line-reaches-the-log";
 
 const EACCES: i64 = libc::EACCES as i64;
 const ENOENT: i64 = libc::ENOENT as i64;
@@ -1076,6 +1078,48 @@ fn native_attacks() -> Vec<Attack> {
         "close-range:3:4",
         Expect::Dies("close_range"),
     ));
+    // The bell is written by the host and read only by the supervisor.
+    v.push(attack("read bell", "read-bell:read", Expect::Dies("read")));
+    v.push(attack(
+        "readv bell",
+        "read-bell:readv",
+        Expect::Dies("readv"),
+    ));
+    // stdio: 2 is the supervisor's log pipe for the whole host, 0 and 1 hold /dev/null.
+    v.push(attack("close stderr", "close:2", Expect::Dies("close")));
+    v.push(attack(
+        "steal stderr (dup2 a pipe onto 2)",
+        "stderr-steal",
+        Expect::Dies("dup2"),
+    ));
+    v.push(attack(
+        "dup3 onto stdout",
+        "dup3-onto:1",
+        Expect::Dies("dup3"),
+    ));
+    v.push(attack(
+        "close_range over stdio",
+        "close-range:0:2",
+        Expect::Dies("close_range"),
+    ));
+    v.push(attack(
+        "write to stderr (control: reaches the daemon log)",
+        &format!("stderr-line:{STDERR_MARK}"),
+        check(|run, out| {
+            if out.rc().is_none_or(|rc| rc < 0) {
+                return Err(format!("the write failed: {:?}", out.reply));
+            }
+            let want = format!("host-runner: {STDERR_MARK}");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !run.d.log().contains(&want) {
+                if Instant::now() > deadline {
+                    return Err(format!("'{want}' never reached the daemon log"));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(())
+        }),
+    ));
     v.push(attack(
         "clear O_NONBLOCK on the bell",
         "setfl-bell",
@@ -1468,6 +1512,11 @@ fn dotnet_attacks() -> Vec<Attack> {
         // close(4) and dup2(0, 3) by raw syscall number (x86_64).
         attack("close bell", "syscall:3:4", Expect::Dies("close")),
         attack("dup2 onto ring", "syscall:33:0:3", Expect::Dies("dup2")),
+        // close(2), dup2(0, 2), read(4, NULL, 8): the filter refuses them before the kernel
+        // looks at the buffer.
+        attack("close stderr", "syscall:3:2", Expect::Dies("close")),
+        attack("dup2 onto stderr", "syscall:33:0:2", Expect::Dies("dup2")),
+        attack("read bell", "syscall:0:4:0:8", Expect::Dies("read")),
         attack("kill parent", "kill:{ppid}:9", Expect::Dies("kill")),
         attack("kill sibling", "kill:{sibling}:9", Expect::Dies("kill")),
         attack("kill -1 (signal 0)", "kill:-1:0", Expect::Dies("kill")),

@@ -221,8 +221,13 @@ pub fn enter(cfg: &SandboxConfig) -> Result<SandboxReport, SandboxError> {
 }
 
 /// Writes one diagnostic line to stderr, which the supervisor reads as the host's log.
+/// A failed write is dropped rather than panicking as `eprintln!` would: plugin code may set
+/// `O_NONBLOCK` on fd 2 (only closing and replacing it are refused), and a full pipe must
+/// not take a host thread down.
 pub fn log(msg: &str) {
-    eprintln!("host-runner[{}]: {msg}", std::process::id());
+    use std::io::Write;
+    let line = format!("host-runner[{}]: {msg}\n", std::process::id());
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 fn thread_count() -> usize {
