@@ -8,7 +8,7 @@
 //! hands pending events to consumers' bounded buffers ([`super::flow`]), their attempt counts
 //! queued for the next group commit, and drops the events of topics nobody consumes or holds.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,8 +18,9 @@ use wm_shared::CloudEvent;
 
 use super::super::{BusError, Delivery, Outcome, Published, ReplayPage, is_dead_letter_topic};
 use super::flow::{Plan, hand_out_early, place};
+use super::join::{Join, cmd_weight, is_write};
 use super::overflow::route_overflow;
-use super::store::{Store, WriteBatch, now_ms, store_err};
+use super::store::{Store, WriteBatch, WriteResult, now_ms, store_err};
 use super::{Append, Cmd, Complete, Durability, RoutedAppend, Shared, SqliteBusOptions, lock};
 
 /// A settle waiting for the next commit, with its caller's answer.
@@ -234,13 +235,13 @@ impl Writer {
     pub fn apply_inline(&mut self, cmd: Cmd) {
         self.last_batch = usize::from(is_write(&cmd));
         self.shared.metrics.add_inline_write();
-        self.process(vec![cmd], false);
+        self.process(vec![cmd], false, None);
         self.last_batch_at = Instant::now();
     }
 
     /// Runs one batch; false once shut down. `expire`: delete what left the replay window
     /// first when it is time.
-    fn process(&mut self, batch: Vec<Cmd>, expire: bool) -> bool {
+    fn process(&mut self, batch: Vec<Cmd>, expire: bool, join: Option<&mut Join<'_>>) -> bool {
         if expire && self.last_expiry.elapsed() >= EXPIRE_EVERY {
             self.last_expiry = Instant::now();
             self.expire();
@@ -320,7 +321,7 @@ impl Writer {
             self.release(given_back, &mut touched);
         }
         if !appends.is_empty() || !settles.is_empty() || !completes.is_empty() {
-            self.commit_writes(appends, settles, completes, &mut touched);
+            self.commit_writes(appends, settles, completes, &mut touched, join);
         }
         for (topic, after, limit, reply) in replays {
             let _ = reply.send(self.replay(&topic, after, limit));
@@ -429,16 +430,117 @@ impl Writer {
         })
     }
 
-    /// Phase 1: appends, settles and completions in one transaction, then the answers.
+    /// Phase 1: appends, settles and completions in one transaction, then the answers. With
+    /// fsync, when events went to their consumers before the COMMIT (`hand_out_early`) and
+    /// `join` is given, the transaction stays open up to [`SqliteBusOptions::join_window`]
+    /// for the writes that arrive meanwhile: it is committed as soon as every event handed
+    /// out early was completed or settled (most often: one commit per event of a quick
+    /// plugin instead of two), or when the window ends.
     fn commit_writes(
         &mut self,
         appends: Vec<Append>,
         settles: Vec<Settle>,
         completes: Vec<Complete>,
         touched: &mut HashSet<String>,
+        join: Option<&mut Join<'_>>,
     ) {
+        let mut first = self.prepare(appends, settles, completes, true);
+        let queued = |parts: &[Part]| -> i64 {
+            parts
+                .iter()
+                .flat_map(|p| p.appends.iter())
+                .map(|a| a.0.len() as i64)
+                .sum()
+        };
+        if let Err(e) = self.store.begin(first.stores()) {
+            self.fail(&e, vec![first], queued);
+            return;
+        }
+        // With an fsync to wait for, consumers get the new events before it (see
+        // `hand_out_early`); the answers and watchers still wait for the commit.
+        let early_on = self.opts.durability == Durability::Fsync;
+        let mut behind: HashSet<String> = HashSet::new();
+        if let Err(e) = self.write_part(&mut first, early_on, &mut behind) {
+            self.store.rollback();
+            self.fail(&e, vec![first], queued);
+            return;
+        }
+        let mut expecting: HashSet<u64> = first.early.clone();
+        let mut weight = first.weight();
+        let mut parts = vec![first];
+        let window = self.opts.join_window;
+        let mut failed = None;
+        if let Some(join) = join
+            && early_on
+            && !window.is_zero()
+            && !expecting.is_empty()
+        {
+            let deadline = Instant::now() + window;
+            let max = self.opts.max_batch_events.max(1);
+            while !expecting.is_empty() && weight < max {
+                let cmds = join.next(deadline, max - weight);
+                if cmds.is_empty() {
+                    break;
+                }
+                let (appends, settles, completes) = split_writes(cmds);
+                for seq in settles
+                    .iter()
+                    .map(|s| s.0)
+                    .chain(completes.iter().map(|c| c.seq))
+                {
+                    expecting.remove(&seq);
+                }
+                let mut part = self.prepare(appends, settles, completes, false);
+                weight += part.weight();
+                let written = self.write_part(&mut part, early_on, &mut behind);
+                expecting.extend(part.early.iter().copied());
+                parts.push(part);
+                if let Err(e) = written {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            let joined: usize = parts[1..]
+                .iter()
+                .map(|p| p.appends.len() + p.settles.len() + p.completes.len())
+                .sum();
+            self.shared.metrics.add_joined(joined as u64);
+        }
+        let result = match failed {
+            Some(e) => {
+                self.store.rollback();
+                Err(e)
+            }
+            None => self.store.finish(),
+        };
+        if let Err(e) = result {
+            self.fail(&e, parts, queued);
+            return;
+        }
+        self.shared.metrics.add_queued(-queued(&parts));
+        self.shared.metrics.add_commit();
+        for part in parts {
+            self.answer(part, touched);
+        }
+    }
+
+    /// Everything a group commit needs of some writes (one part of it: the first batch, or
+    /// what joined during its window).
+    fn prepare(
+        &mut self,
+        appends: Vec<Append>,
+        settles: Vec<Settle>,
+        completes: Vec<Complete>,
+        with_trims: bool,
+    ) -> Part {
         let appends = route_overflow(self, appends);
-        let trims = self.trims(&appends, &completes);
+        // Trims only with the first part: the rows of the others (unknown to `retained` until
+        // the commit) are trimmed by the next commit.
+        let trims = if with_trims {
+            self.trims(&appends, &completes)
+        } else {
+            Vec::new()
+        };
         let appends_ended: Vec<Vec<bool>> = appends
             .iter()
             .map(|(events, _, _)| events.iter().map(|(t, _, _)| self.ended(t)).collect())
@@ -452,62 +554,69 @@ impl Writer {
             })
             .collect();
         let due = self.due_counts(&settles, &completes);
-        let batch = WriteBatch {
-            appends: appends
-                .iter()
-                .zip(&appends_ended)
-                .map(|((events, _, _), ended)| {
-                    events
-                        .iter()
-                        .zip(ended)
-                        .map(|((t, _, blob), e)| (t.as_str(), blob.as_slice(), *e))
-                        .collect()
-                })
-                .collect(),
-            settles: settles.iter().map(|s| s.0).collect(),
-            completes: completes
-                .iter()
-                .zip(&completes_ended)
-                .map(|(c, e)| {
-                    let reply = c.reply_event.as_ref();
-                    (
-                        c.seq,
-                        reply.map(|(t, _, blob)| (t.as_str(), blob.as_slice(), *e)),
-                    )
-                })
-                .collect(),
-            delivered: due.iter().map(|(s, _)| *s).collect(),
-            trims: trims.iter().map(|(t, n)| (t.as_str(), *n)).collect(),
-        };
-        // With an fsync to wait for, consumers get the new events before it (see
-        // `hand_out_early`); the answers and watchers still wait for the commit.
-        let early_on = self.opts.durability == Durability::Fsync;
-        let mut early = HashSet::new();
-        let (topics, deferred) = (&mut self.topics, &mut self.deferred);
-        let result = self.store.commit_then(&batch, |seqs| {
-            if early_on {
-                early = hand_out_early(topics, deferred, &appends, &appends_ended, seqs);
-            }
-        });
-        drop(batch);
-        let queued: i64 = appends.iter().map(|a| a.0.len() as i64).sum();
-        self.shared.metrics.add_queued(-queued);
-        let done = match result {
-            Ok(r) => r,
-            Err(e) => {
-                self.deferred.extend(due);
-                tracing::error!(error = %e, "bus: a group commit failed; its publishes, settles and completions are refused");
-                refuse(&e, appends, settles, completes);
-                return;
-            }
-        };
-        self.shared.metrics.add_commit();
+        Part {
+            appends,
+            appends_ended,
+            settles,
+            completes,
+            completes_ended,
+            due,
+            trims,
+            done: None,
+            early: HashSet::new(),
+        }
+    }
 
-        for ((topic, _), (n, max)) in trims.into_iter().zip(done.trimmed) {
+    /// Runs one part's statements in the open transaction; with `early_on`, then hands its
+    /// new events to their consumers (`behind`: topics on which an event of an earlier part
+    /// stayed behind, which later ones must not overtake).
+    fn write_part(
+        &mut self,
+        part: &mut Part,
+        early_on: bool,
+        behind: &mut HashSet<String>,
+    ) -> Result<(), BusError> {
+        let batch = part.batch();
+        let done = self.store.write(&batch)?;
+        drop(batch);
+        if early_on {
+            part.early = hand_out_early(
+                &mut self.topics,
+                &mut self.deferred,
+                &part.appends,
+                &part.appends_ended,
+                &done.appended,
+                behind,
+            );
+        }
+        part.done = Some(done);
+        Ok(())
+    }
+
+    /// A group commit failed: everyone in it gets the error, nothing of it is stored.
+    fn fail(&mut self, e: &BusError, parts: Vec<Part>, queued: impl Fn(&[Part]) -> i64) {
+        self.shared.metrics.add_queued(-queued(&parts));
+        tracing::error!(error = %e, "bus: a group commit failed; its publishes, settles and completions are refused");
+        for part in parts {
+            self.deferred.extend(part.due);
+            refuse(e, part.appends, part.settles, part.completes);
+        }
+    }
+
+    /// After the COMMIT held: one part's answers, watchers and new events.
+    fn answer(&mut self, part: Part, touched: &mut HashSet<String>) {
+        let Some(done) = part.done else {
+            return;
+        };
+        let early = part.early;
+        for ((topic, _), (n, max)) in part.trims.into_iter().zip(done.trimmed) {
             self.evicted_rows(&topic, n, max);
         }
-        for (((events, reply, _permit), seqs), ended) in
-            appends.into_iter().zip(done.appended).zip(appends_ended)
+        for (((events, reply, _permit), seqs), ended) in part
+            .appends
+            .into_iter()
+            .zip(done.appended)
+            .zip(part.appends_ended)
         {
             // Counters first, so that whoever sees the answer sees them too.
             for ((topic, _, _), e) in events.iter().zip(&ended) {
@@ -519,14 +628,14 @@ impl Writer {
                 self.published(topic, event, blob, seq, e, handed_out, touched);
             }
         }
-        for ((seq, outcome, reply), topic) in settles.into_iter().zip(done.settled) {
+        for ((seq, outcome, reply), topic) in part.settles.into_iter().zip(done.settled) {
             if let Some(topic) = topic {
                 self.settled(seq, &topic, &outcome);
             }
             let _ = reply.send(Ok(()));
         }
-        let completed = completes.into_iter().zip(done.completed);
-        for ((c, (topic, reply_seq)), e) in completed.zip(completes_ended) {
+        let completed = part.completes.into_iter().zip(done.completed);
+        for ((c, (topic, reply_seq)), e) in completed.zip(part.completes_ended) {
             if let Some(topic) = topic {
                 self.settled(c.seq, &topic, &c.outcome);
             }
@@ -914,21 +1023,29 @@ impl Thread {
             let w = lock(&self.state);
             (w.opts.max_batch_events.max(1), w.opts.commit_delay)
         };
+        // Commands a join window took from the channel without applying them: they start the
+        // next batch, ahead of anything still in the channel.
+        let mut carry: VecDeque<Cmd> = VecDeque::new();
         loop {
-            let wait = {
-                let w = lock(&self.state);
-                let wait = w.next_wait();
-                self.parked_long
-                    .store(wait >= EXPIRE_EVERY, Ordering::Release);
-                wait
-            };
-            let first = match rx.recv_timeout(wait) {
-                Ok(c) => c,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    lock(&self.state).idle();
-                    continue;
+            let first = match carry.pop_front() {
+                Some(c) => c,
+                None => {
+                    let wait = {
+                        let w = lock(&self.state);
+                        let wait = w.next_wait();
+                        self.parked_long
+                            .store(wait >= EXPIRE_EVERY, Ordering::Release);
+                        wait
+                    };
+                    match rx.recv_timeout(wait) {
+                        Ok(c) => c,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            lock(&self.state).idle();
+                            continue;
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             };
             // Group commit under load: when the last batch had company (several writers at
             // once), let the next one gather for `commit_delay` before it commits, so one
@@ -948,12 +1065,12 @@ impl Thread {
             let mut weight = cmd_weight(&first);
             let mut batch = vec![first];
             while weight < max {
-                match rx.try_recv() {
-                    Ok(c) => {
+                match carry.pop_front().map_or_else(|| rx.try_recv().ok(), Some) {
+                    Some(c) => {
                         weight += cmd_weight(&c);
                         batch.push(c);
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
             let applied = batch.iter().filter(|c| !matches!(c, Cmd::Wake)).count();
@@ -964,10 +1081,12 @@ impl Thread {
             }
             let mut w = lock(&self.state);
             w.last_batch = batch.iter().filter(|c| is_write(c)).count();
-            let go_on = w.process(batch, true);
+            let mut join = Join::new(&rx, &mut carry);
+            let go_on = w.process(batch, true, Some(&mut join));
             w.last_batch_at = Instant::now();
             // Under the lock: a caller that takes it next sees these as applied.
-            self.pending.fetch_sub(applied, Ordering::SeqCst);
+            self.pending
+                .fetch_sub(applied + join.taken, Ordering::SeqCst);
             drop(w);
             if !go_on {
                 break;
@@ -975,27 +1094,35 @@ impl Thread {
         }
         // Whatever arrives after the shutdown is refused (once `rx` is dropped, sends fail).
         let w = lock(&self.state);
-        while let Ok(cmd) = rx.try_recv() {
-            match cmd {
-                Cmd::Append { reply, events, .. } => {
-                    w.shared.metrics.add_queued(-(events.len() as i64));
-                    let _ = reply.send(Err(BusError::Closed));
-                }
-                Cmd::Settle { reply, .. } => {
-                    let _ = reply.send(Err(BusError::Closed));
-                }
-                Cmd::Complete(c) => {
-                    let _ = c.answer.send(Err(BusError::Closed));
-                }
-                Cmd::Replay { reply, .. } => {
-                    let _ = reply.send(Err(BusError::Closed));
-                }
-                Cmd::Shutdown { reply } => {
-                    let _ = reply.send(());
-                }
-                _ => {}
-            }
+        let after = carry
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()));
+        for cmd in after {
+            refuse_closed(cmd, &w.shared.metrics);
         }
+    }
+}
+
+/// Answers a command that arrived after the shutdown: the bus is closed.
+fn refuse_closed(cmd: Cmd, metrics: &super::super::BusMetrics) {
+    match cmd {
+        Cmd::Append { reply, events, .. } => {
+            metrics.add_queued(-(events.len() as i64));
+            let _ = reply.send(Err(BusError::Closed));
+        }
+        Cmd::Settle { reply, .. } => {
+            let _ = reply.send(Err(BusError::Closed));
+        }
+        Cmd::Complete(c) => {
+            let _ = c.answer.send(Err(BusError::Closed));
+        }
+        Cmd::Replay { reply, .. } => {
+            let _ = reply.send(Err(BusError::Closed));
+        }
+        Cmd::Shutdown { reply } => {
+            let _ = reply.send(());
+        }
+        _ => {}
     }
 }
 
@@ -1024,18 +1151,86 @@ fn refuse(
     }
 }
 
-/// Whether `c` is written in the group commit (what a commit delay may gather).
-fn is_write(c: &Cmd) -> bool {
-    matches!(
-        c,
-        Cmd::Append { .. } | Cmd::Settle { .. } | Cmd::Complete(_)
-    )
+/// Sorts the writes a join window took by kind (it takes nothing else).
+fn split_writes(cmds: Vec<Cmd>) -> (Vec<Append>, Vec<Settle>, Vec<Complete>) {
+    let (mut appends, mut settles, mut completes) = (Vec::new(), Vec::new(), Vec::new());
+    for cmd in cmds {
+        match cmd {
+            Cmd::Append {
+                topic,
+                events,
+                reply,
+                _permit,
+            } => appends.push((topic, events, reply, _permit)),
+            Cmd::Settle {
+                seq,
+                outcome,
+                reply,
+            } => settles.push((seq, outcome, reply)),
+            Cmd::Complete(c) => completes.push(*c),
+            // `Join::next` hands out writes only.
+            _ => {}
+        }
+    }
+    (appends, settles, completes)
 }
 
-/// How much of the batch limit a command uses.
-fn cmd_weight(c: &Cmd) -> usize {
-    match c {
-        Cmd::Append { events, .. } => events.len().max(1),
-        _ => 1,
+/// One part of a group commit: the first batch, or writes that joined its window.
+struct Part {
+    appends: Vec<RoutedAppend>,
+    appends_ended: Vec<Vec<bool>>,
+    settles: Vec<Settle>,
+    completes: Vec<Complete>,
+    completes_ended: Vec<bool>,
+    /// Delivery counts stored with it (put back in line if the commit fails).
+    due: Vec<(u64, Instant)>,
+    trims: Vec<(String, u64)>,
+    /// What its statements did (set once they ran).
+    done: Option<WriteResult>,
+    /// Its events handed out before the COMMIT.
+    early: HashSet<u64>,
+}
+
+impl Part {
+    fn batch(&self) -> WriteBatch<'_> {
+        WriteBatch {
+            appends: self
+                .appends
+                .iter()
+                .zip(&self.appends_ended)
+                .map(|((events, _, _), ended)| {
+                    events
+                        .iter()
+                        .zip(ended)
+                        .map(|((t, _, blob), e)| (t.as_str(), blob.as_slice(), *e))
+                        .collect()
+                })
+                .collect(),
+            settles: self.settles.iter().map(|s| s.0).collect(),
+            completes: self
+                .completes
+                .iter()
+                .zip(&self.completes_ended)
+                .map(|(c, e)| {
+                    let reply = c.reply_event.as_ref();
+                    (
+                        c.seq,
+                        reply.map(|(t, _, blob)| (t.as_str(), blob.as_slice(), *e)),
+                    )
+                })
+                .collect(),
+            delivered: self.due.iter().map(|(s, _)| *s).collect(),
+            trims: self.trims.iter().map(|(t, n)| (t.as_str(), *n)).collect(),
+        }
+    }
+
+    fn stores(&self) -> bool {
+        !self.appends.is_empty() || self.completes.iter().any(|c| c.reply_event.is_some())
+    }
+
+    /// Events and commands in it, as the batch limit counts them.
+    fn weight(&self) -> usize {
+        let events: usize = self.appends.iter().map(|a| a.0.len().max(1)).sum();
+        events + self.settles.len() + self.completes.len()
     }
 }
