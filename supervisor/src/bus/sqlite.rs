@@ -13,7 +13,8 @@
 //!
 //! One job per module: `store` (every SQL statement), `writer` (the command loop and routing
 //! state), `queue` (whether the writer thread or the caller applies a command), `flow` (which
-//! consumer's bounded buffer gets the next event), `overflow` (bounded backlogs and
+//! consumer's bounded buffer gets the next event), `join` (what a group commit's join window
+//! takes from the writer's channel), `overflow` (bounded backlogs and
 //! dead-letter eviction). This file is the [`Bus`] face: argument checks,
 //! publisher back-pressure, and the commands sent to the writer.
 //!
@@ -282,6 +283,7 @@ impl SqliteBus {
             evicted: HashMap::new(),
             last_expiry: std::time::Instant::now(),
             deferred: Vec::new(),
+            handed: HashMap::new(),
             last_batch: 0,
             last_batch_at: std::time::Instant::now(),
         };

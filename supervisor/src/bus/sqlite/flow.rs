@@ -61,7 +61,7 @@ pub(super) fn place(t: &mut Topic) -> Option<mpsc::OwnedPermit<Delivery>> {
 /// before may go early: its topic has no undelivered event in memory or on disk, and no
 /// earlier event of this commit on it stayed behind (full buffers). Returns the sequence
 /// numbers handed out; each attempt count is queued in `deferred` as the pump would.
-/// `behind` carries the topics with an event left behind across the parts of one group
+/// Each goes into `handed` (seq -> topic). `behind` carries the topics with an event left behind across the parts of one group
 /// commit (its join window, `writer.rs`), so that a later part does not overtake it.
 ///
 /// If the commit then fails, the publisher gets the error and nothing of the event is
@@ -70,6 +70,7 @@ pub(super) fn place(t: &mut Topic) -> Option<mpsc::OwnedPermit<Delivery>> {
 pub(super) fn hand_out_early(
     topics: &mut HashMap<String, Topic>,
     deferred: &mut Vec<(u64, Instant)>,
+    handed: &mut HashMap<u64, String>,
     appends: &[RoutedAppend],
     ended: &[Vec<bool>],
     seqs: &[Vec<u64>],
@@ -93,6 +94,7 @@ pub(super) fn hand_out_early(
                 behind.insert(topic.clone());
                 continue;
             };
+            handed.insert(*seq, topic.clone());
             permit.send(Delivery {
                 seq: *seq,
                 topic: topic.clone(),

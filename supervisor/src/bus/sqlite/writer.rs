@@ -57,10 +57,12 @@ pub(super) struct Topic {
     pub stored: u64,
 }
 
-/// Most open (stored, unsettled) events with which a lone write may still be applied on the
-/// caller's thread: one event at a time has one open (its completion settles it); a backlog
-/// means concurrent publishers or workers, whose writes the writer thread group-commits.
-pub(super) const INLINE_MAX_OPEN: i64 = 4;
+/// Most open (stored, unsettled) events a topic may hold for a lone write on it to be applied
+/// on the caller's thread: one event at a time has one open (its completion settles it); a
+/// backlog means concurrent publishers or workers on the topic, whose writes the writer
+/// thread group-commits. Per topic: one stopped worker's backlog does not turn inline
+/// commits off for every other topic.
+pub(super) const INLINE_MAX_OPEN: u64 = 4;
 /// How often ended events older than `TOPIC_RETENTION_SECONDS` are deleted.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 /// How long a delivery count waits before it is stored: most deliveries are completed within
@@ -97,6 +99,10 @@ pub(super) struct Writer {
     /// Writes (publishes, settles, completions) in the last batch: the sign of concurrent
     /// writers that [`SqliteBusOptions::commit_delay`] waits for.
     pub last_batch: usize,
+    /// Events out with their consumers (handed out, not settled or given back), by sequence
+    /// number: their topic, which a settle or completion does not name (see
+    /// [`Writer::is_quiet`]). Bounded by the consumers' buffers and calls in flight.
+    pub handed: HashMap<u64, String>,
     /// When the last batch was committed: `last_batch` speaks for the writers only while
     /// they keep coming (see [`IDLE_AFTER`]).
     pub last_batch_at: Instant,
@@ -219,9 +225,24 @@ impl Writer {
         self.shared.closed.load(Ordering::Acquire)
     }
 
-    /// Whether the bus is quiet enough for a write inline (see [`INLINE_MAX_OPEN`]).
-    pub fn is_quiet(&self) -> bool {
-        self.shared.metrics.stored() <= INLINE_MAX_OPEN
+    /// Whether the topics `cmd` writes to are quiet enough for it to be applied inline (see
+    /// [`INLINE_MAX_OPEN`]): a publish's topic; a settle's or completion's input topic (and
+    /// a completion's reply topic). A backlog elsewhere (a stopped worker's) does not matter.
+    pub fn is_quiet(&self, cmd: &Cmd) -> bool {
+        let quiet = |topic: &str| {
+            self.topics
+                .get(topic)
+                .is_none_or(|t| t.stored <= INLINE_MAX_OPEN)
+        };
+        let input = |seq: &u64| self.handed.get(seq).is_none_or(|t| quiet(t));
+        match cmd {
+            Cmd::Append { topic, .. } => quiet(topic),
+            Cmd::Settle { seq, .. } => input(seq),
+            Cmd::Complete(c) => {
+                input(&c.seq) && c.reply_event.as_ref().is_none_or(|(t, _, _)| quiet(t))
+            }
+            _ => true,
+        }
     }
 
     /// Whether delivery counts wait for a commit.
@@ -380,6 +401,7 @@ impl Writer {
                 encoded: d.encoded,
                 deliveries,
             };
+            self.handed.remove(&d.seq);
             t.pending.insert(d.seq, entry);
         }
     }
@@ -391,6 +413,7 @@ impl Writer {
         match self.store.set_deliveries(&counts) {
             Ok(open) => {
                 for (d, open) in deliveries.into_iter().zip(open) {
+                    self.handed.remove(&d.seq);
                     if open {
                         touched.insert(d.topic.clone());
                         self.topics.entry(d.topic).or_default().pending.insert(
@@ -583,6 +606,7 @@ impl Writer {
             part.early = hand_out_early(
                 &mut self.topics,
                 &mut self.deferred,
+                &mut self.handed,
                 &part.appends,
                 &part.appends_ended,
                 &done.appended,
@@ -598,6 +622,9 @@ impl Writer {
         self.shared.metrics.add_queued(-queued(&parts));
         tracing::error!(error = %e, "bus: a group commit failed; its publishes, settles and completions are refused");
         for part in parts {
+            for seq in &part.early {
+                self.handed.remove(seq);
+            }
             self.deferred.extend(part.due);
             refuse(e, part.appends, part.settles, part.completes);
         }
@@ -719,6 +746,7 @@ impl Writer {
     fn settled(&mut self, seq: u64, topic: &str, outcome: &Outcome) {
         self.shared.metrics.add_stored(-1);
         self.shared.metrics.add_settled(outcome.label());
+        self.handed.remove(&seq);
         if let Some(t) = self.topics.get_mut(topic) {
             t.pending.remove(&seq);
             t.stored = t.stored.saturating_sub(1);
@@ -960,6 +988,7 @@ impl Writer {
                 if deliveries > 1 {
                     redelivered += 1;
                 }
+                self.handed.insert(seq, p.topic.clone());
                 permit.send(Delivery {
                     seq,
                     topic: p.topic.clone(),
@@ -1003,6 +1032,7 @@ impl Writer {
         super::lock(&self.shared.watchers).clear();
         // Dropping the senders ends every consumer's `recv`.
         self.topics.clear();
+        self.handed.clear();
         self.store.close();
     }
 }
