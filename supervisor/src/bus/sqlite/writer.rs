@@ -454,11 +454,12 @@ impl Writer {
     }
 
     /// Phase 1: appends, settles and completions in one transaction, then the answers. With
-    /// fsync, when events went to their consumers before the COMMIT (`hand_out_early`) and
-    /// `join` is given, the transaction stays open up to [`SqliteBusOptions::join_window`]
-    /// for the writes that arrive meanwhile: it is committed as soon as every event handed
-    /// out early was completed or settled (most often: one commit per event of a quick
-    /// plugin instead of two), or when the window ends.
+    /// fsync, when events of this batch went to their consumers before the COMMIT
+    /// (`hand_out_early`) and `join` is given (a lone write, see `Thread::run`), the
+    /// transaction stays open up to [`SqliteBusOptions::join_window`] for the writes that
+    /// arrive meanwhile: it is committed as soon as every one of those events was completed
+    /// or settled (most often: one commit per event of a quick plugin instead of two), or
+    /// when the window ends.
     fn commit_writes(
         &mut self,
         appends: Vec<Append>,
@@ -515,8 +516,9 @@ impl Writer {
                 }
                 let mut part = self.prepare(appends, settles, completes, false);
                 weight += part.weight();
+                // Its own early hand-outs are not waited for: under a stream of publishes
+                // that would hold every commit for the whole window.
                 let written = self.write_part(&mut part, early_on, &mut behind);
-                expecting.extend(part.early.iter().copied());
                 parts.push(part);
                 if let Err(e) = written {
                     failed = Some(e);
@@ -1110,9 +1112,15 @@ impl Thread {
                 continue;
             }
             let mut w = lock(&self.state);
+            // A join window only for one event at a time (a lone write of one event, after a
+            // batch without company): with several writers at once the commit delay gathers
+            // them instead, and a batch publish handed out early would hold its 202 for many
+            // completions (docs/benchmarks.md, "Sixth pass").
+            let written: usize = batch.iter().filter(|c| is_write(c)).map(cmd_weight).sum();
+            let lone = w.last_batch < COMMIT_SIBLINGS && written < COMMIT_SIBLINGS;
             w.last_batch = batch.iter().filter(|c| is_write(c)).count();
             let mut join = Join::new(&rx, &mut carry);
-            let go_on = w.process(batch, true, Some(&mut join));
+            let go_on = w.process(batch, true, lone.then_some(&mut join));
             w.last_batch_at = Instant::now();
             // Under the lock: a caller that takes it next sees these as applied.
             self.pending
