@@ -12,7 +12,7 @@
 //! ~10 ms before it.
 //!
 //! One job per module: `store` (every SQL statement), `writer` (the command loop and routing
-//! state), `queue` (whether the writer thread or the caller applies a command), `flow` (which
+//! state), `commit` (the group commit and its answers), `queue` (whether the writer thread or the caller applies a command), `flow` (which
 //! consumer's bounded buffer gets the next event), `join` (what a group commit's join window
 //! takes from the writer's channel), `overflow` (bounded backlogs and
 //! dead-letter eviction). This file is the [`Bus`] face: argument checks,
@@ -30,6 +30,7 @@
 //! Events are stored as their `worker_api.fbs` FlatBuffer: it round-trips every attribute and
 //! the extension order exactly (the JSON form would reorder extensions).
 
+mod commit;
 mod flow;
 mod join;
 mod overflow;
