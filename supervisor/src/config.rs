@@ -117,6 +117,7 @@ settings! {
     "BUS_DURABILITY" [] = "fsync", "fsync|os", "fsync: a publish is acknowledged after an fsync'd commit (survives power loss); os: after the write reaches the OS (survives a daemon crash or kill -9, not a power cut; ~4x the publish rate)";
     "RUNTIME_WORKER_THREADS" [] = "0", "0 (one less than the CPUs, at least 1) or 1-1024", "threads of the daemon's async runtime (HTTP, dispatcher, SSE); the bus writer, host links and hosts have threads of their own, and each extra idle runtime thread costs a wake-up of a sibling per wake-up from outside (docs/benchmarks.md, the event path's fourth pass)";
     "BUS_INLINE_COMMIT" [] = "os", "os|always|off", "embedded bus only: a lone publish, settle or completion (the writer idle, nothing queued) is committed on the calling thread instead of the bus writer's, saving two thread wake-ups; os: only with BUS_DURABILITY=os (an fsync would stall the async runtime); always: with fsync too; off: never";
+    "BUS_JOIN_WINDOW_US" [] = "300", "0-10000", "embedded bus with BUS_DURABILITY=fsync only: how long a group commit whose events went to their workers before its fsync keeps its transaction open for their completions (and whatever else arrives), committing as soon as they are all in; a quick plugin's event then costs one fsync'd commit instead of two; 0 commits at once";
     "BUS_COMMIT_DELAY_US" [] = "100", "0-10000", "embedded bus only: how long a group commit waits to gather more publishes and completions when the previous commit carried several (a lone publish never waits); fewer, larger commits pace publishers to what the workers drain under load; 0 commits at once";
     "TOPIC_MAX_BACKLOG_EVENTS" [] = "100000", "0 (no limit) or 1-100000000", "events one topic may hold waiting for its workers; more are dead-lettered with reason overflow";
     "TOPIC_RETENTION_EVENTS" [] = "100000", "0 (no replay window) or 1-100000000", "replay window: events per topic kept after their outcome, for SSE resume (Last-Event-ID, ?after=, ?from=earliest)";
@@ -533,6 +534,9 @@ pub struct Config {
     pub bus_fsync: bool,
     /// How long a busy group commit gathers more writes (`BUS_COMMIT_DELAY_US`).
     pub bus_commit_delay: Duration,
+    /// How long a group commit waits for the completions of events it handed out early
+    /// (`BUS_JOIN_WINDOW_US`).
+    pub bus_join_window: Duration,
     /// When a lone write is committed on the calling thread (`BUS_INLINE_COMMIT`).
     pub bus_inline_commit: crate::bus::InlineCommit,
     /// Threads of the async runtime (`RUNTIME_WORKER_THREADS`; 0: one less than the CPUs).
@@ -874,6 +878,7 @@ impl Config {
                 _ => return Err(invalid("BUS_DURABILITY", "fsync|os")),
             },
             bus_commit_delay: Duration::from_micros(int("BUS_COMMIT_DELAY_US", 0, 10_000)?),
+            bus_join_window: Duration::from_micros(int("BUS_JOIN_WINDOW_US", 0, 10_000)?),
             bus_inline_commit: match raw
                 .get("BUS_INLINE_COMMIT")
                 .0
@@ -1305,6 +1310,19 @@ mod tests {
             msg.contains("BUS_INLINE_COMMIT") && msg.contains("os|always|off"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn bus_join_window_defaults_to_the_bus_default_and_is_bounded() {
+        let c = load(ServeArgs::default(), &[]).unwrap();
+        assert_eq!(
+            c.bus_join_window,
+            Duration::from_micros(crate::bus::JOIN_WINDOW_DEFAULT_US)
+        );
+        let c = load(ServeArgs::default(), &[("BUS_JOIN_WINDOW_US", "0")]).unwrap();
+        assert!(c.bus_join_window.is_zero());
+        let err = load(ServeArgs::default(), &[("BUS_JOIN_WINDOW_US", "10001")]).unwrap_err();
+        assert!(err.to_string().contains("BUS_JOIN_WINDOW_US"), "{err}");
     }
 
     #[test]

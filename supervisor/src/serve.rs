@@ -86,6 +86,7 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
             },
             max_topic_backlog: config.topic_max_backlog,
             commit_delay: config.bus_commit_delay,
+            join_window: config.bus_join_window,
             inline: config.bus_inline_commit,
             retention_events: config.topic_retention_events,
             retention: config.topic_retention,

@@ -1,6 +1,7 @@
 //! A group commit whose COMMIT fails after its events were handed out early (`fsync`, see
 //! `flow::hand_out_early`): the publisher gets the error, the consumer's completion finds no
 //! open row and stores no reply, and the event's sequence number is never handed out again.
+//! A completion that joined the failed commit (its join window) is refused with it.
 //!
 //! The COMMIT is made to fail with `RLIMIT_FSIZE` (the WAL file cannot grow), in a child
 //! process because the limit is per process: the test re-runs its own binary as the child.
@@ -97,6 +98,90 @@ fn a_failed_commit_after_an_early_hand_out_stores_nothing_and_reuses_no_number()
     }
     let dir = tempfile::tempdir().unwrap();
     let out = crate::self_child::command(TEST_NAME, CHILD_ENV, dir.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("CHILD OK"),
+        "child failed: {text}"
+    );
+}
+
+const JOINED_ENV: &str = "WM_BUS_COMMIT_FAILS_JOINED_CHILD_DIR";
+const JOINED_TEST: &str =
+    "bus_commit_fails::a_failed_commit_refuses_the_completions_that_joined_it_too";
+
+/// The join window's case: the completion of an event handed out early joined the publish's
+/// open transaction (`BUS_JOIN_WINDOW_US`); the COMMIT fails, and both are refused.
+fn joined_child(dir: &std::path::Path) {
+    let rt = crate::self_child::runtime();
+    rt.block_on(async {
+        let opts = SqliteBusOptions {
+            // Far above the round trip: the completions always join.
+            join_window: Duration::from_secs(5),
+            ..SqliteBusOptions::default()
+        };
+        let bus = SqliteBus::open(dir, opts).unwrap();
+        let mut c = bus.consume("in", "w");
+        bus.set_ready();
+        // A quick worker: completes each event at once and reports the bus's answer.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let worker = {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                while let Some(d) = c.recv().await {
+                    let r = bus.complete(d.seq, Outcome::Replied, reply(&d.event)).await;
+                    let _ = tx.send((d.seq, r.is_ok()));
+                }
+            })
+        };
+        let first = bus.publish("in", vec![event(0)]).await.unwrap()[0];
+        assert_eq!(rx.recv().await, Some((first, true)));
+        assert_eq!(bus.metrics().joined_writes(), 1, "the completion joined");
+
+        let wal = std::fs::metadata(dir.join("bus.db-wal")).unwrap().len();
+        // SAFETY: ignoring SIGXFSZ installs no handler; a write over the limit then fails
+        // with EFBIG instead of killing the process.
+        unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }.unwrap();
+        let (_, hard) = getrlimit(Resource::RLIMIT_FSIZE).unwrap();
+        setrlimit(Resource::RLIMIT_FSIZE, wal, hard).unwrap();
+        assert!(bus.publish("in", vec![event(1)]).await.is_err());
+        let (failed, completed) = rx.recv().await.unwrap();
+        assert!(
+            !completed,
+            "the completion in the failed commit is refused too"
+        );
+        assert_eq!(bus.metrics().joined_writes(), 2);
+        setrlimit(Resource::RLIMIT_FSIZE, hard, hard).unwrap();
+
+        let next = bus.publish("in", vec![event(2)]).await.unwrap()[0];
+        assert!(next > failed, "no number reused");
+        assert_eq!(rx.recv().await, Some((next, true)));
+        let inputs = bus.replay("in", 0, 100).await.unwrap();
+        let seqs: Vec<u64> = inputs.events.iter().map(|p| p.seq).collect();
+        assert_eq!(seqs, [first, next], "only the committed inputs are stored");
+        let replies = bus.replay("in.reply", 0, 100).await.unwrap();
+        let ids: Vec<&str> = replies.events.iter().map(|p| p.event.id.as_str()).collect();
+        assert_eq!(ids, ["r-id-0", "r-id-2"], "no reply to the failed event");
+        assert_eq!(bus.metrics().stored(), 0, "nothing left open");
+        bus.close().await;
+        let _ = worker.await;
+    });
+    println!("CHILD OK");
+}
+
+#[test]
+fn a_failed_commit_refuses_the_completions_that_joined_it_too() {
+    if let Some(dir) = std::env::var_os(JOINED_ENV) {
+        joined_child(std::path::Path::new(&dir));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::self_child::command(JOINED_TEST, JOINED_ENV, dir.path())
         .output()
         .unwrap();
     let text = format!(

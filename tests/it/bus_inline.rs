@@ -270,3 +270,64 @@ async fn a_write_never_overtakes_a_command_queued_before_it() {
         assert_eq!(bus.metrics().dropped(&topic), 0);
     }
 }
+
+/// `INLINE_MAX_OPEN` is per topic: a backlog on one topic (a stopped or slow worker's) keeps
+/// that topic's writes on the writer thread (group commits), while a lone write to another
+/// topic still goes inline; a completion counts its input's topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_keeps_only_its_own_topic_off_the_inline_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open_os(dir.path());
+    // Nobody takes "a"'s events out of its consumer's buffer: a worker that stopped working.
+    let mut a = bus.consume("a", "stuck");
+    let mut b = bus.consume("b", "w");
+    ready(&bus).await;
+    bus.publish("a", (0..10).map(event).collect())
+        .await
+        .unwrap();
+    let idle = || tokio::time::sleep(Duration::from_millis(20));
+
+    idle().await;
+    let before = bus.metrics().inline_writes();
+    bus.publish("b", vec![event(100)]).await.unwrap();
+    assert_eq!(
+        bus.metrics().inline_writes(),
+        before + 1,
+        "a lone publish to b goes inline whatever a's backlog"
+    );
+    let d = recv(&mut b).await;
+    idle().await;
+    let reply = Some(("b.reply".into(), reply_to(&d.event)));
+    bus.complete(d.seq, Outcome::Replied, reply).await.unwrap();
+    assert_eq!(
+        bus.metrics().inline_writes(),
+        before + 2,
+        "its completion too"
+    );
+
+    // a's own writes stay with the writer thread: a completion of one of its events...
+    let d = recv(&mut a).await;
+    idle().await;
+    let before = bus.metrics().inline_writes();
+    let reply = Some(("a.reply".into(), reply_to(&d.event)));
+    bus.complete(d.seq, Outcome::Replied, reply).await.unwrap();
+    // ... and a publish to it.
+    idle().await;
+    bus.publish("a", vec![event(200)]).await.unwrap();
+    assert_eq!(
+        bus.metrics().inline_writes(),
+        before,
+        "writes to the backlogged topic are group-committed by the writer thread"
+    );
+
+    // Once b has a backlog of its own, its lone publish is queued too.
+    bus.publish("b", (300..310).map(event).collect())
+        .await
+        .unwrap();
+    idle().await;
+    let before = bus.metrics().inline_writes();
+    bus.publish("b", vec![event(400)]).await.unwrap();
+    assert_eq!(bus.metrics().inline_writes(), before);
+    assert_eq!(bus.metrics().settled("replied"), 2);
+    bus.close().await;
+}

@@ -295,3 +295,33 @@ fn with_os_durability_lone_events_are_committed_inline_and_every_reply_arrives()
     );
     assert_eq!(metric(&d, "workmanager_bus_stored_events"), 0.0);
 }
+
+#[test]
+fn with_fsync_a_quick_workers_completion_joins_its_publishs_commit() {
+    // BUS_JOIN_WINDOW_US: the publish's transaction stays open until the event, handed to
+    // the worker before the fsync, is completed; one commit per event instead of two. (A
+    // window far above the round trip, so that a loaded machine does not split them.)
+    let d = Daemon::start(options(&[("BUS_JOIN_WINDOW_US", "10000")]));
+    chaos_worker(&d, "join.in", json!({}));
+    let replies = Sse::subscribe(&d.base_url(), "join.in.reply");
+    publish(&d, "join.in", "warm", "warm");
+    wait_replies(&replies, &["warm"]);
+    let commits = metric(&d, "workmanager_bus_commits_total");
+    let joined = metric(&d, "workmanager_bus_joined_writes_total");
+    for i in 0..10 {
+        let id = format!("join{i}");
+        publish(&d, "join.in", &id, &id);
+        wait_replies(&replies, &[id.as_str()]);
+    }
+    let commits = metric(&d, "workmanager_bus_commits_total") - commits;
+    let joined = metric(&d, "workmanager_bus_joined_writes_total") - joined;
+    assert!(
+        commits <= 11.0,
+        "{commits} commits for 10 events one at a time: the completions did not join (20 without)"
+    );
+    assert!(
+        joined >= 9.0,
+        "{joined} completions joined their publish's commit"
+    );
+    assert_eq!(metric(&d, "workmanager_bus_stored_events"), 0.0);
+}

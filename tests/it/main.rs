@@ -7,6 +7,7 @@ mod bus_contract;
 mod bus_crash;
 mod bus_http;
 mod bus_inline;
+mod bus_join;
 mod bus_resume;
 mod bus_rules;
 mod bus_store;

@@ -26,6 +26,8 @@ pub struct BusMetrics {
     commits: AtomicU64,
     /// Publishes, settles and completions applied on the caller's thread (writer idle).
     inline_writes: AtomicU64,
+    /// Publishes, settles and completions that joined an open group commit's window.
+    joined_writes: AtomicU64,
     /// Events in the store that have not reached their outcome.
     stored: AtomicI64,
     /// Events waiting for the writer to commit them.
@@ -94,6 +96,10 @@ impl BusMetrics {
         self.inline_writes.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn add_joined(&self, n: u64) {
+        self.joined_writes.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub(crate) fn add_stored(&self, delta: i64) {
         self.stored.fetch_add(delta, Ordering::Relaxed);
     }
@@ -155,6 +161,12 @@ impl BusMetrics {
     /// writer was idle (`BUS_INLINE_COMMIT`), not by the writer thread.
     pub fn inline_writes(&self) -> u64 {
         self.inline_writes.load(Ordering::Relaxed)
+    }
+
+    /// Publishes, settles and completions applied in the join window of a group commit that
+    /// handed its events out early (`BUS_JOIN_WINDOW_US`): each saved a commit of its own.
+    pub fn joined_writes(&self) -> u64 {
+        self.joined_writes.load(Ordering::Relaxed)
     }
 
     /// Appends every bus metric in the Prometheus text format.
@@ -260,6 +272,17 @@ impl BusMetrics {
             out,
             "workmanager_bus_inline_writes_total {}",
             self.inline_writes()
+        );
+        header(
+            out,
+            "workmanager_bus_joined_writes_total",
+            "counter",
+            "Publishes, settles and completions that joined the open transaction of a group commit whose events went to their workers before its fsync (BUS_JOIN_WINDOW_US).",
+        );
+        let _ = writeln!(
+            out,
+            "workmanager_bus_joined_writes_total {}",
+            self.joined_writes()
         );
         header(
             out,

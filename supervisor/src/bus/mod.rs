@@ -36,7 +36,7 @@ pub use dead_letter::{
 };
 pub use jetstream::{JetStreamBus, JetStreamBusOptions};
 pub use metrics::BusMetrics;
-pub use sqlite::{Durability, InlineCommit, SqliteBus, SqliteBusOptions};
+pub use sqlite::{Durability, InlineCommit, JOIN_WINDOW_DEFAULT_US, SqliteBus, SqliteBusOptions};
 
 /// True for a dead-letter topic (`<topic>-dead`).
 pub fn is_dead_letter_topic(topic: &str) -> bool {

@@ -12,8 +12,9 @@
 //! ~10 ms before it.
 //!
 //! One job per module: `store` (every SQL statement), `writer` (the command loop and routing
-//! state), `queue` (whether the writer thread or the caller applies a command), `flow` (which
-//! consumer's bounded buffer gets the next event), `overflow` (bounded backlogs and
+//! state), `commit` (the group commit and its answers), `queue` (whether the writer thread or the caller applies a command), `flow` (which
+//! consumer's bounded buffer gets the next event), `join` (what a group commit's join window
+//! takes from the writer's channel), `overflow` (bounded backlogs and
 //! dead-letter eviction). This file is the [`Bus`] face: argument checks,
 //! publisher back-pressure, and the commands sent to the writer.
 //!
@@ -29,7 +30,9 @@
 //! Events are stored as their `worker_api.fbs` FlatBuffer: it round-trips every attribute and
 //! the extension order exactly (the JSON form would reorder extensions).
 
+mod commit;
 mod flow;
+mod join;
 mod overflow;
 mod queue;
 mod store;
@@ -83,6 +86,11 @@ pub struct SqliteBusOptions {
     /// several (`BUS_COMMIT_DELAY_US`; zero: commit whatever is queued at once). A lone
     /// write never waits.
     pub commit_delay: std::time::Duration,
+    /// With [`Durability::Fsync`]: how long a group commit whose events went to their
+    /// consumers before the COMMIT keeps its transaction open for their completions (and
+    /// whatever else arrives), so that a quick plugin's event is one fsync'd commit, not two
+    /// (`BUS_JOIN_WINDOW_US`; zero: commit at once). It ends as soon as they are all in.
+    pub join_window: std::time::Duration,
     /// Events a watcher (SSE) may lag behind before it skips.
     pub watch_capacity: usize,
     /// How long `open` waits for another process to let go of the store.
@@ -120,6 +128,7 @@ impl Default for SqliteBusOptions {
             memory_window: 2_048,
             max_batch_events: 4_096,
             commit_delay: std::time::Duration::ZERO,
+            join_window: std::time::Duration::from_micros(JOIN_WINDOW_DEFAULT_US),
             watch_capacity: 1_024,
             lock_timeout: std::time::Duration::from_secs(5),
             max_topic_backlog: 100_000,
@@ -154,6 +163,10 @@ struct Complete {
     reply_event: Option<(String, CloudEvent, Vec<u8>)>,
     answer: oneshot::Sender<Result<(), BusError>>,
 }
+
+/// The default of [`SqliteBusOptions::join_window`] (`BUS_JOIN_WINDOW_US`), in microseconds:
+/// see docs/operations.md for how it was chosen.
+pub const JOIN_WINDOW_DEFAULT_US: u64 = 300;
 
 /// The file name of the store inside the data directory.
 pub const BUS_DB_FILE: &str = "bus.db";
@@ -271,6 +284,7 @@ impl SqliteBus {
             evicted: HashMap::new(),
             last_expiry: std::time::Instant::now(),
             deferred: Vec::new(),
+            handed: HashMap::new(),
             last_batch: 0,
             last_batch_at: std::time::Instant::now(),
         };

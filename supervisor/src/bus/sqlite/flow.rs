@@ -61,6 +61,8 @@ pub(super) fn place(t: &mut Topic) -> Option<mpsc::OwnedPermit<Delivery>> {
 /// before may go early: its topic has no undelivered event in memory or on disk, and no
 /// earlier event of this commit on it stayed behind (full buffers). Returns the sequence
 /// numbers handed out; each attempt count is queued in `deferred` as the pump would.
+/// Each goes into `handed` (seq -> topic). `behind` carries the topics with an event left behind across the parts of one group
+/// commit (its join window, `writer.rs`), so that a later part does not overtake it.
 ///
 /// If the commit then fails, the publisher gets the error and nothing of the event is
 /// stored: its completion finds no open row (the settle's `RETURNING` is empty), so no reply
@@ -68,16 +70,17 @@ pub(super) fn place(t: &mut Topic) -> Option<mpsc::OwnedPermit<Delivery>> {
 pub(super) fn hand_out_early(
     topics: &mut HashMap<String, Topic>,
     deferred: &mut Vec<(u64, Instant)>,
+    handed: &mut HashMap<u64, String>,
     appends: &[RoutedAppend],
     ended: &[Vec<bool>],
     seqs: &[Vec<u64>],
+    behind: &mut HashSet<String>,
 ) -> HashSet<u64> {
     let mut early = HashSet::new();
-    let mut behind: HashSet<&str> = HashSet::new();
     let now = Instant::now();
     for (((events, _, _), ended), seqs) in appends.iter().zip(ended).zip(seqs) {
         for (((topic, event, blob), ended), seq) in events.iter().zip(ended).zip(seqs) {
-            if *ended || behind.contains(topic.as_str()) {
+            if *ended || behind.contains(topic) {
                 continue;
             }
             let permit = topics.get_mut(topic).and_then(|t| {
@@ -88,9 +91,10 @@ pub(super) fn hand_out_early(
                 }
             });
             let Some(permit) = permit else {
-                behind.insert(topic);
+                behind.insert(topic.clone());
                 continue;
             };
+            handed.insert(*seq, topic.clone());
             permit.send(Delivery {
                 seq: *seq,
                 topic: topic.clone(),

@@ -7,7 +7,7 @@
 //! watchers and hand-outs, without the two thread wake-ups of a round trip to the writer
 //! thread (docs/architecture.md, `bus/`: `queue.rs`). Nothing pending means no command sent earlier can
 //! be overtaken. Under load the writer thread keeps group-committing: the caller also needs
-//! the bus *quiet* (at most [`super::writer::INLINE_MAX_OPEN`] events open), because with one
+//! the command's topics *quiet* (at most [`super::writer::INLINE_MAX_OPEN`] events open each), because with one
 //! runtime thread the commands of concurrent requests would otherwise never meet in the
 //! channel, each committed alone on the thread that parses the requests.
 
@@ -113,7 +113,7 @@ impl Queue {
             && self.pending.load(Ordering::SeqCst) == 0
             && let Some(mut w) = self.idle_writer()
             && self.pending.load(Ordering::SeqCst) == 0
-            && w.is_quiet()
+            && w.is_quiet(&cmd)
         {
             if w.is_closed() {
                 // Dropping the command drops its answer: the caller sees `Closed`.

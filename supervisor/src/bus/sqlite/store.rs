@@ -116,6 +116,14 @@ pub(super) struct WriteBatch<'a> {
     pub trims: Vec<(&'a str, u64)>,
 }
 
+#[cfg(test)]
+impl WriteBatch<'_> {
+    /// Whether it stores events (a commit that must be fsync'd under `Durability::Fsync`).
+    pub fn stores(&self) -> bool {
+        !self.appends.is_empty() || self.completes.iter().any(|c| c.1.is_some())
+    }
+}
+
 /// What a group commit did.
 pub(super) struct WriteResult {
     pub appended: Vec<Vec<u64>>,
@@ -266,22 +274,47 @@ impl Store {
     /// Runs `b` in one transaction; `before_commit` gets the sequence numbers of the appended
     /// events once every statement ran, just before the COMMIT (and its fsync). Those numbers
     /// are never handed out again, even if the COMMIT fails: whoever learnt them early (a
-    /// consumer, see `flow::hand_out_early`) cannot settle a later event by mistake.
+    /// consumer, see `flow::hand_out_early`) cannot settle a later event by mistake. (The
+    /// writer runs the same steps itself, with a join window between the last two.)
+    #[cfg(test)]
     pub fn commit_then(
         &mut self,
         b: &WriteBatch<'_>,
         before_commit: impl FnOnce(&[Vec<u64>]),
     ) -> Result<WriteResult, BusError> {
-        let stores = !b.appends.is_empty() || b.completes.iter().any(|c| c.1.is_some());
+        self.begin(b.stores())?;
+        let out = match self.write(b) {
+            Ok(out) => out,
+            Err(e) => {
+                self.rollback();
+                return Err(e);
+            }
+        };
+        before_commit(&out.appended);
+        self.finish()?;
+        Ok(out)
+    }
+
+    /// Opens a group commit's transaction (`stores`: it will store events, so under
+    /// [`Durability::Fsync`] its COMMIT is fsync'd). Then [`Store::write`] one or more
+    /// batches into it (the join window adds the commands that arrive meanwhile), and
+    /// [`Store::finish`] or [`Store::rollback`].
+    pub fn begin(&mut self, stores: bool) -> Result<(), BusError> {
         let full = stores && self.durability == Durability::Fsync;
         self.set_sync(full)
             .map_err(store_err("set the sync mode"))?;
+        self.conn()
+            .and_then(|c| c.execute_batch("BEGIN"))
+            .map_err(store_err("begin a transaction"))
+    }
+
+    /// Runs the statements of `b` in the transaction [`Store::begin`] opened. On success the
+    /// numbers it assigned are never assigned again, whatever happens to the transaction
+    /// (they may be handed out before the COMMIT); on an error the caller rolls back.
+    pub fn write(&mut self, b: &WriteBatch<'_>) -> Result<WriteResult, BusError> {
         let now = now_ms();
         let mut next = self.next_seq;
-        let conn = self.conn().map_err(store_err("begin a transaction"))?;
-        let tx = conn
-            .transaction()
-            .map_err(store_err("begin a transaction"))?;
+        let tx = self.conn().map_err(store_err("write to the store"))?;
         let mut out = WriteResult {
             appended: Vec::with_capacity(b.appends.len()),
             settled: Vec::with_capacity(b.settles.len()),
@@ -371,12 +404,29 @@ impl Store {
                 }
             }
         }
-        before_commit(&out.appended);
-        let committed = tx.commit();
-        // Also after a failed COMMIT (see above): the numbers may be known outside.
         self.next_seq = next;
-        committed.map_err(store_err("commit"))?;
         Ok(out)
+    }
+
+    /// COMMITs the open transaction (one fsync under [`Durability::Fsync`] when it stored
+    /// anything); on failure it is rolled back and nothing of it is stored.
+    pub fn finish(&mut self) -> Result<(), BusError> {
+        let committed = self.conn().and_then(|c| c.execute_batch("COMMIT"));
+        if committed.is_err() {
+            self.rollback();
+        }
+        committed.map_err(store_err("commit"))
+    }
+
+    /// Rolls the open transaction back (after a failed statement or COMMIT; a transaction
+    /// SQLite already rolled back itself is no error).
+    pub fn rollback(&mut self) {
+        if let Ok(c) = self.conn()
+            && !c.is_autocommit()
+            && let Err(e) = c.execute_batch("ROLLBACK")
+        {
+            tracing::warn!(error = %e, "bus: cannot roll back a failed group commit; the store is reopened at the next start");
+        }
     }
 
     /// Counts deliveries and settles drops (`Dropped`, kept for the replay window), in one

@@ -2,13 +2,15 @@
 //! runs every queued command in arrival order, a batch at a time; a caller that finds it idle
 //! runs a lone write itself through the same [`Writer::process`] (`queue.rs`).
 //!
-//! Per batch: (1) the group commit (publishes, settles, completions, replay-window trims in
-//! one transaction, one fsync; with fsync, events nothing waits before go to their consumers
-//! just before it, [`super::flow::hand_out_early`]), then the answers and the watchers; (2) the pump: flow control
+//! Per batch: (1) the group commit (`commit.rs`: publishes, settles, completions,
+//! replay-window trims in one transaction, one fsync; with fsync, events nothing waits before
+//! go to their consumers just before it, [`super::flow::hand_out_early`], and one event at a
+//! time keeps the transaction open for its completion, `join.rs`), then the answers and the
+//! watchers; (2) the pump: flow control
 //! hands pending events to consumers' bounded buffers ([`super::flow`]), their attempt counts
 //! queued for the next group commit, and drops the events of topics nobody consumes or holds.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,13 +19,13 @@ use tokio::sync::{mpsc, oneshot};
 use wm_shared::CloudEvent;
 
 use super::super::{BusError, Delivery, Outcome, Published, ReplayPage, is_dead_letter_topic};
-use super::flow::{Plan, hand_out_early, place};
-use super::overflow::route_overflow;
-use super::store::{Store, WriteBatch, now_ms, store_err};
-use super::{Append, Cmd, Complete, Durability, RoutedAppend, Shared, SqliteBusOptions, lock};
+use super::flow::{Plan, place};
+use super::join::{Join, cmd_weight, is_write};
+use super::store::{Store, now_ms, store_err};
+use super::{Cmd, Shared, SqliteBusOptions, lock};
 
 /// A settle waiting for the next commit, with its caller's answer.
-type Settle = (u64, Outcome, oneshot::Sender<Result<(), BusError>>);
+pub(super) type Settle = (u64, Outcome, oneshot::Sender<Result<(), BusError>>);
 
 /// An undelivered event held in memory.
 pub(super) struct Entry {
@@ -56,20 +58,22 @@ pub(super) struct Topic {
     pub stored: u64,
 }
 
-/// Most open (stored, unsettled) events with which a lone write may still be applied on the
-/// caller's thread: one event at a time has one open (its completion settles it); a backlog
-/// means concurrent publishers or workers, whose writes the writer thread group-commits.
-pub(super) const INLINE_MAX_OPEN: i64 = 4;
+/// Most open (stored, unsettled) events a topic may hold for a lone write on it to be applied
+/// on the caller's thread: one event at a time has one open (its completion settles it); a
+/// backlog means concurrent publishers or workers on the topic, whose writes the writer
+/// thread group-commits. Per topic: one stopped worker's backlog does not turn inline
+/// commits off for every other topic.
+pub(super) const INLINE_MAX_OPEN: u64 = 4;
 /// How often ended events older than `TOPIC_RETENTION_SECONDS` are deleted.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 /// How long a delivery count waits before it is stored: most deliveries are completed within
 /// it, and the count of a settled event need not be stored at all. Idle, counts are stored
 /// after [`FLUSH_AFTER`].
-const COUNT_GRACE: Duration = Duration::from_millis(10);
+pub(super) const COUNT_GRACE: Duration = Duration::from_millis(10);
 /// How long delivery counts wait, with nothing else to do, before a transaction of their own.
 const FLUSH_AFTER: Duration = Duration::from_millis(2);
 /// Most rows one expiry or trim deletes (the rest go next time).
-const MAX_DELETE: u64 = 50_000;
+pub(super) const MAX_DELETE: u64 = 50_000;
 /// Writes in the last batch from which the next batch waits `commit_delay` to gather more.
 const COMMIT_SIBLINGS: usize = 2;
 /// A writer that waited longer than this (or than the commit delay, if longer) for its next
@@ -96,6 +100,10 @@ pub(super) struct Writer {
     /// Writes (publishes, settles, completions) in the last batch: the sign of concurrent
     /// writers that [`SqliteBusOptions::commit_delay`] waits for.
     pub last_batch: usize,
+    /// Events out with their consumers (handed out, not settled or given back), by sequence
+    /// number: their topic, which a settle or completion does not name (see
+    /// [`Writer::is_quiet`]). Bounded by the consumers' buffers and calls in flight.
+    pub handed: HashMap<u64, String>,
     /// When the last batch was committed: `last_batch` speaks for the writers only while
     /// they keep coming (see [`IDLE_AFTER`]).
     pub last_batch_at: Instant,
@@ -218,9 +226,24 @@ impl Writer {
         self.shared.closed.load(Ordering::Acquire)
     }
 
-    /// Whether the bus is quiet enough for a write inline (see [`INLINE_MAX_OPEN`]).
-    pub fn is_quiet(&self) -> bool {
-        self.shared.metrics.stored() <= INLINE_MAX_OPEN
+    /// Whether the topics `cmd` writes to are quiet enough for it to be applied inline (see
+    /// [`INLINE_MAX_OPEN`]): a publish's topic; a settle's or completion's input topic (and
+    /// a completion's reply topic). A backlog elsewhere (a stopped worker's) does not matter.
+    pub fn is_quiet(&self, cmd: &Cmd) -> bool {
+        let quiet = |topic: &str| {
+            self.topics
+                .get(topic)
+                .is_none_or(|t| t.stored <= INLINE_MAX_OPEN)
+        };
+        let input = |seq: &u64| self.handed.get(seq).is_none_or(|t| quiet(t));
+        match cmd {
+            Cmd::Append { topic, .. } => quiet(topic),
+            Cmd::Settle { seq, .. } => input(seq),
+            Cmd::Complete(c) => {
+                input(&c.seq) && c.reply_event.as_ref().is_none_or(|(t, _, _)| quiet(t))
+            }
+            _ => true,
+        }
     }
 
     /// Whether delivery counts wait for a commit.
@@ -234,13 +257,13 @@ impl Writer {
     pub fn apply_inline(&mut self, cmd: Cmd) {
         self.last_batch = usize::from(is_write(&cmd));
         self.shared.metrics.add_inline_write();
-        self.process(vec![cmd], false);
+        self.process(vec![cmd], false, None);
         self.last_batch_at = Instant::now();
     }
 
     /// Runs one batch; false once shut down. `expire`: delete what left the replay window
     /// first when it is time.
-    fn process(&mut self, batch: Vec<Cmd>, expire: bool) -> bool {
+    fn process(&mut self, batch: Vec<Cmd>, expire: bool, join: Option<&mut Join<'_>>) -> bool {
         if expire && self.last_expiry.elapsed() >= EXPIRE_EVERY {
             self.last_expiry = Instant::now();
             self.expire();
@@ -320,7 +343,7 @@ impl Writer {
             self.release(given_back, &mut touched);
         }
         if !appends.is_empty() || !settles.is_empty() || !completes.is_empty() {
-            self.commit_writes(appends, settles, completes, &mut touched);
+            self.commit_writes(appends, settles, completes, &mut touched, join);
         }
         for (topic, after, limit, reply) in replays {
             let _ = reply.send(self.replay(&topic, after, limit));
@@ -379,6 +402,7 @@ impl Writer {
                 encoded: d.encoded,
                 deliveries,
             };
+            self.handed.remove(&d.seq);
             t.pending.insert(d.seq, entry);
         }
     }
@@ -390,6 +414,7 @@ impl Writer {
         match self.store.set_deliveries(&counts) {
             Ok(open) => {
                 for (d, open) in deliveries.into_iter().zip(open) {
+                    self.handed.remove(&d.seq);
                     if open {
                         touched.insert(d.topic.clone());
                         self.topics.entry(d.topic).or_default().pending.insert(
@@ -429,187 +454,11 @@ impl Writer {
         })
     }
 
-    /// Phase 1: appends, settles and completions in one transaction, then the answers.
-    fn commit_writes(
-        &mut self,
-        appends: Vec<Append>,
-        settles: Vec<Settle>,
-        completes: Vec<Complete>,
-        touched: &mut HashSet<String>,
-    ) {
-        let appends = route_overflow(self, appends);
-        let trims = self.trims(&appends, &completes);
-        let appends_ended: Vec<Vec<bool>> = appends
-            .iter()
-            .map(|(events, _, _)| events.iter().map(|(t, _, _)| self.ended(t)).collect())
-            .collect();
-        let completes_ended: Vec<bool> = completes
-            .iter()
-            .map(|c| {
-                c.reply_event
-                    .as_ref()
-                    .is_some_and(|(t, _, _)| self.ended(t))
-            })
-            .collect();
-        let due = self.due_counts(&settles, &completes);
-        let batch = WriteBatch {
-            appends: appends
-                .iter()
-                .zip(&appends_ended)
-                .map(|((events, _, _), ended)| {
-                    events
-                        .iter()
-                        .zip(ended)
-                        .map(|((t, _, blob), e)| (t.as_str(), blob.as_slice(), *e))
-                        .collect()
-                })
-                .collect(),
-            settles: settles.iter().map(|s| s.0).collect(),
-            completes: completes
-                .iter()
-                .zip(&completes_ended)
-                .map(|(c, e)| {
-                    let reply = c.reply_event.as_ref();
-                    (
-                        c.seq,
-                        reply.map(|(t, _, blob)| (t.as_str(), blob.as_slice(), *e)),
-                    )
-                })
-                .collect(),
-            delivered: due.iter().map(|(s, _)| *s).collect(),
-            trims: trims.iter().map(|(t, n)| (t.as_str(), *n)).collect(),
-        };
-        // With an fsync to wait for, consumers get the new events before it (see
-        // `hand_out_early`); the answers and watchers still wait for the commit.
-        let early_on = self.opts.durability == Durability::Fsync;
-        let mut early = HashSet::new();
-        let (topics, deferred) = (&mut self.topics, &mut self.deferred);
-        let result = self.store.commit_then(&batch, |seqs| {
-            if early_on {
-                early = hand_out_early(topics, deferred, &appends, &appends_ended, seqs);
-            }
-        });
-        drop(batch);
-        let queued: i64 = appends.iter().map(|a| a.0.len() as i64).sum();
-        self.shared.metrics.add_queued(-queued);
-        let done = match result {
-            Ok(r) => r,
-            Err(e) => {
-                self.deferred.extend(due);
-                tracing::error!(error = %e, "bus: a group commit failed; its publishes, settles and completions are refused");
-                refuse(&e, appends, settles, completes);
-                return;
-            }
-        };
-        self.shared.metrics.add_commit();
-
-        for ((topic, _), (n, max)) in trims.into_iter().zip(done.trimmed) {
-            self.evicted_rows(&topic, n, max);
-        }
-        for (((events, reply, _permit), seqs), ended) in
-            appends.into_iter().zip(done.appended).zip(appends_ended)
-        {
-            // Counters first, so that whoever sees the answer sees them too.
-            for ((topic, _, _), e) in events.iter().zip(&ended) {
-                self.count_stored(topic, *e);
-            }
-            let _ = reply.send(Ok(seqs.clone()));
-            for (((topic, event, blob), seq), e) in events.into_iter().zip(seqs).zip(ended) {
-                let handed_out = early.contains(&seq);
-                self.published(topic, event, blob, seq, e, handed_out, touched);
-            }
-        }
-        for ((seq, outcome, reply), topic) in settles.into_iter().zip(done.settled) {
-            if let Some(topic) = topic {
-                self.settled(seq, &topic, &outcome);
-            }
-            let _ = reply.send(Ok(()));
-        }
-        let completed = completes.into_iter().zip(done.completed);
-        for ((c, (topic, reply_seq)), e) in completed.zip(completes_ended) {
-            if let Some(topic) = topic {
-                self.settled(c.seq, &topic, &c.outcome);
-            }
-            if let (Some(seq), Some((rtopic, event, blob))) = (reply_seq, c.reply_event) {
-                self.count_stored(&rtopic, e);
-                self.published(rtopic, event, blob, seq, e, false, touched);
-            }
-            let _ = c.answer.send(Ok(()));
-        }
-    }
-
-    /// Topics that will be over their replay window once this commit is in, with how many of
-    /// their oldest ended rows to delete.
-    fn trims(&self, appends: &[RoutedAppend], completes: &[Complete]) -> Vec<(String, u64)> {
-        let window = self.window_events();
-        let mut adding: HashMap<&str, u64> = HashMap::new();
-        let appended = appends.iter().flat_map(|(events, _, _)| events.iter());
-        for (topic, _, _) in appended {
-            *adding.entry(topic.as_str()).or_default() += 1;
-        }
-        for (topic, _, _) in completes.iter().filter_map(|c| c.reply_event.as_ref()) {
-            *adding.entry(topic.as_str()).or_default() += 1;
-        }
-        adding
-            .into_iter()
-            .filter_map(|(topic, n)| {
-                let rows = self.retained.get(topic).copied().unwrap_or(0) + n;
-                (rows > window).then(|| (topic.to_string(), (rows - window).min(MAX_DELETE)))
-            })
-            .collect()
-    }
-
-    /// Whether an event published on `topic` now is stored already ended: nobody consumes or
-    /// holds the topic, so it is kept only for the replay window and counted as dropped (no
-    /// second statement to drop it).
-    fn ended(&self, topic: &str) -> bool {
-        self.droppable(topic)
-            && self
-                .topics
-                .get(topic)
-                .is_none_or(|t| t.consumers.is_empty())
-    }
-
-    /// The delivery counts to store with this commit: those older than [`COUNT_GRACE`]. The
-    /// counts of events this commit settles are forgotten (moot once settled).
-    fn due_counts(&mut self, settles: &[Settle], completes: &[Complete]) -> Vec<(u64, Instant)> {
-        let ending: HashSet<u64> = settles
-            .iter()
-            .map(|s| s.0)
-            .chain(completes.iter().map(|c| c.seq))
-            .collect();
-        self.deferred.retain(|(seq, _)| !ending.contains(seq));
-        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
-            .into_iter()
-            .partition(|(_, at)| at.elapsed() >= COUNT_GRACE);
-        self.deferred = waiting;
-        due
-    }
-
-    /// Counts one stored event of `topic` (ended: as dropped).
-    fn count_stored(&self, topic: &str, ended: bool) {
-        let metrics = &self.shared.metrics;
-        metrics.add_published(topic, 1);
-        if ended {
-            metrics.add_dropped(topic, 1);
-        } else {
-            metrics.add_stored(1);
-        }
-    }
-
-    /// The replay window in events (0 when either retention setting is 0).
-    fn window_events(&self) -> u64 {
-        if self.opts.retention.is_zero() {
-            0
-        } else {
-            self.opts.retention_events
-        }
-    }
-
     /// After a commit: event `seq` of `topic` ended.
-    fn settled(&mut self, seq: u64, topic: &str, outcome: &Outcome) {
+    pub(super) fn settled(&mut self, seq: u64, topic: &str, outcome: &Outcome) {
         self.shared.metrics.add_stored(-1);
         self.shared.metrics.add_settled(outcome.label());
+        self.handed.remove(&seq);
         if let Some(t) = self.topics.get_mut(topic) {
             t.pending.remove(&seq);
             t.stored = t.stored.saturating_sub(1);
@@ -618,7 +467,7 @@ impl Writer {
     }
 
     /// After a commit: `n` rows of `topic` up to `max` left the replay window.
-    fn evicted_rows(&mut self, topic: &str, n: u64, max: u64) {
+    pub(super) fn evicted_rows(&mut self, topic: &str, n: u64, max: u64) {
         if let Some(r) = self.retained.get_mut(topic) {
             *r = r.saturating_sub(n);
         }
@@ -632,7 +481,7 @@ impl Writer {
     /// topic's line (in memory if the window has room, else on disk) unless it was handed
     /// out before the commit (`handed_out`, see `flow::hand_out_early`).
     #[allow(clippy::too_many_arguments)]
-    fn published(
+    pub(super) fn published(
         &mut self,
         topic: String,
         event: CloudEvent,
@@ -760,7 +609,7 @@ impl Writer {
 
     /// Whether the events of `topic` may be dropped when nobody consumes it: only once ready,
     /// never for a topic a registered worker holds, never for a dead-letter topic.
-    fn droppable(&self, topic: &str) -> bool {
+    pub(super) fn droppable(&self, topic: &str) -> bool {
         self.ready && !is_dead_letter_topic(topic) && !self.held.values().any(|t| t == topic)
     }
 
@@ -851,6 +700,7 @@ impl Writer {
                 if deliveries > 1 {
                     redelivered += 1;
                 }
+                self.handed.insert(seq, p.topic.clone());
                 permit.send(Delivery {
                     seq,
                     topic: p.topic.clone(),
@@ -894,6 +744,7 @@ impl Writer {
         super::lock(&self.shared.watchers).clear();
         // Dropping the senders ends every consumer's `recv`.
         self.topics.clear();
+        self.handed.clear();
         self.store.close();
     }
 }
@@ -914,21 +765,29 @@ impl Thread {
             let w = lock(&self.state);
             (w.opts.max_batch_events.max(1), w.opts.commit_delay)
         };
+        // Commands a join window took from the channel without applying them: they start the
+        // next batch, ahead of anything still in the channel.
+        let mut carry: VecDeque<Cmd> = VecDeque::new();
         loop {
-            let wait = {
-                let w = lock(&self.state);
-                let wait = w.next_wait();
-                self.parked_long
-                    .store(wait >= EXPIRE_EVERY, Ordering::Release);
-                wait
-            };
-            let first = match rx.recv_timeout(wait) {
-                Ok(c) => c,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    lock(&self.state).idle();
-                    continue;
+            let first = match carry.pop_front() {
+                Some(c) => c,
+                None => {
+                    let wait = {
+                        let w = lock(&self.state);
+                        let wait = w.next_wait();
+                        self.parked_long
+                            .store(wait >= EXPIRE_EVERY, Ordering::Release);
+                        wait
+                    };
+                    match rx.recv_timeout(wait) {
+                        Ok(c) => c,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            lock(&self.state).idle();
+                            continue;
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             };
             // Group commit under load: when the last batch had company (several writers at
             // once), let the next one gather for `commit_delay` before it commits, so one
@@ -948,12 +807,12 @@ impl Thread {
             let mut weight = cmd_weight(&first);
             let mut batch = vec![first];
             while weight < max {
-                match rx.try_recv() {
-                    Ok(c) => {
+                match carry.pop_front().map_or_else(|| rx.try_recv().ok(), Some) {
+                    Some(c) => {
                         weight += cmd_weight(&c);
                         batch.push(c);
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
             let applied = batch.iter().filter(|c| !matches!(c, Cmd::Wake)).count();
@@ -963,11 +822,19 @@ impl Thread {
                 continue;
             }
             let mut w = lock(&self.state);
+            // A join window only for one event at a time (a lone write of one event, after a
+            // batch without company): with several writers at once the commit delay gathers
+            // them instead, and a batch publish handed out early would hold its 202 for many
+            // completions (docs/benchmarks.md, "Sixth pass").
+            let written: usize = batch.iter().filter(|c| is_write(c)).map(cmd_weight).sum();
+            let lone = w.last_batch < COMMIT_SIBLINGS && written < COMMIT_SIBLINGS;
             w.last_batch = batch.iter().filter(|c| is_write(c)).count();
-            let go_on = w.process(batch, true);
+            let mut join = Join::new(&rx, &mut carry);
+            let go_on = w.process(batch, true, lone.then_some(&mut join));
             w.last_batch_at = Instant::now();
             // Under the lock: a caller that takes it next sees these as applied.
-            self.pending.fetch_sub(applied, Ordering::SeqCst);
+            self.pending
+                .fetch_sub(applied + join.taken, Ordering::SeqCst);
             drop(w);
             if !go_on {
                 break;
@@ -975,67 +842,34 @@ impl Thread {
         }
         // Whatever arrives after the shutdown is refused (once `rx` is dropped, sends fail).
         let w = lock(&self.state);
-        while let Ok(cmd) = rx.try_recv() {
-            match cmd {
-                Cmd::Append { reply, events, .. } => {
-                    w.shared.metrics.add_queued(-(events.len() as i64));
-                    let _ = reply.send(Err(BusError::Closed));
-                }
-                Cmd::Settle { reply, .. } => {
-                    let _ = reply.send(Err(BusError::Closed));
-                }
-                Cmd::Complete(c) => {
-                    let _ = c.answer.send(Err(BusError::Closed));
-                }
-                Cmd::Replay { reply, .. } => {
-                    let _ = reply.send(Err(BusError::Closed));
-                }
-                Cmd::Shutdown { reply } => {
-                    let _ = reply.send(());
-                }
-                _ => {}
-            }
+        let after = carry
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()));
+        for cmd in after {
+            refuse_closed(cmd, &w.shared.metrics);
         }
     }
 }
 
-/// Answers everyone of a group commit that failed with its error.
-fn refuse(
-    e: &BusError,
-    appends: Vec<RoutedAppend>,
-    settles: Vec<Settle>,
-    completes: Vec<Complete>,
-) {
-    let err = || match e {
-        BusError::Store { step, source } => BusError::Store {
-            step,
-            source: source.clone(),
-        },
-        _ => BusError::Closed,
-    };
-    for (_, reply, _) in appends {
-        let _ = reply.send(Err(err()));
-    }
-    for (_, _, reply) in settles {
-        let _ = reply.send(Err(err()));
-    }
-    for c in completes {
-        let _ = c.answer.send(Err(err()));
-    }
-}
-
-/// Whether `c` is written in the group commit (what a commit delay may gather).
-fn is_write(c: &Cmd) -> bool {
-    matches!(
-        c,
-        Cmd::Append { .. } | Cmd::Settle { .. } | Cmd::Complete(_)
-    )
-}
-
-/// How much of the batch limit a command uses.
-fn cmd_weight(c: &Cmd) -> usize {
-    match c {
-        Cmd::Append { events, .. } => events.len().max(1),
-        _ => 1,
+/// Answers a command that arrived after the shutdown: the bus is closed.
+fn refuse_closed(cmd: Cmd, metrics: &super::super::BusMetrics) {
+    match cmd {
+        Cmd::Append { reply, events, .. } => {
+            metrics.add_queued(-(events.len() as i64));
+            let _ = reply.send(Err(BusError::Closed));
+        }
+        Cmd::Settle { reply, .. } => {
+            let _ = reply.send(Err(BusError::Closed));
+        }
+        Cmd::Complete(c) => {
+            let _ = c.answer.send(Err(BusError::Closed));
+        }
+        Cmd::Replay { reply, .. } => {
+            let _ = reply.send(Err(BusError::Closed));
+        }
+        Cmd::Shutdown { reply } => {
+            let _ = reply.send(());
+        }
+        _ => {}
     }
 }
