@@ -123,7 +123,7 @@ impl Writer {
         // Trims only with the first part: the rows of the others (unknown to `retained` until
         // the commit) are trimmed by the next commit.
         let trims = if with_trims {
-            self.trims(&appends, &completes)
+            self.trims(&appends, &settles, &completes)
         } else {
             Vec::new()
         };
@@ -238,8 +238,16 @@ impl Writer {
     }
 
     /// Topics that will be over their replay window once this commit is in, with how many of
-    /// their oldest ended rows to delete.
-    fn trims(&self, appends: &[RoutedAppend], completes: &[Complete]) -> Vec<(String, u64)> {
+    /// their oldest ended rows to delete: no more than the topic has ended rows stored. (The
+    /// trim's query walks the topic's rows oldest first to find ended ones; a topic whose
+    /// rows are all open — a backlog beyond the window — would otherwise be walked in full by
+    /// every commit that appends to it, to delete nothing.)
+    fn trims(
+        &self,
+        appends: &[RoutedAppend],
+        settles: &[Settle],
+        completes: &[Complete],
+    ) -> Vec<(String, u64)> {
         let window = self.window_events();
         let mut adding: HashMap<&str, u64> = HashMap::new();
         let appended = appends.iter().flat_map(|(events, _, _)| events.iter());
@@ -249,11 +257,36 @@ impl Writer {
         for (topic, _, _) in completes.iter().filter_map(|c| c.reply_event.as_ref()) {
             *adding.entry(topic.as_str()).or_default() += 1;
         }
+        // Rows of the topic that this commit ends: its events stored already ended, and the
+        // inputs it settles (the trim runs last in the transaction, so it may delete them).
+        let mut ending: HashMap<&str, u64> = HashMap::new();
+        let stored = appends
+            .iter()
+            .flat_map(|(events, _, _)| events.iter().map(|(t, _, _)| t))
+            .chain(
+                completes
+                    .iter()
+                    .filter_map(|c| c.reply_event.as_ref().map(|r| &r.0)),
+            );
+        for topic in stored.filter(|t| self.ended(t)) {
+            *ending.entry(topic.as_str()).or_default() += 1;
+        }
+        let inputs = settles
+            .iter()
+            .map(|s| s.0)
+            .chain(completes.iter().map(|c| c.seq));
+        for topic in inputs.filter_map(|seq| self.handed.get(&seq)) {
+            *ending.entry(topic.as_str()).or_default() += 1;
+        }
         adding
             .into_iter()
             .filter_map(|(topic, n)| {
-                let rows = self.retained.get(topic).copied().unwrap_or(0) + n;
-                (rows > window).then(|| (topic.to_string(), (rows - window).min(MAX_DELETE)))
+                let retained = self.retained.get(topic).copied().unwrap_or(0);
+                let open = self.topics.get(topic).map_or(0, |t| t.stored);
+                let ended = retained.saturating_sub(open) + ending.get(topic).copied().unwrap_or(0);
+                let over = (retained + n).saturating_sub(window);
+                let trim = over.min(ended).min(MAX_DELETE);
+                (trim > 0).then(|| (topic.to_string(), trim))
             })
             .collect()
     }
