@@ -14,8 +14,9 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering, fence};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
+use wm_shared::sync::Locked as _;
 
 use wm_shared::ring::SpinBudget;
 use wm_shared::ring::wait::{futex_wait, futex_wake};
@@ -71,7 +72,7 @@ impl<T> Default for Handoff<T> {
 impl<T> Handoff<T> {
     fn lock(&self) -> MutexGuard<'_, VecDeque<T>> {
         // A panic while holding the lock leaves a VecDeque that is still consistent.
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+        self.queue.locked()
     }
 
     /// Queues `item`; gives it back if the queue is closed.

@@ -7,8 +7,9 @@
 //! so even a supervisor that named one lane twice cannot give it two readers.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use wm_shared::sync::Locked as _;
 
 use flatbuffers::FlatBufferBuilder;
 use wm_shared::ring::{self, FrameReceiver, FrameSender, ReaderNudge, Region};
@@ -64,7 +65,7 @@ impl LaneClaims {
 
     /// Claims lane `k` of `region`; `Err` says why not (no such lane, or taken).
     pub fn claim(self: &Arc<Self>, region: &Arc<Region>, k: u32) -> Result<Lane, String> {
-        let mut taken = self.taken.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut taken = self.taken.locked();
         let n = region.lanes();
         if taken.len() < n {
             taken.resize(n, false);
@@ -92,7 +93,7 @@ impl LaneClaims {
     }
 
     fn release(&self, k: u32) {
-        let mut taken = self.taken.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut taken = self.taken.locked();
         if let Some(t) = taken.get_mut(k as usize) {
             *t = false;
         }

@@ -24,6 +24,8 @@ use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use wm_shared::sync::Locked as _;
+use wm_shared::sync::RwLocked as _;
 
 use wm_shared::protocol::{Message, hot};
 use wm_shared::ring::{ReaderNudge, Region, RingError};
@@ -168,7 +170,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
 
     /// Workers loaded (or loading).
     pub fn count(&self) -> u32 {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).len() as u32
+        self.map.locked().len() as u32
     }
 
     /// Calls accepted and not yet answered: those of the control ring and those running on
@@ -183,7 +185,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
     /// named); an existing one is reloaded beside the running library (its threads keep their
     /// lanes). The result is sent when the load finished.
     pub fn load(self: &Arc<Self>, request_id: u64, spec: LoadSpec, lanes: &[u32]) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.locked();
         if let Some(h) = map.get(&spec.worker_id) {
             let slot = h.slot.clone();
             drop(map);
@@ -219,7 +221,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         match spawned {
             // Unload joins it with the others; it is pushed before this frame handler returns,
             // so before any UnloadWorker for this worker is handled.
-            Ok(t) => threads.lock().unwrap_or_else(|p| p.into_inner()).push(t),
+            Ok(t) => threads.locked().push(t),
             Err(e) => crate::sandbox::log(&format!("cannot start a worker thread: {e}")),
         }
     }
@@ -250,7 +252,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
                     worker: Some(w),
                 });
                 {
-                    let mut cur = slot.current.write().unwrap_or_else(|p| p.into_inner());
+                    let mut cur = slot.current.write_locked();
                     // A reload requested while this first load ran may have finished first:
                     // the newer version wins, this one is unloaded (after the lock is released).
                     let stale = if cur.is_none() {
@@ -273,7 +275,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
                             let _alt = crash::AltStack::install();
                             this.serve(&id, &slot, &queue, 1, lane)
                         }) {
-                        Ok(t) => threads.lock().unwrap_or_else(|p| p.into_inner()).push(t),
+                        Ok(t) => threads.locked().push(t),
                         Err(e) => crate::sandbox::log(&format!(
                             "worker {worker_id}: cannot start thread {i}: {e}"
                         )),
@@ -288,10 +290,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
                 // Remove the entry first (pushes happen under the map lock): from then on no
                 // Process reaches this queue, so draining it below answers every message that
                 // did.
-                self.map
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&worker_id);
+                self.map.locked().remove(&worker_id);
                 queue.close();
                 self.outbox
                     .load_result(request_id, &worker_id, Err(error_chain(&e)));
@@ -454,11 +453,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
     /// Runs one call under its crash mark (the caller counts it in flight and uncounts it
     /// before the answer).
     fn call(&self, worker_id: &str, slot: &Slot<E>, msg_id: u64, event: &[u8]) -> ProcessOutcome {
-        let lib = slot
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let lib = slot.current.read_locked().clone();
         let outcome = match lib.as_ref().and_then(|l| l.worker.as_ref().map(|w| (l, w))) {
             Some((_, w)) => {
                 let _mark = crash::enter_call(worker_id, msg_id);
@@ -522,11 +517,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
                     );
                     return;
                 }
-                let old = slot
-                    .current
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .replace(new);
+                let old = slot.current.write_locked().replace(new);
                 // The old version goes when its last in-flight call ends (maybe right here).
                 drop(old);
                 self.outbox.load_result(request_id, &worker_id, Ok(()));
@@ -540,7 +531,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
     /// `Process`: queue the call on its worker, or answer UnknownWorker at once.
     pub fn process(&self, msg_id: u64, worker_id: &str, event: Vec<u8>) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.map.locked();
         let sent = match map.get(worker_id) {
             Some(h) => {
                 let ok = h.queue.push(Job { msg_id, event }).is_ok();
@@ -558,11 +549,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
     /// `UnloadWorker`: close the queue (queued calls still run), wait for the threads, unload
     /// the library, then report. Runs in the background so a hung plugin blocks nothing else.
     pub fn unload(self: &Arc<Self>, request_id: u64, worker_id: &str) {
-        let handle = self
-            .map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(worker_id);
+        let handle = self.map.locked().remove(worker_id);
         let Some(handle) = handle else {
             self.outbox.unload_result(
                 request_id,
@@ -594,11 +581,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
         // Thread 0 may still be starting the others: take the list only once it is complete,
         // i.e. join until it stays empty.
         loop {
-            let batch: Vec<_> = threads
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .drain(..)
-                .collect();
+            let batch: Vec<_> = threads.locked().drain(..).collect();
             if batch.is_empty() {
                 break;
             }
@@ -606,11 +589,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
                 let _ = t.join();
             }
         }
-        let current = slot
-            .current
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let current = slot.current.write_locked().take();
         match current.map(Arc::try_unwrap) {
             None => Ok(()),
             Some(Ok(loaded)) => {
@@ -626,12 +605,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
     /// `Shutdown`: unload every worker, waiting at most `deadline`. Returns whether all of
     /// them finished in time.
     pub fn shutdown(self: &Arc<Self>, deadline: Duration) -> bool {
-        let handles: Vec<_> = self
-            .map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
+        let handles: Vec<_> = self.map.locked().drain().collect();
         let (done_tx, done_rx) = channel();
         let n = handles.len();
         for (_, h) in handles {
@@ -664,7 +638,7 @@ impl<E: Engine, O: Outbox> Workers<E, O> {
     }
 
     fn background_push(&self, t: JoinHandle<()>) {
-        let mut bg = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bg = self.background.locked();
         // Forget finished threads so the list does not grow with every reload.
         bg.retain(|t| !t.is_finished());
         bg.push(t);

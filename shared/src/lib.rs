@@ -20,5 +20,6 @@ pub mod kernel;
 pub mod package;
 pub mod protocol;
 pub mod ring;
+pub mod sync;
 
 pub use cloudevent::{CloudEvent, CloudEventError, WorkerResponse};

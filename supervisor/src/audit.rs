@@ -6,6 +6,7 @@
 //! CloudEvent of type `workmanager.audit.<action>` (best effort, like lifecycle events).
 
 use std::sync::Mutex;
+use wm_shared::sync::Locked as _;
 
 use serde_json::json;
 use wm_shared::CloudEvent;
@@ -50,10 +51,7 @@ impl std::fmt::Debug for Audit {
 impl Audit {
     /// Adds a sink.
     pub fn add_sink(&self, sink: AuditSink) {
-        self.sinks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(sink);
+        self.sinks.locked().push(sink);
     }
 
     /// Records one change.
@@ -69,7 +67,7 @@ impl Audit {
             remote = %r.remote,
             "audit"
         );
-        for s in self.sinks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for s in self.sinks.locked().iter() {
             s(r);
         }
     }

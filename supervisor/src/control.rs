@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use wm_shared::sync::Locked as _;
 
 use wm_shared::CloudEvent;
 
@@ -308,10 +309,7 @@ impl Control {
 
     /// Adds a listener for creates, stops, deletes and reloads.
     pub fn add_listener(&self, listener: ControlListener) {
-        self.listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(listener);
+        self.listeners.locked().push(listener);
     }
 
     fn notify(&self, kind: ControlEventKind, w: &WorkerRecord) {
@@ -321,12 +319,7 @@ impl Control {
             topic: w.topic.clone(),
             group: w.group.clone(),
         };
-        for l in self
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for l in self.listeners.locked().iter() {
             l(&event);
         }
     }
@@ -364,19 +357,16 @@ impl Control {
 
     /// Why the start-up recovery failed, if it did.
     pub fn recovery_error(&self) -> Option<String> {
-        self.recovery_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.recovery_error.locked().clone()
     }
 
     pub(crate) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.locks.locked();
         map.entry(id.to_owned()).or_default().clone()
     }
 
     fn forget_lock(&self, id: &str) {
-        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.locks.locked();
         map.remove(id);
     }
 
@@ -994,10 +984,7 @@ impl Control {
                 self.ready_tx.send_replace(true);
             }
             Err(e) => {
-                *self
-                    .recovery_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                *self.recovery_error.locked() = Some(e.to_string());
             }
         }
         result

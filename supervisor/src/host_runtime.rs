@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use wm_shared::sync::Locked as _;
 
 use tokio::sync::mpsc;
 use wm_shared::CloudEvent;
@@ -109,9 +110,7 @@ impl HostRuntime {
     }
 
     fn specs(&self) -> std::sync::MutexGuard<'_, HashMap<String, WorkerSpec>> {
-        self.specs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.specs.locked()
     }
 
     async fn pool_events(

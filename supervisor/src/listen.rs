@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use wm_shared::sync::RwLocked as _;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
@@ -129,22 +130,18 @@ impl TlsState {
     /// Reads the files again; on error the old configuration stays.
     pub fn reload(&self) -> Result<(), String> {
         let (config, names) = build_config(&self.settings)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
-        *self.names.write().unwrap_or_else(|p| p.into_inner()) = names;
+        *self.current.write_locked() = Arc::new(config);
+        *self.names.write_locked() = names;
         Ok(())
     }
 
     /// The certificate's DNS names (lower-case).
     pub fn names(&self) -> Vec<String> {
-        self.names.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.names.read_locked().clone()
     }
 
     fn acceptor(&self, alpn: Alpn) -> tokio_rustls::TlsAcceptor {
-        let current = self
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let current = self.current.read_locked().clone();
         match alpn {
             Alpn::Http1 => tokio_rustls::TlsAcceptor::from(current),
             Alpn::H2 => {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use wm_shared::sync::Locked as _;
 
 use crate::registry::{Status, WorkerRecord};
 
@@ -47,27 +48,19 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// Adds a source of series for `/metrics`.
     pub fn add_source(&self, source: MetricsSource) {
-        self.sources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(source);
+        self.sources.locked().push(source);
     }
 
     /// Appends every added source's series.
     pub fn render_sources(&self, out: &mut String) {
-        for s in self
-            .sources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for s in self.sources.locked().iter() {
             s(out);
         }
     }
 
     /// Counts one answered request.
     pub fn http_request(&self, method: &str, status: u16) {
-        let mut m = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.http.locked();
         match m.get_mut(method) {
             Some(by_status) => *by_status.entry(status).or_default() += 1,
             None => {
@@ -80,13 +73,13 @@ impl Metrics {
     /// (`unauthorized`, `forbidden`, `host_not_allowed`, `origin_not_allowed`,
     /// `rate_limited`, ...).
     pub fn rejection(&self, code: &'static str) {
-        let mut m = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.rejections.locked();
         *m.entry(code).or_default() += 1;
     }
 
     /// Counts one code download by outcome (`ok`, `blocked`, `failed`, `too_large`, `sha256_mismatch`).
     pub fn code_fetch(&self, result: &'static str) {
-        let mut m = self.code_fetches.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.code_fetches.locked();
         *m.entry(result).or_default() += 1;
     }
 
@@ -97,7 +90,7 @@ impl Metrics {
             "# HELP workmanager_http_requests_total REST requests answered, by method and status."
         );
         let _ = writeln!(out, "# TYPE workmanager_http_requests_total counter");
-        for (method, by_status) in self.http.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (method, by_status) in self.http.locked().iter() {
             for (status, n) in by_status {
                 let _ = writeln!(
                     out,
@@ -110,12 +103,7 @@ impl Metrics {
             "# HELP workmanager_api_rejections_total Requests refused by authentication, scopes, browser guards or limits, by error code."
         );
         let _ = writeln!(out, "# TYPE workmanager_api_rejections_total counter");
-        for (code, n) in self
-            .rejections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for (code, n) in self.rejections.locked().iter() {
             let _ = writeln!(
                 out,
                 "workmanager_api_rejections_total{{code=\"{code}\"}} {n}"
@@ -139,12 +127,7 @@ impl Metrics {
             "# HELP workmanager_code_fetches_total Code downloads from URLs, by result."
         );
         let _ = writeln!(out, "# TYPE workmanager_code_fetches_total counter");
-        for (result, n) in self
-            .code_fetches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for (result, n) in self.code_fetches.locked().iter() {
             let _ = writeln!(
                 out,
                 "workmanager_code_fetches_total{{result=\"{result}\"}} {n}"

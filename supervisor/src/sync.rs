@@ -1,20 +1,17 @@
-//! The one poison-tolerant lock helper.
+//! Free-function forms of the workspace's one poison-tolerant lock helper
+//! ([`wm_shared::sync`]), for the bus and the pool that pass locks around by reference.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
-/// Locks `m`, also when another thread panicked while holding it: the data behind our locks
-/// (maps and counters) stays consistent enough to carry on, and refusing would turn one bug
-/// into an outage.
+use wm_shared::sync::Locked as _;
+
+/// Locks `m`, also when another thread panicked while holding it ([`wm_shared::sync::Locked`]).
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    m.locked()
 }
 
 /// Locks `m` if nobody holds it, poison-tolerant like [`lock`]; None while another thread
 /// holds it.
 pub fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
-    match m.try_lock() {
-        Ok(g) => Some(g),
-        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-        Err(std::sync::TryLockError::WouldBlock) => None,
-    }
+    m.try_locked()
 }

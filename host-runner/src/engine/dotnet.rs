@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use wm_shared::sync::Locked as _;
 
 use netcorehost::hostfxr::Hostfxr;
 use netcorehost::pdcstring::PdCString;
@@ -399,10 +400,7 @@ struct CallCtx<'a> {
 
 impl CallCtx<'_> {
     fn take(&self) -> Option<(i32, Vec<u8>)> {
-        match self.delivered.lock() {
-            Ok(mut g) => g.take(),
-            Err(p) => p.into_inner().take(),
-        }
+        self.delivered.locked().take()
     }
 
     fn text(&self) -> String {

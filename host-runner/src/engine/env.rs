@@ -5,6 +5,7 @@
 //! read them to learn who they are while they initialise.
 
 use std::sync::Mutex;
+use wm_shared::sync::Locked as _;
 
 use super::LoadSpec;
 
@@ -25,7 +26,7 @@ pub fn with_worker_env<T>(spec: &LoadSpec, f: impl FnOnce() -> T) -> T {
 
 /// Sets `vars` for the duration of `f`, then restores the previous values.
 fn with_env<T>(vars: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
-    let _lock = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let _lock = ENV_LOCK.locked();
     let saved: Vec<_> = vars
         .iter()
         .map(|(k, _)| (*k, std::env::var_os(k)))

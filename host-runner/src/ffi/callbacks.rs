@@ -18,6 +18,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use wm_shared::sync::Locked as _;
+use wm_shared::sync::RwLocked as _;
 
 use super::abi::{ABI_VERSION, VirtufinHost};
 
@@ -107,7 +109,7 @@ impl RegisteredHost {
             services,
         });
         let addr = &*host as *const VirtufinHost as usize;
-        let mut reg = REGISTRY.write().unwrap_or_else(|p| p.into_inner());
+        let mut reg = REGISTRY.write_locked();
         let map = reg.get_or_insert_with(HashMap::new);
         map.insert(token, ctx.clone());
         map.insert(addr, ctx);
@@ -123,7 +125,7 @@ impl RegisteredHost {
 impl Drop for RegisteredHost {
     fn drop(&mut self) {
         let addr = &*self.host as *const VirtufinHost as usize;
-        let mut reg = REGISTRY.write().unwrap_or_else(|p| p.into_inner());
+        let mut reg = REGISTRY.write_locked();
         if let Some(map) = reg.as_mut() {
             map.remove(&self.token);
             map.remove(&addr);
@@ -132,7 +134,7 @@ impl Drop for RegisteredHost {
 }
 
 fn lookup(handle: *mut c_void) -> Option<Arc<HostContext>> {
-    let reg = REGISTRY.read().unwrap_or_else(|p| p.into_inner());
+    let reg = REGISTRY.read_locked();
     reg.as_ref()?.get(&(handle as usize)).cloned()
 }
 
@@ -240,8 +242,7 @@ unsafe extern "C" fn host_gateway_call(
                 // SAFETY: buf has bytes.len() writable bytes and does not overlap `bytes`.
                 unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len()) };
                 RESPONSES
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                    .locked()
                     .get_or_insert_with(HashMap::new)
                     .insert(buf as usize, bytes.len());
                 // SAFETY: out-pointers checked non-null at the top.
@@ -268,8 +269,7 @@ unsafe extern "C" fn host_free_response(handle: *mut c_void, response: *mut u8) 
             return;
         }
         let known = RESPONSES
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .as_mut()
             .and_then(|m| m.remove(&(response as usize)))
             .is_some();
@@ -297,9 +297,5 @@ unsafe extern "C" fn host_free_response(handle: *mut c_void, response: *mut u8) 
 
 /// Number of gateway responses handed out and not yet freed (for tests and stats).
 pub fn outstanding_responses() -> usize {
-    RESPONSES
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .map_or(0, HashMap::len)
+    RESPONSES.locked().as_ref().map_or(0, HashMap::len)
 }

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Duration;
+use wm_shared::sync::Locked as _;
 
 use wm_shared::protocol::{self, Message};
 use wm_shared::ring::{FrameSender, RingError};
@@ -141,11 +142,7 @@ impl RingServices {
     /// Hands a `GatewayReply` to the call waiting for it; a late reply (after a timeout) is
     /// dropped.
     pub(super) fn deliver(&self, reply: protocol::GatewayReply) {
-        let waiter = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&reply.call_id);
+        let waiter = self.pending.locked().remove(&reply.call_id);
         match waiter {
             Some(w) => {
                 let _ = w.try_send(reply);
@@ -182,15 +179,9 @@ impl HostServices for RingServices {
     ) -> Result<Vec<u8>, GatewayFailure> {
         let call_id = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (wake, wait) = sync_channel(1);
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(call_id, wake);
+        self.pending.locked().insert(call_id, wake);
         let forget = || {
-            self.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&call_id);
+            self.pending.locked().remove(&call_id);
         };
         let call = Message::GatewayCall(protocol::GatewayCall {
             call_id,

@@ -19,9 +19,11 @@
 //! **Invariant:** once the link is dead (peer died, ring closed or corrupt), `pending` is empty
 //! and stays empty: `request` checks `dead` under the same lock that `fail_all` drains under.
 
+use crate::sync::Locked as _;
+use crate::sync::RwLocked as _;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -157,7 +159,7 @@ struct Inner {
 impl Inner {
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         // Nothing panics while holding this lock; a poisoned map is still consistent.
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+        self.pending.locked()
     }
 
     /// Marks the link dead and fails every pending request with `why`.
@@ -331,11 +333,7 @@ impl HostLink {
 
     /// The lane of `worker_id` with the fewest calls in flight (`None`: it has no lanes).
     fn pick_lane(&self, worker_id: &str) -> Route {
-        let table = self
-            .inner
-            .table
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let table = self.inner.table.read_locked();
         let lanes = table.by_worker.get(worker_id)?;
         lanes.iter().copied().min_by_key(|&k| {
             self.inner
@@ -350,11 +348,7 @@ impl HostLink {
     /// (or none) when the region's lanes (`RING_LANES`) are taken: those threads take their
     /// calls from the control ring.
     pub fn assign_lanes(&self, worker_id: &str, threads: u32) -> Vec<u32> {
-        let mut table = self
-            .inner
-            .table
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut table = self.inner.table.write_locked();
         if let Some(l) = table.by_worker.get(worker_id) {
             return l.to_vec();
         }
@@ -381,11 +375,7 @@ impl HostLink {
     /// Frees the lanes of `worker_id` (after its `UnloadResult`, or when its load failed):
     /// no call is routed to them any more.
     pub fn release_lanes(&self, worker_id: &str) {
-        let mut table = self
-            .inner
-            .table
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut table = self.inner.table.write_locked();
         if let Some(lanes) = table.by_worker.remove(worker_id) {
             for &k in lanes.iter() {
                 if let Some(o) = table.owner.get_mut(k as usize) {
@@ -397,11 +387,7 @@ impl HostLink {
 
     /// The lanes `worker_id` holds (empty: its calls take the control ring).
     pub fn lanes_of(&self, worker_id: &str) -> Vec<u32> {
-        let table = self
-            .inner
-            .table
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let table = self.inner.table.read_locked();
         table
             .by_worker
             .get(worker_id)

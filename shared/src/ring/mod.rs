@@ -25,8 +25,9 @@ pub mod wait;
 #[cfg(all(test, loom))]
 mod loom;
 
+use crate::sync::Locked as _;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[cfg(feature = "tokio")]
@@ -421,7 +422,7 @@ impl FrameSender {
     pub fn send(&self, frame: &[u8], timeout: Duration) -> Result<(), RingError> {
         // A panic while holding the lock cannot leave the writer inconsistent (the tail is only
         // advanced after a complete copy), so a poisoned lock is still usable.
-        let mut w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut w = self.writer.locked();
         w.send(&self.region, frame, timeout)
     }
 
@@ -434,7 +435,7 @@ impl FrameSender {
         frames: &[F],
         timeout: Duration,
     ) -> Result<(), RingError> {
-        let mut w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut w = self.writer.locked();
         w.send_batch(&self.region, frames, timeout)
     }
 
@@ -443,10 +444,9 @@ impl FrameSender {
     /// supervisor's link runs this on the control ring whenever a frame arrives, because with
     /// lanes it may not write into the control ring for a long time.
     pub fn check_peer(&self) -> Result<(), RingError> {
-        match self.writer.try_lock() {
-            Ok(w) => w.check_reader(&self.region),
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().check_reader(&self.region),
-            Err(std::sync::TryLockError::WouldBlock) => Ok(()),
+        match self.writer.try_locked() {
+            Some(w) => w.check_reader(&self.region),
+            None => Ok(()),
         }
     }
 
@@ -459,7 +459,7 @@ impl FrameSender {
     /// `publish` bytes (possibly a lie). Never use outside tests; it bypasses framing.
     #[doc(hidden)]
     pub fn inject_raw_for_tests(&self, bytes: &[u8], publish: u64) {
-        let mut w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut w = self.writer.locked();
         spsc::write_raw(&mut w, &self.region, bytes, publish);
     }
 }

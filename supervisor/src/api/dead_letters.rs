@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use wm_shared::sync::Locked as _;
 
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
@@ -52,7 +53,7 @@ pub struct RequeueMetrics {
 
 impl RequeueMetrics {
     fn add(&self, topic: &str, n: u64) {
-        let mut m = self.by_topic.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.by_topic.locked();
         *m.entry(topic.to_owned()).or_default() += n;
     }
 
@@ -61,12 +62,7 @@ impl RequeueMetrics {
         use std::fmt::Write as _;
         out.push_str("# HELP workmanager_dead_letters_requeued_total Dead letters published again on their original topic.\n");
         out.push_str("# TYPE workmanager_dead_letters_requeued_total counter\n");
-        for (topic, n) in self
-            .by_topic
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for (topic, n) in self.by_topic.locked().iter() {
             let _ = writeln!(
                 out,
                 "workmanager_dead_letters_requeued_total{{topic=\"{topic}\"}} {n}"

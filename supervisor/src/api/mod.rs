@@ -25,6 +25,8 @@ pub mod ui;
 pub mod workers;
 
 use std::sync::Arc;
+use wm_shared::sync::Locked as _;
+use wm_shared::sync::RwLocked as _;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
@@ -469,11 +471,7 @@ fn peer_of(req: &Request) -> Option<Peer> {
 async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let config = state.control.config();
     let checked = {
-        let tls_names = state
-            .security
-            .tls_names
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let tls_names = state.security.tls_names.read_locked();
         guard::check(
             &config.security,
             &tls_names,
@@ -546,7 +544,7 @@ impl Security {
 
     /// Sets the names the Host guard accepts from the TLS certificate (at start and reload).
     pub fn set_tls_names(&self, names: Vec<String>) {
-        *self.tls_names.write().unwrap_or_else(|p| p.into_inner()) = names;
+        *self.tls_names.write_locked() = names;
     }
 }
 
@@ -558,12 +556,7 @@ struct SseSlot {
 
 impl Drop for SseSlot {
     fn drop(&mut self) {
-        let mut map = self
-            .state
-            .security
-            .sse
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = self.state.security.sse.locked();
         if let Some(n) = map.get_mut(&self.who) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -765,7 +758,7 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
     }
     let mut slot = None;
     if policy.need == Need::Subscribe && principal.limited {
-        let mut map = state.security.sse.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = state.security.sse.locked();
         let n = map.entry(principal.who.clone()).or_default();
         if *n >= sec.max_sse_per_principal {
             return reject(ApiError::RateLimited {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use wm_shared::sync::Locked as _;
 
 /// Per-topic counters.
 #[derive(Debug, Default, Clone, Copy)]
@@ -64,7 +65,7 @@ impl BusMetrics {
 
     fn with_topic(&self, topic: &str, f: impl FnOnce(&mut TopicCounts)) {
         // A poisoned lock only means another thread panicked mid-update of plain counters.
-        let mut map = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.topics.locked();
         match map.get_mut(topic) {
             Some(c) => f(c),
             None => {
@@ -128,7 +129,7 @@ impl BusMetrics {
     }
 
     fn topic_counts(&self, topic: &str) -> TopicCounts {
-        let map = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.topics.locked();
         map.get(topic).copied().unwrap_or_default()
     }
 
@@ -172,7 +173,7 @@ impl BusMetrics {
     /// Appends every bus metric in the Prometheus text format.
     pub fn render_prometheus(&self, out: &mut String) {
         let topics: Vec<(String, TopicCounts)> = {
-            let map = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            let map = self.topics.locked();
             map.iter().map(|(k, v)| (k.clone(), *v)).collect()
         };
         header(

@@ -7,6 +7,7 @@
 //! move, each to the next member in its own order.
 
 use std::sync::RwLock;
+use wm_shared::sync::RwLocked as _;
 
 use serde::Serialize;
 
@@ -69,7 +70,7 @@ impl Placement {
         }
         members.sort();
         members.dedup();
-        let mut cur = self.members.write().unwrap_or_else(|p| p.into_inner());
+        let mut cur = self.members.write_locked();
         if *cur == members {
             return false;
         }
@@ -79,10 +80,7 @@ impl Placement {
 
     /// The live members.
     pub fn members(&self) -> Vec<String> {
-        self.members
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.members.read_locked().clone()
     }
 
     /// Whether `w` should be loaded here when it is `RUNNING`.

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
+use wm_shared::sync::Locked as _;
 
 /// Latency buckets in seconds: 10 µs .. 30 s.
 const BUCKETS: [f64; 14] = [
@@ -39,10 +40,7 @@ pub struct WorkerCounts {
 
 impl DispatchMetrics {
     fn with(&self, worker: &str, topic: &str, f: impl FnOnce(&mut WorkerCounters)) {
-        let mut map = self
-            .workers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self.workers.locked();
         // Looked up by `&str` first: no key allocated per message once the worker is known.
         if let Some(c) = map.get_mut(worker) {
             if c.topic.is_empty() {
@@ -82,18 +80,12 @@ impl DispatchMetrics {
     }
 
     pub fn lock_contended(&self, group: &str) {
-        let mut map = self
-            .lock_contention
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self.lock_contention.locked();
         *map.entry(group.to_string()).or_default() += 1;
     }
 
     pub fn counts(&self, worker: &str) -> WorkerCounts {
-        let map = self
-            .workers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = self.workers.locked();
         map.get(worker)
             .map_or_else(WorkerCounts::default, |c| WorkerCounts {
                 processed: c.processed,
@@ -104,11 +96,7 @@ impl DispatchMetrics {
 
     /// Appends the metrics in the Prometheus text exposition format.
     pub fn render_prometheus(&self, out: &mut String) {
-        let map = self
-            .workers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let map = self.workers.locked().clone();
         let mut workers: Vec<_> = map.into_iter().collect();
         workers.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, help, get) in [
@@ -172,11 +160,7 @@ impl DispatchMetrics {
             out,
             "# HELP {l} Group lock acquisitions that had to wait.\n# TYPE {l} counter"
         );
-        let locks = self
-            .lock_contention
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let locks = self.lock_contention.locked().clone();
         let mut locks: Vec<_> = locks.into_iter().collect();
         locks.sort();
         for (g, n) in locks {

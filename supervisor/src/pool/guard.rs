@@ -262,10 +262,7 @@ impl Default for Throttled {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Plain counters: a panic elsewhere leaves them usable.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 /// A handle the pool gives each host generation: the slot's violation counter.
 #[derive(Debug, Default)]

@@ -91,11 +91,7 @@ pub enum PoolEvent {
     },
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A poisoned lock only means another task panicked while holding it; the data (plain maps)
-    // is still consistent enough to carry on, and refusing would turn one bug into an outage.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 struct Slot {
     id: String,

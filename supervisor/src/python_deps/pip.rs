@@ -301,6 +301,7 @@ fn without_credentials(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wm_shared::sync::Locked as _;
 
     #[test]
     fn credentials_never_leave_in_a_url() {
@@ -333,9 +334,7 @@ mod tests {
         let seen = std::sync::Mutex::new(Vec::new());
         let sink = |e: InstallEvent| {
             if let InstallEvent::Progress { project, step, .. } = e {
-                seen.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((project, step));
+                seen.locked().push((project, step));
             }
         };
         let mut t = Tracker {
@@ -356,7 +355,7 @@ mod tests {
             t.line(l);
         }
         assert_eq!(
-            *seen.lock().unwrap_or_else(|p| p.into_inner()),
+            *seen.locked(),
             vec![
                 (Some("Tiny_Dep".to_string()), "fetching"),
                 (Some("other_dep".to_string()), "fetching"),

@@ -6,7 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{Mutex, MutexGuard};
+use wm_shared::sync::Locked as _;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -110,7 +111,7 @@ impl SqliteStore {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a transaction half-applied (it rolls
         // back on drop), so a poisoned lock is safe to keep using.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        self.conn.locked()
     }
 
     fn write<T>(
@@ -410,11 +411,7 @@ impl Store for SqliteStore {
 
     fn worker_status_now(&self, id: &str) -> Option<Result<Option<Status>, RegistryError>> {
         // Only with the connection free: a writer holding it may be inside an fsync.
-        let conn = match self.conn.try_lock() {
-            Ok(c) => c,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return None,
-        };
+        let conn = self.conn.try_locked()?;
         let read = || -> Result<Option<Status>, RegistryError> {
             let mut stmt = conn
                 .prepare_cached("SELECT status FROM workers WHERE id = ?1")
