@@ -95,25 +95,113 @@ impl Membership {
         Ok(())
     }
 
-    /// Every daemon that announced itself within the last three heartbeats, by instance id.
+    /// Every daemon that announced itself within the last three heartbeats, by instance id,
+    /// each once, and always this daemon itself.
+    ///
+    /// The key listing is a live consumer of the bucket: a heartbeat that lands while it runs
+    /// can list a key a second time, so keys are deduplicated. And this daemon is a member
+    /// whether or not its last announcement is still in the bucket (one that failed or came
+    /// late under load ages out): without it, placement would move every worker off a
+    /// running daemon.
     pub async fn members(&self) -> Result<Vec<Value>, async_nats::Error> {
         let mut keys = self.kv.keys().await?;
+        let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         while let Some(k) = keys.next().await {
             let k = k?;
+            if !seen.insert(k.clone()) {
+                continue;
+            }
             if let Some(v) = self.kv.get(&k).await?
-                && let Ok(mut m) = serde_json::from_slice::<Value>(&v)
+                && let Ok(m) = serde_json::from_slice::<Value>(&v)
             {
-                m["self"] = json!(m["instance"] == self.instance.as_str());
                 out.push(m);
             }
         }
-        out.sort_by(|a, b| a["instance"].as_str().cmp(&b["instance"].as_str()));
-        Ok(out)
+        Ok(listed(&self.instance, || self.entry(), out))
     }
 
     /// This daemon's own entry (for the embedded-mode answer and tests).
     pub fn me(&self) -> Value {
         self.entry()
+    }
+}
+
+/// `entries` from the bucket as listed: one per instance (the latest `lastSeen` wins), the
+/// entry of this daemon (`instance`, built by `me`) added when missing, `self` set, sorted by
+/// instance.
+fn listed(instance: &str, me: impl FnOnce() -> Value, entries: Vec<Value>) -> Vec<Value> {
+    let mut by_instance: std::collections::BTreeMap<String, Value> = Default::default();
+    for m in entries {
+        let Some(id) = m["instance"].as_str().map(str::to_owned) else {
+            continue;
+        };
+        let newer = by_instance
+            .get(&id)
+            .is_none_or(|old| old["lastSeen"].as_str() < m["lastSeen"].as_str());
+        if newer {
+            by_instance.insert(id, m);
+        }
+    }
+    by_instance.entry(instance.to_owned()).or_insert_with(me);
+    by_instance
+        .into_iter()
+        .map(|(id, mut m)| {
+            m["self"] = json!(id == instance);
+            m
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(instance: &str, last_seen: &str) -> Value {
+        json!({"instance": instance, "lastSeen": last_seen, "listen": ["127.0.0.1:1"]})
+    }
+
+    #[test]
+    fn a_key_listed_twice_is_one_member_with_its_latest_entry() {
+        let got = listed(
+            "workmanager@h:1",
+            || entry("workmanager@h:1", "2026-12-04T10:00:09Z"),
+            vec![
+                entry("workmanager@h:2", "2026-12-04T10:00:00Z"),
+                entry("workmanager@h:1", "2026-12-04T10:00:05Z"),
+                entry("workmanager@h:2", "2026-12-04T10:00:05Z"),
+                json!({"no": "instance"}),
+            ],
+        );
+        let ids: Vec<(&str, &str, bool)> = got
+            .iter()
+            .map(|m| {
+                (
+                    m["instance"].as_str().unwrap(),
+                    m["lastSeen"].as_str().unwrap(),
+                    m["self"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                ("workmanager@h:1", "2026-12-04T10:00:05Z", true),
+                ("workmanager@h:2", "2026-12-04T10:00:05Z", false),
+            ]
+        );
+    }
+
+    #[test]
+    fn this_daemon_is_listed_when_its_announcement_aged_out() {
+        let got = listed(
+            "workmanager@h:1",
+            || entry("workmanager@h:1", "now"),
+            vec![entry("workmanager@h:2", "2026-12-04T10:00:00Z")],
+        );
+        assert_eq!(got.len(), 2);
+        assert_eq!(got.iter().filter(|m| m["self"] == true).count(), 1);
+        assert_eq!(got[0]["instance"], "workmanager@h:1");
+        assert_eq!(got[0]["self"], true);
     }
 }
