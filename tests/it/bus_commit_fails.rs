@@ -18,6 +18,40 @@ const CHILD_ENV: &str = "WM_BUS_COMMIT_FAILS_CHILD_DIR";
 const TEST_NAME: &str =
     "bus_commit_fails::a_failed_commit_after_an_early_hand_out_stores_nothing_and_reuses_no_number";
 
+/// Runs `child` in a copy of this test binary (the resource limit is per process), or, in that
+/// copy, runs it here; the parent checks that the child got to its end.
+fn run_in_child(test: &str, env: &str, child: fn(&std::path::Path)) {
+    if let Some(dir) = std::env::var_os(env) {
+        child(std::path::Path::new(&dir));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::self_child::command(test, env, dir.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("CHILD OK"),
+        "child failed: {text}"
+    );
+}
+
+/// Caps this process's file size at the WAL's current size, so that the next commit that
+/// stores anything fails; returns the hard limit to restore.
+fn wal_cannot_grow(dir: &std::path::Path) -> u64 {
+    let wal = std::fs::metadata(dir.join("bus.db-wal")).unwrap().len();
+    // SAFETY: ignoring SIGXFSZ installs no handler; a write over the limit then fails
+    // with EFBIG instead of killing the process.
+    unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }.unwrap();
+    let (_, hard) = getrlimit(Resource::RLIMIT_FSIZE).unwrap();
+    setrlimit(Resource::RLIMIT_FSIZE, wal, hard).unwrap();
+    hard
+}
+
 fn reply(input: &wm_shared::CloudEvent) -> Option<(String, wm_shared::CloudEvent)> {
     let mut r = input.clone();
     r.id = format!("r-{}", input.id);
@@ -38,12 +72,7 @@ fn child(dir: &std::path::Path) {
             .unwrap();
 
         // From here the WAL cannot grow: the next commit that stores anything fails.
-        let wal = std::fs::metadata(dir.join("bus.db-wal")).unwrap().len();
-        // SAFETY: ignoring SIGXFSZ installs no handler; a write over the limit then fails
-        // with EFBIG instead of killing the process.
-        unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }.unwrap();
-        let (_, hard) = getrlimit(Resource::RLIMIT_FSIZE).unwrap();
-        setrlimit(Resource::RLIMIT_FSIZE, wal, hard).unwrap();
+        let hard = wal_cannot_grow(dir);
         let failed = bus.publish("in", vec![event(1)]).await;
         assert!(
             failed.is_err(),
@@ -92,23 +121,7 @@ fn child(dir: &std::path::Path) {
 
 #[test]
 fn a_failed_commit_after_an_early_hand_out_stores_nothing_and_reuses_no_number() {
-    if let Some(dir) = std::env::var_os(CHILD_ENV) {
-        child(std::path::Path::new(&dir));
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out = crate::self_child::command(TEST_NAME, CHILD_ENV, dir.path())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.contains("CHILD OK"),
-        "child failed: {text}"
-    );
+    run_in_child(TEST_NAME, CHILD_ENV, child);
 }
 
 const JOINED_ENV: &str = "WM_BUS_COMMIT_FAILS_JOINED_CHILD_DIR";
@@ -143,12 +156,7 @@ fn joined_child(dir: &std::path::Path) {
         assert_eq!(rx.recv().await, Some((first, true)));
         assert_eq!(bus.metrics().joined_writes(), 1, "the completion joined");
 
-        let wal = std::fs::metadata(dir.join("bus.db-wal")).unwrap().len();
-        // SAFETY: ignoring SIGXFSZ installs no handler; a write over the limit then fails
-        // with EFBIG instead of killing the process.
-        unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }.unwrap();
-        let (_, hard) = getrlimit(Resource::RLIMIT_FSIZE).unwrap();
-        setrlimit(Resource::RLIMIT_FSIZE, wal, hard).unwrap();
+        let hard = wal_cannot_grow(dir);
         assert!(bus.publish("in", vec![event(1)]).await.is_err());
         let (failed, completed) = rx.recv().await.unwrap();
         assert!(
@@ -176,21 +184,5 @@ fn joined_child(dir: &std::path::Path) {
 
 #[test]
 fn a_failed_commit_refuses_the_completions_that_joined_it_too() {
-    if let Some(dir) = std::env::var_os(JOINED_ENV) {
-        joined_child(std::path::Path::new(&dir));
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out = crate::self_child::command(JOINED_TEST, JOINED_ENV, dir.path())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.contains("CHILD OK"),
-        "child failed: {text}"
-    );
+    run_in_child(JOINED_TEST, JOINED_ENV, joined_child);
 }

@@ -23,13 +23,11 @@ impl Writer {
     /// when the window ends.
     pub(super) fn commit_writes(
         &mut self,
-        appends: Vec<Append>,
-        settles: Vec<Settle>,
-        completes: Vec<Complete>,
+        writes: Writes,
         touched: &mut HashSet<String>,
         join: Option<&mut Join<'_>>,
     ) {
-        let mut first = self.prepare(appends, settles, completes, true);
+        let mut first = self.prepare(writes, true);
         let queued = |parts: &[Part]| -> i64 {
             parts
                 .iter()
@@ -67,15 +65,16 @@ impl Writer {
                 if cmds.is_empty() {
                     break;
                 }
-                let (appends, settles, completes) = split_writes(cmds);
-                for seq in settles
-                    .iter()
-                    .map(|s| s.0)
-                    .chain(completes.iter().map(|c| c.seq))
-                {
+                let mut writes = Writes::default();
+                for c in cmds {
+                    let rest = writes.take(c);
+                    debug_assert!(rest.is_none(), "a join window takes writes only");
+                }
+                let settled = writes.settles.iter().map(|s| s.0);
+                for seq in settled.chain(writes.completes.iter().map(|c| c.seq)) {
                     expecting.remove(&seq);
                 }
-                let mut part = self.prepare(appends, settles, completes, false);
+                let mut part = self.prepare(writes, false);
                 weight += part.weight();
                 // Its own early hand-outs are not waited for: under a stream of publishes
                 // that would hold every commit for the whole window.
@@ -112,13 +111,12 @@ impl Writer {
 
     /// Everything a group commit needs of some writes (one part of it: the first batch, or
     /// what joined during its window).
-    fn prepare(
-        &mut self,
-        appends: Vec<Append>,
-        settles: Vec<Settle>,
-        completes: Vec<Complete>,
-        with_trims: bool,
-    ) -> Part {
+    fn prepare(&mut self, writes: Writes, with_trims: bool) -> Part {
+        let Writes {
+            appends,
+            settles,
+            completes,
+        } = writes;
         let appends = route_overflow(self, appends);
         // Trims only with the first part: the rows of the others (unknown to `retained` until
         // the commit) are trimmed by the next commit.
@@ -364,28 +362,38 @@ fn refuse(
     }
 }
 
-/// Sorts the writes a join window took by kind (it takes nothing else).
-fn split_writes(cmds: Vec<Cmd>) -> (Vec<Append>, Vec<Settle>, Vec<Complete>) {
-    let (mut appends, mut settles, mut completes) = (Vec::new(), Vec::new(), Vec::new());
-    for cmd in cmds {
+/// The writes of a batch, by kind: what one group commit appends, settles and completes.
+#[derive(Default)]
+pub(super) struct Writes {
+    pub appends: Vec<Append>,
+    pub settles: Vec<Settle>,
+    pub completes: Vec<Complete>,
+}
+
+impl Writes {
+    /// Keeps `cmd` if it is a write; gives back any other command.
+    pub fn take(&mut self, cmd: Cmd) -> Option<Cmd> {
         match cmd {
             Cmd::Append {
                 topic,
                 events,
                 reply,
                 _permit,
-            } => appends.push((topic, events, reply, _permit)),
+            } => self.appends.push((topic, events, reply, _permit)),
             Cmd::Settle {
                 seq,
                 outcome,
                 reply,
-            } => settles.push((seq, outcome, reply)),
-            Cmd::Complete(c) => completes.push(*c),
-            // `Join::next` hands out writes only.
-            _ => {}
+            } => self.settles.push((seq, outcome, reply)),
+            Cmd::Complete(c) => self.completes.push(*c),
+            other => return Some(other),
         }
+        None
     }
-    (appends, settles, completes)
+
+    pub fn is_empty(&self) -> bool {
+        self.appends.is_empty() && self.settles.is_empty() && self.completes.is_empty()
+    }
 }
 
 /// One part of a group commit: the first batch, or writes that joined its window.

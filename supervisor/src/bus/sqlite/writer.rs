@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use wm_shared::CloudEvent;
 
 use super::super::{BusError, Delivery, Outcome, Published, ReplayPage, is_dead_letter_topic};
+use super::commit::Writes;
 use super::flow::{Plan, place};
 use super::join::{Join, cmd_weight, is_write};
 use super::store::{Store, now_ms, store_err};
@@ -268,9 +269,7 @@ impl Writer {
             self.last_expiry = Instant::now();
             self.expire();
         }
-        let mut appends = Vec::new();
-        let mut settles = Vec::new();
-        let mut completes = Vec::new();
+        let mut writes = Writes::default();
         let mut replays = Vec::new();
         let mut touched: HashSet<String> = HashSet::new();
         let mut shutdown = Vec::new();
@@ -278,19 +277,12 @@ impl Writer {
         let mut given_back: Vec<Delivery> = Vec::new();
         let mut recount: Vec<(u64, u32)> = Vec::new();
         for cmd in batch {
+            let Some(cmd) = writes.take(cmd) else {
+                continue;
+            };
             match cmd {
-                Cmd::Append {
-                    topic,
-                    events,
-                    reply,
-                    _permit,
-                } => appends.push((topic, events, reply, _permit)),
-                Cmd::Settle {
-                    seq,
-                    outcome,
-                    reply,
-                } => settles.push((seq, outcome, reply)),
-                Cmd::Complete(c) => completes.push(*c),
+                // Taken into `writes` above.
+                Cmd::Append { .. } | Cmd::Settle { .. } | Cmd::Complete(_) => {}
                 Cmd::Replay {
                     topic,
                     after,
@@ -342,8 +334,8 @@ impl Writer {
         if !given_back.is_empty() {
             self.release(given_back, &mut touched);
         }
-        if !appends.is_empty() || !settles.is_empty() || !completes.is_empty() {
-            self.commit_writes(appends, settles, completes, &mut touched, join);
+        if !writes.is_empty() {
+            self.commit_writes(writes, &mut touched, join);
         }
         for (topic, after, limit, reply) in replays {
             let _ = reply.send(self.replay(&topic, after, limit));
