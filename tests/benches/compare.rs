@@ -1152,6 +1152,69 @@ fn host_figures(so: &Path, ev: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The machine's floor: one request and its answer between two processes over loopback TCP
+// ---------------------------------------------------------------------------------------------
+
+const TCP_ECHO_ENV: &str = "WM_COMPARE_TCP_ECHO";
+/// Bytes each way: about a `POST /invoke` with its event, and its answer.
+const FLOOR_MSG: usize = 512;
+
+/// The child of the floor: echoes `FLOOR_MSG`-byte messages on one loopback connection.
+fn tcp_echo_child(addr: &str) {
+    let mut s = TcpStream::connect(addr).expect("connect to the parent");
+    s.set_nodelay(true).expect("TCP_NODELAY");
+    let mut buf = [0u8; FLOOR_MSG];
+    while s.read_exact(&mut buf).is_ok() {
+        if s.write_all(&buf).is_err() {
+            return;
+        }
+    }
+}
+
+/// Round trips of a `FLOOR_MSG`-byte message to a child process over loopback TCP (keep-alive,
+/// `TCP_NODELAY`), back to back and after a quiet 250 ms. It is what one HTTP request and its
+/// answer cost on this machine before any HTTP is parsed: two process wake-ups and the
+/// loopback path. `POST /invoke` pays one of these plus the ring's round trip to a host; an
+/// event one at a time pays the publish's, the host's and the SSE line's wake-ups.
+fn loopback_floor() -> Lat {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let addr = listener.local_addr().expect("its address");
+    let mut child = Command::new(std::env::current_exe().expect("this bench's path"))
+        .env(TCP_ECHO_ENV, addr.to_string())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn the echo child");
+    let (mut s, _) = listener.accept().expect("the child connects");
+    s.set_nodelay(true).expect("TCP_NODELAY");
+    let msg = [7u8; FLOOR_MSG];
+    let mut back = [0u8; FLOOR_MSG];
+    let mut once = || {
+        let t = Instant::now();
+        s.write_all(&msg).expect("send to the echo child");
+        s.read_exact(&mut back).expect("the echo child answers");
+        t.elapsed()
+    };
+    for _ in 0..1000 {
+        once();
+    }
+    let busy = lat((0..5000).map(|_| once()).collect());
+    let idle = lat((0..12)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(250));
+            once()
+        })
+        .collect());
+    drop(s);
+    let _ = child.wait();
+    report(
+        "loopback TCP round trip, two processes, 512 B each way (the floor of one request)",
+        busy.to_string(),
+    );
+    report("the same after a quiet 250 ms", idle.to_string());
+    busy
+}
+
+// ---------------------------------------------------------------------------------------------
 // Path C: Unix socket + JSON subprocess
 // ---------------------------------------------------------------------------------------------
 
@@ -2059,6 +2122,8 @@ struct Baselines {
     a: f64,
     /// The ring alone, back to back.
     ring: Lat,
+    /// One request and its answer over loopback TCP between two processes, back to back.
+    tcp: Lat,
 }
 
 impl Baselines {
@@ -2072,13 +2137,14 @@ impl Baselines {
         )
     }
 
-    /// "p50 x us = n x A's call, m x the ring's round trip".
+    /// "p50 x us = n x A's call, m x the ring's round trip, k x the loopback floor".
     fn latency(&self, l: Lat) -> String {
         let a_us = 1e6 / self.a.max(1.0);
         format!(
-            "{l}; p50 = {:.0} x A's call, {:.0} x the ring's round trip",
+            "{l}; p50 = {:.0} x A's call, {:.0} x the ring's round trip, {:.1} x a loopback TCP round trip",
             l.p50 / a_us,
-            l.p50 / self.ring.p50.max(0.001)
+            l.p50 / self.ring.p50.max(0.001),
+            l.p50 / self.tcp.p50.max(0.001)
         )
     }
 }
@@ -2490,6 +2556,10 @@ fn main() {
         ring_echo_child();
         return;
     }
+    if let Some(addr) = std::env::var_os(TCP_ECHO_ENV) {
+        tcp_echo_child(&addr.to_string_lossy());
+        return;
+    }
     if std::env::args().any(|a| a == "--list") {
         return;
     }
@@ -2528,7 +2598,9 @@ fn main() {
         // With WM_COMPARE_BASELINE_DAEMON (a directory holding an older `workmanager` and its
         // `host-runner`), that build's rows first, then this tree's, and their ratios.
         let a = path_a(&so, &ev);
-        let base = Baselines { a: a[0], ring };
+        section("the machine's floor (two processes, loopback TCP)");
+        let tcp = loopback_floor();
+        let base = Baselines { a: a[0], ring, tcp };
         //
         // The builds alternate per group of rows (baseline then this tree), so that each
         // latency row runs after the same thing in both builds: run after the baseline's batch
@@ -2703,8 +2775,10 @@ fn main() {
         );
     }
     e2e_latency(&so);
+    section("the machine's floor (two processes, loopback TCP)");
+    let tcp = loopback_floor();
     for group in ["one", "single", "batch"] {
-        event_path(&so, Baselines { a: a[0], ring }, None, "", group);
+        event_path(&so, Baselines { a: a[0], ring, tcp }, None, "", group);
     }
     respawn(&so, dotnet.as_deref());
     memory_and_idle_cpu(&so, dotnet.as_deref());
