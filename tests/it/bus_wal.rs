@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use serde_json::json;
 use wm_supervisor::bus::{Bus, SqliteBus, SqliteBusOptions};
+use wm_testkit::daemon::{Daemon, DaemonOptions};
 
 use crate::bus_store::{event, recv};
 
@@ -121,4 +123,32 @@ async fn a_killed_store_opens_with_every_event_before_and_after_preallocation() 
         "nothing else was recovered from the zeros"
     );
     bus.close().await;
+}
+
+/// The setting reaches the daemon's bus: a real daemon's store has the cycle written at start
+/// and keeps it through published events; with `BUS_WAL_PREALLOCATE=0` it grows as before.
+#[test]
+fn a_daemon_preallocates_its_wal_unless_the_setting_is_off() {
+    let publish = |d: &Daemon, n: usize| {
+        for i in 0..n {
+            let event = json!({"specversion": "1.0", "id": format!("e{i}"),
+                "source": "urn:test", "type": "wal.in", "data": {"n": i}});
+            let r = d.request(
+                "POST",
+                "/v1/topics/wal.in/events",
+                &[("content-type", "application/cloudevents+json")],
+                event.to_string().as_bytes(),
+            );
+            assert_eq!(r.status, 202, "{}", d.log());
+        }
+    };
+    let on = Daemon::start(DaemonOptions::default());
+    assert_eq!(wal_len(on.data_dir()), CYCLE, "{}", on.log());
+    publish(&on, 20);
+    assert_eq!(wal_len(on.data_dir()), CYCLE);
+
+    let off = Daemon::start(DaemonOptions::default().env("BUS_WAL_PREALLOCATE", "0"));
+    publish(&off, 20);
+    let grown = wal_len(off.data_dir());
+    assert!(grown < CYCLE / 4, "{grown}");
 }
