@@ -117,6 +117,7 @@ settings! {
     "BUS_DURABILITY" [] = "fsync", "fsync|os", "fsync: a publish is acknowledged after an fsync'd commit (survives power loss); os: after the write reaches the OS (survives a daemon crash or kill -9, not a power cut; ~4x the publish rate)";
     "RUNTIME_WORKER_THREADS" [] = "0", "0 (one less than the CPUs, at least 1) or 1-1024", "threads of the daemon's async runtime (HTTP, dispatcher, SSE); the bus writer, host links and hosts have threads of their own, and each extra idle runtime thread costs a wake-up of a sibling per wake-up from outside (docs/benchmarks.md, the event path's fourth pass)";
     "BUS_INLINE_COMMIT" [] = "os", "os|always|off", "embedded bus only: a lone publish, settle or completion (the writer idle, nothing queued) is committed on the calling thread instead of the bus writer's, saving two thread wake-ups; os: only with BUS_DURABILITY=os (an fsync would stall the async runtime); always: with fsync too; off: never";
+    "BUS_WAL_PREALLOCATE" [] = "1", "1|0 (also true|false|yes|no|on|off)", "embedded bus only: at start, write the bus's WAL file with zeros up to what one checkpoint cycle uses (~33 MiB), so that each commit's fsync overwrites blocks the file has instead of also writing its growth (one fsync'd commit ~1.5x faster here until the first checkpoint); 0 lets the file grow as SQLite writes it";
     "BUS_JOIN_WINDOW_US" [] = "300", "0-10000", "embedded bus with BUS_DURABILITY=fsync only: how long a group commit whose events went to their workers before its fsync keeps its transaction open for their completions (and whatever else arrives), committing as soon as they are all in; a quick plugin's event then costs one fsync'd commit instead of two; 0 commits at once";
     "BUS_COMMIT_DELAY_US" [] = "100", "0-10000", "embedded bus only: how long a group commit waits to gather more publishes and completions when the previous commit carried several (a lone publish never waits); fewer, larger commits pace publishers to what the workers drain under load; 0 commits at once";
     "TOPIC_MAX_BACKLOG_EVENTS" [] = "100000", "0 (no limit) or 1-100000000", "events one topic may hold waiting for its workers; more are dead-lettered with reason overflow";
@@ -537,6 +538,8 @@ pub struct Config {
     /// How long a group commit waits for the completions of events it handed out early
     /// (`BUS_JOIN_WINDOW_US`).
     pub bus_join_window: Duration,
+    /// `BUS_WAL_PREALLOCATE`: the bus's WAL written to one checkpoint cycle's size at start.
+    pub bus_wal_preallocate: bool,
     /// When a lone write is committed on the calling thread (`BUS_INLINE_COMMIT`).
     pub bus_inline_commit: crate::bus::InlineCommit,
     /// Threads of the async runtime (`RUNTIME_WORKER_THREADS`; 0: one less than the CPUs).
@@ -879,6 +882,7 @@ impl Config {
             },
             bus_commit_delay: Duration::from_micros(int("BUS_COMMIT_DELAY_US", 0, 10_000)?),
             bus_join_window: Duration::from_micros(int("BUS_JOIN_WINDOW_US", 0, 10_000)?),
+            bus_wal_preallocate: boolean("BUS_WAL_PREALLOCATE")?,
             bus_inline_commit: match raw
                 .get("BUS_INLINE_COMMIT")
                 .0
@@ -1310,6 +1314,16 @@ mod tests {
             msg.contains("BUS_INLINE_COMMIT") && msg.contains("os|always|off"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn bus_wal_preallocate_is_on_by_default_and_a_boolean() {
+        let c = load(ServeArgs::default(), &[]).unwrap();
+        assert!(c.bus_wal_preallocate);
+        let c = load(ServeArgs::default(), &[("BUS_WAL_PREALLOCATE", "off")]).unwrap();
+        assert!(!c.bus_wal_preallocate);
+        let err = load(ServeArgs::default(), &[("BUS_WAL_PREALLOCATE", "33")]).unwrap_err();
+        assert!(err.to_string().contains("BUS_WAL_PREALLOCATE"), "{err}");
     }
 
     #[test]

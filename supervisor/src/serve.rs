@@ -88,6 +88,7 @@ pub async fn serve(config: Config, token: CancellationToken) -> anyhow::Result<(
             commit_delay: config.bus_commit_delay,
             join_window: config.bus_join_window,
             inline: config.bus_inline_commit,
+            wal_preallocate: config.bus_wal_preallocate,
             retention_events: config.topic_retention_events,
             retention: config.topic_retention,
             dead_letter_max_events: config.dead_letter_max_events,

@@ -5,6 +5,8 @@
 //!
 //! The COMMIT is made to fail with `RLIMIT_FSIZE` (the WAL file cannot grow), in a child
 //! process because the limit is per process: the test re-runs its own binary as the child.
+//! The stores here are opened without `BUS_WAL_PREALLOCATE`: a preallocated WAL does not grow
+//! for a whole checkpoint cycle, so the limit would not stop the commit.
 
 use std::time::Duration;
 
@@ -52,6 +54,14 @@ fn wal_cannot_grow(dir: &std::path::Path) -> u64 {
     hard
 }
 
+/// The default options, with a WAL that grows with each commit (see the module's comment).
+fn growing_wal() -> SqliteBusOptions {
+    SqliteBusOptions {
+        wal_preallocate: false,
+        ..SqliteBusOptions::default()
+    }
+}
+
 fn reply(input: &wm_shared::CloudEvent) -> Option<(String, wm_shared::CloudEvent)> {
     let mut r = input.clone();
     r.id = format!("r-{}", input.id);
@@ -62,7 +72,7 @@ fn child(dir: &std::path::Path) {
     let rt = crate::self_child::runtime();
     rt.block_on(async {
         // The default: fsync, so events go to their consumer before the COMMIT.
-        let bus = SqliteBus::open(dir, SqliteBusOptions::default()).unwrap();
+        let bus = SqliteBus::open(dir, growing_wal()).unwrap();
         let mut c = bus.consume("in", "w");
         bus.set_ready();
         let first = bus.publish("in", vec![event(0)]).await.unwrap()[0];
@@ -136,7 +146,7 @@ fn joined_child(dir: &std::path::Path) {
         let opts = SqliteBusOptions {
             // Far above the round trip: the completions always join.
             join_window: Duration::from_secs(5),
-            ..SqliteBusOptions::default()
+            ..growing_wal()
         };
         let bus = SqliteBus::open(dir, opts).unwrap();
         let mut c = bus.consume("in", "w");

@@ -11,6 +11,7 @@ mod bus_join;
 mod bus_resume;
 mod bus_rules;
 mod bus_store;
+mod bus_wal;
 mod c_abi;
 mod chaos;
 /// The `workmanager` command-line client (issue 18).

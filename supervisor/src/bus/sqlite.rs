@@ -36,6 +36,7 @@ mod join;
 mod overflow;
 mod queue;
 mod store;
+mod wal;
 mod writer;
 
 use std::collections::HashMap;
@@ -113,6 +114,10 @@ pub struct SqliteBusOptions {
     /// When a lone publish, settle or completion is committed on the calling thread instead
     /// of the writer thread's (`BUS_INLINE_COMMIT`; see [`InlineCommit`]).
     pub inline: InlineCommit,
+    /// Whether `open` writes the WAL file with zeros up to one checkpoint cycle's size, so
+    /// that commits overwrite allocated blocks instead of growing it (`BUS_WAL_PREALLOCATE`;
+    /// see `wal.rs`).
+    pub wal_preallocate: bool,
 }
 
 impl Default for SqliteBusOptions {
@@ -136,6 +141,7 @@ impl Default for SqliteBusOptions {
             retention: std::time::Duration::from_secs(3_600),
             dead_letter_max_events: 100_000,
             inline: InlineCommit::Os,
+            wal_preallocate: true,
         }
     }
 }
@@ -162,6 +168,30 @@ struct Complete {
     outcome: Outcome,
     reply_event: Option<(String, CloudEvent, Vec<u8>)>,
     answer: oneshot::Sender<Result<(), BusError>>,
+}
+
+/// `BUS_WAL_PREALLOCATE`: extends the WAL of the store at `path` for one checkpoint cycle.
+/// A failure (a full disk) only costs speed, so it is logged and the bus opens as before.
+fn preallocate_wal(conn: &Connection, path: &Path) {
+    let started = std::time::Instant::now();
+    let added = wal::cycle_bytes(conn)
+        .map_err(std::io::Error::other)
+        .and_then(|size| wal::preallocate(path, size));
+    match added {
+        Ok(0) => {}
+        Ok(bytes) => tracing::debug!(
+            wal = %wal::wal_path(path).display(),
+            bytes,
+            took_ms = started.elapsed().as_millis() as u64,
+            "bus WAL preallocated for one checkpoint cycle"
+        ),
+        Err(e) => tracing::warn!(
+            wal = %wal::wal_path(path).display(),
+            error = %e,
+            "could not preallocate the bus WAL; commits will grow the file (slower fsyncs \
+             until the first checkpoint). Free disk space, or set BUS_WAL_PREALLOCATE=0 to skip it"
+        ),
+    }
 }
 
 /// The default of [`SqliteBusOptions::join_window`] (`BUS_JOIN_WINDOW_US`), in microseconds:
@@ -265,6 +295,9 @@ impl SqliteBus {
             }
             _ => open_err(source),
         })?;
+        if opts.wal_preallocate {
+            preallocate_wal(&conn, &path);
+        }
 
         let shared = Arc::new(Shared {
             watchers: Mutex::new(HashMap::new()),

@@ -167,7 +167,12 @@ async fn run_async(a: RunArgs) -> Result<(), CliError> {
     // One call: a crash must not be followed by respawns and reloads of this worker.
     pool_config.crash_loop_count = 1;
 
-    let bus: Arc<dyn Bus> = SqliteBus::open(&data_dir, SqliteBusOptions::default())
+    // One event in a temporary directory: no WAL cycle to preallocate (BUS_WAL_PREALLOCATE).
+    let bus_options = SqliteBusOptions {
+        wal_preallocate: false,
+        ..SqliteBusOptions::default()
+    };
+    let bus: Arc<dyn Bus> = SqliteBus::open(&data_dir, bus_options)
         .map_err(|e| fail(format!("cannot open a bus in {}: {e}", data_dir.display())))?;
     let events = Arc::new(Events::new(bus.clone()));
     let (pool, mut pool_events) = Pool::new(pool_config, events)
