@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use super::super::dead_letter::{DeadLetterReason, dead_letter_event, dead_letter_topic};
 use super::super::{Outcome, is_dead_letter_topic};
+use super::commit::leaving;
 use super::writer::Writer;
 use super::{Append, RoutedAppend};
 use crate::events::ErrorType;
@@ -55,21 +56,27 @@ pub(super) fn route_overflow(w: &Writer, appends: Vec<Append>) -> Vec<RoutedAppe
 }
 
 /// Evicts the oldest open events of dead-letter topics beyond `dead_letter_max_events`.
+/// Those the replay window has no room for leave the store at once (see [`leaving`]).
 pub(super) fn evict_dead_letters(w: &mut Writer) {
     let max = w.opts.dead_letter_max_events.max(1);
-    let over: Vec<(String, u64)> = w
+    let over: Vec<(String, u64, u64)> = w
         .topics
         .iter()
         .filter(|(name, t)| is_dead_letter_topic(name) && t.stored > max)
-        .map(|(name, t)| (name.clone(), t.stored - max))
+        .map(|(name, t)| {
+            let n = t.stored - max;
+            let retained = w.retained.get(name.as_str()).copied().unwrap_or(0);
+            let over = retained.saturating_sub(w.window_events());
+            (name.clone(), n, leaving(retained, t.stored, over, n))
+        })
         .collect();
-    for (topic, n) in over {
-        match w.store.evict_open(&topic, n) {
-            Ok(seqs) => {
+    for (topic, n, leave) in over {
+        match w.store.evict_open(&topic, n, leave) {
+            Ok(gone) => {
                 let outcome = Outcome::Dropped {
                     reason: "evicted".into(),
                 };
-                for seq in &seqs {
+                for seq in gone.settled.iter().chain(&gone.left) {
                     w.shared.metrics.add_stored(-1);
                     w.shared.metrics.add_settled(outcome.label());
                     if let Some(t) = w.topics.get_mut(&topic) {
@@ -77,13 +84,17 @@ pub(super) fn evict_dead_letters(w: &mut Writer) {
                         t.stored = t.stored.saturating_sub(1);
                     }
                 }
+                if let Some(top) = gone.left.iter().max() {
+                    w.evicted_rows(&topic, gone.left.len() as u64, *top);
+                }
+                let evicted = gone.settled.len() + gone.left.len();
                 tracing::warn!(
                     topic,
-                    evicted = seqs.len(),
+                    evicted,
                     max,
                     "bus: dead-letter topic over DEAD_LETTER_MAX_EVENTS; the oldest were evicted"
                 );
-                w.shared.metrics.add_evicted(&topic, seqs.len() as u64);
+                w.shared.metrics.add_evicted(&topic, evicted as u64);
             }
             Err(e) => tracing::warn!(topic, error = %e, "bus: cannot evict old dead letters"),
         }
