@@ -670,6 +670,108 @@ async fn a_backlog_beyond_the_replay_window_is_kept_and_leaves_it_only_once_ende
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ending_event_the_window_has_no_room_for_leaves_it_at_once_and_stays_gone_after_reopen()
+{
+    // A topic over its replay window with no ended row yet: the events a commit ends are the
+    // ones its trim would delete, so they are deleted as they end (one row write instead of
+    // marking them ended and deleting them with the next commit that appends to the topic;
+    // docs/benchmarks.md, the seventh pass). Here no publish follows the completions.
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SqliteBusOptions {
+        retention_events: 3,
+        consumer_prefetch: 1,
+        ..SqliteBusOptions::default()
+    };
+    let seqs = {
+        let bus = SqliteBus::open(dir.path(), opts.clone()).unwrap();
+        let seqs = bus
+            .publish("work", (0..8).map(event).collect())
+            .await
+            .unwrap();
+        let mut c = bus.consume("work", "w");
+        for i in 0..2 {
+            let d = recv(&mut c).await;
+            assert_eq!(d.event.id, format!("id-{i}"));
+            bus.complete(
+                d.seq,
+                Outcome::Replied,
+                Some(("work.reply".to_string(), event(100 + i))),
+            )
+            .await
+            .unwrap();
+        }
+        let page = bus.replay("work", 0, 100).await.unwrap();
+        assert_eq!(page.evicted_through, seqs[1], "{page:?}");
+        let kept: Vec<&str> = page.events.iter().map(|p| p.event.id.as_str()).collect();
+        let want: Vec<String> = (2..8).map(|i| format!("id-{i}")).collect();
+        assert_eq!(kept, want, "the ended events left, every open one stays");
+        // The replies are stored as before (their topic is within its window).
+        assert_eq!(
+            bus.replay("work.reply", 0, 100).await.unwrap().events.len(),
+            2
+        );
+        drop(c);
+        bus.close().await;
+        seqs
+    };
+    // After a restart: the two are gone for good (their numbers recorded as evicted), the
+    // six open ones are delivered again, in order, and none of the ended ones is.
+    let bus = SqliteBus::open(dir.path(), opts).unwrap();
+    let page = bus.replay("work", 0, 100).await.unwrap();
+    assert_eq!(page.evicted_through, seqs[1]);
+    assert_eq!(page.events.len(), 6);
+    let mut c = bus.consume("work", "w");
+    for i in 2..8 {
+        let d = recv(&mut c).await;
+        assert_eq!(d.event.id, format!("id-{i}"));
+        bus.settle(d.seq, Outcome::Replied).await.unwrap();
+    }
+    assert_quiet(&mut c).await;
+    // Down to the window, and no further: the last three stay readable, ended.
+    let page = bus.replay("work", 0, 100).await.unwrap();
+    let kept: Vec<&str> = page.events.iter().map(|p| p.event.id.as_str()).collect();
+    assert_eq!(kept, ["id-5", "id-6", "id-7"]);
+    assert_eq!(page.evicted_through, seqs[4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_evicted_beyond_the_replay_window_leave_it_at_once() {
+    // Eviction ends the oldest dead letters; those the window has no room for are deleted
+    // right away instead of waiting, ended, for the next dead letter's commit to trim them.
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SqliteBusOptions {
+        dead_letter_max_events: 3,
+        retention_events: 3,
+        ..SqliteBusOptions::default()
+    };
+    let bus = SqliteBus::open(dir.path(), opts).unwrap();
+    bus.set_ready();
+    let seqs = bus
+        .publish("orders-dead", (0..5).map(event).collect())
+        .await
+        .unwrap();
+    // Checked every second, with the writer's next wake.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    bus.publish("tick", vec![event(0)]).await.unwrap();
+    wait_until("the eviction", || bus.metrics().evicted("orders-dead") == 2).await;
+    let page = bus.replay("orders-dead", 0, 100).await.unwrap();
+    assert_eq!(page.evicted_through, seqs[1], "{page:?}");
+    let kept: Vec<&str> = page.events.iter().map(|p| p.event.id.as_str()).collect();
+    assert_eq!(kept, ["id-2", "id-3", "id-4"]);
+    let mut dead = bus.consume("orders-dead", "reader");
+    for i in 2..5 {
+        let d = recv(&mut dead).await;
+        assert_eq!(
+            d.event.id,
+            format!("id-{i}"),
+            "the newest are kept, in order"
+        );
+        bus.settle(d.seq, Outcome::Replied).await.unwrap();
+    }
+    assert_quiet(&mut dead).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_topics_wait_for_their_worker_and_dead_letters_are_kept_then_evicted_oldest_first() {
     let dir = tempfile::tempdir().unwrap();
     let opts = SqliteBusOptions {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use super::super::dead_letter::{DeadLetterReason, dead_letter_event, dead_letter_topic};
+use super::super::dead_letter::{DeadLetterReason, dead_letter_topic, into_dead_letter};
 use super::super::{Outcome, is_dead_letter_topic};
 use super::commit::leaving;
 use super::writer::Writer;
@@ -24,10 +24,13 @@ pub(super) fn route_overflow(w: &Writer, appends: Vec<Append>) -> Vec<RoutedAppe
     appends
         .into_iter()
         .map(|(topic, events, reply, permit)| {
+            let limited = cap > 0 && !is_dead_letter_topic(&topic);
+            // One reason and one topic name per publish, not per event: a batch publish
+            // beyond the limit overflows whole.
+            let mut dead: Option<(String, DeadLetterReason)> = None;
             let routed = events
                 .into_iter()
                 .map(|(event, blob)| {
-                    let limited = cap > 0 && !is_dead_letter_topic(&topic);
                     let backlog = projected
                         .entry(topic.clone())
                         .or_insert_with(|| w.topics.get(&topic).map_or(0, |t| t.stored));
@@ -35,19 +38,23 @@ pub(super) fn route_overflow(w: &Writer, appends: Vec<Append>) -> Vec<RoutedAppe
                         *backlog += 1;
                         return (topic.clone(), event, blob);
                     }
-                    let reason = DeadLetterReason {
-                        error_type: ErrorType::Overflow,
-                        message: format!(
-                            "topic '{topic}' already holds {cap} events waiting for its workers \
-                             (TOPIC_MAX_BACKLOG_EVENTS); publishers are outrunning them"
-                        ),
-                        attempts: 0,
-                        worker_id: None,
-                    };
-                    let dead = dead_letter_event(&topic, &event, &reason);
+                    let (dead_topic, reason) = dead.get_or_insert_with(|| {
+                        let reason = DeadLetterReason {
+                            error_type: ErrorType::Overflow,
+                            message: format!(
+                                "topic '{topic}' already holds {cap} events waiting for its \
+                                 workers (TOPIC_MAX_BACKLOG_EVENTS); publishers are outrunning \
+                                 them"
+                            ),
+                            attempts: 0,
+                            worker_id: None,
+                        };
+                        (dead_letter_topic(&topic), reason)
+                    });
+                    let dead = into_dead_letter(&topic, event, reason);
                     let blob = dead.to_flatbuffer();
                     w.shared.metrics.add_overflowed(&topic, 1);
-                    (dead_letter_topic(&topic), dead, blob)
+                    (dead_topic.clone(), dead, blob)
                 })
                 .collect();
             (routed, reply, permit)
