@@ -198,7 +198,7 @@ impl Writer {
             return;
         };
         let early = part.early;
-        for ((topic, _, _), (n, max)) in part.trims.into_iter().zip(done.trimmed) {
+        for ((topic, _), (n, max)) in part.trims.into_iter().zip(done.trimmed) {
             self.evicted_rows(&topic, n, max);
         }
         for (topic, (n, max)) in &done.left {
@@ -251,7 +251,7 @@ impl Writer {
         appends: &[RoutedAppend],
         settles: &[Settle],
         completes: &[Complete],
-    ) -> (Vec<(String, u64, bool)>, HashSet<u64>) {
+    ) -> (Vec<(String, u64)>, HashSet<u64>) {
         let window = self.window_events();
         let mut adding: HashMap<&str, u64> = HashMap::new();
         let appended = appends.iter().flat_map(|(events, _, _)| events.iter());
@@ -306,10 +306,7 @@ impl Writer {
             };
             let trim = over.min(ended).min(MAX_DELETE);
             if n > 0 && trim > 0 {
-                // Every row of the topic ended (no open one, nothing open appended): the
-                // trim need not read each row to find ended ones.
-                let all_ended = open == 0 && stored_ended == n;
-                trims.push((topic.to_string(), trim, all_ended));
+                trims.push((topic.to_string(), trim));
             }
         }
         (trims, leave)
@@ -444,7 +441,7 @@ struct Part {
     completes_ended: Vec<bool>,
     /// Delivery counts stored with it (put back in line if the commit fails).
     due: Vec<(u64, Instant)>,
-    trims: Vec<(String, u64, bool)>,
+    trims: Vec<(String, u64)>,
     /// Inputs whose rows leave the replay window as they end (see [`leaving`]).
     leave: HashSet<u64>,
     /// What its statements did (set once they ran).
@@ -482,11 +479,7 @@ impl Part {
                 })
                 .collect(),
             delivered: self.due.iter().map(|(s, _)| *s).collect(),
-            trims: self
-                .trims
-                .iter()
-                .map(|(t, n, e)| (t.as_str(), *n, *e))
-                .collect(),
+            trims: self.trims.iter().map(|(t, n)| (t.as_str(), *n)).collect(),
             leave: Some(&self.leave),
         }
     }

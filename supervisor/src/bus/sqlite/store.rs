@@ -116,9 +116,8 @@ pub(super) struct WriteBatch<'a> {
     /// Deliveries handed out since the last commit: their attempt counts, persisted here
     /// rather than in a transaction of their own.
     pub delivered: Vec<u64>,
-    /// Topics over their replay window: delete this many of their oldest settled rows; true:
-    /// every row of the topic is ended (its oldest rows are found from the index alone).
-    pub trims: Vec<(&'a str, u64, bool)>,
+    /// Topics over their replay window: delete this many of their oldest settled rows.
+    pub trims: Vec<(&'a str, u64)>,
     /// Settles and completions whose input leaves the replay window as it ends: its row is
     /// deleted instead of marked settled (the trim of this commit would delete it anyway;
     /// see `Writer::trims`), and its number recorded in `topic_evicted`.
@@ -436,25 +435,11 @@ impl Store {
                          WHERE topic = ?1 AND settled <> 0 ORDER BY seq LIMIT ?2) RETURNING seq",
                     )
                     .map_err(store_err("prepare a trim"))?;
-                // A topic whose rows all ended: the oldest by the index alone, no row read
-                // per entry; `settled <> 0` still holds for every row deleted (an open one
-                // among them is kept, and the trim deletes fewer).
-                let mut trim_ended = tx
-                    .prepare_cached(
-                        "DELETE FROM events WHERE seq IN (SELECT seq FROM events
-                         WHERE topic = ?1 ORDER BY seq LIMIT ?2) AND settled <> 0 RETURNING seq",
-                    )
-                    .map_err(store_err("prepare a trim"))?;
                 let mut mark = tx
                     .prepare_cached(MARK_EVICTED)
                     .map_err(store_err("prepare a trim"))?;
-                for (topic, n, all_ended) in &b.trims {
-                    let st = if *all_ended {
-                        &mut trim_ended
-                    } else {
-                        &mut trim
-                    };
-                    let seqs: Vec<i64> = st
+                for (topic, n) in &b.trims {
+                    let seqs: Vec<i64> = trim
                         .query_map(params![topic, to_i64(*n)], |r| r.get(0))
                         .and_then(|rows| rows.collect())
                         .map_err(store_err("trim the replay window"))?;
@@ -663,7 +648,7 @@ mod tests {
         assert_eq!(done.appended, [vec![1, 2, 3]]);
         // Every row leaves the window: the table is empty afterwards.
         let trim = WriteBatch {
-            trims: vec![("t", 10, true)],
+            trims: vec![("t", 10)],
             ..WriteBatch::default()
         };
         assert_eq!(store.commit(&trim).unwrap().trimmed, [(3, 3)]);
