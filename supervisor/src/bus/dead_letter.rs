@@ -38,12 +38,7 @@ pub fn dead_letter_topic(topic: &str) -> String {
 
 /// The dead letter for `event` (see the module docs).
 pub fn dead_letter_event(topic: &str, event: &CloudEvent, reason: &DeadLetterReason) -> CloudEvent {
-    into_dead_letter(topic, event.clone(), reason)
-}
-
-/// [`dead_letter_event`] of an event the caller gives up (no copy of its data).
-pub fn into_dead_letter(topic: &str, event: CloudEvent, reason: &DeadLetterReason) -> CloudEvent {
-    let mut ev = event;
+    let mut ev = event.clone();
     let mut message = reason.message.as_str();
     if message.len() > MAX_DEAD_LETTER_ERROR_LEN {
         let mut cut = MAX_DEAD_LETTER_ERROR_LEN;

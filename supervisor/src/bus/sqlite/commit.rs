@@ -120,10 +120,10 @@ impl Writer {
         let appends = route_overflow(self, appends);
         // Trims only with the first part: the rows of the others (unknown to `retained` until
         // the commit) are trimmed by the next commit.
-        let (trims, leave) = if with_trims {
+        let trims = if with_trims {
             self.trims(&appends, &settles, &completes)
         } else {
-            Default::default()
+            Vec::new()
         };
         let appends_ended: Vec<Vec<bool>> = appends
             .iter()
@@ -146,7 +146,6 @@ impl Writer {
             completes_ended,
             due,
             trims,
-            leave,
             done: None,
             early: HashSet::new(),
         }
@@ -201,9 +200,6 @@ impl Writer {
         for ((topic, _), (n, max)) in part.trims.into_iter().zip(done.trimmed) {
             self.evicted_rows(&topic, n, max);
         }
-        for (topic, (n, max)) in &done.left {
-            self.evicted_rows(topic, *n, *max);
-        }
         for (((events, reply, _permit), seqs), ended) in part
             .appends
             .into_iter()
@@ -243,15 +239,13 @@ impl Writer {
     /// their oldest ended rows to delete: no more than the topic has ended rows stored. (The
     /// trim's query walks the topic's rows oldest first to find ended ones; a topic whose
     /// rows are all open — a backlog beyond the window — would otherwise be walked in full by
-    /// every commit that appends to it, to delete nothing.) And the inputs this commit ends
-    /// that the trim would pick (see [`leaving`]): their rows are deleted as they end, one
-    /// row write instead of a settle, the trim's walk and a delete.
+    /// every commit that appends to it, to delete nothing.)
     fn trims(
         &self,
         appends: &[RoutedAppend],
         settles: &[Settle],
         completes: &[Complete],
-    ) -> (Vec<(String, u64)>, HashSet<u64>) {
+    ) -> Vec<(String, u64)> {
         let window = self.window_events();
         let mut adding: HashMap<&str, u64> = HashMap::new();
         let appended = appends.iter().flat_map(|(events, _, _)| events.iter());
@@ -275,41 +269,24 @@ impl Writer {
         for topic in stored.filter(|t| self.ended(t)) {
             *ending.entry(topic.as_str()).or_default() += 1;
         }
-        let mut inputs: HashMap<&str, Vec<u64>> = HashMap::new();
-        let ended = settles
+        let inputs = settles
             .iter()
             .map(|s| s.0)
             .chain(completes.iter().map(|c| c.seq));
-        for seq in ended {
-            if let Some(topic) = self.handed.get(&seq) {
-                inputs.entry(topic.as_str()).or_default().push(seq);
-            }
+        for topic in inputs.filter_map(|seq| self.handed.get(&seq)) {
+            *ending.entry(topic.as_str()).or_default() += 1;
         }
-        let mut trims = Vec::new();
-        let mut leave = HashSet::new();
-        let topics: HashSet<&str> = adding.keys().chain(inputs.keys()).copied().collect();
-        for topic in topics {
-            let retained = self.retained.get(topic).copied().unwrap_or(0);
-            let open = self.topics.get(topic).map_or(0, |t| t.stored);
-            let n = adding.get(topic).copied().unwrap_or(0);
-            let over = (retained + n).saturating_sub(window);
-            let ins = inputs.get(topic).map_or(&[][..], Vec::as_slice);
-            let ins_n = ins.len() as u64;
-            let stored_ended = ending.get(topic).copied().unwrap_or(0);
-            // All of its inputs or none: which of them the trim would pick depends on their
-            // order, which `leaving` does not look at.
-            let (ended, over) = if ins_n > 0 && leaving(retained, open, over, ins_n) == ins_n {
-                leave.extend(ins.iter().copied());
-                (stored_ended, over - ins_n)
-            } else {
-                (retained.saturating_sub(open) + stored_ended + ins_n, over)
-            };
-            let trim = over.min(ended).min(MAX_DELETE);
-            if n > 0 && trim > 0 {
-                trims.push((topic.to_string(), trim));
-            }
-        }
-        (trims, leave)
+        adding
+            .into_iter()
+            .filter_map(|(topic, n)| {
+                let retained = self.retained.get(topic).copied().unwrap_or(0);
+                let open = self.topics.get(topic).map_or(0, |t| t.stored);
+                let ended = retained.saturating_sub(open) + ending.get(topic).copied().unwrap_or(0);
+                let over = (retained + n).saturating_sub(window);
+                let trim = over.min(ended).min(MAX_DELETE);
+                (trim > 0).then(|| (topic.to_string(), trim))
+            })
+            .collect()
     }
 
     /// Whether an event published on `topic` now is stored already ended: nobody consumes or
@@ -351,26 +328,13 @@ impl Writer {
     }
 
     /// The replay window in events (0 when either retention setting is 0).
-    pub(super) fn window_events(&self) -> u64 {
+    fn window_events(&self) -> u64 {
         if self.opts.retention.is_zero() {
             0
         } else {
             self.opts.retention_events
         }
     }
-}
-
-/// How many of the `ending` oldest open rows of a topic leave the replay window as they end:
-/// deleted at once instead of marked ended and deleted by a trim, which would pick exactly
-/// them. That holds when the topic stores no ended row yet (its `retained` rows are all
-/// among its `open` ones), so that these become its oldest ended rows, and for no more than
-/// the topic is `over` its window (rows beyond it, counting what the commit adds); otherwise
-/// none, and the trim decides as before.
-pub(super) fn leaving(retained: u64, open: u64, over: u64, ending: u64) -> u64 {
-    if retained > open {
-        return 0;
-    }
-    ending.min(over)
 }
 
 /// Answers everyone of a group commit that failed with its error.
@@ -442,8 +406,6 @@ struct Part {
     /// Delivery counts stored with it (put back in line if the commit fails).
     due: Vec<(u64, Instant)>,
     trims: Vec<(String, u64)>,
-    /// Inputs whose rows leave the replay window as they end (see [`leaving`]).
-    leave: HashSet<u64>,
     /// What its statements did (set once they ran).
     done: Option<WriteResult>,
     /// Its events handed out before the COMMIT.
@@ -480,7 +442,6 @@ impl Part {
                 .collect(),
             delivered: self.due.iter().map(|(s, _)| *s).collect(),
             trims: self.trims.iter().map(|(t, n)| (t.as_str(), *n)).collect(),
-            leave: Some(&self.leave),
         }
     }
 

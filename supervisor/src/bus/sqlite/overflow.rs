@@ -7,9 +7,8 @@
 
 use std::collections::HashMap;
 
-use super::super::dead_letter::{DeadLetterReason, dead_letter_topic, into_dead_letter};
+use super::super::dead_letter::{DeadLetterReason, dead_letter_event, dead_letter_topic};
 use super::super::{Outcome, is_dead_letter_topic};
-use super::commit::leaving;
 use super::writer::Writer;
 use super::{Append, RoutedAppend};
 use crate::events::ErrorType;
@@ -24,13 +23,10 @@ pub(super) fn route_overflow(w: &Writer, appends: Vec<Append>) -> Vec<RoutedAppe
     appends
         .into_iter()
         .map(|(topic, events, reply, permit)| {
-            let limited = cap > 0 && !is_dead_letter_topic(&topic);
-            // One reason and one topic name per publish, not per event: a batch publish
-            // beyond the limit overflows whole.
-            let mut dead: Option<(String, DeadLetterReason)> = None;
             let routed = events
                 .into_iter()
                 .map(|(event, blob)| {
+                    let limited = cap > 0 && !is_dead_letter_topic(&topic);
                     let backlog = projected
                         .entry(topic.clone())
                         .or_insert_with(|| w.topics.get(&topic).map_or(0, |t| t.stored));
@@ -38,23 +34,19 @@ pub(super) fn route_overflow(w: &Writer, appends: Vec<Append>) -> Vec<RoutedAppe
                         *backlog += 1;
                         return (topic.clone(), event, blob);
                     }
-                    let (dead_topic, reason) = dead.get_or_insert_with(|| {
-                        let reason = DeadLetterReason {
-                            error_type: ErrorType::Overflow,
-                            message: format!(
-                                "topic '{topic}' already holds {cap} events waiting for its \
-                                 workers (TOPIC_MAX_BACKLOG_EVENTS); publishers are outrunning \
-                                 them"
-                            ),
-                            attempts: 0,
-                            worker_id: None,
-                        };
-                        (dead_letter_topic(&topic), reason)
-                    });
-                    let dead = into_dead_letter(&topic, event, reason);
+                    let reason = DeadLetterReason {
+                        error_type: ErrorType::Overflow,
+                        message: format!(
+                            "topic '{topic}' already holds {cap} events waiting for its workers \
+                             (TOPIC_MAX_BACKLOG_EVENTS); publishers are outrunning them"
+                        ),
+                        attempts: 0,
+                        worker_id: None,
+                    };
+                    let dead = dead_letter_event(&topic, &event, &reason);
                     let blob = dead.to_flatbuffer();
                     w.shared.metrics.add_overflowed(&topic, 1);
-                    (dead_topic.clone(), dead, blob)
+                    (dead_letter_topic(&topic), dead, blob)
                 })
                 .collect();
             (routed, reply, permit)
@@ -63,27 +55,21 @@ pub(super) fn route_overflow(w: &Writer, appends: Vec<Append>) -> Vec<RoutedAppe
 }
 
 /// Evicts the oldest open events of dead-letter topics beyond `dead_letter_max_events`.
-/// Those the replay window has no room for leave the store at once (see [`leaving`]).
 pub(super) fn evict_dead_letters(w: &mut Writer) {
     let max = w.opts.dead_letter_max_events.max(1);
-    let over: Vec<(String, u64, u64)> = w
+    let over: Vec<(String, u64)> = w
         .topics
         .iter()
         .filter(|(name, t)| is_dead_letter_topic(name) && t.stored > max)
-        .map(|(name, t)| {
-            let n = t.stored - max;
-            let retained = w.retained.get(name.as_str()).copied().unwrap_or(0);
-            let over = retained.saturating_sub(w.window_events());
-            (name.clone(), n, leaving(retained, t.stored, over, n))
-        })
+        .map(|(name, t)| (name.clone(), t.stored - max))
         .collect();
-    for (topic, n, leave) in over {
-        match w.store.evict_open(&topic, n, leave) {
-            Ok(gone) => {
+    for (topic, n) in over {
+        match w.store.evict_open(&topic, n) {
+            Ok(seqs) => {
                 let outcome = Outcome::Dropped {
                     reason: "evicted".into(),
                 };
-                for seq in gone.settled.iter().chain(&gone.left) {
+                for seq in &seqs {
                     w.shared.metrics.add_stored(-1);
                     w.shared.metrics.add_settled(outcome.label());
                     if let Some(t) = w.topics.get_mut(&topic) {
@@ -91,17 +77,13 @@ pub(super) fn evict_dead_letters(w: &mut Writer) {
                         t.stored = t.stored.saturating_sub(1);
                     }
                 }
-                if let Some(top) = gone.left.iter().max() {
-                    w.evicted_rows(&topic, gone.left.len() as u64, *top);
-                }
-                let evicted = gone.settled.len() + gone.left.len();
                 tracing::warn!(
                     topic,
-                    evicted,
+                    evicted = seqs.len(),
                     max,
                     "bus: dead-letter topic over DEAD_LETTER_MAX_EVENTS; the oldest were evicted"
                 );
-                w.shared.metrics.add_evicted(&topic, evicted as u64);
+                w.shared.metrics.add_evicted(&topic, seqs.len() as u64);
             }
             Err(e) => tracing::warn!(topic, error = %e, "bus: cannot evict old dead letters"),
         }

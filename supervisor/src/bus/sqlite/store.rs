@@ -5,7 +5,7 @@
 //! 1). `topic_evicted` remembers, per topic, the highest sequence number that left the window,
 //! so that a reader resuming from an older one is told it missed events.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -96,10 +96,6 @@ pub(super) fn to_i64(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
-/// Records that a topic's rows up to `?2` left the replay window.
-const MARK_EVICTED: &str = "INSERT INTO topic_evicted (topic, through) VALUES (?1, ?2)
-     ON CONFLICT(topic) DO UPDATE SET through = max(through, excluded.through)";
-
 /// An event to insert: (topic, blob, ended). An ended row is stored already settled: an event
 /// on a topic nobody consumes or holds, kept only for the replay window.
 pub(super) type Row<'a> = (&'a str, &'a [u8], bool);
@@ -118,10 +114,6 @@ pub(super) struct WriteBatch<'a> {
     pub delivered: Vec<u64>,
     /// Topics over their replay window: delete this many of their oldest settled rows.
     pub trims: Vec<(&'a str, u64)>,
-    /// Settles and completions whose input leaves the replay window as it ends: its row is
-    /// deleted instead of marked settled (the trim of this commit would delete it anyway;
-    /// see `Writer::trims`), and its number recorded in `topic_evicted`.
-    pub leave: Option<&'a HashSet<u64>>,
 }
 
 #[cfg(test)]
@@ -142,9 +134,6 @@ pub(super) struct WriteResult {
     pub completed: Vec<(Option<String>, Option<u64>)>,
     /// Per trim: rows deleted, and the highest sequence number deleted.
     pub trimmed: Vec<(u64, u64)>,
-    /// Per topic, inputs that left the window as they ended (`WriteBatch::leave`): rows
-    /// deleted, and the highest sequence number deleted.
-    pub left: HashMap<String, (u64, u64)>,
 }
 
 /// The connection and the synchronous mode it is in.
@@ -156,15 +145,6 @@ pub(super) struct Store {
     durability: Durability,
     /// The sequence number of the next event stored (advanced only by a commit that held).
     next_seq: u64,
-}
-
-/// What [`Store::evict_open`] ended.
-#[derive(Default)]
-pub(super) struct Evicted {
-    /// Marked settled (they stay for the replay window).
-    pub settled: Vec<u64>,
-    /// Deleted: they left the replay window as they ended.
-    pub left: Vec<u64>,
 }
 
 /// A summary of the store at start.
@@ -340,7 +320,6 @@ impl Store {
             settled: Vec::with_capacity(b.settles.len()),
             completed: Vec::with_capacity(b.completes.len()),
             trimmed: Vec::with_capacity(b.trims.len()),
-            left: HashMap::new(),
         };
         {
             let mut ins = tx
@@ -369,43 +348,18 @@ impl Store {
                 }
                 out.appended.push(s);
             }
-            // One row write instead of two (mark settled, then the trim's walk and delete).
-            let mut gone = match b.leave {
-                Some(l) if !l.is_empty() => Some(
-                    tx.prepare_cached(
-                        "DELETE FROM events WHERE seq = ?1 AND settled = 0 RETURNING topic",
-                    )
-                    .map_err(store_err("prepare a settle"))?,
-                ),
-                _ => None,
-            };
-            let left = &mut out.left;
-            let mut end = |seq: u64| -> Result<Option<String>, BusError> {
-                let st = match gone.as_mut() {
-                    Some(g) if b.leave.is_some_and(|l| l.contains(&seq)) => g,
-                    _ => {
-                        return settle
-                            .query_row(params![to_i64(seq)], |r| r.get(0))
-                            .optional()
-                            .map_err(store_err("settle an event"));
-                    }
-                };
-                let topic: Option<String> = st
-                    .query_row(params![to_i64(seq)], |r| r.get(0))
+            for seq in &b.settles {
+                let topic: Option<String> = settle
+                    .query_row(params![to_i64(*seq)], |r| r.get(0))
                     .optional()
                     .map_err(store_err("settle an event"))?;
-                if let Some(t) = &topic {
-                    let e = left.entry(t.clone()).or_default();
-                    e.0 += 1;
-                    e.1 = e.1.max(seq);
-                }
-                Ok(topic)
-            };
-            for seq in &b.settles {
-                out.settled.push(end(*seq)?);
+                out.settled.push(topic);
             }
             for (seq, reply) in &b.completes {
-                let topic = end(*seq)?;
+                let topic: Option<String> = settle
+                    .query_row(params![to_i64(*seq)], |r| r.get(0))
+                    .optional()
+                    .map_err(store_err("settle an event"))?;
                 let reply_seq = match (&topic, reply) {
                     (Some(_), Some((rtopic, blob, ended))) => {
                         Some(insert(rtopic, blob, *ended).map_err(store_err("append a reply"))?)
@@ -423,11 +377,6 @@ impl Store {
                         .map_err(store_err("count a delivery"))?;
                 }
             }
-            for (topic, (_, max)) in &out.left {
-                tx.prepare_cached(MARK_EVICTED)
-                    .and_then(|mut m| m.execute(params![topic, to_i64(*max)]))
-                    .map_err(store_err("trim the replay window"))?;
-            }
             if !b.trims.is_empty() {
                 let mut trim = tx
                     .prepare_cached(
@@ -436,7 +385,10 @@ impl Store {
                     )
                     .map_err(store_err("prepare a trim"))?;
                 let mut mark = tx
-                    .prepare_cached(MARK_EVICTED)
+                    .prepare_cached(
+                        "INSERT INTO topic_evicted (topic, through) VALUES (?1, ?2)
+                         ON CONFLICT(topic) DO UPDATE SET through = max(through, excluded.through)",
+                    )
                     .map_err(store_err("prepare a trim"))?;
                 for (topic, n) in &b.trims {
                     let seqs: Vec<i64> = trim
@@ -564,7 +516,10 @@ impl Store {
                 e.0 += 1;
                 e.1 = e.1.max(seq);
             }
-            let mut mark = tx.prepare_cached(MARK_EVICTED)?;
+            let mut mark = tx.prepare_cached(
+                "INSERT INTO topic_evicted (topic, through) VALUES (?1, ?2)
+                 ON CONFLICT(topic) DO UPDATE SET through = max(through, excluded.through)",
+            )?;
             for (topic, (_, max)) in &out {
                 mark.execute(params![topic, to_i64(*max)])?;
             }
@@ -574,44 +529,16 @@ impl Store {
     }
 
     /// Settles the `n` oldest open events of `topic` (a dead-letter topic over its limit);
-    /// returns their sequence numbers. The oldest `leave` of them leave the replay window at
-    /// once: deleted instead of marked settled (the caller checked that the trim would delete
-    /// them next; one row write instead of two), recorded in `topic_evicted`.
-    pub fn evict_open(
-        &mut self,
-        topic: &str,
-        n: u64,
-        leave: u64,
-    ) -> Result<Evicted, rusqlite::Error> {
+    /// returns their sequence numbers.
+    pub fn evict_open(&mut self, topic: &str, n: u64) -> Result<Vec<u64>, rusqlite::Error> {
         self.set_sync(false)?;
         let conn = self.conn()?;
-        let tx = conn.transaction()?;
-        let oldest_open = |verb: &str| {
-            format!(
-                "{verb} WHERE seq IN (SELECT seq FROM events
-                 WHERE topic = ?1 AND settled = 0 ORDER BY seq LIMIT ?2) RETURNING seq"
-            )
-        };
-        let mut out = Evicted::default();
-        let leave = leave.min(n);
-        if leave > 0 {
-            out.left = tx
-                .prepare_cached(&oldest_open("DELETE FROM events"))?
-                .query_map(params![topic, to_i64(leave)], |r| Ok(to_u64(r.get(0)?)))?
-                .collect::<Result<_, _>>()?;
-            if let Some(max) = out.left.iter().max() {
-                tx.prepare_cached(MARK_EVICTED)?
-                    .execute(params![topic, to_i64(*max)])?;
-            }
-        }
-        if n > leave {
-            out.settled = tx
-                .prepare_cached(&oldest_open("UPDATE events SET settled = 1"))?
-                .query_map(params![topic, to_i64(n - leave)], |r| Ok(to_u64(r.get(0)?)))?
-                .collect::<Result<_, _>>()?;
-        }
-        tx.commit()?;
-        Ok(out)
+        let mut st = conn.prepare_cached(
+            "UPDATE events SET settled = 1 WHERE seq IN (SELECT seq FROM events
+             WHERE topic = ?1 AND settled = 0 ORDER BY seq LIMIT ?2) RETURNING seq",
+        )?;
+        st.query_map(params![topic, to_i64(n)], |r| Ok(to_u64(r.get(0)?)))?
+            .collect()
     }
 
     pub fn close(&mut self) {
