@@ -7,6 +7,9 @@
 # (OUT.<n>.{stat,m0,m1,t0,t1}), then `perf record -g` for 2.5 s (OUT.<n>.data). Then
 # `per_event.py OUT <n> <events per request>` prints the table. Build the bench first
 # (`cargo bench --no-run -p workmanager-tests --bench compare`). Needs perf with tracepoints.
+# CALL_GRAPH=dwarf records DWARF call graphs at 499 Hz instead of frame pointers at 1999 Hz:
+# frame-pointer stacks stop at the first Rust frame below SQLite, so only DWARF attributes the
+# bus writer's samples to their Rust callers (12o, docs/benchmarks.md); its files are larger.
 set -u
 OUT=$1 ROWS=$2
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -37,7 +40,11 @@ while kill -0 $BP 2>/dev/null; do
     perf stat --per-thread -e "$EV" -p "$PID" -o "$OUT.$N.stat" -- bash -c \
       "sleep 0.3; date +%s.%N > $OUT.$N.t0; curl -s $M | grep '$Q' > $OUT.$N.m0; sleep 2;
        date +%s.%N > $OUT.$N.t1; curl -s $M | grep '$Q' > $OUT.$N.m1; sleep 0.3"
-    perf record -q -g -F 1999 -p "$PID" -o "$OUT.$N.data" -- sleep 2.5 2>/dev/null
+    if [ "${CALL_GRAPH:-fp}" = dwarf ]; then
+      perf record -q --call-graph dwarf,16384 -F 499 -p "$PID" -o "$OUT.$N.data" -- sleep 2.5 2>/dev/null
+    else
+      perf record -q -g -F 1999 -p "$PID" -o "$OUT.$N.data" -- sleep 2.5 2>/dev/null
+    fi
   done
 done
 uptime >> "$OUT.uptime"
