@@ -131,10 +131,18 @@ async fn a_worker_that_does_not_answer_within_the_window_does_not_hold_the_publi
     bus.complete(d.seq, Outcome::Replied, Some(("in.reply".into(), event(1))))
         .await
         .unwrap();
+    // The completion is a commit of its own. One more commit may come before it: when this
+    // thread is slow to complete (a loaded machine: seen once in CI), the event's attempt
+    // count, deferred to the next group commit, is stored alone 2 ms after its hand-out.
+    let after = bus.metrics().commits() - commits;
+    assert!(
+        after == 2 || after == 3,
+        "the completion: a commit of its own (after at most one of the attempt count), got {after} commits"
+    );
     assert_eq!(
-        bus.metrics().commits() - commits,
-        2,
-        "the completion: a commit of its own"
+        bus.metrics().joined_writes(),
+        0,
+        "nothing joined the publish"
     );
     assert_eq!(bus.metrics().stored(), 0);
     assert_eq!(bus.metrics().published("in.reply"), 1);
