@@ -1162,7 +1162,8 @@ const FLOOR_MSG: usize = 512;
 /// The child of the floor: echoes `FLOOR_MSG`-byte messages on one loopback connection.
 fn tcp_echo_child(addr: &str) {
     let mut s = TcpStream::connect(addr).expect("connect to the parent");
-    s.set_nodelay(true).expect("TCP_NODELAY");
+    s.set_nodelay(true)
+        .expect("disable Nagle on the loopback socket");
     let mut buf = [0u8; FLOOR_MSG];
     while s.read_exact(&mut buf).is_ok() {
         if s.write_all(&buf).is_err() {
@@ -1185,7 +1186,8 @@ fn loopback_floor() -> Lat {
         .spawn()
         .expect("spawn the echo child");
     let (mut s, _) = listener.accept().expect("the child connects");
-    s.set_nodelay(true).expect("TCP_NODELAY");
+    s.set_nodelay(true)
+        .expect("disable Nagle on the loopback socket");
     let msg = [7u8; FLOOR_MSG];
     let mut back = [0u8; FLOOR_MSG];
     let mut once = || {

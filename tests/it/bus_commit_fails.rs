@@ -68,6 +68,18 @@ fn reply(input: &wm_shared::CloudEvent) -> Option<(String, wm_shared::CloudEvent
     Some(("in.reply".into(), r))
 }
 
+/// After the failed commit of event 1 between events 0 (`first`) and 2 (`next`): the inputs
+/// and replies of 0 and 2 are stored, nothing of 1, and nothing is left open.
+async fn only_the_committed_events_are_stored(bus: &SqliteBus, first: u64, next: u64) {
+    let inputs = bus.replay("in", 0, 100).await.unwrap();
+    let seqs: Vec<u64> = inputs.events.iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, [first, next], "only the committed inputs are stored");
+    let replies = bus.replay("in.reply", 0, 100).await.unwrap();
+    let ids: Vec<&str> = replies.events.iter().map(|p| p.event.id.as_str()).collect();
+    assert_eq!(ids, ["r-id-0", "r-id-2"], "no reply to the failed event");
+    assert_eq!(bus.metrics().stored(), 0, "nothing left open");
+}
+
 fn child(dir: &std::path::Path) {
     let rt = crate::self_child::runtime();
     rt.block_on(async {
@@ -110,13 +122,7 @@ fn child(dir: &std::path::Path) {
             .await
             .unwrap();
 
-        let inputs = bus.replay("in", 0, 100).await.unwrap();
-        let seqs: Vec<u64> = inputs.events.iter().map(|p| p.seq).collect();
-        assert_eq!(seqs, [first, next], "only the committed inputs are stored");
-        let replies = bus.replay("in.reply", 0, 100).await.unwrap();
-        let ids: Vec<&str> = replies.events.iter().map(|p| p.event.id.as_str()).collect();
-        assert_eq!(ids, ["r-id-0", "r-id-2"], "no reply to the failed event");
-        assert_eq!(bus.metrics().stored(), 0, "nothing left open");
+        only_the_committed_events_are_stored(&bus, first, next).await;
         assert_eq!(bus.metrics().settled("replied"), 2);
         // Nothing else is delivered (the failed event is not in line any more).
         assert!(
@@ -179,13 +185,7 @@ fn joined_child(dir: &std::path::Path) {
         let next = bus.publish("in", vec![event(2)]).await.unwrap()[0];
         assert!(next > failed, "no number reused");
         assert_eq!(rx.recv().await, Some((next, true)));
-        let inputs = bus.replay("in", 0, 100).await.unwrap();
-        let seqs: Vec<u64> = inputs.events.iter().map(|p| p.seq).collect();
-        assert_eq!(seqs, [first, next], "only the committed inputs are stored");
-        let replies = bus.replay("in.reply", 0, 100).await.unwrap();
-        let ids: Vec<&str> = replies.events.iter().map(|p| p.event.id.as_str()).collect();
-        assert_eq!(ids, ["r-id-0", "r-id-2"], "no reply to the failed event");
-        assert_eq!(bus.metrics().stored(), 0, "nothing left open");
+        only_the_committed_events_are_stored(&bus, first, next).await;
         bus.close().await;
         let _ = worker.await;
     });
